@@ -1,0 +1,89 @@
+//! The error type of mp-core.
+
+use std::io;
+
+/// Everything that can go wrong in mp-core.
+///
+/// Every message says what happened and, where there is one, what to do about it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A system call failed.
+    #[error("{op} failed: {source}")]
+    Io {
+        /// What mp was doing (the system call or step).
+        op: &'static str,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// A named region with this name already exists.
+    #[error("shared memory {name:?} already exists: attach to it, or unlink it first")]
+    Exists {
+        /// The name as the user gave it.
+        name: String,
+    },
+    /// No named region has this name.
+    #[error("shared memory {name:?} not found: create it first (or it was already unlinked)")]
+    NotFound {
+        /// The name as the user gave it.
+        name: String,
+    },
+    /// A size that cannot be mapped (zero, or too large for this machine).
+    #[error("invalid shared memory size {size}: it must be between 1 and {max} bytes")]
+    InvalidSize {
+        /// The size asked for.
+        size: u64,
+        /// The largest size accepted.
+        max: u64,
+    },
+    /// A region name that cannot be used.
+    #[error("invalid shared memory name {name:?}: {reason}")]
+    InvalidName {
+        /// The name as the user gave it.
+        name: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// The region's header does not describe what the caller expects: corrupted, not made
+    /// by mp, made by another version of mp, or holding another type.
+    #[error("shared region refused: {reason}")]
+    BadHeader {
+        /// What did not match.
+        reason: String,
+    },
+    /// A value could not be serialized.
+    #[error("could not serialize the message: {0}")]
+    Encode(String),
+    /// Received bytes are not a valid archive of the expected type.
+    #[error("received bytes are not a valid message of the expected type: {0}")]
+    Decode(String),
+    /// A shared handle (a region, a lock, a queue...) was serialized outside of a process
+    /// start, or names a descriptor that this process was not given.
+    #[error("shared handle not transferable: {0}")]
+    Handle(String),
+    /// A blocking call ran out of time.
+    #[error("timed out")]
+    Timeout,
+}
+
+impl Error {
+    /// Wraps the last OS error of a system call.
+    pub fn last_os(op: &'static str) -> Self {
+        Error::Io {
+            op,
+            source: io::Error::last_os_error(),
+        }
+    }
+
+    /// Wraps a `nix` errno.
+    pub fn nix(op: &'static str, errno: nix::errno::Errno) -> Self {
+        Error::Io {
+            op,
+            source: io::Error::from_raw_os_error(errno as i32),
+        }
+    }
+}
+
+/// The result type of mp-core.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

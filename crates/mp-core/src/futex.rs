@@ -1,0 +1,153 @@
+//! Blocking on 32-bit words in shared memory: Linux futexes, never `FUTEX_PRIVATE`, so a wake
+//! in one process reaches a waiter in another that maps the same page.
+//!
+//! Every other module blocks through this one, so a port to another Unix replaces this file
+//! (with `__ulock_wait` on macOS or `_umtx_op` on FreeBSD) behind `cfg`.
+
+use std::sync::atomic::AtomicU32;
+use std::time::{Duration, Instant};
+
+/// How a [`wait`] ended. Callers re-check their condition in every case: futex wake-ups may be
+/// spurious.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// Woken by [`wake`] (or spuriously).
+    Woken,
+    /// The word did not hold the expected value when the wait began.
+    Changed,
+    /// The timeout ran out.
+    TimedOut,
+    /// A signal interrupted the wait.
+    Interrupted,
+}
+
+/// Sleeps while `word` holds `expected`, for at most `timeout` (forever when `None`).
+pub fn wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> Wake {
+    let ts = timeout.map(|d| libc::timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: d.subsec_nanos() as libc::c_long,
+    });
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: FUTEX_WAIT reads the u32 at `word` (a valid, aligned atomic that outlives the
+    // call) and the optional timespec (on our stack); it writes nothing.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            ts_ptr,
+            std::ptr::null::<u32>(),
+            0u32,
+        )
+    };
+    if r == 0 {
+        return Wake::Woken;
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::EAGAIN) => Wake::Changed,
+        Some(libc::ETIMEDOUT) => Wake::TimedOut,
+        Some(libc::EINTR) => Wake::Interrupted,
+        _ => Wake::Woken,
+    }
+}
+
+/// Wakes up to `n` processes or threads waiting on `word`; returns how many were woken.
+pub fn wake(word: &AtomicU32, n: u32) -> usize {
+    let n = n.min(i32::MAX as u32) as i32;
+    // SAFETY: FUTEX_WAKE only uses the address of `word` as a key; nothing is read or written
+    // through it.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            n,
+            std::ptr::null::<libc::timespec>(),
+            std::ptr::null::<u32>(),
+            0u32,
+        )
+    };
+    usize::try_from(r).unwrap_or(0)
+}
+
+/// Wakes every waiter on `word`.
+pub fn wake_all(word: &AtomicU32) -> usize {
+    wake(word, i32::MAX as u32)
+}
+
+/// A point in time after which a blocking call gives up; `Deadline::never()` for none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline(Option<Instant>);
+
+impl Deadline {
+    /// No deadline: wait forever.
+    pub fn never() -> Deadline {
+        Deadline(None)
+    }
+
+    /// A deadline `timeout` from now; `None` means never.
+    pub fn after(timeout: Option<Duration>) -> Deadline {
+        Deadline(timeout.map(|t| Instant::now().checked_add(t).unwrap_or_else(far_future)))
+    }
+
+    /// The time left: `None` when there is no deadline, `Some(ZERO)` once it has passed.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.0
+            .map(|at| at.saturating_duration_since(Instant::now()))
+    }
+
+    /// True once the deadline has passed (never true for `never()`).
+    pub fn expired(&self) -> bool {
+        self.0.is_some_and(|at| Instant::now() >= at)
+    }
+
+    /// True when there is a deadline.
+    pub fn is_finite(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
+}
+
+/// Spins a little, then sleeps on `word` until `done(current value)` holds or the deadline
+/// passes. Returns the last value seen, or `Err(value)` on timeout.
+///
+/// `spins` bounds the busy phase (each spin is a `spin_loop` hint and a load); on this kind of
+/// VM a futex wake across cores costs tens of microseconds, so a short spin pays when the other
+/// side answers quickly, and the sleep keeps a waiter that keeps waiting from burning a core.
+pub fn wait_until(
+    word: &AtomicU32,
+    mut done: impl FnMut(u32) -> bool,
+    spins: u32,
+    deadline: Deadline,
+) -> Result<u32, u32> {
+    use std::sync::atomic::Ordering::Acquire;
+    for i in 0..spins {
+        let v = word.load(Acquire);
+        if done(v) {
+            return Ok(v);
+        }
+        if i % 64 == 63 {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+    loop {
+        // Acquire pairs with the Release store of whoever changes the word before waking.
+        let v = word.load(Acquire);
+        if done(v) {
+            return Ok(v);
+        }
+        let left = deadline.remaining();
+        if left == Some(Duration::ZERO) {
+            return Err(v);
+        }
+        wait(word, v, left);
+    }
+}

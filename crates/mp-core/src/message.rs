@@ -1,0 +1,288 @@
+//! Messages: values that cross process boundaries as [rkyv] archives.
+//!
+//! A type is a [`Message`] when rkyv can serialize it, check an archive of it, and
+//! deserialize it: `#[derive(Archive, Serialize, Deserialize)]` from `rkyv` is all it takes
+//! (std types such as integers, `String`, `Vec<T>`, `Option<T>`, tuples are messages already).
+//! A type that only implements serde's traits goes through [`Serde`].
+//!
+//! * [`encode_into`] serializes straight into a caller-provided buffer, typically a slot in a
+//!   shared ring, with no intermediate `Vec`; when the value does not fit, the bytes written so
+//!   far move to a heap buffer and serialization goes on there ([`Encoded::Spilled`]), so the
+//!   caller can send it through a side channel without serializing twice.
+//! * [`access`] checks received bytes and returns the archived value in place (zero-copy);
+//!   [`decode`] checks and deserializes to an owned value. Random, truncated or hostile bytes
+//!   give [`Error::Decode`], never a panic or undefined behaviour.
+//!
+//! Archives are aligned to [`ALIGN`] bytes: slots and frames must start at such an address.
+//! `decode` copies misaligned input to an aligned buffer first, `access` refuses it.
+//!
+//! ```
+//! use mp_core::message::{decode, encode};
+//! let bytes = encode(&(7u32, String::from("seven")))?;
+//! let back: (u32, String) = decode(&bytes)?;
+//! assert_eq!(back, (7, "seven".to_string()));
+//! assert!(decode::<(u32, String)>(&bytes[..3]).is_err());
+//! # Ok::<(), mp_core::Error>(())
+//! ```
+//!
+//! A type that is not an rkyv archive is not a message:
+//!
+//! ```compile_fail
+//! struct NotArchived(u32);
+//! let _ = mp_core::message::encode(&NotArchived(1));
+//! ```
+
+use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
+use rkyv::bytecheck::CheckBytes;
+use rkyv::rancor::{self, Fallible, Source};
+use rkyv::ser::allocator::ArenaHandle;
+use rkyv::ser::writer::{Positional, Writer};
+use rkyv::util::AlignedVec;
+use rkyv::vec::{ArchivedVec, VecResolver};
+use rkyv::{Archive, Deserialize, Place, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The alignment of every archive mp writes (rkyv's largest primitive alignment).
+pub const ALIGN: usize = 16;
+
+/// The error type rkyv reports inside mp (converted to [`Error`] at the API edge).
+pub type Failure = rancor::Error;
+/// The serializer mp uses: rkyv's high-level serializer over a [`MsgWriter`].
+pub type MpSerializer<'a> = HighSerializer<MsgWriter, ArenaHandle<'a>, Failure>;
+/// The validator mp uses on received bytes.
+pub type MpValidator<'a> = HighValidator<'a, Failure>;
+/// The deserializer mp uses.
+pub type MpDeserializer = HighDeserializer<Failure>;
+
+/// A value that can be sent to another process: rkyv-serializable, with a checked archive that
+/// deserializes back to `Self`. Implemented for every such type; derive rkyv's `Archive`,
+/// `Serialize` and `Deserialize` to get it.
+pub trait Message:
+    Sized
+    + Archive<Archived: for<'a> CheckBytes<MpValidator<'a>> + Deserialize<Self, MpDeserializer>>
+    + for<'a> Serialize<MpSerializer<'a>>
+{
+}
+
+impl<T> Message for T where
+    T: Archive<Archived: for<'a> CheckBytes<MpValidator<'a>> + Deserialize<T, MpDeserializer>>
+        + for<'a> Serialize<MpSerializer<'a>>
+{
+}
+
+/// An rkyv writer that fills a raw buffer (a slot in shared memory) and spills to an aligned
+/// heap buffer when the value does not fit.
+pub struct MsgWriter {
+    buf: *mut u8,
+    cap: usize,
+    pos: usize,
+    spill: Option<AlignedVec<ALIGN>>,
+}
+
+impl MsgWriter {
+    /// A writer with no slot: everything goes to the heap buffer.
+    pub fn heap() -> MsgWriter {
+        MsgWriter {
+            buf: std::ptr::null_mut(),
+            cap: 0,
+            pos: 0,
+            spill: Some(AlignedVec::new()),
+        }
+    }
+
+    /// A writer over `cap` bytes at `buf`.
+    ///
+    /// # Safety
+    /// - `buf` is valid for reads and writes of `cap` bytes for as long as the writer lives, and
+    ///   aligned to [`ALIGN`];
+    /// - no one else reads or writes those bytes while the writer lives (the caller's protocol
+    ///   gives it the slot exclusively, e.g. a claimed ring slot).
+    pub unsafe fn new(buf: *mut u8, cap: usize) -> MsgWriter {
+        MsgWriter {
+            buf,
+            cap,
+            pos: 0,
+            spill: None,
+        }
+    }
+}
+
+impl Positional for MsgWriter {
+    fn pos(&self) -> usize {
+        self.pos
+    }
+}
+
+impl<E> Writer<E> for MsgWriter {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), E> {
+        match &mut self.spill {
+            Some(v) => v.extend_from_slice(bytes),
+            None if self.cap - self.pos >= bytes.len() => {
+                // SAFETY: `pos + len <= cap` (checked), and `new`'s contract makes
+                // `buf..buf+cap` ours to write for the writer's lifetime.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.buf.add(self.pos), bytes.len())
+                };
+            }
+            None => {
+                let mut v = AlignedVec::<ALIGN>::with_capacity((self.pos + bytes.len()) * 2);
+                // SAFETY: the first `pos` bytes of the slot were written by this writer and,
+                // by `new`'s contract, nobody else touches the slot, so reading them back as a
+                // slice for the length of this copy is sound.
+                let written = unsafe { std::slice::from_raw_parts(self.buf, self.pos) };
+                v.extend_from_slice(written);
+                v.extend_from_slice(bytes);
+                self.spill = Some(v);
+            }
+        }
+        self.pos += bytes.len();
+        Ok(())
+    }
+}
+
+/// Where [`encode_into`] put the archive.
+#[derive(Debug)]
+pub enum Encoded {
+    /// The archive fills the first `n` bytes of the caller's buffer.
+    InPlace(usize),
+    /// The archive did not fit; here it is, whole, on the heap.
+    Spilled(AlignedVec<ALIGN>),
+}
+
+/// Serializes `value` into the `cap` bytes at `buf`, or into a heap buffer if it does not fit.
+///
+/// # Safety
+/// Same contract as [`MsgWriter::new`]: `buf` valid and exclusively ours for `cap` bytes,
+/// aligned to [`ALIGN`].
+pub unsafe fn encode_into<T: Message>(value: &T, buf: *mut u8, cap: usize) -> Result<Encoded> {
+    // SAFETY: forwarded from this function's contract.
+    let writer = unsafe { MsgWriter::new(buf, cap) };
+    let w = rkyv::api::high::to_bytes_in::<_, Failure>(value, writer)
+        .map_err(|e| Error::Encode(e.to_string()))?;
+    Ok(match w.spill {
+        Some(v) => Encoded::Spilled(v),
+        None => Encoded::InPlace(w.pos),
+    })
+}
+
+/// Serializes `value` to an aligned heap buffer.
+pub fn encode<T: Message>(value: &T) -> Result<AlignedVec<ALIGN>> {
+    let w = rkyv::api::high::to_bytes_in::<_, Failure>(value, MsgWriter::heap())
+        .map_err(|e| Error::Encode(e.to_string()))?;
+    Ok(w.spill.unwrap_or_default())
+}
+
+/// Checks `bytes` and returns the archived value inside them, without copying.
+/// `bytes` must start at an address aligned to [`ALIGN`] (every mp slot and frame does).
+pub fn access<T: Message>(bytes: &[u8]) -> Result<&T::Archived> {
+    // An empty archive (of a zero-sized value) reads no bytes, so its address does not matter.
+    if !bytes.is_empty() && (bytes.as_ptr() as usize) % ALIGN != 0 {
+        return Err(Error::Decode(format!(
+            "the archive is not aligned to {ALIGN} bytes"
+        )));
+    }
+    rkyv::access::<T::Archived, Failure>(bytes).map_err(|e| Error::Decode(e.to_string()))
+}
+
+/// Deserializes an archived value (checked already by [`access`]) to an owned value.
+pub fn deserialize<T: Message>(archived: &T::Archived) -> Result<T> {
+    rkyv::deserialize::<T, Failure>(archived).map_err(|e| Error::Decode(e.to_string()))
+}
+
+/// Checks `bytes` and deserializes them to an owned `T`. Misaligned input is copied to an
+/// aligned buffer first.
+pub fn decode<T: Message>(bytes: &[u8]) -> Result<T> {
+    if !bytes.is_empty() && (bytes.as_ptr() as usize) % ALIGN != 0 {
+        let mut v = AlignedVec::<ALIGN>::with_capacity(bytes.len());
+        v.extend_from_slice(bytes);
+        return deserialize::<T>(access::<T>(&v)?);
+    }
+    deserialize::<T>(access::<T>(bytes)?)
+}
+
+/// Sends a type that implements serde's `Serialize`/`Deserialize` (and not rkyv's) as a
+/// message, encoded with `postcard` inside the archive. Receiving it always deserializes
+/// (no zero-copy access to the inner value).
+///
+/// ```
+/// use mp_core::message::{decode, encode, Serde};
+/// #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+/// struct Point { x: i32, y: i32 }
+/// let bytes = encode(&Serde(Point { x: 1, y: -2 }))?;
+/// let Serde(p) = decode::<Serde<Point>>(&bytes)?;
+/// assert_eq!(p, Point { x: 1, y: -2 });
+/// # Ok::<(), mp_core::Error>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Serde<T>(pub T);
+
+impl<T> Archive for Serde<T> {
+    type Archived = ArchivedVec<u8>;
+    type Resolver = (VecResolver, usize);
+
+    fn resolve(&self, resolver: Self::Resolver, out: Place<Self::Archived>) {
+        ArchivedVec::<u8>::resolve_from_len(resolver.1, resolver.0, out);
+    }
+}
+
+impl<T, S> Serialize<S> for Serde<T>
+where
+    T: serde::Serialize,
+    S: Fallible + rkyv::ser::Allocator + Writer + ?Sized,
+    S::Error: Source,
+{
+    fn serialize(&self, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
+        let bytes = postcard::to_allocvec(&self.0).map_err(S::Error::new)?;
+        let r = ArchivedVec::<u8>::serialize_from_slice(&bytes, serializer)?;
+        Ok((r, bytes.len()))
+    }
+}
+
+impl<T, D> Deserialize<Serde<T>, D> for ArchivedVec<u8>
+where
+    T: serde::de::DeserializeOwned,
+    D: Fallible + ?Sized,
+    D::Error: Source,
+{
+    fn deserialize(&self, _: &mut D) -> Result<Serde<T>, D::Error> {
+        postcard::from_bytes(self.as_slice())
+            .map(Serde)
+            .map_err(D::Error::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spill_keeps_prefix() {
+        let value: Vec<u64> = (0..1000).collect();
+        let mut slot = AlignedVec::<ALIGN>::with_capacity(64);
+        slot.resize(64, 0);
+        // SAFETY: `slot` is our own aligned buffer of 64 bytes.
+        let enc = unsafe { encode_into(&value, slot.as_mut_ptr(), 64) }.unwrap();
+        let Encoded::Spilled(v) = enc else {
+            panic!("a 8000-byte value cannot fit in 64 bytes")
+        };
+        assert_eq!(decode::<Vec<u64>>(&v).unwrap(), value);
+        let small = 42u64;
+        // SAFETY: as above.
+        let enc = unsafe { encode_into(&small, slot.as_mut_ptr(), 64) }.unwrap();
+        let Encoded::InPlace(n) = enc else {
+            panic!("a u64 fits in 64 bytes")
+        };
+        assert_eq!(decode::<u64>(&slot[..n]).unwrap(), 42);
+    }
+
+    #[test]
+    fn misaligned_access_refused_decode_copies() {
+        let bytes = encode(&0xdead_beef_u32).unwrap();
+        let mut shifted = AlignedVec::<ALIGN>::new();
+        shifted.push(0);
+        shifted.extend_from_slice(&bytes);
+        assert!(matches!(access::<u32>(&shifted[1..]), Err(Error::Decode(_))));
+        assert_eq!(decode::<u32>(&shifted[1..]).unwrap(), 0xdead_beef);
+    }
+}
