@@ -30,14 +30,14 @@
 //!
 //! # The parts
 //!
-//! * [`region`]: anonymous ([`Region::anonymous`], a sealed memfd that dies with its last user)
+//! * [`region`] holds anonymous ([`Region::anonymous`], a sealed memfd that dies with its last user)
 //!   and named ([`SharedMemory`], `/dev/shm/mp-<name>`) regions, each starting with a checked
 //!   header; [`Shared<T>`] puts one value made of atomics in a region.
-//! * [`futex`]: wait and wake on 32-bit words in shared memory, across processes, with
+//! * [`futex`] waits and wakes on 32-bit words in shared memory, across processes, with
 //!   timeouts and [`Deadline`]s.
-//! * [`message`]: the [`Message`] bound (rkyv archives with validation), serialization straight
+//! * [`message`] has the [`Message`] bound (rkyv archives with validation), serialization straight
 //!   into a shared slot, checked zero-copy access, and the [`Serde`] adapter.
-//! * [`handle`]: how regions (and so every primitive) travel to a child under fork, exec and a
+//! * [`handle`] says how regions (and so every primitive) travel to a child under fork, exec and a
 //!   fork server.
 
 pub mod error;

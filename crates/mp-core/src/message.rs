@@ -122,7 +122,11 @@ impl<E> Writer<E> for MsgWriter {
                 // SAFETY: `pos + len <= cap` (checked), and `new`'s contract makes
                 // `buf..buf+cap` ours to write for the writer's lifetime.
                 unsafe {
-                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.buf.add(self.pos), bytes.len())
+                    std::ptr::copy_nonoverlapping(
+                        bytes.as_ptr(),
+                        self.buf.add(self.pos),
+                        bytes.len(),
+                    )
                 };
             }
             None => {
@@ -282,7 +286,10 @@ mod tests {
         let mut shifted = AlignedVec::<ALIGN>::new();
         shifted.push(0);
         shifted.extend_from_slice(&bytes);
-        assert!(matches!(access::<u32>(&shifted[1..]), Err(Error::Decode(_))));
+        assert!(matches!(
+            access::<u32>(&shifted[1..]),
+            Err(Error::Decode(_))
+        ));
         assert_eq!(decode::<u32>(&shifted[1..]).unwrap(), 0xdead_beef);
     }
 }

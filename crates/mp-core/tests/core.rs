@@ -207,10 +207,13 @@ fn wrong_kind_and_foreign_files_are_refused() {
         other => panic!("expected BadHeader, got {other:?}"),
     }
     // A file too small to hold a header.
-    let fd = nix::sys::memfd::memfd_create(c"tiny", nix::sys::memfd::MemFdCreateFlag::empty())
-        .unwrap();
+    let fd =
+        nix::sys::memfd::memfd_create(c"tiny", nix::sys::memfd::MemFdCreateFlag::empty()).unwrap();
     nix::unistd::ftruncate(&fd, 10).unwrap();
-    assert!(matches!(Region::from_fd(fd, None), Err(Error::BadHeader { .. })));
+    assert!(matches!(
+        Region::from_fd(fd, None),
+        Err(Error::BadHeader { .. })
+    ));
 }
 
 #[test]
@@ -230,8 +233,14 @@ fn anonymous_region_size_errors() {
 fn anonymous_region_size_is_sealed() {
     let region = Region::anonymous(1, 64, 8).unwrap();
     let fd = region.dup_fd().unwrap();
-    assert!(nix::unistd::ftruncate(&fd, 8).is_err(), "shrinking is sealed");
-    assert!(nix::unistd::ftruncate(&fd, 1 << 20).is_err(), "growing is sealed");
+    assert!(
+        nix::unistd::ftruncate(&fd, 8).is_err(),
+        "shrinking is sealed"
+    );
+    assert!(
+        nix::unistd::ftruncate(&fd, 1 << 20).is_err(),
+        "growing is sealed"
+    );
 }
 
 #[test]
@@ -250,7 +259,12 @@ fn futex_wake_crosses_processes() {
             unsafe { libc::_exit(0) }
         }
         ForkResult::Parent { child } => {
-            let got = futex::wait_until(&word, |v| v == 1, 0, mp_core::Deadline::after(Some(Duration::from_secs(10))));
+            let got = futex::wait_until(
+                &word,
+                |v| v == 1,
+                0,
+                mp_core::Deadline::after(Some(Duration::from_secs(10))),
+            );
             assert_eq!(got, Ok(1));
             assert!(matches!(waitpid(child, None), Ok(WaitStatus::Exited(_, 0))));
         }
@@ -268,7 +282,12 @@ fn futex_timed_wait_returns_after_timeout() {
     assert!(dt < Duration::from_secs(2), "{dt:?}");
     assert_eq!(futex::wait(&word, 6, None), Wake::Changed);
     let t0 = Instant::now();
-    let r = futex::wait_until(&word, |v| v == 0, 100, mp_core::Deadline::after(Some(Duration::from_millis(100))));
+    let r = futex::wait_until(
+        &word,
+        |v| v == 0,
+        100,
+        mp_core::Deadline::after(Some(Duration::from_millis(100))),
+    );
     assert_eq!(r, Err(5));
     assert!(t0.elapsed() >= Duration::from_millis(100));
 }
@@ -305,7 +324,10 @@ fn named_region_errors() {
     let other = SharedMemory::attach(&name).unwrap();
     assert_eq!(other.size(), 512);
     owner.write_at(510, b"ab").unwrap();
-    assert!(matches!(owner.write_at(511, b"ab"), Err(Error::InvalidSize { .. })));
+    assert!(matches!(
+        owner.write_at(511, b"ab"),
+        Err(Error::InvalidSize { .. })
+    ));
     let mut two = [0u8; 2];
     other.read_at(510, &mut two).unwrap();
     assert_eq!(&two, b"ab");
@@ -346,7 +368,10 @@ fn named_child_entry() {
     let shm = SharedMemory::attach(&name).unwrap();
     shm.write_at(0, b"child").unwrap();
     drop(shm);
-    assert!(shm_entry_exists(&name), "an attached handle does not unlink");
+    assert!(
+        shm_entry_exists(&name),
+        "an attached handle does not unlink"
+    );
 }
 
 #[test]
@@ -392,7 +417,10 @@ fn messages_round_trip_and_access_in_place() {
     // Zero-byte payloads: the unit type and an empty vector.
     let unit = encode(&()).unwrap();
     decode::<()>(&unit).unwrap();
-    assert_eq!(decode::<Vec<u8>>(&encode(&Vec::<u8>::new()).unwrap()).unwrap(), Vec::<u8>::new());
+    assert_eq!(
+        decode::<Vec<u8>>(&encode(&Vec::<u8>::new()).unwrap()).unwrap(),
+        Vec::<u8>::new()
+    );
     // Truncations of a valid archive are errors, never panics.
     for cut in 0..bytes.len() {
         assert!(decode::<Sample>(&bytes[..cut]).is_err() || cut == bytes.len());

@@ -1,0 +1,15 @@
+//! The tour: every mp primitive at work, each printing what it does.
+//!
+//! Run it with `cargo run --release --example tour`. Each primitive has its own part (a module
+//! in this folder); the parts run in order.
+
+use std::error::Error;
+
+mod core_part;
+
+fn main() -> Result<(), Box<dyn Error>> {
+    println!("mp tour: Python's multiprocessing, in Rust, with real processes\n");
+    core_part::run()?;
+    println!("\ntour complete");
+    Ok(())
+}
