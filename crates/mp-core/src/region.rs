@@ -144,6 +144,38 @@ impl Region {
     /// `kind` tags the content; `align` (a power of two up to [`MAX_ALIGN`]) is the payload's
     /// alignment.
     pub fn anonymous(kind: u32, size: u64, align: u64) -> Result<Region> {
+        Self::anonymous_sealed(
+            kind,
+            size,
+            align,
+            SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW,
+        )
+    }
+
+    /// Like [`anonymous`](Self::anonymous), but the file may grow past the region (it still
+    /// cannot shrink). A primitive that needs room beyond its fixed payload, known to every
+    /// holder without passing new descriptors, grows the file with [`grow_file`](Self::grow_file)
+    /// and maps the extra range itself (mp-queue does this for messages larger than its ring).
+    pub fn anonymous_growable(kind: u32, size: u64, align: u64) -> Result<Region> {
+        Self::anonymous_sealed(kind, size, align, SealFlag::F_SEAL_SHRINK)
+    }
+
+    /// Makes the file behind the region at least `len` bytes long (from its start, header
+    /// included). Fails on a region whose size is sealed.
+    pub fn grow_file(&self, len: u64) -> Result<()> {
+        let st =
+            nix::sys::stat::fstat(self.inner.fd.as_raw_fd()).map_err(|e| Error::nix("fstat", e))?;
+        if u64::try_from(st.st_size).unwrap_or(0) >= len {
+            return Ok(());
+        }
+        let len = i64::try_from(len).map_err(|_| Error::InvalidSize {
+            size: len,
+            max: i64::MAX as u64,
+        })?;
+        nix::unistd::ftruncate(&self.inner.fd, len).map_err(|e| Error::nix("ftruncate", e))
+    }
+
+    fn anonymous_sealed(kind: u32, size: u64, align: u64, seals: SealFlag) -> Result<Region> {
         let len = check_size(size)?;
         check_align(align)?;
         let name = c"mp-region";
@@ -154,11 +186,8 @@ impl Region {
         .map_err(|e| Error::nix("memfd_create", e))?;
         let total = (HEADER_SIZE + len) as i64;
         nix::unistd::ftruncate(&fd, total).map_err(|e| Error::nix("ftruncate", e))?;
-        nix::fcntl::fcntl(
-            fd.as_raw_fd(),
-            FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW),
-        )
-        .map_err(|e| Error::nix("fcntl(F_ADD_SEALS)", e))?;
+        nix::fcntl::fcntl(fd.as_raw_fd(), FcntlArg::F_ADD_SEALS(seals))
+            .map_err(|e| Error::nix("fcntl(F_ADD_SEALS)", e))?;
         let layout = Layout { kind, size, align };
         Self::init(fd, layout)
     }

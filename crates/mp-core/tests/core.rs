@@ -244,6 +244,19 @@ fn anonymous_region_size_is_sealed() {
 }
 
 #[test]
+fn growable_region_grows_but_never_shrinks() {
+    let region = Region::anonymous_growable(1, 64, 8).unwrap();
+    region.grow_file(1 << 20).unwrap();
+    let fd = region.dup_fd().unwrap();
+    assert_eq!(nix::sys::stat::fstat(fd.as_raw_fd()).unwrap().st_size, 1 << 20);
+    assert!(nix::unistd::ftruncate(&fd, 8).is_err(), "shrinking is sealed");
+    // The header still validates on a file longer than the region.
+    assert!(Region::from_fd(region.dup_fd().unwrap(), Some(region.layout())).is_ok());
+    let sealed = Region::anonymous(1, 64, 8).unwrap();
+    assert!(sealed.grow_file(1 << 20).is_err());
+}
+
+#[test]
 fn futex_wake_crosses_processes() {
     let word = Shared::new(AtomicU32::new(0)).unwrap();
     let addr = (&*word) as *const AtomicU32 as usize;
