@@ -1,0 +1,104 @@
+//! Where the processes and threads of a workload run: CPU affinity, set the same way for mp,
+//! the peers, the limits and CPython.
+//!
+//! On a small VM an unpinned run swings by several times from run to run, and a wake-up across
+//! cores costs an order of magnitude more than one on the same core, so every number in the
+//! table says which placement it was measured in.
+
+/// The CPU placement of a workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Placement {
+    /// Parent on CPU 0, children (or helper threads) on CPU 1, 0, 1, ...
+    Spread,
+    /// Everyone on CPU 0.
+    Packed,
+    /// A single-process workload, pinned to CPU 0.
+    Single,
+}
+
+impl Placement {
+    /// The two placements of multi-process workloads.
+    pub const MULTI: [Placement; 2] = [Placement::Spread, Placement::Packed];
+
+    /// The name used in benchmark ids and in the table.
+    pub fn name(self) -> &'static str {
+        match self {
+            Placement::Spread => "spread",
+            Placement::Packed => "packed",
+            Placement::Single => "single",
+        }
+    }
+
+    /// The CPU of the parent (the process that measures).
+    pub fn parent_cpu(self) -> usize {
+        0
+    }
+
+    /// The CPU of child (or helper thread) number `i`, counting from 0.
+    pub fn child_cpu(self, i: usize) -> usize {
+        match self {
+            Placement::Spread if cpus() > 1 => usize::from(i % 2 == 0),
+            _ => 0,
+        }
+    }
+
+    /// Pins the calling thread to the parent's CPU (threads and children it creates afterwards
+    /// inherit the mask until they pin themselves).
+    pub fn pin_parent(self) {
+        pin_current(self.parent_cpu());
+    }
+}
+
+/// The number of online CPUs (not the affinity mask of the caller, which pinning narrows).
+pub fn cpus() -> usize {
+    // SAFETY: sysconf has no memory effects.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).unwrap_or(1).max(1)
+}
+
+/// Pins the calling thread to `cpu`; a CPU the machine does not have falls back to CPU 0.
+/// Failure is reported on stderr and otherwise ignored (the run goes on unpinned).
+pub fn pin_current(cpu: usize) {
+    let cpu = if cpu < cpus() { cpu } else { 0 };
+    // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: CPU_SET writes a bit inside `set`; `cpu` is below the online count, far below
+    // CPU_SETSIZE (1024).
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the size we pass.
+    let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if r != 0 {
+        eprintln!(
+            "mp-benches: sched_setaffinity(cpu {cpu}) failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Pins another process (its main thread) to `cpu`, like `os.sched_setaffinity(pid, {cpu})`.
+pub fn pin_pid(pid: i32, cpu: usize) {
+    let cpu = if cpu < cpus() { cpu } else { 0 };
+    // SAFETY: as in `pin_current`.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as in `pin_current`.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t of the size we pass; a stale pid only yields ESRCH.
+    unsafe { libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_alternates_and_packed_stays_on_cpu0() {
+        assert_eq!(Placement::Packed.child_cpu(0), 0);
+        assert_eq!(Placement::Packed.child_cpu(1), 0);
+        if cpus() > 1 {
+            assert_eq!(Placement::Spread.child_cpu(0), 1);
+            assert_eq!(Placement::Spread.child_cpu(1), 0);
+            assert_eq!(Placement::Spread.child_cpu(2), 1);
+        }
+        assert_eq!(Placement::Spread.parent_cpu(), 0);
+    }
+}
