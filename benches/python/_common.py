@@ -1,0 +1,74 @@
+"""Shared helpers of the CPython reference scripts run by `cargo xtask bench`.
+
+Every script measures one workload with `multiprocessing` the way a Python user would write it,
+in the placement given on the command line, and prints one line `RESULT <value>` in the unit of
+the workload (see docs/benchmarks.md). Placements match the Rust side exactly: "spread" puts the
+parent on CPU 0 and child i on CPU 1, 0, 1, ...; "packed" puts everyone on CPU 0; "single" pins
+the only process to CPU 0. Children pin themselves with os.sched_setaffinity before the clock
+starts (pool workers in their initializer).
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+
+def _cpus():
+    return os.cpu_count() or 1
+
+
+def pin(cpu):
+    """Pin the calling process to `cpu` (CPU 0 if the machine has no such CPU)."""
+    if cpu >= _cpus():
+        cpu = 0
+    os.sched_setaffinity(0, {cpu})
+
+
+def child_cpu(placement, i):
+    """The CPU of child number i (from 0) in a placement."""
+    if placement == "spread" and _cpus() > 1:
+        return 1 if i % 2 == 0 else 0
+    return 0
+
+
+def options():
+    p = argparse.ArgumentParser()
+    p.add_argument("--placement", choices=["spread", "packed", "single"], default="spread")
+    p.add_argument("--quick", action="store_true")
+    a = p.parse_args()
+    pin(0)
+    return a
+
+
+def measure(run_once, n, repeats):
+    """Run `run_once(n)` (which returns seconds) `repeats` times after one warm-up run of a
+    tenth of the size, and return the median time."""
+    run_once(max(1, n // 10))
+    return statistics.median(run_once(n) for _ in range(repeats))
+
+
+def report(value):
+    print(f"RESULT {value!r}")
+    sys.stdout.flush()
+
+
+def now():
+    return time.perf_counter()
+
+
+def pin_worker(counter, placement):
+    """Pool initializer: worker number i (in start order) pins itself to child_cpu(i)."""
+    with counter.get_lock():
+        i = counter.value
+        counter.value += 1
+    pin(child_cpu(placement, i))
+
+
+def ident(x):
+    return x
+
+
+def pinned_noop(cpu):
+    pin(cpu)

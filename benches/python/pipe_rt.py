@@ -1,0 +1,33 @@
+"""pipe round trip: the parent sends a small int over a multiprocessing.Pipe, a child echoes it
+back. Prints microseconds per round trip."""
+import multiprocessing as mp
+
+from _common import child_cpu, measure, now, options, pin, report
+
+
+def echo(conn, n, cpu, start):
+    pin(cpu)
+    start.wait()
+    for _ in range(n):
+        conn.send(conn.recv())
+
+
+def run_once(n):
+    a, b = mp.Pipe()
+    start = mp.Barrier(2)
+    p = mp.Process(target=echo, args=(b, n, child_cpu(opts.placement, 0), start))
+    p.start()
+    start.wait()
+    t0 = now()
+    for i in range(n):
+        a.send(i)
+        a.recv()
+    dt = now() - t0
+    p.join()
+    return dt
+
+
+if __name__ == "__main__":
+    opts = options()
+    n = 2_000 if opts.quick else 20_000
+    report(measure(run_once, n, 2 if opts.quick else 5) / n * 1e6)
