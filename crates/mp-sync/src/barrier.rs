@@ -1,0 +1,371 @@
+//! [`Barrier`]: `parties` processes (or threads) meet, then all go on.
+//!
+//! # Algorithm
+//! A small robust mutex ([`RawLock`]) guards the arrival count. The `gen` word counts cycles
+//! and is the futex word: the last arriver runs the action, records the cycle's outcome,
+//! increments `gen` and wakes everyone; a waiter of cycle `g` sleeps while `gen == g`. Each
+//! transition out of cycle `g` (a pass, or a break by timeout, `abort`, `reset` or a dead
+//! party) records its outcome in a ring of 16 slots before `gen` moves (Release/Acquire), so
+//! a waiter learns how *its* cycle ended even when the barrier has been used again since.
+//!
+//! # Parties that die
+//! Every thread that waits on the barrier takes a slot in a table of `parties` slots (its
+//! token: tid + start time) and records the last cycle it arrived in. A waiter that has
+//! slept a while checks the table: a party that is dead and has not arrived in the current
+//! cycle can never arrive, so the barrier breaks and every waiter gets
+//! [`Error::BrokenBarrier`] instead of hanging. A party that dies before its first `wait` is
+//! not known yet: only a timeout covers that case. A slot of a dead party is reused by a new
+//! thread when the table is full.
+
+use std::fmt;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mp_core::futex;
+use mp_core::{Deadline, ShmSafe};
+use rkyv::{Archive, Deserialize, Serialize};
+use static_assertions::{assert_eq_align, assert_eq_size};
+
+use crate::block::{Block, Element, Header};
+use crate::error::{Error, Result};
+use crate::ident;
+use crate::raw::{Acquire, RawLock};
+
+const RING: usize = 16;
+const NO_TIMEOUT: u64 = u64::MAX;
+/// How long a waiter sleeps between checks of the parties' liveness.
+const CHECK_EVERY: Duration = Duration::from_millis(10);
+
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct BarrierState {
+    mutex: RawLock,
+    /// The cycle number; the futex word.
+    gen: AtomicU32,
+    /// Arrivals in the current cycle (under `mutex`).
+    count: AtomicU32,
+    /// 1 while broken (until `reset`).
+    broken: AtomicU32,
+    /// The number of parties (fixed at construction).
+    parties: AtomicU32,
+    /// The default timeout in nanoseconds, or `NO_TIMEOUT` (fixed at construction).
+    timeout_ns: AtomicU64,
+    /// `outcomes[g % RING] = (g << 1) | broken` for the transition out of cycle `g`.
+    outcomes: [AtomicU32; RING],
+}
+assert_eq_size!(BarrierState, [u64; 5 + RING / 2]);
+assert_eq_align!(BarrierState, u64);
+
+// SAFETY: only atomics and a RawLock (itself ShmSafe) (1); every bit pattern is a valid state:
+// counts, a cycle number, flags read as "non-zero" (2); no Drop (3); `#[repr(C)]`, size and
+// alignment pinned above (4).
+unsafe impl ShmSafe for BarrierState {}
+
+impl Header for BarrierState {
+    const MIN_LEN: usize = 1;
+}
+
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct Member {
+    /// Thread token of the party, 0 for a free slot.
+    token: AtomicU64,
+    /// `gen + 1` of the last cycle the party arrived in; 0 before its first arrival.
+    arrived: AtomicU32,
+    _reserved: AtomicU32,
+}
+assert_eq_size!(Member, [u64; 2]);
+assert_eq_align!(Member, u64);
+
+// SAFETY: atomics only, so all-zero and every other bit pattern are valid, no Drop, and the
+// layout is `#[repr(C)]` with size and alignment pinned above.
+unsafe impl Element for Member {}
+
+/// The action a barrier runs once per cycle, in the last arriving party, before the others are
+/// released.
+pub type BarrierAction = Arc<dyn Fn() + Send + Sync>;
+
+/// A barrier for `parties` processes or threads (Python's `multiprocessing.Barrier`).
+///
+/// Each [`wait`](Barrier::wait) returns a distinct index in `0..parties` per cycle (the
+/// arrival order; the last arriver, index `parties - 1`, runs the action). A timeout,
+/// [`abort`](Barrier::abort), [`reset`](Barrier::reset) while parties wait, a panicking action,
+/// or the death of a party that others wait for breaks the barrier: the waiters get
+/// [`Error::BrokenBarrier`], and so does every later `wait` until `reset`.
+///
+/// The action is local to the process: a fork child inherits it with the barrier, a child
+/// started by spawn gets the barrier without it and sets its own with
+/// [`with_action`](Barrier::with_action) (closures do not cross `exec`).
+///
+/// ```
+/// use std::sync::atomic::{AtomicU32, Ordering};
+/// use std::sync::Arc;
+/// use mp_sync::Barrier;
+/// let runs = Arc::new(AtomicU32::new(0));
+/// let r = runs.clone();
+/// let barrier = Barrier::new(2)?.with_action(move || { r.fetch_add(1, Ordering::SeqCst); });
+/// let b = barrier.clone();
+/// let t = std::thread::spawn(move || b.wait());
+/// let mine = barrier.wait()?;
+/// let theirs = t.join().unwrap()?;
+/// assert_eq!(mine + theirs, 1); // indices 0 and 1
+/// assert_eq!(runs.load(Ordering::SeqCst), 1);
+/// # Ok::<(), mp_sync::Error>(())
+/// ```
+#[derive(Clone, Archive, Serialize, Deserialize)]
+pub struct Barrier {
+    block: Block<BarrierState, Member>,
+    #[rkyv(with = rkyv::with::Skip)]
+    action: Option<BarrierAction>,
+}
+
+impl fmt::Debug for Barrier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Barrier")
+            .field("parties", &self.parties())
+            .field("n_waiting", &self.n_waiting())
+            .field("broken", &self.broken())
+            .field("has_action", &self.action.is_some())
+            .finish()
+    }
+}
+
+impl Barrier {
+    /// A barrier for `parties` (at least 1) with no default timeout.
+    pub fn new(parties: u32) -> Result<Barrier> {
+        Barrier::build(parties, None)
+    }
+
+    /// A barrier whose waits give up (and break it) after `timeout` unless given their own.
+    pub fn with_timeout(parties: u32, timeout: Duration) -> Result<Barrier> {
+        Barrier::build(parties, Some(timeout))
+    }
+
+    fn build(parties: u32, timeout: Option<Duration>) -> Result<Barrier> {
+        if parties == 0 {
+            return Err(Error::InvalidArgument("a barrier needs at least one party"));
+        }
+        ident::init();
+        let timeout_ns = timeout.map_or(NO_TIMEOUT, |t| {
+            u64::try_from(t.as_nanos()).unwrap_or(NO_TIMEOUT - 1)
+        });
+        let state = BarrierState {
+            mutex: RawLock::new(),
+            gen: AtomicU32::new(0),
+            count: AtomicU32::new(0),
+            broken: AtomicU32::new(0),
+            parties: AtomicU32::new(parties),
+            timeout_ns: AtomicU64::new(timeout_ns),
+            outcomes: std::array::from_fn(|_| AtomicU32::new(u32::MAX)),
+        };
+        Ok(Barrier {
+            block: Block::new(state, parties as usize)?,
+            action: None,
+        })
+    }
+
+    /// Sets the action this process runs when it is the last to arrive.
+    pub fn with_action(mut self, action: impl Fn() + Send + Sync + 'static) -> Barrier {
+        self.action = Some(Arc::new(action));
+        self
+    }
+
+    fn state(&self) -> &BarrierState {
+        self.block.header()
+    }
+
+    fn members(&self) -> &[Member] {
+        let n = self.block.len().min(self.parties() as usize);
+        // SAFETY: the block holds `len()` initialised (zeroed, then atomically updated)
+        // Members for as long as `self.block` lives; Members are atomics only, so shared
+        // references are sound while other processes update them.
+        unsafe { std::slice::from_raw_parts(self.block.elems(), n) }
+    }
+
+    /// The number of parties.
+    pub fn parties(&self) -> u32 {
+        self.state().parties.load(Ordering::Relaxed)
+    }
+
+    /// How many parties wait in the current cycle.
+    pub fn n_waiting(&self) -> u32 {
+        if self.broken() {
+            return 0;
+        }
+        self.state().count.load(Ordering::Relaxed)
+    }
+
+    /// True while the barrier is broken.
+    pub fn broken(&self) -> bool {
+        self.state().broken.load(Ordering::Relaxed) != 0
+    }
+
+    fn default_timeout(&self) -> Option<Duration> {
+        match self.state().timeout_ns.load(Ordering::Relaxed) {
+            NO_TIMEOUT => None,
+            ns => Some(Duration::from_nanos(ns)),
+        }
+    }
+
+    /// Waits for the other parties (or the default timeout); returns this party's index.
+    pub fn wait(&self) -> Result<u32> {
+        self.wait_until(Deadline::after(self.default_timeout()))
+    }
+
+    /// Waits at most `timeout`; on timeout the barrier breaks ([`Error::BrokenBarrier`]).
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<u32> {
+        self.wait_until(Deadline::after(Some(timeout)))
+    }
+
+    /// Takes the internal mutex; a dead holder (a party killed inside the barrier's own
+    /// bookkeeping) breaks the barrier, since the count may be wrong.
+    fn lock(&self) -> BarrierLock<'_> {
+        let st = self.state();
+        let a = st.mutex.lock(ident::process_token(), Deadline::never());
+        let guard = BarrierLock { st };
+        if matches!(a, Acquire::OwnerDied(_)) {
+            guard.break_cycle();
+        }
+        guard
+    }
+
+    fn wait_until(&self, deadline: Deadline) -> Result<u32> {
+        let me = ident::thread_token();
+        let st = self.state();
+        let lock = self.lock();
+        if st.broken.load(Ordering::Relaxed) != 0 {
+            return Err(Error::BrokenBarrier);
+        }
+        let g = st.gen.load(Ordering::Relaxed);
+        let index = st.count.load(Ordering::Relaxed);
+        st.count.store(index + 1, Ordering::Relaxed);
+        self.register(me, g);
+        if index + 1 >= self.parties() {
+            if let Some(action) = &self.action {
+                if let Err(panic) = catch_unwind(AssertUnwindSafe(|| action())) {
+                    lock.break_cycle();
+                    drop(lock);
+                    resume_unwind(panic);
+                }
+            }
+            lock.finish_cycle(false);
+            return Ok(index);
+        }
+        drop(lock);
+        loop {
+            // Acquire pairs with the Release store of `gen` in `finish_cycle`.
+            if st.gen.load(Ordering::Acquire) != g {
+                return self.outcome(g, index);
+            }
+            let left = deadline.remaining();
+            if left == Some(Duration::ZERO) {
+                let lock = self.lock();
+                if st.gen.load(Ordering::Relaxed) == g {
+                    lock.break_cycle();
+                }
+                drop(lock);
+                return self.outcome(g, index);
+            }
+            let slice = left.map_or(CHECK_EVERY, |l| l.min(CHECK_EVERY));
+            if futex::wait(&st.gen, g, Some(slice)) == futex::Wake::TimedOut
+                && self.a_party_died(g)
+            {
+                let lock = self.lock();
+                if st.gen.load(Ordering::Relaxed) == g {
+                    lock.break_cycle();
+                }
+            }
+        }
+    }
+
+    /// How cycle `g` ended, once `gen` has moved past it.
+    fn outcome(&self, g: u32, index: u32) -> Result<u32> {
+        let st = self.state();
+        let entry = st.outcomes[g as usize % RING].load(Ordering::Relaxed);
+        if entry == (g << 1) {
+            Ok(index)
+        } else {
+            // Broken, or (after 16 more cycles while this waiter was not scheduled) unknown:
+            // a pass cannot be confirmed, so report the barrier as broken.
+            Err(Error::BrokenBarrier)
+        }
+    }
+
+    /// Records that thread `me` arrived in cycle `g` (under the mutex).
+    fn register(&self, me: u64, g: u32) {
+        let members = self.members();
+        let slot = members
+            .iter()
+            .find(|m| m.token.load(Ordering::Relaxed) == me)
+            .or_else(|| {
+                members
+                    .iter()
+                    .find(|m| m.token.load(Ordering::Relaxed) == 0)
+            })
+            .or_else(|| {
+                members
+                    .iter()
+                    .find(|m| !ident::is_alive(m.token.load(Ordering::Relaxed)))
+            });
+        if let Some(m) = slot {
+            m.token.store(me, Ordering::Relaxed);
+            m.arrived.store(g.wrapping_add(1), Ordering::Relaxed);
+        }
+    }
+
+    /// True when a known party is dead and has not arrived in cycle `g`.
+    fn a_party_died(&self, g: u32) -> bool {
+        self.members().iter().any(|m| {
+            let t = m.token.load(Ordering::Relaxed);
+            t != 0 && m.arrived.load(Ordering::Relaxed) != g.wrapping_add(1) && !ident::is_alive(t)
+        })
+    }
+
+    /// Breaks the barrier: the parties waiting now, and every later `wait` until
+    /// [`reset`](Barrier::reset), get [`Error::BrokenBarrier`].
+    pub fn abort(&self) {
+        self.lock().break_cycle();
+    }
+
+    /// Returns the barrier to its initial state; parties waiting now get
+    /// [`Error::BrokenBarrier`].
+    pub fn reset(&self) {
+        let lock = self.lock();
+        if lock.st.count.load(Ordering::Relaxed) > 0 {
+            lock.break_cycle();
+        }
+        lock.st.broken.store(0, Ordering::Relaxed);
+    }
+}
+
+/// The barrier's internal mutex, held.
+struct BarrierLock<'a> {
+    st: &'a BarrierState,
+}
+
+impl BarrierLock<'_> {
+    /// Ends the current cycle as broken and marks the barrier broken.
+    fn break_cycle(&self) {
+        self.st.broken.store(1, Ordering::Relaxed);
+        self.finish_cycle(true);
+    }
+
+    /// Ends the current cycle: records the outcome, moves `gen`, wakes every waiter.
+    fn finish_cycle(&self, broken: bool) {
+        let g = self.st.gen.load(Ordering::Relaxed);
+        self.st.outcomes[g as usize % RING].store((g << 1) | u32::from(broken), Ordering::Relaxed);
+        self.st.count.store(0, Ordering::Relaxed);
+        // Release pairs with the Acquire load of `gen` by waiters: the outcome above is
+        // visible to whoever sees the new cycle number.
+        self.st.gen.store(g.wrapping_add(1), Ordering::Release);
+        futex::wake_all(&self.st.gen);
+    }
+}
+
+impl Drop for BarrierLock<'_> {
+    fn drop(&mut self) {
+        self.st.mutex.unlock();
+    }
+}

@@ -1,0 +1,263 @@
+//! Who holds a lock: identity tokens that pid reuse cannot fool, and liveness checks.
+//!
+//! A *token* is a `u64`: the pid (for process identity) or the tid (for thread identity) in
+//! bits 32..62, and the low 32 bits of that task's start time (field 22 of
+//! `/proc/<id>/stat`, in clock ticks since boot) in bits 0..32. Bit 63 is left free for the
+//! lock words that embed a token (it is their "contended" flag). Linux ids stay below 2^22
+//! (`pid_max` limit), so they fit.
+//!
+//! A token names one incarnation of a task: when the id is reused by a later process, its
+//! start time differs (two tasks with the same id would have to start an exact multiple of
+//! 2^32 ticks apart: 497 days at 100 Hz, to the tick). [`is_alive`] reads `/proc/<id>/stat`
+//! and compares; a zombie (killed but not yet reaped) counts as dead.
+//!
+//! Everything here is async-signal-safe once the current task's token is cached, and stays
+//! async-signal-safe when it is not: the `/proc` reads use `open`/`read`/`close` on stack
+//! buffers, no allocation. So a child forked from a multi-threaded parent can use every
+//! primitive of this crate before it calls `exec` (or instead of it).
+//!
+//! The cache of the current process's token is reset in a `pthread_atfork` child handler
+//! (registered by every primitive's constructor and deserializer, see [`init`]), so a forked
+//! child never acts under its parent's identity. Children must be created with `fork(2)`
+//! through libc (as `nix::unistd::fork` and mp-process do), not with a raw `clone` syscall.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Once;
+
+/// The top bit of a lock word that holds a token: set when some task sleeps on the lock.
+pub(crate) const CONTENDED: u64 = 1 << 63;
+
+static PROCESS_TOKEN: AtomicU64 = AtomicU64::new(0);
+static ATFORK: Once = Once::new();
+
+thread_local! {
+    static THREAD_TOKEN: Cell<u64> = const { Cell::new(0) };
+}
+
+extern "C" fn after_fork_in_child() {
+    // Only atomics and a const-initialised thread-local without destructor: async-signal-safe.
+    PROCESS_TOKEN.store(0, Ordering::Relaxed);
+    THREAD_TOKEN.with(|t| t.set(0));
+}
+
+/// Registers the fork handler that forgets the cached identity in a forked child. Called by
+/// every constructor and deserializer of a primitive (so before any fork that could matter);
+/// cheap after the first call.
+pub(crate) fn init() {
+    ATFORK.call_once(|| {
+        // SAFETY: registering a handler has no memory-safety preconditions; the handler only
+        // stores to atomics and to a const-initialised thread-local `Cell` (async-signal-safe).
+        unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+    });
+}
+
+/// The token of the calling process (pid + process start time). One relaxed load once cached.
+#[inline]
+pub(crate) fn process_token() -> u64 {
+    let t = PROCESS_TOKEN.load(Ordering::Relaxed);
+    if t != 0 {
+        return t;
+    }
+    process_token_slow()
+}
+
+#[cold]
+fn process_token_slow() -> u64 {
+    init();
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() } as u32;
+    let start = read_start(b"/proc/self/stat\0").unwrap_or(Start::Unknown);
+    let t = make(pid, start);
+    PROCESS_TOKEN.store(t, Ordering::Relaxed);
+    t
+}
+
+/// The token of the calling thread (tid + thread start time). A thread-local load once cached.
+#[inline]
+pub(crate) fn thread_token() -> u64 {
+    let t = THREAD_TOKEN.with(|t| t.get());
+    if t != 0 {
+        return t;
+    }
+    thread_token_slow()
+}
+
+#[cold]
+fn thread_token_slow() -> u64 {
+    init();
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() } as u32;
+    let start = read_start(b"/proc/thread-self/stat\0").unwrap_or(Start::Unknown);
+    let t = make(tid, start);
+    THREAD_TOKEN.with(|c| c.set(t));
+    t
+}
+
+/// The pid (or tid) a token names.
+#[inline]
+pub(crate) fn id_of(token: u64) -> u32 {
+    ((token & !CONTENDED) >> 32) as u32
+}
+
+fn make(id: u32, start: Start) -> u64 {
+    let lo = match start {
+        Start::Alive(s) => s as u32,
+        // Without /proc we still hold a usable (if weaker) identity: the id alone.
+        Start::Unknown | Start::Dead => 0,
+    };
+    ((u64::from(id) & 0x7fff_ffff) << 32) | u64::from(lo)
+}
+
+enum Start {
+    Alive(u64),
+    Dead,
+    Unknown,
+}
+
+/// True unless the task a token names is known to be gone: no such task, a zombie, or a
+/// task with another start time (the id was reused). When `/proc` cannot tell, it says alive
+/// (the caller then keeps waiting, as it would for a live holder).
+pub(crate) fn is_alive(token: u64) -> bool {
+    let token = token & !CONTENDED;
+    let id = id_of(token);
+    if id == 0 {
+        return true;
+    }
+    // "/proc/" + up to 10 digits + "/stat\0"
+    let mut path = [0u8; 32];
+    let mut n = 0;
+    for &b in b"/proc/" {
+        path[n] = b;
+        n += 1;
+    }
+    let mut digits = [0u8; 10];
+    let mut d = 0;
+    let mut v = id;
+    loop {
+        digits[d] = b'0' + (v % 10) as u8;
+        d += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    while d > 0 {
+        d -= 1;
+        path[n] = digits[d];
+        n += 1;
+    }
+    for &b in b"/stat\0" {
+        path[n] = b;
+        n += 1;
+    }
+    match read_start(&path[..n]) {
+        None => true,
+        Some(Start::Unknown) => true,
+        Some(Start::Dead) => false,
+        Some(Start::Alive(start)) => token as u32 == 0 || start as u32 == token as u32,
+    }
+}
+
+/// Reads the state and start time from a NUL-terminated `/proc/.../stat` path. `None` when
+/// the file cannot be read for a reason other than the task's absence.
+fn read_start(path: &[u8]) -> Option<Start> {
+    debug_assert_eq!(path.last(), Some(&0));
+    // SAFETY: `path` is NUL-terminated (all callers build it so); open only reads it.
+    let fd = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error().raw_os_error();
+        return match e {
+            Some(libc::ENOENT) | Some(libc::ESRCH) => Some(Start::Dead),
+            _ => None,
+        };
+    }
+    let mut buf = [0u8; 1024];
+    let mut len = 0usize;
+    loop {
+        // SAFETY: reading into the unused tail of our stack buffer.
+        let r = unsafe { libc::read(fd, buf[len..].as_mut_ptr().cast(), buf.len() - len) };
+        if r > 0 {
+            len += r as usize;
+            if len == buf.len() {
+                break;
+            }
+        } else if r == 0 {
+            break;
+        } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        } else {
+            // A task that exits while we read gives ESRCH.
+            let dead = std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+            // SAFETY: `fd` is ours and open.
+            unsafe { libc::close(fd) };
+            return if dead { Some(Start::Dead) } else { None };
+        }
+    }
+    // SAFETY: `fd` is ours and open.
+    unsafe { libc::close(fd) };
+    Some(parse_stat(&buf[..len]))
+}
+
+/// Parses `pid (comm) S ppid ... starttime ...`: the command may hold spaces and parentheses,
+/// so fields are counted from the last `)`.
+fn parse_stat(stat: &[u8]) -> Start {
+    let Some(close) = stat.iter().rposition(|&b| b == b')') else {
+        return Start::Unknown;
+    };
+    let mut fields = stat[close + 1..]
+        .split(|&b| b == b' ')
+        .filter(|f| !f.is_empty());
+    // Field 3 is the state, field 22 the start time.
+    let Some(state) = fields.next() else {
+        return Start::Unknown;
+    };
+    if matches!(state.first(), Some(b'Z') | Some(b'X') | Some(b'x')) {
+        return Start::Dead;
+    }
+    let Some(start) = fields.nth(18) else {
+        return Start::Unknown;
+    };
+    let mut v: u64 = 0;
+    for &b in start {
+        if !b.is_ascii_digit() {
+            return Start::Unknown;
+        }
+        v = v.wrapping_mul(10).wrapping_add(u64::from(b - b'0'));
+    }
+    Start::Alive(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_tokens_are_alive_and_consistent() {
+        let p = process_token();
+        assert_eq!(id_of(p), std::process::id());
+        assert!(is_alive(p));
+        assert!(is_alive(thread_token()));
+        let other = std::thread::spawn(thread_token).join().unwrap();
+        assert_ne!(other, thread_token());
+        // The thread has exited: its token is dead.
+        assert!(!is_alive(other));
+    }
+
+    #[test]
+    fn reused_id_with_another_start_time_is_dead() {
+        let p = process_token();
+        let forged = (p & !0xffff_ffff) | u64::from((p as u32).wrapping_add(1));
+        assert!(!is_alive(forged));
+        assert!(!is_alive(make(0x3fff_fff0, Start::Alive(5))));
+    }
+
+    #[test]
+    fn parses_odd_command_names() {
+        let s = b"42 (a) b) (c) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 777 1000 10";
+        assert!(matches!(parse_stat(s), Start::Alive(777)));
+        let z = b"42 (x) Z 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 777 1000 10";
+        assert!(matches!(parse_stat(z), Start::Dead));
+        assert!(matches!(parse_stat(b"garbage"), Start::Unknown));
+    }
+}

@@ -1,0 +1,249 @@
+//! The raw robust lock every lock-like primitive stands on, and the bounded spin.
+//!
+//! # Algorithm
+//!
+//! [`RawLock`] is Drepper's futex mutex ("Futexes are tricky", mutex take 2) with the state
+//! word widened to 64 bits so that it *is* the holder's identity:
+//!
+//! * `owner == 0`: unlocked; otherwise the holder's [token](crate::ident) (pid + start time
+//!   for a `Lock`, tid + start time for an `RLock`), with bit 63 ([`CONTENDED`]) set when a
+//!   waiter may be asleep.
+//! * Acquire: one `compare_exchange(0, me)`. Release: one `swap(0)`; only when the old value
+//!   had `CONTENDED` does the releaser bump `seq` and `FUTEX_WAKE` one sleeper.
+//! * A waiter spins a little (only while nobody sleeps), then reads `seq`, sets `CONTENDED`
+//!   on the current owner value with a CAS, and sleeps on `seq` while it is unchanged. A
+//!   woken waiter takes the lock as `me | CONTENDED` (others may still sleep), so the flag
+//!   clears itself at the first release that has no sleeper behind it.
+//!
+//! Because taking the lock and recording the holder is one atomic write, there is no window
+//! in which the lock is held by an unknown task. A waiter sleeps in slices of [`SLICE`]; after
+//! a slice that timed out, it checks whether the holder is still alive
+//! ([`ident::is_alive`]) and, if not, replaces the dead token by its own with a CAS. The CAS
+//! succeeds only if the dead task still holds the lock, and exactly one waiter wins it: that
+//! one is told [`Acquire::OwnerDied`]. Liveness is never checked on the fast path.
+//!
+//! Nothing here is `unsafe` and the raw lock protects no Rust data by itself: every value
+//! mp-sync guards lives in shared memory and is only copied in and out with atomic
+//! operations, so even a misused lock (released by a third process, as Python allows) can
+//! only produce a logically wrong value, never undefined behaviour.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use mp_core::futex;
+use mp_core::{Deadline, ShmSafe};
+use static_assertions::{assert_eq_align, assert_eq_size};
+
+use crate::ident::{self, CONTENDED};
+
+/// How long a waiter sleeps before it checks whether the holder is still alive.
+pub(crate) const SLICE: Duration = Duration::from_millis(5);
+
+/// A bounded exponential spin (parking_lot's `SpinWait` shape, with a longer tail of yields:
+/// on this kind of VM a cross-core futex wake costs tens of microseconds, so a waiter that is
+/// served within that time should not sleep).
+pub(crate) struct Spin(u32);
+
+impl Spin {
+    pub(crate) fn new() -> Spin {
+        Spin(0)
+    }
+
+    /// Spins once more; false when the budget is spent (the caller should sleep).
+    #[inline]
+    pub(crate) fn spin(&mut self) -> bool {
+        if self.0 >= 16 {
+            return false;
+        }
+        self.0 += 1;
+        if self.0 <= 6 {
+            for _ in 0..(1u32 << self.0) {
+                std::hint::spin_loop();
+            }
+        } else {
+            std::thread::yield_now();
+        }
+        true
+    }
+}
+
+/// How a lock attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Acquire {
+    /// Acquired from a clean release.
+    Clean,
+    /// Acquired from a dead holder whose id is given.
+    OwnerDied(u32),
+    /// Not acquired before the deadline.
+    Timeout,
+}
+
+/// The shared state of a robust lock. See the module doc for the protocol.
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct RawLock {
+    /// 0 when unlocked, else the holder's token, with [`CONTENDED`] when sleepers may exist.
+    owner: AtomicU64,
+    /// The futex word sleepers wait on; bumped by a release that saw `CONTENDED`.
+    seq: AtomicU32,
+    /// Recursion depth of an `RLock` (written only by the holder); unused by `Lock`.
+    count: AtomicU32,
+}
+assert_eq_size!(RawLock, [u64; 2]);
+assert_eq_align!(RawLock, u64);
+
+// SAFETY: only atomics (point 1); every bit pattern is a valid state: an unknown owner token is
+// just a holder that is checked for liveness like any other (point 2); no Drop (point 3);
+// `#[repr(C)]` with size and alignment pinned above (point 4).
+unsafe impl ShmSafe for RawLock {}
+
+impl RawLock {
+    pub(crate) const fn new() -> RawLock {
+        RawLock {
+            owner: AtomicU64::new(0),
+            seq: AtomicU32::new(0),
+            count: AtomicU32::new(0),
+        }
+    }
+
+    /// One attempt, no waiting and no liveness check.
+    #[inline]
+    pub(crate) fn try_lock_fast(&self, me: u64) -> bool {
+        // Acquire pairs with the Release swap in `unlock`: what the previous holder wrote
+        // before releasing is visible to us.
+        self.owner
+            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Acquires, waiting until `deadline`.
+    #[inline]
+    pub(crate) fn lock(&self, me: u64, deadline: Deadline) -> Acquire {
+        if self.try_lock_fast(me) {
+            return Acquire::Clean;
+        }
+        self.lock_slow(me, deadline)
+    }
+
+    /// A non-blocking attempt that also takes over from a dead holder.
+    pub(crate) fn try_lock(&self, me: u64) -> Acquire {
+        if self.try_lock_fast(me) {
+            return Acquire::Clean;
+        }
+        match self.take_if_dead(me) {
+            Some(a) => a,
+            None if self.try_lock_fast(me) => Acquire::Clean,
+            None => Acquire::Timeout,
+        }
+    }
+
+    #[cold]
+    fn lock_slow(&self, me: u64, deadline: Deadline) -> Acquire {
+        let mut spin = Spin::new();
+        loop {
+            let cur = self.owner.load(Ordering::Relaxed);
+            if cur == 0 {
+                if self.try_lock_fast(me) {
+                    return Acquire::Clean;
+                }
+                continue;
+            }
+            // Spinning while others sleep would only steal the lock from them.
+            if cur & CONTENDED != 0 || deadline.expired() || !spin.spin() {
+                break;
+            }
+        }
+        loop {
+            // Read the wake sequence before announcing ourselves: a release after our CAS
+            // below bumps it, so the futex wait cannot miss that release.
+            // Acquire pairs with the Release `fetch_add` in `unlock`.
+            let seq = self.seq.load(Ordering::Acquire);
+            let cur = self.owner.load(Ordering::Relaxed);
+            if cur == 0 {
+                // A sleeper that takes the lock keeps CONTENDED set: others may still sleep.
+                // Acquire pairs with the Release swap in `unlock`.
+                if self
+                    .owner
+                    .compare_exchange(0, me | CONTENDED, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return Acquire::Clean;
+                }
+                continue;
+            }
+            let left = deadline.remaining();
+            if left == Some(Duration::ZERO) {
+                // Before giving up, make sure we are not waiting for a dead task.
+                return self.take_if_dead(me).unwrap_or(Acquire::Timeout);
+            }
+            if cur & CONTENDED == 0
+                && self
+                    .owner
+                    .compare_exchange(cur, cur | CONTENDED, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
+            {
+                continue;
+            }
+            let slice = left.map_or(SLICE, |l| l.min(SLICE));
+            if futex::wait(&self.seq, seq, Some(slice)) == futex::Wake::TimedOut {
+                if let Some(a) = self.take_if_dead(me) {
+                    return a;
+                }
+            }
+        }
+    }
+
+    /// Replaces the holder's token by ours if the holder is dead.
+    #[cold]
+    fn take_if_dead(&self, me: u64) -> Option<Acquire> {
+        let cur = self.owner.load(Ordering::Relaxed);
+        if cur == 0 || ident::is_alive(cur) {
+            return None;
+        }
+        // The dead task cannot release or re-acquire, so the CAS succeeds only for one waiter,
+        // and only if the lock is still the dead task's. CONTENDED: others may sleep too.
+        // Acquire pairs with the Release swap of the last clean release (the dead holder never
+        // released, so what it wrote may be half done: that is what OwnerDied tells).
+        self.owner
+            .compare_exchange(cur, me | CONTENDED, Ordering::Acquire, Ordering::Relaxed)
+            .ok()
+            .map(|_| Acquire::OwnerDied(ident::id_of(cur)))
+    }
+
+    /// Releases the lock, whoever holds it; returns the previous owner word (0 when it was
+    /// not locked, in which case nothing changed).
+    #[inline]
+    pub(crate) fn unlock(&self) -> u64 {
+        // Release pairs with the Acquire CAS of the next holder.
+        let old = self.owner.swap(0, Ordering::Release);
+        if old & CONTENDED != 0 {
+            self.wake_one();
+        }
+        old
+    }
+
+    #[cold]
+    fn wake_one(&self) {
+        // Release pairs with the Acquire load of `seq` by sleepers.
+        self.seq.fetch_add(1, Ordering::Release);
+        futex::wake(&self.seq, 1);
+    }
+
+    /// The holder's token without the contention flag (0 when unlocked).
+    #[inline]
+    pub(crate) fn holder(&self) -> u64 {
+        self.owner.load(Ordering::Relaxed) & !CONTENDED
+    }
+
+    /// Recursion depth (meaningful to the holder of an `RLock` only).
+    #[inline]
+    pub(crate) fn count(&self) -> u32 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Sets the recursion depth; only the holder calls this.
+    #[inline]
+    pub(crate) fn set_count(&self, n: u32) {
+        self.count.store(n, Ordering::Relaxed);
+    }
+}
