@@ -1,4 +1,197 @@
-//! Python's Process and its start methods (fork, spawn, forkserver), current_process, parent_process, active_children, cpu_count.
+//! Python's `multiprocessing.Process`, in Rust: start a child process that runs a function,
+//! and get back its return value, or exactly how it ended.
 //!
-//! **Status: not built yet.** This crate is a member of the workspace so that the layout is in
-//! place; it exports nothing until its issue lands. Nothing here pretends to work.
+//! # Hello, child
+//!
+//! ```
+//! use mp_process::Process;
+//!
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     mp_process::init(); // first thing in main: see "Spawn and forkserver"
+//!     let mut child = Process::new(square, 7).name("squarer").start()?;
+//!     assert_eq!(child.join()?, 49);
+//!     assert_eq!(child.exitcode(), Some(0));
+//!     Ok(())
+//! }
+//! ```
+//!
+//! The target is a plain `fn(A) -> R` (closures that capture nothing coerce to one); `A` and
+//! `R` are [messages](mp_core::Message): any rkyv `Archive + Serialize + Deserialize` type,
+//! including shared primitives (locks, queues, values) whose handles carry their file
+//! descriptors into the child.
+//!
+//! # Start methods
+//!
+//! | method | how | closures | threads in the parent | needs `init()` |
+//! |---|---|---|---|---|
+//! | [`StartMethod::Fork`] (default) | `fork()` | yes ([`Process::fork`]) | see below | no |
+//! | [`StartMethod::Spawn`] | re-executes the program | no | safe | yes |
+//! | [`StartMethod::ForkServer`] | a server forks children on request | no | safe | yes |
+//!
+//! Choose per process with [`Process::start_method`], per group with
+//! [`get_context`], or for the whole program with [`set_start_method`] (a second call without
+//! `force` is an error, as in Python). The default is fork; [`DEFAULT_START_METHOD`] says why.
+//!
+//! # Spawn and forkserver
+//!
+//! Both re-run the program's executable, so the program must let a copy of itself become the
+//! child: call [`init`] first thing in `main`. In the parent it returns at once; in a child
+//! it runs the child's target and exits, never returning into `main`. The child finds the
+//! target at the same offset from a known symbol as in the parent, after checking that it
+//! runs the same build (the executable's build id); a mismatch is an error, never a guess.
+//!
+//! ```no_run
+//! use mp_process::{Process, StartMethod};
+//!
+//! fn shout(s: String) -> String {
+//!     s.to_uppercase()
+//! }
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     mp_process::init();
+//!     mp_process::set_start_method(StartMethod::ForkServer, false)?;
+//!     let mut child = Process::new(shout, "hi".to_string()).start()?;
+//!     assert_eq!(child.join()?, "HI");
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # How a child ends
+//!
+//! [`Child::join`] returns `Ok(value)` when the target returned, and otherwise a
+//! [`ProcessError`] that tells apart [`Exited`](ProcessError::Exited) (the child called
+//! `std::process::exit(n)`), [`Signaled`](ProcessError::Signaled) (Python's negative exit
+//! code), [`Panicked`](ProcessError::Panicked) (with the message and location, also printed
+//! on the child's stderr) and [`StartFailed`](ProcessError::StartFailed).
+//!
+//! ```
+//! use mp_process::{Process, ProcessError};
+//!
+//! let mut child = Process::fork(|| -> u32 { panic!("no luck") })?;
+//! match child.join() {
+//!     Err(ProcessError::Panicked { message, .. }) => assert_eq!(message, "no luck"),
+//!     other => panic!("{other:?}"),
+//! }
+//! assert_eq!(child.exitcode(), Some(1));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Fork and threads
+//!
+//! A forked child is a copy of the calling thread only. If another thread of the parent held
+//! a lock at that moment (stdout's, a `Mutex`, an allocator arena in an allocator that does
+//! not reset itself at fork), the child must not take it. What is always fine in the child:
+//! computing, allocating (glibc's malloc is fork-safe), mp primitives (they live in shared
+//! memory, not behind the parent's locks), `println!` when no other thread prints, returning
+//! a value, panicking. In a multi-threaded program, prefer spawn or forkserver; they are
+//! safe whatever the parent's threads do.
+//!
+//! # Testing with processes
+//!
+//! An integration test file puts [`test_support!`] at its top level; then spawn and
+//! forkserver work in its tests (the test binary re-runs itself with `--exact` on a hidden
+//! entry test). libtest runs tests on several threads; a test that forks and wants the child
+//! to do arbitrary work starts with [`isolate!`], which re-runs that test alone in a fresh
+//! copy of the binary. See [`testing`].
+//!
+//! # Daemons and zombies
+//!
+//! A child started with [`Process::daemon`]`(true)` dies when its parent dies, even by
+//! SIGKILL (`PR_SET_PDEATHSIG`, plus a check that the parent did not die before the call).
+//! Non-daemon children outlive their parent (as Python's would if it were SIGKILLed). A
+//! [`Child`] handle that is dropped without `join` does not leave a zombie: the child is
+//! reaped by the next [`Process::start`] or [`active_children`] after it ends.
+
+mod child;
+mod context;
+mod error;
+mod forkserver;
+mod frame;
+mod image;
+mod process;
+mod runtime;
+pub mod testing;
+
+pub use child::{ActiveChild, Child};
+pub use context::{
+    active_children, cpu_count, current_process, get_all_start_methods, get_context,
+    get_start_method, parent_process, set_start_method, Context, CurrentProcess, ParentProcess,
+    StartMethod, DEFAULT_START_METHOD,
+};
+pub use error::{Error, ProcessError};
+pub use forkserver::server_pid as forkserver_pid;
+pub use process::{ClosureProcess, Process};
+
+/// Call first thing in `main`. In the root process it returns at once. In a process that mp
+/// started with the spawn or forkserver method (a re-executed copy of the program) it plays
+/// the child's role (or the fork server's) and exits: it never returns.
+pub fn init() {
+    runtime::init()
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::runtime::mark_test_harness;
+}
+
+/// Makes an integration test binary able to act as a spawn or forkserver child. Put
+/// `mp_process::test_support!();` at the top level of the test file (not inside a module).
+///
+/// It defines a hidden `#[test]` named `__mp_process_child` that calls [`init`]: children
+/// are started as `<test binary> --exact __mp_process_child --nocapture --test-threads=1`
+/// with mp's environment markers, so libtest runs only that entry, which becomes the child.
+/// In a normal test run the entry returns at once and passes.
+#[macro_export]
+macro_rules! test_support {
+    () => {
+        #[test]
+        #[doc(hidden)]
+        fn __mp_process_child() {
+            $crate::init();
+        }
+
+        #[used]
+        #[doc(hidden)]
+        #[link_section = ".init_array"]
+        static __MP_PROCESS_TEST_SUPPORT: extern "C" fn() = {
+            extern "C" fn __mp_process_mark() {
+                $crate::__private::mark_test_harness();
+            }
+            __mp_process_mark
+        };
+    };
+}
+
+/// Re-runs the enclosing test alone in a fresh, single-threaded copy of the test binary, and
+/// returns from the test in the original process (which then only reports the copy's
+/// result). Put it first in the test body, naming the test function:
+///
+/// ```ignore
+/// #[test]
+/// fn forked_child_prints() {
+///     mp_process::isolate!(forked_child_prints);
+///     // runs in its own process: forking here is as safe as in a plain program
+/// }
+/// ```
+///
+/// An optional second argument is a watchdog in seconds (default 60): a copy that runs longer
+/// is killed and the test fails.
+#[macro_export]
+macro_rules! isolate {
+    ($name:ident) => {
+        $crate::isolate!($name, 60)
+    };
+    ($name:ident, $secs:expr) => {
+        if !$crate::testing::isolated(
+            ::core::module_path!(),
+            ::core::stringify!($name),
+            ::std::time::Duration::from_secs($secs),
+        ) {
+            return;
+        }
+    };
+}

@@ -1,0 +1,548 @@
+//! [`Child`]: the parent's handle on a started process, and the registry of live children.
+//!
+//! Every child is tracked by a *pidfd* (a descriptor that names the process itself, so a
+//! recycled pid can never be signalled or waited on by mistake). The child is reaped with
+//! `waitid(P_PIDFD, ..)`, never `waitpid(-1)`, so mp never steals the exit status of a process
+//! that other code started. A child whose handle is dropped before it was joined stays in the
+//! registry and is reaped by the next [`start`](crate::Process::start) or
+//! [`active_children`](crate::active_children): a long-running parent does not collect
+//! zombies.
+
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mp_core::message::decode;
+use mp_core::Message;
+
+use crate::error::ProcessError;
+use crate::frame::{Inbox, Tag};
+use crate::StartMethod;
+
+pub(crate) use crate::runtime::PANIC_EXIT_CODE;
+
+/// How a process ended, as the kernel reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Status {
+    Exited(i32),
+    Signaled { signal: i32, core_dumped: bool },
+}
+
+impl Status {
+    fn exitcode(self) -> i32 {
+        match self {
+            Status::Exited(c) => c,
+            Status::Signaled { signal, .. } => -signal,
+        }
+    }
+}
+
+/// What the parent and the registry share about a child.
+pub(crate) struct ChildState {
+    pub(crate) pid: u32,
+    pub(crate) pidfd: OwnedFd,
+    pub(crate) name: String,
+    pub(crate) daemon: bool,
+    status: Mutex<Option<Status>>,
+    /// The `Child` handle was dropped: reap as soon as it ends.
+    detached: AtomicBool,
+}
+
+impl ChildState {
+    pub(crate) fn new(pid: u32, pidfd: OwnedFd, name: String, daemon: bool) -> Arc<ChildState> {
+        Arc::new(ChildState {
+            pid,
+            pidfd,
+            name,
+            daemon,
+            status: Mutex::new(None),
+            detached: AtomicBool::new(false),
+        })
+    }
+
+    fn status(&self) -> Option<Status> {
+        *self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reaps the child if it has ended (or waits for it when `block`). Returns its status.
+    fn reap(&self, block: bool) -> Result<Option<Status>, ProcessError> {
+        let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        if st.is_some() {
+            return Ok(*st);
+        }
+        loop {
+            // SAFETY: an all-zero siginfo_t is a valid out-buffer for waitid.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            let flags = libc::WEXITED | if block { 0 } else { libc::WNOHANG };
+            // SAFETY: waitid writes into `info`, which is valid for writes; the pidfd is ours.
+            let r = unsafe {
+                libc::waitid(
+                    libc::P_PIDFD,
+                    self.pidfd.as_raw_fd() as libc::id_t,
+                    &mut info,
+                    flags,
+                )
+            };
+            if r == -1 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                if e.raw_os_error() == Some(libc::ECHILD) {
+                    return Err(ProcessError::io(
+                        "waitid",
+                        format!(
+                            "child {} was reaped by other code (a waitpid(-1) or SIGCHLD set to \
+                             SIG_IGN elsewhere in the program); its exit status is lost",
+                            self.pid
+                        ),
+                    ));
+                }
+                return Err(ProcessError::io("waitid", e));
+            }
+            // SAFETY: waitid filled `info` for a child event (or left it zeroed with WNOHANG).
+            let (pid, code, status) = unsafe { (info.si_pid(), info.si_code, info.si_status()) };
+            if pid == 0 {
+                return Ok(None);
+            }
+            let s = match code {
+                libc::CLD_EXITED => Status::Exited(status),
+                libc::CLD_DUMPED => Status::Signaled {
+                    signal: status,
+                    core_dumped: true,
+                },
+                _ => Status::Signaled {
+                    signal: status,
+                    core_dumped: false,
+                },
+            };
+            *st = Some(s);
+            drop(st);
+            unregister(self);
+            return Ok(Some(s));
+        }
+    }
+
+    fn signal(&self, sig: libc::c_int) -> Result<(), ProcessError> {
+        if self.status().is_some() {
+            return Ok(());
+        }
+        // SAFETY: pidfd_send_signal with a null siginfo has no memory-safety preconditions.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                sig,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if r == -1 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ESRCH) {
+                return Ok(());
+            }
+            return Err(ProcessError::io("pidfd_send_signal", e));
+        }
+        Ok(())
+    }
+}
+
+struct Registry {
+    children: Vec<Arc<ChildState>>,
+}
+
+/// The live children of this process. A forked child replaces it with a fresh one without
+/// touching the inherited lock (another thread of the parent may have held it at fork time).
+static REGISTRY: AtomicPtr<Mutex<Registry>> = AtomicPtr::new(std::ptr::null_mut());
+
+fn registry() -> &'static Mutex<Registry> {
+    // Pairs with the Release half of the compare_exchange below and the store in
+    // `reset_registry`: the Mutex is fully built before its pointer is seen.
+    let p = REGISTRY.load(Ordering::Acquire);
+    if !p.is_null() {
+        // SAFETY: registries are leaked boxes, never freed.
+        return unsafe { &*p };
+    }
+    let fresh = Box::into_raw(Box::new(Mutex::new(Registry {
+        children: Vec::new(),
+    })));
+    match REGISTRY.compare_exchange(
+        std::ptr::null_mut(),
+        fresh,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    ) {
+        // SAFETY: we just published `fresh`, a leaked box.
+        Ok(_) => unsafe { &*fresh },
+        Err(existing) => {
+            // SAFETY: `fresh` lost the race and was never shared; `existing` is a leaked box.
+            unsafe {
+                drop(Box::from_raw(fresh));
+                &*existing
+            }
+        }
+    }
+}
+
+pub(crate) fn reset_registry() {
+    let fresh = Box::into_raw(Box::new(Mutex::new(Registry {
+        children: Vec::new(),
+    })));
+    // Pairs with the Acquire load in `registry`. The old registry (the parent's children) is
+    // leaked in this process on purpose: its lock may be held by a thread that does not exist
+    // here.
+    REGISTRY.store(fresh, Ordering::Release);
+}
+
+pub(crate) fn register(state: &Arc<ChildState>) {
+    let mut r = registry().lock().unwrap_or_else(|p| p.into_inner());
+    r.children.push(state.clone());
+}
+
+fn unregister(state: &ChildState) {
+    let mut r = registry().lock().unwrap_or_else(|p| p.into_inner());
+    r.children.retain(|c| !std::ptr::eq(&**c, state));
+}
+
+fn snapshot() -> Vec<Arc<ChildState>> {
+    registry()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .children
+        .clone()
+}
+
+/// Reaps children whose handles were dropped and who have ended since.
+pub(crate) fn reap_detached() {
+    for c in snapshot() {
+        if c.detached.load(Ordering::Relaxed) {
+            let _ = c.reap(false);
+        }
+    }
+}
+
+/// The children of this process that are still running (ended ones are reaped).
+pub(crate) fn active() -> Vec<Arc<ChildState>> {
+    snapshot()
+        .into_iter()
+        .filter(|c| matches!(c.reap(false), Ok(None)))
+        .collect()
+}
+
+/// A child process: the handle [`Process::start`](crate::Process::start) returns.
+///
+/// The verbs are Python's: [`join`](Child::join) (which also gives the target's return
+/// value), [`join_timeout`](Child::join_timeout), [`is_alive`](Child::is_alive),
+/// [`exitcode`](Child::exitcode), [`terminate`](Child::terminate), [`kill`](Child::kill),
+/// [`close`](Child::close) and [`sentinel`](Child::sentinel).
+///
+/// Dropping a `Child` neither waits for nor kills the process (a non-daemon child keeps
+/// running, as in Python); it is reaped in the background once it ends (see the module doc).
+pub struct Child<R> {
+    state: Arc<ChildState>,
+    chan: Option<OwnedFd>,
+    inbox: Inbox,
+    method: StartMethod,
+    taken: bool,
+    _r: PhantomData<fn() -> R>,
+}
+
+impl<R> std::fmt::Debug for Child<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Child")
+            .field("pid", &self.state.pid)
+            .field("name", &self.state.name)
+            .field("daemon", &self.state.daemon)
+            .field("start_method", &self.method)
+            .field("status", &self.state.status())
+            .finish()
+    }
+}
+
+impl<R> Child<R> {
+    pub(crate) fn new(state: Arc<ChildState>, chan: OwnedFd, method: StartMethod) -> Child<R> {
+        register(&state);
+        Child {
+            state,
+            chan: Some(chan),
+            inbox: Inbox {
+                // A forked child runs its target at once: there is no boot to acknowledge.
+                started: method == StartMethod::Fork,
+                ..Inbox::default()
+            },
+            method,
+            taken: false,
+            _r: PhantomData,
+        }
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.state.pid
+    }
+
+    /// The child's name (given with [`Process::name`](crate::Process::name), or Python's
+    /// default `Process-N`).
+    pub fn name(&self) -> &str {
+        &self.state.name
+    }
+
+    /// Whether the child was started as a daemon (it dies with its parent).
+    pub fn daemon(&self) -> bool {
+        self.state.daemon
+    }
+
+    /// The start method that made this child.
+    pub fn start_method(&self) -> StartMethod {
+        self.method
+    }
+
+    /// Whether the child is still running. Never blocks; reaps the child if it has ended.
+    pub fn is_alive(&self) -> bool {
+        matches!(self.state.reap(false), Ok(None))
+    }
+
+    /// Python's `exitcode`: `None` while the child runs, then its exit code, or minus the
+    /// signal that killed it (`-15` after [`terminate`](Child::terminate)). A panicked target
+    /// exits with code 1. Never blocks.
+    pub fn exitcode(&self) -> Option<i32> {
+        self.state.reap(false).ok().flatten().map(Status::exitcode)
+    }
+
+    /// Sends SIGTERM (Python's `terminate`). A no-op once the child has ended.
+    pub fn terminate(&self) -> Result<(), ProcessError> {
+        self.state.signal(libc::SIGTERM)
+    }
+
+    /// Sends SIGKILL (Python's `kill`). A no-op once the child has ended.
+    pub fn kill(&self) -> Result<(), ProcessError> {
+        self.state.signal(libc::SIGKILL)
+    }
+
+    /// Sends any signal. A no-op once the child has been reaped.
+    pub fn send_signal(&self, signal: i32) -> Result<(), ProcessError> {
+        self.state.signal(signal)
+    }
+
+    /// A descriptor that becomes readable when the child ends: a pidfd, usable with
+    /// `poll`/`epoll` and in a multi-object wait together with connections (Python's
+    /// `sentinel`).
+    pub fn sentinel(&self) -> BorrowedFd<'_> {
+        self.state.pidfd.as_fd()
+    }
+
+    /// Waits until the child ends or `deadline` passes; true when it ended. Reads the child's
+    /// frames meanwhile, so that a large return value never blocks the child.
+    fn wait(&mut self, deadline: Option<Instant>) -> Result<bool, ProcessError> {
+        loop {
+            if self.state.reap(false)?.is_some() {
+                self.drain()?;
+                return Ok(true);
+            }
+            let timeout_ms: libc::c_int = match deadline {
+                None => -1,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Ok(false);
+                    }
+                    left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int
+                }
+            };
+            let mut fds = [
+                libc::pollfd {
+                    fd: self.state.pidfd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: match (&self.chan, self.inbox.eof) {
+                        (Some(c), false) => c.as_raw_fd(),
+                        _ => -1,
+                    },
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: `fds` is a valid array of two pollfds for the duration of the call.
+            let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
+            if r == -1 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(ProcessError::io("poll", e));
+            }
+            if fds[1].revents != 0 {
+                self.drain()?;
+            }
+            if fds[0].revents != 0 {
+                self.state.reap(true)?;
+            }
+        }
+    }
+
+    fn drain(&mut self) -> Result<(), ProcessError> {
+        if let Some(c) = &self.chan {
+            if !self.inbox.eof {
+                self.inbox
+                    .pump(c.as_fd())
+                    .map_err(|e| ProcessError::io("recv", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes (and releases) the handle. Python's `close`: an error if the child is still
+    /// running, in which case the handle is given back untouched.
+    pub fn close(self) -> Result<(), Child<R>> {
+        if self.is_alive() {
+            return Err(self);
+        }
+        Ok(())
+    }
+}
+
+impl<R: Message> Child<R> {
+    /// Waits for the child to end and returns its target's return value, or how it ended
+    /// otherwise (exit code, signal, panic, start failure). The value can be taken once;
+    /// later calls return [`ProcessError::AlreadyJoined`], while
+    /// [`exitcode`](Child::exitcode) and [`is_alive`](Child::is_alive) keep working.
+    pub fn join(&mut self) -> Result<R, ProcessError> {
+        self.wait(None)?;
+        self.take()
+    }
+
+    /// Like [`join`](Child::join), but gives up after `timeout`: `Ok(None)` means the child
+    /// is still running (Python's `join(timeout)` followed by `is_alive()`). A zero timeout
+    /// polls.
+    pub fn join_timeout(&mut self, timeout: Duration) -> Result<Option<R>, ProcessError> {
+        let deadline = Instant::now().checked_add(timeout);
+        if !self.wait(deadline)? {
+            return Ok(None);
+        }
+        self.take().map(Some)
+    }
+
+    fn take(&mut self) -> Result<R, ProcessError> {
+        if self.taken {
+            return Err(ProcessError::AlreadyJoined);
+        }
+        self.taken = true;
+        let status = self
+            .state
+            .status()
+            .ok_or_else(|| ProcessError::io("join", "the child was not reaped"))?;
+        // The channel is of no further use: release the descriptor now.
+        self.chan = None;
+        let inbox = std::mem::take(&mut self.inbox);
+        match (inbox.last, status) {
+            (Some((Tag::Returned, bytes)), Status::Exited(0)) => decode::<R>(&bytes)
+                .map_err(|e| ProcessError::ResultLost(format!("malformed result: {e}"))),
+            (Some((Tag::Panicked, bytes)), _) => match decode::<(String, String)>(&bytes) {
+                Ok((message, location)) => Err(ProcessError::Panicked { message, location }),
+                Err(e) => Err(ProcessError::ResultLost(format!(
+                    "malformed panic report: {e}"
+                ))),
+            },
+            (Some((Tag::StartFailed, bytes)), _) => Err(ProcessError::StartFailed(
+                decode::<String>(&bytes).unwrap_or_else(|e| format!("(malformed report: {e})")),
+            )),
+            (Some((Tag::ResultLost, bytes)), _) => Err(ProcessError::ResultLost(
+                decode::<String>(&bytes).unwrap_or_else(|e| format!("(malformed report: {e})")),
+            )),
+            (
+                _,
+                Status::Signaled {
+                    signal,
+                    core_dumped,
+                },
+            ) => Err(ProcessError::Signaled {
+                signal,
+                core_dumped,
+            }),
+            (_, Status::Exited(code)) if !inbox.started => Err(ProcessError::StartFailed(format!(
+                "the child exited with code {code} before it ran its target; in a program, \
+                     call mp_process::init() (mp::init()) first thing in main; in a test \
+                     binary, put mp_process::test_support!() at the top level of the test file"
+            ))),
+            (_, Status::Exited(code)) if inbox.malformed => Err(ProcessError::ResultLost(format!(
+                "the child (exit code {code}) sent malformed frames"
+            ))),
+            (_, Status::Exited(code)) => Err(ProcessError::Exited { code }),
+        }
+    }
+}
+
+impl<R> AsFd for Child<R> {
+    /// The [`sentinel`](Child::sentinel).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.state.pidfd.as_fd()
+    }
+}
+
+impl<R> Drop for Child<R> {
+    fn drop(&mut self) {
+        self.state.detached.store(true, Ordering::Relaxed);
+        let _ = self.state.reap(false);
+    }
+}
+
+/// A live child of this process, as listed by [`active_children`](crate::active_children).
+#[derive(Clone)]
+pub struct ActiveChild {
+    state: Arc<ChildState>,
+}
+
+impl std::fmt::Debug for ActiveChild {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActiveChild")
+            .field("pid", &self.state.pid)
+            .field("name", &self.state.name)
+            .finish()
+    }
+}
+
+impl ActiveChild {
+    pub(crate) fn new(state: Arc<ChildState>) -> ActiveChild {
+        ActiveChild { state }
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.state.pid
+    }
+
+    /// The child's name.
+    pub fn name(&self) -> &str {
+        &self.state.name
+    }
+
+    /// Whether it was started as a daemon.
+    pub fn daemon(&self) -> bool {
+        self.state.daemon
+    }
+
+    /// Whether it is still running (reaps it if it ended).
+    pub fn is_alive(&self) -> bool {
+        matches!(self.state.reap(false), Ok(None))
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) -> Result<(), ProcessError> {
+        self.state.signal(libc::SIGTERM)
+    }
+
+    /// Sends SIGKILL.
+    pub fn kill(&self) -> Result<(), ProcessError> {
+        self.state.signal(libc::SIGKILL)
+    }
+
+    /// Its pidfd, readable once it ends.
+    pub fn sentinel(&self) -> BorrowedFd<'_> {
+        self.state.pidfd.as_fd()
+    }
+}

@@ -1,0 +1,364 @@
+//! The forkserver start method.
+//!
+//! The first forkserver start of a process re-executes the program (like spawn) in the
+//! *forkserver* role: a server that does nothing but wait on its control socket (an
+//! `AF_UNIX` `SOCK_SEQPACKET` pair) and never starts a thread. For each child the parent
+//! sends one request: the daemon flag and, with `SCM_RIGHTS`, the child's end of a fresh
+//! socket pair followed by the descriptors of the shared objects in the arguments. The server
+//! makes the child with `clone(CLONE_PARENT)`, so the child is a child of the *parent*, not of
+//! the server: the parent waits on it, signals it and reads its exit status exactly as under
+//! fork and spawn (a pidfd, `waitid`), and the server never has zombies to reap. The server
+//! answers with the child's pid; the parent then sends the boot frame over the child's own
+//! socket, and the child runs it as a spawn child does ([`crate::runtime::run_boot`]),
+//! after [`mp_core::handle::install`] of the received descriptors.
+//!
+//! The server exits when its parent closes the control socket or dies (it checks `getppid`
+//! every second, in case a forked child of the parent keeps the socket open).
+
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::Mutex;
+
+use nix::sys::socket::{
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockFlag, SockType,
+};
+
+use crate::child::{Child, ChildState};
+use crate::error::Error;
+use crate::process::{child_command, pidfd_open, Prepared};
+use crate::runtime::{self, ENV_CHAN};
+use crate::StartMethod;
+
+/// The most descriptors one request carries (the kernel's SCM_RIGHTS limit is 253).
+const MAX_FDS: usize = 250;
+
+struct Server {
+    ctrl: OwnedFd,
+    pid: u32,
+}
+
+/// This process's connection to its fork server. Replaced (never locked) in a forked child.
+static SERVER: AtomicPtr<Mutex<Option<Server>>> = AtomicPtr::new(std::ptr::null_mut());
+
+fn server_cell() -> &'static Mutex<Option<Server>> {
+    // Pairs with the Release half of the compare_exchange below and with the store in
+    // `reset_after_fork`: the Mutex is built before its pointer is seen.
+    let p = SERVER.load(Ordering::Acquire);
+    if !p.is_null() {
+        // SAFETY: cells are leaked boxes, never freed.
+        return unsafe { &*p };
+    }
+    let fresh = Box::into_raw(Box::new(Mutex::new(None)));
+    match SERVER.compare_exchange(
+        std::ptr::null_mut(),
+        fresh,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    ) {
+        // SAFETY: we just published `fresh`, a leaked box.
+        Ok(_) => unsafe { &*fresh },
+        Err(existing) => {
+            // SAFETY: `fresh` lost the race and was never shared; `existing` is leaked.
+            unsafe {
+                drop(Box::from_raw(fresh));
+                &*existing
+            }
+        }
+    }
+}
+
+/// A forked child must not talk to its parent's server (requests would interleave): it gets
+/// a fresh cell and starts its own server if it needs one. The inherited socket stays open
+/// (leaked) in the child; it is close-on-exec.
+pub(crate) fn reset_after_fork() {
+    if SERVER.load(Ordering::Acquire).is_null() {
+        return;
+    }
+    let fresh = Box::into_raw(Box::new(Mutex::new(None)));
+    // Pairs with the Acquire load in `server_cell`.
+    SERVER.store(fresh, Ordering::Release);
+}
+
+/// The pid of this process's fork server, if one is running.
+pub fn server_pid() -> Option<u32> {
+    server_cell()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map(|s| s.pid)
+}
+
+fn start_server() -> Result<Server, Error> {
+    let (mine, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| Error::io("socketpair", e.into()))?;
+    let (mut cmd, parked) = child_command("forkserver", theirs.as_raw_fd(), &[], false)?;
+    let child = cmd
+        .spawn()
+        .map_err(|e| Error::ForkServer(format!("could not start the server: {e}")))?;
+    drop(parked);
+    let pid = child.id();
+    drop(child);
+    drop(theirs);
+    // The server says hello once it runs, so that a program that never calls init() is
+    // reported here rather than as a hang.
+    let mut hello = [0u8; 4];
+    let mut iov = [IoSliceMut::new(&mut hello)];
+    let n = recvmsg::<()>(mine.as_raw_fd(), &mut iov, None, MsgFlags::empty())
+        .map_err(|e| Error::ForkServer(format!("waiting for the server: {e}")))?
+        .bytes;
+    if n != 4 || &hello != b"mpfs" {
+        // The server is gone (it exited without serving): reap it.
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
+        return Err(Error::ForkServer(
+            "the server exited before serving: the program must call mp_process::init() \
+             first thing in main (in a test binary: mp_process::test_support!())"
+                .into(),
+        ));
+    }
+    Ok(Server { ctrl: mine, pid })
+}
+
+/// Starts a child through the fork server (starting the server first if needed).
+pub(crate) fn start<R>(p: Prepared) -> Result<Child<R>, Error> {
+    if p.fds.len() + 1 > MAX_FDS {
+        return Err(Error::ForkServer(format!(
+            "the arguments hold {} shared objects; at most {} can be sent to a fork server \
+             child",
+            p.fds.len(),
+            MAX_FDS - 1
+        )));
+    }
+    let (parent_end, child_end) = socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| Error::io("socketpair", e.into()))?;
+    let mut fds: Vec<RawFd> = vec![child_end.as_raw_fd()];
+    fds.extend(p.fds.iter().map(|f| f.as_raw_fd()));
+    let mut req = [0u8; 8];
+    req[0..4].copy_from_slice(&u32::from(p.daemon).to_le_bytes());
+    req[4..8].copy_from_slice(&std::process::id().to_le_bytes());
+
+    let cell = server_cell();
+    let mut guard = cell.lock().unwrap_or_else(|e| e.into_inner());
+    let mut attempts = 0;
+    let pid = loop {
+        attempts += 1;
+        if guard.is_none() {
+            *guard = Some(start_server()?);
+        }
+        let server = guard
+            .as_ref()
+            .ok_or_else(|| Error::ForkServer("no server".into()))?;
+        match request(server, &req, &fds) {
+            Ok(pid) => break pid,
+            Err(e) if attempts < 2 => {
+                // The server died (killed, or it exited): start a new one, once.
+                let old = guard.take();
+                if let Some(old) = old {
+                    let _ = nix::sys::wait::waitpid(
+                        nix::unistd::Pid::from_raw(old.pid as i32),
+                        Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+                    );
+                }
+                let _ = e;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    drop(guard);
+    drop(child_end);
+    drop(p.fds);
+    let pidfd = pidfd_open(pid)?;
+    let state = ChildState::new(pid, pidfd, p.name, p.daemon);
+    let _ = crate::frame::send(parent_end.as_fd(), crate::frame::Tag::Boot, &p.bytes);
+    Ok(Child::new(state, parent_end, StartMethod::ForkServer))
+}
+
+fn request(server: &Server, req: &[u8], fds: &[RawFd]) -> Result<u32, Error> {
+    let iov = [IoSlice::new(req)];
+    let cmsg = [ControlMessage::ScmRights(fds)];
+    sendmsg::<()>(
+        server.ctrl.as_raw_fd(),
+        &iov,
+        &cmsg,
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .map_err(|e| Error::ForkServer(format!("sending the request: {e}")))?;
+    let mut reply = [0u8; 8];
+    let mut iov = [IoSliceMut::new(&mut reply)];
+    let n = loop {
+        match recvmsg::<()>(server.ctrl.as_raw_fd(), &mut iov, None, MsgFlags::empty()) {
+            Ok(m) => break m.bytes,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(Error::ForkServer(format!("reading the reply: {e}"))),
+        }
+    };
+    if n != 8 {
+        return Err(Error::ForkServer("the server closed the connection".into()));
+    }
+    let status = i32::from_le_bytes([reply[0], reply[1], reply[2], reply[3]]);
+    let pid = u32::from_le_bytes([reply[4], reply[5], reply[6], reply[7]]);
+    if status != 0 {
+        return Err(Error::io(
+            "clone (in the fork server)",
+            std::io::Error::from_raw_os_error(status),
+        ));
+    }
+    Ok(pid)
+}
+
+/// The server's main loop (the `forkserver` role of [`crate::init`]).
+pub(crate) fn server_main() -> ! {
+    let ctrl = match std::env::var(ENV_CHAN)
+        .ok()
+        .and_then(|v| v.parse::<RawFd>().ok())
+    {
+        Some(raw) if nix::fcntl::fcntl(raw, nix::fcntl::FcntlArg::F_GETFD).is_ok() => {
+            // SAFETY: the parent kept `raw` open across exec for the server only; nothing else
+            // here owns it.
+            unsafe { OwnedFd::from_raw_fd(raw) }
+        }
+        _ => {
+            runtime::write_stderr(b"mp fork server: no control socket\n");
+            std::process::exit(runtime::START_FAILED_EXIT_CODE)
+        }
+    };
+    std::env::remove_var(ENV_CHAN);
+    let _ = nix::fcntl::fcntl(
+        ctrl.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
+    // SAFETY: getppid has no preconditions.
+    let parent = unsafe { libc::getppid() };
+    if sendmsg::<()>(
+        ctrl.as_raw_fd(),
+        &[IoSlice::new(b"mpfs")],
+        &[],
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .is_err()
+    {
+        std::process::exit(0);
+    }
+    // The server serves until the parent goes away; every step below allocates nothing per
+    // request except the descriptor vector.
+    loop {
+        let mut pfd = libc::pollfd {
+            fd: ctrl.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, 1000) };
+        // SAFETY: getppid has no preconditions.
+        if unsafe { libc::getppid() } != parent {
+            std::process::exit(0);
+        }
+        if r <= 0 {
+            continue;
+        }
+        let mut req = [0u8; 8];
+        let mut iov = [IoSliceMut::new(&mut req)];
+        let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
+        let (n, fds) = match recvmsg::<()>(
+            ctrl.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(m) => {
+                let mut fds = Vec::new();
+                if let Ok(cmsgs) = m.cmsgs() {
+                    for c in cmsgs {
+                        if let ControlMessageOwned::ScmRights(v) = c {
+                            // SAFETY: the kernel just installed these descriptors in this
+                            // process for us; nothing else owns them.
+                            fds.extend(v.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                        }
+                    }
+                }
+                (m.bytes, fds)
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => std::process::exit(0),
+        };
+        if n == 0 {
+            // The parent closed its end: done.
+            std::process::exit(0);
+        }
+        if n != 8 || fds.is_empty() {
+            let _ = reply(&ctrl, libc::EINVAL, 0);
+            continue;
+        }
+        let daemon = req[0] != 0;
+        let client = i32::from_le_bytes([req[4], req[5], req[6], req[7]]);
+        // SAFETY: a raw clone(CLONE_PARENT) with no new stack behaves like fork: the child
+        // continues on a copy of this (the only serving) thread's stack. The server runs no
+        // other thread of its own (in a test binary, the harness's main thread sleeps waiting
+        // for this test and holds no lock), so no lock can be held in the child. glibc's fork
+        // handlers do not run; the child only uses raw syscalls and Rust code that does not
+        // depend on them (glibc 2.34+ `raise` asks the kernel for the thread id rather than
+        // its cache).
+        let pid = unsafe {
+            libc::syscall(
+                libc::SYS_clone,
+                libc::CLONE_PARENT as libc::c_ulong,
+                0usize,
+                0usize,
+                0usize,
+                0usize,
+            )
+        };
+        if pid == 0 {
+            drop(ctrl);
+            let mut fds = fds.into_iter();
+            let chan = match fds.next() {
+                Some(c) => c,
+                // SAFETY: _exit ends the child at once.
+                None => unsafe { libc::_exit(runtime::START_FAILED_EXIT_CODE) },
+            };
+            if daemon && !crate::process::die_with_parent(client) {
+                // SAFETY: as above.
+                unsafe { libc::_exit(runtime::START_FAILED_EXIT_CODE) }
+            }
+            mp_core::handle::install(fds.collect());
+            let code = runtime::run_boot(chan.as_fd());
+            drop(chan);
+            std::process::exit(code);
+        }
+        drop(fds);
+        if pid < 0 {
+            let e = std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO);
+            let _ = reply(&ctrl, e, 0);
+        } else {
+            let _ = reply(&ctrl, 0, pid as u32);
+        }
+    }
+}
+
+fn reply(ctrl: &OwnedFd, status: i32, pid: u32) -> nix::Result<usize> {
+    let mut b = [0u8; 8];
+    b[0..4].copy_from_slice(&status.to_le_bytes());
+    b[4..8].copy_from_slice(&pid.to_le_bytes());
+    sendmsg::<()>(
+        ctrl.as_raw_fd(),
+        &[IoSlice::new(&b)],
+        &[],
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+}

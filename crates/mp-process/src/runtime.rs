@@ -1,0 +1,341 @@
+//! The child side: what a child process does around its target, under every start method.
+//!
+//! * [`run_target`] runs the target under `catch_unwind`, sends the value (or the panic message
+//!   and location) to the parent over the child's socket and returns the exit code.
+//! * The panic hook (installed once, in the parent, before the first child is forked, so that
+//!   a forked child never takes the hook lock that another thread may hold) records the panic
+//!   location of a target and writes the message straight to file descriptor 2, so that it is
+//!   on the child's stderr even when the parent's test harness captures output.
+//! * [`init`](crate::init) is the entry of a re-executed child (spawn) and of the fork server.
+
+use std::cell::RefCell;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
+use std::sync::Once;
+
+use mp_core::message::{decode, encode};
+use mp_core::Message;
+
+use crate::frame::{self, Tag};
+
+/// The environment variable that makes a re-executed program a child: its value is the role.
+pub(crate) const ENV_ROLE: &str = "MP_PROCESS_ROLE";
+/// The descriptor of the child's socket, for an exec'd child.
+pub(crate) const ENV_CHAN: &str = "MP_PROCESS_CHAN";
+/// The name of the hidden test that [`test_support!`](crate::test_support) defines.
+pub(crate) const TEST_ENTRY: &str = "__mp_process_child";
+
+/// Exit code of a child whose target panicked (Python uses 1 for an uncaught exception).
+pub(crate) const PANIC_EXIT_CODE: i32 = 1;
+/// Exit code of a child that could not start its target.
+pub(crate) const START_FAILED_EXIT_CODE: i32 = 70;
+
+/// Set by `init` (in any process) and by `test_support!`: this program can act as a spawn
+/// child.
+static ENTRY_READY: AtomicBool = AtomicBool::new(false);
+
+pub(crate) fn entry_ready() -> bool {
+    ENTRY_READY.load(Ordering::Relaxed)
+}
+
+/// Set by `test_support!`: this program is a libtest binary, whose children must be started
+/// with arguments that select the hidden entry test.
+static TEST_HARNESS: AtomicBool = AtomicBool::new(false);
+
+pub(crate) fn test_harness() -> bool {
+    TEST_HARNESS.load(Ordering::Relaxed)
+}
+
+/// Marks this program as a test binary able to act as a child (called by `test_support!`
+/// before `main`).
+#[doc(hidden)]
+pub fn mark_test_harness() {
+    ENTRY_READY.store(true, Ordering::Relaxed);
+    TEST_HARNESS.store(true, Ordering::Relaxed);
+}
+
+/// In a test binary, the child's real stdout is parked on this descriptor while libtest
+/// starts (its banner goes to /dev/null) and put back by `init`.
+pub(crate) const ENV_STDOUT: &str = "MP_PROCESS_STDOUT";
+
+fn restore_stdout() {
+    let Some(v) = std::env::var_os(ENV_STDOUT) else {
+        return;
+    };
+    std::env::remove_var(ENV_STDOUT);
+    if let Some(raw) = v.to_str().and_then(|v| v.parse::<RawFd>().ok()) {
+        // SAFETY: dup2 and close on descriptor numbers have no memory-safety preconditions;
+        // `raw` was kept open across exec by the parent for exactly this purpose and nothing
+        // else in this process uses it.
+        unsafe {
+            if libc::dup2(raw, 1) == 1 {
+                libc::close(raw);
+            }
+        }
+    }
+}
+
+/// Who this process is, in Python's terms.
+#[derive(Debug, Clone)]
+pub(crate) struct Identity {
+    pub(crate) name: String,
+    /// "" for the root, "1", "1:3", ... for children (Python's `_identity`).
+    pub(crate) ident: String,
+    pub(crate) daemon: bool,
+    pub(crate) parent: Option<(u32, String)>,
+}
+
+/// This process's identity: null for the root process (`MainProcess`), set once by the child
+/// bootstrap and never freed (so readers may keep the reference).
+static CURRENT: AtomicPtr<Identity> = AtomicPtr::new(std::ptr::null_mut());
+
+pub(crate) fn set_identity(id: Box<Identity>) {
+    // Pairs with the Acquire load in `identity`.
+    CURRENT.store(Box::into_raw(id), Ordering::Release);
+}
+
+pub(crate) fn identity() -> Option<&'static Identity> {
+    // Pairs with the Release store in `set_identity`.
+    let p = CURRENT.load(Ordering::Acquire);
+    // SAFETY: a non-null pointer came from `Box::into_raw` in `set_identity` and is never
+    // freed, so it is valid for 'static.
+    (!p.is_null()).then(|| unsafe { &*p })
+}
+
+/// Counter for default child names ("Process-N"), reset in a forked child.
+static CHILD_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+pub(crate) fn next_ident() -> String {
+    let n = CHILD_COUNTER.fetch_add(1, Ordering::Relaxed) + 1;
+    match identity() {
+        Some(me) if !me.ident.is_empty() => format!("{}:{n}", me.ident),
+        _ => n.to_string(),
+    }
+}
+
+/// Resets the per-process state a forked child must not share with its parent.
+pub(crate) fn reset_after_fork(id: Box<Identity>) {
+    set_identity(id);
+    CHILD_COUNTER.store(0, Ordering::Relaxed);
+    crate::child::reset_registry();
+    crate::forkserver::reset_after_fork();
+}
+
+thread_local! {
+    /// True on the thread that runs a target inside a child.
+    static IN_TARGET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The last panic of the target: (message, location).
+    static LAST_PANIC: RefCell<Option<(String, String)>> = const { RefCell::new(None) };
+}
+
+/// Installs the panic hook once per process (see the module doc).
+pub(crate) fn install_panic_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !IN_TARGET.with(|t| t.get()) {
+                return previous(info);
+            }
+            let message = payload_message(info.payload());
+            let location = info
+                .location()
+                .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
+                .unwrap_or_else(|| "<unknown>".into());
+            let who = identity()
+                .map(|i| i.name.clone())
+                .unwrap_or_else(|| "MainProcess".into());
+            let mut text = format!(
+                "process '{who}' (pid {}) panicked at {location}:\n{message}\n",
+                std::process::id()
+            );
+            if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
+                text.push_str(&format!("{}\n", std::backtrace::Backtrace::force_capture()));
+            }
+            // Straight to fd 2: a forked child of a test harness may have inherited a capture
+            // of the thread's output, which would swallow the message.
+            write_stderr(text.as_bytes());
+            LAST_PANIC.with(|p| *p.borrow_mut() = Some((message, location)));
+        }));
+    });
+}
+
+fn payload_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any> (a panic payload that is not a string)".into()
+    }
+}
+
+pub(crate) fn write_stderr(mut b: &[u8]) {
+    while !b.is_empty() {
+        // SAFETY: write(2) reads `b.len()` bytes from a live slice.
+        let n = unsafe { libc::write(2, b.as_ptr() as *const libc::c_void, b.len()) };
+        if n <= 0 {
+            if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return;
+        }
+        b = &b[n as usize..];
+    }
+}
+
+/// Runs the target in a child, reports its end to the parent over `chan` and returns the
+/// exit code the child must exit with.
+pub(crate) fn run_target<R: Message>(chan: BorrowedFd<'_>, f: impl FnOnce() -> R) -> i32 {
+    IN_TARGET.with(|t| t.set(true));
+    let result = catch_unwind(AssertUnwindSafe(f));
+    IN_TARGET.with(|t| t.set(false));
+    match result {
+        Ok(value) => {
+            let code = match encode(&value) {
+                Ok(bytes) => {
+                    let _ = frame::send(chan, Tag::Returned, &bytes);
+                    0
+                }
+                Err(e) => {
+                    let msg = format!("the return value could not be serialized: {e}");
+                    write_stderr(
+                        format!("mp child (pid {}): {msg}\n", std::process::id()).as_bytes(),
+                    );
+                    send_string(chan, Tag::ResultLost, msg);
+                    PANIC_EXIT_CODE
+                }
+            };
+            // Dropping the value may run destructors that panic; that is the target's
+            // business, but it must not unwind out of the child's entry.
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(value)));
+            code
+        }
+        Err(payload) => {
+            let (message, location) = LAST_PANIC
+                .with(|p| p.borrow_mut().take())
+                .unwrap_or_else(|| (payload_message(&*payload), "<unknown>".into()));
+            std::mem::forget(payload);
+            if let Ok(bytes) = encode(&(message, location)) {
+                let _ = frame::send(chan, Tag::Panicked, &bytes);
+            }
+            PANIC_EXIT_CODE
+        }
+    }
+}
+
+pub(crate) fn send_string(chan: BorrowedFd<'_>, tag: Tag, msg: String) {
+    if let Ok(bytes) = encode(&msg) {
+        let _ = frame::send(chan, tag, &bytes);
+    }
+}
+
+/// The body of [`crate::init`].
+pub(crate) fn init() {
+    ENTRY_READY.store(true, Ordering::Relaxed);
+    let Some(role) = std::env::var_os(ENV_ROLE) else {
+        return;
+    };
+    // Only the bootstrap runs at this point (init is the first thing in main; in a test
+    // binary, the child runs a single test with one test thread), so changing the
+    // environment cannot race with a reader.
+    std::env::remove_var(ENV_ROLE);
+    restore_stdout();
+    match role.to_str() {
+        Some("spawn") => spawn_child_main(),
+        Some("forkserver") => crate::forkserver::server_main(),
+        _ => {
+            write_stderr(format!("mp: unknown {ENV_ROLE} {role:?}\n").as_bytes());
+            std::process::exit(START_FAILED_EXIT_CODE)
+        }
+    }
+}
+
+/// True when this process was started as an mp child whose program never called `init`
+/// (the role variable is still there).
+pub(crate) fn child_without_init() -> bool {
+    std::env::var_os(ENV_ROLE).is_some()
+}
+
+fn take_chan() -> Result<OwnedFd, String> {
+    let v = std::env::var(ENV_CHAN).map_err(|_| format!("{ENV_CHAN} is missing"))?;
+    std::env::remove_var(ENV_CHAN);
+    let raw: RawFd = v
+        .parse()
+        .map_err(|_| format!("{ENV_CHAN}={v:?} is not a descriptor"))?;
+    nix::fcntl::fcntl(raw, nix::fcntl::FcntlArg::F_GETFD)
+        .map_err(|_| format!("{ENV_CHAN} names descriptor {raw}, which is not open"))?;
+    // SAFETY: the parent kept `raw` open across exec for this process only; nothing else in
+    // this process owns it (the variable is read once and removed).
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let _ = nix::fcntl::fcntl(
+        raw,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
+    Ok(fd)
+}
+
+/// A spawn child: read the boot frame, find the target, run it, exit.
+fn spawn_child_main() -> ! {
+    let chan = match take_chan() {
+        Ok(c) => c,
+        Err(e) => {
+            write_stderr(format!("mp spawn child: {e}\n").as_bytes());
+            std::process::exit(START_FAILED_EXIT_CODE)
+        }
+    };
+    let fds_result = mp_core::handle::install_from_env();
+    let code = match fds_result {
+        Err(e) => fail_start(chan.as_fd(), format!("receiving the shared objects: {e}")),
+        Ok(_) => run_boot(chan.as_fd()),
+    };
+    drop(chan);
+    std::process::exit(code)
+}
+
+pub(crate) fn fail_start(chan: BorrowedFd<'_>, msg: String) -> i32 {
+    write_stderr(format!("mp child (pid {}): {msg}\n", std::process::id()).as_bytes());
+    send_string(chan, Tag::StartFailed, msg);
+    START_FAILED_EXIT_CODE
+}
+
+/// Reads the boot frame from `chan` and runs what it names. Used by spawn children and by
+/// children of the fork server.
+pub(crate) fn run_boot(chan: BorrowedFd<'_>) -> i32 {
+    let boot = match frame::recv_blocking(chan) {
+        Ok(Some((Tag::Boot, bytes))) => match decode::<crate::process::Boot>(&bytes) {
+            Ok(b) => b,
+            Err(e) => return fail_start(chan, format!("malformed boot message: {e}")),
+        },
+        Ok(Some((tag, _))) => return fail_start(chan, format!("unexpected frame {tag:?}")),
+        Ok(None) => return fail_start(chan, "the parent closed the channel before booting".into()),
+        Err(e) => return fail_start(chan, format!("reading the boot message: {e}")),
+    };
+    let tramp = match crate::image::resolve(boot.trampoline as isize, &boot.image_id) {
+        Ok(a) => a,
+        Err(e) => return fail_start(chan, e),
+    };
+    let target = match crate::image::resolve(boot.target as isize, &boot.image_id) {
+        Ok(a) => a,
+        Err(e) => return fail_start(chan, e),
+    };
+    set_identity(Box::new(Identity {
+        name: boot.name,
+        ident: boot.ident,
+        daemon: boot.daemon,
+        parent: Some((boot.parent_pid, boot.parent_name)),
+    }));
+    install_panic_hook();
+    if frame::send(chan, Tag::Started, &[]).is_err() {
+        // The parent is gone or dropped the child: nobody wants the result.
+        return START_FAILED_EXIT_CODE;
+    }
+    // SAFETY: `tramp` is the address of `crate::process::trampoline::<A, R>` in this very
+    // executable: the parent computed its offset from the anchor in an image with the same
+    // build id, and `resolve` checked that identity and that the address lies in this object.
+    let tramp: crate::process::Trampoline = unsafe { std::mem::transmute(tramp) };
+    // SAFETY: `target` is the target's address computed the same way, and the trampoline was
+    // instantiated for the target's exact type by the parent (`Process::<A, R>::start`).
+    unsafe { tramp(target, &boot.args, chan) }
+}

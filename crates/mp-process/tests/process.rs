@@ -1,0 +1,524 @@
+//! Process across real children, under every start method (CONFORMANCE.md P1–P7).
+//!
+//! Fork children here do only what the crate doc's "Fork and threads" allows in a threaded
+//! parent (compute, allocate, use shared atomics, return, panic); tests whose children do
+//! more (start children of their own, run many) are `isolate!`d into their own process.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use mp_core::Shared;
+use mp_process::{
+    active_children, current_process, parent_process, Child, ClosureProcess, Process, ProcessError,
+    StartMethod,
+};
+
+mp_process::test_support!();
+
+const METHODS: [StartMethod; 3] = [
+    StartMethod::Fork,
+    StartMethod::Spawn,
+    StartMethod::ForkServer,
+];
+/// Watchdog for every join: a test that would hang fails instead.
+const WATCHDOG: Duration = Duration::from_secs(30);
+
+fn join<R: mp_core::Message + std::fmt::Debug>(c: &mut Child<R>) -> Result<R, ProcessError> {
+    match c.join_timeout(WATCHDOG) {
+        Ok(Some(v)) => Ok(v),
+        Ok(None) => {
+            let _ = c.kill();
+            panic!("child {} still running after {WATCHDOG:?}", c.pid())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+#[test]
+fn returns_value_under_every_method() {
+    for m in METHODS {
+        let mut c = Process::new(square, 12).start_method(m).start().unwrap();
+        assert_eq!(join(&mut c).unwrap(), 144, "{m}");
+        assert_eq!(c.exitcode(), Some(0));
+        assert!(!c.is_alive());
+        assert!(matches!(c.join(), Err(ProcessError::AlreadyJoined)));
+    }
+}
+
+fn sleeper(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+/// P1: lifecycle and active_children.
+#[test]
+fn p1_lifecycle() {
+    for m in METHODS {
+        let mut c = Process::new(sleeper, 300)
+            .name(format!("p1-{m}"))
+            .start_method(m)
+            .start()
+            .unwrap();
+        assert!(c.is_alive(), "{m}");
+        assert_eq!(c.exitcode(), None);
+        assert!(active_children().iter().any(|a| a.pid() == c.pid()));
+        join(&mut c).unwrap();
+        assert_eq!(c.exitcode(), Some(0));
+        assert!(!c.is_alive());
+        assert!(!active_children().iter().any(|a| a.pid() == c.pid()));
+    }
+}
+
+type Identity = (String, u32, Option<(u32, String)>, bool);
+
+fn report_identity(tag: String) -> (String, Identity) {
+    let me = current_process();
+    (
+        tag,
+        (
+            me.name().to_string(),
+            me.pid(),
+            parent_process().map(|p| (p.pid(), p.name().to_string())),
+            me.daemon(),
+        ),
+    )
+}
+
+/// P2 and P6: arguments, name, pid, parent.
+#[test]
+fn p2_p6_arguments_identity_parent() {
+    assert!(parent_process().is_none(), "the test process is a root");
+    assert_eq!(current_process().name(), "MainProcess");
+    for m in METHODS {
+        for daemon in [false, true] {
+            let mut c = Process::new(report_identity, format!("arg-{m}"))
+                .name(format!("child-{m}"))
+                .daemon(daemon)
+                .start_method(m)
+                .start()
+                .unwrap();
+            let (tag, (name, pid, parent, d)) = join(&mut c).unwrap();
+            assert_eq!(tag, format!("arg-{m}"));
+            assert_eq!(name, format!("child-{m}"));
+            assert_eq!(c.name(), name);
+            assert_eq!(pid, c.pid());
+            assert_eq!(
+                parent,
+                Some((std::process::id(), "MainProcess".to_string()))
+            );
+            assert_eq!(d, daemon);
+        }
+    }
+    // Default names count this process's children.
+    let c = Process::new(sleeper, 0).start().unwrap();
+    assert!(c.name().starts_with("Process-"), "{}", c.name());
+}
+
+/// P3: join(0) returns at once; terminate gives SIGTERM, kill gives SIGKILL.
+#[test]
+fn p3_terminate_and_kill() {
+    for m in METHODS {
+        let mut c = Process::new(sleeper, 20_000)
+            .start_method(m)
+            .start()
+            .unwrap();
+        let t0 = Instant::now();
+        assert!(c.join_timeout(Duration::ZERO).unwrap().is_none());
+        assert!(t0.elapsed() < Duration::from_millis(500));
+        assert!(c.is_alive());
+        c.terminate().unwrap();
+        assert_eq!(
+            join(&mut c),
+            Err(ProcessError::Signaled {
+                signal: libc::SIGTERM,
+                core_dumped: false
+            }),
+            "{m}"
+        );
+        assert_eq!(c.exitcode(), Some(-15));
+        c.terminate().unwrap(); // a no-op once ended
+
+        let mut c = Process::new(sleeper, 20_000)
+            .start_method(m)
+            .start()
+            .unwrap();
+        c.kill().unwrap();
+        assert!(matches!(
+            join(&mut c),
+            Err(ProcessError::Signaled {
+                signal: libc::SIGKILL,
+                ..
+            })
+        ));
+        assert_eq!(c.exitcode(), Some(-9));
+    }
+}
+
+fn exit8(_: ()) {
+    std::process::exit(8)
+}
+
+fn panicker(n: u32) -> u32 {
+    if n > 0 {
+        panic!("boom {n}");
+    }
+    n
+}
+
+/// P4: exit codes, return values, panics.
+#[test]
+fn p4_exit_status() {
+    for m in METHODS {
+        let mut c = Process::new(exit8, ()).start_method(m).start().unwrap();
+        assert_eq!(join(&mut c), Err(ProcessError::Exited { code: 8 }), "{m}");
+        assert_eq!(c.exitcode(), Some(8));
+
+        let mut c = Process::new(panicker, 42).start_method(m).start().unwrap();
+        match join(&mut c) {
+            Err(ProcessError::Panicked { message, location }) => {
+                assert_eq!(message, "boom 42");
+                assert!(location.contains("process.rs:"), "{location}");
+            }
+            other => panic!("{m}: {other:?}"),
+        }
+        assert_eq!(c.exitcode(), Some(1));
+
+        let mut c = Process::new(panicker, 0).start_method(m).start().unwrap();
+        assert_eq!(join(&mut c), Ok(0));
+    }
+}
+
+/// P4: the panic message is on the child's stderr (checked in a copy of this binary whose
+/// stderr is piped).
+#[test]
+fn p4_panic_message_on_child_stderr() {
+    for m in METHODS {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "panic_stderr_entry",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("MP_TEST_PANIC_METHOD", m.as_str())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{m}: {err}");
+        assert!(err.contains("boom 7"), "{m}: {err}");
+        assert!(err.contains("panicked at"), "{m}: {err}");
+    }
+}
+
+/// Child side of the test above.
+#[test]
+fn panic_stderr_entry() {
+    let Ok(m) = std::env::var("MP_TEST_PANIC_METHOD") else {
+        return;
+    };
+    let mut c = Process::new(panicker, 7)
+        .start_method(m.parse().unwrap())
+        .start()
+        .unwrap();
+    assert!(matches!(join(&mut c), Err(ProcessError::Panicked { .. })));
+}
+
+fn poll_ready(fds: &[BorrowedFd<'_>], timeout_ms: i32) -> Vec<bool> {
+    let mut p: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|f| libc::pollfd {
+            fd: f.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `p` is a valid array of pollfds for the call.
+    let r = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
+    assert!(r >= 0);
+    p.iter().map(|x| x.revents != 0).collect()
+}
+
+/// P5: the sentinel is a pollable pidfd, ready within 1 s of the end, usable in a wait on
+/// several objects.
+#[test]
+fn p5_sentinel() {
+    for m in METHODS {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let c = Process::new(sleeper, 20_000)
+            .start_method(m)
+            .start()
+            .unwrap();
+        assert_eq!(
+            poll_ready(&[c.sentinel(), a.as_fd()], 0),
+            vec![false, false]
+        );
+        c.kill().unwrap();
+        let t0 = Instant::now();
+        assert_eq!(
+            poll_ready(&[c.sentinel(), a.as_fd()], 1000),
+            vec![true, false],
+            "{m}"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(1));
+        // The other object of the wait works too.
+        use std::io::Write;
+        (&b).write_all(b"x").unwrap();
+        assert_eq!(poll_ready(&[c.as_fd(), a.as_fd()], 1000), vec![true, true]);
+        assert_eq!(c.exitcode(), Some(-9));
+    }
+}
+
+fn middle(args: (String, Shared<AtomicU32>)) {
+    let (m, pid_out) = args;
+    let c = Process::new(sleeper, 60_000)
+        .daemon(true)
+        .start_method(m.parse().unwrap())
+        .start()
+        .unwrap();
+    pid_out.store(c.pid(), Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// P7: a daemon child dies when its parent is SIGKILLed.
+#[test]
+fn p7_daemon_dies_with_killed_parent() {
+    for m in METHODS {
+        let pid_out = Shared::new(AtomicU32::new(0)).unwrap();
+        // The middle process is spawned (so that under fork it is single-threaded).
+        let mut mid = Process::new(middle, (m.as_str().to_string(), pid_out.clone()))
+            .start_method(StartMethod::Spawn)
+            .start()
+            .unwrap();
+        let t0 = Instant::now();
+        while pid_out.load(Ordering::SeqCst) == 0 {
+            assert!(t0.elapsed() < WATCHDOG, "{m}: the daemon never started");
+            assert!(mid.is_alive(), "{m}: the middle died: {:?}", mid.join());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let daemon = pid_out.load(Ordering::SeqCst);
+        // SAFETY: pidfd_open has no memory-safety preconditions.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, daemon as libc::pid_t, 0) };
+        assert!(fd >= 0, "{m}: the daemon {daemon} is not running");
+        // SAFETY: a fresh descriptor we own.
+        let fd =
+            unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+        mid.kill().unwrap();
+        assert!(matches!(
+            join(&mut mid),
+            Err(ProcessError::Signaled { signal: 9, .. })
+        ));
+        assert_eq!(
+            poll_ready(&[fd.as_fd()], 5000),
+            vec![true],
+            "{m}: the daemon outlived its killed parent"
+        );
+    }
+}
+
+fn add_shared(args: (Shared<AtomicU64>, u64)) -> u64 {
+    args.0.fetch_add(args.1, Ordering::SeqCst) + args.1
+}
+
+/// Shared primitives cross every start method as arguments.
+#[test]
+fn shared_arguments_cross_every_method() {
+    let counter = Shared::new(AtomicU64::new(0)).unwrap();
+    for (i, m) in METHODS.into_iter().enumerate() {
+        let mut c = Process::new(add_shared, (counter.clone(), 10))
+            .start_method(m)
+            .start()
+            .unwrap();
+        assert_eq!(join(&mut c).unwrap(), 10 * (i as u64 + 1), "{m}");
+    }
+    assert_eq!(counter.load(Ordering::SeqCst), 30);
+}
+
+#[test]
+fn fork_closure_and_large_values() {
+    let data: Vec<u64> = (0..300_000).collect();
+    let mut c = ClosureProcess::new(move || data.iter().map(|x| x * 2).collect::<Vec<u64>>())
+        .name("doubler")
+        .start()
+        .unwrap();
+    assert_eq!(c.name(), "doubler");
+    let v = join(&mut c).unwrap();
+    assert_eq!(v.len(), 300_000);
+    assert_eq!(v[299_999], 599_998);
+    // A large value under spawn and forkserver too (bigger than a socket buffer).
+    fn big(n: u64) -> Vec<u64> {
+        (0..n).collect()
+    }
+    for m in [StartMethod::Spawn, StartMethod::ForkServer] {
+        let mut c = Process::new(big, 500_000).start_method(m).start().unwrap();
+        assert_eq!(join(&mut c).unwrap().len(), 500_000, "{m}");
+        let mut c = Process::new(big, 500_000).start_method(m).start().unwrap();
+        // Arguments larger than the socket buffer too.
+        assert_eq!(c.join_timeout(WATCHDOG).unwrap().unwrap().len(), 500_000);
+    }
+    let arg: Vec<u64> = (0..500_000).collect();
+    fn sum(v: Vec<u64>) -> u64 {
+        v.iter().sum()
+    }
+    for m in [StartMethod::Spawn, StartMethod::ForkServer] {
+        let mut c = Process::new(sum, arg.clone())
+            .start_method(m)
+            .start()
+            .unwrap();
+        assert_eq!(join(&mut c).unwrap(), 499_999 * 500_000 / 2, "{m}");
+    }
+}
+
+fn returns_region(_: ()) -> mp_core::Region {
+    mp_core::Region::anonymous(1, 8, 8).unwrap()
+}
+
+/// A return value that cannot be sent back is reported as lost, not as success.
+#[test]
+fn unserializable_result_is_reported() {
+    for m in METHODS {
+        let mut c = Process::new(returns_region, ())
+            .start_method(m)
+            .start()
+            .unwrap();
+        match join(&mut c) {
+            Err(ProcessError::ResultLost(msg)) => assert!(msg.contains("serialized"), "{msg}"),
+            other => panic!("{m}: {other:?}"),
+        }
+    }
+}
+
+/// A spawn child starts fine from a parent running 8 busy threads.
+#[test]
+fn spawn_and_forkserver_from_a_parent_with_8_threads() {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lock = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let stop = stop.clone();
+            let lock = lock.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let mut g = lock.lock().unwrap();
+                    g.push(format!("thread {i}"));
+                    if g.len() > 1000 {
+                        g.clear();
+                    }
+                }
+            })
+        })
+        .collect();
+    for m in [StartMethod::Spawn, StartMethod::ForkServer] {
+        for i in 0..5u64 {
+            let mut c = Process::new(square, i).start_method(m).start().unwrap();
+            assert_eq!(join(&mut c).unwrap(), i * i);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+fn count_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+fn zombies_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ..."; comm may hold spaces, so split after the last ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r.trim().to_string()) else {
+            continue;
+        };
+        let mut f = rest.split_whitespace();
+        let state = f.next().unwrap_or("");
+        let ppid: u32 = f.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+        if ppid == pid && state == "Z" {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn shm_entries() -> usize {
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("mp-"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// 1_000 children started and joined (and more dropped unjoined) leave no descriptor,
+/// zombie or shared-memory entry behind.
+#[test]
+fn thousand_children_leave_nothing_behind() {
+    mp_process::isolate!(thousand_children_leave_nothing_behind, 120);
+    // Warm up the lazily opened state (the fork server's socket) before counting.
+    let mut c = Process::new(square, 1)
+        .start_method(StartMethod::ForkServer)
+        .start()
+        .unwrap();
+    join(&mut c).unwrap();
+    let counter = Shared::new(AtomicU64::new(0)).unwrap();
+    let fds = count_fds();
+    let shm = shm_entries();
+    for i in 0..1000u64 {
+        let m = if i % 10 == 0 {
+            StartMethod::ForkServer
+        } else {
+            StartMethod::Fork
+        };
+        let mut c = Process::new(add_shared, (counter.clone(), 1))
+            .start_method(m)
+            .start()
+            .unwrap();
+        join(&mut c).unwrap();
+    }
+    assert_eq!(counter.load(Ordering::SeqCst), 1000);
+    // Children dropped without join are reaped by later starts / active_children.
+    for _ in 0..20 {
+        drop(Process::new(sleeper, 0).start().unwrap());
+    }
+    let t0 = Instant::now();
+    while !active_children().is_empty() {
+        assert!(t0.elapsed() < WATCHDOG);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(count_fds(), fds, "descriptors leaked");
+    assert_eq!(
+        zombies_of(std::process::id()),
+        Vec::<u32>::new(),
+        "zombies left"
+    );
+    assert_eq!(shm_entries(), shm, "shared memory entries left");
+}
+
+#[test]
+fn isolated_fork_children_may_do_anything() {
+    mp_process::isolate!(isolated_fork_children_may_do_anything);
+    // In the isolated copy the process is effectively single-threaded: a forked child may
+    // print, start threads, and start children of its own.
+    let mut c = Process::fork(|| {
+        println!("hello from a forked child");
+        let t = std::thread::spawn(|| 5u32).join().unwrap();
+        let mut g = Process::fork(move || t * 2).unwrap();
+        let v = g.join().unwrap();
+        (v, mp_process::current_process().name().to_string())
+    })
+    .unwrap();
+    let (v, name) = join(&mut c).unwrap();
+    assert_eq!(v, 10);
+    assert!(name.starts_with("Process-"));
+}
