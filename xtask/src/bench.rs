@@ -30,6 +30,8 @@ enum Unit {
     Msgs,
     /// Items per second (higher is better).
     Items,
+    /// Operations per second (higher is better).
+    Ops,
     /// 10^9 bytes per second (higher is better).
     GBps,
     /// A speed-up, time(1 worker) / time(2 workers) (higher is better).
@@ -43,6 +45,7 @@ impl Unit {
             Unit::Us => "µs",
             Unit::Msgs => "msgs/s",
             Unit::Items => "items/s",
+            Unit::Ops => "ops/s",
             Unit::GBps => "GB/s",
             Unit::Speedup => "× (1→2 workers)",
         }
@@ -121,7 +124,7 @@ const SPECS: &[Spec] = &[
     Spec {
         name: "lock_contended_counter",
         krate: "mp-sync",
-        unit: Unit::Msgs,
+        unit: Unit::Ops,
         single: false,
         limit: Some(("limit_atomic_counter", "atomic fetch_add")),
         peers: &[],
@@ -612,7 +615,7 @@ impl Criterion<'_> {
         Some(match unit {
             Unit::Ns => ns,
             Unit::Us => ns / 1e3,
-            Unit::Msgs | Unit::Items => per.unwrap_or(1.0) * 1e9 / ns,
+            Unit::Msgs | Unit::Items | Unit::Ops => per.unwrap_or(1.0) * 1e9 / ns,
             Unit::GBps => per.unwrap_or(0.0) / ns,
             Unit::Speedup => return None,
         })
@@ -799,7 +802,7 @@ fn sig3(v: f64) -> String {
 
 fn fmt_value(v: f64, unit: Unit) -> String {
     match unit {
-        Unit::Msgs | Unit::Items => {
+        Unit::Msgs | Unit::Items | Unit::Ops => {
             if v >= 1e9 {
                 format!("{}G", sig3(v / 1e9))
             } else if v >= 1e6 {
@@ -1155,12 +1158,12 @@ fn json(env: &Env, rows: &[Row], limits: &[LimitRow]) -> String {
     s
 }
 
-/// A horizontal bar chart of the ratios on a log scale (1/1000 to 1000), one band per
+/// A horizontal bar chart of the ratios on a log scale (1/10000 to 1000), one band per
 /// workload and placement: mp/CPython, mp/limit and CPython/limit.
 fn svg(env: &Env, rows: &[Row]) -> String {
     let (left, width, band, top) = (300.0, 600.0, 42.0, 70.0);
     let height = top + band * rows.len() as f64 + 60.0;
-    let x = |r: f64| left + (r.log10().clamp(-3.0, 3.0) + 3.0) / 6.0 * width;
+    let x = |r: f64| left + (r.log10().clamp(-4.0, 3.0) + 4.0) / 7.0 * width;
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -1197,7 +1200,7 @@ fn svg(env: &Env, rows: &[Row]) -> String {
             lx + 16.0
         );
     }
-    for d in -3..=3 {
+    for d in -4..=3 {
         let gx = x(10f64.powi(d));
         let (stroke, w) = if d == 0 { ("#000", 1.5) } else { ("#ddd", 1.0) };
         let _ = writeln!(
