@@ -1,4 +1,147 @@
-//! Python's Pipe and multiprocessing.connection: typed Connection<T>, wait(), Listener and Client with an authkey.
+//! Python's `Pipe()` and `multiprocessing.connection`, for [mp](https://docs.rs/mp): typed
+//! [`Connection<T>`]s, [`wait`] over many of them, and [`Listener`]/[`Client`] with an authkey,
+//! wire-compatible with CPython.
 //!
-//! **Status: not built yet.** This crate is a member of the workspace so that the layout is in
-//! place; it exports nothing until its issue lands. Nothing here pretends to work.
+//! # Hello, pipe
+//!
+//! A pipe has two ends; what one sends, the other receives. Here a forked child answers:
+//!
+//! ```
+//! use mp_pipe::{Duplex, Pipe};
+//!
+//! let (parent, child) = Pipe::<String>::new(Duplex)?;
+//! // SAFETY (of the doctest): the child only uses its connection, then `_exit`s.
+//! match unsafe { nix::unistd::fork() }.expect("fork") {
+//!     nix::unistd::ForkResult::Child => {
+//!         drop(parent);
+//!         let name = child.recv().unwrap_or_default();
+//!         let _ = child.send(&format!("hello, {name}"));
+//!         unsafe { libc::_exit(0) };
+//!     }
+//!     nix::unistd::ForkResult::Parent { child: pid } => {
+//!         drop(child);
+//!         parent.send(&"world".to_string())?;
+//!         assert_eq!(parent.recv()?, "hello, world");
+//!         nix::sys::wait::waitpid(pid, None).expect("waitpid");
+//!     }
+//! }
+//! # Ok::<(), mp_pipe::Error>(())
+//! ```
+//!
+//! With `mp`, the child is a `Process` and the connection one of its arguments, under any start
+//! method (fork, spawn, forkserver): a `Connection` is a message of the handle kind, whose
+//! descriptors travel with it.
+//!
+//! # Typed messages and bytes
+//!
+//! `Connection<T>` sends and receives values of `T`, any [`mp_core::Message`] (derive rkyv's
+//! `Archive`, `Serialize`, `Deserialize`). Every connection also carries plain byte messages,
+//! with Python's argument rules:
+//!
+//! ```
+//! use mp_pipe::{Duplex, Error, Pipe};
+//!
+//! let (a, b) = Pipe::<(u32, String)>::new(Duplex)?;
+//! a.send(&(7, "seven".into()))?;
+//! assert_eq!(b.recv()?, (7, "seven".to_string()));
+//!
+//! a.send_bytes(b"..hello..", 2, Some(5))?;          // buf[2..7]
+//! let mut buf = [0u8; 8];
+//! assert_eq!(b.recv_bytes_into(&mut buf, 3)?, 5);   // written at buf[3..8]
+//! assert_eq!(&buf[3..], b"hello");
+//!
+//! a.send_bytes(b"too long for that", 0, None)?;
+//! assert!(matches!(b.recv_bytes_into(&mut buf, 0), Err(Error::BufferTooShort { needed: 17, .. })));
+//! assert_eq!(b.recv_bytes(None)?, b"too long for that"); // the message was kept
+//! assert!(matches!(a.send_bytes(b"abc", 4, None), Err(Error::InvalidArgument("buffer length < offset"))));
+//! # Ok::<(), mp_pipe::Error>(())
+//! ```
+//!
+//! # One-way pipes
+//!
+//! `Pipe::new(OneWay)` returns `(reader, writer)` as Python's `Pipe(duplex=False)` does, but
+//! typed: a [`Reader`] has no `send` and a [`Writer`] has no `recv`, so misuse does not compile.
+//!
+//! ```
+//! use mp_pipe::{OneWay, Pipe};
+//! let (reader, writer) = Pipe::<u64>::new(OneWay)?;
+//! writer.send(&42)?;
+//! assert_eq!(reader.recv()?, 42);
+//! # Ok::<(), mp_pipe::Error>(())
+//! ```
+//!
+//! # Timeouts, poll and end-of-file
+//!
+//! [`Connection::poll`] tells whether a receive would not block (without consuming anything);
+//! [`Connection::recv_timeout`] gives up with [`Error::Timeout`]. When the peer closes its end,
+//! or its process dies (even by `SIGKILL`), the receiver gets the messages still on the way,
+//! then [`Error::Eof`]: never a hang.
+//!
+//! ```
+//! use std::time::Duration;
+//! use mp_pipe::{Duplex, Error, Pipe};
+//!
+//! let (a, b) = Pipe::<u8>::new(Duplex)?;
+//! assert!(!b.poll(Some(Duration::ZERO))?);
+//! assert!(matches!(b.recv_timeout(Duration::from_millis(20)), Err(Error::Timeout)));
+//! a.send(&1)?;
+//! assert!(b.poll(None)?);
+//! drop(a);
+//! assert_eq!(b.recv()?, 1);
+//! assert!(matches!(b.recv(), Err(Error::Eof)));
+//! # Ok::<(), mp_pipe::Error>(())
+//! ```
+//!
+//! # Waiting on many connections
+//!
+//! [`wait`] blocks until any of several connections, process sentinels (pidfds) or other
+//! descriptors is ready, like `multiprocessing.connection.wait`; it returns the indices of the
+//! ready ones. See its documentation for an example.
+//!
+//! # Listener and Client
+//!
+//! Processes that did not start each other meet at an address, a Unix socket or TCP, with an
+//! optional authkey checked by a mutual HMAC challenge-response. The framing and the handshake
+//! are byte for byte CPython's, so the other side may be Python:
+//!
+//! ```no_run
+//! # fn main() -> mp_pipe::Result<()> {
+//! use mp_pipe::{Address, Client, Connection};
+//! // Python: Listener(('127.0.0.1', 6000), authkey=b'secret')
+//! let conn: Connection<Vec<u8>> = Client::connect(Address::tcp("127.0.0.1", 6000)?, Some(b"secret"))?;
+//! conn.send_bytes(b"hello from Rust", 0, None)?;    // Python: conn.recv_bytes()
+//! # Ok(()) }
+//! ```
+//!
+//! Typed `send`/`recv` work between Rust peers (the frame holds an rkyv archive); a Python
+//! peer uses `send_bytes`/`recv_bytes` (Python's `send`/`recv` pickle, which Rust does not
+//! read). A frame larger than [`Connection::max_message_size`] (1 GiB by default) is refused
+//! before anything is allocated for it.
+//!
+//! # How it is fast
+//!
+//! A pipe end serializes straight into a shared-memory ring and the receiver spins briefly
+//! before sleeping, so while both processes are busy a message costs no system call; the
+//! socket pair under each pipe only carries wake-ups and end-of-file. See `local.rs` and
+//! `ring.rs` for the protocol, and `docs/mapping/mp-pipe.md` for every Python name.
+
+mod auth;
+mod connection;
+mod error;
+pub mod handle;
+mod listener;
+mod local;
+mod ring;
+mod stream;
+mod sys;
+mod wait;
+
+pub use connection::{
+    CanRecv, CanSend, Connection, Direction, Duplex, Ends, OneWay, Pipe, PipeKind, ReadOnly,
+    Reader, WriteOnly, Writer,
+};
+pub use error::{Error, Result};
+pub use listener::{Address, Client, Listener};
+pub use local::{DEFAULT_RING_CAPACITY, MAX_RING_CAPACITY, MIN_RING_CAPACITY};
+pub use stream::DEFAULT_MAX_MESSAGE_SIZE;
+pub use wait::{wait, Waitable};
