@@ -8,6 +8,8 @@
 //! followed by the payload, an rkyv archive decoded with validation: a child is not trusted to
 //! send well-formed bytes.
 
+#[cfg(test)]
+use std::os::fd::AsFd;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use rkyv::util::AlignedVec;
@@ -236,5 +238,70 @@ impl Inbox {
             at += HEADER + len;
         }
         self.buf.drain(..at);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(tag: u32, len: u64, body: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&[0; 4]);
+        v.extend_from_slice(&len.to_le_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn feed(bytes: &[u8]) -> Inbox {
+        let mut inbox = Inbox::default();
+        // Byte by byte: frames may arrive in any split.
+        for b in bytes {
+            inbox.buf.push(*b);
+            inbox.parse();
+        }
+        inbox
+    }
+
+    #[test]
+    fn frames_parse_in_any_split() {
+        let mut bytes = frame(2, 0, &[]);
+        bytes.extend(frame(3, 5, b"hello"));
+        let inbox = feed(&bytes);
+        assert!(inbox.started);
+        assert!(!inbox.malformed);
+        let (tag, body) = inbox.last.unwrap();
+        assert_eq!(tag, Tag::Returned);
+        assert_eq!(&body[..], b"hello");
+    }
+
+    #[test]
+    fn malformed_frames_are_flagged() {
+        assert!(feed(&frame(99, 0, &[])).malformed, "unknown tag");
+        assert!(feed(&frame(3, u64::MAX, &[])).malformed, "absurd length");
+        assert!(
+            feed(&frame(1, 0, &[])).malformed,
+            "a child never sends Boot"
+        );
+        let mut two = frame(3, 1, b"a");
+        two.extend(frame(4, 1, b"b"));
+        assert!(feed(&two).malformed, "two final frames");
+        // A truncated frame is simply incomplete.
+        let t = feed(&frame(3, 10, b"abc"));
+        assert!(!t.malformed && t.last.is_none());
+    }
+
+    #[test]
+    fn send_and_receive_over_a_socket() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let big = vec![7u8; 1 << 20];
+        let t = std::thread::spawn(move || send(a.as_fd(), Tag::Boot, &big).unwrap());
+        let (tag, body) = recv_blocking(b.as_fd()).unwrap().unwrap();
+        t.join().unwrap();
+        assert_eq!(tag, Tag::Boot);
+        assert_eq!(body.len(), 1 << 20);
+        assert!(body.iter().all(|x| *x == 7));
+        assert!(recv_blocking(b.as_fd()).unwrap().is_none(), "end of file");
     }
 }

@@ -112,6 +112,7 @@ mod error;
 mod forkserver;
 mod frame;
 mod image;
+mod launcher;
 mod process;
 mod runtime;
 pub mod testing;

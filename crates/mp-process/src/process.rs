@@ -282,34 +282,51 @@ pub(crate) fn start_fork<R: Message, F: FnOnce() -> R>(
     let identity = Box::new(child_identity(&opts));
     let name = identity.name.clone();
     let parent_pid = std::process::id() as libc::pid_t;
-    // SAFETY: the child runs the target in a copy of this thread only. What it may do when
-    // the parent runs other threads is the caller's contract, documented on `Process::fork`
-    // and in the crate doc ("Fork and threads"); everything mp itself does in the child is
-    // fork-safe: it replaces (never locks) per-process state it inherited, allocates (glibc's
-    // malloc is reset by fork), writes to its socket and leaves with `_exit`.
-    match unsafe { libc::fork() } {
-        -1 => Err(Error::last_os("fork")),
-        0 => {
-            drop(parent_end);
-            if opts.daemon && !die_with_parent(parent_pid) {
-                // SAFETY: _exit ends the child at once.
-                unsafe { libc::_exit(runtime::START_FAILED_EXIT_CODE) }
+    let mut f = Some(f);
+    let mut identity = Some(identity);
+    let mut child_end = Some(child_end);
+    let parent_raw = parent_end.as_raw_fd();
+    let mut child_main = || -> i32 {
+        // In the child. The parent's end is of no use here.
+        // SAFETY: closing our copy of the parent's end; nothing in the child uses it.
+        unsafe { libc::close(parent_raw) };
+        if opts.daemon && !die_with_parent(parent_pid) {
+            return runtime::START_FAILED_EXIT_CODE;
+        }
+        let (Some(f), Some(identity), Some(chan)) = (f.take(), identity.take(), child_end.take())
+        else {
+            return runtime::START_FAILED_EXIT_CODE;
+        };
+        runtime::reset_after_fork(identity);
+        runtime::run_target(chan.as_fd(), f)
+    };
+    let pid = if opts.daemon {
+        // SAFETY: `child_main` only does what a forked child may (module doc of
+        // `crate::launcher`, crate doc "Fork and threads") and returns an exit code.
+        unsafe { crate::launcher::fork(&mut child_main) }
+            .map_err(|e| Error::io("fork (on the launcher thread)", e))?
+    } else {
+        // SAFETY: the child runs the target in a copy of this thread only. What it may do
+        // when the parent runs other threads is the caller's contract, documented on
+        // `Process::fork` and in the crate doc ("Fork and threads"); everything mp itself does
+        // in the child is fork-safe: it replaces (never locks) per-process state it
+        // inherited, allocates (glibc's malloc is reset by fork), writes to its socket and
+        // leaves with `_exit`.
+        match unsafe { libc::fork() } {
+            -1 => return Err(Error::last_os("fork")),
+            0 => {
+                let code = child_main();
+                // SAFETY: _exit ends the child without running the parent's atexit handlers
+                // or destructors of state it shares with the parent.
+                unsafe { libc::_exit(code) }
             }
-            runtime::reset_after_fork(identity);
-            let code = runtime::run_target(child_end.as_fd(), f);
-            drop(child_end);
-            // SAFETY: _exit ends the child without running the parent's atexit handlers or
-            // destructors of state it shares with the parent.
-            unsafe { libc::_exit(code) }
+            pid => pid,
         }
-        pid => {
-            drop(child_end);
-            drop(f);
-            let pidfd = pidfd_open(pid as u32)?;
-            let state = ChildState::new(pid as u32, pidfd, name, opts.daemon);
-            Ok(Child::new(state, parent_end, StartMethod::Fork))
-        }
-    }
+    };
+    drop((f, identity, child_end));
+    let pidfd = pidfd_open(pid as u32)?;
+    let state = ChildState::new(pid as u32, pidfd, name, opts.daemon);
+    Ok(Child::new(state, parent_end, StartMethod::Fork))
 }
 
 /// Encodes what a re-executed child needs to run `target(args)`.
@@ -424,6 +441,19 @@ pub(crate) fn child_command(
     Ok((cmd, parked))
 }
 
+/// Runs `cmd` (on the launcher thread for a daemon: see `crate::launcher`) and returns the
+/// child's pid. std's handle neither waits nor kills on drop; the caller's pidfd takes over.
+pub(crate) fn spawn_command(
+    mut cmd: std::process::Command,
+    on_launcher: bool,
+) -> std::io::Result<u32> {
+    if on_launcher {
+        crate::launcher::run(move || cmd.spawn().map(|c| c.id()))?
+    } else {
+        cmd.spawn().map(|c| c.id())
+    }
+}
+
 fn devnull() -> Option<&'static OwnedFd> {
     static NULL: OnceLock<Option<OwnedFd>> = OnceLock::new();
     NULL.get_or_init(|| {
@@ -439,13 +469,8 @@ fn devnull() -> Option<&'static OwnedFd> {
 /// The spawn start method: re-execute this program and send it the boot frame.
 fn start_spawn<R>(p: Prepared) -> Result<Child<R>, Error> {
     let (parent_end, child_end) = pair()?;
-    let (mut cmd, parked) = child_command("spawn", child_end.as_raw_fd(), &p.fds, p.daemon)?;
-    let spawned = cmd
-        .spawn()
-        .map_err(|e| Error::io("spawning the child", e))?;
-    let pid = spawned.id();
-    // std's handle neither waits nor kills on drop; the pidfd takes over.
-    drop(spawned);
+    let (cmd, parked) = child_command("spawn", child_end.as_raw_fd(), &p.fds, p.daemon)?;
+    let pid = spawn_command(cmd, p.daemon).map_err(|e| Error::io("spawning the child", e))?;
     drop((child_end, parked, p.fds));
     let pidfd = pidfd_open(pid)?;
     let state = ChildState::new(pid, pidfd, p.name, p.daemon);

@@ -120,6 +120,7 @@ pub(crate) fn reset_after_fork(id: Box<Identity>) {
     CHILD_COUNTER.store(0, Ordering::Relaxed);
     crate::child::reset_registry();
     crate::forkserver::reset_after_fork();
+    crate::launcher::reset_after_fork();
 }
 
 thread_local! {

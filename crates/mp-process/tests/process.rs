@@ -522,3 +522,188 @@ fn isolated_fork_children_may_do_anything() {
     assert_eq!(v, 10);
     assert!(name.starts_with("Process-"));
 }
+
+/// PR_SET_PDEATHSIG fires when the creating *thread* exits: mp starts daemons from a
+/// long-lived launcher thread, so a daemon started from a short-lived thread outlives that
+/// thread (and still dies with the process: p7).
+#[test]
+fn daemon_started_from_a_short_lived_thread_survives_the_thread() {
+    for m in METHODS {
+        let c = std::thread::spawn(move || {
+            Process::new(sleeper, 20_000)
+                .daemon(true)
+                .start_method(m)
+                .start()
+                .unwrap()
+        })
+        .join()
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            c.is_alive(),
+            "{m}: the daemon died with the thread that started it"
+        );
+        c.kill().unwrap();
+        let mut c = c;
+        assert!(matches!(
+            join(&mut c),
+            Err(ProcessError::Signaled { signal: 9, .. })
+        ));
+    }
+}
+
+#[test]
+fn join_timeout_returns_after_the_timeout() {
+    for m in METHODS {
+        let mut c = Process::new(sleeper, 20_000)
+            .start_method(m)
+            .start()
+            .unwrap();
+        let t0 = Instant::now();
+        assert!(c
+            .join_timeout(Duration::from_millis(200))
+            .unwrap()
+            .is_none());
+        let dt = t0.elapsed();
+        assert!(dt >= Duration::from_millis(200), "{dt:?}");
+        assert!(dt < Duration::from_millis(2200), "{dt:?}");
+        // close refuses a running child and gives the handle back.
+        let c2 = c.close().unwrap_err();
+        c2.kill().unwrap();
+        let mut c = c2;
+        assert!(join(&mut c).is_err());
+        c.close().unwrap();
+    }
+}
+
+#[test]
+fn closures_that_capture_nothing_are_targets() {
+    for m in METHODS {
+        let mut c = Process::new(|v: Vec<String>| v.join("+"), vec!["a".into(), "b".into()])
+            .start_method(m)
+            .start()
+            .unwrap();
+        assert_eq!(join(&mut c).unwrap(), "a+b");
+    }
+}
+
+fn grandparent(m: String) -> (String, String, Option<String>) {
+    let m: StartMethod = m.parse().unwrap();
+    let mut c = Process::new(report_identity, String::new())
+        .start_method(m)
+        .start()
+        .unwrap();
+    let (_, (name, _, parent, _)) = c.join().unwrap();
+    (
+        current_process().name().to_string(),
+        name,
+        parent.map(|p| p.1),
+    )
+}
+
+/// A child starts children of its own: Python's nested default names.
+#[test]
+fn nested_children() {
+    for m in [StartMethod::Spawn, StartMethod::ForkServer] {
+        for inner in METHODS {
+            let mut c = Process::new(grandparent, inner.as_str().to_string())
+                .name("outer")
+                .start_method(m)
+                .start()
+                .unwrap();
+            let (me, child_name, childs_parent) = join(&mut c).unwrap();
+            assert_eq!(me, "outer");
+            assert!(
+                child_name.starts_with("Process-") && child_name.contains(':'),
+                "{child_name}"
+            );
+            assert_eq!(childs_parent.as_deref(), Some("outer"), "{m}/{inner}");
+        }
+    }
+}
+
+#[test]
+fn start_method_configuration() {
+    mp_process::isolate!(start_method_configuration);
+    use mp_process::{
+        get_all_start_methods, get_context, get_start_method, set_start_method, Error,
+    };
+    assert_eq!(get_start_method(), mp_process::DEFAULT_START_METHOD);
+    assert_eq!(get_all_start_methods()[0], StartMethod::Fork);
+    assert_eq!(get_all_start_methods().len(), 3);
+    set_start_method(StartMethod::Spawn, false).unwrap();
+    assert!(matches!(
+        set_start_method(StartMethod::Fork, false),
+        Err(Error::StartMethodAlreadySet {
+            current: StartMethod::Spawn
+        })
+    ));
+    assert_eq!(get_start_method(), StartMethod::Spawn);
+    let mut c = Process::new(square, 3).start().unwrap();
+    assert_eq!(c.start_method(), StartMethod::Spawn);
+    assert_eq!(join(&mut c).unwrap(), 9);
+    set_start_method(StartMethod::ForkServer, true).unwrap();
+    let ctx = get_context(Some(StartMethod::Fork));
+    assert_eq!(ctx.start_method(), StartMethod::Fork);
+    let mut c = ctx.process(square, 4).start().unwrap();
+    assert_eq!(c.start_method(), StartMethod::Fork);
+    assert_eq!(join(&mut c).unwrap(), 16);
+    assert_eq!(get_context(None).start_method(), StartMethod::ForkServer);
+    assert_eq!(
+        "forkserver".parse::<StartMethod>(),
+        Ok(StartMethod::ForkServer)
+    );
+    assert!("vfork".parse::<StartMethod>().is_err());
+}
+
+/// A killed fork server is replaced on the next start.
+#[test]
+fn forkserver_is_restarted_after_it_dies() {
+    mp_process::isolate!(forkserver_is_restarted_after_it_dies);
+    let mut c = Process::new(square, 2)
+        .start_method(StartMethod::ForkServer)
+        .start()
+        .unwrap();
+    assert_eq!(join(&mut c).unwrap(), 4);
+    let server = mp_process::forkserver_pid().unwrap();
+    // SAFETY: kill has no memory effects; the server is our child, not yet reaped.
+    unsafe { libc::kill(server as i32, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(50));
+    let mut c = Process::new(square, 3)
+        .start_method(StartMethod::ForkServer)
+        .start()
+        .unwrap();
+    assert_eq!(join(&mut c).unwrap(), 9);
+    assert_ne!(mp_process::forkserver_pid(), Some(server));
+    assert!(zombies_of(std::process::id()).is_empty());
+}
+
+#[test]
+fn cpu_count_respects_affinity_and_quota() {
+    let n = mp_process::cpu_count();
+    assert!(n >= 1);
+    // SAFETY: an all-zero cpu_set_t is valid; sched_getaffinity fills it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is valid for writes of its size.
+    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    assert_eq!(r, 0);
+    // SAFETY: `set` was filled by the kernel.
+    let affinity = unsafe { libc::CPU_COUNT(&set) } as usize;
+    assert!(n <= affinity, "{n} > {affinity}");
+    if let Ok(max) = std::fs::read_to_string("/sys/fs/cgroup/cpu.max") {
+        let mut it = max.split_whitespace();
+        if let (Some(q), Some(p)) = (it.next(), it.next()) {
+            if let (Ok(q), Ok(p)) = (q.parse::<u64>(), p.parse::<u64>()) {
+                assert!(n as u64 <= q.div_ceil(p).max(1), "{n} vs quota {q}/{p}");
+            }
+        }
+    }
+}
+
+static_assertions::assert_impl_all!(Child<u32>: Send, Sync);
+static_assertions::assert_impl_all!(Child<std::rc::Rc<u32>>: Send, Sync);
+static_assertions::assert_impl_all!(mp_process::ActiveChild: Send, Sync);
+static_assertions::assert_impl_all!(mp_process::Error: Send, Sync);
+static_assertions::assert_impl_all!(ProcessError: Send, Sync, Clone);
+static_assertions::assert_impl_all!(Process<u32, u32>: Send, Sync);
+static_assertions::assert_impl_all!(StartMethod: Send, Sync, Copy);
