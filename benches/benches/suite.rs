@@ -2,7 +2,7 @@
 //! [`mp_benches::workloads`], with ids `<workload>/<implementation>/<placement>`. Run it
 //! through `cargo xtask bench`, which adds CPython and the report.
 
-use criterion::{criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
+use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use mp_benches::{workloads, PerIter};
 
 fn suite(c: &mut Criterion) {
@@ -43,4 +43,10 @@ mod group {
     criterion::criterion_group!(benches, super::suite);
 }
 
-criterion_main!(group::benches);
+fn main() {
+    // Children started with the spawn and forkserver methods re-run this binary: let them play
+    // their part before criterion parses the command line.
+    mp_process::init();
+    group::benches();
+    Criterion::default().configure_from_args().final_summary();
+}

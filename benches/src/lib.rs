@@ -188,6 +188,13 @@ pub fn workloads() -> Vec<Workload> {
             vec![("bare", limits::atomic_counter as Measure)],
         ),
         w(
+            "limit_spinlock_counter",
+            Elements(1),
+            false,
+            MULTI,
+            vec![("bare", limits::spinlock_counter as Measure)],
+        ),
+        w(
             "limit_fork_wait",
             Time,
             true,

@@ -10,7 +10,8 @@
 //! | [`pipe_rt`] | `pipe(2)` ping-pong between two processes, one byte | kernel-mediated round trips |
 //! | [`spsc_ring`] | ring of u64 between two spinning processes | small-message throughput |
 //! | [`atomic_cas`] | uncontended CAS + release store | an uncontended lock |
-//! | [`atomic_counter`] | two processes `fetch_add` one shared word | a contended counter |
+//! | [`atomic_counter`] | two processes `fetch_add` one shared word | per-operation cache-line transfer |
+//! | [`spinlock_counter`] | two processes increment under a bare spinlock | a lock-protected counter |
 //! | [`fork_wait`] | `fork` + `_exit` + `waitpid` | process start (fork) |
 //! | [`exec_wait`] | fork + exec `/bin/true` + wait | process start (spawn) |
 //! | [`cpu_1p`] / [`cpu_2p`] | a batch of CPU tasks in 1 or 2 processes | pool scaling |
@@ -262,6 +263,58 @@ pub fn atomic_counter(iters: u64, placement: Placement) -> Duration {
         }
         g.wait_finished(1);
         assert_eq!(counter.load(Ordering::Acquire), iters);
+    })
+}
+
+/// Two processes (parent and one child) each increment a shared counter `iters / 2` times under
+/// a bare test-and-test-and-set spinlock (yielding every 128 failed checks): the floor of a
+/// lock-protected counter. One iteration is one increment.
+pub fn spinlock_counter(iters: u64, placement: Placement) -> Duration {
+    #[repr(C, align(64))]
+    struct SpinCounter {
+        lock: AtomicU32,
+        _pad: u32,
+        value: AtomicU64,
+        _pad2: [u64; 6],
+    }
+    const _: () = assert!(std::mem::size_of::<SpinCounter>() == 64);
+    // SAFETY: only atomics and never-written padding; any bit pattern is valid; no Drop;
+    // repr(C) with size and alignment pinned above.
+    unsafe impl ShmSafe for SpinCounter {}
+    fn increment(c: &SpinCounter) {
+        loop {
+            // Acquire pairs with the Release store that unlocks.
+            if c.lock.swap(1, Ordering::Acquire) == 0 {
+                break;
+            }
+            spin_until(|| c.lock.load(Ordering::Relaxed) == 0);
+        }
+        c.value
+            .store(c.value.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        // Release pairs with the Acquire swap of the next holder.
+        c.lock.store(0, Ordering::Release);
+    }
+    let counter = Shared::new(SpinCounter {
+        lock: AtomicU32::new(0),
+        _pad: 0,
+        value: AtomicU64::new(0),
+        _pad2: [0; 6],
+    })
+    .expect("shared counter");
+    let c2 = counter.clone();
+    let half = iters / 2;
+    let child = move |g: &Gate| {
+        for _ in 0..half {
+            increment(&c2);
+        }
+        g.finish();
+    };
+    timed(placement, vec![child], |g| {
+        for _ in 0..iters - half {
+            increment(&counter);
+        }
+        g.wait_finished(1);
+        assert_eq!(counter.value.load(Ordering::Acquire), iters);
     })
 }
 

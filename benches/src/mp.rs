@@ -2,17 +2,124 @@
 //!
 //! Children are started the way the workload says: raw forks from [`crate::proc`] for the
 //! messaging and locking workloads (process creation is not what they measure), mp's own
-//! `Process` for the process start workloads and mp's `Pool` for the pool workloads.
+//! `Process` for the process start workloads. Each function mirrors its CPython script in
+//! `benches/python/` line for line where the APIs allow.
 
-use crate::Measure;
+use std::time::{Duration, Instant};
+
+use mp_process::{Process, StartMethod};
+use mp_sync::{Event, Lock, RawValue};
+
+use crate::proc::{timed, Gate};
+use crate::{Measure, Placement};
 
 /// mp's implementation of `workload`, or `None` while its primitive is not built.
 pub fn implementation(workload: &str) -> Option<Measure> {
-    let _ = workload;
-    None
+    Some(match workload {
+        "lock_uncontended" => lock_uncontended as Measure,
+        "lock_contended_counter" => lock_contended_counter,
+        "event_pingpong" => event_pingpong,
+        "process_start_fork" => process_start_fork,
+        "process_start_spawn" => process_start_spawn,
+        "process_start_forkserver" => process_start_forkserver,
+        _ => return None,
+    })
 }
 
 /// mp's pool CPU-bound batch on 1 and on 2 workers, or `None` while the pool is not built.
 pub fn scaling_pair() -> Option<(Measure, Measure)> {
     None
+}
+
+/// `with lock: pass` in one process: `Lock::lock` and dropping the guard.
+pub fn lock_uncontended(iters: u64, placement: Placement) -> Duration {
+    placement.pin_parent();
+    let lock = Lock::new().expect("Lock::new");
+    let start = Instant::now();
+    for _ in 0..iters {
+        let guard = lock.lock().expect("lock");
+        drop(std::hint::black_box(guard));
+    }
+    start.elapsed()
+}
+
+/// The parent and one child each increment a shared `RawValue<u64>` under a `Lock`, `iters / 2`
+/// times each (one iteration = one increment).
+pub fn lock_contended_counter(iters: u64, placement: Placement) -> Duration {
+    let lock = Lock::new().expect("Lock::new");
+    let value = RawValue::<u64>::new(0).expect("RawValue::new");
+    let half = iters / 2;
+    let (l2, v2) = (lock.clone(), value.clone());
+    let child = move |g: &Gate| {
+        for _ in 0..half {
+            let _guard = l2.lock().expect("lock");
+            v2.set(v2.get() + 1);
+        }
+        g.finish();
+    };
+    timed(placement, vec![child], |g| {
+        for _ in 0..iters - half {
+            let _guard = lock.lock().expect("lock");
+            value.set(value.get() + 1);
+        }
+        g.wait_finished(1);
+        assert_eq!(value.get(), iters);
+    })
+}
+
+/// Round trips through two `Event`s: the parent sets `ping` and waits for `pong`; the child
+/// waits for `ping`, clears it and sets `pong`.
+pub fn event_pingpong(iters: u64, placement: Placement) -> Duration {
+    let ping = Event::new().expect("Event::new");
+    let pong = Event::new().expect("Event::new");
+    let (ping2, pong2) = (ping.clone(), pong.clone());
+    let child = move |_: &Gate| {
+        for _ in 0..iters {
+            ping2.wait();
+            ping2.clear();
+            pong2.set();
+        }
+    };
+    timed(placement, vec![child], |_| {
+        for _ in 0..iters {
+            ping.set();
+            pong.wait();
+            pong.clear();
+        }
+    })
+}
+
+/// The target of the process start workloads: pin to `cpu` and return.
+fn pinned_noop(cpu: u32) -> u32 {
+    crate::placement::pin_current(cpu as usize);
+    cpu
+}
+
+fn process_start(iters: u64, placement: Placement, method: StartMethod) -> Duration {
+    placement.pin_parent();
+    let cpu = placement.child_cpu(0) as u32;
+    let start = Instant::now();
+    for _ in 0..iters {
+        let mut child = Process::new(pinned_noop, cpu)
+            .start_method(method)
+            .start()
+            .expect("start");
+        assert_eq!(child.join().expect("join"), cpu);
+    }
+    start.elapsed()
+}
+
+/// `Process::new(target, cpu).start_method(Fork).start()` then `join`.
+pub fn process_start_fork(iters: u64, placement: Placement) -> Duration {
+    process_start(iters, placement, StartMethod::Fork)
+}
+
+/// The same under the spawn start method (re-executes the bench binary).
+pub fn process_start_spawn(iters: u64, placement: Placement) -> Duration {
+    process_start(iters, placement, StartMethod::Spawn)
+}
+
+/// The same under the forkserver start method (the server starts on first use, in warm-up).
+pub fn process_start_forkserver(iters: u64, placement: Placement) -> Duration {
+    process_start(iters, placement, StartMethod::ForkServer)
 }

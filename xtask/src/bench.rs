@@ -64,8 +64,9 @@ struct Spec {
     krate: &'static str,
     unit: Unit,
     single: bool,
-    /// Criterion group of the machine limit it is compared to, and its label.
-    limit: Option<(&'static str, &'static str)>,
+    /// The machine limits it is compared to (criterion group, label): the best of them in
+    /// each placement is its limit.
+    limit: &'static [(&'static str, &'static str)],
     /// Peer implementations (criterion implementation names).
     peers: &'static [&'static str],
 }
@@ -78,7 +79,7 @@ const SPECS: &[Spec] = &[
         krate: "mp-queue",
         unit: Unit::Msgs,
         single: false,
-        limit: Some(("limit_spsc_ring", "SPSC ring")),
+        limit: &[("limit_spsc_ring", "SPSC ring")],
         peers: PEERS,
     },
     Spec {
@@ -86,7 +87,7 @@ const SPECS: &[Spec] = &[
         krate: "mp-queue",
         unit: Unit::Msgs,
         single: false,
-        limit: Some(("limit_spsc_ring", "SPSC ring")),
+        limit: &[("limit_spsc_ring", "SPSC ring")],
         peers: PEERS,
     },
     Spec {
@@ -94,7 +95,7 @@ const SPECS: &[Spec] = &[
         krate: "mp-queue",
         unit: Unit::GBps,
         single: false,
-        limit: Some(("limit_memcpy_1mib", "memcpy 1 MiB")),
+        limit: &[("limit_memcpy_1mib", "memcpy 1 MiB")],
         peers: PEERS,
     },
     Spec {
@@ -102,7 +103,11 @@ const SPECS: &[Spec] = &[
         krate: "mp-pipe",
         unit: Unit::Us,
         single: false,
-        limit: Some(("limit_pipe_rt", "pipe(2) rt")),
+        limit: &[
+            ("limit_cacheline_rt", "spinning cache line"),
+            ("limit_futex_rt", "futex rt"),
+            ("limit_pipe_rt", "pipe(2) rt"),
+        ],
         peers: PEERS,
     },
     Spec {
@@ -110,7 +115,7 @@ const SPECS: &[Spec] = &[
         krate: "mp-pipe",
         unit: Unit::Msgs,
         single: false,
-        limit: Some(("limit_spsc_ring", "SPSC ring")),
+        limit: &[("limit_spsc_ring", "SPSC ring")],
         peers: &[],
     },
     Spec {
@@ -118,7 +123,7 @@ const SPECS: &[Spec] = &[
         krate: "mp-sync",
         unit: Unit::Ns,
         single: true,
-        limit: Some(("limit_atomic_cas", "CAS+store")),
+        limit: &[("limit_atomic_cas", "CAS+store")],
         peers: &[],
     },
     Spec {
@@ -126,7 +131,7 @@ const SPECS: &[Spec] = &[
         krate: "mp-sync",
         unit: Unit::Ops,
         single: false,
-        limit: Some(("limit_atomic_counter", "atomic fetch_add")),
+        limit: &[("limit_spinlock_counter", "spinlock counter")],
         peers: &[],
     },
     Spec {
@@ -134,7 +139,11 @@ const SPECS: &[Spec] = &[
         krate: "mp-sync",
         unit: Unit::Us,
         single: false,
-        limit: Some(("limit_futex_rt", "futex rt")),
+        limit: &[
+            ("limit_cacheline_rt", "spinning cache line"),
+            ("limit_futex_rt", "futex rt"),
+            ("limit_pipe_rt", "pipe(2) rt"),
+        ],
         peers: &[],
     },
     Spec {
@@ -142,7 +151,7 @@ const SPECS: &[Spec] = &[
         krate: "mp-process",
         unit: Unit::Us,
         single: false,
-        limit: Some(("limit_fork_wait", "fork+wait")),
+        limit: &[("limit_fork_wait", "fork+wait")],
         peers: &[],
     },
     Spec {
@@ -150,7 +159,7 @@ const SPECS: &[Spec] = &[
         krate: "mp-process",
         unit: Unit::Us,
         single: false,
-        limit: Some(("limit_exec_wait", "exec /bin/true")),
+        limit: &[("limit_exec_wait", "exec /bin/true")],
         peers: &[],
     },
     Spec {
@@ -158,7 +167,7 @@ const SPECS: &[Spec] = &[
         krate: "mp-process",
         unit: Unit::Us,
         single: false,
-        limit: Some(("limit_fork_wait", "fork+wait")),
+        limit: &[("limit_fork_wait", "fork+wait")],
         peers: &[],
     },
     Spec {
@@ -166,7 +175,7 @@ const SPECS: &[Spec] = &[
         krate: "mp-pool",
         unit: Unit::Items,
         single: false,
-        limit: None,
+        limit: &[],
         peers: &[],
     },
     Spec {
@@ -174,7 +183,7 @@ const SPECS: &[Spec] = &[
         krate: "mp-pool",
         unit: Unit::Items,
         single: false,
-        limit: None,
+        limit: &[],
         peers: &[],
     },
     Spec {
@@ -182,7 +191,7 @@ const SPECS: &[Spec] = &[
         krate: "mp-pool",
         unit: Unit::Items,
         single: false,
-        limit: None,
+        limit: &[],
         peers: &[],
     },
     Spec {
@@ -190,7 +199,7 @@ const SPECS: &[Spec] = &[
         krate: "mp-pool",
         unit: Unit::Speedup,
         single: false,
-        limit: Some(("limit_cpu", "bare processes")),
+        limit: &[("limit_cpu", "bare processes")],
         peers: &[],
     },
 ];
@@ -219,7 +228,12 @@ const LIMITS: &[(&str, &str, Unit)] = &[
     (
         "limit_atomic_counter",
         "2 processes fetch_add one word",
-        Unit::Msgs,
+        Unit::Ops,
+    ),
+    (
+        "limit_spinlock_counter",
+        "2 processes increment under a bare spinlock",
+        Unit::Ops,
     ),
     ("limit_fork_wait", "fork + _exit + waitpid", Unit::Us),
     ("limit_exec_wait", "fork + exec /bin/true + wait", Unit::Us),
@@ -306,8 +320,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         .filter(|l| match &opts.filter {
             None => true,
             Some(f) => {
-                l.0.contains(f.as_str())
-                    || specs.iter().any(|s| s.limit.is_some_and(|x| x.0 == l.0))
+                l.0.contains(f.as_str()) || specs.iter().any(|s| s.limit.iter().any(|x| x.0 == l.0))
             }
         })
         .collect();
@@ -681,7 +694,8 @@ struct Row {
     placement: &'static str,
     mp: MpCell,
     cpython: Result<f64, String>,
-    limit: Option<f64>,
+    /// The best of the workload's limits in this placement: value, criterion group, label.
+    limit: Option<(f64, &'static str, &'static str)>,
     peers: Vec<(&'static str, Option<f64>)>,
 }
 
@@ -711,11 +725,11 @@ impl Row {
     }
 
     fn vs_limit(&self) -> Option<f64> {
-        self.perf(self.mp(), self.limit)
+        self.perf(self.mp(), self.limit.map(|l| l.0))
     }
 
     fn cpython_vs_limit(&self) -> Option<f64> {
-        self.perf(self.cpython.as_ref().ok().copied(), self.limit)
+        self.perf(self.cpython.as_ref().ok().copied(), self.limit.map(|l| l.0))
     }
 }
 
@@ -749,11 +763,21 @@ fn row(
         None if !listed.contains(&mp_id) => MpCell::NotBuilt(spec.krate),
         None => MpCell::Failed,
     };
-    let limit = spec.limit.and_then(|(g, _)| {
+    let mut limit: Option<(f64, &'static str, &'static str)> = None;
+    for &(g, label) in spec.limit {
         let p = if limit_single(g) { "single" } else { placement };
         let unit = LIMITS.iter().find(|l| l.0 == g).map_or(spec.unit, |l| l.2);
-        limit_value(crit, g, p, unit).map(|v| convert(v, unit, spec.unit))
-    });
+        if let Some(v) = limit_value(crit, g, p, unit).map(|v| convert(v, unit, spec.unit)) {
+            let better = match limit {
+                None => true,
+                Some((old, _, _)) if spec.unit.higher_is_better() => v > old,
+                Some((old, _, _)) => v < old,
+            };
+            if better {
+                limit = Some((v, g, label));
+            }
+        }
+    }
     let peers = spec
         .peers
         .iter()
@@ -842,10 +866,10 @@ fn cpython_text(r: &Row) -> String {
 }
 
 fn limit_text(r: &Row) -> String {
-    match (r.limit, r.spec.limit) {
-        (Some(v), Some((_, label))) => format!("{} ({label})", fmt_value(v, r.spec.unit)),
-        (None, Some(_)) => "not measured".into(),
-        _ => "—".into(),
+    match r.limit {
+        Some((v, _, label)) => format!("{} ({label})", fmt_value(v, r.spec.unit)),
+        None if !r.spec.limit.is_empty() => "not measured".into(),
+        None => "—".into(),
     }
 }
 
@@ -1133,8 +1157,8 @@ fn json(env: &Env, rows: &[Row], limits: &[LimitRow]) -> String {
             json_str(&status),
             json_num(r.cpython.as_ref().ok().copied()),
             r.cpython.as_ref().err().map_or_else(|| "null".into(), |e| json_str(e)),
-            json_num(r.limit),
-            r.spec.limit.map_or_else(|| "null".into(), |(g, _)| json_str(g)),
+            json_num(r.limit.map(|l| l.0)),
+            r.limit.map_or_else(|| "null".into(), |(_, g, _)| json_str(g)),
             json_num(r.vs_cpython()),
             json_num(r.vs_limit()),
             json_num(r.cpython_vs_limit()),
