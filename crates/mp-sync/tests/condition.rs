@@ -1,0 +1,276 @@
+//! Condition across real processes: CONFORMANCE S5, notify(n) exactness, dead lock holder.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{assert_about, eventually, start, under, Exit, Mode};
+use mp_sync::{CondLock, Condition, Error, Event, Lock, RLock, RawValue, TryLockError};
+use static_assertions::assert_impl_all;
+
+assert_impl_all!(Condition: Send, Sync, Clone, std::fmt::Debug);
+static_assertions::assert_not_impl_any!(mp_sync::CondGuard<'static>: Send);
+
+#[test]
+fn child_entry() {
+    common::child_main(|role, bytes| match role {
+        "wait" => common::run(child_wait, bytes),
+        "set_and_notify" => common::run(child_set_and_notify, bytes),
+        "hold_forever" => common::run(child_hold_forever, bytes),
+        _ => 2,
+    });
+}
+
+/// Registers (counted in `ready`), waits up to 20 s; counts itself in `woken` if notified.
+fn child_wait((cond, ready, woken): (Condition, RawValue<u32>, RawValue<u32>)) -> i32 {
+    let g = cond.lock().unwrap_or_else(|e| e.into_inner());
+    ready.set(ready.get() + 1);
+    let (g, notified) = cond
+        .wait_timeout(g, Duration::from_secs(20))
+        .unwrap_or_else(|e| e.into_inner());
+    if notified {
+        woken.set(woken.get() + 1);
+    }
+    drop(g);
+    if notified {
+        0
+    } else {
+        3
+    }
+}
+
+fn child_set_and_notify((cond, flag): (Condition, RawValue<u32>)) -> i32 {
+    std::thread::sleep(Duration::from_millis(50));
+    let g = cond.lock().unwrap_or_else(|e| e.into_inner());
+    flag.set(1);
+    let r = cond.notify_all();
+    drop(g);
+    match r {
+        Ok(_) => 0,
+        Err(_) => 1,
+    }
+}
+
+fn child_hold_forever((cond, ready): (Condition, Event)) -> i32 {
+    let _g = cond.lock().ok();
+    ready.set();
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+#[test]
+fn s5_timed_wait_without_notify() {
+    for cond in [
+        Condition::new().unwrap(),
+        Condition::with_lock(Lock::new().unwrap()).unwrap(),
+    ] {
+        let g = cond.lock().unwrap();
+        let t0 = Instant::now();
+        let (g, notified) = cond.wait_timeout(g, Duration::from_millis(100)).unwrap();
+        assert!(!notified);
+        assert_about(t0.elapsed(), Duration::from_millis(100));
+        assert!(cond.is_held(), "the lock is held again after the wait");
+        drop(g);
+        assert!(!cond.is_held());
+    }
+}
+
+#[test]
+fn s5_notify_without_the_lock_is_an_error() {
+    let cond = Condition::new().unwrap();
+    assert!(matches!(cond.notify(1), Err(Error::NotOwner)));
+    assert!(matches!(cond.notify_all(), Err(Error::NotOwner)));
+    // Held by another thread is not held by us.
+    let c2 = cond.clone();
+    let g = cond.lock().unwrap();
+    let other = std::thread::spawn(move || matches!(c2.notify(1), Err(Error::NotOwner)));
+    assert!(other.join().unwrap());
+    assert_eq!(cond.notify(1).unwrap(), 0);
+    drop(g);
+}
+
+#[test]
+#[should_panic(expected = "another condition")]
+fn waiting_with_the_guard_of_another_condition_panics() {
+    let a = Condition::new().unwrap();
+    let b = Condition::new().unwrap();
+    let g = a.lock().unwrap();
+    let _ = b.wait_timeout(g, Duration::from_millis(1));
+}
+
+#[test]
+fn wait_releases_every_level_of_the_rlock() {
+    let r = RLock::new().unwrap();
+    let cond = Condition::with_lock(r.clone()).unwrap();
+    let g1 = cond.lock().unwrap();
+    let g2 = cond.lock().unwrap();
+    assert_eq!(r.depth(), 2);
+    let c2 = cond.clone();
+    let r2 = r.clone();
+    let t = std::thread::spawn(move || {
+        // Gets the lock while the main thread waits: every level was released.
+        let g = c2.lock_timeout(Duration::from_secs(10)).unwrap();
+        let free = r2.depth() == 1;
+        c2.notify(1).unwrap();
+        drop(g);
+        free
+    });
+    let (g2, notified) = cond.wait_timeout(g2, Duration::from_secs(10)).unwrap();
+    assert!(notified);
+    assert!(t.join().unwrap());
+    assert_eq!(r.depth(), 2, "every level is restored");
+    drop(g2);
+    drop(g1);
+    assert_eq!(r.depth(), 0);
+}
+
+fn notify_wakes_exactly_n(mode: Mode, lock: CondLock) {
+    const N: u32 = 6;
+    let cond = Condition::with_lock(lock).unwrap();
+    let ready = RawValue::new(0u32).unwrap();
+    let woken = RawValue::new(0u32).unwrap();
+    let args = (cond.clone(), ready.clone(), woken.clone());
+    let mut kids: Vec<_> = (0..N).map(|_| start(mode, "wait", child_wait, &args)).collect();
+    // Each child counts itself ready and registers as a waiter under the lock, so once all
+    // are ready and we hold the lock, all are registered.
+    assert!(eventually(Duration::from_secs(30), || ready.get() == N));
+    let woken_now = || {
+        let _g = cond.lock().unwrap();
+        woken.get()
+    };
+    let g = cond.lock().unwrap();
+    assert_eq!(cond.notify(2).unwrap(), 2);
+    drop(g);
+    assert!(eventually(Duration::from_secs(10), || woken_now() == 2));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(woken_now(), 2, "notify(2) woke exactly two");
+    let g = cond.lock().unwrap();
+    assert_eq!(cond.notify(3).unwrap(), 3);
+    drop(g);
+    assert!(eventually(Duration::from_secs(10), || woken_now() == 5));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(woken_now(), 5);
+    let g = cond.lock().unwrap();
+    assert_eq!(cond.notify_all().unwrap(), 1);
+    assert_eq!(cond.notify_all().unwrap(), 0);
+    drop(g);
+    for k in &mut kids {
+        k.join_ok();
+    }
+    assert_eq!(woken.get(), N);
+}
+
+#[test]
+fn notify_wakes_exactly_n_rlock_fork() {
+    under(Mode::Fork, "notify_wakes_exactly_n_rlock_fork", |m| {
+        notify_wakes_exactly_n(m, RLock::new().unwrap().into())
+    });
+}
+
+#[test]
+fn notify_wakes_exactly_n_rlock_spawn() {
+    notify_wakes_exactly_n(Mode::Spawn, RLock::new().unwrap().into());
+}
+
+#[test]
+fn notify_wakes_exactly_n_lock_fork() {
+    under(Mode::Fork, "notify_wakes_exactly_n_lock_fork", |m| {
+        notify_wakes_exactly_n(m, Lock::new().unwrap().into())
+    });
+}
+
+#[test]
+fn notify_wakes_exactly_n_lock_spawn() {
+    notify_wakes_exactly_n(Mode::Spawn, Lock::new().unwrap().into());
+}
+
+fn s5_notify_all_wakes_every_process(mode: Mode) {
+    let cond = Condition::new().unwrap();
+    let ready = RawValue::new(0u32).unwrap();
+    let woken = RawValue::new(0u32).unwrap();
+    let args = (cond.clone(), ready.clone(), woken.clone());
+    let mut kids: Vec<_> = (0..4).map(|_| start(mode, "wait", child_wait, &args)).collect();
+    assert!(eventually(Duration::from_secs(30), || ready.get() == 4));
+    let g = cond.lock().unwrap();
+    assert_eq!(cond.notify_all().unwrap(), 4);
+    drop(g);
+    for k in &mut kids {
+        k.join_ok();
+    }
+    assert_eq!(woken.get(), 4);
+}
+
+#[test]
+fn s5_notify_all_wakes_every_process_fork() {
+    under(
+        Mode::Fork,
+        "s5_notify_all_wakes_every_process_fork",
+        s5_notify_all_wakes_every_process,
+    );
+}
+
+#[test]
+fn s5_notify_all_wakes_every_process_spawn() {
+    s5_notify_all_wakes_every_process(Mode::Spawn);
+}
+
+fn wait_for_a_childs_update(mode: Mode) {
+    let cond = Condition::new().unwrap();
+    let flag = RawValue::new(0u32).unwrap();
+    let g = cond.lock().unwrap();
+    let mut kid = start(mode, "set_and_notify", child_set_and_notify, &(cond.clone(), flag.clone()));
+    let (g, ok) = cond
+        .wait_for(g, || flag.get() == 1, Some(Duration::from_secs(20)))
+        .unwrap();
+    assert!(ok);
+    drop(g);
+    kid.join_ok();
+    // A predicate that never holds: false after the timeout.
+    let g = cond.lock().unwrap();
+    let t0 = Instant::now();
+    let (_g, ok) = cond
+        .wait_for(g, || flag.get() == 2, Some(Duration::from_millis(100)))
+        .unwrap();
+    assert!(!ok);
+    assert_about(t0.elapsed(), Duration::from_millis(100));
+}
+
+#[test]
+fn wait_for_a_childs_update_fork() {
+    under(Mode::Fork, "wait_for_a_childs_update_fork", wait_for_a_childs_update);
+}
+
+#[test]
+fn wait_for_a_childs_update_spawn() {
+    wait_for_a_childs_update(Mode::Spawn);
+}
+
+fn lock_holder_killed(mode: Mode) {
+    let cond = Condition::new().unwrap();
+    let ready = Event::new().unwrap();
+    let mut kid = start(mode, "hold_forever", child_hold_forever, &(cond.clone(), ready.clone()));
+    assert!(ready.wait_timeout(Duration::from_secs(20)));
+    kid.kill();
+    let t0 = Instant::now();
+    match cond.lock_timeout(Duration::from_secs(10)) {
+        Err(TryLockError::OwnerDied(d)) => {
+            let g = d.into_inner();
+            assert!(cond.is_held());
+            drop(g);
+        }
+        other => panic!("expected OwnerDied, got {other:?}"),
+    }
+    assert!(t0.elapsed() < Duration::from_secs(1));
+    assert_eq!(kid.join(Duration::from_secs(10)), Exit::Signal(9));
+}
+
+#[test]
+fn lock_holder_killed_fork() {
+    under(Mode::Fork, "lock_holder_killed_fork", lock_holder_killed);
+}
+
+#[test]
+fn lock_holder_killed_spawn() {
+    lock_holder_killed(Mode::Spawn);
+}
