@@ -269,8 +269,7 @@ impl Barrier {
                 return self.outcome(g, index);
             }
             let slice = left.map_or(CHECK_EVERY, |l| l.min(CHECK_EVERY));
-            if futex::wait(&st.gen, g, Some(slice)) == futex::Wake::TimedOut
-                && self.a_party_died(g)
+            if futex::wait(&st.gen, g, Some(slice)) == futex::Wake::TimedOut && self.a_party_died(g)
             {
                 let lock = self.lock();
                 if st.gen.load(Ordering::Relaxed) == g {

@@ -78,12 +78,10 @@ impl RawCondition {
         let mut s = self.signals.load(Ordering::Relaxed);
         while s > 0 {
             // Acquire pairs with the Release increment in `notify`.
-            match self.signals.compare_exchange_weak(
-                s,
-                s - 1,
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            ) {
+            match self
+                .signals
+                .compare_exchange_weak(s, s - 1, Ordering::Acquire, Ordering::Relaxed)
+            {
                 Ok(_) => return true,
                 Err(x) => s = x,
             }
@@ -176,7 +174,8 @@ impl Condition {
             CondLock::Lock(l) => l.try_acquire(),
             CondLock::RLock(l) => l.try_acquire(),
         };
-        r.map(|()| self.guard()).map_err(|e| e.map(|()| self.guard()))
+        r.map(|()| self.guard())
+            .map_err(|e| e.map(|()| self.guard()))
     }
 
     /// Waits at most `timeout` for the lock.
@@ -185,7 +184,8 @@ impl Condition {
             CondLock::Lock(l) => l.acquire_timeout(timeout),
             CondLock::RLock(l) => l.acquire_timeout(timeout),
         };
-        r.map(|()| self.guard()).map_err(|e| e.map(|()| self.guard()))
+        r.map(|()| self.guard())
+            .map_err(|e| e.map(|()| self.guard()))
     }
 
     /// True when the caller holds the lock (this thread for an `RLock`, this process for a

@@ -259,7 +259,9 @@ impl RLock {
 
     /// Acquires without waiting.
     pub fn try_lock(&self) -> TryLockResult<RLockGuard<'_>> {
-        into_try_result(self.acquire_with(|me| self.raw.try_lock(me)), || self.guard())
+        into_try_result(self.acquire_with(|me| self.raw.try_lock(me)), || {
+            self.guard()
+        })
     }
 
     /// Waits at most `timeout`.
@@ -335,7 +337,6 @@ impl RLock {
     pub(crate) fn restore(&self, depth: u32) {
         self.raw.set_count(depth.max(1));
     }
-
 }
 
 /// Holds one level of an [`RLock`] until dropped. Not `Send`: the owning thread releases it.

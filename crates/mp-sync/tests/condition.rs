@@ -131,7 +131,9 @@ fn notify_wakes_exactly_n(mode: Mode, lock: CondLock) {
     let ready = RawValue::new(0u32).unwrap();
     let woken = RawValue::new(0u32).unwrap();
     let args = (cond.clone(), ready.clone(), woken.clone());
-    let mut kids: Vec<_> = (0..N).map(|_| start(mode, "wait", child_wait, &args)).collect();
+    let mut kids: Vec<_> = (0..N)
+        .map(|_| start(mode, "wait", child_wait, &args))
+        .collect();
     // Each child counts itself ready and registers as a waiter under the lock, so once all
     // are ready and we hold the lock, all are registered.
     assert!(eventually(Duration::from_secs(30), || ready.get() == N));
@@ -190,7 +192,9 @@ fn s5_notify_all_wakes_every_process(mode: Mode) {
     let ready = RawValue::new(0u32).unwrap();
     let woken = RawValue::new(0u32).unwrap();
     let args = (cond.clone(), ready.clone(), woken.clone());
-    let mut kids: Vec<_> = (0..4).map(|_| start(mode, "wait", child_wait, &args)).collect();
+    let mut kids: Vec<_> = (0..4)
+        .map(|_| start(mode, "wait", child_wait, &args))
+        .collect();
     assert!(eventually(Duration::from_secs(30), || ready.get() == 4));
     let g = cond.lock().unwrap();
     assert_eq!(cond.notify_all().unwrap(), 4);
@@ -219,7 +223,12 @@ fn wait_for_a_childs_update(mode: Mode) {
     let cond = Condition::new().unwrap();
     let flag = RawValue::new(0u32).unwrap();
     let g = cond.lock().unwrap();
-    let mut kid = start(mode, "set_and_notify", child_set_and_notify, &(cond.clone(), flag.clone()));
+    let mut kid = start(
+        mode,
+        "set_and_notify",
+        child_set_and_notify,
+        &(cond.clone(), flag.clone()),
+    );
     let (g, ok) = cond
         .wait_for(g, || flag.get() == 1, Some(Duration::from_secs(20)))
         .unwrap();
@@ -238,7 +247,11 @@ fn wait_for_a_childs_update(mode: Mode) {
 
 #[test]
 fn wait_for_a_childs_update_fork() {
-    under(Mode::Fork, "wait_for_a_childs_update_fork", wait_for_a_childs_update);
+    under(
+        Mode::Fork,
+        "wait_for_a_childs_update_fork",
+        wait_for_a_childs_update,
+    );
 }
 
 #[test]
@@ -249,7 +262,12 @@ fn wait_for_a_childs_update_spawn() {
 fn lock_holder_killed(mode: Mode) {
     let cond = Condition::new().unwrap();
     let ready = Event::new().unwrap();
-    let mut kid = start(mode, "hold_forever", child_hold_forever, &(cond.clone(), ready.clone()));
+    let mut kid = start(
+        mode,
+        "hold_forever",
+        child_hold_forever,
+        &(cond.clone(), ready.clone()),
+    );
     assert!(ready.wait_timeout(Duration::from_secs(20)));
     kid.kill();
     let t0 = Instant::now();

@@ -60,14 +60,24 @@ fn child_set_wakes_parent(mode: Mode) {
     let ev = Event::new().unwrap();
     let mut kid = start(mode, "set_later", child_set_later, &ev);
     let t0 = Instant::now();
-    assert!(ev.wait_timeout(Duration::from_secs(20)), "the child's set wakes us");
-    assert!(t0.elapsed() >= Duration::from_millis(90), "woken before the set");
+    assert!(
+        ev.wait_timeout(Duration::from_secs(20)),
+        "the child's set wakes us"
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_millis(90),
+        "woken before the set"
+    );
     kid.join_ok();
 }
 
 #[test]
 fn s4_child_set_wakes_parent_fork() {
-    under(Mode::Fork, "s4_child_set_wakes_parent_fork", child_set_wakes_parent);
+    under(
+        Mode::Fork,
+        "s4_child_set_wakes_parent_fork",
+        child_set_wakes_parent,
+    );
 }
 
 #[test]
@@ -79,7 +89,12 @@ fn ping_pong(mode: Mode) {
     let ping = Event::new().unwrap();
     let pong = Event::new().unwrap();
     let rounds = 2_000;
-    let mut kid = start(mode, "ping_pong", child_ping_pong, &(ping.clone(), pong.clone(), rounds));
+    let mut kid = start(
+        mode,
+        "ping_pong",
+        child_ping_pong,
+        &(ping.clone(), pong.clone(), rounds),
+    );
     for i in 0..rounds {
         ping.set();
         assert!(pong.wait_timeout(Duration::from_secs(10)), "round {i}");

@@ -124,7 +124,11 @@ fn s1_release_from_other_process(mode: Mode) {
 
 #[test]
 fn s1_release_from_other_process_fork() {
-    under(Mode::Fork, "s1_release_from_other_process_fork", s1_release_from_other_process);
+    under(
+        Mode::Fork,
+        "s1_release_from_other_process_fork",
+        s1_release_from_other_process,
+    );
 }
 
 #[test]
@@ -146,7 +150,11 @@ fn two_processes_lose_no_increment(mode: Mode) {
 
 #[test]
 fn two_processes_lose_no_increment_fork() {
-    under(Mode::Fork, "two_processes_lose_no_increment_fork", two_processes_lose_no_increment);
+    under(
+        Mode::Fork,
+        "two_processes_lose_no_increment_fork",
+        two_processes_lose_no_increment,
+    );
 }
 
 #[test]
@@ -157,8 +165,16 @@ fn two_processes_lose_no_increment_spawn() {
 fn s7_holder_killed(mode: Mode) {
     let lock = Lock::new().unwrap();
     let ready = Event::new().unwrap();
-    let mut kid = start(mode, "hold_forever", child_hold_forever, &(lock.clone(), ready.clone()));
-    assert!(ready.wait_timeout(Duration::from_secs(20)), "the child took the lock");
+    let mut kid = start(
+        mode,
+        "hold_forever",
+        child_hold_forever,
+        &(lock.clone(), ready.clone()),
+    );
+    assert!(
+        ready.wait_timeout(Duration::from_secs(20)),
+        "the child took the lock"
+    );
     assert_eq!(lock.holder_pid(), Some(kid.pid()));
     // A live holder: the lock stays held.
     assert!(matches!(
@@ -177,7 +193,11 @@ fn s7_holder_killed(mode: Mode) {
         }
         other => panic!("expected OwnerDied, got {other:?}"),
     }
-    assert!(t0.elapsed() < Duration::from_secs(1), "took {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        t0.elapsed()
+    );
     assert_eq!(kid.join(Duration::from_secs(10)), Exit::Signal(9));
     // Only one acquirer is told; the lock works normally after.
     assert!(lock.lock().is_ok());
@@ -364,7 +384,12 @@ fn a_lock_that_another_thread_waits_on_can_be_waited_with_timeout_without_hangin
     let _g = lock.lock().unwrap();
     let l = lock.clone();
     let t = std::thread::spawn(move || {
-        (0..20).all(|_| matches!(l.acquire_timeout(Duration::from_millis(2)), Err(TryLockError::Timeout)))
+        (0..20).all(|_| {
+            matches!(
+                l.acquire_timeout(Duration::from_millis(2)),
+                Err(TryLockError::Timeout)
+            )
+        })
     });
     assert!(t.join().unwrap());
     assert!(eventually(Duration::from_secs(1), || lock.is_locked()));

@@ -107,7 +107,11 @@ fn release_wakes_a_waiting_process(mode: Mode) {
 
 #[test]
 fn release_wakes_a_waiting_process_fork() {
-    under(Mode::Fork, "release_wakes_a_waiting_process_fork", release_wakes_a_waiting_process);
+    under(
+        Mode::Fork,
+        "release_wakes_a_waiting_process_fork",
+        release_wakes_a_waiting_process,
+    );
 }
 
 #[test]
@@ -130,7 +134,10 @@ fn permit_holder_killed(mode: Mode) {
     kid.kill();
     assert_eq!(kid.join(Duration::from_secs(10)), Exit::Signal(9));
     let t0 = Instant::now();
-    assert!(!sem.acquire_timeout(Duration::from_millis(200)), "the permit is lost");
+    assert!(
+        !sem.acquire_timeout(Duration::from_millis(200)),
+        "the permit is lost"
+    );
     assert_about(t0.elapsed(), Duration::from_millis(200));
     assert_eq!(sem.get_value(), 0);
     // Whoever knows the holder died gives the permit back.
@@ -140,7 +147,11 @@ fn permit_holder_killed(mode: Mode) {
 
 #[test]
 fn permit_holder_killed_fork() {
-    under(Mode::Fork, "permit_holder_killed_fork", permit_holder_killed);
+    under(
+        Mode::Fork,
+        "permit_holder_killed_fork",
+        permit_holder_killed,
+    );
 }
 
 #[test]

@@ -143,6 +143,8 @@ pub fn start<A: Message + Clone>(mode: Mode, role: &str, f: fn(A) -> i32, args: 
                 .stdout(Stdio::null());
             // SAFETY: the closure only calls fcntl, which is async-signal-safe.
             unsafe { cmd.pre_exec(move || handle::keep_across_exec(&raw)) };
+            // Reaped with waitpid by `Kid` (join or drop), not by `std::process::Child`.
+            #[allow(clippy::zombie_processes)]
             let child = cmd.spawn().expect("spawn the test binary");
             drop(fds);
             Kid {
@@ -227,7 +229,10 @@ pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 /// Asserts that a call that gives up after `t` took about `t`: at least `t`, less than
 /// `t + 2 s` (robust on a loaded two-core machine).
 pub fn assert_about(elapsed: Duration, t: Duration) {
-    assert!(elapsed >= t, "returned after {elapsed:?}, before the timeout {t:?}");
+    assert!(
+        elapsed >= t,
+        "returned after {elapsed:?}, before the timeout {t:?}"
+    );
     assert!(
         elapsed < t + Duration::from_secs(2),
         "returned after {elapsed:?}, long after the timeout {t:?}"

@@ -1,0 +1,290 @@
+//! Barrier across real processes: CONFORMANCE S6, abort, reset, timeout, a dead party.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{assert_about, eventually, start, under, Exit, Mode};
+use mp_sync::{Array, Barrier, Error, Event, Value};
+use static_assertions::assert_impl_all;
+
+assert_impl_all!(Barrier: Send, Sync, Clone, std::fmt::Debug);
+
+#[test]
+fn child_entry() {
+    common::child_main(|role, bytes| match role {
+        "cycles" => common::run(child_cycles, bytes),
+        "expect_broken" => common::run(child_expect_broken, bytes),
+        "pass_once_then_sleep" => common::run(child_pass_once_then_sleep, bytes),
+        _ => 2,
+    });
+}
+
+const CYCLES: usize = 10;
+
+/// Passes the barrier CYCLES times; counts index 0 per cycle in `zeros`. With `set_action`,
+/// sets the action itself (a spawned child has none: closures do not cross exec).
+fn child_cycles(
+    (barrier, zeros, actions, set_action): (Barrier, Array<u32>, Value<u32>, bool),
+) -> i32 {
+    let barrier = if set_action {
+        barrier.with_action(move || *actions.lock().unwrap() += 1)
+    } else {
+        barrier
+    };
+    for c in 0..CYCLES {
+        match barrier.wait_timeout(Duration::from_secs(20)) {
+            Ok(0) => {
+                let g = zeros.lock().unwrap();
+                g.set(c, g.get(c).unwrap() + 1).unwrap();
+            }
+            Ok(i) if i < barrier.parties() => {}
+            _ => return 1,
+        }
+    }
+    0
+}
+
+fn child_expect_broken(barrier: Barrier) -> i32 {
+    match barrier.wait_timeout(Duration::from_secs(20)) {
+        Err(Error::BrokenBarrier) => 0,
+        Ok(_) => 1,
+        Err(_) => 2,
+    }
+}
+
+fn child_pass_once_then_sleep((barrier, passed): (Barrier, Event)) -> i32 {
+    if barrier.wait_timeout(Duration::from_secs(20)).is_err() {
+        return 1;
+    }
+    passed.set();
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn s6_five_processes_ten_cycles(mode: Mode) {
+    let actions = Value::new(0u32).unwrap();
+    let a2 = actions.clone();
+    let barrier = Barrier::new(5)
+        .unwrap()
+        .with_action(move || *a2.lock().unwrap() += 1);
+    let zeros = Array::<u32>::zeroed(CYCLES).unwrap();
+    // Under fork the children inherit the action; under spawn they set it themselves.
+    let args = (
+        barrier.clone(),
+        zeros.clone(),
+        actions.clone(),
+        mode == Mode::Spawn,
+    );
+    let mut kids: Vec<_> = (0..5)
+        .map(|_| start(mode, "cycles", child_cycles, &args))
+        .collect();
+    for k in &mut kids {
+        k.join_ok();
+    }
+    assert_eq!(
+        zeros.to_vec(),
+        vec![1; CYCLES],
+        "exactly one index 0 per cycle"
+    );
+    assert_eq!(
+        actions.get(),
+        CYCLES as u32,
+        "the action ran once per cycle"
+    );
+    assert!(!barrier.broken());
+    assert_eq!(barrier.n_waiting(), 0);
+}
+
+#[test]
+fn s6_five_processes_ten_cycles_fork() {
+    under(
+        Mode::Fork,
+        "s6_five_processes_ten_cycles_fork",
+        s6_five_processes_ten_cycles,
+    );
+}
+
+#[test]
+fn s6_five_processes_ten_cycles_spawn() {
+    s6_five_processes_ten_cycles(Mode::Spawn);
+}
+
+fn abort_breaks_waiters(mode: Mode) {
+    let barrier = Barrier::new(3).unwrap();
+    let mut kids: Vec<_> = (0..2)
+        .map(|_| start(mode, "expect_broken", child_expect_broken, &barrier))
+        .collect();
+    assert!(eventually(Duration::from_secs(30), || barrier.n_waiting() == 2));
+    barrier.abort();
+    for k in &mut kids {
+        k.join_ok();
+    }
+    assert!(barrier.broken());
+    assert!(matches!(barrier.wait(), Err(Error::BrokenBarrier)));
+    barrier.reset();
+    assert!(!barrier.broken());
+    pass_with_threads(&barrier);
+}
+
+#[test]
+fn abort_breaks_waiters_fork() {
+    under(
+        Mode::Fork,
+        "abort_breaks_waiters_fork",
+        abort_breaks_waiters,
+    );
+}
+
+#[test]
+fn abort_breaks_waiters_spawn() {
+    abort_breaks_waiters(Mode::Spawn);
+}
+
+fn reset_breaks_waiters(mode: Mode) {
+    let barrier = Barrier::new(3).unwrap();
+    let mut kids: Vec<_> = (0..2)
+        .map(|_| start(mode, "expect_broken", child_expect_broken, &barrier))
+        .collect();
+    assert!(eventually(Duration::from_secs(30), || barrier.n_waiting() == 2));
+    barrier.reset();
+    for k in &mut kids {
+        k.join_ok();
+    }
+    assert!(!barrier.broken(), "reset leaves the barrier usable");
+    assert_eq!(barrier.n_waiting(), 0);
+    pass_with_threads(&barrier);
+}
+
+#[test]
+fn reset_breaks_waiters_fork() {
+    under(
+        Mode::Fork,
+        "reset_breaks_waiters_fork",
+        reset_breaks_waiters,
+    );
+}
+
+#[test]
+fn reset_breaks_waiters_spawn() {
+    reset_breaks_waiters(Mode::Spawn);
+}
+
+fn timeout_breaks_the_barrier(mode: Mode) {
+    let barrier = Barrier::new(3).unwrap();
+    let mut kid = start(mode, "expect_broken", child_expect_broken, &barrier);
+    assert!(eventually(Duration::from_secs(30), || barrier.n_waiting() == 1));
+    let t0 = Instant::now();
+    assert!(matches!(
+        barrier.wait_timeout(Duration::from_millis(100)),
+        Err(Error::BrokenBarrier)
+    ));
+    assert_about(t0.elapsed(), Duration::from_millis(100));
+    kid.join_ok();
+    assert!(barrier.broken());
+}
+
+#[test]
+fn timeout_breaks_the_barrier_fork() {
+    under(
+        Mode::Fork,
+        "timeout_breaks_the_barrier_fork",
+        timeout_breaks_the_barrier,
+    );
+}
+
+#[test]
+fn timeout_breaks_the_barrier_spawn() {
+    timeout_breaks_the_barrier(Mode::Spawn);
+}
+
+#[test]
+fn default_timeout_applies_to_wait() {
+    let barrier = Barrier::with_timeout(2, Duration::from_millis(100)).unwrap();
+    let t0 = Instant::now();
+    assert!(matches!(barrier.wait(), Err(Error::BrokenBarrier)));
+    assert_about(t0.elapsed(), Duration::from_millis(100));
+    assert!(barrier.broken());
+}
+
+fn dead_party_breaks_the_barrier(mode: Mode) {
+    let barrier = Barrier::new(2).unwrap();
+    let passed = Event::new().unwrap();
+    let mut kid = start(
+        mode,
+        "pass_once_then_sleep",
+        child_pass_once_then_sleep,
+        &(barrier.clone(), passed.clone()),
+    );
+    // Cycle 0: the child and the parent pass together.
+    barrier.wait_timeout(Duration::from_secs(20)).unwrap();
+    assert!(passed.wait_timeout(Duration::from_secs(20)));
+    kid.kill();
+    assert_eq!(kid.join(Duration::from_secs(10)), Exit::Signal(9));
+    // Cycle 1: the child will never arrive; the parent's wait breaks instead of hanging.
+    let t0 = Instant::now();
+    assert!(matches!(
+        barrier.wait_timeout(Duration::from_secs(20)),
+        Err(Error::BrokenBarrier)
+    ));
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert!(barrier.broken());
+}
+
+#[test]
+fn dead_party_breaks_the_barrier_fork() {
+    under(
+        Mode::Fork,
+        "dead_party_breaks_the_barrier_fork",
+        dead_party_breaks_the_barrier,
+    );
+}
+
+#[test]
+fn dead_party_breaks_the_barrier_spawn() {
+    dead_party_breaks_the_barrier(Mode::Spawn);
+}
+
+#[test]
+fn panicking_action_breaks_the_barrier() {
+    let barrier = Barrier::new(2)
+        .unwrap()
+        .with_action(|| panic!("action failed"));
+    let b2 = barrier.clone();
+    let t = std::thread::spawn(move || b2.wait_timeout(Duration::from_secs(10)));
+    assert!(eventually(Duration::from_secs(10), || barrier.n_waiting() == 1));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| barrier.wait()));
+    assert!(r.is_err(), "the action's panic reaches the last arriver");
+    assert!(matches!(t.join().unwrap(), Err(Error::BrokenBarrier)));
+    assert!(barrier.broken());
+}
+
+#[test]
+fn zero_parties_is_an_error() {
+    assert!(matches!(Barrier::new(0), Err(Error::InvalidArgument(_))));
+    let one = Barrier::new(1).unwrap();
+    assert_eq!(one.wait().unwrap(), 0);
+    assert_eq!(one.wait().unwrap(), 0);
+}
+
+/// Three threads pass the barrier twice.
+fn pass_with_threads(barrier: &Barrier) {
+    let ts: Vec<_> = (0..3)
+        .map(|_| {
+            let b = barrier.clone();
+            std::thread::spawn(move || {
+                let a = b.wait_timeout(Duration::from_secs(10)).unwrap();
+                let c = b.wait_timeout(Duration::from_secs(10)).unwrap();
+                (a, c)
+            })
+        })
+        .collect();
+    let mut firsts: Vec<u32> = ts.into_iter().map(|t| t.join().unwrap().0).collect();
+    firsts.sort();
+    assert_eq!(firsts, [0, 1, 2]);
+}
