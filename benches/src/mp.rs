@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use mp_pipe::{Duplex, OneWay, Pipe};
 use mp_process::{Process, StartMethod};
 use mp_sync::{Event, Lock, RawValue};
 
@@ -22,6 +23,8 @@ pub fn implementation(workload: &str) -> Option<Measure> {
         "process_start_fork" => process_start_fork,
         "process_start_spawn" => process_start_spawn,
         "process_start_forkserver" => process_start_forkserver,
+        "pipe_rt" => pipe_rt,
+        "pipe_oneway_small" => pipe_oneway_small,
         _ => return None,
     })
 }
@@ -122,4 +125,36 @@ pub fn process_start_spawn(iters: u64, placement: Placement) -> Duration {
 /// The same under the forkserver start method (the server starts on first use, in warm-up).
 pub fn process_start_forkserver(iters: u64, placement: Placement) -> Duration {
     process_start(iters, placement, StartMethod::ForkServer)
+}
+
+/// Round trips on a duplex `Pipe<u64>`: the parent sends, a child echoes what it receives.
+pub fn pipe_rt(iters: u64, placement: Placement) -> Duration {
+    let (a, b) = Pipe::<u64>::new(Duplex).expect("Pipe::new");
+    let child = move |_: &Gate| {
+        for _ in 0..iters {
+            let v = b.recv().expect("recv");
+            b.send(&v).expect("send");
+        }
+    };
+    timed(placement, vec![child], |_| {
+        for i in 0..iters {
+            a.send(&i).expect("send");
+            assert_eq!(a.recv().expect("recv"), i);
+        }
+    })
+}
+
+/// A child sends `iters` u64 on a one-way `Pipe<u64>`, the parent receives them.
+pub fn pipe_oneway_small(iters: u64, placement: Placement) -> Duration {
+    let (reader, writer) = Pipe::<u64>::new(OneWay).expect("Pipe::new");
+    let child = move |_: &Gate| {
+        for i in 0..iters {
+            writer.send(&i).expect("send");
+        }
+    };
+    timed(placement, vec![child], |_| {
+        for _ in 0..iters {
+            reader.recv().expect("recv");
+        }
+    })
 }
