@@ -120,6 +120,9 @@ impl ChildState {
             };
             *st = Some(s);
             drop(st);
+            if self.detached.load(Ordering::Relaxed) {
+                DETACHED.fetch_sub(1, Ordering::Relaxed);
+            }
             unregister(self);
             return Ok(Some(s));
         }
@@ -188,13 +191,9 @@ fn registry() -> &'static Mutex<Registry> {
 }
 
 pub(crate) fn reset_registry() {
-    let fresh = Box::into_raw(Box::new(Mutex::new(Registry {
-        children: Vec::new(),
-    })));
-    // Pairs with the Acquire load in `registry`. The old registry (the parent's children) is
-    // leaked in this process on purpose: its lock may be held by a thread that does not exist
-    // here.
-    REGISTRY.store(fresh, Ordering::Release);
+    // The old registry (the parent's children) is leaked in this process on purpose: its lock
+    // may be held by a thread that does not exist here. A new one is made on first use.
+    REGISTRY.store(std::ptr::null_mut(), Ordering::Relaxed);
 }
 
 pub(crate) fn register(state: &Arc<ChildState>) {
@@ -215,8 +214,15 @@ fn snapshot() -> Vec<Arc<ChildState>> {
         .clone()
 }
 
+/// How many children in the registry have no `Child` handle any more (so that `start` skips
+/// the scan when there are none).
+static DETACHED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Reaps children whose handles were dropped and who have ended since.
 pub(crate) fn reap_detached() {
+    if DETACHED.load(Ordering::Relaxed) == 0 {
+        return;
+    }
     for c in snapshot() {
         if c.detached.load(Ordering::Relaxed) {
             let _ = c.reap(false);
@@ -334,53 +340,41 @@ impl<R> Child<R> {
         self.state.pidfd.as_fd()
     }
 
-    /// Waits until the child ends or `deadline` passes; true when it ended. Reads the child's
-    /// frames meanwhile, so that a large return value never blocks the child.
+    /// Waits until the child ends or `deadline` passes; true when it ended. A child never
+    /// blocks on its socket (large values travel in a memfd), so waiting sleeps once, on the
+    /// pidfd, and the frames are read after the child has ended.
     fn wait(&mut self, deadline: Option<Instant>) -> Result<bool, ProcessError> {
         loop {
-            if self.state.reap(false)?.is_some() {
+            let ended = match deadline {
+                None => self.state.reap(true)?,
+                Some(d) => match self.state.reap(false)? {
+                    Some(s) => Some(s),
+                    None => {
+                        let left = d.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            return Ok(false);
+                        }
+                        let ms = left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+                        let mut fd = libc::pollfd {
+                            fd: self.state.pidfd.as_raw_fd(),
+                            events: libc::POLLIN,
+                            revents: 0,
+                        };
+                        // SAFETY: one valid pollfd for the duration of the call.
+                        let r = unsafe { libc::poll(&mut fd, 1, ms) };
+                        if r == -1 {
+                            let e = std::io::Error::last_os_error();
+                            if e.kind() != std::io::ErrorKind::Interrupted {
+                                return Err(ProcessError::io("poll", e));
+                            }
+                        }
+                        continue;
+                    }
+                },
+            };
+            if ended.is_some() {
                 self.drain()?;
                 return Ok(true);
-            }
-            let timeout_ms: libc::c_int = match deadline {
-                None => -1,
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Ok(false);
-                    }
-                    left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int
-                }
-            };
-            let mut fds = [
-                libc::pollfd {
-                    fd: self.state.pidfd.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: match (&self.chan, self.inbox.eof) {
-                        (Some(c), false) => c.as_raw_fd(),
-                        _ => -1,
-                    },
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
-            // SAFETY: `fds` is a valid array of two pollfds for the duration of the call.
-            let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
-            if r == -1 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(ProcessError::io("poll", e));
-            }
-            if fds[1].revents != 0 {
-                self.drain()?;
-            }
-            if fds[0].revents != 0 {
-                self.state.reap(true)?;
             }
         }
     }
@@ -486,7 +480,14 @@ impl<R> AsFd for Child<R> {
 
 impl<R> Drop for Child<R> {
     fn drop(&mut self) {
-        self.state.detached.store(true, Ordering::Relaxed);
+        // The status lock orders this with a concurrent reap, so DETACHED counts each
+        // detached, unreaped child exactly once.
+        let st = self.state.status.lock().unwrap_or_else(|p| p.into_inner());
+        if st.is_none() {
+            self.state.detached.store(true, Ordering::Relaxed);
+            DETACHED.fetch_add(1, Ordering::Relaxed);
+        }
+        drop(st);
         let _ = self.state.reap(false);
     }
 }

@@ -73,12 +73,9 @@ fn server_cell() -> &'static Mutex<Option<Server>> {
 /// a fresh cell and starts its own server if it needs one. The inherited socket stays open
 /// (leaked) in the child; it is close-on-exec.
 pub(crate) fn reset_after_fork() {
-    if SERVER.load(Ordering::Acquire).is_null() {
-        return;
-    }
-    let fresh = Box::into_raw(Box::new(Mutex::new(None)));
-    // Pairs with the Acquire load in `server_cell`.
-    SERVER.store(fresh, Ordering::Release);
+    // The inherited cell is leaked on purpose (its lock may be held by a thread that does not
+    // exist here); a new one is made on first use.
+    SERVER.store(std::ptr::null_mut(), Ordering::Relaxed);
 }
 
 /// The pid of this process's fork server, if one is running.
@@ -325,12 +322,10 @@ pub(crate) fn server_main() -> ! {
             let mut fds = fds.into_iter();
             let chan = match fds.next() {
                 Some(c) => c,
-                // SAFETY: _exit ends the child at once.
-                None => unsafe { libc::_exit(runtime::START_FAILED_EXIT_CODE) },
+                None => crate::runtime::exit_now(runtime::START_FAILED_EXIT_CODE),
             };
             if daemon && !crate::process::die_with_parent(client) {
-                // SAFETY: as above.
-                unsafe { libc::_exit(runtime::START_FAILED_EXIT_CODE) }
+                crate::runtime::exit_now(runtime::START_FAILED_EXIT_CODE)
             }
             mp_core::handle::install(fds.collect());
             let code = runtime::run_boot(chan.as_fd());

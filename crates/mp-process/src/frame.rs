@@ -10,7 +10,7 @@
 
 #[cfg(test)]
 use std::os::fd::AsFd;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use rkyv::util::AlignedVec;
 
@@ -52,16 +52,65 @@ pub(crate) const HEADER: usize = 16;
 /// allocated.
 const MAX_FRAME: u64 = 1 << 30;
 
-fn header(tag: Tag, len: usize) -> [u8; HEADER] {
+/// Header flag: the payload is not inline but in a memfd attached with `SCM_RIGHTS`.
+const FLAG_MEMFD: u32 = 1;
+/// The largest payload a child sends inline; larger ones go in a memfd. Far below a socket's
+/// send buffer, so a child never blocks on its socket and the parent need not read before
+/// the child exits: `join` sleeps once, on the pidfd.
+pub(crate) const INLINE_MAX: usize = 32 * 1024;
+
+fn header(tag: Tag, flags: u32, len: usize) -> [u8; HEADER] {
     let mut h = [0u8; HEADER];
     h[0..4].copy_from_slice(&(tag as u32).to_le_bytes());
+    h[4..8].copy_from_slice(&flags.to_le_bytes());
     h[8..16].copy_from_slice(&(len as u64).to_le_bytes());
     h
 }
 
+/// Sends a child's frame without ever blocking on the socket: a payload larger than
+/// [`INLINE_MAX`] is written to a sealed memfd whose descriptor travels with the header.
+pub(crate) fn send_final(fd: BorrowedFd<'_>, tag: Tag, payload: &[u8]) -> std::io::Result<()> {
+    if payload.len() <= INLINE_MAX {
+        return send(fd, tag, payload);
+    }
+    let memfd =
+        nix::sys::memfd::memfd_create(c"mp-result", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)
+            .map_err(std::io::Error::from)?;
+    let mut off = 0;
+    while off < payload.len() {
+        // SAFETY: write(2) reads from the live tail of `payload`.
+        let n = unsafe {
+            libc::write(
+                memfd.as_raw_fd(),
+                payload[off..].as_ptr() as *const libc::c_void,
+                payload.len() - off,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        off += n as usize;
+    }
+    let h = header(tag, FLAG_MEMFD, payload.len());
+    let fds = [memfd.as_raw_fd()];
+    nix::sys::socket::sendmsg::<()>(
+        fd.as_raw_fd(),
+        &[std::io::IoSlice::new(&h)],
+        &[nix::sys::socket::ControlMessage::ScmRights(&fds)],
+        nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .map_err(std::io::Error::from)?;
+    Ok(())
+}
+
 /// Sends one frame, blocking until it is all written. Never raises SIGPIPE.
 pub(crate) fn send(fd: BorrowedFd<'_>, tag: Tag, payload: &[u8]) -> std::io::Result<()> {
-    let h = header(tag, payload.len());
+    let h = header(tag, 0, payload.len());
     let mut iov = [
         libc::iovec {
             iov_base: h.as_ptr() as *mut libc::c_void,
@@ -80,7 +129,13 @@ pub(crate) fn send(fd: BorrowedFd<'_>, tag: Tag, payload: &[u8]) -> std::io::Res
             let mut msg: libc::msghdr = std::mem::zeroed();
             msg.msg_iov = iov[first..].as_mut_ptr();
             msg.msg_iovlen = iov.len() - first;
-            libc::sendmsg(fd.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
+            // Through `syscall` rather than `sendmsg`: see `crate::runtime::exit_now`.
+            libc::syscall(
+                libc::SYS_sendmsg,
+                fd.as_raw_fd(),
+                &msg as *const libc::msghdr,
+                libc::MSG_NOSIGNAL,
+            )
         };
         if n < 0 {
             let e = std::io::Error::last_os_error();
@@ -142,7 +197,7 @@ pub(crate) fn recv_blocking(fd: BorrowedFd<'_>) -> std::io::Result<Option<(Tag, 
     if !read_exact(fd, &mut h)? {
         return Ok(None);
     }
-    let (tag, len) = parse_header(&h).ok_or_else(|| {
+    let (tag, _flags, len) = parse_header(&h).ok_or_else(|| {
         std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed frame header")
     })?;
     let mut payload = AlignedVec::<16>::with_capacity(len);
@@ -151,19 +206,53 @@ pub(crate) fn recv_blocking(fd: BorrowedFd<'_>) -> std::io::Result<Option<(Tag, 
     Ok(Some((tag, payload)))
 }
 
-fn parse_header(h: &[u8]) -> Option<(Tag, usize)> {
+fn parse_header(h: &[u8]) -> Option<(Tag, u32, usize)> {
     let tag = Tag::from_u32(u32::from_le_bytes(h[0..4].try_into().ok()?))?;
+    let flags = u32::from_le_bytes(h[4..8].try_into().ok()?);
     let len = u64::from_le_bytes(h[8..16].try_into().ok()?);
-    if len > MAX_FRAME {
+    if len > MAX_FRAME || flags & !FLAG_MEMFD != 0 {
         return None;
     }
-    Some((tag, len as usize))
+    Some((tag, flags, len as usize))
+}
+
+/// Reads `len` bytes from the start of a memfd a child sent, refusing anything that is not
+/// a regular file of at least that size (a hostile child could send a pipe).
+fn read_memfd(fd: &OwnedFd, len: usize) -> Option<AlignedVec<16>> {
+    let st = nix::sys::stat::fstat(fd.as_raw_fd()).ok()?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG || (st.st_size as u64) < len as u64 {
+        return None;
+    }
+    let mut v = AlignedVec::<16>::with_capacity(len);
+    v.resize(len, 0);
+    let mut off = 0;
+    while off < len {
+        // SAFETY: pread writes into the live tail of `v`.
+        let n = unsafe {
+            libc::pread(
+                fd.as_raw_fd(),
+                v[off..].as_mut_ptr() as *mut libc::c_void,
+                len - off,
+                off as libc::off_t,
+            )
+        };
+        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        if n <= 0 {
+            return None;
+        }
+        off += n as usize;
+    }
+    Some(v)
 }
 
 /// Frames received so far from a child, read without blocking.
 #[derive(Default)]
 pub(crate) struct Inbox {
     pub(crate) buf: Vec<u8>,
+    /// Descriptors received with the bytes, in order.
+    pub(crate) fds: std::collections::VecDeque<OwnedFd>,
     /// The child found its target.
     pub(crate) started: bool,
     /// The final frame, once whole.
@@ -177,50 +266,103 @@ pub(crate) struct Inbox {
 impl Inbox {
     /// Reads whatever is available on `fd` without blocking and parses whole frames.
     pub(crate) fn pump(&mut self, fd: BorrowedFd<'_>) -> std::io::Result<()> {
-        let mut chunk = [0u8; 16 * 1024];
         loop {
-            // SAFETY: `chunk` is valid for writes of its length.
+            // Read straight into the buffer (no large stack chunk: after a fork every page
+            // the parent writes costs a copy-on-write fault).
+            self.buf.reserve(4096);
+            let spare = self.buf.spare_capacity_mut();
+            let cap = spare.len();
+            let mut iov = libc::iovec {
+                iov_base: spare.as_mut_ptr() as *mut libc::c_void,
+                iov_len: cap,
+            };
+            let mut space = nix::cmsg_space!([RawFd; 4]);
+            // SAFETY: an all-zero msghdr is valid; it points at `iov` (the buffer's spare
+            // capacity, valid for writes of `cap` bytes) and at `space`, both alive during
+            // the call.
             let n = unsafe {
-                libc::recv(
+                let mut msg: libc::msghdr = std::mem::zeroed();
+                msg.msg_iov = &mut iov;
+                msg.msg_iovlen = 1;
+                msg.msg_control = space.as_mut_ptr() as *mut libc::c_void;
+                msg.msg_controllen = space.capacity();
+                let n = libc::recvmsg(
                     fd.as_raw_fd(),
-                    chunk.as_mut_ptr() as *mut libc::c_void,
-                    chunk.len(),
-                    libc::MSG_DONTWAIT,
-                )
+                    &mut msg,
+                    libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+                );
+                if n > 0 {
+                    self.take_fds(&msg);
+                }
+                n
             };
             if n < 0 {
-                let e = std::io::Error::last_os_error();
-                match e.kind() {
-                    std::io::ErrorKind::Interrupted => continue,
-                    std::io::ErrorKind::WouldBlock => break,
-                    // The child is gone and the kernel dropped what was unread: nothing more.
-                    std::io::ErrorKind::ConnectionReset => {
+                match std::io::Error::last_os_error() {
+                    e if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    e if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    // The child is gone and the kernel dropped what was unread.
+                    e if e.raw_os_error() == Some(libc::ECONNRESET) => {
                         self.eof = true;
                         break;
                     }
-                    _ => return Err(e),
+                    e => return Err(e),
                 }
             }
             if n == 0 {
                 self.eof = true;
                 break;
             }
-            self.buf.extend_from_slice(&chunk[..n as usize]);
-            if (n as usize) < chunk.len() {
-                break;
-            }
+            // SAFETY: recvmsg initialised the first `n <= cap` bytes of the spare capacity.
+            unsafe { self.buf.set_len(self.buf.len() + n as usize) };
         }
         self.parse();
         Ok(())
     }
 
+    /// Takes ownership of the descriptors in `msg`'s control data.
+    ///
+    /// # Safety
+    /// `msg` was just filled by a successful `recvmsg`.
+    unsafe fn take_fds(&mut self, msg: &libc::msghdr) {
+        // SAFETY: per the contract, the control buffer holds what the kernel wrote; the
+        // CMSG macros walk it within `msg_controllen`.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                    let data = libc::CMSG_DATA(c) as *const RawFd;
+                    let n = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
+                        / std::mem::size_of::<RawFd>();
+                    for i in 0..n {
+                        // The kernel just installed these descriptors for us; nothing else
+                        // owns them.
+                        self.fds
+                            .push_back(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
+                    }
+                }
+                c = libc::CMSG_NXTHDR(msg, c);
+            }
+        }
+    }
+
     fn parse(&mut self) {
         let mut at = 0;
         while !self.malformed && self.buf.len() - at >= HEADER {
-            let Some((tag, len)) = parse_header(&self.buf[at..at + HEADER]) else {
+            let Some((tag, flags, len)) = parse_header(&self.buf[at..at + HEADER]) else {
                 self.malformed = true;
                 break;
             };
+            if flags & FLAG_MEMFD != 0 {
+                at += HEADER;
+                let body = self.fds.pop_front().and_then(|fd| read_memfd(&fd, len));
+                match body {
+                    Some(v) if self.last.is_none() && tag != Tag::Boot && tag != Tag::Started => {
+                        self.last = Some((tag, v))
+                    }
+                    _ => self.malformed = true,
+                }
+                continue;
+            }
             if self.buf.len() - at - HEADER < len {
                 break;
             }

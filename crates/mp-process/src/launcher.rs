@@ -47,12 +47,9 @@ fn cell() -> &'static Mutex<Option<Sender<Job>>> {
 }
 
 pub(crate) fn reset_after_fork() {
-    if LAUNCHER.load(Ordering::Acquire).is_null() {
-        return;
-    }
-    let fresh = Box::into_raw(Box::new(Mutex::new(None)));
-    // Pairs with the Acquire load in `cell`.
-    LAUNCHER.store(fresh, Ordering::Release);
+    // The inherited cell is leaked on purpose (its lock may be held by a thread that does not
+    // exist here); a new one is made on first use.
+    LAUNCHER.store(std::ptr::null_mut(), Ordering::Relaxed);
 }
 
 /// Runs `job` on the launcher thread and returns its result.
@@ -115,8 +112,7 @@ pub(crate) unsafe fn fork(child_main: &mut dyn FnMut() -> i32) -> std::io::Resul
             0 => {
                 // SAFETY: see `ptr` above; this is the child's private copy of the closure.
                 let code = unsafe { (*p.0)() };
-                // SAFETY: _exit ends the child at once.
-                unsafe { libc::_exit(code) }
+                crate::runtime::exit_now(code)
             }
             -1 => Err(std::io::Error::last_os_error()),
             pid => Ok(pid),

@@ -172,6 +172,16 @@ fn payload_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// Ends this process at once, like `_exit`, without running atexit handlers or destructors.
+/// Through `syscall`, which the parent has already bound, so that a forked child does not
+/// pay for the dynamic linker's lazy binding of `_exit` every time.
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: exit_group has no memory-safety preconditions and does not return.
+    unsafe { libc::syscall(libc::SYS_exit_group, code as libc::c_long) };
+    // SAFETY: not reached; _exit is the fallback should the syscall ever return.
+    unsafe { libc::_exit(code) }
+}
+
 pub(crate) fn write_stderr(mut b: &[u8]) {
     while !b.is_empty() {
         // SAFETY: write(2) reads `b.len()` bytes from a live slice.
@@ -196,7 +206,7 @@ pub(crate) fn run_target<R: Message>(chan: BorrowedFd<'_>, f: impl FnOnce() -> R
         Ok(value) => {
             let code = match encode(&value) {
                 Ok(bytes) => {
-                    let _ = frame::send(chan, Tag::Returned, &bytes);
+                    let _ = frame::send_final(chan, Tag::Returned, &bytes);
                     0
                 }
                 Err(e) => {
@@ -219,7 +229,7 @@ pub(crate) fn run_target<R: Message>(chan: BorrowedFd<'_>, f: impl FnOnce() -> R
                 .unwrap_or_else(|| (payload_message(&*payload), "<unknown>".into()));
             std::mem::forget(payload);
             if let Ok(bytes) = encode(&(message, location)) {
-                let _ = frame::send(chan, Tag::Panicked, &bytes);
+                let _ = frame::send_final(chan, Tag::Panicked, &bytes);
             }
             PANIC_EXIT_CODE
         }
@@ -228,7 +238,7 @@ pub(crate) fn run_target<R: Message>(chan: BorrowedFd<'_>, f: impl FnOnce() -> R
 
 pub(crate) fn send_string(chan: BorrowedFd<'_>, tag: Tag, msg: String) {
     if let Ok(bytes) = encode(&msg) {
-        let _ = frame::send(chan, tag, &bytes);
+        let _ = frame::send_final(chan, tag, &bytes);
     }
 }
 
@@ -256,7 +266,17 @@ pub(crate) fn init() {
 /// True when this process was started as an mp child whose program never called `init`
 /// (the role variable is still there).
 pub(crate) fn child_without_init() -> bool {
-    std::env::var_os(ENV_ROLE).is_some()
+    // The variable is set at exec time and only `init` removes it; once `init` ran (or the
+    // first check found no variable) the answer cannot change, so it is cached.
+    static NO: AtomicBool = AtomicBool::new(false);
+    if NO.load(Ordering::Relaxed) {
+        return false;
+    }
+    let yes = std::env::var_os(ENV_ROLE).is_some();
+    if !yes {
+        NO.store(true, Ordering::Relaxed);
+    }
+    yes
 }
 
 fn take_chan() -> Result<OwnedFd, String> {
