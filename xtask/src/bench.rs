@@ -260,7 +260,7 @@ struct Options {
     filter: Option<String>,
 }
 
-fn parse(args: &[String]) -> Result<Options, String> {
+fn parse(args: &[String]) -> Result<Option<Options>, String> {
     let mut o = Options {
         quick: false,
         filter: None,
@@ -275,16 +275,23 @@ fn parse(args: &[String]) -> Result<Options, String> {
             s if s.starts_with("--filter=") => o.filter = Some(s["--filter=".len()..].into()),
             "-h" | "--help" => {
                 let names: Vec<&str> = SPECS.iter().map(|s| s.name).collect();
-                return Err(format!(
-                    "usage: cargo xtask bench [--quick] [--filter NAME]\nworkloads: {}\nlimits: {}",
+                let limits: Vec<&str> = LIMITS.iter().map(|l| l.0).collect();
+                println!(
+                    concat!(
+                        "usage: cargo xtask bench [--quick] [--filter NAME]\n\n",
+                        "  --quick        every workload briefly (smoke run)\n",
+                        "  --filter NAME  only the workloads (and limits) whose name contains NAME\n\n",
+                        "workloads: {}\nlimits: {}\n\nSee docs/benchmarks.md."
+                    ),
                     names.join(", "),
-                    LIMITS.iter().map(|l| l.0).collect::<Vec<_>>().join(", ")
-                ));
+                    limits.join(", ")
+                );
+                return Ok(None);
             }
             other => return Err(format!("bench: unknown argument {other:?} (try --help)")),
         }
     }
-    Ok(o)
+    Ok(Some(o))
 }
 
 fn root() -> PathBuf {
@@ -303,7 +310,9 @@ fn target_dir(root: &Path) -> PathBuf {
 
 /// Runs the suite.
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
-    let opts = parse(args)?;
+    let Some(opts) = parse(args)? else {
+        return Ok(());
+    };
     let root = root();
     let out_dir = target_dir(&root).join("bench");
     let crit_home = out_dir.join("criterion");
