@@ -9,13 +9,16 @@
 //! a waiter learns how *its* cycle ended even when the barrier has been used again since.
 //!
 //! # Parties that die
-//! Every thread that waits on the barrier takes a slot in a table of `parties` slots (its
-//! token: tid + start time) and records the last cycle it arrived in. A waiter that has
-//! slept a while checks the table: a party that is dead and has not arrived in the current
+//! Every process that waits on the barrier takes a slot in a table of `parties` slots (its
+//! token: pid + start time) and records the last cycle it arrived in. A waiter that has
+//! slept a while checks the table: a process that is dead and has not arrived in the current
 //! cycle can never arrive, so the barrier breaks and every waiter gets
-//! [`Error::BrokenBarrier`] instead of hanging. A party that dies before its first `wait` is
-//! not known yet: only a timeout covers that case. A slot of a dead party is reused by a new
-//! thread when the table is full.
+//! [`Error::BrokenBarrier`] instead of hanging. The unit is the process, not the thread, so
+//! that short-lived threads of a live process may take turns as parties. What this does not
+//! cover, and only a timeout does: a party that dies before its first `wait` (it is not known
+//! yet), and a process whose other party threads keep it alive. A slot of a dead process is
+//! reused by a new one when the table is full; a process that exits normally while the others
+//! wait for it in a later cycle breaks the barrier, as it should.
 
 use std::fmt;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
@@ -70,7 +73,7 @@ impl Header for BarrierState {
 #[repr(C)]
 #[derive(Debug)]
 pub(crate) struct Member {
-    /// Thread token of the party, 0 for a free slot.
+    /// Process token of the party, 0 for a free slot.
     token: AtomicU64,
     /// `gen + 1` of the last cycle the party arrived in; 0 before its first arrival.
     arrived: AtomicU32,
@@ -232,7 +235,7 @@ impl Barrier {
     }
 
     fn wait_until(&self, deadline: Deadline) -> Result<u32> {
-        let me = ident::thread_token();
+        let me = ident::process_token();
         let st = self.state();
         let lock = self.lock();
         if st.broken.load(Ordering::Relaxed) != 0 {
@@ -292,7 +295,7 @@ impl Barrier {
         }
     }
 
-    /// Records that thread `me` arrived in cycle `g` (under the mutex).
+    /// Records that process `me` arrived in cycle `g` (under the mutex).
     fn register(&self, me: u64, g: u32) {
         let members = self.members();
         let slot = members
@@ -314,7 +317,7 @@ impl Barrier {
         }
     }
 
-    /// True when a known party is dead and has not arrived in cycle `g`.
+    /// True when a known party process is dead and has not arrived in cycle `g`.
     fn a_party_died(&self, g: u32) -> bool {
         self.members().iter().any(|m| {
             let t = m.token.load(Ordering::Relaxed);

@@ -28,7 +28,7 @@
 //! only produce a logically wrong value, never undefined behaviour.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mp_core::futex;
 use mp_core::{Deadline, ShmSafe};
@@ -39,30 +39,44 @@ use crate::ident::{self, CONTENDED};
 /// How long a waiter sleeps before it checks whether the holder is still alive.
 pub(crate) const SLICE: Duration = Duration::from_millis(5);
 
-/// A bounded exponential spin (parking_lot's `SpinWait` shape, with a longer tail of yields:
-/// on this kind of VM a cross-core futex wake costs tens of microseconds, so a waiter that is
-/// served within that time should not sleep).
-pub(crate) struct Spin(u32);
+/// How long a waiter spins (with `sched_yield` after the first few rounds) before it sleeps.
+/// A futex wake across cores costs tens of microseconds on the VMs this was tuned on; a peer
+/// that answers within this budget is caught without any syscall on its side.
+pub(crate) const SPIN_BUDGET: Duration = Duration::from_micros(50);
+
+/// A bounded spin: exponential `spin_loop` rounds (parking_lot's `SpinWait` shape), then
+/// `yield_now` until [`SPIN_BUDGET`] has passed since the first yield. Yielding rather than
+/// pausing keeps a spinner from starving the very process it waits for when both share a
+/// core; the time bound keeps a waiter that keeps waiting from burning a core: it sleeps.
+pub(crate) struct Spin {
+    rounds: u32,
+    since: Option<Instant>,
+}
 
 impl Spin {
     pub(crate) fn new() -> Spin {
-        Spin(0)
+        Spin {
+            rounds: 0,
+            since: None,
+        }
     }
 
     /// Spins once more; false when the budget is spent (the caller should sleep).
     #[inline]
     pub(crate) fn spin(&mut self) -> bool {
-        if self.0 >= 16 {
-            return false;
-        }
-        self.0 += 1;
-        if self.0 <= 6 {
-            for _ in 0..(1u32 << self.0) {
+        if self.rounds < 6 {
+            self.rounds += 1;
+            for _ in 0..(1u32 << self.rounds) {
                 std::hint::spin_loop();
             }
-        } else {
-            std::thread::yield_now();
+            return true;
         }
+        let now = Instant::now();
+        let since = *self.since.get_or_insert(now);
+        if now.duration_since(since) >= SPIN_BUDGET {
+            return false;
+        }
+        std::thread::yield_now();
         true
     }
 }
