@@ -66,8 +66,8 @@ impl ChildState {
         *self.status.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reaps the child if it has ended (or waits for it when `block`). Returns its status.
-    fn reap(&self, block: bool) -> Result<Option<Status>, ProcessError> {
+    /// Reaps the child if it has ended. Returns its status.
+    fn reap(&self) -> Result<Option<Status>, ProcessError> {
         let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
         if st.is_some() {
             return Ok(*st);
@@ -75,7 +75,7 @@ impl ChildState {
         loop {
             // SAFETY: an all-zero siginfo_t is a valid out-buffer for waitid.
             let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-            let flags = libc::WEXITED | if block { 0 } else { libc::WNOHANG };
+            let flags = libc::WEXITED | libc::WNOHANG;
             // SAFETY: waitid writes into `info`, which is valid for writes; the pidfd is ours.
             let r = unsafe {
                 libc::waitid(
@@ -225,7 +225,7 @@ pub(crate) fn reap_detached() {
     }
     for c in snapshot() {
         if c.detached.load(Ordering::Relaxed) {
-            let _ = c.reap(false);
+            let _ = c.reap();
         }
     }
 }
@@ -234,7 +234,7 @@ pub(crate) fn reap_detached() {
 pub(crate) fn active() -> Vec<Arc<ChildState>> {
     snapshot()
         .into_iter()
-        .filter(|c| matches!(c.reap(false), Ok(None)))
+        .filter(|c| matches!(c.reap(), Ok(None)))
         .collect()
 }
 
@@ -308,14 +308,14 @@ impl<R> Child<R> {
 
     /// Whether the child is still running. Never blocks; reaps the child if it has ended.
     pub fn is_alive(&self) -> bool {
-        matches!(self.state.reap(false), Ok(None))
+        matches!(self.state.reap(), Ok(None))
     }
 
     /// Python's `exitcode`: `None` while the child runs, then its exit code, or minus the
     /// signal that killed it (`-15` after [`terminate`](Child::terminate)). A panicked target
     /// exits with code 1. Never blocks.
     pub fn exitcode(&self) -> Option<i32> {
-        self.state.reap(false).ok().flatten().map(Status::exitcode)
+        self.state.reap().ok().flatten().map(Status::exitcode)
     }
 
     /// Sends SIGTERM (Python's `terminate`). A no-op once the child has ended.
@@ -345,36 +345,34 @@ impl<R> Child<R> {
     /// pidfd, and the frames are read after the child has ended.
     fn wait(&mut self, deadline: Option<Instant>) -> Result<bool, ProcessError> {
         loop {
-            let ended = match deadline {
-                None => self.state.reap(true)?,
-                Some(d) => match self.state.reap(false)? {
-                    Some(s) => Some(s),
-                    None => {
-                        let left = d.saturating_duration_since(Instant::now());
-                        if left.is_zero() {
-                            return Ok(false);
-                        }
-                        let ms = left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
-                        let mut fd = libc::pollfd {
-                            fd: self.state.pidfd.as_raw_fd(),
-                            events: libc::POLLIN,
-                            revents: 0,
-                        };
-                        // SAFETY: one valid pollfd for the duration of the call.
-                        let r = unsafe { libc::poll(&mut fd, 1, ms) };
-                        if r == -1 {
-                            let e = std::io::Error::last_os_error();
-                            if e.kind() != std::io::ErrorKind::Interrupted {
-                                return Err(ProcessError::io("poll", e));
-                            }
-                        }
-                        continue;
-                    }
-                },
-            };
-            if ended.is_some() {
+            if self.state.reap()?.is_some() {
                 self.drain()?;
                 return Ok(true);
+            }
+            // Sleep on the pidfd rather than in a blocking waitid, so that the status lock is
+            // never held while sleeping (`active_children` may look at this child meanwhile).
+            let ms: libc::c_int = match deadline {
+                None => -1,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Ok(false);
+                    }
+                    left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int
+                }
+            };
+            let mut fd = libc::pollfd {
+                fd: self.state.pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the duration of the call.
+            let r = unsafe { libc::poll(&mut fd, 1, ms) };
+            if r == -1 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(ProcessError::io("poll", e));
+                }
             }
         }
     }
@@ -488,7 +486,7 @@ impl<R> Drop for Child<R> {
             DETACHED.fetch_add(1, Ordering::Relaxed);
         }
         drop(st);
-        let _ = self.state.reap(false);
+        let _ = self.state.reap();
     }
 }
 
@@ -529,7 +527,7 @@ impl ActiveChild {
 
     /// Whether it is still running (reaps it if it ended).
     pub fn is_alive(&self) -> bool {
-        matches!(self.state.reap(false), Ok(None))
+        matches!(self.state.reap(), Ok(None))
     }
 
     /// Sends SIGTERM.

@@ -159,14 +159,14 @@ pub(crate) fn start<R>(p: Prepared) -> Result<Child<R>, Error> {
             Ok(pid) => break pid,
             Err(e) if attempts < 2 => {
                 // The server died (killed, or it exited): start a new one, once.
-                let old = guard.take();
-                if let Some(old) = old {
-                    let _ = nix::sys::wait::waitpid(
-                        nix::unistd::Pid::from_raw(old.pid as i32),
-                        Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-                    );
+                // The old server is our child and not yet reaped, so its pid cannot have
+                // been reused: make sure it is gone, and reap it (no zombie).
+                if let Some(old) = guard.take() {
+                    let pid = nix::unistd::Pid::from_raw(old.pid as i32);
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                    let _ = nix::sys::wait::waitpid(pid, None);
                 }
-                let _ = e;
+                drop(e);
             }
             Err(e) => return Err(e),
         }

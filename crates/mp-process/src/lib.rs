@@ -42,9 +42,11 @@
 //! child: call [`init`] first thing in `main`. In the parent it returns at once; in a child
 //! it runs the child's target and exits, never returning into `main`. The child finds the
 //! target at the same offset from a known symbol as in the parent, after checking that it
-//! runs the same build (the executable's build id); a mismatch is an error, never a guess.
+//! runs the same build (the executable's GNU build id); a mismatch is an error, never a
+//! guess. Without `init` (or [`test_support!`] in a test binary), starting a spawn or
+//! forkserver child is refused with [`Error::NotInitialized`] rather than re-running `main`.
 //!
-//! ```no_run
+//! ```
 //! use mp_process::{Process, StartMethod};
 //!
 //! fn shout(s: String) -> String {
@@ -53,11 +55,79 @@
 //!
 //! fn main() -> Result<(), Box<dyn std::error::Error>> {
 //!     mp_process::init();
-//!     mp_process::set_start_method(StartMethod::ForkServer, false)?;
-//!     let mut child = Process::new(shout, "hi".to_string()).start()?;
-//!     assert_eq!(child.join()?, "HI");
+//!     for method in [StartMethod::Spawn, StartMethod::ForkServer] {
+//!         let mut child = Process::new(shout, "hi".to_string())
+//!             .start_method(method)
+//!             .start()?;
+//!         assert_eq!(child.join()?, "HI");
+//!     }
 //!     Ok(())
 //! }
+//! ```
+//!
+//! The fork server is started on the first forkserver start (a re-executed copy of the
+//! program that runs no thread and forks children on request) and exits with its parent.
+//!
+//! # Sharing a primitive with a child
+//!
+//! Anything built on [`mp_core::Shared`] or [`mp_core::Region`] (every mp lock, queue and
+//! value) can be an argument, under every start method: a forked child inherits it, and
+//! under spawn and forkserver its handle carries the file descriptor into the child.
+//!
+//! ```
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//! use mp_core::Shared;
+//! use mp_process::{Process, StartMethod};
+//!
+//! fn add(args: (Shared<AtomicU64>, u64)) {
+//!     args.0.fetch_add(args.1, Ordering::SeqCst);
+//! }
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     mp_process::init();
+//!     let total = Shared::new(AtomicU64::new(0))?;
+//!     let mut children = Vec::new();
+//!     for (i, m) in mp_process::get_all_start_methods().iter().enumerate() {
+//!         children.push(Process::new(add, (total.clone(), i as u64 + 1)).start_method(*m).start()?);
+//!     }
+//!     for c in &mut children {
+//!         c.join()?;
+//!     }
+//!     assert_eq!(total.load(Ordering::SeqCst), 6);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! A return value travels back as a message; shared handles cannot (a descriptor can only
+//! be handed to a child when it starts): returning one is reported as
+//! [`ProcessError::ResultLost`].
+//!
+//! # Waiting for several children
+//!
+//! [`Child::sentinel`] is a pidfd: it becomes readable when the child ends, so it can be
+//! polled together with connections and other children (Python's `connection.wait`).
+//! [`Child::join_timeout`] waits with a timeout; [`active_children`] lists (and reaps)
+//! this process's children.
+//!
+//! ```
+//! use std::os::fd::AsRawFd;
+//! use std::time::Duration;
+//! use mp_process::Process;
+//!
+//! fn nap(ms: u64) { std::thread::sleep(Duration::from_millis(ms)) }
+//!
+//! let mut slow = Process::new(nap, 10_000).start()?;
+//! let mut fast = Process::new(nap, 10).start()?;
+//! let mut fds = [slow.sentinel(), fast.sentinel()]
+//!     .map(|s| libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+//! // SAFETY (of the example): two valid pollfds.
+//! assert_eq!(unsafe { libc::poll(fds.as_mut_ptr(), 2, 5_000) }, 1);
+//! assert!(fds[1].revents != 0, "the fast child ended first");
+//! assert!(slow.join_timeout(Duration::ZERO)?.is_none());
+//! slow.terminate()?;
+//! assert_eq!(slow.join().unwrap_err().exitcode(), Some(-15));
+//! fast.join()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! # How a child ends
@@ -101,10 +171,31 @@
 //! # Daemons and zombies
 //!
 //! A child started with [`Process::daemon`]`(true)` dies when its parent dies, even by
-//! SIGKILL (`PR_SET_PDEATHSIG`, plus a check that the parent did not die before the call).
-//! Non-daemon children outlive their parent (as Python's would if it were SIGKILLed). A
-//! [`Child`] handle that is dropped without `join` does not leave a zombie: the child is
-//! reaped by the next [`Process::start`] or [`active_children`] after it ends.
+//! SIGKILL (`PR_SET_PDEATHSIG`, plus a check that the parent did not die before the call;
+//! Python leaves such a child orphaned). The kernel ties that signal to the *thread* that
+//! created the child, so mp creates daemon children (and the fork server) from one
+//! long-lived launcher thread: a daemon started from a short-lived thread lives as long as
+//! the parent process, not as long as that thread.
+//!
+//! Non-daemon children outlive their parent: mp does not join them at exit (Python does,
+//! in an `atexit` handler; Rust has no reliable equivalent, so join the children you care
+//! about). A [`Child`] handle that is dropped without `join` neither waits for nor kills the
+//! child, and leaves no zombie: the child is reaped by the next [`Process::start`] or
+//! [`active_children`] after it ends. mp waits only on its own children, through their
+//! pidfds, never with `waitpid(-1)`, so it does not steal other code's exit statuses.
+//!
+//! Under spawn, a child's stdin is `/dev/null` (as in Python); under fork it is inherited.
+//!
+//! # Python names
+//!
+//! | Python | mp |
+//! |---|---|
+//! | `Process(target=f, args=a, name=n, daemon=d).start()` | `Process::new(f, a).name(n).daemon(d).start()?` |
+//! | `p.join()`, `p.join(t)` | [`Child::join`] (returns the value), [`Child::join_timeout`] |
+//! | `p.exitcode`, `p.is_alive()`, `p.pid`, `p.name`, `p.daemon` | same names, methods |
+//! | `p.terminate()`, `p.kill()`, `p.close()`, `p.sentinel` | same names |
+//! | `get_context`, `set_start_method`, `get_start_method`, `get_all_start_methods` | same names |
+//! | `current_process`, `parent_process`, `active_children`, `cpu_count` | same names |
 
 mod child;
 mod context;
