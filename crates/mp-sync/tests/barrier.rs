@@ -2,6 +2,8 @@
 
 mod common;
 
+mp_process::test_support!();
+
 use std::time::{Duration, Instant};
 
 use common::{assert_about, eventually, start, under, Exit, Mode};
@@ -9,16 +11,6 @@ use mp_sync::{Array, Barrier, Error, Event, Value};
 use static_assertions::assert_impl_all;
 
 assert_impl_all!(Barrier: Send, Sync, Clone, std::fmt::Debug);
-
-#[test]
-fn child_entry() {
-    common::child_main(|role, bytes| match role {
-        "cycles" => common::run(child_cycles, bytes),
-        "expect_broken" => common::run(child_expect_broken, bytes),
-        "pass_once_then_sleep" => common::run(child_pass_once_then_sleep, bytes),
-        _ => 2,
-    });
-}
 
 const CYCLES: usize = 10;
 
@@ -77,9 +69,7 @@ fn s6_five_processes_ten_cycles(mode: Mode) {
         actions.clone(),
         mode == Mode::Spawn,
     );
-    let mut kids: Vec<_> = (0..5)
-        .map(|_| start(mode, "cycles", child_cycles, &args))
-        .collect();
+    let mut kids: Vec<_> = (0..5).map(|_| start(mode, child_cycles, &args)).collect();
     for k in &mut kids {
         k.join_ok();
     }
@@ -114,7 +104,7 @@ fn s6_five_processes_ten_cycles_spawn() {
 fn abort_breaks_waiters(mode: Mode) {
     let barrier = Barrier::new(3).unwrap();
     let mut kids: Vec<_> = (0..2)
-        .map(|_| start(mode, "expect_broken", child_expect_broken, &barrier))
+        .map(|_| start(mode, child_expect_broken, &barrier))
         .collect();
     assert!(eventually(Duration::from_secs(30), || barrier.n_waiting() == 2));
     barrier.abort();
@@ -145,7 +135,7 @@ fn abort_breaks_waiters_spawn() {
 fn reset_breaks_waiters(mode: Mode) {
     let barrier = Barrier::new(3).unwrap();
     let mut kids: Vec<_> = (0..2)
-        .map(|_| start(mode, "expect_broken", child_expect_broken, &barrier))
+        .map(|_| start(mode, child_expect_broken, &barrier))
         .collect();
     assert!(eventually(Duration::from_secs(30), || barrier.n_waiting() == 2));
     barrier.reset();
@@ -173,7 +163,7 @@ fn reset_breaks_waiters_spawn() {
 
 fn timeout_breaks_the_barrier(mode: Mode) {
     let barrier = Barrier::new(3).unwrap();
-    let mut kid = start(mode, "expect_broken", child_expect_broken, &barrier);
+    let mut kid = start(mode, child_expect_broken, &barrier);
     assert!(eventually(Duration::from_secs(30), || barrier.n_waiting() == 1));
     let t0 = Instant::now();
     assert!(matches!(
@@ -213,7 +203,6 @@ fn dead_party_breaks_the_barrier(mode: Mode) {
     let passed = Event::new().unwrap();
     let mut kid = start(
         mode,
-        "pass_once_then_sleep",
         child_pass_once_then_sleep,
         &(barrier.clone(), passed.clone()),
     );

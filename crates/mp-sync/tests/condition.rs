@@ -2,6 +2,8 @@
 
 mod common;
 
+mp_process::test_support!();
+
 use std::time::{Duration, Instant};
 
 use common::{assert_about, eventually, start, under, Exit, Mode};
@@ -10,16 +12,6 @@ use static_assertions::assert_impl_all;
 
 assert_impl_all!(Condition: Send, Sync, Clone, std::fmt::Debug);
 static_assertions::assert_not_impl_any!(mp_sync::CondGuard<'static>: Send);
-
-#[test]
-fn child_entry() {
-    common::child_main(|role, bytes| match role {
-        "wait" => common::run(child_wait, bytes),
-        "set_and_notify" => common::run(child_set_and_notify, bytes),
-        "hold_forever" => common::run(child_hold_forever, bytes),
-        _ => 2,
-    });
-}
 
 /// Registers (counted in `ready`), waits up to 20 s; counts itself in `woken` if notified.
 fn child_wait((cond, ready, woken): (Condition, RawValue<u32>, RawValue<u32>)) -> i32 {
@@ -131,9 +123,7 @@ fn notify_wakes_exactly_n(mode: Mode, lock: CondLock) {
     let ready = RawValue::new(0u32).unwrap();
     let woken = RawValue::new(0u32).unwrap();
     let args = (cond.clone(), ready.clone(), woken.clone());
-    let mut kids: Vec<_> = (0..N)
-        .map(|_| start(mode, "wait", child_wait, &args))
-        .collect();
+    let mut kids: Vec<_> = (0..N).map(|_| start(mode, child_wait, &args)).collect();
     // Each child counts itself ready and registers as a waiter under the lock, so once all
     // are ready and we hold the lock, all are registered.
     assert!(eventually(Duration::from_secs(30), || ready.get() == N));
@@ -192,9 +182,7 @@ fn s5_notify_all_wakes_every_process(mode: Mode) {
     let ready = RawValue::new(0u32).unwrap();
     let woken = RawValue::new(0u32).unwrap();
     let args = (cond.clone(), ready.clone(), woken.clone());
-    let mut kids: Vec<_> = (0..4)
-        .map(|_| start(mode, "wait", child_wait, &args))
-        .collect();
+    let mut kids: Vec<_> = (0..4).map(|_| start(mode, child_wait, &args)).collect();
     assert!(eventually(Duration::from_secs(30), || ready.get() == 4));
     let g = cond.lock().unwrap();
     assert_eq!(cond.notify_all().unwrap(), 4);
@@ -223,12 +211,7 @@ fn wait_for_a_childs_update(mode: Mode) {
     let cond = Condition::new().unwrap();
     let flag = RawValue::new(0u32).unwrap();
     let g = cond.lock().unwrap();
-    let mut kid = start(
-        mode,
-        "set_and_notify",
-        child_set_and_notify,
-        &(cond.clone(), flag.clone()),
-    );
+    let mut kid = start(mode, child_set_and_notify, &(cond.clone(), flag.clone()));
     let (g, ok) = cond
         .wait_for(g, || flag.get() == 1, Some(Duration::from_secs(20)))
         .unwrap();
@@ -262,12 +245,7 @@ fn wait_for_a_childs_update_spawn() {
 fn lock_holder_killed(mode: Mode) {
     let cond = Condition::new().unwrap();
     let ready = Event::new().unwrap();
-    let mut kid = start(
-        mode,
-        "hold_forever",
-        child_hold_forever,
-        &(cond.clone(), ready.clone()),
-    );
+    let mut kid = start(mode, child_hold_forever, &(cond.clone(), ready.clone()));
     assert!(ready.wait_timeout(Duration::from_secs(20)));
     kid.kill();
     let t0 = Instant::now();

@@ -2,6 +2,8 @@
 
 mod common;
 
+mp_process::test_support!();
+
 use std::time::{Duration, Instant};
 
 use common::{assert_about, start, under, Mode};
@@ -9,15 +11,6 @@ use mp_sync::Event;
 use static_assertions::assert_impl_all;
 
 assert_impl_all!(Event: Send, Sync, Clone, std::fmt::Debug);
-
-#[test]
-fn child_entry() {
-    common::child_main(|role, bytes| match role {
-        "set_later" => common::run(child_set_later, bytes),
-        "ping_pong" => common::run(child_ping_pong, bytes),
-        _ => 2,
-    });
-}
 
 fn child_set_later(ev: Event) -> i32 {
     std::thread::sleep(Duration::from_millis(100));
@@ -58,7 +51,7 @@ fn s4_event_semantics() {
 
 fn child_set_wakes_parent(mode: Mode) {
     let ev = Event::new().unwrap();
-    let mut kid = start(mode, "set_later", child_set_later, &ev);
+    let mut kid = start(mode, child_set_later, &ev);
     let t0 = Instant::now();
     assert!(
         ev.wait_timeout(Duration::from_secs(20)),
@@ -89,12 +82,7 @@ fn ping_pong(mode: Mode) {
     let ping = Event::new().unwrap();
     let pong = Event::new().unwrap();
     let rounds = 2_000;
-    let mut kid = start(
-        mode,
-        "ping_pong",
-        child_ping_pong,
-        &(ping.clone(), pong.clone(), rounds),
-    );
+    let mut kid = start(mode, child_ping_pong, &(ping.clone(), pong.clone(), rounds));
     for i in 0..rounds {
         ping.set();
         assert!(pong.wait_timeout(Duration::from_secs(10)), "round {i}");

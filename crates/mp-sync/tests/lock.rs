@@ -2,6 +2,8 @@
 
 mod common;
 
+mp_process::test_support!();
+
 use std::time::{Duration, Instant};
 
 use common::{assert_about, eventually, start, under, Exit, Mode};
@@ -12,18 +14,6 @@ assert_impl_all!(Lock: Send, Sync, Clone, std::fmt::Debug);
 assert_impl_all!(RLock: Send, Sync, Clone, std::fmt::Debug);
 assert_impl_all!(mp_sync::LockGuard<'static>: Send, Sync);
 static_assertions::assert_not_impl_any!(mp_sync::RLockGuard<'static>: Send);
-
-#[test]
-fn child_entry() {
-    common::child_main(|role, bytes| match role {
-        "release" => common::run(child_release, bytes),
-        "increment" => common::run(child_increment, bytes),
-        "hold_forever" => common::run(child_hold_forever, bytes),
-        "rlock_release" => common::run(child_rlock_release, bytes),
-        "rlock_hold_forever" => common::run(child_rlock_hold_forever, bytes),
-        _ => 2,
-    });
-}
 
 fn child_release(lock: Lock) -> i32 {
     match lock.release() {
@@ -114,11 +104,11 @@ fn lock_waiter_in_another_thread_is_woken() {
 fn s1_release_from_other_process(mode: Mode) {
     let lock = Lock::new().unwrap();
     lock.acquire().unwrap();
-    let mut kid = start(mode, "release", child_release, &lock);
+    let mut kid = start(mode, child_release, &lock);
     kid.join_ok();
     assert!(!lock.is_locked(), "the child released the parent's lock");
     // And now the child's release finds it unlocked.
-    let mut kid = start(mode, "release", child_release, &lock);
+    let mut kid = start(mode, child_release, &lock);
     assert_eq!(kid.join(Duration::from_secs(30)), Exit::Code(1));
 }
 
@@ -140,8 +130,8 @@ fn two_processes_lose_no_increment(mode: Mode) {
     let lock = Lock::new().unwrap();
     let counter = RawValue::new(0u64).unwrap();
     let args = (lock.clone(), counter.clone(), 10_000u32);
-    let mut a = start(mode, "increment", child_increment, &args);
-    let mut b = start(mode, "increment", child_increment, &args);
+    let mut a = start(mode, child_increment, &args);
+    let mut b = start(mode, child_increment, &args);
     a.join_ok();
     b.join_ok();
     assert_eq!(counter.get(), 20_000);
@@ -165,12 +155,7 @@ fn two_processes_lose_no_increment_spawn() {
 fn s7_holder_killed(mode: Mode) {
     let lock = Lock::new().unwrap();
     let ready = Event::new().unwrap();
-    let mut kid = start(
-        mode,
-        "hold_forever",
-        child_hold_forever,
-        &(lock.clone(), ready.clone()),
-    );
+    let mut kid = start(mode, child_hold_forever, &(lock.clone(), ready.clone()));
     assert!(
         ready.wait_timeout(Duration::from_secs(20)),
         "the child took the lock"
@@ -219,7 +204,6 @@ fn blocked_waiter_gets_owner_died_when_holder_is_killed_and_reaped() {
     let ready = Event::new().unwrap();
     let mut kid = start(
         Mode::Spawn,
-        "hold_forever",
         child_hold_forever,
         &(lock.clone(), ready.clone()),
     );
@@ -289,12 +273,12 @@ fn s2_rlock_semantics() {
 fn s2_rlock_release_by_other_process(mode: Mode) {
     let r = RLock::new().unwrap();
     r.acquire().unwrap();
-    let mut kid = start(mode, "rlock_release", child_rlock_release, &r);
+    let mut kid = start(mode, child_rlock_release, &r);
     kid.join_ok();
     assert!(r.is_owned());
     r.release().unwrap();
     // Unlocked: the child's release is still an error.
-    let mut kid = start(mode, "rlock_release", child_rlock_release, &r);
+    let mut kid = start(mode, child_rlock_release, &r);
     kid.join_ok();
 }
 
@@ -314,26 +298,24 @@ fn s2_rlock_release_by_other_process_spawn() {
 
 #[test]
 fn rlock_held_by_a_forked_parent_is_not_owned_by_the_child() {
-    if !common::isolate("rlock_held_by_a_forked_parent_is_not_owned_by_the_child") {
-        return;
-    }
-    let r = RLock::new().unwrap();
-    r.acquire().unwrap();
-    // The child is a copy of this thread: it must still not be the owner.
-    let mut kid = start(Mode::Fork, "", child_rlock_release, &r);
-    kid.join_ok();
-    assert_eq!(r.depth(), 1);
+    under(
+        Mode::Fork,
+        "rlock_held_by_a_forked_parent_is_not_owned_by_the_child",
+        |mode| {
+            let r = RLock::new().unwrap();
+            r.acquire().unwrap();
+            // The child is a copy of this thread: it must still not be the owner.
+            let mut kid = start(mode, child_rlock_release, &r);
+            kid.join_ok();
+            assert_eq!(r.depth(), 1);
+        },
+    );
 }
 
 fn rlock_holder_killed(mode: Mode) {
     let r = RLock::new().unwrap();
     let ready = Event::new().unwrap();
-    let mut kid = start(
-        mode,
-        "rlock_hold_forever",
-        child_rlock_hold_forever,
-        &(r.clone(), ready.clone()),
-    );
+    let mut kid = start(mode, child_rlock_hold_forever, &(r.clone(), ready.clone()));
     assert!(ready.wait_timeout(Duration::from_secs(20)));
     kid.kill();
     assert_eq!(kid.join(Duration::from_secs(10)), Exit::Signal(9));

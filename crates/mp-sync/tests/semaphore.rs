@@ -3,6 +3,8 @@
 
 mod common;
 
+mp_process::test_support!();
+
 use std::time::{Duration, Instant};
 
 use common::{assert_about, start, under, Exit, Mode};
@@ -11,15 +13,6 @@ use static_assertions::assert_impl_all;
 
 assert_impl_all!(Semaphore: Send, Sync, Clone, std::fmt::Debug);
 assert_impl_all!(BoundedSemaphore: Send, Sync, Clone, std::fmt::Debug);
-
-#[test]
-fn child_entry() {
-    common::child_main(|role, bytes| match role {
-        "acquire_then_flag" => common::run(child_acquire_then_flag, bytes),
-        "hold_permit_forever" => common::run(child_hold_permit_forever, bytes),
-        _ => 2,
-    });
-}
 
 fn child_acquire_then_flag((sem, started, done): (Semaphore, Event, Event)) -> i32 {
     started.set();
@@ -92,7 +85,6 @@ fn release_wakes_a_waiting_process(mode: Mode) {
     let done = Event::new().unwrap();
     let mut kid = start(
         mode,
-        "acquire_then_flag",
         child_acquire_then_flag,
         &(sem.clone(), started.clone(), done.clone()),
     );
@@ -126,7 +118,6 @@ fn permit_holder_killed(mode: Mode) {
     let ready = Event::new().unwrap();
     let mut kid = start(
         mode,
-        "hold_permit_forever",
         child_hold_permit_forever,
         &(sem.clone(), ready.clone()),
     );

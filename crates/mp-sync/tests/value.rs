@@ -2,6 +2,8 @@
 
 mod common;
 
+mp_process::test_support!();
+
 use common::{start, under, Mode};
 use mp_sync::{Array, Error, Lock, RawArray, RawValue, SharedMemory, Value};
 use static_assertions::assert_impl_all;
@@ -32,17 +34,6 @@ type Scalars = (
     Value<u8>,
     Value<Point>,
 );
-
-#[test]
-fn child_entry() {
-    common::child_main(|role, bytes| match role {
-        "write_scalars" => common::run(child_write_scalars, bytes),
-        "prefix_sum" => common::run(child_prefix_sum, bytes),
-        "add_under_lock" => common::run(child_add_under_lock, bytes),
-        "write_by_name" => common::run(child_write_by_name, bytes),
-        _ => 2,
-    });
-}
 
 fn child_write_scalars((a, b, c, d, e, p): Scalars) -> i32 {
     let ok = a.get() == 4343
@@ -108,7 +99,7 @@ fn v1_values(mode: Mode) {
         })
         .unwrap(),
     );
-    let mut kid = start(mode, "write_scalars", child_write_scalars, &vals);
+    let mut kid = start(mode, child_write_scalars, &vals);
     kid.join_ok();
     assert_eq!(vals.0.get(), 24234);
     assert_eq!(vals.1.get(), -4.25);
@@ -163,7 +154,7 @@ fn v2_array_slices() {
 
 fn v2_child_prefix_sum(mode: Mode) {
     let arr = Array::from_slice(&(0..10i64).collect::<Vec<_>>()).unwrap();
-    let mut kid = start(mode, "prefix_sum", child_prefix_sum, &arr);
+    let mut kid = start(mode, child_prefix_sum, &arr);
     kid.join_ok();
     assert_eq!(arr.to_vec(), [0, 1, 3, 6, 10, 15, 21, 28, 36, 45]);
 }
@@ -200,8 +191,8 @@ fn v3_get_lock_is_the_lock_given() {
 fn v3_two_processes_add_under_lock(mode: Mode) {
     let v = Value::new(0u64).unwrap();
     let args = (v.clone(), 10_000u32);
-    let mut a = start(mode, "add_under_lock", child_add_under_lock, &args);
-    let mut b = start(mode, "add_under_lock", child_add_under_lock, &args);
+    let mut a = start(mode, child_add_under_lock, &args);
+    let mut b = start(mode, child_add_under_lock, &args);
     a.join_ok();
     b.join_ok();
     assert_eq!(v.get(), 20_000);
@@ -257,7 +248,7 @@ fn v4_child_writes_by_name(mode: Mode) {
         Mode::Spawn => "spawn",
     });
     let shm = SharedMemory::create(&name, 512).unwrap();
-    let mut kid = start(mode, "write_by_name", child_write_by_name, &name);
+    let mut kid = start(mode, child_write_by_name, &name);
     kid.join_ok();
     let mut buf = [0u8; 20];
     shm.read_at(0, &mut buf).unwrap();
