@@ -16,6 +16,13 @@
 //! let v = mp_sync::RawValue::new(true); // bool: only 0 and 1 are valid bytes
 //! ```
 //!
+//! The raw variants have no lock, and so no lock accessor:
+//!
+//! ```compile_fail
+//! let raw = mp_sync::RawValue::new(1u8).unwrap();
+//! let _ = raw.get_lock();
+//! ```
+//!
 //! # How the memory is accessed
 //! Never through a `&T` or `&mut T` into shared memory. Reads and writes copy the value in
 //! and out with relaxed atomic loads and stores of the widest unit the type's alignment
