@@ -215,7 +215,13 @@ fn request(server: &Server, req: &[u8], fds: &[RawFd]) -> Result<u32, Error> {
 }
 
 /// The server's main loop (the `forkserver` role of [`crate::init`]).
-pub(crate) fn server_main() -> ! {
+pub(crate) fn server_main(parked_stdout: Option<RawFd>) -> ! {
+    if let Some(fd) = parked_stdout {
+        let _ = nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+    }
     let ctrl = match std::env::var(ENV_CHAN)
         .ok()
         .and_then(|v| v.parse::<RawFd>().ok())
@@ -319,6 +325,7 @@ pub(crate) fn server_main() -> ! {
         };
         if pid == 0 {
             drop(ctrl);
+            runtime::restore_stdout(parked_stdout);
             let mut fds = fds.into_iter();
             let chan = match fds.next() {
                 Some(c) => c,

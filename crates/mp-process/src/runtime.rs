@@ -59,15 +59,21 @@ pub fn mark_test_harness() {
 /// starts (its banner goes to /dev/null) and put back by `init`.
 pub(crate) const ENV_STDOUT: &str = "MP_PROCESS_STDOUT";
 
-fn restore_stdout() {
-    let Some(v) = std::env::var_os(ENV_STDOUT) else {
-        return;
-    };
+/// Takes the parked stdout descriptor (see [`ENV_STDOUT`]) if there is one.
+fn take_parked_stdout() -> Option<RawFd> {
+    let v = std::env::var_os(ENV_STDOUT)?;
     std::env::remove_var(ENV_STDOUT);
-    if let Some(raw) = v.to_str().and_then(|v| v.parse::<RawFd>().ok()) {
+    let raw = v.to_str()?.parse::<RawFd>().ok()?;
+    nix::fcntl::fcntl(raw, nix::fcntl::FcntlArg::F_GETFD).ok()?;
+    Some(raw)
+}
+
+/// Puts a parked stdout back on descriptor 1.
+pub(crate) fn restore_stdout(parked: Option<RawFd>) {
+    if let Some(raw) = parked {
         // SAFETY: dup2 and close on descriptor numbers have no memory-safety preconditions;
-        // `raw` was kept open across exec by the parent for exactly this purpose and nothing
-        // else in this process uses it.
+        // `raw` was kept open by the parent for exactly this purpose and nothing else in this
+        // process uses it.
         unsafe {
             if libc::dup2(raw, 1) == 1 {
                 libc::close(raw);
@@ -252,10 +258,16 @@ pub(crate) fn init() {
     // binary, the child runs a single test with one test thread), so changing the
     // environment cannot race with a reader.
     std::env::remove_var(ENV_ROLE);
-    restore_stdout();
+    let parked = take_parked_stdout();
     match role.to_str() {
-        Some("spawn") => spawn_child_main(),
-        Some("forkserver") => crate::forkserver::server_main(),
+        Some("spawn") => {
+            restore_stdout(parked);
+            spawn_child_main()
+        }
+        // The server itself keeps /dev/null on stdout (in a test binary, libtest's main
+        // thread may print a "running for over 60 seconds" notice); its children get the
+        // parked stdout back.
+        Some("forkserver") => crate::forkserver::server_main(parked),
         _ => {
             write_stderr(format!("mp: unknown {ENV_ROLE} {role:?}\n").as_bytes());
             std::process::exit(START_FAILED_EXIT_CODE)

@@ -475,10 +475,10 @@ fn thousand_children_leave_nothing_behind() {
     let fds = count_fds();
     let shm = shm_entries();
     for i in 0..1000u64 {
-        let m = if i % 10 == 0 {
-            StartMethod::ForkServer
-        } else {
-            StartMethod::Fork
+        let m = match i % 20 {
+            0 | 10 => StartMethod::ForkServer,
+            1 => StartMethod::Spawn,
+            _ => StartMethod::Fork,
         };
         let mut c = Process::new(add_shared, (counter.clone(), 1))
             .start_method(m)
@@ -707,3 +707,48 @@ static_assertions::assert_impl_all!(mp_process::Error: Send, Sync);
 static_assertions::assert_impl_all!(ProcessError: Send, Sync, Clone);
 static_assertions::assert_impl_all!(Process<u32, u32>: Send, Sync);
 static_assertions::assert_impl_all!(StartMethod: Send, Sync, Copy);
+
+fn say(m: String) {
+    println!("child-says-{m}");
+}
+
+/// A child's stdout is the parent's, without the test harness's banner of the re-run binary.
+#[test]
+fn child_stdout_reaches_the_parent_without_harness_noise() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "stdout_entry",
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+        ])
+        .env("MP_TEST_STDOUT", "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for m in METHODS {
+        assert!(text.contains(&format!("child-says-{m}\n")), "{m}: {text}");
+    }
+    assert_eq!(text.matches("running 1 test").count(), 1, "{text}");
+}
+
+/// Child side of the test above.
+#[test]
+fn stdout_entry() {
+    if std::env::var_os("MP_TEST_STDOUT").is_none() {
+        return;
+    }
+    for m in METHODS {
+        let mut c = Process::new(say, m.as_str().to_string())
+            .start_method(m)
+            .start()
+            .unwrap();
+        join(&mut c).unwrap();
+    }
+}
