@@ -34,11 +34,12 @@ use static_assertions::{assert_eq_align, assert_eq_size};
 use crate::block::{Block, Element, Header};
 use crate::error::{Error, Result};
 use crate::ident;
-use crate::raw::{Acquire, RawLock};
+use crate::raw::{Acquire, RawLock, MAX_SLICE};
 
 const RING: usize = 16;
 const NO_TIMEOUT: u64 = u64::MAX;
-/// How long a waiter sleeps between checks of the parties' liveness.
+/// How long a waiter sleeps before its first check of the parties' liveness; the interval
+/// doubles up to `MAX_SLICE` while every party is alive.
 const CHECK_EVERY: Duration = Duration::from_millis(10);
 
 #[repr(C)]
@@ -257,6 +258,7 @@ impl Barrier {
             return Ok(index);
         }
         drop(lock);
+        let mut check_after = CHECK_EVERY;
         loop {
             // Acquire pairs with the Release store of `gen` in `finish_cycle`.
             if st.gen.load(Ordering::Acquire) != g {
@@ -271,12 +273,15 @@ impl Barrier {
                 drop(lock);
                 return self.outcome(g, index);
             }
-            let slice = left.map_or(CHECK_EVERY, |l| l.min(CHECK_EVERY));
-            if futex::wait(&st.gen, g, Some(slice)) == futex::Wake::TimedOut && self.a_party_died(g)
-            {
-                let lock = self.lock();
-                if st.gen.load(Ordering::Relaxed) == g {
-                    lock.break_cycle();
+            let slice = left.map_or(check_after, |l| l.min(check_after));
+            if futex::wait(&st.gen, g, Some(slice)) == futex::Wake::TimedOut {
+                if self.a_party_died(g) {
+                    let lock = self.lock();
+                    if st.gen.load(Ordering::Relaxed) == g {
+                        lock.break_cycle();
+                    }
+                } else {
+                    check_after = (check_after * 2).min(MAX_SLICE);
                 }
             }
         }

@@ -16,8 +16,10 @@
 //!   clears itself at the first release that has no sleeper behind it.
 //!
 //! Because taking the lock and recording the holder is one atomic write, there is no window
-//! in which the lock is held by an unknown task. A waiter sleeps in slices of [`SLICE`]; after
-//! a slice that timed out, it checks whether the holder is still alive
+//! in which the lock is held by an unknown task. A waiter sleeps in slices of [`SLICE`] (doubling
+//! up to [`MAX_SLICE`] while the holder stays alive, so that a lock held for long does not
+//! make its waiters read `/proc` hundreds of times a second); after a slice that timed out,
+//! it checks whether the holder is still alive
 //! ([`ident::is_alive`]) and, if not, replaces the dead token by its own with a CAS. The CAS
 //! succeeds only if the dead task still holds the lock, and exactly one waiter wins it: that
 //! one is told [`Acquire::OwnerDied`]. Liveness is never checked on the fast path.
@@ -38,6 +40,8 @@ use crate::ident::{self, CONTENDED};
 
 /// How long a waiter sleeps before it checks whether the holder is still alive.
 pub(crate) const SLICE: Duration = Duration::from_millis(5);
+/// The longest sleep between two liveness checks: a dead holder is found within this.
+pub(crate) const MAX_SLICE: Duration = Duration::from_millis(160);
 
 /// How long a waiter spins (with `sched_yield` after the first few rounds) before it sleeps.
 /// A futex wake across cores costs tens of microseconds on the VMs this was tuned on; a peer
@@ -167,6 +171,7 @@ impl RawLock {
                 break;
             }
         }
+        let mut check_after = SLICE;
         loop {
             // Read the wake sequence before announcing ourselves: a release after our CAS
             // below bumps it, so the futex wait cannot miss that release.
@@ -198,11 +203,12 @@ impl RawLock {
             {
                 continue;
             }
-            let slice = left.map_or(SLICE, |l| l.min(SLICE));
+            let slice = left.map_or(check_after, |l| l.min(check_after));
             if futex::wait(&self.seq, seq, Some(slice)) == futex::Wake::TimedOut {
                 if let Some(a) = self.take_if_dead(me) {
                     return a;
                 }
+                check_after = (check_after * 2).min(MAX_SLICE);
             }
         }
     }

@@ -228,11 +228,18 @@ fn blocked_waiter_gets_owner_died_when_holder_is_killed_and_reaped() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(50));
+    // Long enough for the waiters to back off to their longest sleep between checks.
+    std::thread::sleep(Duration::from_millis(400));
+    let killed_at = Instant::now();
     kid.kill();
     assert_eq!(kid.join(Duration::from_secs(10)), Exit::Signal(9));
     let told: i32 = waiters.into_iter().map(|t| t.join().unwrap()).sum();
     assert_eq!(told, 1, "exactly one waiter gets OwnerDied, none times out");
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(1),
+        "the waiters got the lock {:?} after the kill",
+        killed_at.elapsed()
+    );
     assert!(!lock.is_locked());
 }
 

@@ -23,6 +23,13 @@ fn child_acquire_then_flag((sem, started, done): (Semaphore, Event, Event)) -> i
     0
 }
 
+fn child_release_bounded(sem: BoundedSemaphore) -> i32 {
+    match (sem.release(), sem.release()) {
+        (Ok(()), Err(Error::TooManyReleases { limit: 1 })) => 0,
+        _ => 1,
+    }
+}
+
 fn child_hold_permit_forever((sem, ready): (Semaphore, Event)) -> i32 {
     sem.acquire();
     ready.set();
@@ -77,6 +84,28 @@ fn s3_bounded_semaphore() {
     s.release().unwrap();
     assert!(s.release().is_err());
     assert_eq!(s.get_value(), 2);
+}
+
+fn bounded_semaphore_in_a_child(mode: Mode) {
+    let sem = BoundedSemaphore::new(1).unwrap();
+    sem.acquire();
+    let mut kid = start(mode, child_release_bounded, &sem);
+    kid.join_ok();
+    assert_eq!(sem.get_value(), 1);
+}
+
+#[test]
+fn bounded_semaphore_in_a_child_fork() {
+    under(
+        Mode::Fork,
+        "bounded_semaphore_in_a_child_fork",
+        bounded_semaphore_in_a_child,
+    );
+}
+
+#[test]
+fn bounded_semaphore_in_a_child_spawn() {
+    under(Mode::Spawn, "", bounded_semaphore_in_a_child);
 }
 
 fn release_wakes_a_waiting_process(mode: Mode) {
