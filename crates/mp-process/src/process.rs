@@ -240,11 +240,18 @@ fn pair() -> Result<(OwnedFd, OwnedFd), Error> {
     .map_err(|e| Error::io("socketpair", e.into()))
 }
 
+/// A pidfd for our new child `pid`. Should that fail (descriptor limit), the child is
+/// killed and reaped so that it neither runs unsupervised nor stays a zombie.
 pub(crate) fn pidfd_open(pid: u32) -> Result<OwnedFd, Error> {
     // SAFETY: pidfd_open has no memory-safety preconditions.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
     if fd < 0 {
-        return Err(Error::last_os("pidfd_open"));
+        let e = Error::last_os("pidfd_open");
+        let p = nix::unistd::Pid::from_raw(pid as i32);
+        // The child is ours and unreaped, so its pid cannot have been reused.
+        let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(p, None);
+        return Err(e);
     }
     // SAFETY: pidfd_open returned a new descriptor that nothing else owns (it is opened
     // close-on-exec by the kernel).
