@@ -162,11 +162,47 @@
 //!
 //! # Testing with processes
 //!
-//! An integration test file puts [`test_support!`] at its top level; then spawn and
-//! forkserver work in its tests (the test binary re-runs itself with `--exact` on a hidden
-//! entry test). libtest runs tests on several threads; a test that forks and wants the child
-//! to do arbitrary work starts with [`isolate!`], which re-runs that test alone in a fresh
-//! copy of the binary. See [`testing`].
+//! An integration test file (`tests/<primitive>.rs`) puts [`test_support!`] at its top
+//! level; then spawn and forkserver work in its tests: a child is the test binary re-run as
+//! `<binary> --exact __mp_process_child --nocapture --test-threads=1 -q` plus mp's
+//! environment markers, and the hidden entry test that the macro defines becomes the child.
+//!
+//! libtest runs tests on several threads at once, so a forked child shares the hazards of
+//! "Fork and threads" above. Two ways to stay safe:
+//!
+//! * keep forked children to what is always fine (compute, allocate, use mp primitives,
+//!   return a value, panic): most primitive tests need nothing more;
+//! * or start the test with [`isolate!`]`(test_name)`: the test re-runs alone in a fresh
+//!   copy of the binary (one test thread, the harness's main thread asleep), where a forked
+//!   child may do anything a child of a plain program may; the original test only reports
+//!   that copy's result (and kills it after a watchdog, 60 s by default).
+//!
+//! ```ignore
+//! // tests/lock.rs
+//! use mp_process::{Process, StartMethod};
+//! mp_process::test_support!();
+//!
+//! fn hold(lock: mp_sync::Lock) -> bool { lock.try_acquire() }
+//!
+//! #[test]
+//! fn lock_crosses_every_start_method() {
+//!     for m in mp_process::get_all_start_methods() {
+//!         let lock = mp_sync::Lock::new().unwrap();
+//!         let mut child = Process::new(hold, lock.clone()).start_method(*m).start().unwrap();
+//!         assert_eq!(child.join_timeout(std::time::Duration::from_secs(30)).unwrap(), Some(true));
+//!     }
+//! }
+//!
+//! #[test]
+//! fn forked_children_that_print_and_start_threads() {
+//!     mp_process::isolate!(forked_children_that_print_and_start_threads);
+//!     let mut child = Process::fork(|| { println!("hi"); 1 }).unwrap();
+//!     assert_eq!(child.join().unwrap(), 1);
+//! }
+//! ```
+//!
+//! A test binary without `test_support!` gets [`Error::NotInitialized`] from spawn and
+//! forkserver starts (never a silent re-run of its tests).
 //!
 //! # Daemons and zombies
 //!
