@@ -515,12 +515,26 @@ fn isolated_fork_children_may_do_anything() {
         let t = std::thread::spawn(|| 5u32).join().unwrap();
         let mut g = Process::fork(move || t * 2).unwrap();
         let v = g.join().unwrap();
-        (v, mp_process::current_process().name().to_string())
+        // Grandchildren under spawn and forkserver: the forked child starts its own launcher
+        // thread and fork server, not its parent's.
+        let mut via = Vec::new();
+        for m in [StartMethod::Spawn, StartMethod::ForkServer] {
+            let mut g = Process::new(square, 5).start_method(m).start().unwrap();
+            via.push(g.join().unwrap());
+        }
+        (v, via, mp_process::current_process().name().to_string())
     })
     .unwrap();
-    let (v, name) = join(&mut c).unwrap();
+    let (v, via, name) = join(&mut c).unwrap();
     assert_eq!(v, 10);
+    assert_eq!(via, vec![25, 25]);
     assert!(name.starts_with("Process-"));
+    // The parent's own fork server is untouched by the child's.
+    let mut c = Process::new(square, 6)
+        .start_method(StartMethod::ForkServer)
+        .start()
+        .unwrap();
+    assert_eq!(join(&mut c).unwrap(), 36);
 }
 
 /// PR_SET_PDEATHSIG fires when the creating *thread* exits: mp starts daemons from a
