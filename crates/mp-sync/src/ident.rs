@@ -16,48 +16,90 @@
 //! buffers, no allocation. So a child forked from a multi-threaded parent can use every
 //! primitive of this crate before it calls `exec` (or instead of it).
 //!
-//! The cache of the current process's token is reset in a `pthread_atfork` child handler
-//! (registered by every primitive's constructor and deserializer, see [`init`]), so a forked
-//! child never acts under its parent's identity. Children must be created with `fork(2)`
-//! through libc (as `nix::unistd::fork` and mp-process do), not with a raw `clone` syscall.
+//! # The cache, and fork
+//!
+//! The calling process's token is cached in a private page marked `MADV_WIPEONFORK`: the
+//! kernel hands every child created without `CLONE_VM` (by `fork`, or by a raw `clone` such as
+//! a fork server's, which runs no `pthread_atfork` handlers) a zeroed copy, so a child never
+//! acts under its parent's identity. A thread's token is cached in a thread-local together
+//! with the process token it was computed under, and recomputed when that no longer matches.
+//! On kernels without `MADV_WIPEONFORK` (before 4.14) the cache is a plain static, reset by a
+//! `pthread_atfork` child handler (then children must come from libc's `fork`).
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use std::sync::Once;
 
 /// The top bit of a lock word that holds a token: set when some task sleeps on the lock.
 pub(crate) const CONTENDED: u64 = 1 << 63;
 
-static PROCESS_TOKEN: AtomicU64 = AtomicU64::new(0);
-static ATFORK: Once = Once::new();
+/// The cached process token: word 0 of a `MADV_WIPEONFORK` page, or [`FALLBACK`].
+static CACHE: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
+static FALLBACK: AtomicU64 = AtomicU64::new(0);
+static SETUP: Once = Once::new();
 
 thread_local! {
-    static THREAD_TOKEN: Cell<u64> = const { Cell::new(0) };
+    /// (thread token, process token it was computed under).
+    static THREAD_TOKEN: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
 }
 
 extern "C" fn after_fork_in_child() {
     // Only atomics and a const-initialised thread-local without destructor: async-signal-safe.
-    PROCESS_TOKEN.store(0, Ordering::Relaxed);
-    THREAD_TOKEN.with(|t| t.set(0));
+    let p = CACHE.load(Ordering::Acquire);
+    if !p.is_null() {
+        // SAFETY: `p` points into the page mapped by `setup`, never unmapped.
+        unsafe { (*p).store(0, Ordering::Relaxed) };
+    }
+    THREAD_TOKEN.with(|t| t.set((0, 0)));
 }
 
-/// Registers the fork handler that forgets the cached identity in a forked child. Called by
-/// every constructor and deserializer of a primitive (so before any fork that could matter);
-/// cheap after the first call.
+/// Sets the cache up (a wipe-on-fork page, else the static) and registers the fork handler.
+/// Called by every constructor of a primitive and by the first token computation; cheap after
+/// the first call.
 pub(crate) fn init() {
-    ATFORK.call_once(|| {
+    SETUP.call_once(|| {
+        // SAFETY: a fresh private anonymous mapping of one page; no existing memory is touched.
+        let page = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        let mut cell: *mut AtomicU64 = FALLBACK.as_ptr().cast();
+        if page != libc::MAP_FAILED {
+            // SAFETY: `page` is the mapping just created; madvise only changes its fork
+            // behaviour.
+            if unsafe { libc::madvise(page, 4096, libc::MADV_WIPEONFORK) } == 0 {
+                cell = page.cast();
+            } else {
+                // SAFETY: our own mapping, not used by anything.
+                unsafe { libc::munmap(page, 4096) };
+            }
+        }
+        // Release pairs with the Acquire loads of CACHE: the (zeroed) page is in place.
+        CACHE.store(cell, Ordering::Release);
         // SAFETY: registering a handler has no memory-safety preconditions; the handler only
-        // stores to atomics and to a const-initialised thread-local `Cell` (async-signal-safe).
+        // stores to atomics and to a const-initialised thread-local (async-signal-safe).
         unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
     });
 }
 
-/// The token of the calling process (pid + process start time). One relaxed load once cached.
+/// The token of the calling process (pid + process start time): two loads once cached.
 #[inline]
 pub(crate) fn process_token() -> u64 {
-    let t = PROCESS_TOKEN.load(Ordering::Relaxed);
-    if t != 0 {
-        return t;
+    // Acquire pairs with the Release store in `init`.
+    let p = CACHE.load(Ordering::Acquire);
+    if !p.is_null() {
+        // SAFETY: once set, CACHE points to a live AtomicU64 (the page is never unmapped, the
+        // fallback is a static).
+        let t = unsafe { (*p).load(Ordering::Relaxed) };
+        if t != 0 {
+            return t;
+        }
     }
     process_token_slow()
 }
@@ -69,28 +111,31 @@ fn process_token_slow() -> u64 {
     let pid = unsafe { libc::getpid() } as u32;
     let start = read_start(b"/proc/self/stat\0").unwrap_or(Start::Unknown);
     let t = make(pid, start);
-    PROCESS_TOKEN.store(t, Ordering::Relaxed);
+    let p = CACHE.load(Ordering::Acquire);
+    // SAFETY: `init` has run, so CACHE points to a live AtomicU64.
+    unsafe { (*p).store(t, Ordering::Relaxed) };
     t
 }
 
-/// The token of the calling thread (tid + thread start time). A thread-local load once cached.
+/// The token of the calling thread (tid + thread start time): the process token and a
+/// thread-local once cached.
 #[inline]
 pub(crate) fn thread_token() -> u64 {
-    let t = THREAD_TOKEN.with(|t| t.get());
-    if t != 0 {
+    let proc = process_token();
+    let (t, under) = THREAD_TOKEN.with(|t| t.get());
+    if t != 0 && under == proc {
         return t;
     }
-    thread_token_slow()
+    thread_token_slow(proc)
 }
 
 #[cold]
-fn thread_token_slow() -> u64 {
-    init();
+fn thread_token_slow(proc: u64) -> u64 {
     // SAFETY: gettid has no preconditions.
     let tid = unsafe { libc::gettid() } as u32;
     let start = read_start(b"/proc/thread-self/stat\0").unwrap_or(Start::Unknown);
     let t = make(tid, start);
-    THREAD_TOKEN.with(|c| c.set(t));
+    THREAD_TOKEN.with(|c| c.set((t, proc)));
     t
 }
 
@@ -242,6 +287,46 @@ mod tests {
         assert_ne!(other, thread_token());
         // The thread has exited: its token is dead.
         assert!(!is_alive(other));
+    }
+
+    /// A child made by a raw `clone` (no `pthread_atfork` handlers, as in a fork server)
+    /// still computes its own identity: the cache page is wiped by the kernel.
+    #[test]
+    fn raw_clone_child_does_not_inherit_the_identity() {
+        let parent = process_token();
+        let parent_thread = thread_token();
+        // SAFETY: clone without CLONE_VM and without a new stack behaves like fork; the child
+        // only runs async-signal-safe code (atomics, getpid/gettid, /proc reads on the stack)
+        // and `_exit`s.
+        let pid = unsafe {
+            libc::syscall(
+                libc::SYS_clone,
+                libc::SIGCHLD as libc::c_ulong,
+                0usize,
+                0usize,
+                0usize,
+                0usize,
+            )
+        };
+        assert!(pid >= 0, "clone failed");
+        if pid == 0 {
+            // SAFETY: getpid/gettid have no preconditions.
+            let (me, tid) = unsafe { (libc::getpid() as u32, libc::gettid() as u32) };
+            let t = process_token();
+            let th = thread_token();
+            let ok = t != parent && id_of(t) == me && th != parent_thread && id_of(th) == tid;
+            // SAFETY: ends the child without unwinding into the harness.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        let r = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
+        assert_eq!(r, pid as libc::pid_t);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "{status:#x}"
+        );
+        assert_eq!(process_token(), parent, "the parent's cache is untouched");
     }
 
     #[test]

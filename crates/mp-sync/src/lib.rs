@@ -232,8 +232,9 @@
 //! futex calls, and `/proc` reads into stack buffers, no allocation and no lock of the
 //! process. A child forked from a multi-threaded parent may use the primitives it inherited
 //! (the barrier's action is whatever code you give it). A forked child never takes itself
-//! for its parent: the cached identity is reset by a `pthread_atfork` handler, so children
-//! must be created with libc's `fork` (as mp-process and `nix` do), not a raw `clone`.
+//! for its parent: the cached identity lives in a `MADV_WIPEONFORK` page, which the kernel
+//! zeroes in every child, however it was created (libc's `fork`, or the raw `clone` of a
+//! fork server).
 
 mod barrier;
 mod block;
