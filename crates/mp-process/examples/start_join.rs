@@ -18,6 +18,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if std::env::var_os("MP_BASELINE").is_some() {
         raw_fork_baseline(n);
     }
+    // A large parent (MP_BALLAST_MB of touched memory) shows how start costs scale with it.
+    let mb: usize = std::env::var("MP_BALLAST_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let ballast = vec![1u8; mb << 20];
     let only = std::env::var("MP_ONLY").ok();
     for &m in get_all_start_methods() {
         if only.as_deref().is_some_and(|o| o != m.as_str()) {
@@ -32,6 +38,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let per = t0.elapsed() / n;
         println!("{m:>10}: {per:?} per start+join ({n} children)");
     }
+    drop(ballast);
     Ok(())
 }
 

@@ -27,7 +27,7 @@ use nix::sys::socket::{
 
 use crate::child::{Child, ChildState};
 use crate::error::Error;
-use crate::process::{child_command, pidfd_open, spawn_command, Prepared};
+use crate::process::{launch, pidfd_open, Prepared};
 use crate::runtime::{self, ENV_CHAN};
 use crate::StartMethod;
 
@@ -95,12 +95,10 @@ fn start_server() -> Result<Server, Error> {
         SockFlag::SOCK_CLOEXEC,
     )
     .map_err(|e| Error::io("socketpair", e.into()))?;
-    let (cmd, parked) = child_command("forkserver", theirs.as_raw_fd(), &[], false)?;
     // From the launcher thread: the server's children (made with CLONE_PARENT) share its
     // creating thread, which PR_SET_PDEATHSIG of daemon children refers to.
-    let pid = spawn_command(cmd, true)
+    let pid = launch("forkserver", theirs.as_raw_fd(), &[], false, true)
         .map_err(|e| Error::ForkServer(format!("could not start the server: {e}")))?;
-    drop(parked);
     drop(theirs);
     // The server says hello once it runs, so that a program that never calls init() is
     // reported here rather than as a hang.

@@ -1,5 +1,6 @@
 //! [`Process`]: the builder, and how each start method makes a child.
 
+use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::sync::OnceLock;
@@ -389,30 +390,36 @@ fn current_exe() -> &'static std::path::Path {
     EXE.get_or_init(|| std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()))
 }
 
-/// A command that re-executes this program (`/proc/self/exe`: the very file the parent
-/// runs, even if its path was replaced since) in `role`, with `chan` and `fds` kept open
-/// across exec for that child only. In a test binary the arguments select the hidden entry
-/// test of `test_support!`, and libtest's banner is kept off the child's stdout.
-pub(crate) fn child_command(
+/// Re-executes this program (`/proc/self/exe`: the very file the parent runs, even if its
+/// path was replaced since) in `role`, with `chan` and `fds` kept open across exec for that
+/// child only, and returns the child's pid. In a test binary the arguments select the hidden
+/// entry test of `test_support!`, and libtest's banner is kept off the child's stdout.
+///
+/// A daemon child is made with `fork` + `exec` (it must set `PR_SET_PDEATHSIG` in between),
+/// on the launcher thread; every other child with `posix_spawn` (glibc's `clone(CLONE_VM |
+/// CLONE_VFORK)`: no copy of the parent's page tables, so the cost does not grow with the
+/// parent's memory), on the launcher thread when `on_launcher`.
+pub(crate) fn launch(
     role: &str,
     chan: RawFd,
     fds: &[OwnedFd],
     daemon: bool,
-) -> Result<(std::process::Command, Option<OwnedFd>), Error> {
+    on_launcher: bool,
+) -> Result<u32, Error> {
     let mut keep: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
     keep.push(chan);
-    let mut cmd = std::process::Command::new("/proc/self/exe");
-    cmd.arg0(current_exe())
-        .env(runtime::ENV_ROLE, role)
-        .env(runtime::ENV_CHAN, chan.to_string())
-        .stdin(std::process::Stdio::null());
+    let mut env: Vec<(&'static str, String)> = vec![
+        (runtime::ENV_ROLE, role.to_string()),
+        (runtime::ENV_CHAN, chan.to_string()),
+    ];
     if !fds.is_empty() {
-        cmd.env(mp_core::handle::ENV_FDS, mp_core::handle::env_value(fds));
+        env.push((mp_core::handle::ENV_FDS, mp_core::handle::env_value(fds)));
     }
+    let mut args: Vec<&'static str> = Vec::new();
     let mut parked = None;
     let mut devnull_fd = -1;
     if runtime::test_harness() {
-        cmd.args([
+        args.extend([
             "--exact",
             runtime::TEST_ENTRY,
             "--nocapture",
@@ -425,41 +432,156 @@ pub(crate) fn child_command(
             // SAFETY: `saved` is a new descriptor nothing else owns.
             let saved = unsafe { OwnedFd::from_raw_fd(saved) };
             keep.push(saved.as_raw_fd());
-            cmd.env(runtime::ENV_STDOUT, saved.as_raw_fd().to_string());
+            env.push((runtime::ENV_STDOUT, saved.as_raw_fd().to_string()));
             devnull_fd = devnull().map(|d| d.as_raw_fd()).unwrap_or(-1);
             parked = Some(saved);
         }
     }
-    let parent_pid = std::process::id() as libc::pid_t;
-    // SAFETY: the closure runs between fork and exec and only calls fcntl, dup2, prctl and
-    // getppid, which are async-signal-safe; it allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            mp_core::handle::keep_across_exec(&keep)?;
-            if devnull_fd >= 0 && libc::dup2(devnull_fd, 1) == -1 {
-                return Err(std::io::Error::last_os_error());
+    let run = || -> std::io::Result<u32> {
+        if daemon {
+            let mut cmd = std::process::Command::new("/proc/self/exe");
+            cmd.arg0(current_exe())
+                .args(&args)
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .stdin(std::process::Stdio::null());
+            let parent_pid = std::process::id() as libc::pid_t;
+            // SAFETY: the closure runs between fork and exec and only calls fcntl, dup2, prctl
+            // and getppid, which are async-signal-safe; it allocates nothing.
+            unsafe {
+                cmd.pre_exec(move || {
+                    mp_core::handle::keep_across_exec(&keep)?;
+                    if devnull_fd >= 0 && libc::dup2(devnull_fd, 1) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    if !die_with_parent(parent_pid) {
+                        return Err(std::io::Error::other(
+                            "the parent died before the child started",
+                        ));
+                    }
+                    Ok(())
+                })
+            };
+            // From the launcher thread: see `crate::launcher`. std's handle neither waits nor
+            // kills on drop; the caller's pidfd takes over.
+            crate::launcher::run(move || cmd.spawn().map(|c| c.id()))?
+        } else {
+            let argv = spawn_argv(&args);
+            let envp = spawn_envp(&env);
+            if on_launcher {
+                crate::launcher::run(move || posix_spawn_exe(argv, envp, keep, devnull_fd))?
+            } else {
+                posix_spawn_exe(argv, envp, keep, devnull_fd)
             }
-            if daemon && !die_with_parent(parent_pid) {
-                return Err(std::io::Error::other(
-                    "the parent died before the child started",
-                ));
-            }
-            Ok(())
-        })
+        }
     };
-    Ok((cmd, parked))
+    let pid = run().map_err(|e| Error::io("starting the child", e));
+    drop(parked);
+    pid
 }
 
-/// Runs `cmd` (on the launcher thread for a daemon: see `crate::launcher`) and returns the
-/// child's pid. std's handle neither waits nor kills on drop; the caller's pidfd takes over.
-pub(crate) fn spawn_command(
-    mut cmd: std::process::Command,
-    on_launcher: bool,
+fn spawn_argv(args: &[&str]) -> Vec<CString> {
+    use std::os::unix::ffi::OsStrExt;
+    let exe = CString::new(current_exe().as_os_str().as_bytes())
+        .unwrap_or_else(|_| CString::from(c"/proc/self/exe"));
+    std::iter::once(exe)
+        .chain(args.iter().filter_map(|a| CString::new(*a).ok()))
+        .collect()
+}
+
+/// This process's environment, with mp's variables replaced by `ours`.
+fn spawn_envp(ours: &[(&str, String)]) -> Vec<CString> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut v: Vec<CString> = std::env::vars_os()
+        .filter(|(k, _)| !ours.iter().any(|(o, _)| k.as_bytes() == o.as_bytes()))
+        .filter_map(|(k, val)| {
+            let mut b = k.as_bytes().to_vec();
+            b.push(b'=');
+            b.extend_from_slice(val.as_bytes());
+            CString::new(b).ok()
+        })
+        .collect();
+    v.extend(
+        ours.iter()
+            .filter_map(|(k, val)| CString::new(format!("{k}={val}")).ok()),
+    );
+    v
+}
+
+/// `posix_spawn` of `/proc/self/exe`: stdin from /dev/null, `keep` open across exec (a
+/// `dup2` onto itself clears close-on-exec, per POSIX and glibc), stdout onto `devnull_fd`
+/// when it is a descriptor, the signal mask emptied and SIGPIPE back to its default (as std
+/// does for its children).
+fn posix_spawn_exe(
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    keep: Vec<RawFd>,
+    devnull_fd: RawFd,
 ) -> std::io::Result<u32> {
-    if on_launcher {
-        crate::launcher::run(move || cmd.spawn().map(|c| c.id()))?
-    } else {
-        cmd.spawn().map(|c| c.id())
+    let check = |r: libc::c_int| -> std::io::Result<()> {
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::from_raw_os_error(r))
+        }
+    };
+    let mut argp: Vec<*mut libc::c_char> = argv.iter().map(|a| a.as_ptr() as *mut _).collect();
+    argp.push(std::ptr::null_mut());
+    let mut envpp: Vec<*mut libc::c_char> = envp.iter().map(|a| a.as_ptr() as *mut _).collect();
+    envpp.push(std::ptr::null_mut());
+    // SAFETY: the file actions and attributes are initialised before use and destroyed once;
+    // every pointer handed to posix_spawn (path, argv, envp and their strings) outlives the
+    // call; the descriptors named are open in this process.
+    unsafe {
+        let mut fa = std::mem::MaybeUninit::<libc::posix_spawn_file_actions_t>::uninit();
+        check(libc::posix_spawn_file_actions_init(fa.as_mut_ptr()))?;
+        let mut fa = fa.assume_init();
+        let mut at = std::mem::MaybeUninit::<libc::posix_spawnattr_t>::uninit();
+        if let Err(e) = check(libc::posix_spawnattr_init(at.as_mut_ptr())) {
+            libc::posix_spawn_file_actions_destroy(&mut fa);
+            return Err(e);
+        }
+        let mut at = at.assume_init();
+        let result = (|| -> std::io::Result<u32> {
+            check(libc::posix_spawn_file_actions_addopen(
+                &mut fa,
+                0,
+                c"/dev/null".as_ptr(),
+                libc::O_RDONLY,
+                0,
+            ))?;
+            for &fd in &keep {
+                check(libc::posix_spawn_file_actions_adddup2(&mut fa, fd, fd))?;
+            }
+            if devnull_fd >= 0 {
+                check(libc::posix_spawn_file_actions_adddup2(
+                    &mut fa, devnull_fd, 1,
+                ))?;
+            }
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            let mut pipe: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut pipe);
+            libc::sigaddset(&mut pipe, libc::SIGPIPE);
+            check(libc::posix_spawnattr_setsigmask(&mut at, &empty))?;
+            check(libc::posix_spawnattr_setsigdefault(&mut at, &pipe))?;
+            check(libc::posix_spawnattr_setflags(
+                &mut at,
+                (libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF) as libc::c_short,
+            ))?;
+            let mut pid: libc::pid_t = 0;
+            check(libc::posix_spawn(
+                &mut pid,
+                c"/proc/self/exe".as_ptr(),
+                &fa,
+                &at,
+                argp.as_ptr(),
+                envpp.as_ptr(),
+            ))?;
+            Ok(pid as u32)
+        })();
+        libc::posix_spawnattr_destroy(&mut at);
+        libc::posix_spawn_file_actions_destroy(&mut fa);
+        result
     }
 }
 
@@ -478,9 +600,8 @@ fn devnull() -> Option<&'static OwnedFd> {
 /// The spawn start method: re-execute this program and send it the boot frame.
 fn start_spawn<R>(p: Prepared) -> Result<Child<R>, Error> {
     let (parent_end, child_end) = pair()?;
-    let (cmd, parked) = child_command("spawn", child_end.as_raw_fd(), &p.fds, p.daemon)?;
-    let pid = spawn_command(cmd, p.daemon).map_err(|e| Error::io("spawning the child", e))?;
-    drop((child_end, parked, p.fds));
+    let pid = launch("spawn", child_end.as_raw_fd(), &p.fds, p.daemon, false)?;
+    drop((child_end, p.fds));
     let pidfd = pidfd_open(pid)?;
     let state = ChildState::new(pid, pidfd, p.name, p.daemon);
     // A child that died before reading its boot frame is reported by `join` (EPIPE here).
