@@ -8,23 +8,13 @@
 //! party) records its outcome in a ring of 16 slots before `gen` moves (Release/Acquire), so
 //! a waiter learns how *its* cycle ended even when the barrier has been used again since.
 //!
-//! # Parties that die
-//! Every process that waits on the barrier takes a slot in a table of `parties` slots (its
-//! token: pid + start time) and records the last cycle it arrived in. A waiter that has
-//! slept a while checks the table: a process that is dead and has not arrived in the current
-//! cycle can never arrive, so the barrier breaks and every waiter gets
-//! [`Error::BrokenBarrier`] instead of hanging. The unit is the process, not the thread, so
-//! that short-lived threads of a live process may take turns as parties. What this does not
-//! cover, and only a timeout does: a party that dies before its first `wait` (it is not known
-//! yet), and a process whose other party threads keep it alive. A slot of a dead process is
-//! reused by a new one when the table is full; a process that exits normally while the others
-//! wait for it in a later cycle breaks the barrier, as it should.
+//! Parties that die: see the [`Barrier`] doc.
 
 use std::fmt;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mp_core::futex;
 use mp_core::{Deadline, ShmSafe};
@@ -41,6 +31,9 @@ const NO_TIMEOUT: u64 = u64::MAX;
 /// How long a waiter sleeps before its first check of the parties' liveness; the interval
 /// doubles up to `MAX_SLICE` while every party is alive.
 const CHECK_EVERY: Duration = Duration::from_millis(10);
+/// How long a dead party must stay missing (its slot not taken by a new process) before the
+/// barrier breaks: a process that exits normally may be replaced by one that is starting.
+const GRACE: Duration = Duration::from_secs(1);
 
 #[repr(C)]
 #[derive(Debug)]
@@ -118,6 +111,21 @@ pub type BarrierAction = Arc<dyn Fn() + Send + Sync>;
 /// assert_eq!(runs.load(Ordering::SeqCst), 1);
 /// # Ok::<(), mp_sync::Error>(())
 /// ```
+///
+/// # Parties that die
+/// Every process that waits on the barrier takes a slot in a table of `parties` slots (its
+/// pid and start time) and records the last cycle it arrived in. A waiter that has slept a
+/// while checks the table: a process that is dead and has not arrived in the current cycle
+/// can never arrive. Once that has stayed so for a grace period of one second (time for a new
+/// process that replaces one that exited normally to arrive and take its slot), the barrier
+/// breaks and every waiter gets [`Error::BrokenBarrier`] instead of hanging.
+///
+/// The unit is the process, not the thread, so that short-lived threads of a live process may
+/// take turns as parties. Only a timeout covers a party that dies before its first `wait` (it
+/// is not known yet), or a dead party thread whose process lives on. Hand a barrier to a new
+/// set of processes after [`reset`](Barrier::reset), which forgets the parties known so far;
+/// otherwise a party that exited normally and whose replacement is more than a second late
+/// breaks the barrier.
 #[derive(Clone, Archive, Serialize, Deserialize)]
 pub struct Barrier {
     block: Block<BarrierState, Member>,
@@ -259,6 +267,8 @@ impl Barrier {
         }
         drop(lock);
         let mut check_after = CHECK_EVERY;
+        // A dead party that has not arrived, and when this waiter first saw it.
+        let mut missing: Option<(u64, Instant)> = None;
         loop {
             // Acquire pairs with the Release store of `gen` in `finish_cycle`.
             if st.gen.load(Ordering::Acquire) != g {
@@ -275,13 +285,20 @@ impl Barrier {
             }
             let slice = left.map_or(check_after, |l| l.min(check_after));
             if futex::wait(&st.gen, g, Some(slice)) == futex::Wake::TimedOut {
-                if self.a_party_died(g) {
-                    let lock = self.lock();
-                    if st.gen.load(Ordering::Relaxed) == g {
-                        lock.break_cycle();
+                match (self.missing_party(g), missing) {
+                    // The same dead party, still not replaced after the grace period.
+                    (Some(t), Some((m, since))) if t == m && since.elapsed() >= GRACE => {
+                        let lock = self.lock();
+                        if st.gen.load(Ordering::Relaxed) == g {
+                            lock.break_cycle();
+                        }
                     }
-                } else {
-                    check_after = (check_after * 2).min(MAX_SLICE);
+                    (Some(t), Some((m, _))) if t == m => {}
+                    (Some(t), _) => missing = Some((t, Instant::now())),
+                    (None, _) => {
+                        missing = None;
+                        check_after = (check_after * 2).min(MAX_SLICE);
+                    }
                 }
             }
         }
@@ -322,11 +339,14 @@ impl Barrier {
         }
     }
 
-    /// True when a known party process is dead and has not arrived in cycle `g`.
-    fn a_party_died(&self, g: u32) -> bool {
-        self.members().iter().any(|m| {
+    /// A known party process that is dead and has not arrived in cycle `g`, if any.
+    fn missing_party(&self, g: u32) -> Option<u64> {
+        self.members().iter().find_map(|m| {
             let t = m.token.load(Ordering::Relaxed);
-            t != 0 && m.arrived.load(Ordering::Relaxed) != g.wrapping_add(1) && !ident::is_alive(t)
+            (t != 0
+                && m.arrived.load(Ordering::Relaxed) != g.wrapping_add(1)
+                && !ident::is_alive(t))
+            .then_some(t)
         })
     }
 
@@ -338,10 +358,17 @@ impl Barrier {
 
     /// Returns the barrier to its initial state; parties waiting now get
     /// [`Error::BrokenBarrier`].
+    ///
+    /// The parties known so far are forgotten too: reset a barrier before handing it to a new
+    /// set of processes (see [Parties that die](Barrier#parties-that-die)).
     pub fn reset(&self) {
         let lock = self.lock();
         if lock.st.count.load(Ordering::Relaxed) > 0 {
             lock.break_cycle();
+        }
+        for m in self.members() {
+            m.token.store(0, Ordering::Relaxed);
+            m.arrived.store(0, Ordering::Relaxed);
         }
         lock.st.broken.store(0, Ordering::Relaxed);
     }

@@ -239,6 +239,42 @@ fn dead_party_breaks_the_barrier_spawn() {
     dead_party_breaks_the_barrier(Mode::Spawn);
 }
 
+fn child_pass_once((barrier, delay_ms): (Barrier, u64)) -> i32 {
+    std::thread::sleep(Duration::from_millis(delay_ms));
+    match barrier.wait_timeout(Duration::from_secs(20)) {
+        Ok(_) => 0,
+        Err(_) => 1,
+    }
+}
+
+/// A party that exits normally, replaced by a new process that arrives a little later: the
+/// barrier does not break (the dead party's slot is taken within the grace period).
+fn replaced_party_does_not_break_the_barrier(mode: Mode) {
+    let barrier = Barrier::new(2).unwrap();
+    let mut first = start(mode, child_pass_once, &(barrier.clone(), 0));
+    barrier.wait_timeout(Duration::from_secs(20)).unwrap();
+    first.join_ok();
+    // The first child is gone; the parent waits 300 ms for its replacement.
+    let mut second = start(mode, child_pass_once, &(barrier.clone(), 300));
+    barrier.wait_timeout(Duration::from_secs(20)).unwrap();
+    second.join_ok();
+    assert!(!barrier.broken());
+}
+
+#[test]
+fn replaced_party_does_not_break_the_barrier_fork() {
+    under(
+        Mode::Fork,
+        "replaced_party_does_not_break_the_barrier_fork",
+        replaced_party_does_not_break_the_barrier,
+    );
+}
+
+#[test]
+fn replaced_party_does_not_break_the_barrier_spawn() {
+    replaced_party_does_not_break_the_barrier(Mode::Spawn);
+}
+
 #[test]
 fn panicking_action_breaks_the_barrier() {
     let barrier = Barrier::new(2)
