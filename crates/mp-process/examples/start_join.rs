@@ -32,8 +32,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Warm up (starts the fork server).
         Process::new(noop, ()).start_method(m).start()?.join()?;
         let t0 = Instant::now();
+        let daemon = std::env::var_os("MP_DAEMON").is_some();
         for _ in 0..n {
-            Process::new(noop, ()).start_method(m).start()?.join()?;
+            Process::new(noop, ())
+                .daemon(daemon)
+                .start_method(m)
+                .start()?
+                .join()?;
         }
         let per = t0.elapsed() / n;
         println!("{m:>10}: {per:?} per start+join ({n} children)");

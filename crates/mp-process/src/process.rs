@@ -2,7 +2,6 @@
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
 use std::sync::OnceLock;
 
 use mp_core::message::encode;
@@ -395,10 +394,9 @@ fn current_exe() -> &'static std::path::Path {
 /// child only, and returns the child's pid. In a test binary the arguments select the hidden
 /// entry test of `test_support!`, and libtest's banner is kept off the child's stdout.
 ///
-/// A daemon child is made with `fork` + `exec` (it must set `PR_SET_PDEATHSIG` in between),
-/// on the launcher thread; every other child with `posix_spawn` (glibc's `clone(CLONE_VM |
-/// CLONE_VFORK)`: no copy of the parent's page tables, so the cost does not grow with the
-/// parent's memory), on the launcher thread when `on_launcher`.
+/// Children are made with `posix_spawn` (glibc's `clone(CLONE_VM | CLONE_VFORK)`: no copy
+/// of the parent's page tables, so the cost does not grow with the parent's memory), on the
+/// launcher thread for a daemon (see `crate::launcher`) or when `on_launcher`.
 pub(crate) fn launch(
     role: &str,
     chan: RawFd,
@@ -437,41 +435,18 @@ pub(crate) fn launch(
             parked = Some(saved);
         }
     }
+    if daemon {
+        // The child sets PR_SET_PDEATHSIG itself, first thing in `init`, and exits if its
+        // parent is no longer this process by then (see `runtime::ENV_DAEMON_PARENT`).
+        env.push((runtime::ENV_DAEMON_PARENT, std::process::id().to_string()));
+    }
+    let argv = spawn_argv(&args);
+    let envp = spawn_envp(&env);
     let run = || -> std::io::Result<u32> {
-        if daemon {
-            let mut cmd = std::process::Command::new("/proc/self/exe");
-            cmd.arg0(current_exe())
-                .args(&args)
-                .envs(env.iter().map(|(k, v)| (k, v)))
-                .stdin(std::process::Stdio::null());
-            let parent_pid = std::process::id() as libc::pid_t;
-            // SAFETY: the closure runs between fork and exec and only calls fcntl, dup2, prctl
-            // and getppid, which are async-signal-safe; it allocates nothing.
-            unsafe {
-                cmd.pre_exec(move || {
-                    mp_core::handle::keep_across_exec(&keep)?;
-                    if devnull_fd >= 0 && libc::dup2(devnull_fd, 1) == -1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    if !die_with_parent(parent_pid) {
-                        return Err(std::io::Error::other(
-                            "the parent died before the child started",
-                        ));
-                    }
-                    Ok(())
-                })
-            };
-            // From the launcher thread: see `crate::launcher`. std's handle neither waits nor
-            // kills on drop; the caller's pidfd takes over.
-            crate::launcher::run(move || cmd.spawn().map(|c| c.id()))?
+        if on_launcher || daemon {
+            crate::launcher::run(move || posix_spawn_exe(argv, envp, keep, devnull_fd))?
         } else {
-            let argv = spawn_argv(&args);
-            let envp = spawn_envp(&env);
-            if on_launcher {
-                crate::launcher::run(move || posix_spawn_exe(argv, envp, keep, devnull_fd))?
-            } else {
-                posix_spawn_exe(argv, envp, keep, devnull_fd)
-            }
+            posix_spawn_exe(argv, envp, keep, devnull_fd)
         }
     };
     let pid = run().map_err(|e| Error::io("starting the child", e));

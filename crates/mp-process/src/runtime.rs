@@ -55,6 +55,11 @@ pub fn mark_test_harness() {
     TEST_HARNESS.store(true, Ordering::Relaxed);
 }
 
+/// Set for a daemon child: the pid of the parent it must die with. The child sets
+/// `PR_SET_PDEATHSIG` first thing in `init` and exits if its parent already changed (the
+/// parent died between the spawn and that call).
+pub(crate) const ENV_DAEMON_PARENT: &str = "MP_PROCESS_DAEMON_PARENT";
+
 /// In a test binary, the child's real stdout is parked on this descriptor while libtest
 /// starts (its banner goes to /dev/null) and put back by `init`.
 pub(crate) const ENV_STDOUT: &str = "MP_PROCESS_STDOUT";
@@ -258,6 +263,14 @@ pub(crate) fn init() {
     // binary, the child runs a single test with one test thread), so changing the
     // environment cannot race with a reader.
     std::env::remove_var(ENV_ROLE);
+    if let Some(parent) = std::env::var_os(ENV_DAEMON_PARENT) {
+        std::env::remove_var(ENV_DAEMON_PARENT);
+        let parent = parent.to_str().and_then(|p| p.parse::<libc::pid_t>().ok());
+        if !parent.is_some_and(crate::process::die_with_parent) {
+            write_stderr(b"mp daemon child: the parent died before the child started\n");
+            std::process::exit(START_FAILED_EXIT_CODE)
+        }
+    }
     let parked = take_parked_stdout();
     match role.to_str() {
         Some("spawn") => {
