@@ -65,6 +65,10 @@
 //! }
 //! ```
 //!
+//! Spawn starts the child with `posix_spawn` (a vfork-style clone), so its cost does not grow
+//! with the parent's memory, and the parent's threads never matter: the child runs no code of
+//! the parent before `exec`.
+//!
 //! The fork server is started on the first forkserver start (a re-executed copy of the
 //! program that runs no thread and forks children on request) and exits with its parent.
 //!
