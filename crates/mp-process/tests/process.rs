@@ -766,3 +766,39 @@ fn stdout_entry() {
         join(&mut c).unwrap();
     }
 }
+
+fn sum_all(v: Vec<Shared<AtomicU32>>) -> u32 {
+    v.iter().map(|s| s.fetch_add(1, Ordering::SeqCst) + 1).sum()
+}
+
+/// Many shared objects in the arguments: 300 descriptors cross exec under spawn; a fork
+/// server request is limited to what one SCM_RIGHTS message carries, with a clear error.
+#[test]
+fn many_shared_arguments() {
+    let v: Vec<Shared<AtomicU32>> = (0..300)
+        .map(|_| Shared::new(AtomicU32::new(0)).unwrap())
+        .collect();
+    for m in [StartMethod::Fork, StartMethod::Spawn] {
+        let mut c = Process::new(sum_all, v.clone())
+            .start_method(m)
+            .start()
+            .unwrap();
+        assert_eq!(
+            join(&mut c).unwrap(),
+            300 * (1 + (m == StartMethod::Spawn) as u32),
+            "{m}"
+        );
+    }
+    match Process::new(sum_all, v.clone())
+        .start_method(StartMethod::ForkServer)
+        .start()
+    {
+        Err(mp_process::Error::ForkServer(msg)) => assert!(msg.contains("at most"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+    let mut c = Process::new(sum_all, v[..200].to_vec())
+        .start_method(StartMethod::ForkServer)
+        .start()
+        .unwrap();
+    assert_eq!(join(&mut c).unwrap(), 200 * 3);
+}
