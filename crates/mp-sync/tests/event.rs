@@ -12,7 +12,11 @@ use static_assertions::assert_impl_all;
 
 assert_impl_all!(Event: Send, Sync, Clone, std::fmt::Debug);
 
-fn child_set_later(ev: Event) -> i32 {
+fn child_set_later((ev, parent_waits): (Event, Event)) -> i32 {
+    // The parent sets `parent_waits` just before it blocks on `ev`.
+    if !parent_waits.wait_timeout(Duration::from_secs(20)) {
+        return 1;
+    }
     std::thread::sleep(Duration::from_millis(100));
     ev.set();
     0
@@ -51,14 +55,16 @@ fn s4_event_semantics() {
 
 fn child_set_wakes_parent(mode: Mode) {
     let ev = Event::new().unwrap();
-    let mut kid = start(mode, child_set_later, &ev);
+    let parent_waits = Event::new().unwrap();
+    let mut kid = start(mode, child_set_later, &(ev.clone(), parent_waits.clone()));
+    parent_waits.set();
     let t0 = Instant::now();
     assert!(
         ev.wait_timeout(Duration::from_secs(20)),
         "the child's set wakes us"
     );
     assert!(
-        t0.elapsed() >= Duration::from_millis(90),
+        t0.elapsed() >= Duration::from_millis(100),
         "woken before the set"
     );
     kid.join_ok();
