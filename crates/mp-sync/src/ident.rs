@@ -45,6 +45,7 @@ thread_local! {
 
 extern "C" fn after_fork_in_child() {
     // Only atomics and a const-initialised thread-local without destructor: async-signal-safe.
+    // Acquire pairs with the Release store in `init`.
     let p = CACHE.load(Ordering::Acquire);
     if !p.is_null() {
         // SAFETY: `p` points into the page mapped by `setup`, never unmapped.

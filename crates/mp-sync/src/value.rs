@@ -38,7 +38,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use rkyv::{Archive, Deserialize, Serialize};
-use static_assertions::assert_eq_size;
+use static_assertions::{assert_eq_align, assert_eq_size};
 
 use crate::block::{Block, Element, Header};
 use crate::error::{Error, LockResult, Result};
@@ -217,6 +217,7 @@ pub(crate) struct ArrayHeader {
     _reserved: AtomicU64,
 }
 assert_eq_size!(ArrayHeader, u64);
+assert_eq_align!(ArrayHeader, u64);
 
 // SAFETY: one atomic (1, 2), no Drop (3), `#[repr(C)]` with its size pinned (4).
 unsafe impl mp_core::ShmSafe for ArrayHeader {}
@@ -231,6 +232,7 @@ pub(crate) struct ValueHeader {
     _reserved: AtomicU64,
 }
 assert_eq_size!(ValueHeader, u64);
+assert_eq_align!(ValueHeader, u64);
 
 // SAFETY: one atomic (1, 2), no Drop (3), `#[repr(C)]` with its size pinned (4).
 unsafe impl mp_core::ShmSafe for ValueHeader {}

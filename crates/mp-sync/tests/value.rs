@@ -12,6 +12,10 @@ assert_impl_all!(Value<u64>: Send, Sync, Clone, std::fmt::Debug);
 assert_impl_all!(Array<f64>: Send, Sync, Clone, std::fmt::Debug);
 assert_impl_all!(RawValue<i8>: Send, Sync, Clone);
 assert_impl_all!(RawArray<[u8; 4]>: Send, Sync, Clone);
+assert_impl_all!(mp_sync::ValueGuard<'static, u32>: Send, Sync);
+assert_impl_all!(mp_sync::ArrayGuard<'static, u32>: Send, Sync);
+assert_impl_all!(mp_sync::Permit<'static>: Send, Sync);
+assert_impl_all!(mp_sync::Error: Send, Sync, std::error::Error);
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[repr(C)]
@@ -272,6 +276,21 @@ fn v4_child_writes_by_name_fork() {
 #[test]
 fn v4_child_writes_by_name_spawn() {
     v4_child_writes_by_name(Mode::Spawn);
+}
+
+#[test]
+fn malformed_handle_bytes_are_an_error_not_a_panic() {
+    let mut bytes = rkyv::util::AlignedVec::<16>::new();
+    for seed in 0u8..64 {
+        bytes.clear();
+        bytes.extend_from_slice(&[seed.wrapping_mul(37); 24]);
+        assert!(mp_core::message::decode::<mp_sync::Lock>(&bytes).is_err());
+        assert!(mp_core::message::decode::<mp_sync::Barrier>(&bytes).is_err());
+        assert!(mp_core::message::decode::<Value<u64>>(&bytes).is_err());
+        assert!(
+            mp_core::message::decode::<mp_sync::Condition>(&bytes[..seed as usize % 24]).is_err()
+        );
+    }
 }
 
 #[test]
