@@ -90,7 +90,9 @@ impl Lock {
         into_lock_result(self.acquire_until(Deadline::never()), || self.guard())
     }
 
-    /// Acquires the lock if it is free (or its holder is dead), without waiting.
+    /// Acquires the lock if it is free (or its holder is dead), without waiting. When the lock
+    /// is held, this reads `/proc` once to check the holder (a few microseconds), so that a
+    /// loop of non-blocking attempts cannot spin forever on a dead holder.
     pub fn try_lock(&self) -> TryLockResult<LockGuard<'_>> {
         into_try_result(self.raw.try_lock(ident::process_token()), || self.guard())
     }
