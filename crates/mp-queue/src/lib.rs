@@ -1,4 +1,112 @@
-//! Python's queues in shared memory: Queue<T>, SimpleQueue<T> and JoinableQueue<T>, with zero-copy receive.
+//! Python's queues in shared memory: [`Queue<T>`], [`SimpleQueue<T>`] and [`JoinableQueue<T>`],
+//! shared by any number of processes, with zero-copy receive.
 //!
-//! **Status: not built yet.** This crate is a member of the workspace so that the layout is in
-//! place; it exports nothing until its issue lands. Nothing here pretends to work.
+//! # Hello, queue
+//!
+//! ```
+//! use mp_queue::Queue;
+//!
+//! let q: Queue<String> = Queue::new()?;
+//! q.put("hello".to_string()).unwrap();
+//! assert_eq!(q.get()?, "hello");
+//! # Ok::<(), mp_queue::Error>(())
+//! ```
+//!
+//! # Sharing a queue with a child
+//!
+//! A queue handle is cheap to clone and crosses into children: moved into a forked child, or
+//! passed as an argument under the spawn and forkserver start methods (its archive is a handle
+//! to the shared region; see `mp-process`).
+//!
+//! ```
+//! use mp_queue::Queue;
+//! # use nix::unistd::{fork, ForkResult};
+//! let q: Queue<u64> = Queue::new()?;
+//! // SAFETY (of the doctest): single-threaded here; the child puts and leaves with _exit.
+//! match unsafe { fork() }.expect("fork") {
+//!     ForkResult::Child => {
+//!         for i in 0..3 { q.put(i * 10).unwrap(); }
+//!         unsafe { libc::_exit(0) }
+//!     }
+//!     ForkResult::Parent { child } => {
+//!         // The child may be joined before anything is read: its puts are in shared memory.
+//!         nix::sys::wait::waitpid(child, None).expect("waitpid");
+//!     }
+//! }
+//! assert_eq!((q.get()?, q.get()?, q.get()?), (0, 10, 20));
+//! # Ok::<(), mp_queue::Error>(())
+//! ```
+//!
+//! # Timeouts, Full and Empty
+//!
+//! Every blocking call has `_timeout` and `_nowait` forms. A failed put gives the item back:
+//!
+//! ```
+//! use std::time::Duration;
+//! use mp_queue::{Error, PutError, Queue};
+//!
+//! let q: Queue<u32> = Queue::with_maxsize(1)?;
+//! q.put(1).unwrap();
+//! match q.put_timeout(2, Duration::from_millis(10)) {
+//!     Err(PutError::Full(item)) => assert_eq!(item, 2),
+//!     other => panic!("{other:?}"),
+//! }
+//! assert_eq!(q.get_nowait()?, 1);
+//! assert!(matches!(q.get_nowait(), Err(Error::Empty)));
+//! # Ok::<(), Error>(())
+//! ```
+//!
+//! # Zero-copy receive
+//!
+//! [`Queue::get_ref`] returns a guard that derefs to the archived value inside the shared ring
+//! (checked before use), and frees its space when dropped:
+//!
+//! ```
+//! use mp_queue::Queue;
+//! let q: Queue<Vec<u8>> = Queue::new()?;
+//! q.put(vec![7u8; 100_000]).unwrap();
+//! let msg = q.get_ref()?;
+//! assert_eq!(msg.len(), 100_000);
+//! assert_eq!(msg[99_999], 7);
+//! drop(msg);
+//! # Ok::<(), mp_queue::Error>(())
+//! ```
+//!
+//! # Messages of any size
+//!
+//! Messages up to half the ring are written into it; larger ones go to a range of their own in
+//! the same shared file (beside the ring, freed once read), so a message larger than the ring is
+//! neither an error nor a deadlock, and a zero-byte message (`()`) works too.
+//!
+//! # JoinableQueue
+//!
+//! ```
+//! use mp_queue::JoinableQueue;
+//! let q: JoinableQueue<u8> = JoinableQueue::new()?;
+//! q.put(1).unwrap();
+//! let _ = q.get()?;
+//! q.task_done()?;
+//! q.join()?;
+//! assert!(q.task_done().is_err(), "one task_done too many");
+//! # Ok::<(), mp_queue::Error>(())
+//! ```
+//!
+//! # When processes die
+//!
+//! A producer killed at any point of a `put` leaves nothing half-written in the queue (a
+//! message becomes visible only once complete). A consumer killed while it decodes leaves the
+//! message for the next consumer, so every complete message is delivered exactly once. A
+//! process killed while it holds a zero-copy guard loses that one message (it was delivered to
+//! it); its space is reclaimed once producers need it. The queue's internal locks record their
+//! holder and are taken over when it dies. Received bytes are always validated: a corrupted
+//! ring gives [`Error::Corrupted`] and the queue stays usable.
+//!
+//! The layout and algorithm are described in the `ring` module's source.
+
+mod error;
+mod lock;
+mod queue;
+mod ring;
+
+pub use error::{Error, PutError};
+pub use queue::{JoinableQueue, Queue, QueueBuilder, Received, SimpleQueue, DEFAULT_CAPACITY};

@@ -1,0 +1,558 @@
+//! The public queue types.
+
+use std::marker::PhantomData;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mp_core::futex::{self, Deadline};
+use mp_core::handle::ArchivedRegionHandle;
+use mp_core::message;
+use mp_core::rkyv::rancor::{Fallible, Source};
+use mp_core::rkyv::{Archive, Deserialize, Place, Serialize};
+use mp_core::{Message, Region};
+
+use crate::error::{Error, PutError};
+use crate::ring::{self, GetFail, Payload, PutFail, Ring};
+
+/// The ring size of `Queue::new()` and `Queue::with_maxsize(n)`: 4 MiB. Messages up to half of
+/// it are written into the ring; larger ones go to their own range beside it.
+pub const DEFAULT_CAPACITY: u64 = 4 << 20;
+
+fn kind<T>() -> u32 {
+    mp_core::shared::kind_of::<(ring::Meta, T)>()
+}
+
+/// A multi-producer, multi-consumer FIFO queue of `T` shared by any number of processes, like
+/// Python's `multiprocessing.Queue`, made of shared memory instead of a pipe and a feeder
+/// thread.
+///
+/// `put` is synchronous: when it returns, the message is in shared memory, serialized straight
+/// into the ring. So there is no feeder thread, no "object mutated after put" surprise, a
+/// serialization error is returned by `put`, and a process that puts and exits can be joined
+/// before anyone reads (Python deadlocks there).
+///
+/// Clones are handles to the same queue. A handle can be moved into a forked child, or given
+/// to a spawned child as an argument (it is a [`Message`] whose archive is a handle to the
+/// shared region).
+pub struct Queue<T> {
+    ring: Ring,
+    closed: Arc<AtomicBool>,
+    _t: PhantomData<fn(T) -> T>,
+}
+
+impl<T> Clone for Queue<T> {
+    fn clone(&self) -> Self {
+        Queue {
+            ring: self.ring.clone(),
+            closed: self.closed.clone(),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Queue<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("type", &std::any::type_name::<T>())
+            .field("qsize", &self.ring.len())
+            .field("maxsize", &self.ring.maxsize())
+            .field("capacity", &self.ring.capacity())
+            .finish()
+    }
+}
+
+/// Builds a [`Queue`] with a maximum number of items and a ring size.
+pub struct QueueBuilder<T> {
+    maxsize: u64,
+    capacity: u64,
+    _t: PhantomData<fn(T) -> T>,
+}
+
+impl<T> std::fmt::Debug for QueueBuilder<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueBuilder")
+            .field("maxsize", &self.maxsize)
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}
+
+impl<T: Message> QueueBuilder<T> {
+    /// At most `n` items at once (0: no limit, as Python's `maxsize <= 0`).
+    pub fn maxsize(mut self, n: usize) -> Self {
+        self.maxsize = n as u64;
+        self
+    }
+
+    /// The ring's size in bytes (at least 64; default [`DEFAULT_CAPACITY`]). `put` waits when
+    /// the ring is full of unread messages. Messages larger than half the ring do not use it.
+    pub fn capacity_bytes(mut self, bytes: u64) -> Self {
+        self.capacity = bytes;
+        self
+    }
+
+    /// Makes the queue.
+    pub fn build(self) -> Result<Queue<T>, Error> {
+        if self.capacity < 64 || self.capacity > (1 << 32) {
+            return Err(Error::Config(format!(
+                "capacity_bytes({}) must be between 64 bytes and 4 GiB",
+                self.capacity
+            )));
+        }
+        Ok(Queue::from_ring(Ring::new(
+            kind::<T>(),
+            self.capacity,
+            self.maxsize,
+        )?))
+    }
+}
+
+impl<T: Message> Queue<T> {
+    /// A queue with no limit on the number of items, within a ring of [`DEFAULT_CAPACITY`]
+    /// bytes.
+    pub fn new() -> Result<Queue<T>, Error> {
+        Self::builder().build()
+    }
+
+    /// A queue of at most `maxsize` items (0: no limit).
+    pub fn with_maxsize(maxsize: usize) -> Result<Queue<T>, Error> {
+        Self::builder().maxsize(maxsize).build()
+    }
+
+    /// A builder for the other settings.
+    pub fn builder() -> QueueBuilder<T> {
+        QueueBuilder {
+            maxsize: 0,
+            capacity: DEFAULT_CAPACITY,
+            _t: PhantomData,
+        }
+    }
+
+    fn from_ring(ring: Ring) -> Queue<T> {
+        Queue {
+            ring,
+            closed: Arc::new(AtomicBool::new(false)),
+            _t: PhantomData,
+        }
+    }
+
+    fn put_until(&self, item: T, deadline: Deadline) -> Result<(), PutError<T>> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(PutError::Closed(item));
+        }
+        match self.ring.put(&item, deadline) {
+            Ok(()) => Ok(()),
+            Err(PutFail::Full) => Err(PutError::Full(item)),
+            Err(PutFail::Encode(e)) | Err(PutFail::Io(e)) => Err(PutError::Failed(item, e)),
+        }
+    }
+
+    /// Puts `item`, waiting as long as the queue is full.
+    pub fn put(&self, item: T) -> Result<(), PutError<T>> {
+        self.put_until(item, Deadline::never())
+    }
+
+    /// Puts `item`, waiting at most `timeout` for room; [`PutError::Full`] gives it back.
+    pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<(), PutError<T>> {
+        self.put_until(item, Deadline::after(Some(timeout)))
+    }
+
+    /// Puts `item` if there is room now; [`PutError::Full`] gives it back.
+    pub fn put_nowait(&self, item: T) -> Result<(), PutError<T>> {
+        self.put_until(item, Deadline::after(Some(Duration::ZERO)))
+    }
+
+    fn get_until(&self, deadline: Deadline) -> Result<T, Error> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(Error::Closed);
+        }
+        match self.ring.get_with(deadline, ring::decode::<T>) {
+            Ok(r) => r,
+            Err(GetFail::Empty) => Err(Error::Empty),
+            Err(GetFail::Bad(e)) => Err(e),
+        }
+    }
+
+    /// Takes the oldest item, waiting as long as the queue is empty.
+    pub fn get(&self) -> Result<T, Error> {
+        self.get_until(Deadline::never())
+    }
+
+    /// Takes the oldest item, waiting at most `timeout`; [`Error::Empty`] when none came.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, Error> {
+        self.get_until(Deadline::after(Some(timeout)))
+    }
+
+    /// Takes the oldest item if there is one now; [`Error::Empty`] otherwise.
+    pub fn get_nowait(&self) -> Result<T, Error> {
+        self.get_until(Deadline::after(Some(Duration::ZERO)))
+    }
+
+    fn get_ref_until(&self, deadline: Deadline) -> Result<Received<'_, T>, Error> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(Error::Closed);
+        }
+        let (payload, off) = match self.ring.claim(deadline) {
+            Ok(c) => c,
+            Err(GetFail::Empty) => return Err(Error::Empty),
+            Err(GetFail::Bad(e)) => return Err(e),
+        };
+        let mut guard = Received {
+            queue: self,
+            payload,
+            off,
+            archived: std::ptr::null(),
+        };
+        let bytes = self.ring.payload_bytes(&guard.payload);
+        // Checked: a malformed message is an error (and its slot is freed with `guard`).
+        guard.archived = message::access::<T>(bytes)? as *const T::Archived;
+        Ok(guard)
+    }
+
+    /// Takes the oldest item without copying it: the guard derefs to the archived value inside
+    /// the shared ring (checked), and frees its space when dropped. Waits while the queue is
+    /// empty.
+    pub fn get_ref(&self) -> Result<Received<'_, T>, Error> {
+        self.get_ref_until(Deadline::never())
+    }
+
+    /// [`get_ref`](Self::get_ref) with a timeout.
+    pub fn get_ref_timeout(&self, timeout: Duration) -> Result<Received<'_, T>, Error> {
+        self.get_ref_until(Deadline::after(Some(timeout)))
+    }
+
+    /// The number of items in the queue now (exact, unlike Python's approximate `qsize`).
+    pub fn qsize(&self) -> usize {
+        self.ring.len() as usize
+    }
+
+    /// True when the queue holds no item now.
+    pub fn empty(&self) -> bool {
+        self.ring.len() == 0
+    }
+
+    /// True when the queue holds `maxsize` items (never for an unbounded queue).
+    pub fn full(&self) -> bool {
+        let max = self.ring.maxsize();
+        max > 0 && self.ring.len() >= max
+    }
+
+    /// The item limit (0: none).
+    pub fn maxsize(&self) -> usize {
+        self.ring.maxsize() as usize
+    }
+
+    /// Closes this handle (and its clones in this process): later `put`s and `get`s through it
+    /// fail with `Closed`. Other processes' handles are not affected, as in Python, where
+    /// `close()` says "this process will put no more".
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+    }
+
+    /// True after [`close`](Self::close).
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    /// The ring's positions and counters, for diagnosing a stuck queue.
+    #[doc(hidden)]
+    pub fn debug_state(&self) -> String {
+        self.ring.debug_state()
+    }
+
+    pub(crate) fn ring(&self) -> &Ring {
+        &self.ring
+    }
+}
+
+/// A message received without copying: derefs to `T`'s archived form inside the shared ring
+/// (already checked), and frees its space in the ring when dropped.
+pub struct Received<'q, T: Message> {
+    queue: &'q Queue<T>,
+    payload: Payload,
+    off: u64,
+    archived: *const T::Archived,
+}
+
+impl<T: Message> Received<'_, T> {
+    /// Deserializes the message to an owned `T`.
+    pub fn deserialize(&self) -> Result<T, Error> {
+        message::deserialize::<T>(self).map_err(Error::Core)
+    }
+}
+
+impl<T: Message> Deref for Received<'_, T> {
+    type Target = T::Archived;
+
+    fn deref(&self) -> &T::Archived {
+        // SAFETY: `archived` was returned by a checked `access` over the payload bytes, which
+        // stay valid and unchanged while this guard lives: the record is claimed (READING) so
+        // no producer reuses it until `release`, and big messages stay mapped in `payload`.
+        unsafe { &*self.archived }
+    }
+}
+
+impl<T: Message> Drop for Received<'_, T> {
+    fn drop(&mut self) {
+        self.queue.ring.release(self.off);
+    }
+}
+
+impl<T> Archive for Queue<T> {
+    type Archived = ArchivedRegionHandle;
+    type Resolver = <Region as Archive>::Resolver;
+
+    fn resolve(&self, resolver: Self::Resolver, out: Place<Self::Archived>) {
+        self.ring.region().resolve(resolver, out);
+    }
+}
+
+impl<T, S: Fallible + ?Sized> Serialize<S> for Queue<T>
+where
+    S::Error: Source,
+{
+    fn serialize(&self, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
+        self.ring.region().serialize(serializer)
+    }
+}
+
+impl<T: Message, D: Fallible + ?Sized> Deserialize<Queue<T>, D> for ArchivedRegionHandle
+where
+    D::Error: Source,
+{
+    fn deserialize(&self, d: &mut D) -> Result<Queue<T>, D::Error> {
+        let region: Region = Deserialize::<Region, D>::deserialize(self, d)?;
+        let ring = Ring::from_region(region, kind::<T>()).map_err(D::Error::new)?;
+        Ok(Queue::from_ring(ring))
+    }
+}
+
+/// A queue with only `put`, `get`, `empty` and `close`, like Python's `SimpleQueue`.
+pub struct SimpleQueue<T> {
+    inner: Queue<T>,
+}
+
+impl<T> Clone for SimpleQueue<T> {
+    fn clone(&self) -> Self {
+        SimpleQueue {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for SimpleQueue<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SimpleQueue").field(&self.inner).finish()
+    }
+}
+
+impl<T: Message> SimpleQueue<T> {
+    /// A new, unbounded queue.
+    pub fn new() -> Result<SimpleQueue<T>, Error> {
+        Ok(SimpleQueue {
+            inner: Queue::new()?,
+        })
+    }
+
+    /// Puts `item` (waits only if the ring is full of unread bytes).
+    pub fn put(&self, item: T) -> Result<(), PutError<T>> {
+        self.inner.put(item)
+    }
+
+    /// Takes the oldest item, waiting for one.
+    pub fn get(&self) -> Result<T, Error> {
+        self.inner.get()
+    }
+
+    /// True when the queue holds no item.
+    pub fn empty(&self) -> bool {
+        self.inner.empty()
+    }
+
+    /// Closes this handle.
+    pub fn close(&self) {
+        self.inner.close()
+    }
+}
+
+/// A [`Queue`] that also counts unfinished tasks, like Python's `JoinableQueue`: every `put`
+/// adds one, every `task_done` removes one, and `join` waits for none to be left.
+pub struct JoinableQueue<T> {
+    inner: Queue<T>,
+}
+
+impl<T> Clone for JoinableQueue<T> {
+    fn clone(&self) -> Self {
+        JoinableQueue {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for JoinableQueue<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("JoinableQueue").field(&self.inner).finish()
+    }
+}
+
+impl<T: Message> JoinableQueue<T> {
+    /// An unbounded joinable queue.
+    pub fn new() -> Result<JoinableQueue<T>, Error> {
+        Ok(JoinableQueue {
+            inner: Queue::new()?,
+        })
+    }
+
+    /// A joinable queue of at most `maxsize` items (0: no limit).
+    pub fn with_maxsize(maxsize: usize) -> Result<JoinableQueue<T>, Error> {
+        Ok(JoinableQueue {
+            inner: Queue::with_maxsize(maxsize)?,
+        })
+    }
+
+    fn unfinished(&self) -> &std::sync::atomic::AtomicU32 {
+        &self.inner.ring().meta().unfinished
+    }
+
+    fn counted(&self, r: Result<(), PutError<T>>) -> Result<(), PutError<T>> {
+        if r.is_err() {
+            self.finish_one();
+        }
+        r
+    }
+
+    /// Puts `item` and counts one more unfinished task.
+    pub fn put(&self, item: T) -> Result<(), PutError<T>> {
+        // Counted before the item is visible, so that `join` cannot return between the put
+        // and the count. Relaxed suffices: `join` reads the counter, not the item.
+        self.unfinished().fetch_add(1, Ordering::Relaxed);
+        let r = self.inner.put(item);
+        self.counted(r)
+    }
+
+    /// [`Queue::put_timeout`], counting the task.
+    pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<(), PutError<T>> {
+        self.unfinished().fetch_add(1, Ordering::Relaxed);
+        let r = self.inner.put_timeout(item, timeout);
+        self.counted(r)
+    }
+
+    /// [`Queue::put_nowait`], counting the task.
+    pub fn put_nowait(&self, item: T) -> Result<(), PutError<T>> {
+        self.unfinished().fetch_add(1, Ordering::Relaxed);
+        let r = self.inner.put_nowait(item);
+        self.counted(r)
+    }
+
+    fn finish_one(&self) -> bool {
+        let u = self.unfinished();
+        // Release pairs with the Acquire load in `join`: the work done for the task happens
+        // before `join` returns.
+        let r = u.fetch_update(Ordering::Release, Ordering::Relaxed, |n| n.checked_sub(1));
+        if r == Ok(1) {
+            let m = self.inner.ring().meta();
+            if m.join_waiters.load(Ordering::SeqCst) > 0 {
+                futex::wake_all(u);
+            }
+        }
+        r.is_ok()
+    }
+
+    /// Marks one task done. One call too many is [`Error::TaskDoneTooMany`].
+    pub fn task_done(&self) -> Result<(), Error> {
+        if self.finish_one() {
+            Ok(())
+        } else {
+            Err(Error::TaskDoneTooMany)
+        }
+    }
+
+    /// Waits until every item put has been marked done.
+    pub fn join(&self) -> Result<(), Error> {
+        self.join_until(Deadline::never())
+    }
+
+    /// [`join`](Self::join), giving up with [`Error::Timeout`] after `timeout`.
+    pub fn join_timeout(&self, timeout: Duration) -> Result<(), Error> {
+        self.join_until(Deadline::after(Some(timeout)))
+    }
+
+    fn join_until(&self, deadline: Deadline) -> Result<(), Error> {
+        let m = self.inner.ring().meta();
+        m.join_waiters.fetch_add(1, Ordering::SeqCst);
+        let r = futex::wait_until(&m.unfinished, |n| n == 0, 1000, deadline);
+        m.join_waiters.fetch_sub(1, Ordering::SeqCst);
+        r.map(|_| ()).map_err(|_| Error::Timeout)
+    }
+}
+
+impl<T: Message> Deref for JoinableQueue<T> {
+    type Target = Queue<T>;
+
+    /// A joinable queue has all of [`Queue`]'s methods; `put` is overridden to count tasks.
+    fn deref(&self) -> &Queue<T> {
+        &self.inner
+    }
+}
+
+// SimpleQueue is archived as the handle of the queue it wraps.
+impl<T> Archive for SimpleQueue<T> {
+    type Archived = ArchivedRegionHandle;
+    type Resolver = <Region as Archive>::Resolver;
+
+    fn resolve(&self, resolver: Self::Resolver, out: Place<Self::Archived>) {
+        self.inner.resolve(resolver, out);
+    }
+}
+
+impl<T, S: Fallible + ?Sized> Serialize<S> for SimpleQueue<T>
+where
+    S::Error: Source,
+{
+    fn serialize(&self, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
+        self.inner.serialize(serializer)
+    }
+}
+
+impl<T: Message, D: Fallible + ?Sized> Deserialize<SimpleQueue<T>, D> for ArchivedRegionHandle
+where
+    D::Error: Source,
+{
+    fn deserialize(&self, d: &mut D) -> Result<SimpleQueue<T>, D::Error> {
+        Ok(SimpleQueue {
+            inner: Deserialize::<Queue<T>, D>::deserialize(self, d)?,
+        })
+    }
+}
+
+// JoinableQueue is archived as the handle of the queue it wraps.
+impl<T> Archive for JoinableQueue<T> {
+    type Archived = ArchivedRegionHandle;
+    type Resolver = <Region as Archive>::Resolver;
+
+    fn resolve(&self, resolver: Self::Resolver, out: Place<Self::Archived>) {
+        self.inner.resolve(resolver, out);
+    }
+}
+
+impl<T, S: Fallible + ?Sized> Serialize<S> for JoinableQueue<T>
+where
+    S::Error: Source,
+{
+    fn serialize(&self, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
+        self.inner.serialize(serializer)
+    }
+}
+
+impl<T: Message, D: Fallible + ?Sized> Deserialize<JoinableQueue<T>, D> for ArchivedRegionHandle
+where
+    D::Error: Source,
+{
+    fn deserialize(&self, d: &mut D) -> Result<JoinableQueue<T>, D::Error> {
+        Ok(JoinableQueue {
+            inner: Deserialize::<Queue<T>, D>::deserialize(self, d)?,
+        })
+    }
+}

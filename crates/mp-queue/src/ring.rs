@@ -1,0 +1,856 @@
+//! The shared ring behind every queue: a byte ring of variable-size records in one region,
+//! with a producer lock and a consumer lock (the two-lock queue of Michael and Scott, 1996,
+//! over a byte ring instead of a linked list).
+//!
+//! ```text
+//! region payload: [ Meta (256 bytes: constants | producer line | consumer line | futex line) ]
+//!                 [ ring: capacity bytes of records                                          ]
+//! file beyond the region: oversized messages, one page-aligned range each (sparse)
+//! record: [ state u32 | pid u32 | len u32 | kind u32 ][ payload, padded to 16 ]
+//! ```
+//!
+//! Positions `tail`, `head` and `reclaim` are byte counts that only grow; a record's offset is
+//! `pos % capacity`. `reclaim <= head <= tail`: `[reclaim, head)` holds records handed to a
+//! consumer and not yet released (zero-copy guards), `[head, tail)` holds ready messages.
+//!
+//! **Producers** hold the producer lock while they serialize straight into the free space at
+//! `tail` (no intermediate buffer), write the record header, and only then publish the record by
+//! storing `tail` with Release. A producer killed at any point before that store leaves nothing
+//! visible: a half-written message is discarded by construction. A message that does not fit in
+//! the contiguous space is placed after a padding record at the start of the ring, or waits for
+//! space; one larger than the whole ring goes to its own page-aligned range of the same file past
+//! the region (grown with `ftruncate`, so no new descriptor has to reach anyone), and the ring
+//! record only names that range. The consumer punches the range out of the file when done.
+//!
+//! **Consumers** hold the consumer lock while they check and decode the record at `head`, and
+//! advance `head` only after: a consumer killed while decoding leaves the message where it was
+//! for the next consumer, so every completed message is delivered exactly once. A zero-copy
+//! guard instead claims the record (`READING` + its pid), advances `head`, and marks the record
+//! `DONE` when dropped; `reclaim` then moves over `DONE` records in order. A guard whose process
+//! died is treated as `DONE` when producers run short of space.
+//!
+//! Each side keeps a cached copy of the other side's position on its own cache line and reloads
+//! the real one only when the cache says "full" or "empty", so a 1->1 pair shares a cache line
+//! only when it must. Waiting uses futex words with a waiter count, so that the other side makes
+//! a system call only when someone sleeps.
+
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use memmap2::{MmapOptions, MmapRaw};
+use mp_core::futex::{self, Deadline};
+use mp_core::message::{self, Encoded, ALIGN};
+use mp_core::region::HEADER_SIZE;
+use mp_core::{liveness, Message, Region};
+use static_assertions::const_assert_eq;
+
+use crate::error::Error;
+use crate::lock::{self, Locked};
+
+/// Size of [`Meta`], where the ring starts in the payload.
+pub(crate) const META_SIZE: usize = 256;
+const REC_HDR: usize = 16;
+const PAGE: u64 = 4096;
+/// How long a sleeper waits before it re-checks the world (dead peers, deadlines).
+const NAP: Duration = Duration::from_millis(50);
+/// Spins before sleeping when waiting for data or space.
+const SPINS: u32 = 4000;
+
+const READY: u32 = 1;
+const READING: u32 = 2;
+const DONE: u32 = 3;
+
+const KIND_INLINE: u32 = 0;
+const KIND_BIG: u32 = 1;
+const KIND_PAD: u32 = 2;
+
+/// The shared state of one queue. Every field is an atomic or a constant written before the
+/// region is shared.
+#[repr(C, align(64))]
+pub(crate) struct Meta {
+    // Constants (line 0).
+    capacity: AtomicU64,
+    maxsize: AtomicU64,
+    big_base: AtomicU64,
+    _c: [u64; 5],
+    // Producer line.
+    p_lock: AtomicU32,
+    p_waiters: AtomicU32,
+    p_start: AtomicU64,
+    tail: AtomicU64,
+    enqueued: AtomicU64,
+    p_cached_reclaim: AtomicU64,
+    big_tail: AtomicU64,
+    /// The `tail` a producer is committing (0: none): a one-entry journal that lets the next
+    /// producer repair `enqueued` if the committer was killed between its two stores.
+    pending_tail: AtomicU64,
+    _p: [u64; 1],
+    // Consumer line.
+    c_lock: AtomicU32,
+    c_waiters: AtomicU32,
+    c_start: AtomicU64,
+    head: AtomicU64,
+    reclaim: AtomicU64,
+    dequeued: AtomicU64,
+    c_cached_tail: AtomicU64,
+    _q: [u64; 2],
+    // Futex words.
+    data_seq: AtomicU32,
+    space_seq: AtomicU32,
+    /// JoinableQueue: puts not yet matched by `task_done`.
+    pub(crate) unfinished: AtomicU32,
+    pub(crate) join_waiters: AtomicU32,
+    _s: [u32; 12],
+}
+const_assert_eq!(std::mem::size_of::<Meta>(), META_SIZE);
+const_assert_eq!(std::mem::align_of::<Meta>(), 64);
+
+/// A record header in the ring.
+#[repr(C)]
+struct RecHdr {
+    state: AtomicU32,
+    pid: AtomicU32,
+    len: AtomicU32,
+    kind: AtomicU32,
+}
+const_assert_eq!(std::mem::size_of::<RecHdr>(), REC_HDR);
+const_assert_eq!(std::mem::align_of::<RecHdr>(), 4);
+
+fn round16(n: u64) -> u64 {
+    (n + 15) & !15
+}
+
+/// The ring, mapped in this process.
+#[derive(Clone)]
+pub(crate) struct Ring {
+    region: Region,
+    capacity: u64,
+}
+
+/// Where a claimed record's payload is.
+pub(crate) enum Payload {
+    /// Inside the ring: pointer and length.
+    Inline(*const u8, usize),
+    /// In its own range of the file, mapped here; punched out when released.
+    Big(BigMap),
+}
+
+/// A mapping of an oversized message's range.
+pub(crate) struct BigMap {
+    map: MmapRaw,
+    fd: i32,
+    offset: u64,
+    len: usize,
+}
+
+impl BigMap {
+    fn ptr(&self) -> *const u8 {
+        self.map.as_ptr()
+    }
+}
+
+impl Drop for BigMap {
+    fn drop(&mut self) {
+        // Free the pages: the range is never used again (offsets only grow).
+        let span = (self.len as u64).div_ceil(PAGE) * PAGE;
+        // SAFETY: fallocate on a descriptor we hold (the ring's memfd, kept open by the Ring
+        // that outlives this map's use); it touches the file, not our memory.
+        unsafe {
+            libc::fallocate(
+                self.fd,
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                self.offset as libc::off_t,
+                span as libc::off_t,
+            );
+        }
+    }
+}
+
+/// What `put` could not do.
+pub(crate) enum PutFail {
+    Full,
+    Encode(mp_core::Error),
+    Io(mp_core::Error),
+}
+
+/// What `get` could not do.
+pub(crate) enum GetFail {
+    Empty,
+    Bad(Error),
+}
+
+impl Ring {
+    /// A new ring of `capacity` bytes (rounded up to 16) holding at most `maxsize` items
+    /// (0: no limit), in a region of content kind `kind`.
+    pub(crate) fn new(kind: u32, capacity: u64, maxsize: u64) -> Result<Ring, Error> {
+        let capacity = round16(capacity.max(64));
+        let size = META_SIZE as u64 + capacity;
+        let region = Region::anonymous_growable(kind, size, 64)?;
+        let big_base = (HEADER_SIZE as u64 + size).div_ceil(PAGE) * PAGE;
+        let ring = Ring { region, capacity };
+        let m = ring.meta();
+        m.capacity.store(capacity, Ordering::Relaxed);
+        m.maxsize.store(maxsize, Ordering::Relaxed);
+        m.big_base.store(big_base, Ordering::Relaxed);
+        m.big_tail.store(big_base, Ordering::Relaxed);
+        Ok(ring)
+    }
+
+    /// Wraps a region received from another process, checking that its constants are sane.
+    pub(crate) fn from_region(region: Region, kind: u32) -> Result<Ring, Error> {
+        let layout = region.layout();
+        if layout.kind != kind {
+            return Err(Error::Corrupted(format!(
+                "the region holds kind {:#010x}, a queue of this message type is {kind:#010x}",
+                layout.kind
+            )));
+        }
+        if region.len() < META_SIZE + 64 {
+            return Err(Error::Corrupted(
+                "the region is too small for a queue".into(),
+            ));
+        }
+        let capacity = (region.len() - META_SIZE) as u64;
+        let ring = Ring { region, capacity };
+        let m = ring.meta();
+        if m.capacity.load(Ordering::Relaxed) != capacity {
+            return Err(Error::Corrupted(
+                "the queue's capacity does not match its region".into(),
+            ));
+        }
+        Ok(ring)
+    }
+
+    pub(crate) fn region(&self) -> &Region {
+        &self.region
+    }
+
+    pub(crate) fn meta(&self) -> &Meta {
+        // SAFETY: the payload starts with a Meta (64-aligned: region payloads are aligned to
+        // their layout's alignment, 64 here), written by the creator before the region was
+        // shared. Meta is made of atomics and constants that are never written after creation,
+        // so a shared reference is sound while other processes use it.
+        unsafe { &*self.region.as_ptr().cast::<Meta>() }
+    }
+
+    fn data(&self) -> *mut u8 {
+        // SAFETY: the ring starts META_SIZE bytes into the payload, which is META_SIZE +
+        // capacity bytes long.
+        unsafe { self.region.as_ptr().add(META_SIZE) }
+    }
+
+    fn rec(&self, off: u64) -> &RecHdr {
+        debug_assert!(off % 16 == 0 && off + REC_HDR as u64 <= self.capacity);
+        // SAFETY: `off` is a multiple of 16 below capacity (positions are multiples of 16 and
+        // taken modulo capacity, itself a multiple of 16), so a 16-byte header fits, aligned.
+        // RecHdr is made of atomics: sound to share.
+        unsafe { &*self.data().add(off as usize).cast::<RecHdr>() }
+    }
+
+    pub(crate) fn maxsize(&self) -> u64 {
+        self.meta().maxsize.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Items put and not yet taken.
+    pub(crate) fn len(&self) -> u64 {
+        let m = self.meta();
+        // Acquire pairs with the Release increments in put/get (only for a coherent snapshot).
+        let d = m.dequeued.load(Ordering::Acquire);
+        let e = m.enqueued.load(Ordering::Acquire);
+        e.saturating_sub(d)
+    }
+
+    // ---------------------------------------------------------------- producer side
+
+    /// Puts `value`, waiting for room until `deadline`.
+    pub(crate) fn put<T: Message>(&self, value: &T, deadline: Deadline) -> Result<(), PutFail> {
+        let m = self.meta();
+        let mut spilled: Option<mp_core::rkyv::util::AlignedVec<ALIGN>> = None;
+        let mut spins = 0u32;
+        loop {
+            let space_seq = m.space_seq.load(Ordering::Acquire);
+            {
+                let guard = lock::lock(&m.p_lock, &m.p_start);
+                if guard.recovered {
+                    self.repair_producer();
+                }
+                if self.try_put_locked(value, &mut spilled, &guard, false)? {
+                    drop(guard);
+                    self.wake_consumers();
+                    return Ok(());
+                }
+            }
+            // No room: records released by zero-copy guards may be waiting to be reclaimed.
+            self.help_reclaim();
+            if deadline.expired() {
+                return Err(PutFail::Full);
+            }
+            if spins < SPINS {
+                spins += 64;
+                for _ in 0..64 {
+                    std::hint::spin_loop();
+                }
+                continue;
+            }
+            m.p_waiters.fetch_add(1, Ordering::SeqCst);
+            // Re-check after announcing ourselves (pairs with the SeqCst fence in wake_producers).
+            if m.space_seq.load(Ordering::SeqCst) == space_seq {
+                let nap = deadline.remaining().map_or(NAP, |r| r.min(NAP));
+                futex::wait(&m.space_seq, space_seq, Some(nap));
+            }
+            m.p_waiters.fetch_sub(1, Ordering::SeqCst);
+            // A guard whose process died may be what holds the space: check on every nap.
+            self.reclaim_dead();
+        }
+    }
+
+    /// One attempt under the producer lock. `Ok(true)`: published; `Ok(false)`: no room (the
+    /// encoded bytes are kept in `spilled` for the next attempt).
+    ///
+    /// With `fresh`, `reclaim` is read from the consumers' line rather than from the producers'
+    /// cached copy; a failed placement on a cached value is always retried fresh, because the
+    /// cache may say "no room" for a ring that consumers have emptied.
+    #[expect(
+        clippy::only_used_in_recursion,
+        reason = "the guard is the proof that the producer lock is held"
+    )]
+    fn try_put_locked<T: Message>(
+        &self,
+        value: &T,
+        spilled: &mut Option<mp_core::rkyv::util::AlignedVec<ALIGN>>,
+        guard: &Locked<'_>,
+        fresh: bool,
+    ) -> Result<bool, PutFail> {
+        let m = self.meta();
+        let maxsize = m.maxsize.load(Ordering::Relaxed);
+        let enq = m.enqueued.load(Ordering::Relaxed);
+        if maxsize > 0 {
+            // Acquire pairs with the Release increment of `dequeued` in the consumers.
+            let deq = m.dequeued.load(Ordering::Acquire);
+            if enq.saturating_sub(deq) >= maxsize {
+                return Ok(false);
+            }
+        }
+        let cap = self.capacity;
+        let hdr = REC_HDR as u64;
+        let tail = m.tail.load(Ordering::Relaxed);
+        let mut reclaim = m.p_cached_reclaim.load(Ordering::Relaxed);
+        let want = spilled
+            .as_ref()
+            .map_or(2 * hdr, |v| (hdr + round16(v.len() as u64)).min(cap));
+        if fresh || cap - (tail - reclaim) < want {
+            // Acquire pairs with the Release stores of `reclaim` by consumers: the records
+            // before it are no longer read.
+            reclaim = m.reclaim.load(Ordering::Acquire);
+            m.p_cached_reclaim.store(reclaim, Ordering::Relaxed);
+        }
+        let free = cap - (tail - reclaim);
+        let off = tail % cap;
+        let contig = cap - off;
+        // Two places a record can go: at `tail`, or after a padding record at the ring's start.
+        let at_tail = free.min(contig);
+        let at_start = free.saturating_sub(contig);
+        let no_room = |spilled: &mut Option<_>| {
+            if fresh {
+                Ok(false)
+            } else {
+                self.try_put_locked(value, spilled, guard, true)
+            }
+        };
+        let place = |need: u64| -> Option<(u64, u64)> {
+            if need <= at_tail {
+                Some((off, 0))
+            } else if need <= at_start {
+                Some((0, contig))
+            } else {
+                None
+            }
+        };
+
+        if spilled.is_none() {
+            let Some((rec_off, pad)) = place(2 * hdr).map(|(o, p)| {
+                // Prefer the larger of the two places for a value of unknown size.
+                if p == 0 && at_start > at_tail {
+                    (0, contig)
+                } else {
+                    (o, p)
+                }
+            }) else {
+                return no_room(spilled);
+            };
+            let room = if pad == 0 { at_tail } else { at_start };
+            // SAFETY: `[rec_off + 16, rec_off + room)` is free ring space: it lies in
+            // `[tail, reclaim + cap)` (after the padding when `pad > 0`), which no consumer reads
+            // (they stop at `tail`, not yet moved) and no other producer writes (we hold the
+            // producer lock). `rec_off` is a multiple of 16, so the slot is 16-aligned.
+            let enc = unsafe {
+                message::encode_into(
+                    value,
+                    self.data().add(rec_off as usize + REC_HDR),
+                    (room - hdr) as usize,
+                )
+            }
+            .map_err(PutFail::Encode)?;
+            match enc {
+                Encoded::InPlace(n) => {
+                    self.write_rec(rec_off, n as u32, KIND_INLINE);
+                    self.commit(tail, enq, off, pad, hdr + round16(n as u64));
+                    return Ok(true);
+                }
+                Encoded::Spilled(v) => *spilled = Some(v),
+            }
+        }
+        let Some(v) = spilled.take() else {
+            return Ok(false);
+        };
+        let need = hdr + round16(v.len() as u64);
+        if need <= cap / 2 {
+            // Any message up to half the ring fits once the ring drains, wherever `tail` is.
+            let Some((rec_off, pad)) = place(need) else {
+                *spilled = Some(v);
+                return no_room(spilled);
+            };
+            self.copy_in(rec_off, &v);
+            self.commit(tail, enq, off, pad, need);
+        } else {
+            // Larger: its own range past the region; the ring holds a 32-byte record naming it.
+            let Some((rec_off, pad)) = place(2 * hdr) else {
+                *spilled = Some(v);
+                return no_room(spilled);
+            };
+            self.put_big(rec_off, &v).map_err(PutFail::Io)?;
+            self.commit(tail, enq, off, pad, 2 * hdr);
+        }
+        Ok(true)
+    }
+
+    /// Publishes a record (after an optional padding record at `off` of `pad` bytes).
+    fn commit(&self, tail: u64, enq: u64, off: u64, pad: u64, used: u64) {
+        let m = self.meta();
+        if pad > 0 {
+            self.write_pad(off, pad);
+        }
+        let new_tail = tail + pad + used;
+        m.pending_tail.store(new_tail, Ordering::Relaxed);
+        m.enqueued.store(enq + 1, Ordering::Release);
+        // Release publishes the records (headers and payloads) to consumers, which load `tail`
+        // with Acquire.
+        m.tail.store(new_tail, Ordering::Release);
+        m.pending_tail.store(0, Ordering::Relaxed);
+    }
+
+    /// Run by a producer that took the lock over from a dead one: if it died between counting
+    /// its message and publishing it, take the count back.
+    fn repair_producer(&self) {
+        let m = self.meta();
+        let pending = m.pending_tail.load(Ordering::Relaxed);
+        if pending != 0 {
+            if m.tail.load(Ordering::Relaxed) != pending {
+                let enq = m.enqueued.load(Ordering::Relaxed);
+                m.enqueued.store(enq.saturating_sub(1), Ordering::Release);
+            }
+            m.pending_tail.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// The positions and counters, for diagnostics.
+    pub(crate) fn debug_state(&self) -> String {
+        let m = self.meta();
+        format!(
+            "capacity={} tail={} head={} reclaim={} p_cached_reclaim={} c_cached_tail={} enqueued={} dequeued={} p_lock={:#x} c_lock={:#x} p_waiters={} c_waiters={}",
+            self.capacity,
+            m.tail.load(Ordering::SeqCst),
+            m.head.load(Ordering::SeqCst),
+            m.reclaim.load(Ordering::SeqCst),
+            m.p_cached_reclaim.load(Ordering::SeqCst),
+            m.c_cached_tail.load(Ordering::SeqCst),
+            m.enqueued.load(Ordering::SeqCst),
+            m.dequeued.load(Ordering::SeqCst),
+            m.p_lock.load(Ordering::SeqCst),
+            m.c_lock.load(Ordering::SeqCst),
+            m.p_waiters.load(Ordering::SeqCst),
+            m.c_waiters.load(Ordering::SeqCst),
+        )
+    }
+
+    fn write_rec(&self, off: u64, len: u32, kind: u32) {
+        let r = self.rec(off);
+        r.len.store(len, Ordering::Relaxed);
+        r.kind.store(kind, Ordering::Relaxed);
+        r.pid.store(0, Ordering::Relaxed);
+        r.state.store(READY, Ordering::Relaxed);
+    }
+
+    fn write_pad(&self, off: u64, span: u64) {
+        let r = self.rec(off);
+        r.len
+            .store((span - REC_HDR as u64) as u32, Ordering::Relaxed);
+        r.kind.store(KIND_PAD, Ordering::Relaxed);
+        r.pid.store(0, Ordering::Relaxed);
+        r.state.store(DONE, Ordering::Relaxed);
+    }
+
+    fn copy_in(&self, off: u64, bytes: &[u8]) {
+        // SAFETY: the caller checked that `[off, off + 16 + len)` is free ring space, which
+        // only this producer (holding the producer lock) may write.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.data().add(off as usize + REC_HDR),
+                bytes.len(),
+            )
+        };
+        self.write_rec(off, bytes.len() as u32, KIND_INLINE);
+    }
+
+    fn put_big(&self, off: u64, bytes: &[u8]) -> Result<(), mp_core::Error> {
+        let m = self.meta();
+        let start = m.big_tail.load(Ordering::Relaxed);
+        let len = bytes.len().max(1) as u64;
+        let span = len.div_ceil(PAGE) * PAGE;
+        self.region.grow_file(start + span)?;
+        let map = MmapOptions::new()
+            .offset(start)
+            .len(len as usize)
+            .map_raw(self.region.fd().as_raw_fd())
+            .map_err(|source| mp_core::Error::Io { op: "mmap", source })?;
+        // SAFETY: the range `[start, start + len)` was just allocated to this message (under
+        // the producer lock, `big_tail` only grows), so nobody else maps or writes it.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), map.as_mut_ptr(), bytes.len()) };
+        drop(map);
+        m.big_tail.store(start + span, Ordering::Relaxed);
+        // The ring record names the range: offset and length.
+        // SAFETY: the caller checked that 32 bytes at `off` are free ring space, ours to write
+        // under the producer lock.
+        unsafe {
+            let p = self.data().add(off as usize + REC_HDR).cast::<u64>();
+            p.write(start);
+            p.add(1).write(bytes.len() as u64);
+        }
+        self.write_rec(off, 16, KIND_BIG);
+        Ok(())
+    }
+
+    fn wake_consumers(&self) {
+        let m = self.meta();
+        // SeqCst fence: our `tail` store is ordered before the waiter-count load, pairing with
+        // the consumer's SeqCst increment of `c_waiters` before it re-checks `tail`.
+        fence(Ordering::SeqCst);
+        if m.c_waiters.load(Ordering::SeqCst) > 0 {
+            m.data_seq.fetch_add(1, Ordering::SeqCst);
+            futex::wake(&m.data_seq, 1);
+        }
+    }
+
+    fn wake_producers(&self) {
+        let m = self.meta();
+        // SeqCst fence: pairs with the producer's SeqCst increment of `p_waiters`.
+        fence(Ordering::SeqCst);
+        if m.p_waiters.load(Ordering::SeqCst) > 0 {
+            m.space_seq.fetch_add(1, Ordering::SeqCst);
+            futex::wake_all(&m.space_seq);
+        }
+    }
+
+    // ---------------------------------------------------------------- consumer side
+
+    /// Takes the next message: `f` gets its payload while the consumer lock is held and the
+    /// record is still at `head`; the record is consumed only when `f` returns.
+    pub(crate) fn get_with<R>(
+        &self,
+        deadline: Deadline,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, GetFail> {
+        let mut f = Some(f);
+        self.wait_for_data(deadline, |ring, guard| {
+            let (payload, used, rec_off) = ring.peek_locked(guard)?;
+            let bytes = ring.payload_bytes(&payload);
+            let r = (f.take().expect("called once"))(bytes);
+            drop(payload);
+            ring.consume_locked(guard, used, rec_off, false);
+            Ok(r)
+        })
+    }
+
+    /// Claims the next message for a zero-copy guard: returns its payload and the ring offset
+    /// of its record, marked `READING` by this process.
+    pub(crate) fn claim(&self, deadline: Deadline) -> Result<(Payload, u64), GetFail> {
+        self.wait_for_data(deadline, |ring, guard| {
+            let (payload, used, rec_off) = ring.peek_locked(guard)?;
+            let r = ring.rec(rec_off);
+            r.pid.store(std::process::id(), Ordering::Relaxed);
+            r.state.store(READING, Ordering::Relaxed);
+            ring.consume_locked(guard, used, rec_off, true);
+            Ok((payload, rec_off))
+        })
+    }
+
+    /// Releases a record claimed by [`claim`](Self::claim).
+    pub(crate) fn release(&self, off: u64) {
+        // Release: our reads of the payload happen before a producer reuses the space (it
+        // loads `reclaim` with Acquire after we advance it over this record).
+        self.rec(off).state.store(DONE, Ordering::Release);
+        let m = self.meta();
+        if let Some(g) = lock::try_lock(&m.c_lock, &m.c_start) {
+            self.advance_reclaim(&g, false);
+            drop(g);
+            self.wake_producers();
+        }
+    }
+
+    /// Runs `take` under the consumer lock once a message is there, waiting until `deadline`.
+    fn wait_for_data<R>(
+        &self,
+        deadline: Deadline,
+        mut take: impl FnMut(&Ring, &Locked<'_>) -> Result<R, Error>,
+    ) -> Result<R, GetFail> {
+        let m = self.meta();
+        let mut spins = 0u32;
+        loop {
+            let seq = m.data_seq.load(Ordering::Acquire);
+            {
+                let guard = lock::lock(&m.c_lock, &m.c_start);
+                if self.has_data_locked() {
+                    let r = take(self, &guard);
+                    drop(guard);
+                    self.wake_producers();
+                    return r.map_err(GetFail::Bad);
+                }
+            }
+            if deadline.expired() {
+                return Err(GetFail::Empty);
+            }
+            if spins < SPINS {
+                // Spin on the producer's `tail` without the lock: cheap while a producer is
+                // about to publish.
+                spins += 64;
+                for _ in 0..64 {
+                    std::hint::spin_loop();
+                    if m.tail.load(Ordering::Relaxed) != m.head.load(Ordering::Relaxed) {
+                        break;
+                    }
+                }
+                continue;
+            }
+            m.c_waiters.fetch_add(1, Ordering::SeqCst);
+            // Pairs with the SeqCst fence in `wake_consumers`.
+            if m.tail.load(Ordering::SeqCst) == m.head.load(Ordering::SeqCst)
+                && m.data_seq.load(Ordering::SeqCst) == seq
+            {
+                let nap = deadline.remaining().map_or(NAP, |r| r.min(NAP));
+                futex::wait(&m.data_seq, seq, Some(nap));
+            }
+            m.c_waiters.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    fn has_data_locked(&self) -> bool {
+        let m = self.meta();
+        let head = m.head.load(Ordering::Relaxed);
+        let mut tail = m.c_cached_tail.load(Ordering::Relaxed);
+        if head == tail {
+            // Acquire pairs with the Release store of `tail` in `try_put_locked`.
+            tail = m.tail.load(Ordering::Acquire);
+            m.c_cached_tail.store(tail, Ordering::Relaxed);
+        }
+        head != tail
+    }
+
+    /// The record at `head` (after skipping one padding record): its payload, how many ring
+    /// bytes consuming it frees, and its offset. Validates everything read from the ring.
+    fn peek_locked(&self, _guard: &Locked<'_>) -> Result<(Payload, u64, u64), Error> {
+        let m = self.meta();
+        let cap = self.capacity;
+        let head = m.head.load(Ordering::Relaxed);
+        let tail = m.c_cached_tail.load(Ordering::Relaxed);
+        let mut off = head % cap;
+        let mut used = 0u64;
+        let r = self.rec(off);
+        if r.kind.load(Ordering::Relaxed) == KIND_PAD {
+            let span = REC_HDR as u64 + u64::from(r.len.load(Ordering::Relaxed));
+            if span != cap - off || head + span >= tail {
+                return Err(self.corrupt(head, "a padding record that does not end the ring"));
+            }
+            used = span;
+            off = 0;
+        }
+        let r = self.rec(off);
+        let len = u64::from(r.len.load(Ordering::Relaxed));
+        let kind = r.kind.load(Ordering::Relaxed);
+        let span = REC_HDR as u64 + round16(len);
+        // Under the consumer lock, a record at `head` is READY, or READING when a consumer was
+        // killed between marking its claim and advancing `head`: the claim never completed, so
+        // the message is still there to deliver.
+        let state = r.state.load(Ordering::Relaxed);
+        if off + span > cap || head + used + span > tail || (state != READY && state != READING) {
+            return Err(self.corrupt(head, "a record that overruns the ring or is not ready"));
+        }
+        used += span;
+        // SAFETY: `[off + 16, off + 16 + len)` is inside the ring (checked) and belongs to a
+        // published record that no producer writes until `reclaim` passes it, which cannot
+        // happen while we hold the consumer lock and have not advanced `head`.
+        let p = unsafe { self.data().add(off as usize + REC_HDR) };
+        let payload = match kind {
+            KIND_INLINE => Payload::Inline(p, len as usize),
+            KIND_BIG if len == 16 => {
+                // SAFETY: 16 payload bytes of a published record (see above), 8-aligned.
+                let (start, blen) =
+                    unsafe { (p.cast::<u64>().read(), p.cast::<u64>().add(1).read()) };
+                let base = m.big_base.load(Ordering::Relaxed);
+                let end = m.big_tail.load(Ordering::Relaxed);
+                let span = blen.max(1).div_ceil(PAGE) * PAGE;
+                if start < base || start % PAGE != 0 || blen > end || start + span > end {
+                    return Err(self.corrupt(head, "an oversized message outside its area"));
+                }
+                let map = MmapOptions::new()
+                    .offset(start)
+                    .len(blen.max(1) as usize)
+                    .map_raw(self.region.fd().as_raw_fd())
+                    .map_err(|source| Error::Core(mp_core::Error::Io { op: "mmap", source }))?;
+                Payload::Big(BigMap {
+                    map,
+                    fd: self.region.fd().as_raw_fd(),
+                    offset: start,
+                    len: blen as usize,
+                })
+            }
+            _ => return Err(self.corrupt(head, "a record of unknown kind")),
+        };
+        Ok((payload, used, off))
+    }
+
+    /// The bytes of a payload.
+    pub(crate) fn payload_bytes<'p>(&self, p: &'p Payload) -> &'p [u8] {
+        match p {
+            // SAFETY: the pointer and length were validated by `peek_locked` and the record
+            // stays ours (consumer lock held, or claimed READING) while `p` lives.
+            Payload::Inline(ptr, len) => unsafe { std::slice::from_raw_parts(*ptr, *len) },
+            // SAFETY: the mapping is `len` bytes long and the range belongs to this message
+            // alone until the BigMap is dropped.
+            Payload::Big(b) => unsafe { std::slice::from_raw_parts(b.ptr(), b.len) },
+        }
+    }
+
+    /// Advances `head` over `used` bytes (the record at `rec_off` and a padding record before
+    /// it, if any). When `claimed`, the record stays until its guard releases it.
+    fn consume_locked(&self, guard: &Locked<'_>, used: u64, rec_off: u64, claimed: bool) {
+        let m = self.meta();
+        let head = m.head.load(Ordering::Relaxed);
+        let reclaim = m.reclaim.load(Ordering::Relaxed);
+        let new_head = head + used;
+        m.head.store(new_head, Ordering::Relaxed);
+        let deq = m.dequeued.load(Ordering::Relaxed);
+        // Release: pairs with the Acquire load of `dequeued` in producers checking maxsize.
+        m.dequeued.store(deq + 1, Ordering::Release);
+        if claimed {
+            return;
+        }
+        if reclaim == head {
+            // Nothing outstanding before us: the space is free at once. Release pairs with the
+            // producers' Acquire load of `reclaim`: our reads of the record happened before.
+            m.reclaim.store(new_head, Ordering::Release);
+        } else {
+            // Guards outstanding before us: mark ours done (padding records are done from the
+            // start) and move `reclaim` over whatever is released, in order.
+            self.rec(rec_off).state.store(DONE, Ordering::Release);
+            self.advance_reclaim(guard, false);
+        }
+    }
+
+    /// Moves `reclaim` over released records, in order. With `dead_too`, also over records
+    /// claimed by processes that have died (their guards will never be dropped).
+    fn advance_reclaim(&self, _guard: &Locked<'_>, dead_too: bool) {
+        let m = self.meta();
+        let cap = self.capacity;
+        let head = m.head.load(Ordering::Relaxed);
+        let mut reclaim = m.reclaim.load(Ordering::Relaxed);
+        let start = reclaim;
+        while reclaim < head {
+            let r = self.rec(reclaim % cap);
+            // Acquire pairs with the Release store of DONE in `release`.
+            let st = r.state.load(Ordering::Acquire);
+            let done = st == DONE
+                || (dead_too
+                    && st == READING
+                    && !liveness::is_alive(r.pid.load(Ordering::Relaxed), 0));
+            if !done {
+                break;
+            }
+            let len = u64::from(r.len.load(Ordering::Relaxed));
+            let span = REC_HDR as u64 + round16(len);
+            if r.kind.load(Ordering::Relaxed) == KIND_BIG && st == READING {
+                // A dead consumer's oversized message: free its range too.
+                self.punch_big(reclaim % cap);
+            }
+            reclaim += span.min(cap);
+        }
+        if reclaim != start {
+            // Release pairs with the producers' Acquire load of `reclaim`.
+            m.reclaim.store(reclaim.min(head), Ordering::Release);
+        }
+    }
+
+    fn punch_big(&self, off: u64) {
+        // SAFETY: a KIND_BIG record's 16 payload bytes are two u64 (written by its producer).
+        let (start, len) = unsafe {
+            let p = self.data().add(off as usize + REC_HDR).cast::<u64>();
+            (p.read(), p.add(1).read())
+        };
+        let span = len.max(1).div_ceil(PAGE) * PAGE;
+        // SAFETY: fallocate on our own descriptor; touches the file only.
+        unsafe {
+            libc::fallocate(
+                self.region.fd().as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                start as libc::off_t,
+                span as libc::off_t,
+            );
+        }
+    }
+
+    /// Moves `reclaim` over released records if the consumer lock is free (producers short of
+    /// space call this; consumers may be idle).
+    fn help_reclaim(&self) {
+        let m = self.meta();
+        if m.reclaim.load(Ordering::Relaxed) == m.head.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Some(g) = lock::try_lock(&m.c_lock, &m.c_start) {
+            self.advance_reclaim(&g, false);
+        }
+    }
+
+    /// Slow path for producers short of space: release the records of dead guard holders.
+    fn reclaim_dead(&self) {
+        let m = self.meta();
+        if m.reclaim.load(Ordering::Relaxed) == m.head.load(Ordering::Relaxed) {
+            return;
+        }
+        let g = lock::lock(&m.c_lock, &m.c_start);
+        self.advance_reclaim(&g, true);
+        drop(g);
+        self.wake_producers();
+    }
+
+    fn corrupt(&self, head: u64, what: &str) -> Error {
+        // Skip the damage so that the queue stays usable: drop everything up to `tail`.
+        let m = self.meta();
+        let tail = m.c_cached_tail.load(Ordering::Relaxed);
+        let lost = tail - head;
+        m.head.store(tail, Ordering::Relaxed);
+        m.reclaim.store(tail, Ordering::Release);
+        Error::Corrupted(format!(
+            "{what} at position {head}; {lost} bytes of queued messages were dropped"
+        ))
+    }
+}
+
+/// Decodes a payload into an owned `T`.
+pub(crate) fn decode<T: Message>(bytes: &[u8]) -> Result<T, Error> {
+    message::decode::<T>(bytes).map_err(Error::Core)
+}

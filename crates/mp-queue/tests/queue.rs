@@ -1,0 +1,635 @@
+//! Queue, SimpleQueue and JoinableQueue across real processes (CONFORMANCE Q1–Q6 and the
+//! robustness scenarios of the issue).
+//!
+//! "fork" children are forked from this test process and run queue code, then `_exit`; the
+//! queue's code paths take no process-global lock that another libtest thread could hold at the
+//! fork (no stdout, no environment), and glibc's allocator is fork-safe. "spawn" children are
+//! this test binary re-executed (`--exact child_entry` with a role in the environment), given
+//! the queue as a handle exactly as the spawn start method does.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use mp_core::handle::{self, ENV_FDS};
+use mp_core::message::{decode, encode};
+use mp_queue::{Error, JoinableQueue, PutError, Queue, SimpleQueue};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+
+const ROLE: &str = "MP_QUEUE_TEST_ROLE";
+const ARG: &str = "MP_QUEUE_TEST_ARG";
+
+/// Forks a child that runs `f` and `_exit`s with its result.
+fn fork_child(f: impl FnOnce() -> i32) -> Pid {
+    // SAFETY: the child runs only queue operations (atomics, futex, /proc reads, allocation,
+    // all fork-safe here, see the module doc) and leaves with _exit, never returning into the
+    // test harness.
+    match unsafe { fork() }.expect("fork") {
+        ForkResult::Child => {
+            // Die with the test's thread, so that a failing test leaves no orphan behind.
+            // SAFETY: prctl with integer arguments.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(101);
+            // SAFETY: ends the child at once.
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => child,
+    }
+}
+
+fn wait_ok(pid: Pid) {
+    match waitpid(pid, None).expect("waitpid") {
+        WaitStatus::Exited(_, 0) => {}
+        other => panic!("child {pid} failed: {other:?}"),
+    }
+}
+
+/// Re-runs this test binary as a child playing `role` with `arg` (which may hold queue
+/// handles), the way the spawn start method does.
+fn spawn_child<A: mp_core::Message>(role: &str, arg: &A) -> std::process::Child {
+    let (bytes, fds) = handle::collect(|| encode(arg));
+    let bytes = bytes.expect("encode the child's argument");
+    spawn_raw(role, &bytes, fds)
+}
+
+fn spawn_raw(role: &str, bytes: &[u8], fds: Vec<OwnedFd>) -> std::process::Child {
+    let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let mut cmd = Command::new(std::env::current_exe().expect("current_exe"));
+    cmd.args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
+        .env(ROLE, role)
+        .env(
+            ARG,
+            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        )
+        .env(ENV_FDS, handle::env_value(&fds));
+    // SAFETY: only fcntl between fork and exec.
+    unsafe { cmd.pre_exec(move || handle::keep_across_exec(&raw)) };
+    let child = cmd.spawn().expect("spawn the test binary");
+    drop(fds);
+    child
+}
+
+fn spawn_ok(mut child: std::process::Child) {
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "spawned child failed: {status:?}");
+}
+
+/// The child side of the spawn tests; a no-op in a normal run.
+#[test]
+fn child_entry() {
+    let Ok(role) = std::env::var(ROLE) else {
+        return;
+    };
+    let hex = std::env::var(ARG).expect("arg");
+    let arg: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect();
+    handle::install_from_env().expect("install fds");
+    match role.as_str() {
+        "put-10-19" => {
+            let q: Queue<u64> = decode(&arg).expect("decode queue");
+            for i in 10..20 {
+                q.put(i).expect("put");
+            }
+        }
+        "echo-big" => {
+            let (inq, outq): (Queue<Vec<u8>>, Queue<Vec<u8>>) = decode(&arg).expect("decode");
+            let v = inq.get().expect("get");
+            outq.put(v).expect("put back");
+        }
+        "wrong-type" => {
+            let r = decode::<Queue<String>>(&arg);
+            assert!(
+                r.is_err(),
+                "a Queue<u64> handle must not open as Queue<String>"
+            );
+        }
+        "joinable-worker" => {
+            let q: JoinableQueue<u32> = decode(&arg).expect("decode");
+            while let Ok(_item) = q.get_timeout(Duration::from_millis(300)) {
+                std::thread::sleep(Duration::from_millis(5));
+                q.task_done().expect("task_done");
+            }
+        }
+        other => panic!("unknown role {other}"),
+    }
+    std::process::exit(0);
+}
+
+fn assert_about(elapsed: Duration, t: Duration) {
+    assert!(
+        elapsed >= t,
+        "returned after {elapsed:?}, before the timeout {t:?}"
+    );
+    assert!(
+        elapsed < t + Duration::from_secs(2),
+        "returned after {elapsed:?}, timeout {t:?}"
+    );
+}
+
+#[test]
+fn q1_bounded_full_and_empty() {
+    let q: Queue<u32> = Queue::with_maxsize(6).unwrap();
+    assert_eq!(q.maxsize(), 6);
+    assert!(q.empty());
+    for i in 0..6 {
+        q.put(i).unwrap();
+    }
+    assert!(q.full());
+    assert_eq!(q.qsize(), 6);
+    let t0 = Instant::now();
+    match q.put_nowait(6) {
+        Err(PutError::Full(item)) => assert_eq!(item, 6),
+        other => panic!("expected Full, got {other:?}"),
+    }
+    assert!(t0.elapsed() < Duration::from_millis(500));
+    let t0 = Instant::now();
+    match q.put_timeout(7, Duration::from_millis(100)) {
+        Err(e @ PutError::Full(_)) => {
+            assert!(e.is_full());
+            assert_eq!(e.into_inner(), 7);
+        }
+        other => panic!("expected Full, got {other:?}"),
+    }
+    assert_about(t0.elapsed(), Duration::from_millis(100));
+    for i in 0..6 {
+        assert_eq!(q.get().unwrap(), i);
+    }
+    assert!(matches!(q.get_nowait(), Err(Error::Empty)));
+    let t0 = Instant::now();
+    assert!(matches!(
+        q.get_timeout(Duration::from_millis(100)),
+        Err(Error::Empty)
+    ));
+    assert_about(t0.elapsed(), Duration::from_millis(100));
+}
+
+#[test]
+fn q2_fifo_across_processes_fork() {
+    let q: Queue<u64> = Queue::new().unwrap();
+    for i in 0..10 {
+        q.put(i).unwrap();
+    }
+    let qc = q.clone();
+    wait_ok(fork_child(move || {
+        for i in 10..20 {
+            if qc.put(i).is_err() {
+                return 1;
+            }
+        }
+        0
+    }));
+    let got: Vec<u64> = (0..20).map(|_| q.get().unwrap()).collect();
+    assert_eq!(got, (0..20).collect::<Vec<_>>());
+    assert!(matches!(q.get_nowait(), Err(Error::Empty)));
+}
+
+#[test]
+fn q2_fifo_across_processes_spawn() {
+    let q: Queue<u64> = Queue::new().unwrap();
+    for i in 0..10 {
+        q.put(i).unwrap();
+    }
+    spawn_ok(spawn_child("put-10-19", &q));
+    let got: Vec<u64> = (0..20).map(|_| q.get().unwrap()).collect();
+    assert_eq!(got, (0..20).collect::<Vec<_>>());
+    assert!(matches!(q.get_nowait(), Err(Error::Empty)));
+}
+
+#[test]
+fn handle_of_another_type_is_refused_in_the_child() {
+    let q: Queue<u64> = Queue::new().unwrap();
+    spawn_ok(spawn_child("wrong-type", &q));
+}
+
+fn joinable_with_workers(spawned: bool) {
+    let q: JoinableQueue<u32> = JoinableQueue::new().unwrap();
+    for i in 0..10 {
+        q.put(i).unwrap();
+    }
+    assert!(matches!(
+        q.join_timeout(Duration::from_millis(50)),
+        Err(Error::Timeout)
+    ));
+    if spawned {
+        let kids: Vec<_> = (0..4).map(|_| spawn_child("joinable-worker", &q)).collect();
+        q.join_timeout(Duration::from_secs(30)).unwrap();
+        kids.into_iter().for_each(spawn_ok);
+    } else {
+        let kids: Vec<Pid> = (0..4)
+            .map(|_| {
+                let q = q.clone();
+                fork_child(move || {
+                    while let Ok(_item) = q.get_timeout(Duration::from_millis(300)) {
+                        std::thread::sleep(Duration::from_millis(5));
+                        if q.task_done().is_err() {
+                            return 1;
+                        }
+                    }
+                    0
+                })
+            })
+            .collect();
+        q.join_timeout(Duration::from_secs(30)).unwrap();
+        kids.into_iter().for_each(wait_ok);
+    }
+    assert!(q.empty());
+    assert!(matches!(q.task_done(), Err(Error::TaskDoneTooMany)));
+}
+
+#[test]
+fn q3_joinable_queue_fork() {
+    joinable_with_workers(false);
+}
+
+#[test]
+fn q3_joinable_queue_spawn() {
+    joinable_with_workers(true);
+}
+
+#[test]
+fn q4_closed() {
+    let q: Queue<u8> = Queue::new().unwrap();
+    q.put(1).unwrap();
+    let other = q.clone();
+    q.close();
+    assert!(q.is_closed() && other.is_closed());
+    assert!(matches!(q.put(2), Err(PutError::Closed(2))));
+    assert!(matches!(q.get(), Err(Error::Closed)));
+    let s: SimpleQueue<u8> = SimpleQueue::new().unwrap();
+    s.put(3).unwrap();
+    assert!(!s.empty());
+    assert_eq!(s.get().unwrap(), 3);
+    s.close();
+    assert!(matches!(s.get(), Err(Error::Closed)));
+}
+
+#[test]
+fn q5_sixteen_mib_and_zero_bytes_round_trip_across_processes() {
+    let inq: Queue<Vec<u8>> = Queue::new().unwrap();
+    let outq: Queue<Vec<u8>> = Queue::new().unwrap();
+    let big: Vec<u8> = (0..16 << 20).map(|i: u32| (i % 251) as u8).collect();
+    inq.put(big.clone()).unwrap();
+    spawn_ok(spawn_child("echo-big", &(inq.clone(), outq.clone())));
+    let back = outq.get().unwrap();
+    assert!(back == big, "16 MiB message changed on the way");
+    // Zero-byte messages: the unit type, and an empty vector.
+    let units: Queue<()> = Queue::new().unwrap();
+    let uc = units.clone();
+    wait_ok(fork_child(move || i32::from(uc.put(()).is_err())));
+    units.get().unwrap();
+    inq.put(Vec::new()).unwrap();
+    assert_eq!(inq.get().unwrap(), Vec::<u8>::new());
+    // A message larger than a small ring, zero-copy.
+    let small: Queue<Vec<u8>> = Queue::builder().capacity_bytes(4096).build().unwrap();
+    small.put(vec![9u8; 100_000]).unwrap();
+    small.put(vec![8u8; 10]).unwrap();
+    {
+        let r = small.get_ref().unwrap();
+        assert_eq!(r.len(), 100_000);
+        assert!(r.iter().all(|&b| b == 9));
+    }
+    assert_eq!(small.get().unwrap(), vec![8u8; 10]);
+}
+
+#[test]
+fn q6_child_puts_one_mib_and_exits_before_anyone_reads() {
+    let q: Queue<Vec<u8>> = Queue::new().unwrap();
+    let qc = q.clone();
+    let pid = fork_child(move || i32::from(qc.put(vec![0xA5; 1 << 20]).is_err()));
+    // Joined first: Python deadlocks here, because its child waits for its feeder thread.
+    wait_ok(pid);
+    let v = q.get_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(v.len(), 1 << 20);
+    assert!(v.iter().all(|&b| b == 0xA5));
+}
+
+/// A bitmap in shared memory, to check exactly-once delivery across processes.
+struct Seen {
+    words: mp_core::Region,
+}
+
+impl Seen {
+    fn new(bits: usize) -> Seen {
+        Seen {
+            words: mp_core::Region::anonymous(77, bits.div_ceil(64) as u64 * 8, 8).unwrap(),
+        }
+    }
+    fn word(&self, i: usize) -> &AtomicU64 {
+        assert!(i < self.words.len() / 8);
+        // SAFETY: in bounds (checked), 8-aligned; atomics may be shared across processes.
+        unsafe { &*self.words.as_ptr().cast::<AtomicU64>().add(i) }
+    }
+    /// Marks bit `n`; false if it was already set (a duplicate).
+    fn mark(&self, n: usize) -> bool {
+        let bit = 1u64 << (n % 64);
+        self.word(n / 64).fetch_or(bit, Ordering::SeqCst) & bit == 0
+    }
+    fn count(&self) -> u32 {
+        (0..self.words.len() / 8)
+            .map(|i| self.word(i).load(Ordering::SeqCst).count_ones())
+            .sum()
+    }
+}
+
+#[test]
+fn four_producers_four_consumers_exactly_once() {
+    const PER: u64 = 100_000;
+    let q: Queue<u64> = Queue::builder().capacity_bytes(64 << 10).build().unwrap();
+    let seen = Seen::new(4 * PER as usize);
+    let dups = mp_core::Shared::new(AtomicU64::new(0)).unwrap();
+    let mut kids = Vec::new();
+    for p in 0..4u64 {
+        let q = q.clone();
+        kids.push(fork_child(move || {
+            for i in 0..PER {
+                if q.put(p * PER + i).is_err() {
+                    return 1;
+                }
+            }
+            0
+        }));
+    }
+    for _ in 0..4 {
+        let q = q.clone();
+        let seen = Seen {
+            words: seen.words.clone(),
+        };
+        let dups = dups.clone();
+        kids.push(fork_child(move || {
+            while let Ok(v) = q.get_timeout(Duration::from_secs(2)) {
+                if v >= 4 * PER || !seen.mark(v as usize) {
+                    dups.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            0
+        }));
+    }
+    kids.into_iter().for_each(wait_ok);
+    assert_eq!(
+        dups.load(Ordering::SeqCst),
+        0,
+        "a message was delivered twice"
+    );
+    assert_eq!(seen.count(), 4 * PER as u32, "a message was lost");
+    assert!(q.empty());
+}
+
+#[derive(mp_core::rkyv::Archive, mp_core::rkyv::Serialize, mp_core::rkyv::Deserialize)]
+#[rkyv(crate = mp_core::rkyv)]
+struct Chunk {
+    seq: u64,
+    body: Vec<u8>,
+}
+
+#[test]
+fn producer_sigkilled_mid_put_never_tears_or_hangs() {
+    // Small ring so that puts wrap, pad and wait for space all the time.
+    let q: Queue<Chunk> = Queue::builder().capacity_bytes(16 << 10).build().unwrap();
+    let mut next_expected = 0u64;
+    for round in 0..100u64 {
+        let qc = q.clone();
+        let base = round << 32;
+        let pid = fork_child(move || {
+            let mut i = 0u64;
+            loop {
+                let seq = base + i;
+                let len = ((seq * 7919) % 9000) as usize;
+                let body = vec![(seq % 251) as u8; len];
+                if qc.put(Chunk { seq, body }).is_err() {
+                    return 1;
+                }
+                i += 1;
+            }
+        });
+        // Let it run into the middle of something, then kill it.
+        let mut drained = 0;
+        while drained < 3 {
+            if let Ok(c) = q.get_timeout(Duration::from_secs(5)) {
+                check_chunk(&c, &mut next_expected, base);
+                drained += 1;
+            } else {
+                let _ = kill(pid, Signal::SIGKILL);
+                panic!(
+                    "round {round}: the producer produced nothing: {}",
+                    q.debug_state()
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_micros(200 + (round * 37) % 800));
+        kill(pid, Signal::SIGKILL).unwrap();
+        assert!(matches!(
+            waitpid(pid, None).unwrap(),
+            WaitStatus::Signaled(_, Signal::SIGKILL, _)
+        ));
+        // Everything that was completed is intact and in order; nothing half-written shows.
+        while let Ok(c) = q.get_nowait() {
+            check_chunk(&c, &mut next_expected, base);
+        }
+        next_expected = (round + 1) << 32;
+    }
+    // The queue still works for a new producer (the lock a victim held is taken over).
+    q.put_timeout(
+        Chunk {
+            seq: 1,
+            body: vec![1],
+        },
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(q.get().unwrap().seq, 1);
+}
+
+fn check_chunk(c: &Chunk, next: &mut u64, base: u64) {
+    // Within a round one producer puts base, base+1, ... in order: every message it completed
+    // arrives, in order, exactly once.
+    let expected = (*next).max(base);
+    assert_eq!(c.seq, expected, "lost, duplicated or reordered message");
+    let len = ((c.seq * 7919) % 9000) as usize;
+    assert_eq!(c.body.len(), len, "torn message {}", c.seq);
+    assert!(
+        c.body.iter().all(|&b| b == (c.seq % 251) as u8),
+        "torn message {}",
+        c.seq
+    );
+    *next = c.seq + 1;
+}
+
+#[test]
+fn consumer_sigkilled_mid_get_never_duplicates_or_hangs() {
+    const N: u64 = 20_000;
+    let q: Queue<u64> = Queue::builder().capacity_bytes(8 << 10).build().unwrap();
+    let seen = Seen::new(N as usize);
+    let dups = mp_core::Shared::new(AtomicU64::new(0)).unwrap();
+    let producer = {
+        let q = q.clone();
+        fork_child(move || {
+            for i in 0..N {
+                if q.put(i).is_err() {
+                    return 1;
+                }
+            }
+            0
+        })
+    };
+    for round in 0..10u64 {
+        let qc = q.clone();
+        let seen_c = Seen {
+            words: seen.words.clone(),
+        };
+        let dups_c = dups.clone();
+        let pid = fork_child(move || loop {
+            // Alternate the two ways of getting: owned and zero-copy.
+            let v = if round % 2 == 0 {
+                qc.get().map_err(|_| ())
+            } else {
+                qc.get_ref().map(|r| r.to_native()).map_err(|_| ())
+            };
+            match v {
+                Ok(v) => {
+                    if !seen_c.mark(v as usize) {
+                        dups_c.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                Err(()) => return 1,
+            }
+        });
+        std::thread::sleep(Duration::from_millis(3));
+        kill(pid, Signal::SIGKILL).unwrap();
+        waitpid(pid, None).unwrap();
+    }
+    // The parent drains the rest; the producer is never blocked for good by dead consumers.
+    loop {
+        match q.get_timeout(Duration::from_millis(500)) {
+            Ok(v) => {
+                if !seen.mark(v as usize) {
+                    dups.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            Err(Error::Empty) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    wait_ok(producer);
+    assert_eq!(
+        dups.load(Ordering::SeqCst),
+        0,
+        "a message was delivered twice"
+    );
+    // At most one message per killed consumer can be lost (the one it held when killed).
+    assert!(
+        seen.count() as u64 >= N - 10,
+        "lost {}",
+        N - seen.count() as u64
+    );
+}
+
+#[test]
+fn corrupted_ring_is_an_error_and_the_queue_stays_usable() {
+    let q: Queue<Vec<u8>> = Queue::new().unwrap();
+    q.put(vec![1, 2, 3]).unwrap();
+    // Map the queue's region through its handle, as a hostile process could, and scribble
+    // over the first record's header.
+    let (bytes, fds) = handle::collect(|| encode(&q));
+    let _ = bytes.unwrap();
+    let fd = fds.into_iter().next().unwrap();
+    let region = mp_core::Region::from_fd(fd, None).unwrap();
+    // SAFETY: test-only corruption of a region this test owns; offset 256 is the first record
+    // (after the 256-byte metadata block); we overwrite its `len` field.
+    unsafe {
+        region
+            .as_ptr()
+            .add(256 + 8)
+            .cast::<u32>()
+            .write_volatile(0xFFFF_FFF0)
+    };
+    match q.get_nowait() {
+        Err(Error::Corrupted(msg)) => assert!(msg.contains("dropped"), "{msg}"),
+        other => panic!("expected Corrupted, got {other:?}"),
+    }
+    q.put(vec![4]).unwrap();
+    assert_eq!(q.get().unwrap(), vec![4]);
+    // Garbage payload bytes (a valid header, a payload that is not a Vec<u8> archive).
+    q.put(vec![0u8; 8]).unwrap();
+    // Records so far: [1,2,3] at 0, [4] at 32, each 16 header + 16 payload bytes; this one is
+    // the third.
+    let rec = 256 + 64;
+    // SAFETY: as above; the payload of the record just put starts 16 bytes into it.
+    unsafe {
+        let p = region.as_ptr().add(rec + 16);
+        std::ptr::write_bytes(p, 0xEE, 16);
+    }
+    assert!(matches!(
+        q.get_nowait(),
+        Err(Error::Core(_)) | Err(Error::Corrupted(_))
+    ));
+    q.put(vec![5]).unwrap();
+    assert_eq!(q.get().unwrap(), vec![5]);
+}
+
+#[test]
+fn waiting_consumer_does_not_burn_a_core() {
+    let q: Queue<u8> = Queue::new().unwrap();
+    let qc = q.clone();
+    let pid = fork_child(move || match qc.get() {
+        Ok(7) => 0,
+        _ => 1,
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    q.put(7).unwrap();
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
+    let mut status = 0;
+    // SAFETY: wait4 writes the child's status and rusage into our buffers.
+    let r = unsafe { libc::wait4(pid.as_raw(), &mut status, 0, usage.as_mut_ptr()) };
+    assert_eq!(r, pid.as_raw());
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    // SAFETY: wait4 succeeded, so it filled the rusage.
+    let usage = unsafe { usage.assume_init() };
+    let cpu = Duration::from_secs(usage.ru_utime.tv_sec as u64 + usage.ru_stime.tv_sec as u64)
+        + Duration::from_micros(usage.ru_utime.tv_usec as u64 + usage.ru_stime.tv_usec as u64);
+    assert!(
+        cpu < Duration::from_millis(200),
+        "a blocked get used {cpu:?} of CPU in 600 ms"
+    );
+}
+
+/// A serde type whose serialization fails, as a type with an invariant it cannot encode would.
+#[derive(Debug, PartialEq)]
+struct Unserializable(u32);
+
+impl serde::Serialize for Unserializable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom(
+            "this value refuses to be serialized",
+        ))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Unserializable {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        u32::deserialize(d).map(Unserializable)
+    }
+}
+
+#[test]
+fn serialization_error_is_returned_by_put_with_the_item() {
+    let q: Queue<mp_core::Serde<Unserializable>> = Queue::new().unwrap();
+    for _ in 0..20 {
+        match q.put(mp_core::Serde(Unserializable(5))) {
+            Err(PutError::Failed(item, e)) => {
+                assert_eq!(item.0, Unserializable(5));
+                assert!(matches!(e, mp_core::Error::Encode(_)), "{e}");
+            }
+            other => panic!("expected Failed, got {other:?}"),
+        }
+    }
+    assert!(q.empty(), "nothing half-written is left behind");
+    let ok: Queue<mp_core::Serde<Vec<String>>> = Queue::new().unwrap();
+    ok.put(mp_core::Serde(vec!["serde".to_string()])).unwrap();
+    assert_eq!(ok.get().unwrap().0, vec!["serde".to_string()]);
+}
