@@ -4,25 +4,51 @@
 //! with the names a Python programmer knows and without Python's traps.
 //!
 //! ```
-//! use std::sync::atomic::{AtomicU64, Ordering};
-//! let counter = mp::Shared::new(AtomicU64::new(0))?;
-//! counter.fetch_add(1, Ordering::SeqCst);
-//! assert_eq!(counter.load(Ordering::SeqCst), 1);
-//! # Ok::<(), mp::core::Error>(())
+//! use mp::{Lock, Process, Queue, Value};
+//!
+//! fn worker((q, total, lock): (Queue<u64>, Value<u64>, Lock)) -> u64 {
+//!     let mut sum = 0;
+//!     while let Ok(x) = q.get_nowait() {
+//!         sum += x;
+//!     }
+//!     let _guard = lock.lock().expect("lock");
+//!     total.set(total.get() + sum);
+//!     sum
+//! }
+//!
+//! fn main() -> Result<(), mp::Error> {
+//!     mp::init(); // first thing in main: lets spawn/forkserver children run
+//!     let q = Queue::new()?;
+//!     for x in 1..=10 {
+//!         q.put(x)?;
+//!     }
+//!     let total = Value::new(0u64)?;
+//!     let mut child = Process::new(worker, (q, total.clone(), Lock::new()?)).start()?;
+//!     assert_eq!(child.join()?, 55);
+//!     assert_eq!(total.get(), 55);
+//!     Ok(())
+//! }
 //! ```
 //!
 //! # The map
 //!
 //! Each primitive lives in a crate of its own, re-exported here whole; the everyday names are
-//! lifted to the top.
+//! lifted to the top. `docs/python-mapping.md` says where each Python name went.
 //!
-//! * Shared memory and messages: [`core`] ([`SharedMemory`], [`Shared`], [`Message`]).
-//! * Synchronisation: [`sync`] (not built yet).
-//! * Processes: [`process`] (not built yet).
-//! * Queues: [`queue`] (not built yet).
-//! * Pipes and connections: [`pipe`] (not built yet).
-//! * Pools: [`pool`] (not built yet).
-//! * Managers: [`manager`] (not built yet).
+//! * Processes, [`process`]: [`Process`], [`Child`], [`StartMethod`] (fork, spawn,
+//!   forkserver), [`init`], [`current_process`], [`parent_process`], [`active_children`],
+//!   [`cpu_count`], [`get_context`], [`set_start_method`].
+//! * Synchronisation, [`sync`]: [`Lock`], [`RLock`], [`Semaphore`], [`BoundedSemaphore`],
+//!   [`Event`], [`Condition`], [`Barrier`], and shared values [`Value`], [`Array`] (with a
+//!   lock) and [`RawValue`], [`RawArray`] (without).
+//! * Queues, [`queue`]: [`Queue`], [`SimpleQueue`], [`JoinableQueue`].
+//! * Pipes and connections, [`pipe`].
+//! * Pools, [`pool`].
+//! * Managers, [`manager`] (not built yet).
+//! * Shared memory and messages, [`core`]: [`SharedMemory`], [`Shared`], [`Message`],
+//!   [`Serde`].
+//!
+//! Every crate's error converts into [`Error`], so `?` works across them.
 
 pub use mp_core as core;
 pub use mp_manager as manager;
@@ -33,3 +59,43 @@ pub use mp_queue as queue;
 pub use mp_sync as sync;
 
 pub use mp_core::{Message, Serde, Shared, SharedMemory};
+pub use mp_process::{
+    active_children, cpu_count, current_process, get_all_start_methods, get_context,
+    get_start_method, init, parent_process, set_start_method, Child, Process, StartMethod,
+};
+pub use mp_queue::{JoinableQueue, Queue, SimpleQueue};
+pub use mp_sync::{
+    Array, Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, RawArray, RawValue, Semaphore,
+    Value,
+};
+
+/// Any mp error: every crate's error converts into it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Shared memory, messages, handles.
+    #[error(transparent)]
+    Core(#[from] mp_core::Error),
+    /// Locks, semaphores, events, conditions, barriers, values.
+    #[error(transparent)]
+    Sync(#[from] mp_sync::Error),
+    /// Starting processes and start methods.
+    #[error(transparent)]
+    Process(#[from] mp_process::Error),
+    /// How a child ended when it did not return a value.
+    #[error(transparent)]
+    ProcessFailed(#[from] mp_process::ProcessError),
+    /// Queues.
+    #[error(transparent)]
+    Queue(#[from] mp_queue::Error),
+    /// A `put` that failed; the item it gave back was dropped in the conversion (match on
+    /// [`queue::PutError`] directly to keep it).
+    #[error("{0}")]
+    Put(String),
+}
+
+impl<T> From<mp_queue::PutError<T>> for Error {
+    fn from(e: mp_queue::PutError<T>) -> Self {
+        Error::Put(e.to_string())
+    }
+}

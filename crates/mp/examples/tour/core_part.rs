@@ -1,57 +1,36 @@
 //! mp-core: shared memory written by a child process and read by the parent.
 
 use std::error::Error;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use mp::SharedMemory;
-use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::{fork, ForkResult};
+use mp::{Process, SharedMemory, StartMethod};
+
+/// Runs in a spawned child (a fresh copy of this program): attaches by name and writes.
+fn write_greeting(name: String) -> usize {
+    let shm = SharedMemory::attach(&name).expect("attach");
+    let msg = format!("hello from child {}", std::process::id());
+    shm.write_at(0, msg.as_bytes()).expect("write");
+    msg.len()
+}
 
 pub(crate) fn run() -> Result<(), Box<dyn Error>> {
     println!("== shared memory (mp-core)");
-    let counter = mp::Shared::new(AtomicU64::new(0))?;
     let name = format!("tour-{}", std::process::id());
     let block = SharedMemory::create(&name, 4096)?;
     println!(
-        "parent {}: created an anonymous region and /dev/shm/mp-{name}",
+        "parent {} created /dev/shm/mp-{name} (4096 bytes, mode 0600)",
         std::process::id()
     );
-
-    // SAFETY: the tour is single-threaded at this point, so the child may do anything; it
-    // touches the shared memory and leaves with _exit.
-    match unsafe { fork() }? {
-        ForkResult::Child => {
-            let code = match SharedMemory::attach(&name) {
-                Ok(shm) => {
-                    let msg = format!("hello from child {}", std::process::id());
-                    let ok = shm.write_at(0, msg.as_bytes()).is_ok();
-                    counter.fetch_add(msg.len() as u64, Ordering::SeqCst);
-                    if ok {
-                        0
-                    } else {
-                        1
-                    }
-                }
-                Err(_) => 1,
-            };
-            // SAFETY: leaves the child at once, without running the parent's destructors.
-            unsafe { libc::_exit(code) }
-        }
-        ForkResult::Parent { child } => {
-            let status = waitpid(child, None)?;
-            if status != WaitStatus::Exited(child, 0) {
-                return Err(format!("the child failed: {status:?}").into());
-            }
-        }
-    }
-    let len = counter.load(Ordering::SeqCst) as usize;
+    let mut child = Process::new(write_greeting, name.clone())
+        .start_method(StartMethod::Spawn)
+        .start()?;
+    let len = child.join()?;
     let mut buf = vec![0u8; len];
     block.read_at(0, &mut buf)?;
     println!(
-        "parent read {len} bytes the child wrote by name: {:?}",
+        "a spawned child attached by name and wrote {len} bytes: {:?}",
         String::from_utf8_lossy(&buf)
     );
     block.unlink()?;
-    println!("unlinked /dev/shm/mp-{name}");
+    println!("unlinked /dev/shm/mp-{name}\n");
     Ok(())
 }

@@ -6,10 +6,18 @@
 use std::error::Error;
 
 mod core_part;
+mod process_part;
+mod queue_part;
+mod sync_part;
 
 fn main() -> Result<(), Box<dyn Error>> {
+    // First thing: in a child started by spawn or forkserver this runs the child and exits.
+    mp::init();
     println!("mp tour: Python's multiprocessing, in Rust, with real processes\n");
     core_part::run()?;
+    process_part::run()?;
+    sync_part::run()?;
+    queue_part::run()?;
     println!("\ntour complete");
     Ok(())
 }
