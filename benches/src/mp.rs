@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use mp_pipe::{Duplex, OneWay, Pipe};
 use mp_process::{Process, StartMethod};
+use mp_queue::Queue;
 use mp_sync::{Event, Lock, RawValue};
 
 use crate::proc::{timed, Gate};
@@ -23,6 +24,9 @@ pub fn implementation(workload: &str) -> Option<Measure> {
         "process_start_fork" => process_start_fork,
         "process_start_spawn" => process_start_spawn,
         "process_start_forkserver" => process_start_forkserver,
+        "queue_small_1to1" => queue_small_1to1,
+        "queue_small_2to1" => queue_small_2to1,
+        "queue_1mib" => queue_1mib,
         "pipe_rt" => pipe_rt,
         "pipe_oneway_small" => pipe_oneway_small,
         _ => return None,
@@ -155,6 +159,62 @@ pub fn pipe_oneway_small(iters: u64, placement: Placement) -> Duration {
     timed(placement, vec![child], |_| {
         for _ in 0..iters {
             reader.recv().expect("recv");
+        }
+    })
+}
+
+/// A child puts `iters` u64 on a `Queue`, the parent gets them.
+pub fn queue_small_1to1(iters: u64, placement: Placement) -> Duration {
+    let q: Queue<u64> = Queue::new().expect("Queue::new");
+    let q2 = q.clone();
+    let child = move |_: &Gate| {
+        for i in 0..iters {
+            q2.put(i).expect("put");
+        }
+    };
+    timed(placement, vec![child], |_| {
+        for _ in 0..iters {
+            q.get().expect("get");
+        }
+    })
+}
+
+/// Two children put `iters` u64 between them on one `Queue`, the parent gets them all.
+pub fn queue_small_2to1(iters: u64, placement: Placement) -> Duration {
+    let q: Queue<u64> = Queue::new().expect("Queue::new");
+    let children: Vec<_> = [iters / 2, iters - iters / 2]
+        .into_iter()
+        .map(|n| {
+            let q = q.clone();
+            move |_: &Gate| {
+                for i in 0..n {
+                    q.put(i).expect("put");
+                }
+            }
+        })
+        .collect();
+    timed(placement, children, |_| {
+        for _ in 0..iters {
+            q.get().expect("get");
+        }
+    })
+}
+
+/// A child puts `iters` messages of 1 MiB (`Vec<u8>`, a fresh copy of a template each time, as
+/// Python pickles its `bytes` on every put) on a `Queue`, the parent gets them as owned `Vec`s.
+pub fn queue_1mib(iters: u64, placement: Placement) -> Duration {
+    let q: Queue<Vec<u8>> = Queue::new().expect("Queue::new");
+    let q2 = q.clone();
+    let child = move |_: &Gate| {
+        let template = vec![0x5au8; crate::MIB];
+        for _ in 0..iters {
+            q2.put(template.clone()).expect("put");
+        }
+    };
+    timed(placement, vec![child], |_| {
+        for _ in 0..iters {
+            let v = q.get().expect("get");
+            assert_eq!(v.len(), crate::MIB);
         }
     })
 }
