@@ -246,6 +246,7 @@ mod image;
 mod launcher;
 mod process;
 mod runtime;
+pub mod symbol;
 pub mod testing;
 
 pub use child::{ActiveChild, Child};
