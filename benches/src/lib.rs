@@ -276,7 +276,13 @@ pub fn workloads() -> Vec<Workload> {
             Elements(1),
             false,
             MULTI,
-            with_mp("pipe_oneway_small", vec![]),
+            with_mp(
+                "pipe_oneway_small",
+                vec![
+                    ("crossbeam", peers::crossbeam_small_1to1 as Measure),
+                    ("ipc-channel", peers::ipc_small_1to1 as Measure),
+                ],
+            ),
         ),
         w(
             "lock_uncontended",

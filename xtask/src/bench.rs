@@ -116,7 +116,7 @@ const SPECS: &[Spec] = &[
         unit: Unit::Msgs,
         single: false,
         limit: &[("limit_spsc_ring", "SPSC ring")],
-        peers: &[],
+        peers: PEERS,
     },
     Spec {
         name: "lock_uncontended",
@@ -260,6 +260,12 @@ struct Options {
     filter: Option<String>,
 }
 
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 fn parse(args: &[String]) -> Result<Option<Options>, String> {
     let mut o = Options {
         quick: false,
@@ -340,6 +346,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         ));
     }
     let started = Instant::now();
+    let load_start = loadavg();
     std::fs::create_dir_all(&out_dir).map_err(|e| format!("create {}: {e}", out_dir.display()))?;
     if crit_home.exists() {
         std::fs::remove_dir_all(&crit_home)
@@ -432,7 +439,8 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             });
         }
     }
-    let env = environment(&root, python.as_deref(), opts.quick, opts.filter.as_deref());
+    let mut env = environment(&root, python.as_deref(), opts.quick, opts.filter.as_deref());
+    env.load_start = load_start;
     let md = markdown(&env, &rows, &limits);
     println!("\n{md}");
     std::fs::write(out_dir.join("report.md"), &md).map_err(|e| format!("write report.md: {e}"))?;
@@ -904,6 +912,10 @@ struct Env {
     date: String,
     quick: bool,
     filter: Option<String>,
+    /// `/proc/loadavg` (1, 5, 15 minutes) when the run began and when it ended: other work on
+    /// the machine during the run shows here.
+    load_start: String,
+    load_end: String,
 }
 
 fn cmd_line(prog: &str, args: &[&str], dir: &Path) -> Option<String> {
@@ -956,6 +968,8 @@ fn environment(root: &Path, python: Option<&str>, quick: bool, filter: Option<&s
         date: utc_now(),
         quick,
         filter: filter.map(str::to_string),
+        load_start: String::new(),
+        load_end: loadavg(),
     }
 }
 
@@ -986,7 +1000,7 @@ fn markdown(env: &Env, rows: &[Row], limits: &[LimitRow]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "mp benchmarks: {} ({} CPUs), Linux {}, {}, {}, git {}, {}{}\n",
+        "mp benchmarks: {} ({} CPUs), Linux {}, {}, {}, git {}, {}{}; load average {} at the start, {} at the end\n",
         env.cpu,
         env.cpus,
         env.kernel,
@@ -998,7 +1012,9 @@ fn markdown(env: &Env, rows: &[Row], limits: &[LimitRow]) -> String {
             ", --quick (smoke run: few samples, small batches)"
         } else {
             ""
-        }
+        },
+        env.load_start,
+        env.load_end
     );
     let header = [
         "workload",
@@ -1128,6 +1144,8 @@ fn json(env: &Env, rows: &[Row], limits: &[LimitRow]) -> String {
         ("python", &env.python),
         ("git_rev", &env.git_rev),
         ("date", &env.date),
+        ("loadavg_start", &env.load_start),
+        ("loadavg_end", &env.load_end),
     ];
     for (k, v) in fields {
         let _ = writeln!(s, "  {}: {},", json_str(k), json_str(v));
