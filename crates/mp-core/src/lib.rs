@@ -43,7 +43,7 @@
 pub mod error;
 pub mod futex;
 pub mod handle;
-pub mod liveness;
+pub mod ident;
 pub mod message;
 pub mod region;
 pub mod shared;

@@ -160,6 +160,18 @@ pub enum Encoded {
 /// Same contract as [`MsgWriter::new`]: `buf` valid and exclusively ours for `cap` bytes,
 /// aligned to [`ALIGN`].
 pub unsafe fn encode_into<T: Message>(value: &T, buf: *mut u8, cap: usize) -> Result<Encoded> {
+    let n = std::mem::size_of::<T>();
+    if T::COPY_OPTIMIZATION.is_enabled() && n <= cap {
+        // Trivially copyable types (integers, floats, arrays and tuples of them): their archive
+        // is their own bytes (that is what rkyv's `COPY_OPTIMIZATION` attests, and why rkyv
+        // itself copies them as bytes), so a copy is the whole serialization, with the root at
+        // offset 0 of an archive of `n` bytes.
+        // SAFETY: `buf` is valid and ours for `cap >= n` bytes (this function's contract);
+        // `value` is a live `T` of `n` bytes without uninitialised bytes (COPY_OPTIMIZATION's
+        // contract).
+        unsafe { std::ptr::copy_nonoverlapping((value as *const T).cast::<u8>(), buf, n) };
+        return Ok(Encoded::InPlace(n));
+    }
     // SAFETY: forwarded from this function's contract.
     let writer = unsafe { MsgWriter::new(buf, cap) };
     let w = rkyv::api::high::to_bytes_in::<_, Failure>(value, writer)
@@ -278,6 +290,28 @@ mod tests {
             panic!("a u64 fits in 64 bytes")
         };
         assert_eq!(decode::<u64>(&slot[..n]).unwrap(), 42);
+    }
+
+    #[test]
+    fn copy_optimized_types_encode_as_rkyv_does() {
+        fn same<T: Message + PartialEq + std::fmt::Debug>(v: T) {
+            let mut slot = AlignedVec::<ALIGN>::with_capacity(64);
+            slot.resize(64, 0);
+            // SAFETY: our own aligned buffer of 64 bytes.
+            let Encoded::InPlace(n) = (unsafe { encode_into(&v, slot.as_mut_ptr(), 64) }).unwrap()
+            else {
+                panic!("fits")
+            };
+            let reference = encode(&v).unwrap();
+            assert_eq!(&slot[..n], &reference[..], "{v:?}");
+            assert_eq!(decode::<T>(&slot[..n]).unwrap(), v);
+        }
+        same(0x0102_0304_0506_0708u64);
+        same(-5i32);
+        same(1.5f64);
+        same([1u16, 2, 3]);
+        same(7u8);
+        same(String::from("not copy-optimized"));
     }
 
     #[test]

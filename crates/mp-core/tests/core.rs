@@ -248,8 +248,14 @@ fn growable_region_grows_but_never_shrinks() {
     let region = Region::anonymous_growable(1, 64, 8).unwrap();
     region.grow_file(1 << 20).unwrap();
     let fd = region.dup_fd().unwrap();
-    assert_eq!(nix::sys::stat::fstat(fd.as_raw_fd()).unwrap().st_size, 1 << 20);
-    assert!(nix::unistd::ftruncate(&fd, 8).is_err(), "shrinking is sealed");
+    assert_eq!(
+        nix::sys::stat::fstat(fd.as_raw_fd()).unwrap().st_size,
+        1 << 20
+    );
+    assert!(
+        nix::unistd::ftruncate(&fd, 8).is_err(),
+        "shrinking is sealed"
+    );
     // The header still validates on a file longer than the region.
     assert!(Region::from_fd(region.dup_fd().unwrap(), Some(region.layout())).is_ok());
     let sealed = Region::anonymous(1, 64, 8).unwrap();

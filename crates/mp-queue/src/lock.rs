@@ -4,14 +4,14 @@
 //! Word states: `0` free; `pid` held; `pid | CONTENDED` held with (possible) sleepers. This is
 //! Drepper's "mutex2" ("Futexes Are Tricky", 2011) with the pid in place of the constant 1.
 //! A waiter sleeps with a timeout; each time the timeout runs out it checks that the holder is
-//! alive (pid plus start time, see `mp_core::liveness`). A dead holder's lock is taken over with
+//! alive (its token, pid plus start time, see `mp_core::ident`). A dead holder's lock is taken over with
 //! a compare-exchange on the exact word it observed, and the new holder is told
 //! ([`Locked::recovered`]) so it can repair what the dead one left (see `ring`).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use mp_core::{futex, liveness};
+use mp_core::{futex, ident};
 
 const CONTENDED: u32 = 1 << 31;
 /// How long a waiter sleeps before it checks that the holder is alive.
@@ -25,22 +25,24 @@ pub(crate) struct Locked<'a> {
     pub(crate) recovered: bool,
 }
 
-fn me() -> u32 {
-    std::process::id() & !CONTENDED
+/// This process's pid and token, from the identity cache (no system call once cached).
+fn me() -> (u32, u64) {
+    let token = ident::process_token();
+    (ident::id_of(token) & !CONTENDED, token)
 }
 
 /// Takes the lock. Blocks until it is free or its holder is found dead.
 pub(crate) fn lock<'a>(word: &'a AtomicU32, start: &'a AtomicU64) -> Locked<'a> {
-    let pid = me();
+    let (pid, token) = me();
     // Acquire pairs with the Release swap in `Locked::drop`: the previous holder's writes are
     // visible once we hold the word.
     if word
         .compare_exchange(0, pid, Ordering::Acquire, Ordering::Relaxed)
         .is_err()
     {
-        return lock_slow(word, start, pid);
+        return lock_slow(word, start, pid, token);
     }
-    start.store(liveness::my_start_time(), Ordering::Relaxed);
+    start.store(token, Ordering::Relaxed);
     Locked {
         word,
         start,
@@ -49,7 +51,7 @@ pub(crate) fn lock<'a>(word: &'a AtomicU32, start: &'a AtomicU64) -> Locked<'a> 
 }
 
 #[cold]
-fn lock_slow<'a>(word: &'a AtomicU32, start: &'a AtomicU64, pid: u32) -> Locked<'a> {
+fn lock_slow<'a>(word: &'a AtomicU32, start: &'a AtomicU64, pid: u32, token: u64) -> Locked<'a> {
     // A short spin first: critical sections are a handful of stores, or one serialization.
     for _ in 0..200 {
         std::hint::spin_loop();
@@ -58,7 +60,7 @@ fn lock_slow<'a>(word: &'a AtomicU32, start: &'a AtomicU64, pid: u32) -> Locked<
                 .compare_exchange(0, pid, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
         {
-            start.store(liveness::my_start_time(), Ordering::Relaxed);
+            start.store(token, Ordering::Relaxed);
             return Locked {
                 word,
                 start,
@@ -88,8 +90,15 @@ fn lock_slow<'a>(word: &'a AtomicU32, start: &'a AtomicU64, pid: u32) -> Locked<
         }
         if futex::wait(word, v | CONTENDED, Some(LIVENESS_PERIOD)) == futex::Wake::TimedOut {
             let holder = v & !CONTENDED;
-            let holder_start = start.load(Ordering::Relaxed);
-            if !liveness::is_alive(holder, holder_start)
+            // The holder's token, if it has stored it yet (and it is this holder's): a token
+            // also checks the start time, so a reused pid is not taken for the holder.
+            let t = start.load(Ordering::Relaxed);
+            let holder_token = if t != 0 && ident::id_of(t) == holder {
+                t
+            } else {
+                u64::from(holder) << 32
+            };
+            if !ident::is_alive(holder_token)
                 && word
                     .compare_exchange(
                         v | CONTENDED,
@@ -104,7 +113,7 @@ fn lock_slow<'a>(word: &'a AtomicU32, start: &'a AtomicU64, pid: u32) -> Locked<
             }
         }
     }
-    start.store(liveness::my_start_time(), Ordering::Relaxed);
+    start.store(token, Ordering::Relaxed);
     Locked {
         word,
         start,
@@ -114,10 +123,11 @@ fn lock_slow<'a>(word: &'a AtomicU32, start: &'a AtomicU64, pid: u32) -> Locked<
 
 /// Takes the lock if it is free.
 pub(crate) fn try_lock<'a>(word: &'a AtomicU32, start: &'a AtomicU64) -> Option<Locked<'a>> {
+    let (pid, token) = me();
     // Acquire as in `lock`.
-    word.compare_exchange(0, me(), Ordering::Acquire, Ordering::Relaxed)
+    word.compare_exchange(0, pid, Ordering::Acquire, Ordering::Relaxed)
         .ok()?;
-    start.store(liveness::my_start_time(), Ordering::Relaxed);
+    start.store(token, Ordering::Relaxed);
     Some(Locked {
         word,
         start,

@@ -3,7 +3,7 @@
 //! over a byte ring instead of a linked list).
 //!
 //! ```text
-//! region payload: [ Meta (256 bytes: constants | producer line | consumer line | futex line) ]
+//! region payload: [ Meta (320 bytes: constants, producer, consumer, sleep, join lines) ]
 //!                 [ ring: capacity bytes of records                                          ]
 //! file beyond the region: oversized messages, one page-aligned range each (sparse)
 //! record: [ state u32 | pid u32 | len u32 | kind u32 ][ payload, padded to 16 ]
@@ -42,14 +42,14 @@ use memmap2::{MmapOptions, MmapRaw};
 use mp_core::futex::{self, Deadline};
 use mp_core::message::{self, Encoded, ALIGN};
 use mp_core::region::HEADER_SIZE;
-use mp_core::{liveness, Message, Region};
+use mp_core::{ident, Message, Region};
 use static_assertions::const_assert_eq;
 
 use crate::error::Error;
 use crate::lock::{self, Locked};
 
 /// Size of [`Meta`], where the ring starts in the payload.
-pub(crate) const META_SIZE: usize = 256;
+pub(crate) const META_SIZE: usize = 320;
 const REC_HDR: usize = 16;
 const PAGE: u64 = 4096;
 /// How long a sleeper waits before it re-checks the world (dead peers, deadlines).
@@ -74,9 +74,9 @@ pub(crate) struct Meta {
     maxsize: AtomicU64,
     big_base: AtomicU64,
     _c: [u64; 5],
-    // Producer line.
+    // Producer line: written by producers on every put.
     p_lock: AtomicU32,
-    p_waiters: AtomicU32,
+    _p0: u32,
     p_start: AtomicU64,
     tail: AtomicU64,
     enqueued: AtomicU64,
@@ -86,22 +86,27 @@ pub(crate) struct Meta {
     /// producer repair `enqueued` if the committer was killed between its two stores.
     pending_tail: AtomicU64,
     _p: [u64; 1],
-    // Consumer line.
+    // Consumer line: written by consumers on every get.
     c_lock: AtomicU32,
-    c_waiters: AtomicU32,
+    _c0: u32,
     c_start: AtomicU64,
     head: AtomicU64,
     reclaim: AtomicU64,
     dequeued: AtomicU64,
     c_cached_tail: AtomicU64,
     _q: [u64; 2],
-    // Futex words.
+    // Sleep line: written only when someone goes to sleep or is woken, read on every put and
+    // get (so it stays shared in both caches while nobody sleeps).
     data_seq: AtomicU32,
     space_seq: AtomicU32,
-    /// JoinableQueue: puts not yet matched by `task_done`.
+    c_waiters: AtomicU32,
+    p_waiters: AtomicU32,
+    _w: [u32; 12],
+    // JoinableQueue line.
+    /// Puts not yet matched by `task_done`.
     pub(crate) unfinished: AtomicU32,
     pub(crate) join_waiters: AtomicU32,
-    _s: [u32; 12],
+    _j: [u32; 14],
 }
 const_assert_eq!(std::mem::size_of::<Meta>(), META_SIZE);
 const_assert_eq!(std::mem::align_of::<Meta>(), 64);
@@ -295,6 +300,8 @@ impl Ring {
                 for _ in 0..64 {
                     std::hint::spin_loop();
                 }
+                // Let a consumer on the same core run.
+                std::thread::yield_now();
                 continue;
             }
             m.p_waiters.fetch_add(1, Ordering::SeqCst);
@@ -551,10 +558,21 @@ impl Ring {
         let m = self.meta();
         // SeqCst fence: pairs with the producer's SeqCst increment of `p_waiters`.
         fence(Ordering::SeqCst);
-        if m.p_waiters.load(Ordering::SeqCst) > 0 {
+        if m.p_waiters.load(Ordering::SeqCst) > 0 && self.worth_waking_producers() {
             m.space_seq.fetch_add(1, Ordering::SeqCst);
             futex::wake_all(&m.space_seq);
         }
+    }
+
+    /// Hysteresis: a producer waiting for ring space is woken once the ring is at most half
+    /// full (then it can put many messages before it sleeps again, instead of one wake-up
+    /// system call per `get`); one waiting for the item limit, as soon as there is room.
+    /// A producer that sleeps past this still wakes every `NAP` to look again.
+    fn worth_waking_producers(&self) -> bool {
+        let m = self.meta();
+        let used = m.tail.load(Ordering::Relaxed) - m.reclaim.load(Ordering::Relaxed);
+        let max = m.maxsize.load(Ordering::Relaxed);
+        used <= self.capacity / 2 || (max > 0 && self.len() < max)
     }
 
     // ---------------------------------------------------------------- consumer side
@@ -583,7 +601,8 @@ impl Ring {
         self.wait_for_data(deadline, |ring, guard| {
             let (payload, used, rec_off) = ring.peek_locked(guard)?;
             let r = ring.rec(rec_off);
-            r.pid.store(std::process::id(), Ordering::Relaxed);
+            r.pid
+                .store(ident::id_of(ident::process_token()), Ordering::Relaxed);
             r.state.store(READING, Ordering::Relaxed);
             ring.consume_locked(guard, used, rec_off, true);
             Ok((payload, rec_off))
@@ -629,11 +648,17 @@ impl Ring {
                 // Spin on the producer's `tail` without the lock: cheap while a producer is
                 // about to publish.
                 spins += 64;
+                let mut seen = false;
                 for _ in 0..64 {
                     std::hint::spin_loop();
                     if m.tail.load(Ordering::Relaxed) != m.head.load(Ordering::Relaxed) {
+                        seen = true;
                         break;
                     }
+                }
+                if !seen {
+                    // Let a producer on the same core run.
+                    std::thread::yield_now();
                 }
                 continue;
             }
@@ -777,7 +802,7 @@ impl Ring {
             let done = st == DONE
                 || (dead_too
                     && st == READING
-                    && !liveness::is_alive(r.pid.load(Ordering::Relaxed), 0));
+                    && !ident::is_alive(u64::from(r.pid.load(Ordering::Relaxed)) << 32));
             if !done {
                 break;
             }

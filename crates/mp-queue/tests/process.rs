@@ -7,7 +7,11 @@ use mp_queue::{JoinableQueue, Queue};
 
 mp_process::test_support!();
 
-const METHODS: [StartMethod; 3] = [StartMethod::Fork, StartMethod::Spawn, StartMethod::ForkServer];
+const METHODS: [StartMethod; 3] = [
+    StartMethod::Fork,
+    StartMethod::Spawn,
+    StartMethod::ForkServer,
+];
 
 fn produce((q, from): (Queue<u64>, u64)) -> u64 {
     for i in from..from + 100 {
@@ -44,7 +48,9 @@ fn queue_as_process_argument_under_every_start_method() {
             })
             .collect();
         for kid in &mut kids {
-            kid.join_timeout(Duration::from_secs(30)).unwrap().expect("joined");
+            kid.join_timeout(Duration::from_secs(30))
+                .unwrap()
+                .expect("joined");
         }
         let mut got: Vec<u64> = (0..200).map(|_| q.get_nowait().unwrap()).collect();
         got.sort_unstable();
@@ -79,12 +85,21 @@ fn joinable_queue_with_workers_under_every_start_method() {
             q.put(i).unwrap();
         }
         let mut kids: Vec<_> = (0..3)
-            .map(|_| Process::new(work, q.clone()).start_method(method).start().unwrap())
+            .map(|_| {
+                Process::new(work, q.clone())
+                    .start_method(method)
+                    .start()
+                    .unwrap()
+            })
             .collect();
         q.join_timeout(Duration::from_secs(30)).unwrap();
         let done: u32 = kids
             .iter_mut()
-            .map(|k| k.join_timeout(Duration::from_secs(30)).unwrap().expect("joined"))
+            .map(|k| {
+                k.join_timeout(Duration::from_secs(30))
+                    .unwrap()
+                    .expect("joined")
+            })
             .sum();
         assert_eq!(done, 40, "{method}");
     }

@@ -539,12 +539,12 @@ fn corrupted_ring_is_an_error_and_the_queue_stays_usable() {
     let _ = bytes.unwrap();
     let fd = fds.into_iter().next().unwrap();
     let region = mp_core::Region::from_fd(fd, None).unwrap();
-    // SAFETY: test-only corruption of a region this test owns; offset 256 is the first record
-    // (after the 256-byte metadata block); we overwrite its `len` field.
+    // SAFETY: test-only corruption of a region this test owns; offset 320 is the first record
+    // (after the 320-byte metadata block); we overwrite its `len` field.
     unsafe {
         region
             .as_ptr()
-            .add(256 + 8)
+            .add(320 + 8)
             .cast::<u32>()
             .write_volatile(0xFFFF_FFF0)
     };
@@ -558,7 +558,7 @@ fn corrupted_ring_is_an_error_and_the_queue_stays_usable() {
     q.put(vec![0u8; 8]).unwrap();
     // Records so far: [1,2,3] at 0, [4] at 32, each 16 header + 16 payload bytes; this one is
     // the third.
-    let rec = 256 + 64;
+    let rec = 320 + 64;
     // SAFETY: as above; the payload of the record just put starts 16 bytes into it.
     unsafe {
         let p = region.as_ptr().add(rec + 16);

@@ -23,8 +23,8 @@ use static_assertions::{assert_eq_align, assert_eq_size};
 
 use crate::block::{Block, Element, Header};
 use crate::error::{Error, Result};
-use crate::ident;
 use crate::raw::{Acquire, RawLock, MAX_SLICE};
+use mp_core::ident;
 
 const RING: usize = 16;
 const NO_TIMEOUT: u64 = u64::MAX;

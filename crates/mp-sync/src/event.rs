@@ -17,8 +17,8 @@ use rkyv::{Archive, Deserialize, Serialize};
 use static_assertions::{assert_eq_align, assert_eq_size};
 
 use crate::error::Result;
-use crate::ident;
 use crate::raw::Spin;
+use mp_core::ident;
 
 #[repr(C)]
 #[derive(Debug)]

@@ -241,7 +241,6 @@ mod block;
 mod condition;
 mod error;
 mod event;
-mod ident;
 mod lock;
 mod raw;
 pub mod semaphore;

@@ -5,7 +5,7 @@
 //! [`RawLock`] is Drepper's futex mutex ("Futexes are tricky", mutex take 2) with the state
 //! word widened to 64 bits so that it *is* the holder's identity:
 //!
-//! * `owner == 0`: unlocked; otherwise the holder's [token](crate::ident) (pid + start time
+//! * `owner == 0`: unlocked; otherwise the holder's [token](mp_core::ident) (pid + start time
 //!   for a `Lock`, tid + start time for an `RLock`), with bit 63 ([`CONTENDED`]) set when a
 //!   waiter may be asleep.
 //! * Acquire: one `compare_exchange(0, me)`. Release: one `swap(0)`; only when the old value
@@ -36,7 +36,7 @@ use mp_core::futex;
 use mp_core::{Deadline, ShmSafe};
 use static_assertions::{assert_eq_align, assert_eq_size};
 
-use crate::ident::{self, CONTENDED};
+use mp_core::ident::{self, CONTENDED};
 
 /// How long a waiter sleeps before it checks whether the holder is still alive.
 pub(crate) const SLICE: Duration = Duration::from_millis(5);

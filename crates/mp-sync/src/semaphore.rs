@@ -27,8 +27,8 @@ use rkyv::{Archive, Deserialize, Serialize};
 use static_assertions::{assert_eq_align, assert_eq_size};
 
 use crate::error::{Error, Result};
-use crate::ident;
 use crate::raw::Spin;
+use mp_core::ident;
 
 /// The largest value a semaphore holds (Python's `SEM_VALUE_MAX` on Linux).
 pub const SEM_VALUE_MAX: u32 = i32::MAX as u32;

@@ -277,7 +277,7 @@ fn out_of_range() -> Error {
 impl<T: Pod> RawArray<T> {
     /// An array of `len` zeroed elements.
     pub fn zeroed(len: usize) -> Result<RawArray<T>> {
-        crate::ident::init();
+        mp_core::ident::init();
         Ok(RawArray {
             block: Block::new(
                 ArrayHeader {
@@ -532,7 +532,7 @@ impl<T: Pod + fmt::Debug> fmt::Debug for RawValue<T> {
 impl<T: Pod> RawValue<T> {
     /// A new shared value.
     pub fn new(value: T) -> Result<RawValue<T>> {
-        crate::ident::init();
+        mp_core::ident::init();
         let v = RawValue {
             block: Block::new(
                 ValueHeader {

@@ -1,5 +1,8 @@
 //! Who holds a lock: identity tokens that pid reuse cannot fool, and liveness checks.
 //!
+//! Every robust primitive (mp-sync's locks, mp-queue's internal locks) records its holder as a
+//! token from here, and a waiter that has waited a while asks [`is_alive`] before it takes over.
+//!
 //! A *token* is a `u64`: the pid (for process identity) or the tid (for thread identity) in
 //! bits 32..62, and the low 32 bits of that task's start time (field 22 of
 //! `/proc/<id>/stat`, in clock ticks since boot) in bits 0..32. Bit 63 is left free for the
@@ -31,7 +34,7 @@ use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use std::sync::Once;
 
 /// The top bit of a lock word that holds a token: set when some task sleeps on the lock.
-pub(crate) const CONTENDED: u64 = 1 << 63;
+pub const CONTENDED: u64 = 1 << 63;
 
 /// The cached process token: word 0 of a `MADV_WIPEONFORK` page, or [`FALLBACK`].
 static CACHE: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
@@ -57,7 +60,7 @@ extern "C" fn after_fork_in_child() {
 /// Sets the cache up (a wipe-on-fork page, else the static) and registers the fork handler.
 /// Called by every constructor of a primitive and by the first token computation; cheap after
 /// the first call.
-pub(crate) fn init() {
+pub fn init() {
     SETUP.call_once(|| {
         // SAFETY: a fresh private anonymous mapping of one page; no existing memory is touched.
         let page = unsafe {
@@ -91,7 +94,7 @@ pub(crate) fn init() {
 
 /// The token of the calling process (pid + process start time): two loads once cached.
 #[inline]
-pub(crate) fn process_token() -> u64 {
+pub fn process_token() -> u64 {
     // Acquire pairs with the Release store in `init`.
     let p = CACHE.load(Ordering::Acquire);
     if !p.is_null() {
@@ -121,7 +124,7 @@ fn process_token_slow() -> u64 {
 /// The token of the calling thread (tid + thread start time): the process token and a
 /// thread-local once cached.
 #[inline]
-pub(crate) fn thread_token() -> u64 {
+pub fn thread_token() -> u64 {
     let proc = process_token();
     let (t, under) = THREAD_TOKEN.with(|t| t.get());
     if t != 0 && under == proc {
@@ -142,7 +145,7 @@ fn thread_token_slow(proc: u64) -> u64 {
 
 /// The pid (or tid) a token names.
 #[inline]
-pub(crate) fn id_of(token: u64) -> u32 {
+pub fn id_of(token: u64) -> u32 {
     ((token & !CONTENDED) >> 32) as u32
 }
 
@@ -164,7 +167,7 @@ enum Start {
 /// True unless the task a token names is known to be gone: no such task, a zombie, or a
 /// task with another start time (the id was reused). When `/proc` cannot tell, it says alive
 /// (the caller then keeps waiting, as it would for a live holder).
-pub(crate) fn is_alive(token: u64) -> bool {
+pub fn is_alive(token: u64) -> bool {
     let token = token & !CONTENDED;
     let id = id_of(token);
     if id == 0 {
