@@ -1,0 +1,129 @@
+//! The error type of mp-pool.
+
+/// What went wrong with a pool or one of its tasks.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The task panicked in its worker; the message is the panic's (also printed on the
+    /// worker's stderr). The worker survives and the pool stays usable.
+    #[error("a task panicked in worker pid {pid}: {message}")]
+    Panicked {
+        /// The worker's pid.
+        pid: u32,
+        /// The panic message.
+        message: String,
+    },
+    /// A fallible task (`try_map`, `try_apply`, ...) returned `Err`; the message is the
+    /// error's `Display`.
+    #[error("a task failed: {message}")]
+    Failed {
+        /// The error's message.
+        message: String,
+    },
+    /// A task's arguments or its result could not be serialized (or a task's arguments
+    /// could not be decoded by the worker). Nothing hangs and no worker is lost.
+    #[error("a task's {what} could not be serialized: {message}")]
+    Unserializable {
+        /// `"arguments"` or `"result"`.
+        what: &'static str,
+        /// The serializer's message.
+        message: String,
+    },
+    /// The worker running the task died (SIGKILL, segfault, the OOM killer, `exit`) before
+    /// returning its result. The worker is replaced and the other tasks go on.
+    #[error("the worker (pid {pid}) running the task died: {}", lost_reason(*signal, *exitcode))]
+    WorkerLost {
+        /// The worker's pid.
+        pid: u32,
+        /// The signal that killed it, if one did.
+        signal: Option<i32>,
+        /// Its exit code, if it exited.
+        exitcode: Option<i32>,
+    },
+    /// The result was not ready within the timeout (Python's `multiprocessing.TimeoutError`).
+    #[error("timed out waiting for the result")]
+    Timeout,
+    /// `successful()` was asked before the result was ready (Python's `ValueError`).
+    #[error("the result is not ready yet")]
+    NotReady,
+    /// The value of an [`AsyncResult`](crate::AsyncResult) was already taken by an earlier
+    /// `get`.
+    #[error("the result was already taken by an earlier get()")]
+    AlreadyTaken,
+    /// Work was submitted after [`Pool::close`](crate::Pool::close).
+    #[error("the pool is closed: no new work is accepted after close()")]
+    Closed,
+    /// Work was submitted after [`Pool::terminate`](crate::Pool::terminate), or a pending
+    /// task was cancelled by it.
+    #[error("the pool was terminated")]
+    Terminated,
+    /// [`Pool::join`](crate::Pool::join) was called before `close()` or `terminate()`.
+    #[error("the pool is still running: call close() or terminate() before join()")]
+    StillRunning,
+    /// A setting that cannot work (0 processes, `max_tasks_per_child(0)`, chunksize 0, ...).
+    #[error("invalid pool configuration: {0}")]
+    Config(String),
+    /// The initializer failed in a worker: the pool is broken (every pending task fails with
+    /// this error and new work is refused), where Python would restart workers forever.
+    #[error("the pool's initializer failed in a worker: {0}")]
+    Initializer(String),
+    /// Starting a worker failed; the pool is broken.
+    #[error("starting a pool worker failed: {0}")]
+    Start(String),
+    /// From mp-process.
+    #[error(transparent)]
+    Process(#[from] mp_process::Error),
+    /// From mp-queue.
+    #[error(transparent)]
+    Queue(#[from] mp_queue::Error),
+    /// From mp-core.
+    #[error(transparent)]
+    Core(#[from] mp_core::Error),
+}
+
+fn lost_reason(signal: Option<i32>, exitcode: Option<i32>) -> String {
+    match (signal, exitcode) {
+        (Some(s), _) => format!("killed by signal {s}"),
+        (None, Some(c)) => format!("exited with code {c}"),
+        (None, None) => "ended".into(),
+    }
+}
+
+impl Error {
+    /// A copy of the error for a second receiver (errors that come from other crates are
+    /// copied as their message).
+    pub(crate) fn duplicate(&self) -> Error {
+        match self {
+            Error::Panicked { pid, message } => Error::Panicked {
+                pid: *pid,
+                message: message.clone(),
+            },
+            Error::Failed { message } => Error::Failed {
+                message: message.clone(),
+            },
+            Error::Unserializable { what, message } => Error::Unserializable {
+                what,
+                message: message.clone(),
+            },
+            Error::WorkerLost {
+                pid,
+                signal,
+                exitcode,
+            } => Error::WorkerLost {
+                pid: *pid,
+                signal: *signal,
+                exitcode: *exitcode,
+            },
+            Error::Timeout => Error::Timeout,
+            Error::NotReady => Error::NotReady,
+            Error::AlreadyTaken => Error::AlreadyTaken,
+            Error::Closed => Error::Closed,
+            Error::Terminated => Error::Terminated,
+            Error::StillRunning => Error::StillRunning,
+            Error::Config(m) => Error::Config(m.clone()),
+            Error::Initializer(m) => Error::Initializer(m.clone()),
+            Error::Start(m) => Error::Start(m.clone()),
+            other => Error::Start(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! The parent's bookkeeping for submitted work: one [`Job`] per call (a map, an apply, an
+//! imap), which collects its chunks' results as the supervisor thread receives them.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+
+use mp_core::message::{access, deserialize, ALIGN};
+use mp_core::Message;
+use rkyv::util::AlignedVec;
+
+use crate::error::Error;
+use crate::result::Outcome;
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the supervisor does with a job's chunks. Every method returns true when the job
+/// needs nothing more (it is then dropped from the pool's table).
+pub(crate) trait Job: Send + Sync {
+    /// Chunk `chunk` succeeded: `bytes` is its encoded `Vec<R>`.
+    fn deliver(&self, chunk: u64, bytes: &[u8]) -> bool;
+    /// Chunk `chunk` failed.
+    fn fail(&self, chunk: u64, err: Error) -> bool;
+    /// The whole job is cancelled (terminate, broken pool).
+    fn abort(&self, err: Error);
+    /// True when the job's outcome is decided (its remaining chunks need not be sent).
+    fn is_done(&self) -> bool;
+}
+
+/// Decodes an encoded `Vec<R>`, copying it first if it is not aligned.
+pub(crate) fn decode_vec<R: Message>(bytes: &[u8]) -> Result<Vec<R>, Error> {
+    let bad = |e: mp_core::Error| Error::Unserializable {
+        what: "result",
+        message: e.to_string(),
+    };
+    let copy;
+    let b = if !bytes.is_empty() && (bytes.as_ptr() as usize) % ALIGN != 0 {
+        let mut v = AlignedVec::<ALIGN>::with_capacity(bytes.len());
+        v.extend_from_slice(bytes);
+        copy = v;
+        copy.as_slice()
+    } else {
+        bytes
+    };
+    let archived = access::<Vec<R>>(b).map_err(bad)?;
+    let mut out = Vec::with_capacity(archived.len());
+    for a in archived.iter() {
+        out.push(deserialize::<R>(a).map_err(bad)?);
+    }
+    Ok(out)
+}
+
+struct CollectState<R> {
+    items: Vec<Option<R>>,
+    got: Vec<bool>,
+    remaining: u64,
+    done: bool,
+}
+
+/// A job whose chunks make one value: map (an ordered `Vec`), apply (one value).
+pub(crate) struct CollectJob<R, Out> {
+    outcome: Arc<Outcome<Out>>,
+    st: Mutex<CollectState<R>>,
+    len: usize,
+    chunksize: usize,
+    finish: fn(Vec<R>) -> Result<Out, Error>,
+    #[cfg(feature = "progress")]
+    pub(crate) bar: Option<indicatif::ProgressBar>,
+}
+
+impl<R, Out> CollectJob<R, Out> {
+    /// A job of `len` items in chunks of `chunksize` (`len > 0`).
+    pub(crate) fn new(
+        outcome: Arc<Outcome<Out>>,
+        len: usize,
+        chunksize: usize,
+        finish: fn(Vec<R>) -> Result<Out, Error>,
+    ) -> CollectJob<R, Out> {
+        let chunks = len.div_ceil(chunksize);
+        CollectJob {
+            outcome,
+            st: Mutex::new(CollectState {
+                items: (0..len).map(|_| None).collect(),
+                got: vec![false; chunks],
+                remaining: chunks as u64,
+                done: false,
+            }),
+            len,
+            chunksize,
+            finish,
+            #[cfg(feature = "progress")]
+            bar: None,
+        }
+    }
+
+    fn chunk_range(&self, chunk: u64) -> Option<std::ops::Range<usize>> {
+        let start = (chunk as usize).checked_mul(self.chunksize)?;
+        (start < self.len).then(|| start..(start + self.chunksize).min(self.len))
+    }
+
+    fn finish_with(&self, mut st: MutexGuard<'_, CollectState<R>>, v: Result<(), Error>) -> bool {
+        st.done = true;
+        let items = std::mem::take(&mut st.items);
+        drop(st);
+        #[cfg(feature = "progress")]
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        match v {
+            Ok(()) => {
+                let n = items.len();
+                let all: Vec<R> = items.into_iter().flatten().collect();
+                if all.len() == n {
+                    self.outcome.set((self.finish)(all));
+                } else {
+                    self.outcome.set(Err(Error::Unserializable {
+                        what: "result",
+                        message: "a chunk's result is missing items".into(),
+                    }));
+                }
+            }
+            Err(e) => self.outcome.set(Err(e)),
+        }
+        true
+    }
+}
+
+impl<R: Message + Send, Out: Send> Job for CollectJob<R, Out> {
+    fn deliver(&self, chunk: u64, bytes: &[u8]) -> bool {
+        let Some(range) = self.chunk_range(chunk) else {
+            return lock(&self.st).done;
+        };
+        let decoded = decode_vec::<R>(bytes);
+        let mut st = lock(&self.st);
+        if st.done || st.got[chunk as usize] {
+            return st.done;
+        }
+        let values = match decoded {
+            Ok(v) if v.len() == range.len() => v,
+            Ok(v) => {
+                let e = Error::Unserializable {
+                    what: "result",
+                    message: format!(
+                        "chunk {chunk} brought {} results for {} items",
+                        v.len(),
+                        range.len()
+                    ),
+                };
+                return self.finish_with(st, Err(e));
+            }
+            Err(e) => return self.finish_with(st, Err(e)),
+        };
+        #[cfg(feature = "progress")]
+        if let Some(bar) = &self.bar {
+            bar.inc(values.len() as u64);
+        }
+        for (slot, v) in st.items[range].iter_mut().zip(values) {
+            *slot = Some(v);
+        }
+        st.got[chunk as usize] = true;
+        st.remaining -= 1;
+        if st.remaining == 0 {
+            return self.finish_with(st, Ok(()));
+        }
+        false
+    }
+
+    fn fail(&self, chunk: u64, err: Error) -> bool {
+        let st = lock(&self.st);
+        if st.done || st.got.get(chunk as usize).is_none_or(|g| *g) {
+            return st.done;
+        }
+        self.finish_with(st, Err(err))
+    }
+
+    fn abort(&self, err: Error) {
+        let st = lock(&self.st);
+        if !st.done {
+            self.finish_with(st, Err(err));
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        lock(&self.st).done
+    }
+}
+
+struct IMapState<R> {
+    /// Chunks submitted and not answered yet.
+    outstanding: HashSet<u64>,
+    /// Ordered: answers by chunk number.
+    by_chunk: BTreeMap<u64, Result<Vec<R>, Error>>,
+    /// Unordered: answers in arrival order.
+    arrived: VecDeque<Result<Vec<R>, Error>>,
+    aborted: Option<Error>,
+}
+
+/// The job behind an `imap`/`imap_unordered` iterator.
+pub(crate) struct IMapJob<R> {
+    ordered: bool,
+    st: Mutex<IMapState<R>>,
+    cv: Condvar,
+    #[cfg(feature = "progress")]
+    pub(crate) bar: Option<indicatif::ProgressBar>,
+}
+
+/// What waiting for the next chunk gave.
+pub(crate) enum Next<R> {
+    Chunk(Result<Vec<R>, Error>),
+    Aborted(Error),
+    Timeout,
+}
+
+impl<R: Message + Send> IMapJob<R> {
+    pub(crate) fn new(ordered: bool) -> IMapJob<R> {
+        IMapJob {
+            ordered,
+            st: Mutex::new(IMapState {
+                outstanding: HashSet::new(),
+                by_chunk: BTreeMap::new(),
+                arrived: VecDeque::new(),
+                aborted: None,
+            }),
+            cv: Condvar::new(),
+            #[cfg(feature = "progress")]
+            bar: None,
+        }
+    }
+
+    /// Records that chunk `c` is about to be submitted.
+    pub(crate) fn submitted(&self, c: u64) {
+        lock(&self.st).outstanding.insert(c);
+    }
+
+    /// Records an answer produced in the parent (a chunk whose items could not be encoded).
+    pub(crate) fn answer(&self, c: u64, r: Result<Vec<R>, Error>) {
+        let mut st = lock(&self.st);
+        if st.outstanding.remove(&c) {
+            if self.ordered {
+                st.by_chunk.insert(c, r);
+            } else {
+                st.arrived.push_back(r);
+            }
+        }
+        drop(st);
+        self.cv.notify_all();
+    }
+
+    /// Waits for the next answer: chunk `want` when ordered, any when unordered.
+    pub(crate) fn next(&self, want: u64, deadline: Option<Instant>) -> Next<R> {
+        let mut st = lock(&self.st);
+        loop {
+            let got = if self.ordered {
+                st.by_chunk.remove(&want)
+            } else {
+                st.arrived.pop_front()
+            };
+            if let Some(r) = got {
+                return Next::Chunk(r);
+            }
+            if let Some(e) = st.aborted.take() {
+                return Next::Aborted(e);
+            }
+            match deadline {
+                None => st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return Next::Timeout;
+                    }
+                    st = self
+                        .cv
+                        .wait_timeout(st, d - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+            }
+        }
+    }
+}
+
+impl<R: Message + Send> Job for IMapJob<R> {
+    fn deliver(&self, chunk: u64, bytes: &[u8]) -> bool {
+        let r = decode_vec::<R>(bytes);
+        #[cfg(feature = "progress")]
+        if let (Some(bar), Ok(v)) = (&self.bar, &r) {
+            bar.inc(v.len() as u64);
+        }
+        self.answer(chunk, r);
+        false
+    }
+
+    fn fail(&self, chunk: u64, err: Error) -> bool {
+        self.answer(chunk, Err(err));
+        false
+    }
+
+    fn abort(&self, err: Error) {
+        let mut st = lock(&self.st);
+        st.aborted = Some(err);
+        st.outstanding.clear();
+        drop(st);
+        self.cv.notify_all();
+    }
+
+    fn is_done(&self) -> bool {
+        lock(&self.st).aborted.is_some()
+    }
+}

@@ -1,0 +1,1444 @@
+//! [`Pool`], its builder, the supervisor thread and the feeder thread.
+//!
+//! ```text
+//!  caller threads ──put chunks──▶ task queue (shared) ──get──▶ worker processes
+//!        ▲                                                          │
+//!        │ AsyncResult / IMap                                       │ put results
+//!  supervisor thread ◀──────────── result queue (shared) ◀──────────┘
+//!        └── polls the workers' pidfds: a dead worker's task (its slot) fails with
+//!            WorkerLost and the worker is replaced
+//! ```
+//!
+//! Callers put chunks on the task queue themselves (`put_nowait`); when the queue is full, an
+//! `_async` call hands the rest to the feeder thread so that it returns at once, and a
+//! blocking call keeps putting. The supervisor thread is the only reader of the result
+//! queue: it decodes each chunk's results into its job, runs callbacks, and every few
+//! milliseconds (or whenever it has nothing to read) polls the workers' pidfds. When one is
+//! readable it first drains the result queue (whatever the worker put before dying is there,
+//! in order), then fails the task still recorded in the dead worker's slot and starts a
+//! replacement.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
+use std::thread::{JoinHandle, ThreadId};
+use std::time::{Duration, Instant};
+
+use mp_core::message::{encode, ALIGN};
+use mp_core::{Message, Shared};
+use mp_process::{Child, Context, Process, ProcessError, StartMethod};
+use mp_queue::{PutError, Queue};
+use rkyv::util::AlignedVec;
+
+use crate::error::Error;
+use crate::job::{lock, CollectJob, IMapJob, Job, Next};
+use crate::result::{AsyncResult, Outcome};
+use crate::wire::{kind, ArchivedResultMsg, Claim, Payload, ResultMsg, Slot, TaskMsg};
+use crate::worker::{
+    self, Call, Fallible, InitSpec, Plain, RunChunk, RunInit, Star2, WorkerArgs,
+};
+
+/// How long the supervisor sleeps on an empty result queue before it looks at the workers.
+const NAP: Duration = Duration::from_millis(20);
+/// How often a busy supervisor looks at the workers.
+const CHECK_EVERY: Duration = Duration::from_millis(20);
+/// How long a blocking put waits before it checks whether the pool was terminated.
+const PUT_SLICE: Duration = Duration::from_millis(20);
+
+/// `fn` offsets computed on this thread (`dladdr` is not free).
+fn offset_of(addr: usize) -> Result<i64, Error> {
+    thread_local! {
+        static KNOWN: RefCell<HashMap<usize, i64>> = RefCell::new(HashMap::new());
+    }
+    if let Some(o) = KNOWN.with(|k| k.borrow().get(&addr).copied()) {
+        return Ok(o);
+    }
+    let o = mp_process::symbol::offset_of(addr)?;
+    KNOWN.with(|k| k.borrow_mut().insert(addr, o));
+    Ok(o)
+}
+
+/// Python's default chunksize for `map`: `ceil(len / (4 × workers))`.
+pub fn default_chunksize(len: usize, workers: usize) -> usize {
+    len.div_ceil(4 * workers.max(1)).max(1)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Running,
+    Closed,
+    Broken,
+    Terminated,
+    Joined,
+}
+
+struct Table {
+    state: State,
+    broken: Option<Error>,
+    jobs: HashMap<u64, Arc<dyn Job>>,
+    next_id: u64,
+}
+
+struct WorkerEntry {
+    child: Option<Child<()>>,
+    pid: u32,
+    slot: Shared<Slot>,
+}
+
+struct Workers {
+    list: Vec<WorkerEntry>,
+    replace: bool,
+    started: u64,
+}
+
+struct InitCfg {
+    args: AlignedVec<ALIGN>,
+    tramp: i64,
+    target: i64,
+}
+
+struct Config {
+    processes: usize,
+    method: StartMethod,
+    init: Option<InitCfg>,
+    max_tasks: u64,
+    image_id: Vec<u8>,
+}
+
+type Chunks<'a> = Box<dyn Iterator<Item = (u64, Result<TaskMsg, Error>)> + Send + 'a>;
+
+struct Feed {
+    id: u64,
+    job: Arc<dyn Job>,
+    first: Option<(u64, TaskMsg)>,
+    rest: Chunks<'static>,
+}
+
+/// The state shared by the pool handle, its threads and its iterators.
+pub(crate) struct Inner {
+    tasks: Queue<TaskMsg>,
+    results: Queue<ResultMsg>,
+    table: Mutex<Table>,
+    idle: Condvar,
+    workers: Mutex<Workers>,
+    cfg: Config,
+    feeder: Mutex<Option<mpsc::Sender<Feed>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    supervisor: OnceLock<ThreadId>,
+    stopping: AtomicBool,
+    terminated: AtomicBool,
+}
+
+/// Python's `multiprocessing.Pool`: worker processes that run tasks, with results in order
+/// (`map`, `imap`), in completion order (`imap_unordered`) or one at a time (`apply`).
+///
+/// See the [crate documentation](crate) for a tour. Dropping a pool terminates it (Python's
+/// `with Pool() as p:` does the same on exit): pending work fails with
+/// [`Error::Terminated`] and the workers are killed; call [`close`](Pool::close) and
+/// [`join`](Pool::join) to let the work finish first.
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("processes", &self.inner.cfg.processes)
+            .field("start_method", &self.inner.cfg.method)
+            .field("state", &lock(&self.inner.table).state)
+            .finish()
+    }
+}
+
+/// Builds a [`Pool`]: Python's `Pool(processes, initializer, initargs, maxtasksperchild,
+/// context)`.
+///
+/// ```
+/// use mp_pool::Pool;
+/// fn setup(greeting: String) { assert_eq!(greeting, "hi"); }
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// let pool = Pool::builder()
+///     .processes(2)
+///     .initializer(setup, "hi".to_string())
+///     .max_tasks_per_child(100)
+///     .build()?;
+/// assert_eq!(pool.map(square, [1, 2, 3])?, [1, 4, 9]);
+/// # Ok::<(), mp_pool::Error>(())
+/// ```
+pub struct PoolBuilder {
+    processes: Option<usize>,
+    init: Option<Result<InitCfg, Error>>,
+    max_tasks: Option<usize>,
+    method: Option<StartMethod>,
+}
+
+impl std::fmt::Debug for PoolBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("processes", &self.processes)
+            .field("initializer", &self.init.is_some())
+            .field("max_tasks_per_child", &self.max_tasks)
+            .field("start_method", &self.method)
+            .finish()
+    }
+}
+
+impl PoolBuilder {
+    /// The number of worker processes (default: [`mp_process::cpu_count`]). 0 is an error.
+    pub fn processes(mut self, n: usize) -> Self {
+        self.processes = Some(n);
+        self
+    }
+
+    /// A function every worker runs once, with its own copy of `args`, before its first
+    /// task (Python's `initializer` and `initargs`). If it panics the pool is broken: pending
+    /// and new work fail with [`Error::Initializer`] (Python restarts workers forever).
+    pub fn initializer<I: Message>(mut self, f: fn(I), args: I) -> Self {
+        let cfg = (|| {
+            let args = encode(&args).map_err(|e| Error::Unserializable {
+                what: "arguments",
+                message: format!("initializer arguments: {e}"),
+            })?;
+            Ok(InitCfg {
+                args,
+                tramp: offset_of(worker::run_init::<I> as RunInit as usize)?,
+                target: offset_of(f as usize)?,
+            })
+        })();
+        self.init = Some(cfg);
+        self
+    }
+
+    /// Each worker exits after running `n` tasks (chunks) and is replaced by a fresh one
+    /// (Python's `maxtasksperchild`); default: no limit. 0 is an error.
+    pub fn max_tasks_per_child(mut self, n: usize) -> Self {
+        self.max_tasks = Some(n);
+        self
+    }
+
+    /// The start method of the workers, from a context (Python's `context=`).
+    pub fn context(mut self, ctx: Context) -> Self {
+        self.method = Some(ctx.start_method());
+        self
+    }
+
+    /// The start method of the workers (default: [`mp_process::get_start_method`]).
+    /// Spawn and forkserver need `mp::init()` first thing in `main`.
+    pub fn start_method(mut self, m: StartMethod) -> Self {
+        self.method = Some(m);
+        self
+    }
+
+    /// Starts the workers.
+    pub fn build(self) -> Result<Pool, Error> {
+        let processes = self.processes.unwrap_or_else(mp_process::cpu_count);
+        if processes == 0 {
+            return Err(Error::Config("processes must be at least 1".into()));
+        }
+        if self.max_tasks == Some(0) {
+            return Err(Error::Config(
+                "max_tasks_per_child must be at least 1 (leave it unset for no limit)".into(),
+            ));
+        }
+        let init = self.init.transpose()?;
+        let cfg = Config {
+            processes,
+            method: self.method.unwrap_or_else(mp_process::get_start_method),
+            init,
+            max_tasks: self.max_tasks.unwrap_or(0) as u64,
+            image_id: mp_process::symbol::image_id().to_vec(),
+        };
+        let (tx, rx) = mpsc::channel::<Feed>();
+        let inner = Arc::new(Inner {
+            tasks: Queue::new()?,
+            results: Queue::new()?,
+            table: Mutex::new(Table {
+                state: State::Running,
+                broken: None,
+                jobs: HashMap::new(),
+                next_id: 1,
+            }),
+            idle: Condvar::new(),
+            workers: Mutex::new(Workers {
+                list: Vec::new(),
+                replace: true,
+                started: 0,
+            }),
+            cfg,
+            feeder: Mutex::new(Some(tx)),
+            threads: Mutex::new(Vec::new()),
+            supervisor: OnceLock::new(),
+            stopping: AtomicBool::new(false),
+            terminated: AtomicBool::new(false),
+        });
+        let pool = Pool {
+            inner: inner.clone(),
+        };
+        {
+            let mut w = lock(&inner.workers);
+            for _ in 0..processes {
+                let slot = Shared::new(Slot::new())?;
+                w.started += 1;
+                let child = inner.start_worker(&slot, w.started)?;
+                w.list.push(WorkerEntry {
+                    pid: child.pid(),
+                    child: Some(child),
+                    slot,
+                });
+            }
+        }
+        let sup = inner.clone();
+        let s = std::thread::Builder::new()
+            .name("mp-pool-supervisor".into())
+            .spawn(move || sup.supervise())
+            .map_err(|e| Error::Start(format!("the supervisor thread: {e}")))?;
+        let _ = inner.supervisor.set(s.thread().id());
+        let feed = inner.clone();
+        let f = std::thread::Builder::new()
+            .name("mp-pool-feeder".into())
+            .spawn(move || feed.run_feeder(rx))
+            .map_err(|e| Error::Start(format!("the feeder thread: {e}")))?;
+        lock(&inner.threads).extend([s, f]);
+        Ok(pool)
+    }
+}
+
+fn exit_of(r: &Result<Option<()>, ProcessError>) -> (Option<i32>, Option<i32>) {
+    match r {
+        Ok(_) => (None, Some(0)),
+        Err(e @ ProcessError::Signaled { signal, .. }) => (Some(*signal), e.exitcode()),
+        Err(e) => (None, e.exitcode()),
+    }
+}
+
+impl Inner {
+    fn start_worker(&self, slot: &Shared<Slot>, n: u64) -> Result<Child<()>, Error> {
+        slot.reset();
+        let init = self.cfg.init.as_ref().map(|i| InitSpec {
+            args: Payload(i.args.clone()),
+            tramp: i.tramp,
+            target: i.target,
+        });
+        let args = WorkerArgs {
+            tasks: self.tasks.clone(),
+            results: self.results.clone(),
+            slot: slot.clone(),
+            image_id: self.cfg.image_id.clone(),
+            init,
+            max_tasks: self.cfg.max_tasks,
+        };
+        let prefix = match self.cfg.method {
+            StartMethod::Fork => "ForkPoolWorker",
+            StartMethod::Spawn => "SpawnPoolWorker",
+            StartMethod::ForkServer => "ForkServerPoolWorker",
+        };
+        Ok(Process::new(worker::worker_main, args)
+            .name(format!("{prefix}-{n}"))
+            .daemon(true)
+            .start_method(self.cfg.method)
+            .start()?)
+    }
+
+    fn register(&self, job: Arc<dyn Job>) -> Result<u64, Error> {
+        let mut t = lock(&self.table);
+        match t.state {
+            State::Running => {}
+            State::Closed => return Err(Error::Closed),
+            State::Terminated | State::Joined => return Err(Error::Terminated),
+            State::Broken => {
+                return Err(t
+                    .broken
+                    .as_ref()
+                    .map_or(Error::Terminated, Error::duplicate))
+            }
+        }
+        let id = t.next_id;
+        t.next_id += 1;
+        t.jobs.insert(id, job);
+        Ok(id)
+    }
+
+    fn check_open(&self) -> Result<(), Error> {
+        let t = lock(&self.table);
+        match t.state {
+            State::Running => Ok(()),
+            State::Closed => Err(Error::Closed),
+            State::Broken => Err(t
+                .broken
+                .as_ref()
+                .map_or(Error::Terminated, Error::duplicate)),
+            State::Terminated | State::Joined => Err(Error::Terminated),
+        }
+    }
+
+    pub(crate) fn unregister(&self, id: u64) {
+        let mut t = lock(&self.table);
+        t.jobs.remove(&id);
+        if t.jobs.is_empty() {
+            self.idle.notify_all();
+        }
+    }
+
+    fn job(&self, id: u64) -> Option<Arc<dyn Job>> {
+        lock(&self.table).jobs.get(&id).cloned()
+    }
+
+    /// Puts a task, waiting for room, until the pool is terminated.
+    pub(crate) fn put_blocking(&self, mut msg: TaskMsg) -> Result<(), Error> {
+        loop {
+            if self.terminated.load(Ordering::Relaxed) {
+                return Err(Error::Terminated);
+            }
+            match self.tasks.put_timeout(msg, PUT_SLICE) {
+                Ok(()) => return Ok(()),
+                Err(PutError::Full(m)) => msg = m,
+                Err(PutError::Closed(_)) => return Err(Error::Terminated),
+                Err(PutError::Failed(_, e)) => {
+                    return Err(Error::Unserializable {
+                        what: "arguments",
+                        message: e.to_string(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Puts a job's chunks: all of them when `wait`; otherwise as many as fit now, the rest
+    /// through the feeder thread.
+    fn feed(&self, id: u64, job: Arc<dyn Job>, mut chunks: Chunks<'static>, wait: bool) {
+        let fail = |c: u64, e: Error| {
+            if job.fail(c, e) {
+                self.unregister(id);
+            }
+        };
+        while let Some((c, msg)) = chunks.next() {
+            if job.is_done() {
+                return;
+            }
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => return fail(c, e),
+            };
+            if wait {
+                if let Err(e) = self.put_blocking(msg) {
+                    return fail(c, e);
+                }
+                continue;
+            }
+            match self.tasks.put_nowait(msg) {
+                Ok(()) => {}
+                Err(PutError::Full(m)) => {
+                    let feed = Feed {
+                        id,
+                        job: job.clone(),
+                        first: Some((c, m)),
+                        rest: chunks,
+                    };
+                    let sent = lock(&self.feeder)
+                        .as_ref()
+                        .map(|tx| tx.send(feed).is_ok())
+                        .unwrap_or(false);
+                    if !sent {
+                        fail(c, Error::Terminated);
+                    }
+                    return;
+                }
+                Err(e) => {
+                    return fail(
+                        c,
+                        match e {
+                            PutError::Failed(_, e) => Error::Unserializable {
+                                what: "arguments",
+                                message: e.to_string(),
+                            },
+                            _ => Error::Terminated,
+                        },
+                    )
+                }
+            }
+        }
+    }
+
+    fn run_feeder(self: Arc<Self>, rx: mpsc::Receiver<Feed>) {
+        for feed in rx {
+            let Feed {
+                id,
+                job,
+                first,
+                rest,
+            } = feed;
+            let fail = |c: u64, e: Error| {
+                if job.fail(c, e) {
+                    self.unregister(id);
+                }
+            };
+            let all = first.map(|(c, m)| (c, Ok(m))).into_iter().chain(rest);
+            for (c, msg) in all {
+                if job.is_done() {
+                    break;
+                }
+                match msg.and_then(|m| self.put_blocking(m)) {
+                    Ok(()) => {}
+                    Err(e) => {
+                        fail(c, e);
+                        break;
+                    }
+                }
+            }
+            if self.terminated.load(Ordering::Relaxed) {
+                return;
+            }
+        }
+    }
+
+    fn supervise(self: Arc<Self>) {
+        let mut last_check = Instant::now();
+        loop {
+            let got = match self.results.get_ref_timeout(NAP) {
+                Ok(g) => {
+                    self.handle(&g);
+                    true
+                }
+                Err(_) => false,
+            };
+            if self.stopping.load(Ordering::Acquire) {
+                return;
+            }
+            if !got || last_check.elapsed() >= CHECK_EVERY {
+                self.check_workers();
+                last_check = Instant::now();
+            }
+        }
+    }
+
+    fn handle(&self, m: &ArchivedResultMsg) {
+        let k = m.kind.to_native();
+        let pid = m.pid.to_native();
+        match k {
+            kind::WAKE => return,
+            kind::INIT_FAILED => {
+                self.break_pool(Error::Initializer(format!(
+                    "worker pid {pid}: {}",
+                    m.message.as_str()
+                )));
+                return;
+            }
+            _ => {}
+        }
+        let id = m.job.to_native();
+        let chunk = m.chunk.to_native();
+        let Some(job) = self.job(id) else {
+            return;
+        };
+        let message = || m.message.as_str().to_string();
+        let finished = match k {
+            kind::OK => job.deliver(chunk, m.payload.as_slice()),
+            kind::PANICKED => job.fail(
+                chunk,
+                Error::Panicked {
+                    pid,
+                    message: message(),
+                },
+            ),
+            kind::FAILED => job.fail(chunk, Error::Failed { message: message() }),
+            kind::RESULT_UNSERIALIZABLE => job.fail(
+                chunk,
+                Error::Unserializable {
+                    what: "result",
+                    message: message(),
+                },
+            ),
+            _ => job.fail(
+                chunk,
+                Error::Unserializable {
+                    what: "arguments",
+                    message: message(),
+                },
+            ),
+        };
+        if finished {
+            self.unregister(id);
+        }
+    }
+
+    /// The initializer failed or a worker could not be started: fail everything, accept
+    /// nothing more, replace no worker.
+    fn break_pool(&self, err: Error) {
+        let jobs: Vec<Arc<dyn Job>> = {
+            let mut t = lock(&self.table);
+            if matches!(t.state, State::Terminated | State::Joined | State::Broken) {
+                return;
+            }
+            t.state = State::Broken;
+            t.broken = Some(err.duplicate());
+            let jobs = t.jobs.drain().map(|(_, j)| j).collect();
+            self.idle.notify_all();
+            jobs
+        };
+        lock(&self.workers).replace = false;
+        for j in jobs {
+            j.abort(err.duplicate());
+        }
+    }
+
+    fn check_workers(&self) {
+        let mut dead = Vec::new();
+        {
+            let mut w = lock(&self.workers);
+            let mut fds: Vec<libc::pollfd> = Vec::with_capacity(w.list.len());
+            let mut idx = Vec::with_capacity(w.list.len());
+            for (i, e) in w.list.iter().enumerate() {
+                if let Some(c) = &e.child {
+                    fds.push(libc::pollfd {
+                        fd: c.sentinel().as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    });
+                    idx.push(i);
+                }
+            }
+            if fds.is_empty() {
+                return;
+            }
+            // SAFETY: `fds` is a valid array of pollfds for the length passed; the pidfds stay
+            // open while we hold the workers lock (their `Child`s are in the list).
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
+            if n <= 0 {
+                return;
+            }
+            for (f, &i) in fds.iter().zip(&idx) {
+                if f.revents == 0 {
+                    continue;
+                }
+                if let Some(mut c) = w.list[i].child.take() {
+                    let status = c.join_timeout(Duration::from_millis(500));
+                    if matches!(status, Ok(None)) {
+                        w.list[i].child = Some(c);
+                        continue;
+                    }
+                    dead.push((i, c.pid(), exit_of(&status)));
+                }
+            }
+        }
+        if dead.is_empty() {
+            return;
+        }
+        // What the dead put before dying is in the result queue, in order: take it first,
+        // so that only a task whose result never came is failed.
+        while let Ok(g) = self.results.get_ref_timeout(Duration::ZERO) {
+            self.handle(&g);
+        }
+        for (i, pid, (signal, exitcode)) in dead {
+            let slot = lock(&self.workers).list[i].slot.clone();
+            if let Some(Claim { job, chunk }) = slot.running() {
+                if let Some(j) = self.job(job) {
+                    let lost = Error::WorkerLost {
+                        pid,
+                        signal,
+                        exitcode,
+                    };
+                    if j.fail(chunk, lost) {
+                        self.unregister(job);
+                    }
+                }
+            }
+            self.replace(i);
+        }
+    }
+
+    fn replace(&self, i: usize) {
+        let mut w = lock(&self.workers);
+        if !w.replace || self.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        w.started += 1;
+        let n = w.started;
+        let slot = w.list[i].slot.clone();
+        match self.start_worker(&slot, n) {
+            Ok(c) => {
+                w.list[i].pid = c.pid();
+                w.list[i].child = Some(c);
+            }
+            Err(e) => {
+                drop(w);
+                self.break_pool(Error::Start(e.to_string()));
+            }
+        }
+    }
+
+    /// Stops the supervisor and feeder threads and waits for them (except for the calling
+    /// thread, should a callback running on the supervisor call this).
+    fn stop_threads(&self) {
+        self.stopping.store(true, Ordering::Release);
+        let wake = ResultMsg {
+            payload: Payload::default(),
+            job: 0,
+            chunk: 0,
+            kind: kind::WAKE,
+            pid: std::process::id(),
+            message: String::new(),
+        };
+        let _ = self.results.put_nowait(wake);
+        lock(&self.feeder).take();
+        let threads: Vec<JoinHandle<()>> = std::mem::take(&mut *lock(&self.threads));
+        let me = std::thread::current().id();
+        for t in threads {
+            if t.thread().id() != me {
+                let _ = t.join();
+            }
+        }
+    }
+
+    fn terminate(&self) {
+        let jobs: Vec<Arc<dyn Job>> = {
+            let mut t = lock(&self.table);
+            if matches!(t.state, State::Terminated | State::Joined) {
+                return;
+            }
+            t.state = State::Terminated;
+            let jobs = t.jobs.drain().map(|(_, j)| j).collect();
+            self.idle.notify_all();
+            jobs
+        };
+        self.terminated.store(true, Ordering::Relaxed);
+        let children: Vec<Child<()>> = {
+            let mut w = lock(&self.workers);
+            w.replace = false;
+            w.list.iter_mut().filter_map(|e| e.child.take()).collect()
+        };
+        for c in &children {
+            let _ = c.kill();
+        }
+        for j in jobs {
+            j.abort(Error::Terminated);
+        }
+        for mut c in children {
+            let _ = c.join_timeout(Duration::from_secs(5));
+        }
+        self.stop_threads();
+    }
+
+    fn join(&self) -> Result<(), Error> {
+        {
+            let mut t = lock(&self.table);
+            match t.state {
+                State::Running => return Err(Error::StillRunning),
+                State::Terminated | State::Joined => {
+                    drop(t);
+                    self.stop_threads();
+                    return Ok(());
+                }
+                State::Closed | State::Broken => {}
+            }
+            while !t.jobs.is_empty() && matches!(t.state, State::Closed | State::Broken) {
+                t = self.idle.wait(t).unwrap_or_else(|p| p.into_inner());
+            }
+            if matches!(t.state, State::Terminated | State::Joined) {
+                drop(t);
+                self.stop_threads();
+                return Ok(());
+            }
+        }
+        let live = {
+            let mut w = lock(&self.workers);
+            w.replace = false;
+            w.list.iter().filter(|e| e.child.is_some()).count()
+        };
+        for _ in 0..live {
+            if self.put_blocking(TaskMsg::stop()).is_err() {
+                break;
+            }
+        }
+        let children: Vec<Child<()>> = lock(&self.workers)
+            .list
+            .iter_mut()
+            .filter_map(|e| e.child.take())
+            .collect();
+        for mut c in children {
+            let _ = c.join();
+        }
+        lock(&self.table).state = State::Joined;
+        self.stop_threads();
+        Ok(())
+    }
+}
+
+/// Encodes one chunk as a task message.
+fn task_msg<T: Message>(
+    items: &Vec<T>,
+    job: u64,
+    chunk: u64,
+    tramp: i64,
+    target: i64,
+) -> Result<TaskMsg, Error> {
+    let payload = encode(items).map_err(|e| Error::Unserializable {
+        what: "arguments",
+        message: e.to_string(),
+    })?;
+    Ok(TaskMsg {
+        payload: Payload(payload),
+        claim: Claim { job, chunk },
+        tramp,
+        target,
+    })
+}
+
+/// Cuts an iterator of items into encoded chunks, lazily.
+struct ChunkIter<I: Iterator> {
+    items: I,
+    chunksize: usize,
+    next: u64,
+    job: u64,
+    tramp: i64,
+    target: i64,
+}
+
+impl<T: Message, I: Iterator<Item = T>> Iterator for ChunkIter<I> {
+    type Item = (u64, Result<TaskMsg, Error>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let chunk: Vec<T> = self.items.by_ref().take(self.chunksize).collect();
+        if chunk.is_empty() {
+            return None;
+        }
+        let c = self.next;
+        self.next += 1;
+        Some((c, task_msg(&chunk, self.job, c, self.tramp, self.target)))
+    }
+}
+
+fn identity<R>(v: Vec<R>) -> Result<Vec<R>, Error> {
+    Ok(v)
+}
+
+fn single<R>(v: Vec<R>) -> Result<R, Error> {
+    v.into_iter().next().ok_or(Error::Unserializable {
+        what: "result",
+        message: "the task's result is missing".into(),
+    })
+}
+
+/// Settings for the next call on a pool: the chunksize, how many chunks an `imap` keeps in
+/// flight, and (with the `progress` feature) a progress bar. Made by [`Pool::chunksize`],
+/// [`Pool::in_flight`] and [`Pool::progress`]; it has the pool's methods.
+///
+/// ```
+/// fn square(x: u64) -> u64 { x * x }
+/// let pool = mp_pool::Pool::new(2)?;
+/// let v = pool.chunksize(20).map(square, 0..100)?;
+/// assert_eq!(v[99], 9801);
+/// let first: Vec<u64> = pool.chunksize(1).in_flight(4).imap(square, 0..)?.take(5)
+///     .collect::<Result<_, _>>()?;
+/// assert_eq!(first, [0, 1, 4, 9, 16]);
+/// # Ok::<(), mp_pool::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Tasks<'p> {
+    pool: &'p Pool,
+    chunksize: Option<usize>,
+    in_flight: Option<usize>,
+    #[cfg(feature = "progress")]
+    progress: bool,
+}
+
+impl<'p> Tasks<'p> {
+    fn new(pool: &'p Pool) -> Tasks<'p> {
+        Tasks {
+            pool,
+            chunksize: None,
+            in_flight: None,
+            #[cfg(feature = "progress")]
+            progress: false,
+        }
+    }
+
+    /// Items per task (Python's `chunksize`). Default for `map`-like calls: CPython's
+    /// `ceil(len / (4 × processes))`; for `imap`: 1.
+    pub fn chunksize(mut self, n: usize) -> Self {
+        self.chunksize = Some(n);
+        self
+    }
+
+    /// For `imap`/`imap_unordered`: at most `n` chunks submitted and not yet consumed
+    /// (default: 4 × processes, at least 8). The input is read only as results are
+    /// consumed, so an endless iterator works with bounded memory.
+    pub fn in_flight(mut self, n: usize) -> Self {
+        self.in_flight = Some(n);
+        self
+    }
+
+    /// Shows an `indicatif` progress bar on stderr for this `map`/`imap` (cargo feature
+    /// `progress`).
+    #[cfg(feature = "progress")]
+    pub fn progress(mut self) -> Self {
+        self.progress = true;
+        self
+    }
+
+    fn collect_async<C: Call, Out: Send + 'static>(
+        self,
+        target: usize,
+        items: Vec<C::In>,
+        finish: fn(Vec<C::Out>) -> Result<Out, Error>,
+        wait: bool,
+    ) -> Result<AsyncResult<Out>, Error>
+    where
+        C::In: Send,
+        C::Out: Send,
+    {
+        let inner = &self.pool.inner;
+        let outcome = Outcome::<Out>::new();
+        let len = items.len();
+        if len == 0 {
+            inner.check_open()?;
+            outcome.set(finish(Vec::new()));
+            return Ok(AsyncResult::new(outcome));
+        }
+        let chunksize = match self.chunksize {
+            Some(0) => return Err(Error::Config("chunksize must be at least 1".into())),
+            Some(n) => n,
+            None => default_chunksize(len, inner.cfg.processes),
+        };
+        let tramp = offset_of(worker::run_chunk::<C> as RunChunk as usize)?;
+        let target = offset_of(target)?;
+        #[allow(unused_mut)]
+        let mut job = CollectJob::<C::Out, Out>::new(outcome.clone(), len, chunksize, finish);
+        #[cfg(feature = "progress")]
+        if self.progress {
+            job.bar = Some(crate::progress::bar(Some(len as u64)));
+        }
+        let job: Arc<dyn Job> = Arc::new(job);
+        let id = inner.register(job.clone())?;
+        let chunks = ChunkIter {
+            items: items.into_iter(),
+            chunksize,
+            next: 0,
+            job: id,
+            tramp,
+            target,
+        };
+        inner.feed(id, job, Box::new(chunks), wait);
+        Ok(AsyncResult::new(outcome))
+    }
+
+    fn imap_impl<'a, C: Call>(
+        self,
+        target: usize,
+        items: impl IntoIterator<Item = C::In, IntoIter: Send + 'a>,
+        ordered: bool,
+    ) -> Result<IMap<'a, C::Out>, Error>
+    where
+        C::Out: Send,
+    {
+        let inner = &self.pool.inner;
+        let chunksize = match self.chunksize {
+            Some(0) => return Err(Error::Config("chunksize must be at least 1".into())),
+            Some(n) => n,
+            None => 1,
+        };
+        let limit = match self.in_flight {
+            Some(0) => return Err(Error::Config("in_flight must be at least 1".into())),
+            Some(n) => n,
+            None => (4 * inner.cfg.processes).max(8),
+        };
+        let tramp = offset_of(worker::run_chunk::<C> as RunChunk as usize)?;
+        let target = offset_of(target)?;
+        #[allow(unused_mut)]
+        let mut job = IMapJob::<C::Out>::new(ordered);
+        #[cfg(feature = "progress")]
+        if self.progress {
+            job.bar = Some(crate::progress::bar(None));
+        }
+        let job = Arc::new(job);
+        let id = inner.register(job.clone())?;
+        Ok(IMap {
+            inner: inner.clone(),
+            job,
+            id,
+            source: Box::new(ChunkIter {
+                items: items.into_iter(),
+                chunksize,
+                next: 0,
+                job: id,
+                tramp,
+                target,
+            }),
+            exhausted: false,
+            in_flight: 0,
+            limit,
+            next_out: 0,
+            current: Vec::new().into_iter(),
+            finished: false,
+        })
+    }
+
+    /// Python's `map`: `f` applied to every item, results in input order. The first task
+    /// error (a panic, an unserializable result, a lost worker) fails the call, and the pool
+    /// stays usable.
+    pub fn map<T, R>(self, f: fn(T) -> R, items: impl IntoIterator<Item = T>) -> Result<Vec<R>, Error>
+    where
+        T: Message + Send + 'static,
+        R: Message + Send + 'static,
+    {
+        let items: Vec<T> = items.into_iter().collect();
+        self.collect_async::<Plain<T, R>, Vec<R>>(f as usize, items, identity, true)?
+            .get()
+    }
+
+    /// Python's `map_async`: returns at once; attach callbacks with
+    /// [`AsyncResult::on_success`] / [`on_error`](AsyncResult::on_error).
+    pub fn map_async<T, R>(
+        self,
+        f: fn(T) -> R,
+        items: impl IntoIterator<Item = T>,
+    ) -> Result<AsyncResult<Vec<R>>, Error>
+    where
+        T: Message + Send + 'static,
+        R: Message + Send + 'static,
+    {
+        let items: Vec<T> = items.into_iter().collect();
+        self.collect_async::<Plain<T, R>, Vec<R>>(f as usize, items, identity, false)
+    }
+
+    /// `map` for a fallible function: an `Err` returned by a task fails the call with
+    /// [`Error::Failed`] carrying the error's message.
+    pub fn try_map<T, R, E>(
+        self,
+        f: fn(T) -> Result<R, E>,
+        items: impl IntoIterator<Item = T>,
+    ) -> Result<Vec<R>, Error>
+    where
+        T: Message + Send + 'static,
+        R: Message + Send + 'static,
+        E: std::fmt::Display + 'static,
+    {
+        let items: Vec<T> = items.into_iter().collect();
+        self.collect_async::<Fallible<T, R, E>, Vec<R>>(f as usize, items, identity, true)?
+            .get()
+    }
+
+    /// `map_async` for a fallible function.
+    pub fn try_map_async<T, R, E>(
+        self,
+        f: fn(T) -> Result<R, E>,
+        items: impl IntoIterator<Item = T>,
+    ) -> Result<AsyncResult<Vec<R>>, Error>
+    where
+        T: Message + Send + 'static,
+        R: Message + Send + 'static,
+        E: std::fmt::Display + 'static,
+    {
+        let items: Vec<T> = items.into_iter().collect();
+        self.collect_async::<Fallible<T, R, E>, Vec<R>>(f as usize, items, identity, false)
+    }
+
+    /// Python's `starmap`: `f(a, b)` for every pair, results in input order.
+    pub fn starmap<A, B, R>(
+        self,
+        f: fn(A, B) -> R,
+        items: impl IntoIterator<Item = (A, B)>,
+    ) -> Result<Vec<R>, Error>
+    where
+        A: Message + Send + 'static,
+        B: Message + Send + 'static,
+        R: Message + Send + 'static,
+    {
+        let items: Vec<(A, B)> = items.into_iter().collect();
+        self.collect_async::<Star2<A, B, R>, Vec<R>>(f as usize, items, identity, true)?
+            .get()
+    }
+
+    /// Python's `starmap_async`.
+    pub fn starmap_async<A, B, R>(
+        self,
+        f: fn(A, B) -> R,
+        items: impl IntoIterator<Item = (A, B)>,
+    ) -> Result<AsyncResult<Vec<R>>, Error>
+    where
+        A: Message + Send + 'static,
+        B: Message + Send + 'static,
+        R: Message + Send + 'static,
+    {
+        let items: Vec<(A, B)> = items.into_iter().collect();
+        self.collect_async::<Star2<A, B, R>, Vec<R>>(f as usize, items, identity, false)
+    }
+
+    /// Python's `imap`: a lazy iterator of results in input order. The input is read only
+    /// as results are consumed (at most [`in_flight`](Self::in_flight) chunks ahead). A
+    /// failed chunk yields one `Err` in its place and the iteration goes on.
+    pub fn imap<'a, T, R>(
+        self,
+        f: fn(T) -> R,
+        items: impl IntoIterator<Item = T, IntoIter: Send + 'a>,
+    ) -> Result<IMap<'a, R>, Error>
+    where
+        T: Message + Send + 'static,
+        R: Message + Send + 'static,
+    {
+        self.imap_impl::<Plain<T, R>>(f as usize, items, true)
+    }
+
+    /// Python's `imap_unordered`: like [`imap`](Self::imap), results in completion order
+    /// (by chunk).
+    pub fn imap_unordered<'a, T, R>(
+        self,
+        f: fn(T) -> R,
+        items: impl IntoIterator<Item = T, IntoIter: Send + 'a>,
+    ) -> Result<IMap<'a, R>, Error>
+    where
+        T: Message + Send + 'static,
+        R: Message + Send + 'static,
+    {
+        self.imap_impl::<Plain<T, R>>(f as usize, items, false)
+    }
+}
+
+impl Pool {
+    /// A pool of `processes` workers with the default settings (Python's `Pool(processes)`).
+    pub fn new(processes: usize) -> Result<Pool, Error> {
+        Pool::builder().processes(processes).build()
+    }
+
+    /// A builder for the other settings.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder {
+            processes: None,
+            init: None,
+            max_tasks: None,
+            method: None,
+        }
+    }
+
+    /// The number of worker processes.
+    pub fn processes(&self) -> usize {
+        self.inner.cfg.processes
+    }
+
+    /// The workers' start method.
+    pub fn start_method(&self) -> StartMethod {
+        self.inner.cfg.method
+    }
+
+    /// The pids of the live workers now (they change when a worker is replaced).
+    pub fn worker_pids(&self) -> Vec<u32> {
+        lock(&self.inner.workers)
+            .list
+            .iter()
+            .filter(|e| e.child.is_some())
+            .map(|e| e.pid)
+            .collect()
+    }
+
+    /// The default settings, to change some for one call: see [`Tasks`].
+    pub fn tasks(&self) -> Tasks<'_> {
+        Tasks::new(self)
+    }
+
+    /// Sets the chunksize for one call: `pool.chunksize(10).map(f, items)`.
+    pub fn chunksize(&self, n: usize) -> Tasks<'_> {
+        Tasks::new(self).chunksize(n)
+    }
+
+    /// Sets the number of chunks an `imap` keeps in flight: `pool.in_flight(4).imap(f, it)`.
+    pub fn in_flight(&self, n: usize) -> Tasks<'_> {
+        Tasks::new(self).in_flight(n)
+    }
+
+    /// A progress bar for one `map`/`imap` call (cargo feature `progress`).
+    #[cfg(feature = "progress")]
+    pub fn progress(&self) -> Tasks<'_> {
+        Tasks::new(self).progress()
+    }
+
+    /// Python's `map`; see [`Tasks::map`].
+    ///
+    /// ```
+    /// fn square(x: u64) -> u64 { x * x }
+    /// let pool = mp_pool::Pool::new(2)?;
+    /// assert_eq!(pool.map(square, 0..5)?, [0, 1, 4, 9, 16]);
+    /// # Ok::<(), mp_pool::Error>(())
+    /// ```
+    pub fn map<T, R>(&self, f: fn(T) -> R, items: impl IntoIterator<Item = T>) -> Result<Vec<R>, Error>
+    where
+        T: Message + Send + 'static,
+        R: Message + Send + 'static,
+    {
+        self.tasks().map(f, items)
+    }
+
+    /// Python's `map_async`; see [`Tasks::map_async`].
+    pub fn map_async<T, R>(
+        &self,
+        f: fn(T) -> R,
+        items: impl IntoIterator<Item = T>,
+    ) -> Result<AsyncResult<Vec<R>>, Error>
+    where
+        T: Message + Send + 'static,
+        R: Message + Send + 'static,
+    {
+        self.tasks().map_async(f, items)
+    }
+
+    /// `map` for a fallible function; see [`Tasks::try_map`].
+    pub fn try_map<T, R, E>(
+        &self,
+        f: fn(T) -> Result<R, E>,
+        items: impl IntoIterator<Item = T>,
+    ) -> Result<Vec<R>, Error>
+    where
+        T: Message + Send + 'static,
+        R: Message + Send + 'static,
+        E: std::fmt::Display + 'static,
+    {
+        self.tasks().try_map(f, items)
+    }
+
+    /// `map_async` for a fallible function; see [`Tasks::try_map_async`].
+    pub fn try_map_async<T, R, E>(
+        &self,
+        f: fn(T) -> Result<R, E>,
+        items: impl IntoIterator<Item = T>,
+    ) -> Result<AsyncResult<Vec<R>>, Error>
+    where
+        T: Message + Send + 'static,
+        R: Message + Send + 'static,
+        E: std::fmt::Display + 'static,
+    {
+        self.tasks().try_map_async(f, items)
+    }
+
+    /// Python's `starmap`; see [`Tasks::starmap`].
+    pub fn starmap<A, B, R>(
+        &self,
+        f: fn(A, B) -> R,
+        items: impl IntoIterator<Item = (A, B)>,
+    ) -> Result<Vec<R>, Error>
+    where
+        A: Message + Send + 'static,
+        B: Message + Send + 'static,
+        R: Message + Send + 'static,
+    {
+        self.tasks().starmap(f, items)
+    }
+
+    /// Python's `starmap_async`; see [`Tasks::starmap_async`].
+    pub fn starmap_async<A, B, R>(
+        &self,
+        f: fn(A, B) -> R,
+        items: impl IntoIterator<Item = (A, B)>,
+    ) -> Result<AsyncResult<Vec<R>>, Error>
+    where
+        A: Message + Send + 'static,
+        B: Message + Send + 'static,
+        R: Message + Send + 'static,
+    {
+        self.tasks().starmap_async(f, items)
+    }
+
+    /// Python's `imap`; see [`Tasks::imap`].
+    pub fn imap<'a, T, R>(
+        &self,
+        f: fn(T) -> R,
+        items: impl IntoIterator<Item = T, IntoIter: Send + 'a>,
+    ) -> Result<IMap<'a, R>, Error>
+    where
+        T: Message + Send + 'static,
+        R: Message + Send + 'static,
+    {
+        self.tasks().imap(f, items)
+    }
+
+    /// Python's `imap_unordered`; see [`Tasks::imap_unordered`].
+    pub fn imap_unordered<'a, T, R>(
+        &self,
+        f: fn(T) -> R,
+        items: impl IntoIterator<Item = T, IntoIter: Send + 'a>,
+    ) -> Result<IMap<'a, R>, Error>
+    where
+        T: Message + Send + 'static,
+        R: Message + Send + 'static,
+    {
+        self.tasks().imap_unordered(f, items)
+    }
+
+    /// Python's `apply`: runs `f(arg)` in a worker and waits for the result.
+    pub fn apply<T, R>(&self, f: fn(T) -> R, arg: T) -> Result<R, Error>
+    where
+        T: Message + Send + 'static,
+        R: Message + Send + 'static,
+    {
+        self.tasks()
+            .collect_async::<Plain<T, R>, R>(f as usize, vec![arg], single, true)?
+            .get()
+    }
+
+    /// Python's `apply_async`: returns at once with an [`AsyncResult`].
+    pub fn apply_async<T, R>(&self, f: fn(T) -> R, arg: T) -> Result<AsyncResult<R>, Error>
+    where
+        T: Message + Send + 'static,
+        R: Message + Send + 'static,
+    {
+        self.tasks()
+            .collect_async::<Plain<T, R>, R>(f as usize, vec![arg], single, false)
+    }
+
+    /// `apply` for a fallible function: an `Err` becomes [`Error::Failed`].
+    pub fn try_apply<T, R, E>(&self, f: fn(T) -> Result<R, E>, arg: T) -> Result<R, Error>
+    where
+        T: Message + Send + 'static,
+        R: Message + Send + 'static,
+        E: std::fmt::Display + 'static,
+    {
+        self.tasks()
+            .collect_async::<Fallible<T, R, E>, R>(f as usize, vec![arg], single, true)?
+            .get()
+    }
+
+    /// `apply_async` for a fallible function.
+    pub fn try_apply_async<T, R, E>(
+        &self,
+        f: fn(T) -> Result<R, E>,
+        arg: T,
+    ) -> Result<AsyncResult<R>, Error>
+    where
+        T: Message + Send + 'static,
+        R: Message + Send + 'static,
+        E: std::fmt::Display + 'static,
+    {
+        self.tasks()
+            .collect_async::<Fallible<T, R, E>, R>(f as usize, vec![arg], single, false)
+    }
+
+    /// Python's `close`: no new work is accepted; the work already submitted goes on, and
+    /// [`join`](Self::join) waits for it and for the workers to exit.
+    pub fn close(&self) {
+        let mut t = lock(&self.inner.table);
+        if t.state == State::Running {
+            t.state = State::Closed;
+        }
+    }
+
+    /// Python's `terminate`: kills the workers now; pending work fails with
+    /// [`Error::Terminated`]. Returns once the workers are gone, however much work was
+    /// pending.
+    pub fn terminate(&self) {
+        self.inner.terminate()
+    }
+
+    /// Python's `join`: after [`close`](Self::close), waits for the submitted work to finish
+    /// and the workers to exit; after [`terminate`](Self::terminate), returns at once.
+    /// [`Error::StillRunning`] before either. An `imap` iterator that is still alive counts
+    /// as unfinished work.
+    pub fn join(&self) -> Result<(), Error> {
+        self.inner.join()
+    }
+}
+
+impl Drop for Pool {
+    /// Terminates the pool (what Python's `with Pool() as p:` does on exit): use `close` and
+    /// `join` first to let submitted work finish.
+    fn drop(&mut self) {
+        self.inner.terminate();
+    }
+}
+
+/// The iterator returned by [`Pool::imap`] and [`Pool::imap_unordered`]: yields each
+/// result (`Err` for a failed chunk), reading the input lazily.
+pub struct IMap<'a, R> {
+    inner: Arc<Inner>,
+    job: Arc<IMapJob<R>>,
+    id: u64,
+    source: Chunks<'a>,
+    exhausted: bool,
+    in_flight: usize,
+    limit: usize,
+    next_out: u64,
+    current: std::vec::IntoIter<R>,
+    finished: bool,
+}
+
+impl<R> std::fmt::Debug for IMap<'_, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IMap")
+            .field("in_flight", &self.in_flight)
+            .field("limit", &self.limit)
+            .field("exhausted", &self.exhausted)
+            .finish()
+    }
+}
+
+impl<R: Message + Send + 'static> IMap<'_, R> {
+    fn top_up(&mut self) {
+        while !self.exhausted && self.in_flight < self.limit {
+            match self.source.next() {
+                None => self.exhausted = true,
+                Some((c, msg)) => {
+                    self.job.submitted(c);
+                    self.in_flight += 1;
+                    if let Err(e) = msg.and_then(|m| self.inner.put_blocking(m)) {
+                        self.job.answer(c, Err(e));
+                    }
+                }
+            }
+        }
+    }
+
+    fn next_until(&mut self, deadline: Option<Instant>) -> Option<Result<R, Error>> {
+        loop {
+            if let Some(x) = self.current.next() {
+                return Some(Ok(x));
+            }
+            if self.finished {
+                return None;
+            }
+            self.top_up();
+            if self.in_flight == 0 {
+                self.finished = true;
+                return None;
+            }
+            match self.job.next(self.next_out, deadline) {
+                Next::Timeout => return Some(Err(Error::Timeout)),
+                Next::Aborted(e) => {
+                    self.finished = true;
+                    return Some(Err(e));
+                }
+                Next::Chunk(r) => {
+                    self.in_flight -= 1;
+                    self.next_out += 1;
+                    self.top_up();
+                    match r {
+                        Ok(v) => self.current = v.into_iter(),
+                        Err(e) => return Some(Err(e)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next result, waiting at most `timeout`: `Some(Err(Error::Timeout))` when none
+    /// came in time (nothing is lost: call again), `None` at the end.
+    pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<R, Error>> {
+        self.next_until(Instant::now().checked_add(timeout))
+    }
+}
+
+impl<R: Message + Send + 'static> Iterator for IMap<'_, R> {
+    type Item = Result<R, Error>;
+
+    fn next(&mut self) -> Option<Result<R, Error>> {
+        self.next_until(None)
+    }
+}
+
+impl<R> Drop for IMap<'_, R> {
+    fn drop(&mut self) {
+        #[cfg(feature = "progress")]
+        if let Some(bar) = &self.job.bar {
+            bar.finish_and_clear();
+        }
+        self.inner.unregister(self.id);
+    }
+}

@@ -1,0 +1,221 @@
+//! [`AsyncResult`]: the handle on work submitted with `*_async`.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::error::Error;
+
+type OnOk<R> = Box<dyn FnOnce(&R) + Send>;
+type OnErr = Box<dyn FnOnce(&Error) + Send>;
+
+struct State<R> {
+    ready: bool,
+    successful: bool,
+    value: Option<Result<R, Error>>,
+    on_ok: Vec<OnOk<R>>,
+    on_err: Vec<OnErr>,
+}
+
+/// Where a job's outcome lands: shared by the job (which sets it, in the supervisor thread)
+/// and the [`AsyncResult`] (which waits for it).
+pub(crate) struct Outcome<R> {
+    state: Mutex<State<R>>,
+    cv: Condvar,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn run_callback(f: impl FnOnce()) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+        eprintln!("mp-pool: a result callback panicked (ignored)");
+    }
+}
+
+impl<R> Outcome<R> {
+    pub(crate) fn new() -> Arc<Outcome<R>> {
+        Arc::new(Outcome {
+            state: Mutex::new(State {
+                ready: false,
+                successful: false,
+                value: None,
+                on_ok: Vec::new(),
+                on_err: Vec::new(),
+            }),
+            cv: Condvar::new(),
+        })
+    }
+
+    /// Sets the outcome once (later calls are ignored), running the callbacks first, as
+    /// Python does: `get` returns after they ran.
+    pub(crate) fn set(&self, v: Result<R, Error>) {
+        let mut st = lock(&self.state);
+        if st.ready {
+            return;
+        }
+        match &v {
+            Ok(x) => {
+                st.on_err.clear();
+                for f in std::mem::take(&mut st.on_ok) {
+                    run_callback(|| f(x));
+                }
+            }
+            Err(e) => {
+                st.on_ok.clear();
+                for f in std::mem::take(&mut st.on_err) {
+                    run_callback(|| f(e));
+                }
+            }
+        }
+        st.successful = v.is_ok();
+        st.value = Some(v);
+        st.ready = true;
+        drop(st);
+        self.cv.notify_all();
+    }
+
+    pub(crate) fn is_ready(&self) -> bool {
+        lock(&self.state).ready
+    }
+}
+
+/// The result of work submitted with [`Pool::apply_async`](crate::Pool::apply_async),
+/// [`map_async`](crate::Pool::map_async) and the like: Python's `AsyncResult`.
+///
+/// ```
+/// use std::time::Duration;
+/// fn double(x: u32) -> u32 { x * 2 }
+///
+/// let pool = mp_pool::Pool::new(2)?;
+/// let r = pool.apply_async(double, 21)?;
+/// r.wait();
+/// assert!(r.ready());
+/// assert!(r.successful()?);
+/// assert_eq!(r.get_timeout(Duration::from_secs(10))?, 42);
+/// # Ok::<(), mp_pool::Error>(())
+/// ```
+///
+/// The value is moved out by the first successful `get`; a second `get` is
+/// [`Error::AlreadyTaken`].
+pub struct AsyncResult<R> {
+    outcome: Arc<Outcome<R>>,
+}
+
+impl<R> std::fmt::Debug for AsyncResult<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncResult")
+            .field("ready", &self.ready())
+            .finish()
+    }
+}
+
+impl<R> AsyncResult<R> {
+    pub(crate) fn new(outcome: Arc<Outcome<R>>) -> AsyncResult<R> {
+        AsyncResult { outcome }
+    }
+
+    fn wait_until(&self, deadline: Option<Instant>) -> MutexGuard<'_, State<R>> {
+        let mut st = lock(&self.outcome.state);
+        while !st.ready {
+            match deadline {
+                None => {
+                    st = self
+                        .outcome
+                        .cv
+                        .wait(st)
+                        .unwrap_or_else(|p| p.into_inner())
+                }
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        break;
+                    }
+                    st = self
+                        .outcome
+                        .cv
+                        .wait_timeout(st, d - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+            }
+        }
+        st
+    }
+
+    fn take(mut st: MutexGuard<'_, State<R>>) -> Result<R, Error> {
+        if !st.ready {
+            return Err(Error::Timeout);
+        }
+        st.value.take().unwrap_or(Err(Error::AlreadyTaken))
+    }
+
+    /// Waits for the result and returns it (or the task's error).
+    pub fn get(&self) -> Result<R, Error> {
+        Self::take(self.wait_until(None))
+    }
+
+    /// Waits at most `timeout`; [`Error::Timeout`] when the result is not ready by then (the
+    /// work goes on and a later `get` can still have it).
+    pub fn get_timeout(&self, timeout: Duration) -> Result<R, Error> {
+        Self::take(self.wait_until(Instant::now().checked_add(timeout)))
+    }
+
+    /// Waits until the result is ready.
+    pub fn wait(&self) {
+        drop(self.wait_until(None));
+    }
+
+    /// Waits at most `timeout`; true when the result is ready.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        self.wait_until(Instant::now().checked_add(timeout)).ready
+    }
+
+    /// True once the work has finished (successfully or not).
+    pub fn ready(&self) -> bool {
+        self.outcome.is_ready()
+    }
+
+    /// Whether the work succeeded; [`Error::NotReady`] before it finished (Python raises
+    /// `ValueError` there).
+    pub fn successful(&self) -> Result<bool, Error> {
+        let st = lock(&self.outcome.state);
+        if st.ready {
+            Ok(st.successful)
+        } else {
+            Err(Error::NotReady)
+        }
+    }
+
+    /// Python's `callback`: `f` runs in this (the parent) process with the result once it is
+    /// there, on the pool's supervisor thread before `get` returns; if the result is already
+    /// there, it runs at once on this thread. It does not run when the work fails. Keep it
+    /// short: the pool's results wait while it runs.
+    pub fn on_success(self, f: impl FnOnce(&R) + Send + 'static) -> Self {
+        let mut st = lock(&self.outcome.state);
+        if st.ready {
+            if let Some(Ok(v)) = &st.value {
+                run_callback(|| f(v));
+            }
+        } else {
+            st.on_ok.push(Box::new(f));
+        }
+        drop(st);
+        self
+    }
+
+    /// Python's `error_callback`: `f` runs in the parent with the error when the work fails
+    /// (for a map, with the first error), like [`on_success`](Self::on_success).
+    pub fn on_error(self, f: impl FnOnce(&Error) + Send + 'static) -> Self {
+        let mut st = lock(&self.outcome.state);
+        if st.ready {
+            if let Some(Err(e)) = &st.value {
+                run_callback(|| f(e));
+            }
+        } else {
+            st.on_err.push(Box::new(f));
+        }
+        drop(st);
+        self
+    }
+}

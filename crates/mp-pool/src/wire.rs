@@ -1,0 +1,220 @@
+//! What travels between the pool and its workers, and the per-worker slot in shared memory.
+//!
+//! * The parent puts [`TaskMsg`]s (one per chunk) on the shared task queue; any idle worker
+//!   takes the next one. Each names its function by two offsets (a trampoline monomorphized
+//!   for the task's types, and the user's function; see `mp_process::symbol`) and carries the
+//!   chunk's items as one encoded `Vec<T>`.
+//! * Workers put [`ResultMsg`]s (one per chunk: the encoded `Vec<R>`, or an error) on the
+//!   shared result queue, which the parent's supervisor thread drains.
+//! * Each worker has a [`Slot`]: which task it runs. The slot is written *while the task
+//!   message is being taken from the queue*: mp-queue decodes a message under its consumer
+//!   lock and removes it only once decoding returned, and [`Claim`]'s deserializer is part of
+//!   that decoding. So a worker killed at any point either left the message in the queue (the
+//!   slot is not `RUNNING` yet, or the kill came between the slot store and the removal, see
+//!   below) or has the task in its slot; the supervisor fails the task in the slot of a dead
+//!   worker with `WorkerLost`. In the narrow window between the slot store and the removal
+//!   the task is both failed and left in the queue: another worker runs it and its result is
+//!   ignored (the task was already answered).
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use mp_core::message::ALIGN;
+use mp_core::ShmSafe;
+use rkyv::rancor::{Fallible, Source};
+use rkyv::ser::{Allocator, Writer};
+use rkyv::util::AlignedVec;
+use rkyv::vec::{ArchivedVec, VecResolver};
+use rkyv::{Archive, Deserialize, Place, Serialize};
+use static_assertions::const_assert_eq;
+
+/// Encoded bytes (an archive) that keep their 16-byte alignment when received: archived as a
+/// byte vector, deserialized into an aligned buffer so that it can be accessed in place.
+#[derive(Debug, Default)]
+pub(crate) struct Payload(pub(crate) AlignedVec<ALIGN>);
+
+impl Archive for Payload {
+    type Archived = ArchivedVec<u8>;
+    type Resolver = VecResolver;
+
+    fn resolve(&self, resolver: Self::Resolver, out: Place<Self::Archived>) {
+        ArchivedVec::<u8>::resolve_from_len(self.0.len(), resolver, out);
+    }
+}
+
+impl<S> Serialize<S> for Payload
+where
+    S: Fallible + Allocator + Writer + ?Sized,
+    S::Error: Source,
+{
+    fn serialize(&self, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
+        ArchivedVec::<u8>::serialize_from_slice(self.0.as_slice(), serializer)
+    }
+}
+
+impl<D: Fallible + ?Sized> Deserialize<Payload, D> for ArchivedVec<u8> {
+    fn deserialize(&self, _: &mut D) -> Result<Payload, D::Error> {
+        let mut v = AlignedVec::<ALIGN>::with_capacity(self.len());
+        v.extend_from_slice(self.as_slice());
+        Ok(Payload(v))
+    }
+}
+
+/// Which chunk of which job a task is. Deserializing it in a worker records it in the
+/// worker's slot (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Archive, Serialize)]
+pub(crate) struct Claim {
+    pub(crate) job: u64,
+    pub(crate) chunk: u64,
+}
+
+thread_local! {
+    /// In a worker: its slot, set once at start (the slot's region lives as long as the
+    /// worker process).
+    static SLOT: Cell<Option<&'static Slot>> = const { Cell::new(None) };
+}
+
+/// Makes this thread record the tasks it takes in `slot`.
+pub(crate) fn set_claim_slot(slot: &'static Slot) {
+    SLOT.with(|s| s.set(Some(slot)));
+}
+
+impl<D: Fallible + ?Sized> Deserialize<Claim, D> for ArchivedClaim {
+    fn deserialize(&self, _: &mut D) -> Result<Claim, D::Error> {
+        let c = Claim {
+            job: self.job.to_native(),
+            chunk: self.chunk.to_native(),
+        };
+        if c.job != 0 {
+            if let Some(slot) = SLOT.with(|s| s.get()) {
+                slot.begin(c);
+            }
+        }
+        Ok(c)
+    }
+}
+
+/// A chunk of work (or, with `job == 0`, the order to stop).
+#[derive(Debug, Archive, Serialize, Deserialize)]
+pub(crate) struct TaskMsg {
+    /// The encoded `Vec<T>` of the chunk's items. First, so that it sits at the start of the
+    /// archive (16-aligned in the ring).
+    pub(crate) payload: Payload,
+    pub(crate) claim: Claim,
+    /// Offset of the trampoline (`worker::run_chunk::<C>`).
+    pub(crate) tramp: i64,
+    /// Offset of the user's function.
+    pub(crate) target: i64,
+}
+
+impl TaskMsg {
+    /// The message that tells one worker to exit.
+    pub(crate) fn stop() -> TaskMsg {
+        TaskMsg {
+            payload: Payload::default(),
+            claim: Claim { job: 0, chunk: 0 },
+            tramp: 0,
+            target: 0,
+        }
+    }
+}
+
+/// What a [`ResultMsg`] reports.
+pub(crate) mod kind {
+    /// `payload` is the encoded `Vec<R>`.
+    pub(crate) const OK: u32 = 0;
+    /// A task panicked; `message` is the panic message.
+    pub(crate) const PANICKED: u32 = 1;
+    /// A fallible task returned `Err`; `message` is its `Display`.
+    pub(crate) const FAILED: u32 = 2;
+    /// The result could not be serialized.
+    pub(crate) const RESULT_UNSERIALIZABLE: u32 = 3;
+    /// The arguments could not be decoded (or the function could not be found).
+    pub(crate) const ARGS_UNDECODABLE: u32 = 4;
+    /// The worker's initializer failed; the worker exits.
+    pub(crate) const INIT_FAILED: u32 = 5;
+    /// Put by the parent itself to wake the supervisor.
+    pub(crate) const WAKE: u32 = 6;
+}
+
+/// A chunk's outcome, from a worker to the supervisor.
+#[derive(Debug, Archive, Serialize, Deserialize)]
+pub(crate) struct ResultMsg {
+    /// The encoded `Vec<R>` (kind OK). First, so that it is 16-aligned in the ring.
+    pub(crate) payload: Payload,
+    pub(crate) job: u64,
+    pub(crate) chunk: u64,
+    pub(crate) kind: u32,
+    pub(crate) pid: u32,
+    pub(crate) message: String,
+}
+
+/// Slot states.
+pub(crate) const IDLE: u32 = 0;
+/// The worker is writing `job` and `chunk` (the message is still in the queue).
+pub(crate) const CLAIMING: u32 = 1;
+/// The worker runs (`job`, `chunk`).
+pub(crate) const RUNNING: u32 = 2;
+
+/// One worker's slot in shared memory: which task it is running.
+#[repr(C, align(64))]
+pub(crate) struct Slot {
+    pub(crate) state: AtomicU32,
+    pub(crate) pid: AtomicU32,
+    pub(crate) job: AtomicU64,
+    pub(crate) chunk: AtomicU64,
+    /// Chunks finished by the worker that holds the slot now.
+    pub(crate) done: AtomicU64,
+    _pad: [u64; 4],
+}
+const_assert_eq!(std::mem::size_of::<Slot>(), 64);
+const_assert_eq!(std::mem::align_of::<Slot>(), 64);
+
+// SAFETY: every field is an atomic or padding that is never written; any bit pattern is a
+// valid Slot (states outside the three known are read as IDLE); no Drop; `#[repr(C)]` with
+// size and alignment pinned above.
+unsafe impl ShmSafe for Slot {}
+
+impl Slot {
+    pub(crate) fn new() -> Slot {
+        Slot {
+            state: AtomicU32::new(IDLE),
+            pid: AtomicU32::new(0),
+            job: AtomicU64::new(0),
+            chunk: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            _pad: [0; 4],
+        }
+    }
+
+    /// In the worker, while the task message is decoded under the queue's consumer lock.
+    fn begin(&self, c: Claim) {
+        // The parent reads the slot only after the worker died (its pidfd became readable),
+        // which orders every store of the worker before the read; SeqCst keeps the three
+        // stores in program order for that reader without a partner of their own.
+        self.state.store(CLAIMING, Ordering::SeqCst);
+        self.job.store(c.job, Ordering::SeqCst);
+        self.chunk.store(c.chunk, Ordering::SeqCst);
+        self.state.store(RUNNING, Ordering::SeqCst);
+    }
+
+    /// In the worker, once the chunk's result is in the result queue.
+    pub(crate) fn finish(&self) {
+        self.done.fetch_add(1, Ordering::Relaxed);
+        self.state.store(IDLE, Ordering::SeqCst);
+    }
+
+    /// In the parent, after the worker died: the task it was running, if any.
+    pub(crate) fn running(&self) -> Option<Claim> {
+        (self.state.load(Ordering::SeqCst) == RUNNING).then(|| Claim {
+            job: self.job.load(Ordering::SeqCst),
+            chunk: self.chunk.load(Ordering::SeqCst),
+        })
+    }
+
+    /// In the parent, before a new worker takes the slot.
+    pub(crate) fn reset(&self) {
+        self.state.store(IDLE, Ordering::SeqCst);
+        self.done.store(0, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,315 @@
+//! The worker side: the process every pool worker runs, and the trampolines that call a
+//! task's function with its real types.
+
+use std::marker::PhantomData;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use mp_core::message::{access, decode, deserialize, encode, ALIGN};
+use mp_core::{Message, Shared};
+use mp_queue::{PutError, Queue};
+use rkyv::util::AlignedVec;
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::wire::{kind, set_claim_slot, Payload, ResultMsg, Slot, TaskMsg};
+
+/// Why a chunk failed in the worker.
+pub(crate) struct TaskFail {
+    pub(crate) kind: u32,
+    pub(crate) message: String,
+}
+
+/// A kind of task function: how to call the function at an address with one decoded item.
+pub(crate) trait Call: 'static {
+    /// One item's argument.
+    type In: Message;
+    /// One item's result.
+    type Out: Message;
+
+    /// Calls the function at `addr` with `x`, catching a panic.
+    ///
+    /// # Safety
+    /// `addr` is the address, in this process, of a function of this call kind's exact type.
+    unsafe fn call(addr: usize, x: Self::In) -> Result<Self::Out, TaskFail>;
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    let m = if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any> (a panic payload that is not a string)".into()
+    };
+    // A payload whose destructor panics would abort the worker: leak it (as mp-process does).
+    std::mem::forget(payload);
+    m
+}
+
+fn catch<R>(f: impl FnOnce() -> Result<R, TaskFail>) -> Result<R, TaskFail> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => Err(TaskFail {
+            kind: kind::PANICKED,
+            message: panic_message(p),
+        }),
+    }
+}
+
+/// `fn(T) -> R`.
+pub(crate) struct Plain<T, R>(PhantomData<fn(T) -> R>);
+
+impl<T: Message + 'static, R: Message + 'static> Call for Plain<T, R> {
+    type In = T;
+    type Out = R;
+
+    unsafe fn call(addr: usize, x: T) -> Result<R, TaskFail> {
+        // SAFETY: by this function's contract `addr` is a `fn(T) -> R`; fn pointers are
+        // pointer-sized.
+        let f = unsafe { std::mem::transmute::<usize, fn(T) -> R>(addr) };
+        catch(move || Ok(f(x)))
+    }
+}
+
+/// `fn(T) -> Result<R, E>` with `E: Display`.
+pub(crate) struct Fallible<T, R, E>(PhantomData<fn(T) -> Result<R, E>>);
+
+impl<T: Message + 'static, R: Message + 'static, E: std::fmt::Display + 'static> Call
+    for Fallible<T, R, E>
+{
+    type In = T;
+    type Out = R;
+
+    unsafe fn call(addr: usize, x: T) -> Result<R, TaskFail> {
+        // SAFETY: by this function's contract `addr` is a `fn(T) -> Result<R, E>`.
+        let f = unsafe { std::mem::transmute::<usize, fn(T) -> Result<R, E>>(addr) };
+        catch(move || {
+            f(x).map_err(|e| TaskFail {
+                kind: kind::FAILED,
+                message: e.to_string(),
+            })
+        })
+    }
+}
+
+/// `fn(A, B) -> R` called with a pair (starmap).
+pub(crate) struct Star2<A, B, R>(PhantomData<fn(A, B) -> R>);
+
+impl<A: Message + 'static, B: Message + 'static, R: Message + 'static> Call for Star2<A, B, R> {
+    type In = (A, B);
+    type Out = R;
+
+    unsafe fn call(addr: usize, x: (A, B)) -> Result<R, TaskFail> {
+        // SAFETY: by this function's contract `addr` is a `fn(A, B) -> R`.
+        let f = unsafe { std::mem::transmute::<usize, fn(A, B) -> R>(addr) };
+        catch(move || Ok(f(x.0, x.1)))
+    }
+}
+
+/// The type every chunk trampoline is called through.
+pub(crate) type RunChunk = unsafe fn(usize, &[u8]) -> Result<AlignedVec<ALIGN>, TaskFail>;
+
+/// Decodes a chunk (`Vec<C::In>`), calls the function at `target` on each item in order and
+/// encodes the results (`Vec<C::Out>`). The first failing item fails the chunk.
+///
+/// # Safety
+/// `target` is the address of a function of `C`'s type in this process.
+pub(crate) unsafe fn run_chunk<C: Call>(
+    target: usize,
+    payload: &[u8],
+) -> Result<AlignedVec<ALIGN>, TaskFail> {
+    let undecodable = |e: mp_core::Error| TaskFail {
+        kind: kind::ARGS_UNDECODABLE,
+        message: e.to_string(),
+    };
+    let items = access::<Vec<C::In>>(payload).map_err(undecodable)?;
+    let mut out: Vec<C::Out> = Vec::with_capacity(items.len());
+    for a in items.iter() {
+        let x = deserialize::<C::In>(a).map_err(undecodable)?;
+        // SAFETY: forwarded from this function's contract.
+        out.push(unsafe { C::call(target, x) }?);
+    }
+    let bytes = catch(|| {
+        encode(&out).map_err(|e| TaskFail {
+            kind: kind::RESULT_UNSERIALIZABLE,
+            message: e.to_string(),
+        })
+    });
+    // Results may own resources whose destructors panic: that must not end the worker.
+    let _ = catch_unwind(AssertUnwindSafe(move || drop(out)));
+    bytes
+}
+
+/// The type initializer trampolines are called through.
+pub(crate) type RunInit = unsafe fn(usize, &[u8]) -> Result<(), String>;
+
+/// Decodes the initializer's argument and calls the `fn(I)` at `target`.
+///
+/// # Safety
+/// `target` is the address of a `fn(I)` in this process.
+pub(crate) unsafe fn run_init<I: Message>(target: usize, payload: &[u8]) -> Result<(), String> {
+    // SAFETY: by this function's contract `target` is a `fn(I)`.
+    let f = unsafe { std::mem::transmute::<usize, fn(I)>(target) };
+    let arg = decode::<I>(payload).map_err(|e| format!("decoding its argument: {e}"))?;
+    catch(move || {
+        f(arg);
+        Ok(())
+    })
+    .map_err(|e| format!("it panicked: {}", e.message))
+}
+
+/// The initializer a worker runs once at start.
+#[derive(Debug, Archive, Serialize, Deserialize)]
+pub(crate) struct InitSpec {
+    pub(crate) args: Payload,
+    pub(crate) tramp: i64,
+    pub(crate) target: i64,
+}
+
+/// Everything a worker process needs.
+#[derive(Debug, Archive, Serialize, Deserialize)]
+pub(crate) struct WorkerArgs {
+    pub(crate) tasks: Queue<TaskMsg>,
+    pub(crate) results: Queue<ResultMsg>,
+    pub(crate) slot: Shared<Slot>,
+    /// The parent's `mp_process::symbol::image_id()`.
+    pub(crate) image_id: Vec<u8>,
+    pub(crate) init: Option<InitSpec>,
+    /// Chunks to run before exiting (0: no limit).
+    pub(crate) max_tasks: u64,
+}
+
+/// Function offsets resolved in this worker, most recent first.
+struct Resolved {
+    image_id: Vec<u8>,
+    known: Vec<(i64, usize)>,
+}
+
+impl Resolved {
+    fn get(&mut self, offset: i64) -> Result<usize, String> {
+        if let Some(&(_, a)) = self.known.iter().find(|(o, _)| *o == offset) {
+            return Ok(a);
+        }
+        let a = mp_process::symbol::resolve(offset, &self.image_id).map_err(|e| e.to_string())?;
+        if self.known.len() >= 64 {
+            self.known.pop();
+        }
+        self.known.insert(0, (offset, a));
+        Ok(a)
+    }
+}
+
+fn put_result(results: &Queue<ResultMsg>, msg: ResultMsg) {
+    match results.put(msg) {
+        Ok(()) => {}
+        Err(PutError::Failed(m, e)) => {
+            // The bytes could not be stored (the oversized-message area could not grow):
+            // report that instead; if even that fails, exiting makes it a lost worker.
+            let small = ResultMsg {
+                payload: Payload::default(),
+                job: m.job,
+                chunk: m.chunk,
+                kind: kind::RESULT_UNSERIALIZABLE,
+                pid: m.pid,
+                message: format!("the result could not be sent: {e}"),
+            };
+            if results.put(small).is_err() {
+                std::process::exit(3);
+            }
+        }
+        Err(_) => std::process::exit(3),
+    }
+}
+
+/// The body of every worker process.
+pub(crate) fn worker_main(args: WorkerArgs) {
+    let pid = std::process::id();
+    // The slot's mapping must outlive every use by the claim hook: keep it for the life of
+    // the process.
+    let slot: &'static Slot = Box::leak(Box::new(args.slot.clone()));
+    slot.pid.store(pid, std::sync::atomic::Ordering::Relaxed);
+    let mut resolved = Resolved {
+        image_id: args.image_id.clone(),
+        known: Vec::new(),
+    };
+    if let Some(init) = &args.init {
+        let r = (|| {
+            let tramp = resolved.get(init.tramp)?;
+            let target = resolved.get(init.target)?;
+            // SAFETY: `tramp` is `run_init::<I>` of this very executable (the parent computed
+            // its offset in an image with the same build id, checked by `resolve`), and
+            // `target` is the initializer of type `fn(I)` the parent instantiated it for.
+            let tramp = unsafe { std::mem::transmute::<usize, RunInit>(tramp) };
+            // SAFETY: as above: `target` is a `fn(I)`.
+            unsafe { tramp(target, &init.args.0) }
+        })();
+        if let Err(message) = r {
+            put_result(
+                &args.results,
+                ResultMsg {
+                    payload: Payload::default(),
+                    job: 0,
+                    chunk: 0,
+                    kind: kind::INIT_FAILED,
+                    pid,
+                    message,
+                },
+            );
+            return;
+        }
+    }
+    set_claim_slot(slot);
+    let mut done = 0u64;
+    loop {
+        let task = match args.tasks.get() {
+            Ok(t) => t,
+            // A corrupted record was skipped by the queue; go on with the next one.
+            Err(mp_queue::Error::Corrupted(_)) | Err(mp_queue::Error::Core(_)) => continue,
+            Err(_) => return,
+        };
+        if task.claim.job == 0 {
+            return;
+        }
+        let outcome = (|| {
+            let tramp = resolved.get(task.tramp).map_err(|message| TaskFail {
+                kind: kind::ARGS_UNDECODABLE,
+                message,
+            })?;
+            let target = resolved.get(task.target).map_err(|message| TaskFail {
+                kind: kind::ARGS_UNDECODABLE,
+                message,
+            })?;
+            // SAFETY: `tramp` is `run_chunk::<C>` of this very executable (offset computed by
+            // the parent in an image with the same build id, checked by `resolve`), called
+            // through its exact type.
+            let tramp = unsafe { std::mem::transmute::<usize, RunChunk>(tramp) };
+            // SAFETY: `target` is the task's function, of the type the parent instantiated
+            // `run_chunk::<C>` for (both offsets come from the same `TaskMsg`).
+            unsafe { tramp(target, &task.payload.0) }
+        })();
+        let msg = match outcome {
+            Ok(bytes) => ResultMsg {
+                payload: Payload(bytes),
+                job: task.claim.job,
+                chunk: task.claim.chunk,
+                kind: kind::OK,
+                pid,
+                message: String::new(),
+            },
+            Err(f) => ResultMsg {
+                payload: Payload::default(),
+                job: task.claim.job,
+                chunk: task.claim.chunk,
+                kind: f.kind,
+                pid,
+                message: f.message,
+            },
+        };
+        drop(task);
+        put_result(&args.results, msg);
+        slot.finish();
+        done += 1;
+        if args.max_tasks != 0 && done >= args.max_tasks {
+            return;
+        }
+    }
+}
