@@ -26,18 +26,17 @@ use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
-use mp_core::message::{encode, ALIGN};
+use mp_core::message::encode;
 use mp_core::{Message, Shared};
 use mp_process::{Child, Context, Process, ProcessError, StartMethod};
 use mp_queue::{PutError, Queue};
-use rkyv::util::AlignedVec;
 
 use crate::error::Error;
 use crate::job::{lock, CollectJob, IMapJob, Job, Next};
 use crate::result::{AsyncResult, Outcome};
 use crate::wire::{kind, ArchivedResultMsg, Claim, Payload, ResultMsg, Slot, TaskMsg};
 use crate::worker::{
-    self, Call, Fallible, InitSpec, Plain, RunChunk, RunInit, Star2, WorkerArgs,
+    self, Call, EncodeInit, Fallible, InitArgs, InitSpec, Plain, RunChunk, RunInit, Star2, WorkerArgs,
 };
 
 /// How long the supervisor sleeps on an empty result queue before it looks at the workers.
@@ -94,7 +93,7 @@ struct Workers {
 }
 
 struct InitCfg {
-    args: AlignedVec<ALIGN>,
+    args: EncodeInit,
     tramp: i64,
     target: i64,
 }
@@ -196,12 +195,9 @@ impl PoolBuilder {
     /// A function every worker runs once, with its own copy of `args`, before its first
     /// task (Python's `initializer` and `initargs`). If it panics the pool is broken: pending
     /// and new work fail with [`Error::Initializer`] (Python restarts workers forever).
-    pub fn initializer<I: Message>(mut self, f: fn(I), args: I) -> Self {
+    pub fn initializer<I: Message + Send + Sync + 'static>(mut self, f: fn(I), args: I) -> Self {
         let cfg = (|| {
-            let args = encode(&args).map_err(|e| Error::Unserializable {
-                what: "arguments",
-                message: format!("initializer arguments: {e}"),
-            })?;
+            let args: EncodeInit = Arc::new(move || encode(&args));
             Ok(InitCfg {
                 args,
                 tramp: offset_of(worker::run_init::<I> as RunInit as usize)?,
@@ -318,7 +314,10 @@ impl Inner {
     fn start_worker(&self, slot: &Shared<Slot>, n: u64) -> Result<Child<()>, Error> {
         slot.reset();
         let init = self.cfg.init.as_ref().map(|i| InitSpec {
-            args: Payload(i.args.clone()),
+            args: InitArgs {
+                encode: Some(i.args.clone()),
+                bytes: None,
+            },
             tramp: i.tramp,
             target: i.target,
         });

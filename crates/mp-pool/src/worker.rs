@@ -3,12 +3,16 @@
 
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 
 use mp_core::message::{access, decode, deserialize, encode, ALIGN};
 use mp_core::{Message, Shared};
 use mp_queue::{PutError, Queue};
+use rkyv::rancor::{Fallible as RkyvFallible, Source};
+use rkyv::ser::{Allocator, Writer};
 use rkyv::util::AlignedVec;
-use rkyv::{Archive, Deserialize, Serialize};
+use rkyv::vec::{ArchivedVec, VecResolver};
+use rkyv::{Archive, Deserialize, Place, Serialize};
 
 use crate::wire::{kind, set_claim_slot, Payload, ResultMsg, Slot, TaskMsg};
 
@@ -157,10 +161,86 @@ pub(crate) unsafe fn run_init<I: Message>(target: usize, payload: &[u8]) -> Resu
     .map_err(|e| format!("it panicked: {}", e.message))
 }
 
+/// Encodes the initializer's argument.
+pub(crate) type EncodeInit = Arc<dyn Fn() -> Result<AlignedVec<ALIGN>, mp_core::Error> + Send + Sync>;
+
+/// The initializer's argument. It is encoded while mp-process serializes the worker's
+/// arguments, that is inside `mp_core::handle::collect`, so that shared objects in it (a
+/// lock, a queue, a value: the usual reason for an initializer) carry their descriptors to
+/// a spawn or forkserver worker. A forked worker has the typed value in its copy of the
+/// parent's memory and encodes it itself.
+pub(crate) struct InitArgs {
+    /// In the parent and in a forked worker.
+    pub(crate) encode: Option<EncodeInit>,
+    /// In a worker that received its arguments as a message.
+    pub(crate) bytes: Option<AlignedVec<ALIGN>>,
+}
+
+impl std::fmt::Debug for InitArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InitArgs")
+            .field("bytes", &self.bytes.as_ref().map(|b| b.len()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Archive for InitArgs {
+    type Archived = ArchivedVec<u8>;
+    type Resolver = (VecResolver, usize);
+
+    fn resolve(&self, resolver: Self::Resolver, out: Place<Self::Archived>) {
+        ArchivedVec::<u8>::resolve_from_len(resolver.1, resolver.0, out);
+    }
+}
+
+impl<S> Serialize<S> for InitArgs
+where
+    S: RkyvFallible + Allocator + Writer + ?Sized,
+    S::Error: Source,
+{
+    fn serialize(&self, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
+        let bytes = match (&self.bytes, &self.encode) {
+            (Some(b), _) => b.clone(),
+            (None, Some(enc)) => enc().map_err(S::Error::new)?,
+            (None, None) => AlignedVec::new(),
+        };
+        let r = ArchivedVec::<u8>::serialize_from_slice(bytes.as_slice(), serializer)?;
+        Ok((r, bytes.len()))
+    }
+}
+
+impl<D: RkyvFallible + ?Sized> Deserialize<InitArgs, D> for ArchivedVec<u8> {
+    fn deserialize(&self, _: &mut D) -> Result<InitArgs, D::Error> {
+        let mut v = AlignedVec::<ALIGN>::with_capacity(self.len());
+        v.extend_from_slice(self.as_slice());
+        Ok(InitArgs {
+            encode: None,
+            bytes: Some(v),
+        })
+    }
+}
+
+impl InitArgs {
+    /// The encoded argument, in the worker.
+    fn bytes(&self) -> Result<AlignedVec<ALIGN>, String> {
+        if let Some(b) = &self.bytes {
+            return Ok(b.clone());
+        }
+        let Some(enc) = &self.encode else {
+            return Err("the initializer's argument is missing".into());
+        };
+        // A forked worker: encode the value it inherited, exporting its shared objects'
+        // descriptors into a table of this process's own, from which decoding maps them again.
+        let (r, fds) = mp_core::handle::collect(|| enc());
+        mp_core::handle::install(fds);
+        r.map_err(|e| format!("encoding its argument: {e}"))
+    }
+}
+
 /// The initializer a worker runs once at start.
 #[derive(Debug, Archive, Serialize, Deserialize)]
 pub(crate) struct InitSpec {
-    pub(crate) args: Payload,
+    pub(crate) args: InitArgs,
     pub(crate) tramp: i64,
     pub(crate) target: i64,
 }
@@ -239,8 +319,9 @@ pub(crate) fn worker_main(args: WorkerArgs) {
             // its offset in an image with the same build id, checked by `resolve`), and
             // `target` is the initializer of type `fn(I)` the parent instantiated it for.
             let tramp = unsafe { std::mem::transmute::<usize, RunInit>(tramp) };
+            let bytes = init.args.bytes()?;
             // SAFETY: as above: `target` is a `fn(I)`.
-            unsafe { tramp(target, &init.args.0) }
+            unsafe { tramp(target, &bytes) }
         })();
         if let Err(message) = r {
             put_result(
