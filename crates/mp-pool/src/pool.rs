@@ -34,13 +34,16 @@ use mp_queue::{PutError, Queue};
 use crate::error::Error;
 use crate::job::{lock, CollectJob, IMapJob, Job, Next};
 use crate::result::{AsyncResult, Outcome};
-use crate::wire::{kind, ArchivedResultMsg, Claim, Payload, ResultMsg, Slot, TaskMsg};
+use crate::wire::{kind, ArchivedResultMsg, Claim, Doorbell, Payload, ResultMsg, Slot, TaskMsg};
 use crate::worker::{
-    self, Call, EncodeInit, Fallible, InitArgs, InitSpec, Plain, RunChunk, RunInit, Star2, WorkerArgs,
+    self, Call, EncodeInit, Fallible, InitArgs, InitSpec, Plain, RunChunk, RunInit, Star2,
+    WorkerArgs,
 };
 
 /// How long the supervisor sleeps on an empty result queue before it looks at the workers.
 const NAP: Duration = Duration::from_millis(20);
+/// Spins of the supervisor on its doorbell before it sleeps.
+const BELL_SPINS: u32 = 1_000;
 /// How often a busy supervisor looks at the workers.
 const CHECK_EVERY: Duration = Duration::from_millis(20);
 /// How long a blocking put waits before it checks whether the pool was terminated.
@@ -119,6 +122,7 @@ struct Feed {
 pub(crate) struct Inner {
     tasks: Queue<TaskMsg>,
     results: Queue<ResultMsg>,
+    bell: Shared<Doorbell>,
     table: Mutex<Table>,
     idle: Condvar,
     workers: Mutex<Workers>,
@@ -251,6 +255,7 @@ impl PoolBuilder {
         let inner = Arc::new(Inner {
             tasks: Queue::new()?,
             results: Queue::new()?,
+            bell: Shared::new(Doorbell::new())?,
             table: Mutex::new(Table {
                 state: State::Running,
                 broken: None,
@@ -325,6 +330,7 @@ impl Inner {
             tasks: self.tasks.clone(),
             results: self.results.clone(),
             slot: slot.clone(),
+            bell: self.bell.clone(),
             image_id: self.cfg.image_id.clone(),
             init,
             max_tasks: self.cfg.max_tasks,
@@ -496,19 +502,24 @@ impl Inner {
     fn supervise(self: Arc<Self>) {
         let mut last_check = Instant::now();
         loop {
-            let got = match self.results.get_ref_timeout(NAP) {
-                Ok(g) => {
-                    self.handle(&g);
-                    true
+            let mut got = 0u32;
+            while let Ok(g) = self.results.get_ref_timeout(Duration::ZERO) {
+                self.handle(&g);
+                drop(g);
+                got += 1;
+                if got % 64 == 0 && last_check.elapsed() >= CHECK_EVERY {
+                    break;
                 }
-                Err(_) => false,
-            };
+            }
             if self.stopping.load(Ordering::Acquire) {
                 return;
             }
-            if !got || last_check.elapsed() >= CHECK_EVERY {
+            if got == 0 || last_check.elapsed() >= CHECK_EVERY {
                 self.check_workers();
                 last_check = Instant::now();
+            }
+            if got == 0 {
+                self.bell.wait(|| self.results.empty(), BELL_SPINS, NAP);
             }
         }
     }
@@ -681,6 +692,7 @@ impl Inner {
             message: String::new(),
         };
         let _ = self.results.put_nowait(wake);
+        self.bell.ring();
         lock(&self.feeder).take();
         let threads: Vec<JoinHandle<()>> = std::mem::take(&mut *lock(&self.threads));
         let me = std::thread::current().id();
@@ -977,7 +989,11 @@ impl<'p> Tasks<'p> {
     /// Python's `map`: `f` applied to every item, results in input order. The first task
     /// error (a panic, an unserializable result, a lost worker) fails the call, and the pool
     /// stays usable.
-    pub fn map<T, R>(self, f: fn(T) -> R, items: impl IntoIterator<Item = T>) -> Result<Vec<R>, Error>
+    pub fn map<T, R>(
+        self,
+        f: fn(T) -> R,
+        items: impl IntoIterator<Item = T>,
+    ) -> Result<Vec<R>, Error>
     where
         T: Message + Send + 'static,
         R: Message + Send + 'static,
@@ -1160,7 +1176,11 @@ impl Pool {
     /// assert_eq!(pool.map(square, 0..5)?, [0, 1, 4, 9, 16]);
     /// # Ok::<(), mp_pool::Error>(())
     /// ```
-    pub fn map<T, R>(&self, f: fn(T) -> R, items: impl IntoIterator<Item = T>) -> Result<Vec<R>, Error>
+    pub fn map<T, R>(
+        &self,
+        f: fn(T) -> R,
+        items: impl IntoIterator<Item = T>,
+    ) -> Result<Vec<R>, Error>
     where
         T: Message + Send + 'static,
         R: Message + Send + 'static,

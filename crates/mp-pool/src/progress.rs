@@ -14,9 +14,9 @@ pub(crate) fn bar(len: Option<u64>) -> indicatif::ProgressBar {
         }
         None => {
             let b = indicatif::ProgressBar::new_spinner();
-            if let Ok(style) =
-                indicatif::ProgressStyle::with_template("{spinner} {pos} items [{elapsed_precise}, {per_sec}]")
-            {
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{spinner} {pos} items [{elapsed_precise}, {per_sec}]",
+            ) {
                 b.set_style(style);
             }
             b

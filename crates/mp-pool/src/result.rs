@@ -119,13 +119,7 @@ impl<R> AsyncResult<R> {
         let mut st = lock(&self.outcome.state);
         while !st.ready {
             match deadline {
-                None => {
-                    st = self
-                        .outcome
-                        .cv
-                        .wait(st)
-                        .unwrap_or_else(|p| p.into_inner())
-                }
+                None => st = self.outcome.cv.wait(st).unwrap_or_else(|p| p.into_inner()),
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {

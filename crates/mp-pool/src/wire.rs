@@ -218,3 +218,64 @@ impl Slot {
         self.done.store(0, Ordering::Relaxed);
     }
 }
+
+/// The supervisor's doorbell, in shared memory: workers ring it after putting a result, and
+/// the supervisor sleeps on it (a futex) when the result queue is empty, after a short spin.
+/// It replaces the queue's own wait, whose long spin would take a core from the workers.
+///
+/// Protocol (a Dekker handshake on `sleeping` and `seq`, all SeqCst): the ringer publishes
+/// its message, increments `seq`, then reads `sleeping`; the sleeper stores `sleeping = 1`,
+/// reads `seq`, checks that the queue is empty, and waits while `seq` is unchanged. Either
+/// the ringer sees `sleeping` and wakes the sleeper, or the sleeper sees the new message (or
+/// the new `seq`, which makes the futex wait return at once).
+#[repr(C, align(64))]
+pub(crate) struct Doorbell {
+    seq: AtomicU32,
+    sleeping: AtomicU32,
+    _pad: [u32; 14],
+}
+const_assert_eq!(std::mem::size_of::<Doorbell>(), 64);
+const_assert_eq!(std::mem::align_of::<Doorbell>(), 64);
+
+// SAFETY: atomics and never-written padding only; every bit pattern is valid; no Drop;
+// `#[repr(C)]` with size and alignment pinned above.
+unsafe impl ShmSafe for Doorbell {}
+
+impl Doorbell {
+    pub(crate) fn new() -> Doorbell {
+        Doorbell {
+            seq: AtomicU32::new(0),
+            sleeping: AtomicU32::new(0),
+            _pad: [0; 14],
+        }
+    }
+
+    /// After a message was put: wake the supervisor if it sleeps.
+    pub(crate) fn ring(&self) {
+        // SeqCst: the increment and the load below pair with the sleeper's SeqCst store of
+        // `sleeping` and load of `seq` in `wait` (see the type's doc).
+        self.seq.fetch_add(1, Ordering::SeqCst);
+        if self.sleeping.load(Ordering::SeqCst) != 0 {
+            mp_core::futex::wake(&self.seq, 1);
+        }
+    }
+
+    /// Spins `spins` rounds, then sleeps at most `timeout` unless a ring came or `empty()`
+    /// is false.
+    pub(crate) fn wait(&self, empty: impl Fn() -> bool, spins: u32, timeout: std::time::Duration) {
+        // Acquire pairs with the SeqCst increment in `ring`.
+        let s0 = self.seq.load(Ordering::Acquire);
+        for _ in 0..spins {
+            std::hint::spin_loop();
+            if self.seq.load(Ordering::Relaxed) != s0 {
+                return;
+            }
+        }
+        self.sleeping.store(1, Ordering::SeqCst);
+        let s = self.seq.load(Ordering::SeqCst);
+        if s == s0 && empty() {
+            mp_core::futex::wait(&self.seq, s, Some(timeout));
+        }
+        self.sleeping.store(0, Ordering::SeqCst);
+    }
+}

@@ -14,7 +14,7 @@ use rkyv::util::AlignedVec;
 use rkyv::vec::{ArchivedVec, VecResolver};
 use rkyv::{Archive, Deserialize, Place, Serialize};
 
-use crate::wire::{kind, set_claim_slot, Payload, ResultMsg, Slot, TaskMsg};
+use crate::wire::{kind, set_claim_slot, Doorbell, Payload, ResultMsg, Slot, TaskMsg};
 
 /// Why a chunk failed in the worker.
 pub(crate) struct TaskFail {
@@ -162,7 +162,8 @@ pub(crate) unsafe fn run_init<I: Message>(target: usize, payload: &[u8]) -> Resu
 }
 
 /// Encodes the initializer's argument.
-pub(crate) type EncodeInit = Arc<dyn Fn() -> Result<AlignedVec<ALIGN>, mp_core::Error> + Send + Sync>;
+pub(crate) type EncodeInit =
+    Arc<dyn Fn() -> Result<AlignedVec<ALIGN>, mp_core::Error> + Send + Sync>;
 
 /// The initializer's argument. It is encoded while mp-process serializes the worker's
 /// arguments, that is inside `mp_core::handle::collect`, so that shared objects in it (a
@@ -251,6 +252,8 @@ pub(crate) struct WorkerArgs {
     pub(crate) tasks: Queue<TaskMsg>,
     pub(crate) results: Queue<ResultMsg>,
     pub(crate) slot: Shared<Slot>,
+    /// Rung after every result.
+    pub(crate) bell: Shared<Doorbell>,
     /// The parent's `mp_process::symbol::image_id()`.
     pub(crate) image_id: Vec<u8>,
     pub(crate) init: Option<InitSpec>,
@@ -278,7 +281,12 @@ impl Resolved {
     }
 }
 
-fn put_result(results: &Queue<ResultMsg>, msg: ResultMsg) {
+fn put_result(results: &Queue<ResultMsg>, bell: &Doorbell, msg: ResultMsg) {
+    put_only(results, msg);
+    bell.ring();
+}
+
+fn put_only(results: &Queue<ResultMsg>, msg: ResultMsg) {
     match results.put(msg) {
         Ok(()) => {}
         Err(PutError::Failed(m, e)) => {
@@ -326,6 +334,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
         if let Err(message) = r {
             put_result(
                 &args.results,
+                &args.bell,
                 ResultMsg {
                     payload: Payload::default(),
                     job: 0,
@@ -386,7 +395,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
             },
         };
         drop(task);
-        put_result(&args.results, msg);
+        put_result(&args.results, &args.bell, msg);
         slot.finish();
         done += 1;
         if args.max_tasks != 0 && done >= args.max_tasks {

@@ -26,12 +26,18 @@ fn watchdog(secs: u64, f: impl FnOnce() + Send + 'static) {
                 std::panic::resume_unwind(p)
             }
         }
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("watchdog: test still running after {secs} s"),
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            panic!("watchdog: test still running after {secs} s")
+        }
     }
 }
 
 fn pool(m: StartMethod, n: usize) -> Pool {
-    Pool::builder().processes(n).start_method(m).build().unwrap()
+    Pool::builder()
+        .processes(n)
+        .start_method(m)
+        .build()
+        .unwrap()
 }
 
 fn square(x: u64) -> u64 {
@@ -111,7 +117,12 @@ fn l1_ordered_results() {
             // Empty input: empty output, from every variant.
             let none: Vec<u64> = Vec::new();
             assert!(p.map(square, none.clone()).unwrap().is_empty());
-            assert!(p.map_async(square, none.clone()).unwrap().get().unwrap().is_empty());
+            assert!(p
+                .map_async(square, none.clone())
+                .unwrap()
+                .get()
+                .unwrap()
+                .is_empty());
             assert!(p.starmap(mul, Vec::new()).unwrap().is_empty());
             assert!(p.imap(square, none.clone()).unwrap().next().is_none());
             assert!(p.imap_unordered(square, none).unwrap().next().is_none());
@@ -128,7 +139,9 @@ fn l2_task_errors_keep_the_pool_usable() {
             let p = pool(m, 2);
             let pids = p.worker_pids();
             match p.map(boom, 0..10) {
-                Err(Error::Panicked { message, .. }) => assert!(message.contains("boom at 5"), "{message}"),
+                Err(Error::Panicked { message, .. }) => {
+                    assert!(message.contains("boom at 5"), "{message}")
+                }
                 other => panic!("{other:?}"),
             }
             match p.chunksize(1).map(boom, 0..10) {
@@ -138,7 +151,9 @@ fn l2_task_errors_keep_the_pool_usable() {
             // The pool is still usable, and no worker was lost to a panic.
             assert_eq!(p.map(square, 0..4).unwrap(), [0, 1, 4, 9]);
             match p.try_map(parse, ["1".to_string(), "x".to_string()]) {
-                Err(Error::Failed { message }) => assert!(message.contains("invalid digit"), "{message}"),
+                Err(Error::Failed { message }) => {
+                    assert!(message.contains("invalid digit"), "{message}")
+                }
                 other => panic!("{other:?}"),
             }
             assert_eq!(p.try_map(parse, ["7".to_string()]).unwrap(), [7]);
@@ -165,10 +180,16 @@ fn l2_task_errors_keep_the_pool_usable() {
             // Arguments that cannot be serialized: an error in the parent.
             let s = Shared::new(AtomicU64::new(0)).unwrap();
             match p.map(takes_shared, vec![s]) {
-                Err(Error::Unserializable { what: "arguments", .. }) => {}
+                Err(Error::Unserializable {
+                    what: "arguments", ..
+                }) => {}
                 other => panic!("{other:?}"),
             }
-            assert_eq!(p.worker_pids(), pids, "no worker may be lost to task errors");
+            assert_eq!(
+                p.worker_pids(),
+                pids,
+                "no worker may be lost to task errors"
+            );
             assert_eq!(p.map(square, 0..3).unwrap(), [0, 1, 4]);
         }
     });
@@ -183,9 +204,15 @@ fn l3_async_results() {
             assert!(matches!(r.successful(), Err(Error::NotReady)));
             assert!(!r.ready());
             let t0 = Instant::now();
-            assert!(matches!(r.get_timeout(Duration::from_millis(200)), Err(Error::Timeout)));
+            assert!(matches!(
+                r.get_timeout(Duration::from_millis(200)),
+                Err(Error::Timeout)
+            ));
             let el = t0.elapsed();
-            assert!(el >= Duration::from_millis(200) && el < Duration::from_millis(2200), "{el:?}");
+            assert!(
+                el >= Duration::from_millis(200) && el < Duration::from_millis(2200),
+                "{el:?}"
+            );
             assert!(!r.wait_timeout(Duration::from_millis(10)));
             assert_eq!(r.get().unwrap(), 1500);
             assert!(r.ready());
@@ -220,9 +247,15 @@ fn l3_async_results() {
             // imap's next_timeout.
             let mut it = p.imap(nap_ms, [1200, 1]).unwrap();
             let t0 = Instant::now();
-            assert!(matches!(it.next_timeout(Duration::from_millis(100)), Some(Err(Error::Timeout))));
+            assert!(matches!(
+                it.next_timeout(Duration::from_millis(100)),
+                Some(Err(Error::Timeout))
+            ));
             assert!(t0.elapsed() >= Duration::from_millis(100));
-            assert_eq!(it.next_timeout(Duration::from_secs(10)).unwrap().unwrap(), 1200);
+            assert_eq!(
+                it.next_timeout(Duration::from_secs(10)).unwrap().unwrap(),
+                1200
+            );
             assert_eq!(it.next().unwrap().unwrap(), 1);
             assert!(it.next_timeout(Duration::from_secs(1)).is_none());
         }
@@ -240,7 +273,10 @@ fn l4_lifecycle() {
         for m in METHODS {
             let p = pool(m, 2);
             assert!(matches!(p.join(), Err(Error::StillRunning)));
-            assert!(matches!(p.chunksize(0).map(square, 0..3), Err(Error::Config(_))));
+            assert!(matches!(
+                p.chunksize(0).map(square, 0..3),
+                Err(Error::Config(_))
+            ));
             let pending = p.map_async(nap_ms, [300, 300, 300]).unwrap();
             p.close();
             assert!(matches!(p.map(square, 0..3), Err(Error::Closed)));
@@ -257,11 +293,17 @@ fn l4_lifecycle() {
 
             // terminate with 10_000 long tasks pending returns promptly.
             let p = pool(m, 2);
-            let results: Vec<_> = (0..10_000).map(|_| p.apply_async(nap_ms, 10_000).unwrap()).collect();
+            let results: Vec<_> = (0..10_000)
+                .map(|_| p.apply_async(nap_ms, 10_000).unwrap())
+                .collect();
             let pids = p.worker_pids();
             let t0 = Instant::now();
             p.terminate();
-            assert!(t0.elapsed() < Duration::from_secs(3), "terminate took {:?}", t0.elapsed());
+            assert!(
+                t0.elapsed() < Duration::from_secs(3),
+                "terminate took {:?}",
+                t0.elapsed()
+            );
             assert!(matches!(results[0].get(), Err(Error::Terminated)));
             assert!(matches!(results[9_999].get(), Err(Error::Terminated)));
             assert!(matches!(p.apply(square, 1), Err(Error::Terminated)));
@@ -285,7 +327,9 @@ fn l4_lifecycle() {
 fn alive(pid: u32) -> bool {
     // A zombie (reaped later by whoever adopted it) counts as dead.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Ok(s) => !s
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -301,8 +345,9 @@ fn l5_worker_killed_mid_task() {
                 m.as_str()
             ));
             let _ = std::fs::remove_file(&path);
-            let items: Vec<(u64, String)> =
-                (0..8).map(|i| (i, path.to_string_lossy().into_owned())).collect();
+            let items: Vec<(u64, String)> = (0..8)
+                .map(|i| (i, path.to_string_lossy().into_owned()))
+                .collect();
             let r = p.chunksize(1).map_async(victim, items.clone()).unwrap();
             // Task 3 writes its worker's pid, then sleeps.
             let t0 = Instant::now();
@@ -312,15 +357,23 @@ fn l5_worker_killed_mid_task() {
                         break pid;
                     }
                 }
-                assert!(t0.elapsed() < Duration::from_secs(20), "task 3 never started");
+                assert!(
+                    t0.elapsed() < Duration::from_secs(20),
+                    "task 3 never started"
+                );
                 std::thread::sleep(Duration::from_millis(5));
             };
             let _ = std::fs::remove_file(&path);
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL)
-                .unwrap();
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .unwrap();
             // The map's task 3 ran first (it was submitted first): the map fails with WorkerLost.
             match r.get_timeout(Duration::from_secs(20)) {
-                Err(Error::WorkerLost { pid: p2, signal, .. }) => {
+                Err(Error::WorkerLost {
+                    pid: p2, signal, ..
+                }) => {
                     assert_eq!(p2, pid);
                     assert_eq!(signal, Some(9));
                 }
@@ -336,12 +389,18 @@ fn l5_worker_killed_mid_task() {
                         break pid;
                     }
                 }
-                assert!(t0.elapsed() < Duration::from_secs(20), "imap task 3 never started");
+                assert!(
+                    t0.elapsed() < Duration::from_secs(20),
+                    "imap task 3 never started"
+                );
                 std::thread::sleep(Duration::from_millis(5));
             };
             let _ = std::fs::remove_file(&path);
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid2 as i32), nix::sys::signal::Signal::SIGKILL)
-                .unwrap();
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid2 as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .unwrap();
             let got: Vec<Result<u64, Error>> = std::iter::once(Ok(0)).chain(it.by_ref()).collect();
             assert_eq!(got.len(), 8);
             for (i, g) in got.iter().enumerate() {
@@ -361,7 +420,10 @@ fn l5_worker_killed_mid_task() {
                 if now.len() == 2 && !now.contains(&pid) && !now.contains(&pid2) {
                     break;
                 }
-                assert!(t0.elapsed() < Duration::from_secs(10), "workers not replaced: {now:?}");
+                assert!(
+                    t0.elapsed() < Duration::from_secs(10),
+                    "workers not replaced: {now:?}"
+                );
                 std::thread::sleep(Duration::from_millis(10));
             }
             assert_eq!(p.map(square, 0..20).unwrap()[19], 361);

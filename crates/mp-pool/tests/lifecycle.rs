@@ -28,13 +28,17 @@ fn watchdog(secs: u64, f: impl FnOnce() + Send + 'static) {
                 std::panic::resume_unwind(p)
             }
         }
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("watchdog: test still running after {secs} s"),
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            panic!("watchdog: test still running after {secs} s")
+        }
     }
 }
 
 fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Ok(s) => !s
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -42,7 +46,10 @@ fn alive(pid: u32) -> bool {
 fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let t0 = Instant::now();
     while !f() {
-        assert!(t0.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -92,7 +99,9 @@ fn initializer_runs_once_per_worker() {
             assert!(got.iter().all(|(n, _)| *n == 1), "{got:?}");
             let pids: std::collections::HashSet<u32> = got.iter().map(|(_, p)| *p).collect();
             assert!(pids.iter().all(|p| pool.worker_pids().contains(p)));
-            wait_until("both initializers", 10, || counter.load(Ordering::SeqCst) == 2);
+            wait_until("both initializers", 10, || {
+                counter.load(Ordering::SeqCst) == 2
+            });
             pool.close();
             pool.join().unwrap();
             assert_eq!(counter.load(Ordering::SeqCst), 2);
@@ -148,7 +157,11 @@ fn max_tasks_per_child_replaces_workers() {
                 now.len() == 2 && now.iter().all(|p| !first.contains(p))
             });
             // Still correct through imap too.
-            let v: Vec<u64> = pool.imap(square, 0..20).unwrap().map(|r| r.unwrap()).collect();
+            let v: Vec<u64> = pool
+                .imap(square, 0..20)
+                .unwrap()
+                .map(|r| r.unwrap())
+                .collect();
             assert_eq!(v, (0..20).map(|x| x * x).collect::<Vec<u64>>());
             pool.close();
             pool.join().unwrap();
@@ -160,7 +173,11 @@ fn max_tasks_per_child_replaces_workers() {
 fn endless_input_through_imap_stays_bounded() {
     watchdog(60, || {
         for m in METHODS {
-            let pool = Pool::builder().processes(2).start_method(m).build().unwrap();
+            let pool = Pool::builder()
+                .processes(2)
+                .start_method(m)
+                .build()
+                .unwrap();
             for (chunksize, in_flight) in [(1, 4), (10, 3)] {
                 let pulled = Arc::new(AtomicU64::new(0));
                 let p2 = pulled.clone();
@@ -192,7 +209,9 @@ fn endless_input_through_imap_stays_bounded() {
                     .imap_unordered(square, endless)
                     .unwrap();
                 assert_eq!(it.take(500).filter(|r| r.is_ok()).count(), 500);
-                assert!(pulled.load(Ordering::Relaxed) <= 500 + (chunksize * (in_flight + 1)) as u64);
+                assert!(
+                    pulled.load(Ordering::Relaxed) <= 500 + (chunksize * (in_flight + 1)) as u64
+                );
             }
             // Dropping an unfinished imap leaves the pool usable and joinable.
             assert_eq!(pool.map(square, [3]).unwrap(), [9]);
@@ -215,8 +234,16 @@ fn ctrl_c_program(args: (String, bool, bool)) {
         // SAFETY: the handler is async-signal-safe (it does nothing).
         unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
     }
-    let m = if spawn_workers { StartMethod::Spawn } else { StartMethod::Fork };
-    let pool = Pool::builder().processes(2).start_method(m).build().unwrap();
+    let m = if spawn_workers {
+        StartMethod::Spawn
+    } else {
+        StartMethod::Fork
+    };
+    let pool = Pool::builder()
+        .processes(2)
+        .start_method(m)
+        .build()
+        .unwrap();
     let pids: Vec<String> = pool.worker_pids().iter().map(|p| p.to_string()).collect();
     std::fs::write(dir.join("pids.tmp"), pids.join(",")).unwrap();
     std::fs::rename(dir.join("pids.tmp"), dir.join("pids")).unwrap();
@@ -261,12 +288,19 @@ fn ctrl_c_during_map_returns_promptly_and_leaves_no_orphans() {
             )
             .unwrap();
             let r = prog.join_timeout(Duration::from_secs(10));
-            assert!(t0.elapsed() < Duration::from_secs(3), "took {:?}", t0.elapsed());
+            assert!(
+                t0.elapsed() < Duration::from_secs(3),
+                "took {:?}",
+                t0.elapsed()
+            );
             if handler {
                 // The program survives Ctrl-C; its map fails with the lost workers at once.
                 assert!(matches!(r, Ok(Some(()))), "{r:?}");
                 let outcome = std::fs::read_to_string(dir.join("outcome")).unwrap();
-                assert!(outcome.contains("WorkerLost") && outcome.contains("signal: Some(2)"), "{outcome}");
+                assert!(
+                    outcome.contains("WorkerLost") && outcome.contains("signal: Some(2)"),
+                    "{outcome}"
+                );
             } else {
                 assert!(
                     matches!(r, Err(ProcessError::Signaled { signal: 2, .. })),
@@ -274,7 +308,9 @@ fn ctrl_c_during_map_returns_promptly_and_leaves_no_orphans() {
                 );
                 assert!(!dir.join("outcome").exists());
             }
-            wait_until("the workers to be gone", 3, || pids.iter().all(|p| !alive(*p)));
+            wait_until("the workers to be gone", 3, || {
+                pids.iter().all(|p| !alive(*p))
+            });
             let _ = std::fs::remove_dir_all(&dir);
         }
     });
