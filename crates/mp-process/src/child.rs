@@ -8,9 +8,10 @@
 //! [`active_children`](crate::active_children): a long-running parent does not collect
 //! zombies.
 
+use crate::forkcell::ForkCell;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -159,41 +160,16 @@ struct Registry {
 
 /// The live children of this process. A forked child replaces it with a fresh one without
 /// touching the inherited lock (another thread of the parent may have held it at fork time).
-static REGISTRY: AtomicPtr<Mutex<Registry>> = AtomicPtr::new(std::ptr::null_mut());
+static REGISTRY: ForkCell<Registry> = ForkCell::new();
 
 fn registry() -> &'static Mutex<Registry> {
-    // Pairs with the Release half of the compare_exchange below and the store in
-    // `reset_registry`: the Mutex is fully built before its pointer is seen.
-    let p = REGISTRY.load(Ordering::Acquire);
-    if !p.is_null() {
-        // SAFETY: registries are leaked boxes, never freed.
-        return unsafe { &*p };
-    }
-    let fresh = Box::into_raw(Box::new(Mutex::new(Registry {
+    REGISTRY.get(|| Registry {
         children: Vec::new(),
-    })));
-    match REGISTRY.compare_exchange(
-        std::ptr::null_mut(),
-        fresh,
-        Ordering::AcqRel,
-        Ordering::Acquire,
-    ) {
-        // SAFETY: we just published `fresh`, a leaked box.
-        Ok(_) => unsafe { &*fresh },
-        Err(existing) => {
-            // SAFETY: `fresh` lost the race and was never shared; `existing` is a leaked box.
-            unsafe {
-                drop(Box::from_raw(fresh));
-                &*existing
-            }
-        }
-    }
+    })
 }
 
 pub(crate) fn reset_registry() {
-    // The old registry (the parent's children) is leaked in this process on purpose: its lock
-    // may be held by a thread that does not exist here. A new one is made on first use.
-    REGISTRY.store(std::ptr::null_mut(), Ordering::Relaxed);
+    REGISTRY.reset();
 }
 
 pub(crate) fn register(state: &Arc<ChildState>) {

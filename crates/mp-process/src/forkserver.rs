@@ -15,9 +15,9 @@
 //! The server exits when its parent closes the control socket or dies (it checks `getppid`
 //! every second, in case a forked child of the parent keeps the socket open).
 
+use crate::forkcell::ForkCell;
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::Mutex;
 
 use nix::sys::socket::{
@@ -40,42 +40,17 @@ struct Server {
 }
 
 /// This process's connection to its fork server. Replaced (never locked) in a forked child.
-static SERVER: AtomicPtr<Mutex<Option<Server>>> = AtomicPtr::new(std::ptr::null_mut());
+static SERVER: ForkCell<Option<Server>> = ForkCell::new();
 
 fn server_cell() -> &'static Mutex<Option<Server>> {
-    // Pairs with the Release half of the compare_exchange below and with the store in
-    // `reset_after_fork`: the Mutex is built before its pointer is seen.
-    let p = SERVER.load(Ordering::Acquire);
-    if !p.is_null() {
-        // SAFETY: cells are leaked boxes, never freed.
-        return unsafe { &*p };
-    }
-    let fresh = Box::into_raw(Box::new(Mutex::new(None)));
-    match SERVER.compare_exchange(
-        std::ptr::null_mut(),
-        fresh,
-        Ordering::AcqRel,
-        Ordering::Acquire,
-    ) {
-        // SAFETY: we just published `fresh`, a leaked box.
-        Ok(_) => unsafe { &*fresh },
-        Err(existing) => {
-            // SAFETY: `fresh` lost the race and was never shared; `existing` is leaked.
-            unsafe {
-                drop(Box::from_raw(fresh));
-                &*existing
-            }
-        }
-    }
+    SERVER.get(|| None)
 }
 
 /// A forked child must not talk to its parent's server (requests would interleave): it gets
 /// a fresh cell and starts its own server if it needs one. The inherited socket stays open
 /// (leaked) in the child; it is close-on-exec.
 pub(crate) fn reset_after_fork() {
-    // The inherited cell is leaked on purpose (its lock may be held by a thread that does not
-    // exist here); a new one is made on first use.
-    SERVER.store(std::ptr::null_mut(), Ordering::Relaxed);
+    SERVER.reset();
 }
 
 /// The pid of this process's fork server, if one is running.

@@ -9,7 +9,7 @@
 //! hands it a job and blocks until the job has forked; under fork the child still runs the
 //! caller's closure (read from the caller's memory, which the child has a copy of).
 
-use std::sync::atomic::{AtomicPtr, Ordering};
+use crate::forkcell::ForkCell;
 use std::sync::mpsc::{channel, Sender};
 use std::sync::Mutex;
 
@@ -17,39 +17,14 @@ type Job = Box<dyn FnOnce() + Send>;
 
 /// This process's launcher. Replaced (never locked) in a forked child, where the thread
 /// does not exist.
-static LAUNCHER: AtomicPtr<Mutex<Option<Sender<Job>>>> = AtomicPtr::new(std::ptr::null_mut());
+static LAUNCHER: ForkCell<Option<Sender<Job>>> = ForkCell::new();
 
 fn cell() -> &'static Mutex<Option<Sender<Job>>> {
-    // Pairs with the Release half of the compare_exchange below and the store in
-    // `reset_after_fork`: the Mutex is built before its pointer is seen.
-    let p = LAUNCHER.load(Ordering::Acquire);
-    if !p.is_null() {
-        // SAFETY: cells are leaked boxes, never freed.
-        return unsafe { &*p };
-    }
-    let fresh = Box::into_raw(Box::new(Mutex::new(None)));
-    match LAUNCHER.compare_exchange(
-        std::ptr::null_mut(),
-        fresh,
-        Ordering::AcqRel,
-        Ordering::Acquire,
-    ) {
-        // SAFETY: we just published `fresh`, a leaked box.
-        Ok(_) => unsafe { &*fresh },
-        Err(existing) => {
-            // SAFETY: `fresh` lost the race and was never shared; `existing` is leaked.
-            unsafe {
-                drop(Box::from_raw(fresh));
-                &*existing
-            }
-        }
-    }
+    LAUNCHER.get(|| None)
 }
 
 pub(crate) fn reset_after_fork() {
-    // The inherited cell is leaked on purpose (its lock may be held by a thread that does not
-    // exist here); a new one is made on first use.
-    LAUNCHER.store(std::ptr::null_mut(), Ordering::Relaxed);
+    LAUNCHER.reset();
 }
 
 /// Runs `job` on the launcher thread and returns its result.

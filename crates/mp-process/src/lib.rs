@@ -240,6 +240,7 @@
 mod child;
 mod context;
 mod error;
+mod forkcell;
 mod forkserver;
 mod frame;
 mod image;
