@@ -12,12 +12,209 @@
 //!
 //! fn main() -> Result<(), mp_pool::Error> {
 //!     mp_process::init(); // first thing in main (mp::init() in the umbrella crate)
+//!     let values: Vec<u64> = (1..=10).collect();
 //!     let pool = Pool::new(4)?;
-//!     let values: Vec<u64> = (0..10).collect();
-//!     assert_eq!(pool.map(square, values)?, [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]);
+//!     assert_eq!(pool.map(square, values)?, [1, 4, 9, 16, 25, 36, 49, 64, 81, 100]);
 //!     Ok(())
 //! }
 //! ```
+//!
+//! A task is a plain `fn(T) -> R` (a closure that captures nothing coerces to one) whose
+//! argument and result are [messages](mp_core::Message): any rkyv `Archive + Serialize +
+//! Deserialize` type. Workers find the function again under every start method (fork, spawn,
+//! forkserver; see `mp_process::symbol`), so the same code works with all three.
+//!
+//! # Settings
+//!
+//! [`Pool::builder`] takes Python's constructor arguments: the number of processes (default
+//! [`mp_process::cpu_count`]), an initializer run once in each worker (its argument may hold
+//! shared objects, such as a lock or a queue: they reach spawned workers too), the number of
+//! tasks after which a worker is replaced, and the start method.
+//!
+//! ```
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//! use mp_core::Shared;
+//! use mp_pool::Pool;
+//! use mp_process::StartMethod;
+//!
+//! fn count_worker(started: Shared<AtomicU64>) {
+//!     started.fetch_add(1, Ordering::SeqCst);
+//! }
+//! fn pid(_: u32) -> u32 {
+//!     std::process::id()
+//! }
+//!
+//! # mp_process::init();
+//! let started = Shared::new(AtomicU64::new(0))?;
+//! let pool = Pool::builder()
+//!     .processes(2)
+//!     .initializer(count_worker, started.clone())
+//!     .max_tasks_per_child(5)
+//!     .start_method(StartMethod::Spawn)
+//!     .build()?;
+//! let pids = pool.chunksize(1).map(pid, 0..20)?;
+//! pool.close();
+//! pool.join()?;
+//! // 20 tasks, at most 5 per worker: at least 4 workers ran, each initialized once.
+//! assert!(started.load(Ordering::SeqCst) >= 4);
+//! assert_eq!(pids.len(), 20);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Ordered, lazy and unordered results
+//!
+//! [`Pool::map`] returns every result in input order; the work is cut in chunks of
+//! CPython's default size (`ceil(len / (4 × processes))`; set it with
+//! [`Pool::chunksize`]). [`Pool::imap`] and [`Pool::imap_unordered`] return iterators that
+//! read their input lazily, keeping at most [`Tasks::in_flight`] chunks submitted ahead of
+//! the consumer, so an endless input works in bounded memory (Python's `imap` reads its
+//! whole input first).
+//!
+//! ```
+//! use std::time::Duration;
+//! # fn square(x: u64) -> u64 { x * x }
+//! # let pool = mp_pool::Pool::new(2)?;
+//! let mut squares = pool.chunksize(4).in_flight(2).imap(square, 0..)?; // endless input
+//! assert_eq!(squares.next().unwrap()?, 0);
+//! assert_eq!(squares.next_timeout(Duration::from_secs(10)).unwrap()?, 1);
+//! let firsts: Vec<u64> = squares.take(3).collect::<Result<_, _>>()?;
+//! assert_eq!(firsts, [4, 9, 16]);
+//!
+//! let mut any_order: Vec<u64> = pool
+//!     .imap_unordered(square, 0..10)?
+//!     .collect::<Result<_, _>>()?;
+//! any_order.sort();
+//! assert_eq!(any_order[9], 81);
+//!
+//! fn mul(a: u64, b: u64) -> u64 { a * b }
+//! assert_eq!(pool.starmap(mul, [(2, 3), (4, 5)])?, [6, 20]);
+//! # Ok::<(), mp_pool::Error>(())
+//! ```
+//!
+//! # Asynchronous results and callbacks
+//!
+//! The `_async` variants return an [`AsyncResult`] at once: `get`, `get_timeout`
+//! ([`Error::Timeout`]), `wait`, `ready`, `successful` ([`Error::NotReady`] before ready).
+//! Python's `callback` and `error_callback` are [`AsyncResult::on_success`] and
+//! [`AsyncResult::on_error`]; they run in the parent, on the pool's supervisor thread.
+//!
+//! ```
+//! use std::sync::mpsc;
+//! fn double(x: i64) -> i64 { 2 * x }
+//!
+//! let pool = mp_pool::Pool::new(2)?;
+//! assert_eq!(pool.apply(double, 10)?, 20);
+//! let (tx, rx) = mpsc::channel();
+//! let r = pool
+//!     .map_async(double, [1, 2, 3])?
+//!     .on_success(move |v| tx.send(v.clone()).unwrap());
+//! r.wait();
+//! assert_eq!(rx.recv().unwrap(), [2, 4, 6]);
+//! assert_eq!(r.get()?, [2, 4, 6]);
+//! # Ok::<(), mp_pool::Error>(())
+//! ```
+//!
+//! # Task errors
+//!
+//! A task that panics fails its call with [`Error::Panicked`] and the panic's message; a
+//! fallible task (`fn(T) -> Result<R, E>` with `E: Display`, through [`Pool::try_map`],
+//! [`Pool::try_apply`] and their `_async` forms) fails it with [`Error::Failed`]; a result
+//! that cannot be serialized fails it with [`Error::Unserializable`]. In every case the
+//! worker survives and the pool stays usable.
+//!
+//! ```
+//! fn parse(s: String) -> Result<u64, std::num::ParseIntError> { s.parse() }
+//! fn checked(x: u64) -> u64 { assert!(x != 3, "three is not allowed"); x }
+//!
+//! let pool = mp_pool::Pool::new(2)?;
+//! match pool.try_map(parse, ["1".to_string(), "one".to_string()]) {
+//!     Err(mp_pool::Error::Failed { message }) => assert_eq!(message, "invalid digit found in string"),
+//!     other => panic!("{other:?}"),
+//! }
+//! match pool.map(checked, 0..5) {
+//!     Err(mp_pool::Error::Panicked { message, .. }) => assert_eq!(message, "three is not allowed"),
+//!     other => panic!("{other:?}"),
+//! }
+//! assert_eq!(pool.map(checked, [1, 2])?, [1, 2]);
+//! # Ok::<(), mp_pool::Error>(())
+//! ```
+//!
+//! # When a worker dies
+//!
+//! A worker killed mid-task (SIGKILL, a segfault, the OOM killer, `exit`) fails that task
+//! with [`Error::WorkerLost`] (its pid and signal), the worker is replaced, and the other
+//! tasks complete: nothing hangs (Python's pool waits forever there). Each worker records
+//! the task it is running in a slot of shared memory, in the same step that takes the task
+//! from the queue; the supervisor thread watches the workers' pidfds, and when one ends it
+//! first reads every result the worker sent, then fails the task left in its slot.
+//!
+//! ```
+//! use std::time::Duration;
+//! fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+//!
+//! let pool = mp_pool::Pool::new(1)?;
+//! let r = pool.apply_async(nap, 60_000)?;
+//! std::thread::sleep(Duration::from_millis(100));
+//! let pid = pool.worker_pids()[0];
+//! // SAFETY (of the example): kill(2) has no memory-safety preconditions.
+//! unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+//! match r.get_timeout(Duration::from_secs(10)) {
+//!     Err(mp_pool::Error::WorkerLost { pid: p, signal: Some(9), .. }) => assert_eq!(p, pid),
+//!     other => panic!("{other:?}"),
+//! }
+//! assert_eq!(pool.apply(nap, 1)?, 1); // a replacement worker took over
+//! # Ok::<(), mp_pool::Error>(())
+//! ```
+//!
+//! Workers are daemon processes: they die with the pool's process, even when it is
+//! SIGKILLed, and Ctrl-C (SIGINT to the process group) ends them with the program.
+//!
+//! # Closing, terminating, dropping
+//!
+//! [`Pool::close`] refuses new work ([`Error::Closed`]) and lets the submitted work finish;
+//! [`Pool::join`] then waits for it and for the workers ([`Error::StillRunning`] before
+//! `close` or `terminate`). [`Pool::terminate`] kills the workers at once, however much work
+//! is pending, and fails it with [`Error::Terminated`]. **Dropping a pool terminates it**,
+//! as leaving Python's `with Pool() as p:` block does: close and join first to wait for
+//! pending `_async` work.
+//!
+//! ```
+//! fn double(x: i64) -> i64 { 2 * x }
+//! let pool = mp_pool::Pool::new(2)?;
+//! let r = pool.map_async(double, 0..100)?;
+//! pool.close();
+//! assert!(matches!(pool.apply(double, 1), Err(mp_pool::Error::Closed)));
+//! pool.join()?;
+//! assert_eq!(r.get()?.len(), 100);
+//! # Ok::<(), mp_pool::Error>(())
+//! ```
+//!
+//! # Progress
+//!
+//! With the cargo feature `progress`, `pool.progress().map(f, items)` (and `imap`) shows an
+//! [indicatif](https://docs.rs/indicatif) progress bar on stderr.
+//!
+//! # Performance
+//!
+//! Per chunk the parent makes one queue put and one get, both in shared memory (no pipe, no
+//! feeder thread, no pickling): results travel as one encoded `Vec<R>` per chunk, workers
+//! and the supervisor spin briefly before they sleep on a futex. `cargo run --release -p
+//! mp-pool --example throughput` prints rough rates; `cargo xtask bench` compares them with
+//! CPython.
+//!
+//! # Python names
+//!
+//! | Python | mp |
+//! |---|---|
+//! | `Pool(processes, initializer, initargs, maxtasksperchild, context)` | `Pool::builder().processes(n).initializer(f, args).max_tasks_per_child(k).context(ctx).build()?` |
+//! | `pool.map(f, it, chunksize)` | `pool.map(f, it)?`, `pool.chunksize(c).map(f, it)?` |
+//! | `map_async(f, it, callback=cb, error_callback=ecb)` | `pool.map_async(f, it)?.on_success(cb).on_error(ecb)` |
+//! | `starmap(f, pairs)`, `starmap_async` | same names, for `fn(A, B) -> R` |
+//! | `apply(f, (x,))`, `apply_async` | `pool.apply(f, x)?`, `pool.apply_async(f, x)?` |
+//! | `imap(f, it, chunksize)`, `imap_unordered` | same names, lazy iterators of `Result<R, Error>` |
+//! | `it.next(timeout)` | [`IMap::next_timeout`] |
+//! | `AsyncResult.get(timeout)`, `wait`, `ready`, `successful` | `get`, `get_timeout`, `wait`, `wait_timeout`, `ready`, `successful` |
+//! | `close`, `terminate`, `join`, `with Pool() as p:` | same names; `Drop` terminates |
 
 mod error;
 mod job;
