@@ -6,6 +6,7 @@
 use std::error::Error;
 
 mod core_part;
+mod pool_part;
 mod process_part;
 mod queue_part;
 mod sync_part;
@@ -18,6 +19,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     process_part::run()?;
     sync_part::run()?;
     queue_part::run()?;
+    pool_part::run()?;
     println!("\ntour complete");
     Ok(())
 }
