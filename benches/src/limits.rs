@@ -14,7 +14,7 @@
 //! | [`spinlock_counter`] | two processes increment under a bare spinlock | a lock-protected counter |
 //! | [`fork_wait`] | `fork` + `_exit` + `waitpid` | process start (fork) |
 //! | [`exec_wait`] | fork + exec `/bin/true` + wait | process start (spawn) |
-//! | [`cpu_1p`] / [`cpu_2p`] | a batch of CPU tasks in 1 or 2 processes | pool scaling |
+//! | [`cpu_1p`] / [`cpu_2p`] | a batch of CPU tasks in 1 or 2 processes (handed out one by one) | pool scaling |
 //!
 //! Spinning loops yield the CPU every 128 checks ([`crate::proc::spin_until`]), so that the
 //! packed placement measures a hand-off through the scheduler instead of a time slice.
@@ -353,15 +353,20 @@ pub fn exec_wait(iters: u64, placement: Placement) -> Duration {
 }
 
 fn cpu_batch(iters: u64, placement: Placement, workers: u64) -> Duration {
+    // Tasks are handed out one at a time through a shared counter (like a pool with
+    // chunksize 1), so a worker slowed down by other load does not hold the batch back.
+    let next = Shared::new(AtomicU64::new(0)).expect("shared counter");
+    let total = iters * CPU_TASKS;
     let children: Vec<_> = (0..workers)
-        .map(|w| {
+        .map(|_| {
+            let next = next.clone();
             move |g: &Gate| {
-                for _ in 0..iters {
-                    let mut t = w;
-                    while t < CPU_TASKS {
-                        black_box(cpu_task(t));
-                        t += workers;
+                loop {
+                    let t = next.fetch_add(1, Ordering::Relaxed);
+                    if t >= total {
+                        break;
                     }
+                    black_box(cpu_task(t % CPU_TASKS));
                 }
                 g.finish();
             }

@@ -2,15 +2,19 @@
 //!
 //! Children are started the way the workload says: raw forks from [`crate::proc`] for the
 //! messaging and locking workloads (process creation is not what they measure), mp's own
-//! `Process` for the process start workloads. Each function mirrors its CPython script in
+//! `Process` for the process start workloads and mp's `Pool` (default start method, fork)
+//! for the pool workloads. Each function mirrors its CPython script in
 //! `benches/python/` line for line where the APIs allow.
 
 use std::time::{Duration, Instant};
 
+use mp_core::Shared;
 use mp_pipe::{Duplex, OneWay, Pipe};
+use mp_pool::Pool;
 use mp_process::{Process, StartMethod};
 use mp_queue::Queue;
 use mp_sync::{Event, Lock, RawValue};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::proc::{timed, Gate};
 use crate::{Measure, Placement};
@@ -27,6 +31,9 @@ pub fn implementation(workload: &str) -> Option<Measure> {
         "queue_small_1to1" => queue_small_1to1,
         "queue_small_2to1" => queue_small_2to1,
         "queue_1mib" => queue_1mib,
+        "pool_map" => pool_map,
+        "pool_imap_unordered" => pool_imap_unordered,
+        "pool_apply_async" => pool_apply_async,
         "pipe_rt" => pipe_rt,
         "pipe_oneway_small" => pipe_oneway_small,
         _ => return None,
@@ -35,7 +42,7 @@ pub fn implementation(workload: &str) -> Option<Measure> {
 
 /// mp's pool CPU-bound batch on 1 and on 2 workers, or `None` while the pool is not built.
 pub fn scaling_pair() -> Option<(Measure, Measure)> {
-    None
+    Some((pool_cpu_1w as Measure, pool_cpu_2w as Measure))
 }
 
 /// `with lock: pass` in one process: `Lock::lock` and dropping the guard.
@@ -217,4 +224,109 @@ pub fn queue_1mib(iters: u64, placement: Placement) -> Duration {
             assert_eq!(v.len(), crate::MIB);
         }
     })
+}
+
+/// The trivial task of the pool workloads.
+fn ident(x: u64) -> u64 {
+    x
+}
+
+/// Pool initializer: worker number i (in start order, counted in shared memory) pins itself to
+/// `child_cpu(i)`, as the CPython scripts' `pin_worker` does.
+fn pin_worker((counter, spread): (Shared<AtomicU32>, bool)) {
+    let i = counter.fetch_add(1, Ordering::AcqRel) as usize;
+    let placement = if spread {
+        Placement::Spread
+    } else {
+        Placement::Packed
+    };
+    crate::placement::pin_current(placement.child_cpu(i));
+}
+
+/// A pool of `workers` pinned by [`pin_worker`], warmed up (every worker has started and pinned
+/// itself) before it is returned, so the clock never sees pool creation.
+fn pinned_pool(workers: usize, placement: Placement) -> Pool {
+    placement.pin_parent();
+    let counter = Shared::new(AtomicU32::new(0)).expect("shared counter");
+    let pool = Pool::builder()
+        .processes(workers)
+        .initializer(
+            pin_worker,
+            (counter.clone(), placement == Placement::Spread),
+        )
+        .build()
+        .expect("Pool::build");
+    pool.chunksize(1)
+        .map(ident, 0..(64 * workers as u64))
+        .expect("warm-up map");
+    // Acquire pairs with the AcqRel increments in `pin_worker`.
+    crate::proc::spin_until(|| counter.load(Ordering::Acquire) as usize >= workers);
+    pool
+}
+
+/// `Pool(2).map(ident, 0..n)` with the default chunksize, `n` = [`crate::pool_map_items`]
+/// (one iteration = one `map` call).
+pub fn pool_map(iters: u64, placement: Placement) -> Duration {
+    let pool = pinned_pool(2, placement);
+    let n = crate::pool_map_items();
+    let start = Instant::now();
+    for _ in 0..iters {
+        let out = pool.map(ident, 0..n).expect("map");
+        assert_eq!(out.len() as u64, n);
+    }
+    start.elapsed()
+}
+
+/// `Pool(2).imap_unordered(ident, 0..n/10)` with the default chunksize, consumed to the end
+/// (one iteration = one pass).
+pub fn pool_imap_unordered(iters: u64, placement: Placement) -> Duration {
+    let pool = pinned_pool(2, placement);
+    let n = crate::pool_map_items() / 10;
+    let start = Instant::now();
+    for _ in 0..iters {
+        let mut count = 0u64;
+        for r in pool.imap_unordered(ident, 0..n).expect("imap_unordered") {
+            r.expect("task");
+            count += 1;
+        }
+        assert_eq!(count, n);
+    }
+    start.elapsed()
+}
+
+/// 10_000 `apply_async` on `Pool(2)`, then every `get` (one iteration = the 10_000).
+pub fn pool_apply_async(iters: u64, placement: Placement) -> Duration {
+    let pool = pinned_pool(2, placement);
+    let start = Instant::now();
+    for _ in 0..iters {
+        let results: Vec<_> = (0..10_000u64)
+            .map(|i| pool.apply_async(ident, i).expect("apply_async"))
+            .collect();
+        let total: u64 = results.iter().map(|r| r.get().expect("get")).sum();
+        assert_eq!(total, 10_000 * 9_999 / 2);
+    }
+    start.elapsed()
+}
+
+fn pool_cpu(iters: u64, placement: Placement, workers: usize) -> Duration {
+    let pool = pinned_pool(workers, placement);
+    let start = Instant::now();
+    for _ in 0..iters {
+        let out = pool
+            .chunksize(1)
+            .map(crate::cpu_task, 0..crate::CPU_TASKS)
+            .expect("map");
+        assert_eq!(out.len() as u64, crate::CPU_TASKS);
+    }
+    start.elapsed()
+}
+
+/// A batch of [`crate::CPU_TASKS`] CPU-bound tasks on `Pool(1)` (`chunksize(1).map`).
+pub fn pool_cpu_1w(iters: u64, placement: Placement) -> Duration {
+    pool_cpu(iters, placement, 1)
+}
+
+/// The same batch on `Pool(2)`.
+pub fn pool_cpu_2w(iters: u64, placement: Placement) -> Duration {
+    pool_cpu(iters, placement, 2)
 }
