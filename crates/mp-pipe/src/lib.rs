@@ -4,33 +4,37 @@
 //!
 //! # Hello, pipe
 //!
-//! A pipe has two ends; what one sends, the other receives. Here a forked child answers:
+//! A pipe has two ends; what one sends, the other receives. Here a child process (started with
+//! `mp_process`, which the `mp` crate re-exports) gets one end as its argument and answers:
 //!
 //! ```
-//! use mp_pipe::{Duplex, Pipe};
+//! use mp_pipe::{Connection, Duplex, Pipe};
+//! use mp_process::Process;
 //!
-//! let (parent, child) = Pipe::<String>::new(Duplex)?;
-//! // SAFETY (of the doctest): the child only uses its connection, then `_exit`s.
-//! match unsafe { nix::unistd::fork() }.expect("fork") {
-//!     nix::unistd::ForkResult::Child => {
-//!         drop(parent);
-//!         let name = child.recv().unwrap_or_default();
-//!         let _ = child.send(&format!("hello, {name}"));
-//!         unsafe { libc::_exit(0) };
+//! fn greeter(conn: Connection<String>) -> usize {
+//!     let mut n = 0;
+//!     while let Ok(name) = conn.recv() {
+//!         if name.is_empty() {
+//!             break;
+//!         }
+//!         conn.send(&format!("hello, {name}")).expect("send");
+//!         n += 1;
 //!     }
-//!     nix::unistd::ForkResult::Parent { child: pid } => {
-//!         drop(child);
-//!         parent.send(&"world".to_string())?;
-//!         assert_eq!(parent.recv()?, "hello, world");
-//!         nix::sys::wait::waitpid(pid, None).expect("waitpid");
-//!     }
+//!     n
 //! }
-//! # Ok::<(), mp_pipe::Error>(())
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let (parent, child) = Pipe::<String>::new(Duplex)?;
+//! let mut p = Process::new(greeter, child).start()?;
+//! parent.send(&"world".to_string())?;
+//! assert_eq!(parent.recv()?, "hello, world");
+//! parent.send(&String::new())?;
+//! assert_eq!(p.join()?, 1);
+//! # Ok(()) }
 //! ```
 //!
-//! With `mp`, the child is a `Process` and the connection one of its arguments, under any start
-//! method (fork, spawn, forkserver): a `Connection` is a message of the handle kind, whose
-//! descriptors travel with it.
+//! The connection is a message of the handle kind, so this works under every start method
+//! (fork, spawn, forkserver): its descriptors and shared rings travel with it.
 //!
 //! # Typed messages and bytes
 //!
@@ -91,6 +95,17 @@
 //! assert!(matches!(b.recv(), Err(Error::Eof)));
 //! # Ok::<(), mp_pipe::Error>(())
 //! ```
+//!
+//! # Fork and end-of-file
+//!
+//! End-of-file comes when every copy of the other end is closed, in every process. A child
+//! started with **fork** holds a copy of every end its parent had at that moment, so it never
+//! sees end-of-file on a pipe whose other end the parent held when it forked (Python has the
+//! same rule: close what you do not use). `Process::new(f, end)` moves `end` into the child, so
+//! the parent's copy is dropped for you; to stop a forked child that waits for messages, send
+//! it one that says so. Under spawn and forkserver only the arguments reach the child. A peer
+//! that *dies* closes all its copies: the other side gets [`Error::Eof`] (or
+//! [`Error::Truncated`] mid-message) on receive and [`Error::BrokenPipe`] on send.
 //!
 //! # Waiting on many connections
 //!
