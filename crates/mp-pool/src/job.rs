@@ -12,6 +12,7 @@ use rkyv::util::AlignedVec;
 
 use crate::error::Error;
 use crate::result::Outcome;
+use crate::wire::Spin;
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -200,10 +201,6 @@ struct IMapState<R> {
     sleeping: bool,
 }
 
-/// Spins of a consumer that waits for the next answer before it sleeps: answers usually
-/// follow each other within microseconds, and a futex wake-up per item costs more.
-const SPINS: u32 = 2_000;
-
 /// The job behind an `imap`/`imap_unordered` iterator.
 pub(crate) struct IMapJob<R> {
     ordered: bool,
@@ -265,7 +262,7 @@ impl<R: Message + Send> IMapJob<R> {
     }
 
     /// Waits for the next answer: chunk `want` when ordered, any when unordered.
-    pub(crate) fn next(&self, want: u64, deadline: Option<Instant>) -> Next<R> {
+    pub(crate) fn next(&self, want: u64, deadline: Option<Instant>, spin: &mut Spin) -> Next<R> {
         let mut st = lock(&self.st);
         let mut spun = false;
         loop {
@@ -285,22 +282,13 @@ impl<R: Message + Send> IMapJob<R> {
                 // Acquire pairs with the Release increment in `answer`.
                 let seen = self.answers.load(Ordering::Acquire);
                 drop(st);
-                for i in 0..SPINS {
-                    if self.answers.load(Ordering::Acquire) != seen {
-                        break;
-                    }
-                    if i % 64 == 63 {
-                        std::thread::yield_now();
-                    } else {
-                        std::hint::spin_loop();
-                    }
-                }
+                spin.spin(|| self.answers.load(Ordering::Acquire) != seen);
                 st = lock(&self.st);
                 continue;
             }
             st.sleeping = true;
             match deadline {
-                None => st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner()),
+                None => st = spin.sleep(|| self.cv.wait(st).unwrap_or_else(|p| p.into_inner())),
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {

@@ -197,10 +197,13 @@
 //! # Performance
 //!
 //! Per chunk the parent makes one queue put and one get, both in shared memory (no pipe, no
-//! feeder thread, no pickling): results travel as one encoded `Vec<R>` per chunk, workers
-//! and the supervisor spin briefly before they sleep on a futex. `cargo run --release -p
-//! mp-pool --example throughput` prints rough rates; `cargo xtask bench` compares them with
-//! CPython.
+//! pickling): a chunk's items travel as one encoded `Vec<T>` and its results as one
+//! `Vec<R>`. Whoever waits (an idle worker, the supervisor, an `imap` consumer) spins for an
+//! adaptive budget, yielding now and then, before it sleeps on a futex doorbell: it spins
+//! while answers come within microseconds and stops spinning when they are far apart, so
+//! that the parent takes no CPU from busy workers. `cargo run --release -p mp-pool
+//! --example throughput` prints rough rates and the CPU each side spends per item; `cargo
+//! xtask bench` compares them with CPython.
 //!
 //! # Python names
 //!

@@ -9,9 +9,11 @@
 //!            WorkerLost and the worker is replaced
 //! ```
 //!
-//! Callers put chunks on the task queue themselves (`put_nowait`); when the queue is full, an
-//! `_async` call hands the rest to the feeder thread so that it returns at once, and a
-//! blocking call keeps putting. The supervisor thread is the only reader of the result
+//! Callers put chunks on the task queue themselves (`put_nowait`) and ring the task
+//! doorbell; when the queue is full, an `_async` call hands the rest to the feeder thread so
+//! that it returns at once, and a blocking call keeps putting. Workers ring the result
+//! doorbell after each result; both doorbells are futex words in shared memory (see
+//! `wire::Doorbell`), waited on after an adaptive spin. The supervisor thread is the only reader of the result
 //! queue: it decodes each chunk's results into its job, runs callbacks, and every few
 //! milliseconds (or whenever it has nothing to read) polls the workers' pidfds. When one is
 //! readable it first drains the result queue (whatever the worker put before dying is there,
@@ -34,7 +36,9 @@ use mp_queue::{PutError, Queue};
 use crate::error::Error;
 use crate::job::{lock, CollectJob, IMapJob, Job, Next};
 use crate::result::{AsyncResult, Outcome};
-use crate::wire::{kind, ArchivedResultMsg, Claim, Doorbell, Payload, ResultMsg, Slot, TaskMsg};
+use crate::wire::{
+    kind, ArchivedResultMsg, Claim, Doorbell, Payload, ResultMsg, Slot, Spin, TaskMsg,
+};
 use crate::worker::{
     self, Call, EncodeInit, Fallible, InitArgs, InitSpec, Plain, RunChunk, RunInit, Star2,
     WorkerArgs,
@@ -42,8 +46,6 @@ use crate::worker::{
 
 /// How long the supervisor sleeps on an empty result queue before it looks at the workers.
 const NAP: Duration = Duration::from_millis(20);
-/// Spins of the supervisor on its doorbell before it sleeps.
-const BELL_SPINS: u32 = 1_000;
 /// How often a busy supervisor looks at the workers.
 const CHECK_EVERY: Duration = Duration::from_millis(20);
 /// How long a blocking put waits before it checks whether the pool was terminated.
@@ -122,7 +124,10 @@ struct Feed {
 pub(crate) struct Inner {
     tasks: Queue<TaskMsg>,
     results: Queue<ResultMsg>,
+    /// Rung by the workers after each result; the supervisor sleeps on it.
     bell: Shared<Doorbell>,
+    /// Rung by the parent after each task put; idle workers sleep on it.
+    task_bell: Shared<Doorbell>,
     table: Mutex<Table>,
     idle: Condvar,
     workers: Mutex<Workers>,
@@ -256,6 +261,7 @@ impl PoolBuilder {
             tasks: Queue::new()?,
             results: Queue::new()?,
             bell: Shared::new(Doorbell::new())?,
+            task_bell: Shared::new(Doorbell::new())?,
             table: Mutex::new(Table {
                 state: State::Running,
                 broken: None,
@@ -331,6 +337,7 @@ impl Inner {
             results: self.results.clone(),
             slot: slot.clone(),
             bell: self.bell.clone(),
+            task_bell: self.task_bell.clone(),
             image_id: self.cfg.image_id.clone(),
             init,
             max_tasks: self.cfg.max_tasks,
@@ -398,7 +405,10 @@ impl Inner {
                 return Err(Error::Terminated);
             }
             match self.tasks.put_timeout(msg, PUT_SLICE) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.task_bell.ring();
+                    return Ok(());
+                }
                 Err(PutError::Full(m)) => msg = m,
                 Err(PutError::Closed(_)) => return Err(Error::Terminated),
                 Err(PutError::Failed(_, e)) => {
@@ -434,7 +444,7 @@ impl Inner {
                 continue;
             }
             match self.tasks.put_nowait(msg) {
-                Ok(()) => {}
+                Ok(()) => self.task_bell.ring(),
                 Err(PutError::Full(m)) => {
                     let feed = Feed {
                         id,
@@ -501,6 +511,7 @@ impl Inner {
 
     fn supervise(self: Arc<Self>) {
         let mut last_check = Instant::now();
+        let mut spin = Spin::new();
         loop {
             let mut got = 0u32;
             while let Ok(g) = self.results.get_ref_timeout(Duration::ZERO) {
@@ -519,7 +530,7 @@ impl Inner {
                 last_check = Instant::now();
             }
             if got == 0 {
-                self.bell.wait(|| self.results.empty(), BELL_SPINS, NAP);
+                self.bell.wait(|| self.results.empty(), &mut spin, NAP);
             }
         }
     }
@@ -692,7 +703,7 @@ impl Inner {
             message: String::new(),
         };
         let _ = self.results.put_nowait(wake);
-        self.bell.ring();
+        self.bell.ring_all();
         lock(&self.feeder).take();
         let threads: Vec<JoinHandle<()>> = std::mem::take(&mut *lock(&self.threads));
         let me = std::thread::current().id();
@@ -874,8 +885,9 @@ impl<'p> Tasks<'p> {
     }
 
     /// For `imap`/`imap_unordered`: at most `n` chunks submitted and not yet consumed
-    /// (default: 4 × processes, at least 8). The input is read only as results are
-    /// consumed, so an endless iterator works with bounded memory.
+    /// (default: 16 × processes, at least 64: enough to keep the workers busy while the
+    /// consumer sleeps and wakes). The input is read only as results are consumed, so an
+    /// endless iterator works with bounded memory (`in_flight × chunksize` items).
     pub fn in_flight(mut self, n: usize) -> Self {
         self.in_flight = Some(n);
         self
@@ -953,7 +965,7 @@ impl<'p> Tasks<'p> {
         let limit = match self.in_flight {
             Some(0) => return Err(Error::Config("in_flight must be at least 1".into())),
             Some(n) => n,
-            None => (4 * inner.cfg.processes).max(8),
+            None => (16 * inner.cfg.processes).max(64),
         };
         let tramp = offset_of(worker::run_chunk::<C> as RunChunk as usize)?;
         let target = offset_of(target)?;
@@ -983,6 +995,7 @@ impl<'p> Tasks<'p> {
             next_out: 0,
             current: Vec::new().into_iter(),
             finished: false,
+            spin: Spin::new(),
         })
     }
 
@@ -1377,6 +1390,7 @@ pub struct IMap<'a, R> {
     next_out: u64,
     current: std::vec::IntoIter<R>,
     finished: bool,
+    spin: Spin,
 }
 
 impl<R> std::fmt::Debug for IMap<'_, R> {
@@ -1418,7 +1432,7 @@ impl<R: Message + Send + 'static> IMap<'_, R> {
                 self.finished = true;
                 return None;
             }
-            match self.job.next(self.next_out, deadline) {
+            match self.job.next(self.next_out, deadline, &mut self.spin) {
                 Next::Timeout => return Some(Err(Error::Timeout)),
                 Next::Aborted(e) => {
                     self.finished = true;

@@ -219,19 +219,69 @@ impl Slot {
     }
 }
 
-/// The supervisor's doorbell, in shared memory: workers ring it after putting a result, and
-/// the supervisor sleeps on it (a futex) when the result queue is empty, after a short spin.
-/// It replaces the queue's own wait, whose long spin would take a core from the workers.
+/// An adaptive spin budget for one waiter: it grows while waits end during the spin (or
+/// right after falling asleep), and shrinks while they do not, so that a waiter spins only
+/// when the other side answers within microseconds, and never steals a core from busy
+/// workers when answers are far apart. Spinning yields every few rounds: on a machine with
+/// fewer cores than busy threads, the thread we wait for may need this very core.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Spin {
+    budget: u32,
+}
+
+impl Spin {
+    const MAX: u32 = 1024;
+    const MIN_GROW: u32 = 32;
+    /// A sleep shorter than this would have been a spin.
+    const SHORT_SLEEP: std::time::Duration = std::time::Duration::from_micros(100);
+
+    pub(crate) fn new() -> Spin {
+        Spin { budget: 256 }
+    }
+
+    /// Spins until `done()` or the budget is spent; true when `done()` came true.
+    pub(crate) fn spin(&mut self, done: impl Fn() -> bool) -> bool {
+        for i in 0..self.budget {
+            if i % 16 == 15 {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+            if done() {
+                self.budget = (self.budget * 2).clamp(Self::MIN_GROW, Self::MAX);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Sleeps with `sleep` and adapts the budget to how long the sleep lasted.
+    pub(crate) fn sleep<T>(&mut self, sleep: impl FnOnce() -> T) -> T {
+        let t0 = std::time::Instant::now();
+        let r = sleep();
+        if t0.elapsed() < Self::SHORT_SLEEP {
+            self.budget = (self.budget * 2).clamp(Self::MIN_GROW, Self::MAX);
+        } else {
+            self.budget /= 2;
+        }
+        r
+    }
+}
+
+/// A doorbell in shared memory: producers ring it after putting a message on a queue, and
+/// consumers sleep on it (a futex) when the queue is empty, after an adaptive spin. The pool
+/// waits on its queues through doorbells, with `get_timeout(ZERO)`, rather than through the
+/// queue's own wait, whose fixed spin would take a core from the workers on a small machine.
 ///
-/// Protocol (a Dekker handshake on `sleeping` and `seq`, all SeqCst): the ringer publishes
-/// its message, increments `seq`, then reads `sleeping`; the sleeper stores `sleeping = 1`,
+/// Protocol (a Dekker handshake on `sleepers` and `seq`, all SeqCst): the ringer publishes
+/// its message, increments `seq`, then reads `sleepers`; a sleeper increments `sleepers`,
 /// reads `seq`, checks that the queue is empty, and waits while `seq` is unchanged. Either
-/// the ringer sees `sleeping` and wakes the sleeper, or the sleeper sees the new message (or
-/// the new `seq`, which makes the futex wait return at once).
+/// the ringer sees the sleeper and wakes one, or the sleeper sees the new message (or the new
+/// `seq`, which makes the futex wait return at once).
 #[repr(C, align(64))]
 pub(crate) struct Doorbell {
     seq: AtomicU32,
-    sleeping: AtomicU32,
+    sleepers: AtomicU32,
     _pad: [u32; 14],
 }
 const_assert_eq!(std::mem::size_of::<Doorbell>(), 64);
@@ -245,37 +295,45 @@ impl Doorbell {
     pub(crate) fn new() -> Doorbell {
         Doorbell {
             seq: AtomicU32::new(0),
-            sleeping: AtomicU32::new(0),
+            sleepers: AtomicU32::new(0),
             _pad: [0; 14],
         }
     }
 
-    /// After a message was put: wake the supervisor if it sleeps.
+    /// After a message was put: wake one sleeper, if any.
     pub(crate) fn ring(&self) {
-        // SeqCst: the increment and the load below pair with the sleeper's SeqCst store of
-        // `sleeping` and load of `seq` in `wait` (see the type's doc).
+        // SeqCst: the increment and the load below pair with the sleeper's SeqCst increment
+        // of `sleepers` and load of `seq` in `wait` (see the type's doc).
         self.seq.fetch_add(1, Ordering::SeqCst);
-        if self.sleeping.load(Ordering::SeqCst) != 0 {
+        if self.sleepers.load(Ordering::SeqCst) != 0 {
             mp_core::futex::wake(&self.seq, 1);
         }
     }
 
-    /// Spins `spins` rounds, then sleeps at most `timeout` unless a ring came or `empty()`
-    /// is false.
-    pub(crate) fn wait(&self, empty: impl Fn() -> bool, spins: u32, timeout: std::time::Duration) {
+    /// Wakes every sleeper (shutdown).
+    pub(crate) fn ring_all(&self) {
+        self.seq.fetch_add(1, Ordering::SeqCst);
+        mp_core::futex::wake_all(&self.seq);
+    }
+
+    /// Waits for a ring: spins within `spin`'s budget, then sleeps at most `timeout` unless
+    /// `empty()` is false.
+    pub(crate) fn wait(
+        &self,
+        empty: impl Fn() -> bool,
+        spin: &mut Spin,
+        timeout: std::time::Duration,
+    ) {
         // Acquire pairs with the SeqCst increment in `ring`.
         let s0 = self.seq.load(Ordering::Acquire);
-        for _ in 0..spins {
-            std::hint::spin_loop();
-            if self.seq.load(Ordering::Relaxed) != s0 {
-                return;
-            }
+        if spin.spin(|| self.seq.load(Ordering::Relaxed) != s0) {
+            return;
         }
-        self.sleeping.store(1, Ordering::SeqCst);
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
         let s = self.seq.load(Ordering::SeqCst);
         if s == s0 && empty() {
-            mp_core::futex::wait(&self.seq, s, Some(timeout));
+            spin.sleep(|| mp_core::futex::wait(&self.seq, s, Some(timeout)));
         }
-        self.sleeping.store(0, Ordering::SeqCst);
+        self.sleepers.fetch_sub(1, Ordering::SeqCst);
     }
 }

@@ -4,6 +4,7 @@
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
+use std::time::Duration;
 
 use mp_core::message::{access, decode, deserialize, encode, ALIGN};
 use mp_core::{Message, Shared};
@@ -14,7 +15,11 @@ use rkyv::util::AlignedVec;
 use rkyv::vec::{ArchivedVec, VecResolver};
 use rkyv::{Archive, Deserialize, Place, Serialize};
 
-use crate::wire::{kind, set_claim_slot, Doorbell, Payload, ResultMsg, Slot, TaskMsg};
+use crate::wire::{kind, set_claim_slot, Doorbell, Payload, ResultMsg, Slot, Spin, TaskMsg};
+
+/// How long an idle worker sleeps before it looks at the task queue again (a safety net: the
+/// parent rings the task doorbell after every put).
+const IDLE_NAP: Duration = Duration::from_millis(200);
 
 /// Why a chunk failed in the worker.
 pub(crate) struct TaskFail {
@@ -254,6 +259,8 @@ pub(crate) struct WorkerArgs {
     pub(crate) slot: Shared<Slot>,
     /// Rung after every result.
     pub(crate) bell: Shared<Doorbell>,
+    /// Rung by the parent after every task; slept on when the task queue is empty.
+    pub(crate) task_bell: Shared<Doorbell>,
     /// The parent's `mp_process::symbol::image_id()`.
     pub(crate) image_id: Vec<u8>,
     pub(crate) init: Option<InitSpec>,
@@ -349,9 +356,15 @@ pub(crate) fn worker_main(args: WorkerArgs) {
     }
     set_claim_slot(slot);
     let mut done = 0u64;
+    let mut spin = Spin::new();
     loop {
-        let task = match args.tasks.get() {
+        let task = match args.tasks.get_timeout(Duration::ZERO) {
             Ok(t) => t,
+            Err(mp_queue::Error::Empty) => {
+                args.task_bell
+                    .wait(|| args.tasks.empty(), &mut spin, IDLE_NAP);
+                continue;
+            }
             // A corrupted record was skipped by the queue; go on with the next one.
             Err(mp_queue::Error::Corrupted(_)) | Err(mp_queue::Error::Core(_)) => continue,
             Err(_) => return,
