@@ -1,9 +1,18 @@
-//! Smoke test: map, apply and imap under fork and spawn.
+//! Smoke tests: map, apply and imap under fork and spawn; the auto traits of the public
+//! types; the progress bar (feature `progress`).
 
 mp_process::test_support!();
 
-use mp_pool::Pool;
+use mp_pool::{AsyncResult, Error, IMap, Pool, PoolBuilder, Tasks};
 use mp_process::StartMethod;
+use static_assertions::assert_impl_all;
+
+assert_impl_all!(Pool: Send, Sync);
+assert_impl_all!(PoolBuilder: Send);
+assert_impl_all!(Tasks<'static>: Send, Sync, Copy);
+assert_impl_all!(AsyncResult<Vec<u64>>: Send, Sync);
+assert_impl_all!(IMap<'static, u64>: Send);
+assert_impl_all!(Error: Send, Sync, std::error::Error);
 
 fn square(x: u64) -> u64 {
     x * x
@@ -11,12 +20,18 @@ fn square(x: u64) -> u64 {
 
 #[test]
 fn smoke() {
-    for m in [StartMethod::Fork, StartMethod::Spawn] {
+    for m in [
+        StartMethod::Fork,
+        StartMethod::Spawn,
+        StartMethod::ForkServer,
+    ] {
         let pool = Pool::builder()
             .processes(2)
             .start_method(m)
             .build()
             .unwrap();
+        assert_eq!(pool.start_method(), m);
+        assert_eq!(pool.processes(), 2);
         assert_eq!(
             pool.map(square, 0..10).unwrap(),
             (0..10).map(|x| x * x).collect::<Vec<_>>()
@@ -31,4 +46,24 @@ fn smoke() {
         pool.close();
         pool.join().unwrap();
     }
+}
+
+#[test]
+fn default_chunksize_is_cpythons() {
+    assert_eq!(mp_pool::default_chunksize(1_000_000, 2), 125_000);
+    assert_eq!(mp_pool::default_chunksize(10, 4), 1);
+    assert_eq!(mp_pool::default_chunksize(17, 2), 3);
+    assert_eq!(mp_pool::default_chunksize(0, 2), 1);
+}
+
+#[cfg(feature = "progress")]
+#[test]
+fn progress_bar() {
+    let pool = Pool::new(2).unwrap();
+    assert_eq!(
+        pool.progress().chunksize(5).map(square, 0..100).unwrap()[99],
+        9801
+    );
+    let n = pool.progress().imap(square, 0..50).unwrap().count();
+    assert_eq!(n, 50);
 }
