@@ -98,8 +98,14 @@
 //! message for the next consumer, so every complete message is delivered exactly once. A
 //! process killed while it holds a zero-copy guard loses that one message (it was delivered to
 //! it); its space is reclaimed once producers need it. The queue's internal locks record their
-//! holder and are taken over when it dies. Received bytes are always validated: a corrupted
-//! ring gives [`Error::Corrupted`] and the queue stays usable.
+//! holder and are taken over when it dies, and each side keeps a one-entry journal of its last
+//! commit, so the process taking over finishes or undoes it: the item count stays exact and no
+//! ring space or oversized-message page leaks.
+//!
+//! Received bytes are always validated, and so is every position read back from the shared
+//! ring: a corrupted or hostile peer gives [`Error::Corrupted`] (or a `put` that fails with the
+//! item given back), never a read or write outside the ring, and the queue stays usable when
+//! the damage can be skipped.
 //!
 //! The layout and algorithm are described in the `ring` module's source.
 

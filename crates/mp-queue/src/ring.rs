@@ -82,10 +82,11 @@ pub(crate) struct Meta {
     enqueued: AtomicU64,
     p_cached_reclaim: AtomicU64,
     big_tail: AtomicU64,
-    /// The `tail` a producer is committing (0: none): a one-entry journal that lets the next
-    /// producer repair `enqueued` if the committer was killed between its two stores.
+    /// Producer journal: the `tail` a producer is committing (0: none) and the `enqueued` it
+    /// started from, so that a producer taking the lock over from a dead one knows whether the
+    /// commit happened and sets `enqueued` right (idempotent).
     pending_tail: AtomicU64,
-    _p: [u64; 1],
+    pending_enq: AtomicU64,
     // Consumer line: written by consumers on every get.
     c_lock: AtomicU32,
     _c0: u32,
@@ -94,7 +95,10 @@ pub(crate) struct Meta {
     reclaim: AtomicU64,
     dequeued: AtomicU64,
     c_cached_tail: AtomicU64,
-    _q: [u64; 2],
+    /// Consumer journal: the `head` and `dequeued` a consumer is moving to (`j_head` 0: none),
+    /// rolled forward by a consumer that takes the lock over from a dead one.
+    j_head: AtomicU64,
+    j_deq: AtomicU64,
     // Sleep line: written only when someone goes to sleep or is woken, read on every put and
     // get (so it stays shared in both caches while nobody sleeps).
     data_seq: AtomicU32,
@@ -102,11 +106,17 @@ pub(crate) struct Meta {
     c_waiters: AtomicU32,
     p_waiters: AtomicU32,
     _w: [u32; 12],
-    // JoinableQueue line.
-    /// Puts not yet matched by `task_done`.
+    // Rarely written line.
+    /// JoinableQueue: puts not yet matched by `task_done`.
     pub(crate) unfinished: AtomicU32,
     pub(crate) join_waiters: AtomicU32,
-    _j: [u32; 14],
+    /// A span `[discard_from, discard_to)` of corrupted records that `reclaim` jumps over
+    /// without reading it (`discard_to == 0`: none).
+    discard_from: AtomicU64,
+    discard_to: AtomicU64,
+    /// Producer journal for an oversized message: `big_tail` before it was allocated (0: none).
+    pending_big: AtomicU64,
+    _j: [u64; 3],
 }
 const_assert_eq!(std::mem::size_of::<Meta>(), META_SIZE);
 const_assert_eq!(std::mem::align_of::<Meta>(), 64);
@@ -137,39 +147,10 @@ pub(crate) struct Ring {
 pub(crate) enum Payload {
     /// Inside the ring: pointer and length.
     Inline(*const u8, usize),
-    /// In its own range of the file, mapped here; punched out when released.
-    Big(BigMap),
-}
-
-/// A mapping of an oversized message's range.
-pub(crate) struct BigMap {
-    map: MmapRaw,
-    fd: i32,
-    offset: u64,
-    len: usize,
-}
-
-impl BigMap {
-    fn ptr(&self) -> *const u8 {
-        self.map.as_ptr()
-    }
-}
-
-impl Drop for BigMap {
-    fn drop(&mut self) {
-        // Free the pages: the range is never used again (offsets only grow).
-        let span = (self.len as u64).div_ceil(PAGE) * PAGE;
-        // SAFETY: fallocate on a descriptor we hold (the ring's memfd, kept open by the Ring
-        // that outlives this map's use); it touches the file, not our memory.
-        unsafe {
-            libc::fallocate(
-                self.fd,
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                self.offset as libc::off_t,
-                span as libc::off_t,
-            );
-        }
-    }
+    /// In its own range of the file, mapped here for as long as it is read. The range is
+    /// punched out of the file when `reclaim` passes its record, not before: a consumer killed
+    /// in between leaves the message intact for the next one.
+    Big(MmapRaw, usize),
 }
 
 /// What `put` could not do.
@@ -177,6 +158,12 @@ pub(crate) enum PutFail {
     Full,
     Encode(mp_core::Error),
     Io(mp_core::Error),
+}
+
+fn corrupted(what: &str) -> PutFail {
+    PutFail::Io(mp_core::Error::BadHeader {
+        reason: format!("the queue's shared ring is corrupted: {what}"),
+    })
 }
 
 /// What `get` could not do.
@@ -217,6 +204,11 @@ impl Ring {
             ));
         }
         let capacity = (region.len() - META_SIZE) as u64;
+        if capacity % 16 != 0 {
+            return Err(Error::Corrupted(
+                "the queue's capacity is not a multiple of 16".into(),
+            ));
+        }
         let ring = Ring { region, capacity };
         let m = ring.meta();
         if m.capacity.load(Ordering::Relaxed) != capacity {
@@ -261,6 +253,34 @@ impl Ring {
         self.capacity
     }
 
+    /// True when `lo..hi` can be a span of the ring: ordered, at most the capacity apart, and
+    /// on record boundaries (multiples of 16). Every position read back from shared memory is
+    /// checked with this before it is used to form a pointer: another process may have written
+    /// anything there.
+    fn span_ok(&self, lo: u64, hi: u64) -> bool {
+        lo <= hi && hi - lo <= self.capacity && lo % 16 == 0 && hi % 16 == 0
+    }
+
+    /// Takes the producer lock, repairing what a producer killed while holding it left.
+    fn lock_producer(&self) -> Locked<'_> {
+        let m = self.meta();
+        let guard = lock::lock(&m.p_lock, &m.p_start);
+        if guard.recovered {
+            self.repair_producer();
+        }
+        guard
+    }
+
+    /// Takes the consumer lock, repairing what a consumer killed while holding it left.
+    fn lock_consumer(&self) -> Locked<'_> {
+        let m = self.meta();
+        let guard = lock::lock(&m.c_lock, &m.c_start);
+        if guard.recovered {
+            self.repair_consumer();
+        }
+        guard
+    }
+
     /// Items put and not yet taken.
     pub(crate) fn len(&self) -> u64 {
         let m = self.meta();
@@ -279,11 +299,10 @@ impl Ring {
         let mut spins = 0u32;
         loop {
             let space_seq = m.space_seq.load(Ordering::Acquire);
+            let reclaim0 = m.reclaim.load(Ordering::Relaxed);
+            let deq0 = m.dequeued.load(Ordering::Relaxed);
             {
-                let guard = lock::lock(&m.p_lock, &m.p_start);
-                if guard.recovered {
-                    self.repair_producer();
-                }
+                let guard = self.lock_producer();
                 if self.try_put_locked(value, &mut spilled, &guard, false)? {
                     drop(guard);
                     self.wake_consumers();
@@ -305,8 +324,13 @@ impl Ring {
                 continue;
             }
             m.p_waiters.fetch_add(1, Ordering::SeqCst);
-            // Re-check after announcing ourselves (pairs with the SeqCst fence in wake_producers).
-            if m.space_seq.load(Ordering::SeqCst) == space_seq {
+            // Re-check after announcing ourselves (pairs with the SeqCst fence in
+            // `wake_producers`): a consumer that freed space before it could see us waiting
+            // changed `reclaim` or `dequeued`, so we try again instead of sleeping.
+            if m.space_seq.load(Ordering::SeqCst) == space_seq
+                && m.reclaim.load(Ordering::SeqCst) == reclaim0
+                && m.dequeued.load(Ordering::SeqCst) == deq0
+            {
                 let nap = deadline.remaining().map_or(NAP, |r| r.min(NAP));
                 futex::wait(&m.space_seq, space_seq, Some(nap));
             }
@@ -350,11 +374,14 @@ impl Ring {
         let want = spilled
             .as_ref()
             .map_or(2 * hdr, |v| (hdr + round16(v.len() as u64)).min(cap));
-        if fresh || cap - (tail - reclaim) < want {
+        if fresh || !self.span_ok(reclaim, tail) || cap - (tail - reclaim) < want {
             // Acquire pairs with the Release stores of `reclaim` by consumers: the records
             // before it are no longer read.
             reclaim = m.reclaim.load(Ordering::Acquire);
             m.p_cached_reclaim.store(reclaim, Ordering::Relaxed);
+        }
+        if !self.span_ok(reclaim, tail) {
+            return Err(corrupted("its positions are out of order or misaligned"));
         }
         let free = cap - (tail - reclaim);
         let off = tail % cap;
@@ -443,25 +470,69 @@ impl Ring {
             self.write_pad(off, pad);
         }
         let new_tail = tail + pad + used;
-        m.pending_tail.store(new_tail, Ordering::Relaxed);
+        // The journal first (Release keeps `pending_enq` before `pending_tail`, and both before
+        // the stores below, also for a process that reads them after we are killed).
+        m.pending_enq.store(enq, Ordering::Relaxed);
+        m.pending_tail.store(new_tail, Ordering::Release);
         m.enqueued.store(enq + 1, Ordering::Release);
         // Release publishes the records (headers and payloads) to consumers, which load `tail`
         // with Acquire.
         m.tail.store(new_tail, Ordering::Release);
-        m.pending_tail.store(0, Ordering::Relaxed);
+        m.pending_big.store(0, Ordering::Release);
+        m.pending_tail.store(0, Ordering::Release);
     }
 
-    /// Run by a producer that took the lock over from a dead one: if it died between counting
-    /// its message and publishing it, take the count back.
+    /// Run by a producer that took the lock over from a dead one. If it died inside `commit`,
+    /// `enqueued` is set from the journal (whether or not `tail` was published); if it died
+    /// after allocating an oversized message's range but before publishing it, the range is
+    /// freed and given back.
     fn repair_producer(&self) {
         let m = self.meta();
-        let pending = m.pending_tail.load(Ordering::Relaxed);
+        let tail = m.tail.load(Ordering::Relaxed);
+        let pending = m.pending_tail.load(Ordering::Acquire);
+        let published = pending != 0 && tail == pending;
         if pending != 0 {
-            if m.tail.load(Ordering::Relaxed) != pending {
-                let enq = m.enqueued.load(Ordering::Relaxed);
-                m.enqueued.store(enq.saturating_sub(1), Ordering::Release);
+            let old = m.pending_enq.load(Ordering::Relaxed);
+            m.enqueued
+                .store(if published { old + 1 } else { old }, Ordering::Release);
+        }
+        let big = m.pending_big.load(Ordering::Acquire);
+        if big != 0 && !published {
+            let end = m.big_tail.load(Ordering::Relaxed);
+            if big % PAGE == 0 && big >= m.big_base.load(Ordering::Relaxed) && end > big {
+                self.punch(big, end - big);
             }
-            m.pending_tail.store(0, Ordering::Relaxed);
+            m.big_tail.store(big, Ordering::Relaxed);
+        }
+        m.pending_big.store(0, Ordering::Relaxed);
+        m.pending_tail.store(0, Ordering::Release);
+    }
+
+    /// Run by a consumer that took the lock over from a dead one: a move of `head` that was
+    /// journaled is completed (the dead consumer had the message; it is not delivered again).
+    fn repair_consumer(&self) {
+        let m = self.meta();
+        let jh = m.j_head.load(Ordering::Acquire);
+        if jh != 0 {
+            m.head.store(jh, Ordering::Release);
+            m.dequeued
+                .store(m.j_deq.load(Ordering::Relaxed), Ordering::Release);
+            m.j_head.store(0, Ordering::Release);
+        }
+    }
+
+    /// Frees `len` bytes of the file from `start` (page-aligned, in the oversized area).
+    fn punch(&self, start: u64, len: u64) {
+        // SAFETY: fallocate on our own descriptor; it changes the file, not our memory, and
+        // the range lies in the area past the region (checked by the callers), which no live
+        // mapping of a message still reads.
+        unsafe {
+            libc::fallocate(
+                self.region.fd().as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                start as libc::off_t,
+                len as libc::off_t,
+            );
         }
     }
 
@@ -520,7 +591,17 @@ impl Ring {
         let start = m.big_tail.load(Ordering::Relaxed);
         let len = bytes.len().max(1) as u64;
         let span = len.div_ceil(PAGE) * PAGE;
-        self.region.grow_file(start + span)?;
+        let end = start
+            .checked_add(span)
+            .filter(|_| start % PAGE == 0 && start >= m.big_base.load(Ordering::Relaxed));
+        let Some(end) = end else {
+            return Err(mp_core::Error::BadHeader {
+                reason: "the queue's oversized-message area is corrupted".into(),
+            });
+        };
+        // Journal: if we die before publishing, the next producer frees the range.
+        m.pending_big.store(start, Ordering::Release);
+        self.region.grow_file(end)?;
         let map = MmapOptions::new()
             .offset(start)
             .len(len as usize)
@@ -530,7 +611,7 @@ impl Ring {
         // the producer lock, `big_tail` only grows), so nobody else maps or writes it.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), map.as_mut_ptr(), bytes.len()) };
         drop(map);
-        m.big_tail.store(start + span, Ordering::Relaxed);
+        m.big_tail.store(end, Ordering::Release);
         // The ring record names the range: offset and length.
         // SAFETY: the caller checked that 32 bytes at `off` are free ring space, ours to write
         // under the producer lock.
@@ -586,11 +667,11 @@ impl Ring {
     ) -> Result<R, GetFail> {
         let mut f = Some(f);
         self.wait_for_data(deadline, |ring, guard| {
-            let (payload, used, rec_off) = ring.peek_locked(guard)?;
+            let (payload, used, _) = ring.peek_locked(guard)?;
             let bytes = ring.payload_bytes(&payload);
             let r = (f.take().expect("called once"))(bytes);
             drop(payload);
-            ring.consume_locked(guard, used, rec_off, false);
+            ring.consume_locked(guard, used, false);
             Ok(r)
         })
     }
@@ -603,8 +684,10 @@ impl Ring {
             let r = ring.rec(rec_off);
             r.pid
                 .store(ident::id_of(ident::process_token()), Ordering::Relaxed);
-            r.state.store(READING, Ordering::Relaxed);
-            ring.consume_locked(guard, used, rec_off, true);
+            // Release: the pid is in place before the claim is seen (by a process that finds
+            // this record after we are killed).
+            r.state.store(READING, Ordering::Release);
+            ring.consume_locked(guard, used, true);
             Ok((payload, rec_off))
         })
     }
@@ -617,9 +700,10 @@ impl Ring {
         let m = self.meta();
         if let Some(g) = lock::try_lock(&m.c_lock, &m.c_start) {
             self.advance_reclaim(&g, false);
-            drop(g);
-            self.wake_producers();
         }
+        // Even when another consumer holds the lock (it moves `reclaim` on its next get),
+        // a producer waiting for space should look again.
+        self.wake_producers();
     }
 
     /// Runs `take` under the consumer lock once a message is there, waiting until `deadline`.
@@ -633,7 +717,7 @@ impl Ring {
         loop {
             let seq = m.data_seq.load(Ordering::Acquire);
             {
-                let guard = lock::lock(&m.c_lock, &m.c_start);
+                let guard = self.lock_consumer();
                 if self.has_data_locked() {
                     let r = take(self, &guard);
                     drop(guard);
@@ -679,7 +763,7 @@ impl Ring {
         let head = m.head.load(Ordering::Relaxed);
         let mut tail = m.c_cached_tail.load(Ordering::Relaxed);
         if head == tail {
-            // Acquire pairs with the Release store of `tail` in `try_put_locked`.
+            // Acquire pairs with the Release store of `tail` in `commit`.
             tail = m.tail.load(Ordering::Acquire);
             m.c_cached_tail.store(tail, Ordering::Relaxed);
         }
@@ -688,18 +772,31 @@ impl Ring {
 
     /// The record at `head` (after skipping one padding record): its payload, how many ring
     /// bytes consuming it frees, and its offset. Validates everything read from the ring.
-    fn peek_locked(&self, _guard: &Locked<'_>) -> Result<(Payload, u64, u64), Error> {
+    fn peek_locked(&self, guard: &Locked<'_>) -> Result<(Payload, u64, u64), Error> {
         let m = self.meta();
         let cap = self.capacity;
         let head = m.head.load(Ordering::Relaxed);
-        let tail = m.c_cached_tail.load(Ordering::Relaxed);
+        let mut tail = m.c_cached_tail.load(Ordering::Relaxed);
+        if !self.span_ok(head, tail) {
+            // The cache may hold a value that has been repaired since: look again.
+            tail = m.tail.load(Ordering::Acquire);
+            m.c_cached_tail.store(tail, Ordering::Relaxed);
+        }
+        if !self.span_ok(head, tail) || !self.span_ok(m.reclaim.load(Ordering::Relaxed), head) {
+            return Err(self.corrupt(head, tail, "positions out of order or misaligned"));
+        }
+        // `head` is a multiple of 16 and `cap` too, so `off` is a record boundary in the ring.
         let mut off = head % cap;
         let mut used = 0u64;
         let r = self.rec(off);
         if r.kind.load(Ordering::Relaxed) == KIND_PAD {
             let span = REC_HDR as u64 + u64::from(r.len.load(Ordering::Relaxed));
             if span != cap - off || head + span >= tail {
-                return Err(self.corrupt(head, "a padding record that does not end the ring"));
+                return Err(self.corrupt(
+                    head,
+                    tail,
+                    "a padding record that does not end the ring",
+                ));
             }
             used = span;
             off = 0;
@@ -711,9 +808,13 @@ impl Ring {
         // Under the consumer lock, a record at `head` is READY, or READING when a consumer was
         // killed between marking its claim and advancing `head`: the claim never completed, so
         // the message is still there to deliver.
-        let state = r.state.load(Ordering::Relaxed);
-        if off + span > cap || head + used + span > tail || (state != READY && state != READING) {
-            return Err(self.corrupt(head, "a record that overruns the ring or is not ready"));
+        let state = r.state.load(Ordering::Acquire);
+        if span > cap - off || span > tail - head - used || (state != READY && state != READING) {
+            return Err(self.corrupt(
+                head,
+                tail,
+                "a record that overruns the ring or is not ready",
+            ));
         }
         used += span;
         // SAFETY: `[off + 16, off + 16 + len)` is inside the ring (checked) and belongs to a
@@ -722,31 +823,53 @@ impl Ring {
         let p = unsafe { self.data().add(off as usize + REC_HDR) };
         let payload = match kind {
             KIND_INLINE => Payload::Inline(p, len as usize),
-            KIND_BIG if len == 16 => {
-                // SAFETY: 16 payload bytes of a published record (see above), 8-aligned.
-                let (start, blen) =
-                    unsafe { (p.cast::<u64>().read(), p.cast::<u64>().add(1).read()) };
-                let base = m.big_base.load(Ordering::Relaxed);
-                let end = m.big_tail.load(Ordering::Relaxed);
-                let span = blen.max(1).div_ceil(PAGE) * PAGE;
-                if start < base || start % PAGE != 0 || blen > end || start + span > end {
-                    return Err(self.corrupt(head, "an oversized message outside its area"));
+            KIND_BIG if len == 16 => match self.map_big(p) {
+                Ok(payload) => payload,
+                Err(e) => {
+                    // Skip the record so that it does not block the queue forever.
+                    self.consume_locked(guard, used, false);
+                    return Err(e);
                 }
-                let map = MmapOptions::new()
-                    .offset(start)
-                    .len(blen.max(1) as usize)
-                    .map_raw(self.region.fd().as_raw_fd())
-                    .map_err(|source| Error::Core(mp_core::Error::Io { op: "mmap", source }))?;
-                Payload::Big(BigMap {
-                    map,
-                    fd: self.region.fd().as_raw_fd(),
-                    offset: start,
-                    len: blen as usize,
-                })
-            }
-            _ => return Err(self.corrupt(head, "a record of unknown kind")),
+            },
+            _ => return Err(self.corrupt(head, tail, "a record of unknown kind")),
         };
         Ok((payload, used, off))
+    }
+
+    /// Reads the range an oversized-message record names (its 16 payload bytes at `p`),
+    /// checks it against the area and the real file size, and maps it.
+    fn map_big(&self, p: *const u8) -> Result<Payload, Error> {
+        // SAFETY: `p` points at the 16 payload bytes of a published record in the ring
+        // (checked by the caller), 16-aligned: two u64.
+        let (start, blen) = unsafe { (p.cast::<u64>().read(), p.cast::<u64>().add(1).read()) };
+        let (start, end) = self
+            .big_range(start, blen)
+            .ok_or_else(|| Error::Corrupted("an oversized message outside its area".into()))?;
+        let file_len = nix::sys::stat::fstat(self.region.fd().as_raw_fd())
+            .map(|st| st.st_size as u64)
+            .unwrap_or(0);
+        if end > file_len {
+            return Err(Error::Corrupted(
+                "an oversized message beyond the end of the file".into(),
+            ));
+        }
+        let map = MmapOptions::new()
+            .offset(start)
+            .len(blen.max(1) as usize)
+            .map_raw(self.region.fd().as_raw_fd())
+            .map_err(|source| Error::Core(mp_core::Error::Io { op: "mmap", source }))?;
+        Ok(Payload::Big(map, blen as usize))
+    }
+
+    /// The page range `[start, end)` of an oversized message of `len` bytes at `start`, if it
+    /// lies inside the area that has been handed out.
+    fn big_range(&self, start: u64, len: u64) -> Option<(u64, u64)> {
+        let m = self.meta();
+        let base = m.big_base.load(Ordering::Relaxed);
+        let top = m.big_tail.load(Ordering::Relaxed);
+        let span = len.max(1).checked_add(PAGE - 1)? / PAGE * PAGE;
+        let end = start.checked_add(span)?;
+        (start >= base && start % PAGE == 0 && end <= top).then_some((start, end))
     }
 
     /// The bytes of a payload.
@@ -755,86 +878,91 @@ impl Ring {
             // SAFETY: the pointer and length were validated by `peek_locked` and the record
             // stays ours (consumer lock held, or claimed READING) while `p` lives.
             Payload::Inline(ptr, len) => unsafe { std::slice::from_raw_parts(*ptr, *len) },
-            // SAFETY: the mapping is `len` bytes long and the range belongs to this message
-            // alone until the BigMap is dropped.
-            Payload::Big(b) => unsafe { std::slice::from_raw_parts(b.ptr(), b.len) },
+            // SAFETY: the mapping is at least `len` bytes long and the range belongs to this
+            // message alone until `reclaim` passes its record, after the payload is dropped.
+            Payload::Big(map, len) => unsafe { std::slice::from_raw_parts(map.as_ptr(), *len) },
         }
     }
 
-    /// Advances `head` over `used` bytes (the record at `rec_off` and a padding record before
-    /// it, if any). When `claimed`, the record stays until its guard releases it.
-    fn consume_locked(&self, guard: &Locked<'_>, used: u64, rec_off: u64, claimed: bool) {
+    /// Advances `head` over `used` bytes (a record and the padding record before it, if any). When `claimed`, the record stays until its guard releases it.
+    fn consume_locked(&self, guard: &Locked<'_>, used: u64, claimed: bool) {
         let m = self.meta();
         let head = m.head.load(Ordering::Relaxed);
-        let reclaim = m.reclaim.load(Ordering::Relaxed);
-        let new_head = head + used;
-        m.head.store(new_head, Ordering::Relaxed);
         let deq = m.dequeued.load(Ordering::Relaxed);
+        let new_head = head + used;
+        // Journal first, so that a consumer killed between the two stores below is completed
+        // by the next holder (Release keeps `j_deq` before `j_head`, both before `head`).
+        m.j_deq.store(deq + 1, Ordering::Relaxed);
+        m.j_head.store(new_head, Ordering::Release);
+        m.head.store(new_head, Ordering::Release);
         // Release: pairs with the Acquire load of `dequeued` in producers checking maxsize.
         m.dequeued.store(deq + 1, Ordering::Release);
-        if claimed {
-            return;
-        }
-        if reclaim == head {
-            // Nothing outstanding before us: the space is free at once. Release pairs with the
-            // producers' Acquire load of `reclaim`: our reads of the record happened before.
-            m.reclaim.store(new_head, Ordering::Release);
-        } else {
-            // Guards outstanding before us: mark ours done (padding records are done from the
-            // start) and move `reclaim` over whatever is released, in order.
-            self.rec(rec_off).state.store(DONE, Ordering::Release);
+        m.j_head.store(0, Ordering::Release);
+        if !claimed {
             self.advance_reclaim(guard, false);
         }
     }
 
-    /// Moves `reclaim` over released records, in order. With `dead_too`, also over records
-    /// claimed by processes that have died (their guards will never be dropped).
+    /// Moves `reclaim` over consumed records, in order: everything behind `head` except
+    /// records claimed by zero-copy guards still alive (`READING`). With `dead_too`, also over
+    /// records claimed by processes that have died (their guards will never be dropped).
+    /// Oversized messages' ranges are punched out of the file as `reclaim` passes them.
     fn advance_reclaim(&self, _guard: &Locked<'_>, dead_too: bool) {
         let m = self.meta();
         let cap = self.capacity;
         let head = m.head.load(Ordering::Relaxed);
-        let mut reclaim = m.reclaim.load(Ordering::Relaxed);
-        let start = reclaim;
+        let start = m.reclaim.load(Ordering::Relaxed);
+        if !self.span_ok(start, head) {
+            return;
+        }
+        let mut reclaim = start;
         while reclaim < head {
-            let r = self.rec(reclaim % cap);
-            // Acquire pairs with the Release store of DONE in `release`.
+            let to = m.discard_to.load(Ordering::Relaxed);
+            if to != 0 && reclaim == m.discard_from.load(Ordering::Relaxed) {
+                // A corrupted span: jump it without reading it.
+                if !self.span_ok(reclaim, to) || to > head {
+                    break;
+                }
+                reclaim = to;
+                m.discard_to.store(0, Ordering::Relaxed);
+                continue;
+            }
+            let off = reclaim % cap;
+            let r = self.rec(off);
+            // Acquire pairs with the Release store of DONE in `release` (the guard's reads of
+            // the payload happen before we hand the space back).
             let st = r.state.load(Ordering::Acquire);
-            let done = st == DONE
-                || (dead_too
-                    && st == READING
-                    && !ident::is_alive(u64::from(r.pid.load(Ordering::Relaxed)) << 32));
-            if !done {
-                break;
+            if st == READING {
+                let pid = r.pid.load(Ordering::Relaxed);
+                if !dead_too || ident::is_alive(u64::from(pid) << 32) {
+                    break;
+                }
             }
             let len = u64::from(r.len.load(Ordering::Relaxed));
             let span = REC_HDR as u64 + round16(len);
-            if r.kind.load(Ordering::Relaxed) == KIND_BIG && st == READING {
-                // A dead consumer's oversized message: free its range too.
-                self.punch_big(reclaim % cap);
+            if span > cap - off || span > head - reclaim {
+                break;
             }
-            reclaim += span.min(cap);
+            if r.kind.load(Ordering::Relaxed) == KIND_BIG && len == 16 {
+                self.punch_big(off);
+            }
+            reclaim += span;
         }
         if reclaim != start {
             // Release pairs with the producers' Acquire load of `reclaim`.
-            m.reclaim.store(reclaim.min(head), Ordering::Release);
+            m.reclaim.store(reclaim, Ordering::Release);
         }
     }
 
     fn punch_big(&self, off: u64) {
-        // SAFETY: a KIND_BIG record's 16 payload bytes are two u64 (written by its producer).
+        // SAFETY: a KIND_BIG record's 16 payload bytes are two u64 (written by its producer),
+        // inside the ring (the caller checked the record's span).
         let (start, len) = unsafe {
             let p = self.data().add(off as usize + REC_HDR).cast::<u64>();
             (p.read(), p.add(1).read())
         };
-        let span = len.max(1).div_ceil(PAGE) * PAGE;
-        // SAFETY: fallocate on our own descriptor; touches the file only.
-        unsafe {
-            libc::fallocate(
-                self.region.fd().as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                start as libc::off_t,
-                span as libc::off_t,
-            );
+        if let Some((start, end)) = self.big_range(start, len) {
+            self.punch(start, end - start);
         }
     }
 
@@ -856,19 +984,31 @@ impl Ring {
         if m.reclaim.load(Ordering::Relaxed) == m.head.load(Ordering::Relaxed) {
             return;
         }
-        let g = lock::lock(&m.c_lock, &m.c_start);
+        let g = self.lock_consumer();
         self.advance_reclaim(&g, true);
         drop(g);
         self.wake_producers();
     }
 
-    fn corrupt(&self, head: u64, what: &str) -> Error {
-        // Skip the damage so that the queue stays usable: drop everything up to `tail`.
+    /// Skips damage at `head` so that the queue stays usable: `head` moves to `tail` and the
+    /// span is marked for `reclaim` to jump without reading it (records before `head` that
+    /// zero-copy guards still read are left alone).
+    fn corrupt(&self, head: u64, tail: u64, what: &str) -> Error {
         let m = self.meta();
-        let tail = m.c_cached_tail.load(Ordering::Relaxed);
+        if !self.span_ok(head, tail) {
+            return Error::Corrupted(format!(
+                "{what}; the positions (head {head}, tail {tail}) cannot be repaired"
+            ));
+        }
         let lost = tail - head;
-        m.head.store(tail, Ordering::Relaxed);
-        m.reclaim.store(tail, Ordering::Release);
+        if m.discard_to.load(Ordering::Relaxed) == 0 {
+            m.discard_from.store(head, Ordering::Relaxed);
+        }
+        m.discard_to.store(tail, Ordering::Relaxed);
+        m.head.store(tail, Ordering::Release);
+        // How many messages were dropped is unknown: count the queue as empty.
+        m.dequeued
+            .store(m.enqueued.load(Ordering::Acquire), Ordering::Release);
         Error::Corrupted(format!(
             "{what} at position {head}; {lost} bytes of queued messages were dropped"
         ))

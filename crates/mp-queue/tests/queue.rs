@@ -633,3 +633,125 @@ fn serialization_error_is_returned_by_put_with_the_item() {
     ok.put(mp_core::Serde(vec!["serde".to_string()])).unwrap();
     assert_eq!(ok.get().unwrap().0, vec!["serde".to_string()]);
 }
+
+#[test]
+fn consumers_sigkilled_taking_oversized_messages_leave_exact_counts() {
+    // maxsize 1 makes any drift of the item count visible at once (a queue that thinks it
+    // holds an item it does not would block every put), and 3 KiB messages in a 4 KiB ring
+    // take the oversized path, whose pages are freed only once a message is consumed.
+    const N: u64 = 300;
+    let q: Queue<Chunk> = Queue::builder()
+        .capacity_bytes(4096)
+        .maxsize(1)
+        .build()
+        .unwrap();
+    let producer = {
+        let q = q.clone();
+        fork_child(move || {
+            for seq in 0..N {
+                let body = vec![(seq % 251) as u8; 3000];
+                if q.put(Chunk { seq, body }).is_err() {
+                    return 1;
+                }
+            }
+            0
+        })
+    };
+    let seen = Seen::new(N as usize);
+    for round in 0..8u64 {
+        let qc = q.clone();
+        let seen_c = Seen {
+            words: seen.words.clone(),
+        };
+        let pid = fork_child(move || loop {
+            let got = if round % 2 == 0 {
+                qc.get().map(|c| {
+                    (
+                        c.seq,
+                        c.body.len(),
+                        c.body.iter().all(|&b| b == (c.seq % 251) as u8),
+                    )
+                })
+            } else {
+                qc.get_ref().map(|c| {
+                    let seq = c.seq.to_native();
+                    (
+                        seq,
+                        c.body.len(),
+                        c.body.iter().all(|&b| b == (seq % 251) as u8),
+                    )
+                })
+            };
+            match got {
+                Ok((seq, 3000, true)) => {
+                    seen_c.mark(seq as usize);
+                }
+                _ => return 1,
+            }
+        });
+        std::thread::sleep(Duration::from_millis(4));
+        kill(pid, Signal::SIGKILL).unwrap();
+        waitpid(pid, None).unwrap();
+    }
+    let mut mine = 0;
+    while let Ok(c) = q.get_timeout(Duration::from_secs(2)) {
+        assert_eq!(c.body.len(), 3000, "torn oversized message");
+        assert!(
+            c.body.iter().all(|&b| b == (c.seq % 251) as u8),
+            "torn message"
+        );
+        assert!(
+            seen.mark(c.seq as usize),
+            "message {} delivered twice",
+            c.seq
+        );
+        mine += 1;
+    }
+    wait_ok(producer);
+    assert!(mine > 0);
+    assert!(
+        seen.count() as u64 >= N - 8,
+        "lost more than one message per killed consumer"
+    );
+    // The count is exact: an empty queue of maxsize 1 takes exactly one item.
+    assert_eq!(q.qsize(), 0, "{}", q.debug_state());
+    q.put_nowait(Chunk {
+        seq: 0,
+        body: vec![],
+    })
+    .unwrap();
+    assert!(q
+        .put_nowait(Chunk {
+            seq: 1,
+            body: vec![]
+        })
+        .is_err());
+}
+
+#[test]
+fn hostile_positions_are_refused_without_touching_memory_outside_the_ring() {
+    let q: Queue<u64> = Queue::builder().capacity_bytes(1024).build().unwrap();
+    q.put(1).unwrap();
+    let (bytes, fds) = handle::collect(|| encode(&q));
+    let _ = bytes.unwrap();
+    let region = mp_core::Region::from_fd(fds.into_iter().next().unwrap(), None).unwrap();
+    // Meta's producer line starts at 64; `tail` is its third field (after the lock word and
+    // the holder's token), at 64 + 16.
+    // SAFETY: test-only corruption of a region this test owns.
+    let tail = unsafe { &*region.as_ptr().add(64 + 16).cast::<AtomicU64>() };
+    let good = tail.load(Ordering::SeqCst);
+    for bad in [u64::MAX - 7, good + 3, good + (1 << 40)] {
+        tail.store(bad, Ordering::SeqCst);
+        match q.put_nowait(2) {
+            Err(PutError::Failed(2, mp_core::Error::BadHeader { reason })) => {
+                assert!(reason.contains("corrupted"), "{reason}")
+            }
+            other => panic!("expected a refusal for tail {bad}, got {other:?}"),
+        }
+        assert!(matches!(q.get_nowait(), Err(Error::Corrupted(_))));
+    }
+    tail.store(good, Ordering::SeqCst);
+    assert_eq!(q.get_nowait().unwrap(), 1);
+    q.put(3).unwrap();
+    assert_eq!(q.get().unwrap(), 3);
+}
