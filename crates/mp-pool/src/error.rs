@@ -4,14 +4,16 @@
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The task panicked in its worker; the message is the panic's (also printed on the
-    /// worker's stderr). The worker survives and the pool stays usable.
-    #[error("a task panicked in worker pid {pid}: {message}")]
+    /// The task panicked in its worker (not printed there, as Python does not print a
+    /// task's exception in the worker). The worker survives and the pool stays usable.
+    #[error("a task panicked in worker pid {pid} at {location}: {message}")]
     Panicked {
         /// The worker's pid.
         pid: u32,
         /// The panic message.
         message: String,
+        /// `file:line:column` of the panic.
+        location: String,
     },
     /// A fallible task (`try_map`, `try_apply`, ...) returned `Err`; the message is the
     /// error's `Display`.
@@ -94,9 +96,14 @@ impl Error {
     /// copied as their message).
     pub(crate) fn duplicate(&self) -> Error {
         match self {
-            Error::Panicked { pid, message } => Error::Panicked {
+            Error::Panicked {
+                pid,
+                message,
+                location,
+            } => Error::Panicked {
                 pid: *pid,
                 message: message.clone(),
+                location: location.clone(),
             },
             Error::Failed { message } => Error::Failed {
                 message: message.clone(),

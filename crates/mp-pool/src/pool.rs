@@ -249,6 +249,7 @@ impl PoolBuilder {
             ));
         }
         let init = self.init.transpose()?;
+        worker::install_task_hook();
         let cfg = Config {
             processes,
             method: self.method.unwrap_or_else(mp_process::get_start_method),
@@ -562,6 +563,7 @@ impl Inner {
                 Error::Panicked {
                     pid,
                     message: message(),
+                    location: m.location.as_str().to_string(),
                 },
             ),
             kind::FAILED => job.fail(chunk, Error::Failed { message: message() }),
@@ -701,6 +703,7 @@ impl Inner {
             kind: kind::WAKE,
             pid: std::process::id(),
             message: String::new(),
+            location: String::new(),
         };
         let _ = self.results.put_nowait(wake);
         self.bell.ring_all();

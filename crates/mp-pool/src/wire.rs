@@ -147,6 +147,8 @@ pub(crate) struct ResultMsg {
     pub(crate) kind: u32,
     pub(crate) pid: u32,
     pub(crate) message: String,
+    /// Where a task panicked (`file:line:column`), or empty.
+    pub(crate) location: String,
 }
 
 /// Slot states.

@@ -1,9 +1,10 @@
 //! The worker side: the process every pool worker runs, and the trampolines that call a
 //! task's function with its real types.
 
+use std::cell::{Cell, RefCell};
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use mp_core::message::{access, decode, deserialize, encode, ALIGN};
@@ -25,6 +26,18 @@ const IDLE_NAP: Duration = Duration::from_millis(200);
 pub(crate) struct TaskFail {
     pub(crate) kind: u32,
     pub(crate) message: String,
+    /// Where a panic happened (`file:line:column`), or empty.
+    pub(crate) location: String,
+}
+
+impl TaskFail {
+    fn new(kind: u32, message: String) -> TaskFail {
+        TaskFail {
+            kind,
+            message,
+            location: String::new(),
+        }
+    }
 }
 
 /// A kind of task function: how to call the function at an address with one decoded item.
@@ -54,12 +67,47 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     m
 }
 
+thread_local! {
+    /// True while this thread runs a task's code in a worker.
+    static IN_TASK: Cell<bool> = const { Cell::new(false) };
+    /// Where the last task panic happened (`file:line:column`).
+    static PANIC_AT: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Installs, once per process, a panic hook around mp-process's: a panic inside a task is
+/// recorded (its location goes into the error the parent gets) and not printed, as Python
+/// does not print a task's exception in the worker; any other panic goes to the hook that
+/// was there. Called in the parent before the first worker starts (forked workers inherit
+/// it) and at the start of every worker (a re-executed worker installs it while it is still
+/// single-threaded).
+pub(crate) fn install_task_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        mp_process::install_panic_hook();
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if IN_TASK.with(|t| t.get()) {
+                let at = info
+                    .location()
+                    .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+                PANIC_AT.with(|p| *p.borrow_mut() = at);
+                return;
+            }
+            previous(info)
+        }));
+    });
+}
+
 fn catch<R>(f: impl FnOnce() -> Result<R, TaskFail>) -> Result<R, TaskFail> {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    let was = IN_TASK.with(|t| t.replace(true));
+    let r = catch_unwind(AssertUnwindSafe(f));
+    IN_TASK.with(|t| t.set(was));
+    match r {
         Ok(r) => r,
         Err(p) => Err(TaskFail {
             kind: kind::PANICKED,
             message: panic_message(p),
+            location: PANIC_AT.with(|a| a.borrow_mut().take()).unwrap_or_default(),
         }),
     }
 }
@@ -91,12 +139,7 @@ impl<T: Message + 'static, R: Message + 'static, E: std::fmt::Display + 'static>
     unsafe fn call(addr: usize, x: T) -> Result<R, TaskFail> {
         // SAFETY: by this function's contract `addr` is a `fn(T) -> Result<R, E>`.
         let f = unsafe { std::mem::transmute::<usize, fn(T) -> Result<R, E>>(addr) };
-        catch(move || {
-            f(x).map_err(|e| TaskFail {
-                kind: kind::FAILED,
-                message: e.to_string(),
-            })
-        })
+        catch(move || f(x).map_err(|e| TaskFail::new(kind::FAILED, e.to_string())))
     }
 }
 
@@ -126,10 +169,7 @@ pub(crate) unsafe fn run_chunk<C: Call>(
     target: usize,
     payload: &[u8],
 ) -> Result<AlignedVec<ALIGN>, TaskFail> {
-    let undecodable = |e: mp_core::Error| TaskFail {
-        kind: kind::ARGS_UNDECODABLE,
-        message: e.to_string(),
-    };
+    let undecodable = |e: mp_core::Error| TaskFail::new(kind::ARGS_UNDECODABLE, e.to_string());
     let items = access::<Vec<C::In>>(payload).map_err(undecodable)?;
     let mut out: Vec<C::Out> = Vec::with_capacity(items.len());
     for a in items.iter() {
@@ -138,10 +178,7 @@ pub(crate) unsafe fn run_chunk<C: Call>(
         out.push(unsafe { C::call(target, x) }?);
     }
     let bytes = catch(|| {
-        encode(&out).map_err(|e| TaskFail {
-            kind: kind::RESULT_UNSERIALIZABLE,
-            message: e.to_string(),
-        })
+        encode(&out).map_err(|e| TaskFail::new(kind::RESULT_UNSERIALIZABLE, e.to_string()))
     });
     // Results may own resources whose destructors panic: that must not end the worker.
     let _ = catch_unwind(AssertUnwindSafe(move || drop(out)));
@@ -306,6 +343,7 @@ fn put_only(results: &Queue<ResultMsg>, msg: ResultMsg) {
                 kind: kind::RESULT_UNSERIALIZABLE,
                 pid: m.pid,
                 message: format!("the result could not be sent: {e}"),
+                location: String::new(),
             };
             if results.put(small).is_err() {
                 std::process::exit(3);
@@ -317,6 +355,7 @@ fn put_only(results: &Queue<ResultMsg>, msg: ResultMsg) {
 
 /// The body of every worker process.
 pub(crate) fn worker_main(args: WorkerArgs) {
+    install_task_hook();
     let pid = std::process::id();
     // The slot's mapping must outlive every use by the claim hook: keep it for the life of
     // the process.
@@ -349,6 +388,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
                     kind: kind::INIT_FAILED,
                     pid,
                     message,
+                    location: String::new(),
                 },
             );
             return;
@@ -373,14 +413,9 @@ pub(crate) fn worker_main(args: WorkerArgs) {
             return;
         }
         let outcome = (|| {
-            let tramp = resolved.get(task.tramp).map_err(|message| TaskFail {
-                kind: kind::ARGS_UNDECODABLE,
-                message,
-            })?;
-            let target = resolved.get(task.target).map_err(|message| TaskFail {
-                kind: kind::ARGS_UNDECODABLE,
-                message,
-            })?;
+            let unknown = |message| TaskFail::new(kind::ARGS_UNDECODABLE, message);
+            let tramp = resolved.get(task.tramp).map_err(unknown)?;
+            let target = resolved.get(task.target).map_err(unknown)?;
             // SAFETY: `tramp` is `run_chunk::<C>` of this very executable (offset computed by
             // the parent in an image with the same build id, checked by `resolve`), called
             // through its exact type.
@@ -397,6 +432,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
                 kind: kind::OK,
                 pid,
                 message: String::new(),
+                location: String::new(),
             },
             Err(f) => ResultMsg {
                 payload: Payload::default(),
@@ -405,6 +441,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
                 kind: f.kind,
                 pid,
                 message: f.message,
+                location: f.location,
             },
         };
         drop(task);

@@ -145,7 +145,12 @@ fn l2_task_errors_keep_the_pool_usable() {
                 other => panic!("{other:?}"),
             }
             match p.chunksize(1).map(boom, 0..10) {
-                Err(Error::Panicked { message, .. }) => assert_eq!(message, "boom at 5"),
+                Err(Error::Panicked {
+                    message, location, ..
+                }) => {
+                    assert_eq!(message, "boom at 5");
+                    assert!(location.contains("conformance.rs:"), "{location}");
+                }
                 other => panic!("{other:?}"),
             }
             // The pool is still usable, and no worker was lost to a panic.

@@ -267,6 +267,15 @@ pub fn init() {
     runtime::init()
 }
 
+/// Installs mp's panic hook now, in this process (otherwise it is installed when the first
+/// child starts). The hook wraps the one in place: outside a child's target it calls it;
+/// inside, it records the panic for [`ProcessError::Panicked`] and prints it on stderr. A
+/// crate that installs a hook of its own around mp's (to handle panics of its own code in
+/// children differently) calls this first, so that its hook is the outer one. Idempotent.
+pub fn install_panic_hook() {
+    runtime::install_panic_hook()
+}
+
 #[doc(hidden)]
 pub mod __private {
     pub use crate::runtime::mark_test_harness;
