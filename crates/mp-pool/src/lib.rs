@@ -116,11 +116,12 @@
 //!
 //! # Task errors
 //!
-//! A task that panics fails its call with [`Error::Panicked`] and the panic's message; a
-//! fallible task (`fn(T) -> Result<R, E>` with `E: Display`, through [`Pool::try_map`],
-//! [`Pool::try_apply`] and their `_async` forms) fails it with [`Error::Failed`]; a result
-//! that cannot be serialized fails it with [`Error::Unserializable`]. In every case the
-//! worker survives and the pool stays usable.
+//! A task that panics fails its call with [`Error::Panicked`], which carries the panic's
+//! message and location (the worker does not print it, as Python's does not print a task's
+//! exception); a fallible task (`fn(T) -> Result<R, E>` with `E: Display`, through
+//! [`Pool::try_map`], [`Pool::try_apply`] and their `_async` forms) fails it with
+//! [`Error::Failed`]; a result that cannot be serialized fails it with
+//! [`Error::Unserializable`]. In every case the worker survives and the pool stays usable.
 //!
 //! ```
 //! fn parse(s: String) -> Result<u64, std::num::ParseIntError> { s.parse() }
