@@ -670,8 +670,9 @@ impl Ring {
             let (payload, used, _) = ring.peek_locked(guard)?;
             let bytes = ring.payload_bytes(&payload);
             let r = (f.take().expect("called once"))(bytes);
+            let simple = matches!(payload, Payload::Inline(..));
             drop(payload);
-            ring.consume_locked(guard, used, false);
+            ring.consume_locked(guard, used, false, simple);
             Ok(r)
         })
     }
@@ -687,7 +688,7 @@ impl Ring {
             // Release: the pid is in place before the claim is seen (by a process that finds
             // this record after we are killed).
             r.state.store(READING, Ordering::Release);
-            ring.consume_locked(guard, used, true);
+            ring.consume_locked(guard, used, true, false);
             Ok((payload, rec_off))
         })
     }
@@ -827,7 +828,7 @@ impl Ring {
                 Ok(payload) => payload,
                 Err(e) => {
                     // Skip the record so that it does not block the queue forever.
-                    self.consume_locked(guard, used, false);
+                    self.consume_locked(guard, used, false, false);
                     return Err(e);
                 }
             },
@@ -885,9 +886,12 @@ impl Ring {
     }
 
     /// Advances `head` over `used` bytes (a record and the padding record before it, if any). When `claimed`, the record stays until its guard releases it.
-    fn consume_locked(&self, guard: &Locked<'_>, used: u64, claimed: bool) {
+    ///
+    /// `simple` says the record is an inline message (no oversized range to free).
+    fn consume_locked(&self, guard: &Locked<'_>, used: u64, claimed: bool, simple: bool) {
         let m = self.meta();
         let head = m.head.load(Ordering::Relaxed);
+        let reclaim = m.reclaim.load(Ordering::Relaxed);
         let deq = m.dequeued.load(Ordering::Relaxed);
         let new_head = head + used;
         // Journal first, so that a consumer killed between the two stores below is completed
@@ -898,7 +902,16 @@ impl Ring {
         // Release: pairs with the Acquire load of `dequeued` in producers checking maxsize.
         m.dequeued.store(deq + 1, Ordering::Release);
         m.j_head.store(0, Ordering::Release);
-        if !claimed {
+        if claimed {
+            return;
+        }
+        if simple && reclaim == head && m.discard_to.load(Ordering::Relaxed) == 0 {
+            // Nothing outstanding before us and nothing to free: the space is free at once.
+            // (A consumer killed before this store leaves consumed records behind `head`,
+            // which `advance_reclaim` passes later.) Release pairs with the producers' Acquire
+            // load of `reclaim`: our reads of the record happened before.
+            m.reclaim.store(head + used, Ordering::Release);
+        } else {
             self.advance_reclaim(guard, false);
         }
     }
