@@ -24,6 +24,17 @@
 //! Deserialize` type. Workers find the function again under every start method (fork, spawn,
 //! forkserver; see `mp_process::symbol`), so the same code works with all three.
 //!
+//! Under the fork start method (the default), a pool may instead run one closure given when
+//! it is made, which captures whatever it needs: see [`FnPool`] and
+//! [`PoolBuilder::build_with`].
+//!
+//! ```
+//! let threshold = 10u64;
+//! let pool = mp_pool::Pool::builder().processes(2).build_with(move |x: u64| x > threshold)?;
+//! assert_eq!(pool.map([5, 50])?, [false, true]);
+//! # Ok::<(), mp_pool::Error>(())
+//! ```
+//!
 //! # Settings
 //!
 //! [`Pool::builder`] takes Python's constructor arguments: the number of processes (default
@@ -220,6 +231,7 @@
 //! | `AsyncResult.get(timeout)`, `wait`, `ready`, `successful` | `get`, `get_timeout`, `wait`, `wait_timeout`, `ready`, `successful` |
 //! | `close`, `terminate`, `join`, `with Pool() as p:` | same names; `Drop` terminates |
 
+mod closure;
 mod error;
 mod job;
 mod pool;
@@ -229,6 +241,7 @@ mod result;
 mod wire;
 mod worker;
 
+pub use closure::{FnPool, FnTasks};
 pub use error::Error;
 pub use pool::{default_chunksize, IMap, Pool, PoolBuilder, Tasks};
 pub use result::AsyncResult;

@@ -64,6 +64,24 @@ fn offset_of(addr: usize) -> Result<i64, Error> {
     Ok(o)
 }
 
+/// What a task calls: a function of the executable (found again by offset under every start
+/// method), or a closure at a raw address, which only a forked worker of the process that
+/// holds the closure may call (see [`crate::FnPool`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Target {
+    Fn(usize),
+    Raw(usize),
+}
+
+impl Target {
+    fn encode(self) -> Result<(i64, bool), Error> {
+        match self {
+            Target::Fn(a) => Ok((offset_of(a)?, false)),
+            Target::Raw(a) => Ok((a as i64, true)),
+        }
+    }
+}
+
 /// Python's default chunksize for `map`: `ceil(len / (4 × workers))`.
 pub fn default_chunksize(len: usize, workers: usize) -> usize {
     len.div_ceil(4 * workers.max(1)).max(1)
@@ -237,6 +255,10 @@ impl PoolBuilder {
         self
     }
 
+    pub(crate) fn method_or_default(&self) -> StartMethod {
+        self.method.unwrap_or_else(mp_process::get_start_method)
+    }
+
     /// Starts the workers.
     pub fn build(self) -> Result<Pool, Error> {
         let processes = self.processes.unwrap_or_else(mp_process::cpu_count);
@@ -342,6 +364,7 @@ impl Inner {
             image_id: self.cfg.image_id.clone(),
             init,
             max_tasks: self.cfg.max_tasks,
+            forked: self.cfg.method == StartMethod::Fork,
         };
         let prefix = match self.cfg.method {
             StartMethod::Fork => "ForkPoolWorker",
@@ -797,7 +820,7 @@ fn task_msg<T: Message>(
     job: u64,
     chunk: u64,
     tramp: i64,
-    target: i64,
+    target: (i64, bool),
 ) -> Result<TaskMsg, Error> {
     let payload = encode(items).map_err(|e| Error::Unserializable {
         what: "arguments",
@@ -807,7 +830,8 @@ fn task_msg<T: Message>(
         payload: Payload(payload),
         claim: Claim { job, chunk },
         tramp,
-        target,
+        target: target.0,
+        raw: target.1,
     })
 }
 
@@ -818,7 +842,7 @@ struct ChunkIter<I: Iterator> {
     next: u64,
     job: u64,
     tramp: i64,
-    target: i64,
+    target: (i64, bool),
 }
 
 impl<T: Message, I: Iterator<Item = T>> Iterator for ChunkIter<I> {
@@ -904,9 +928,9 @@ impl<'p> Tasks<'p> {
         self
     }
 
-    fn collect_async<C: Call, Out: Send + 'static>(
+    pub(crate) fn collect_async<C: Call, Out: Send + 'static>(
         self,
-        target: usize,
+        target: Target,
         items: Vec<C::In>,
         finish: fn(Vec<C::Out>) -> Result<Out, Error>,
         wait: bool,
@@ -929,7 +953,7 @@ impl<'p> Tasks<'p> {
             None => default_chunksize(len, inner.cfg.processes),
         };
         let tramp = offset_of(worker::run_chunk::<C> as RunChunk as usize)?;
-        let target = offset_of(target)?;
+        let target = target.encode()?;
         #[allow(unused_mut)]
         let mut job = CollectJob::<C::Out, Out>::new(outcome.clone(), len, chunksize, finish);
         #[cfg(feature = "progress")]
@@ -950,9 +974,9 @@ impl<'p> Tasks<'p> {
         Ok(AsyncResult::new(outcome))
     }
 
-    fn imap_impl<'a, C: Call>(
+    pub(crate) fn imap_impl<'a, C: Call>(
         self,
-        target: usize,
+        target: Target,
         items: impl IntoIterator<Item = C::In, IntoIter: Send + 'a>,
         ordered: bool,
     ) -> Result<IMap<'a, C::Out>, Error>
@@ -971,7 +995,7 @@ impl<'p> Tasks<'p> {
             None => (16 * inner.cfg.processes).max(64),
         };
         let tramp = offset_of(worker::run_chunk::<C> as RunChunk as usize)?;
-        let target = offset_of(target)?;
+        let target = target.encode()?;
         #[allow(unused_mut)]
         let mut job = IMapJob::<C::Out>::new(ordered);
         #[cfg(feature = "progress")]
@@ -1015,7 +1039,7 @@ impl<'p> Tasks<'p> {
         R: Message + Send + 'static,
     {
         let items: Vec<T> = items.into_iter().collect();
-        self.collect_async::<Plain<T, R>, Vec<R>>(f as usize, items, identity, true)?
+        self.collect_async::<Plain<T, R>, Vec<R>>(Target::Fn(f as usize), items, identity, true)?
             .get()
     }
 
@@ -1031,7 +1055,7 @@ impl<'p> Tasks<'p> {
         R: Message + Send + 'static,
     {
         let items: Vec<T> = items.into_iter().collect();
-        self.collect_async::<Plain<T, R>, Vec<R>>(f as usize, items, identity, false)
+        self.collect_async::<Plain<T, R>, Vec<R>>(Target::Fn(f as usize), items, identity, false)
     }
 
     /// `map` for a fallible function: an `Err` returned by a task fails the call with
@@ -1047,8 +1071,13 @@ impl<'p> Tasks<'p> {
         E: std::fmt::Display + 'static,
     {
         let items: Vec<T> = items.into_iter().collect();
-        self.collect_async::<Fallible<T, R, E>, Vec<R>>(f as usize, items, identity, true)?
-            .get()
+        self.collect_async::<Fallible<T, R, E>, Vec<R>>(
+            Target::Fn(f as usize),
+            items,
+            identity,
+            true,
+        )?
+        .get()
     }
 
     /// `map_async` for a fallible function.
@@ -1063,7 +1092,12 @@ impl<'p> Tasks<'p> {
         E: std::fmt::Display + 'static,
     {
         let items: Vec<T> = items.into_iter().collect();
-        self.collect_async::<Fallible<T, R, E>, Vec<R>>(f as usize, items, identity, false)
+        self.collect_async::<Fallible<T, R, E>, Vec<R>>(
+            Target::Fn(f as usize),
+            items,
+            identity,
+            false,
+        )
     }
 
     /// Python's `starmap`: `f(a, b)` for every pair, results in input order.
@@ -1078,7 +1112,7 @@ impl<'p> Tasks<'p> {
         R: Message + Send + 'static,
     {
         let items: Vec<(A, B)> = items.into_iter().collect();
-        self.collect_async::<Star2<A, B, R>, Vec<R>>(f as usize, items, identity, true)?
+        self.collect_async::<Star2<A, B, R>, Vec<R>>(Target::Fn(f as usize), items, identity, true)?
             .get()
     }
 
@@ -1094,7 +1128,7 @@ impl<'p> Tasks<'p> {
         R: Message + Send + 'static,
     {
         let items: Vec<(A, B)> = items.into_iter().collect();
-        self.collect_async::<Star2<A, B, R>, Vec<R>>(f as usize, items, identity, false)
+        self.collect_async::<Star2<A, B, R>, Vec<R>>(Target::Fn(f as usize), items, identity, false)
     }
 
     /// Python's `imap`: a lazy iterator of results in input order. The input is read only
@@ -1109,7 +1143,7 @@ impl<'p> Tasks<'p> {
         T: Message + Send + 'static,
         R: Message + Send + 'static,
     {
-        self.imap_impl::<Plain<T, R>>(f as usize, items, true)
+        self.imap_impl::<Plain<T, R>>(Target::Fn(f as usize), items, true)
     }
 
     /// Python's `imap_unordered`: like [`imap`](Self::imap), results in completion order
@@ -1123,7 +1157,7 @@ impl<'p> Tasks<'p> {
         T: Message + Send + 'static,
         R: Message + Send + 'static,
     {
-        self.imap_impl::<Plain<T, R>>(f as usize, items, false)
+        self.imap_impl::<Plain<T, R>>(Target::Fn(f as usize), items, false)
     }
 }
 
@@ -1306,7 +1340,7 @@ impl Pool {
         R: Message + Send + 'static,
     {
         self.tasks()
-            .collect_async::<Plain<T, R>, R>(f as usize, vec![arg], single, true)?
+            .collect_async::<Plain<T, R>, R>(Target::Fn(f as usize), vec![arg], single, true)?
             .get()
     }
 
@@ -1316,8 +1350,12 @@ impl Pool {
         T: Message + Send + 'static,
         R: Message + Send + 'static,
     {
-        self.tasks()
-            .collect_async::<Plain<T, R>, R>(f as usize, vec![arg], single, false)
+        self.tasks().collect_async::<Plain<T, R>, R>(
+            Target::Fn(f as usize),
+            vec![arg],
+            single,
+            false,
+        )
     }
 
     /// `apply` for a fallible function: an `Err` becomes [`Error::Failed`].
@@ -1328,7 +1366,7 @@ impl Pool {
         E: std::fmt::Display + 'static,
     {
         self.tasks()
-            .collect_async::<Fallible<T, R, E>, R>(f as usize, vec![arg], single, true)?
+            .collect_async::<Fallible<T, R, E>, R>(Target::Fn(f as usize), vec![arg], single, true)?
             .get()
     }
 
@@ -1343,8 +1381,12 @@ impl Pool {
         R: Message + Send + 'static,
         E: std::fmt::Display + 'static,
     {
-        self.tasks()
-            .collect_async::<Fallible<T, R, E>, R>(f as usize, vec![arg], single, false)
+        self.tasks().collect_async::<Fallible<T, R, E>, R>(
+            Target::Fn(f as usize),
+            vec![arg],
+            single,
+            false,
+        )
     }
 
     /// Python's `close`: no new work is accepted; the work already submitted goes on, and

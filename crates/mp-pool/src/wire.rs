@@ -103,8 +103,10 @@ pub(crate) struct TaskMsg {
     pub(crate) claim: Claim,
     /// Offset of the trampoline (`worker::run_chunk::<C>`).
     pub(crate) tramp: i64,
-    /// Offset of the user's function.
+    /// Offset of the user's function, or with `raw`, the address of a closure in a forked
+    /// worker's copy of the parent's memory.
     pub(crate) target: i64,
+    pub(crate) raw: bool,
 }
 
 impl TaskMsg {
@@ -115,6 +117,7 @@ impl TaskMsg {
             claim: Claim { job: 0, chunk: 0 },
             tramp: 0,
             target: 0,
+            raw: false,
         }
     }
 }

@@ -143,6 +143,26 @@ impl<T: Message + 'static, R: Message + 'static, E: std::fmt::Display + 'static>
     }
 }
 
+/// A closure `F: Fn(T) -> R` at an address (a `FnPool`'s, under fork).
+pub(crate) struct Closure<F, T, R>(PhantomData<fn(T) -> R>, PhantomData<fn() -> F>);
+
+impl<F, T, R> Call for Closure<F, T, R>
+where
+    F: Fn(T) -> R + 'static,
+    T: Message + 'static,
+    R: Message + 'static,
+{
+    type In = T;
+    type Out = R;
+
+    unsafe fn call(addr: usize, x: T) -> Result<R, TaskFail> {
+        // SAFETY: by this function's contract `addr` is the address of an `F` that lives
+        // (in this process's copy of the parent's memory) for as long as the worker does.
+        let f = unsafe { &*(addr as *const F) };
+        catch(move || Ok(f(x)))
+    }
+}
+
 /// `fn(A, B) -> R` called with a pair (starmap).
 pub(crate) struct Star2<A, B, R>(PhantomData<fn(A, B) -> R>);
 
@@ -303,6 +323,8 @@ pub(crate) struct WorkerArgs {
     pub(crate) init: Option<InitSpec>,
     /// Chunks to run before exiting (0: no limit).
     pub(crate) max_tasks: u64,
+    /// Started with the fork method: closure tasks (raw addresses) are allowed.
+    pub(crate) forked: bool,
 }
 
 /// Function offsets resolved in this worker, most recent first.
@@ -415,13 +437,25 @@ pub(crate) fn worker_main(args: WorkerArgs) {
         let outcome = (|| {
             let unknown = |message| TaskFail::new(kind::ARGS_UNDECODABLE, message);
             let tramp = resolved.get(task.tramp).map_err(unknown)?;
-            let target = resolved.get(task.target).map_err(unknown)?;
+            let target = if task.raw {
+                if !args.forked {
+                    return Err(unknown(
+                        "a closure task reached a worker that was not forked".into(),
+                    ));
+                }
+                task.target as usize
+            } else {
+                resolved.get(task.target).map_err(unknown)?
+            };
             // SAFETY: `tramp` is `run_chunk::<C>` of this very executable (offset computed by
             // the parent in an image with the same build id, checked by `resolve`), called
             // through its exact type.
             let tramp = unsafe { std::mem::transmute::<usize, RunChunk>(tramp) };
             // SAFETY: `target` is the task's function, of the type the parent instantiated
-            // `run_chunk::<C>` for (both offsets come from the same `TaskMsg`).
+            // `run_chunk::<C>` for (both come from the same `TaskMsg`). A raw target is the
+            // address of the closure a `FnPool` holds in the parent for as long as its
+            // workers live; this worker was forked from that parent, so its copy of the
+            // closure sits at the same address.
             unsafe { tramp(target, &task.payload.0) }
         })();
         let msg = match outcome {

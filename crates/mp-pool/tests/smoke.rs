@@ -3,7 +3,7 @@
 
 mp_process::test_support!();
 
-use mp_pool::{AsyncResult, Error, IMap, Pool, PoolBuilder, Tasks};
+use mp_pool::{AsyncResult, Error, FnPool, IMap, Pool, PoolBuilder, Tasks};
 use mp_process::StartMethod;
 use static_assertions::assert_impl_all;
 
@@ -13,6 +13,7 @@ assert_impl_all!(Tasks<'static>: Send, Sync, Copy);
 assert_impl_all!(AsyncResult<Vec<u64>>: Send, Sync);
 assert_impl_all!(IMap<'static, u64>: Send);
 assert_impl_all!(Error: Send, Sync, std::error::Error);
+assert_impl_all!(FnPool<u64, u64, fn(u64) -> u64>: Send, Sync);
 
 fn square(x: u64) -> u64 {
     x * x
