@@ -323,13 +323,13 @@ impl PoolBuilder {
         let sup = inner.clone();
         let s = std::thread::Builder::new()
             .name("mp-pool-supervisor".into())
-            .spawn(move || sup.supervise())
+            .spawn(move || sup.guarded("supervisor", Inner::supervise))
             .map_err(|e| Error::Start(format!("the supervisor thread: {e}")))?;
         let _ = inner.supervisor.set(s.thread().id());
         let feed = inner.clone();
         let f = std::thread::Builder::new()
             .name("mp-pool-feeder".into())
-            .spawn(move || feed.run_feeder(rx))
+            .spawn(move || feed.guarded("feeder", move |i| i.run_feeder(rx)))
             .map_err(|e| Error::Start(format!("the feeder thread: {e}")))?;
         lock(&inner.threads).extend([s, f]);
         Ok(pool)
@@ -498,6 +498,22 @@ impl Inner {
                     )
                 }
             }
+        }
+    }
+
+    /// Runs a pool thread's body; should it panic (a bug), the pool is broken rather than
+    /// left with callers waiting forever.
+    fn guarded(self: Arc<Self>, what: &str, body: impl FnOnce(Arc<Self>)) {
+        let me = self.clone();
+        if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || body(me))) {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            self.break_pool(Error::Start(format!(
+                "the pool's {what} thread panicked ({msg}); the pool cannot go on"
+            )));
         }
     }
 

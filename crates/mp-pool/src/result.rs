@@ -184,7 +184,9 @@ impl<R> AsyncResult<R> {
     /// Python's `callback`: `f` runs in this (the parent) process with the result once it is
     /// there, on the pool's supervisor thread before `get` returns; if the result is already
     /// there, it runs at once on this thread. It does not run when the work fails. Keep it
-    /// short: the pool's results wait while it runs.
+    /// short: the pool's results wait while it runs; and it must not wait for this pool's
+    /// work (a blocking `map` or `get` inside it would wait for the very thread that runs
+    /// it), as in Python.
     pub fn on_success(self, f: impl FnOnce(&R) + Send + 'static) -> Self {
         let mut st = lock(&self.outcome.state);
         if st.ready {
