@@ -23,7 +23,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
@@ -46,6 +46,8 @@ use crate::worker::{
 
 /// How long the supervisor sleeps on an empty result queue before it looks at the workers.
 const NAP: Duration = Duration::from_millis(20);
+/// Workers dying in their initializer, in a row, that break the pool.
+const INIT_DEATHS: u32 = 3;
 /// How often a busy supervisor looks at the workers.
 const CHECK_EVERY: Duration = Duration::from_millis(20);
 /// How long a blocking put waits before it checks whether the pool was terminated.
@@ -155,6 +157,8 @@ pub(crate) struct Inner {
     supervisor: OnceLock<ThreadId>,
     stopping: AtomicBool,
     terminated: AtomicBool,
+    /// Workers that died in their initializer, in a row.
+    init_deaths: AtomicU32,
 }
 
 /// Python's `multiprocessing.Pool`: worker processes that run tasks, with results in order
@@ -303,6 +307,7 @@ impl PoolBuilder {
             supervisor: OnceLock::new(),
             stopping: AtomicBool::new(false),
             terminated: AtomicBool::new(false),
+            init_deaths: AtomicU32::new(0),
         });
         let pool = Pool {
             inner: inner.clone(),
@@ -695,6 +700,23 @@ impl Inner {
         }
         for (i, pid, (signal, exitcode)) in dead {
             let slot = lock(&self.workers).list[i].slot.clone();
+            if self.cfg.init.is_some() && slot.ready.load(Ordering::SeqCst) == 0 {
+                // Died in its initializer (a crash: a panic is reported as INIT_FAILED).
+                // Python restarts such workers forever; a few in a row break the pool.
+                let n = self.init_deaths.fetch_add(1, Ordering::Relaxed) + 1;
+                if n >= INIT_DEATHS {
+                    self.break_pool(Error::Initializer(format!(
+                        "{n} workers in a row died in the initializer (the last, pid {pid}, {})",
+                        match (signal, exitcode) {
+                            (Some(s), _) => format!("killed by signal {s}"),
+                            (None, Some(c)) => format!("exited with code {c}"),
+                            _ => "ended".into(),
+                        }
+                    )));
+                }
+            } else {
+                self.init_deaths.store(0, Ordering::Relaxed);
+            }
             if let Some(Claim { job, chunk }) = slot.running() {
                 if let Some(j) = self.job(job) {
                     let lost = Error::WorkerLost {

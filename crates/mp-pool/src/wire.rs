@@ -170,7 +170,10 @@ pub(crate) struct Slot {
     pub(crate) chunk: AtomicU64,
     /// Chunks finished by the worker that holds the slot now.
     pub(crate) done: AtomicU64,
-    _pad: [u64; 4],
+    /// 1 once the worker that holds the slot finished its initializer (or had none).
+    pub(crate) ready: AtomicU32,
+    _pad0: u32,
+    _pad: [u64; 3],
 }
 const_assert_eq!(std::mem::size_of::<Slot>(), 64);
 const_assert_eq!(std::mem::align_of::<Slot>(), 64);
@@ -188,7 +191,9 @@ impl Slot {
             job: AtomicU64::new(0),
             chunk: AtomicU64::new(0),
             done: AtomicU64::new(0),
-            _pad: [0; 4],
+            ready: AtomicU32::new(0),
+            _pad0: 0,
+            _pad: [0; 3],
         }
     }
 
@@ -220,6 +225,7 @@ impl Slot {
     /// In the parent, before a new worker takes the slot.
     pub(crate) fn reset(&self) {
         self.state.store(IDLE, Ordering::SeqCst);
+        self.ready.store(0, Ordering::SeqCst);
         self.done.store(0, Ordering::Relaxed);
     }
 }

@@ -416,6 +416,8 @@ pub(crate) fn worker_main(args: WorkerArgs) {
             return;
         }
     }
+    // The parent reads it after this process died (ordered by the death itself).
+    slot.ready.store(1, std::sync::atomic::Ordering::SeqCst);
     set_claim_slot(slot);
     let mut done = 0u64;
     let mut spin = Spin::new();

@@ -70,6 +70,11 @@ fn bad_init(_: u32) {
     panic!("no database");
 }
 
+fn crashing_init(_: u32) {
+    // SAFETY: kill(2) on ourselves; no memory is involved (SIGKILL: no core dump).
+    unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+}
+
 fn square(x: u64) -> u64 {
     x * x
 }
@@ -127,6 +132,18 @@ fn failing_initializer_breaks_the_pool_without_hanging() {
             assert!(matches!(pool.apply(square, 1), Err(Error::Initializer(_))));
             pool.close();
             pool.join().unwrap();
+            // An initializer that crashes the worker (Python restarts it forever).
+            let pool = Pool::builder()
+                .processes(2)
+                .start_method(m)
+                .initializer(crashing_init, 0)
+                .build()
+                .unwrap();
+            match pool.map(square, 0..10) {
+                Err(Error::Initializer(msg)) => assert!(msg.contains("signal 9"), "{msg}"),
+                other => panic!("{other:?}"),
+            }
+            pool.terminate();
         }
     });
 }
