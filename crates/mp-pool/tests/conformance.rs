@@ -84,6 +84,70 @@ fn victim(args: (u64, String)) -> u64 {
     args.0 * 10
 }
 
+fn exits(code: i32) -> i32 {
+    std::process::exit(code)
+}
+
+fn segfaults(_: u8) -> u8 {
+    // SAFETY: signal(2) and raise(3) have no memory-safety preconditions; the point is to die
+    // of SIGSEGV as a buggy task would (std's own SIGSEGV handler would let `raise` return).
+    unsafe {
+        libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+        libc::raise(libc::SIGSEGV);
+    }
+    0
+}
+
+fn big(n: usize) -> Vec<u8> {
+    vec![(n % 251) as u8; n]
+}
+
+fn total(v: Vec<u8>) -> u64 {
+    v.iter().map(|&b| b as u64).sum()
+}
+
+#[test]
+fn big_arguments_and_results() {
+    watchdog(60, || {
+        for m in METHODS {
+            let p = pool(m, 2);
+            // Larger than half the queues' rings: they take the side path of mp-queue.
+            let sizes = [3 << 20, 5, 6 << 20, 0];
+            let got = p.chunksize(1).map(big, sizes).unwrap();
+            for (v, n) in got.iter().zip(sizes) {
+                assert_eq!(v.len(), n);
+                assert!(v.iter().all(|&b| b == (n % 251) as u8));
+            }
+            let sums = p.map(total, got).unwrap();
+            assert_eq!(sums[0], (3u64 << 20) * ((3 << 20) % 251) as u64);
+        }
+    });
+}
+
+#[test]
+fn workers_that_exit_or_crash_mid_task() {
+    watchdog(60, || {
+        for m in METHODS {
+            let p = pool(m, 2);
+            match p.apply(exits, 3) {
+                Err(Error::WorkerLost {
+                    signal: None,
+                    exitcode: Some(3),
+                    ..
+                }) => {}
+                other => panic!("{other:?}"),
+            }
+            match p.apply(segfaults, 0) {
+                Err(Error::WorkerLost {
+                    signal: Some(11), ..
+                }) => {}
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(p.map(square, 0..5).unwrap(), [0, 1, 4, 9, 16]);
+        }
+    });
+}
+
 #[test]
 fn l1_ordered_results() {
     watchdog(60, || {
