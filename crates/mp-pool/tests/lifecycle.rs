@@ -234,6 +234,25 @@ fn endless_input_through_imap_stays_bounded() {
             assert_eq!(pool.map(square, [3]).unwrap(), [9]);
             pool.close();
             pool.join().unwrap();
+            // An imap outliving its pool: the pool's drop terminates it, the iterator ends.
+            let pool = Pool::builder()
+                .processes(2)
+                .start_method(m)
+                .build()
+                .unwrap();
+            let mut it = pool.in_flight(2).imap(square, 0u64..).unwrap();
+            assert_eq!(it.next().unwrap().unwrap(), 0);
+            drop(pool);
+            let mut rest = 0;
+            loop {
+                match it.next() {
+                    Some(Ok(_)) => rest += 1,
+                    Some(Err(Error::Terminated)) => break,
+                    other => panic!("{other:?}"),
+                }
+                assert!(rest <= 4, "only what was in flight may still come");
+            }
+            assert!(it.next().is_none());
         }
     });
 }
