@@ -131,6 +131,9 @@ struct Config {
     image_id: Vec<u8>,
 }
 
+/// The supervisor's last looked-up job.
+type JobCache = Option<(u64, Arc<dyn Job>)>;
+
 type Chunks<'a> = Box<dyn Iterator<Item = (u64, Result<TaskMsg, Error>)> + Send + 'a>;
 
 struct Feed {
@@ -458,10 +461,13 @@ impl Inner {
                 self.unregister(id);
             }
         };
+        let mut n = 0u32;
         while let Some((c, msg)) = chunks.next() {
-            if job.is_done() {
+            // A failed job needs no more chunks (checked now and then: it takes a lock).
+            if n % 16 == 0 && job.is_done() {
                 return;
             }
+            n = n.wrapping_add(1);
             let msg = match msg {
                 Ok(m) => m,
                 Err(e) => return fail(c, e),
@@ -557,10 +563,11 @@ impl Inner {
     fn supervise(self: Arc<Self>) {
         let mut last_check = Instant::now();
         let mut spin = Spin::new();
+        let mut cache: JobCache = None;
         loop {
             let mut got = 0u32;
             while let Ok(g) = self.results.get_ref_timeout(Duration::ZERO) {
-                self.handle(&g);
+                self.handle(&g, &mut cache);
                 drop(g);
                 got += 1;
                 if got % 64 == 0 && last_check.elapsed() >= CHECK_EVERY {
@@ -570,8 +577,12 @@ impl Inner {
             if self.stopping.load(Ordering::Acquire) {
                 return;
             }
+            if got == 0 {
+                // Do not keep a finished job alive while idle.
+                cache = None;
+            }
             if got == 0 || last_check.elapsed() >= CHECK_EVERY {
-                self.check_workers();
+                self.check_workers(&mut cache);
                 last_check = Instant::now();
             }
             if got == 0 {
@@ -580,7 +591,9 @@ impl Inner {
         }
     }
 
-    fn handle(&self, m: &ArchivedResultMsg) {
+    /// Handles one result. `cache` keeps the last job looked up (results of one job come in
+    /// runs), sparing the table lock and the hash per result.
+    fn handle(&self, m: &ArchivedResultMsg, cache: &mut JobCache) {
         let k = m.kind.to_native();
         let pid = m.pid.to_native();
         match k {
@@ -596,8 +609,15 @@ impl Inner {
         }
         let id = m.job.to_native();
         let chunk = m.chunk.to_native();
-        let Some(job) = self.job(id) else {
-            return;
+        let job = match cache {
+            Some((cid, j)) if *cid == id => j.clone(),
+            _ => {
+                let Some(j) = self.job(id) else {
+                    return;
+                };
+                *cache = Some((id, j.clone()));
+                j
+            }
         };
         let message = || m.message.as_str().to_string();
         let finished = match k {
@@ -627,6 +647,7 @@ impl Inner {
             ),
         };
         if finished {
+            *cache = None;
             self.unregister(id);
         }
     }
@@ -651,7 +672,7 @@ impl Inner {
         }
     }
 
-    fn check_workers(&self) {
+    fn check_workers(&self, cache: &mut JobCache) {
         let mut dead = Vec::new();
         {
             let mut w = lock(&self.workers);
@@ -696,7 +717,7 @@ impl Inner {
         // What the dead put before dying is in the result queue, in order: take it first,
         // so that only a task whose result never came is failed.
         while let Ok(g) = self.results.get_ref_timeout(Duration::ZERO) {
-            self.handle(&g);
+            self.handle(&g, cache);
         }
         for (i, pid, (signal, exitcode)) in dead {
             let slot = lock(&self.workers).list[i].slot.clone();
