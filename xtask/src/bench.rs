@@ -1292,6 +1292,17 @@ fn svg(env: &Env, rows: &[Row]) -> String {
                     (a - b).abs().max(1.0),
                     sig3(*v)
                 );
+                let (tx, anchor) = if *v >= 1.0 {
+                    (b + 3.0, "start")
+                } else {
+                    (b - 3.0, "end")
+                };
+                let _ = writeln!(
+                    s,
+                    r#"<text x="{tx}" y="{}" font-size="9" text-anchor="{anchor}">{}×</text>"#,
+                    by + 8.0,
+                    sig3(*v)
+                );
             } else if j == 0 {
                 let why = match r.mp {
                     MpCell::NotBuilt(k) => format!("mp not built ({k})"),
