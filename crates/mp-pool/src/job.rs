@@ -55,8 +55,8 @@ pub(crate) fn decode_vec<R: Message>(bytes: &[u8]) -> Result<Vec<R>, Error> {
 }
 
 struct CollectState<R> {
-    items: Vec<Option<R>>,
-    got: Vec<bool>,
+    /// Each chunk's results, once they came.
+    parts: Vec<Option<Vec<R>>>,
     remaining: u64,
     done: bool,
 }
@@ -84,8 +84,7 @@ impl<R, Out> CollectJob<R, Out> {
         CollectJob {
             outcome,
             st: Mutex::new(CollectState {
-                items: (0..len).map(|_| None).collect(),
-                got: vec![false; chunks],
+                parts: (0..chunks).map(|_| None).collect(),
                 remaining: chunks as u64,
                 done: false,
             }),
@@ -104,7 +103,7 @@ impl<R, Out> CollectJob<R, Out> {
 
     fn finish_with(&self, mut st: MutexGuard<'_, CollectState<R>>, v: Result<(), Error>) -> bool {
         st.done = true;
-        let items = std::mem::take(&mut st.items);
+        let parts = std::mem::take(&mut st.parts);
         drop(st);
         #[cfg(feature = "progress")]
         if let Some(bar) = &self.bar {
@@ -112,9 +111,18 @@ impl<R, Out> CollectJob<R, Out> {
         }
         match v {
             Ok(()) => {
-                let n = items.len();
-                let all: Vec<R> = items.into_iter().flatten().collect();
-                if all.len() == n {
+                let single = parts.len() == 1;
+                let mut parts = parts.into_iter().flatten();
+                let all: Vec<R> = if single {
+                    parts.next().unwrap_or_default()
+                } else {
+                    let mut all = Vec::with_capacity(self.len);
+                    for p in parts {
+                        all.extend(p);
+                    }
+                    all
+                };
+                if all.len() == self.len {
                     self.outcome.set((self.finish)(all));
                 } else {
                     self.outcome.set(Err(Error::Unserializable {
@@ -136,7 +144,7 @@ impl<R: Message + Send, Out: Send> Job for CollectJob<R, Out> {
         };
         let decoded = decode_vec::<R>(bytes);
         let mut st = lock(&self.st);
-        if st.done || st.got[chunk as usize] {
+        if st.done || st.parts[chunk as usize].is_some() {
             return st.done;
         }
         let values = match decoded {
@@ -158,10 +166,7 @@ impl<R: Message + Send, Out: Send> Job for CollectJob<R, Out> {
         if let Some(bar) = &self.bar {
             bar.inc(values.len() as u64);
         }
-        for (slot, v) in st.items[range].iter_mut().zip(values) {
-            *slot = Some(v);
-        }
-        st.got[chunk as usize] = true;
+        st.parts[chunk as usize] = Some(values);
         st.remaining -= 1;
         if st.remaining == 0 {
             return self.finish_with(st, Ok(()));
@@ -171,7 +176,7 @@ impl<R: Message + Send, Out: Send> Job for CollectJob<R, Out> {
 
     fn fail(&self, chunk: u64, err: Error) -> bool {
         let st = lock(&self.st);
-        if st.done || st.got.get(chunk as usize).is_none_or(|g| *g) {
+        if st.done || st.parts.get(chunk as usize).is_none_or(|p| p.is_some()) {
             return st.done;
         }
         self.finish_with(st, Err(err))

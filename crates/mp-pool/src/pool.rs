@@ -37,7 +37,8 @@ use crate::error::Error;
 use crate::job::{lock, CollectJob, IMapJob, Job, Next};
 use crate::result::{AsyncResult, Outcome};
 use crate::wire::{
-    kind, ArchivedResultMsg, Claim, Doorbell, Payload, ResultMsg, Slot, Spin, TaskMsg,
+    encode_sized, kind, vec_estimate, ArchivedResultMsg, Claim, Doorbell, Payload, ResultMsg, Slot,
+    Spin, TaskMsg,
 };
 use crate::worker::{
     self, Call, EncodeInit, Fallible, InitArgs, InitSpec, Plain, RunChunk, RunInit, Star2,
@@ -881,10 +882,11 @@ fn task_msg<T: Message>(
     tramp: i64,
     target: (i64, bool),
 ) -> Result<TaskMsg, Error> {
-    let payload = encode(items).map_err(|e| Error::Unserializable {
-        what: "arguments",
-        message: e.to_string(),
-    })?;
+    let payload =
+        encode_sized(items, vec_estimate::<T>(items.len())).map_err(|e| Error::Unserializable {
+            what: "arguments",
+            message: e.to_string(),
+        })?;
     Ok(TaskMsg {
         payload: Payload(payload),
         claim: Claim { job, chunk },

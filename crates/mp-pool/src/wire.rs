@@ -348,3 +348,29 @@ impl Doorbell {
         self.sleepers.fetch_sub(1, Ordering::SeqCst);
     }
 }
+
+/// Encodes `value` into a buffer of `estimate` bytes made up front (growing a buffer from
+/// nothing copies a large archive several times), or wherever it spills if larger.
+pub(crate) fn encode_sized<T: mp_core::Message>(
+    value: &T,
+    estimate: usize,
+) -> Result<AlignedVec<ALIGN>, mp_core::Error> {
+    let mut buf = AlignedVec::<ALIGN>::with_capacity(estimate.max(64));
+    let cap = buf.capacity();
+    // SAFETY: `buf` is our own allocation of `cap` bytes, aligned to ALIGN, shared with no
+    // one while the writer fills it.
+    match unsafe { mp_core::message::encode_into(value, buf.as_mut_ptr(), cap) }? {
+        mp_core::message::Encoded::InPlace(n) => {
+            // SAFETY: `encode_into` wrote the first `n <= cap` bytes (its writer advances only
+            // by writing), so they are initialized.
+            unsafe { buf.set_len(n) };
+            Ok(buf)
+        }
+        mp_core::message::Encoded::Spilled(v) => Ok(v),
+    }
+}
+
+/// A size estimate for an encoded `Vec<T>` of `n` items.
+pub(crate) fn vec_estimate<T: rkyv::Archive>(n: usize) -> usize {
+    n.saturating_mul(std::mem::size_of::<T::Archived>()) + 64
+}

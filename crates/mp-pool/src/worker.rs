@@ -7,7 +7,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
-use mp_core::message::{access, decode, deserialize, encode, ALIGN};
+use mp_core::message::{access, decode, deserialize, ALIGN};
 use mp_core::{Message, Shared};
 use mp_queue::{PutError, Queue};
 use rkyv::rancor::{Fallible as RkyvFallible, Source};
@@ -16,7 +16,10 @@ use rkyv::util::AlignedVec;
 use rkyv::vec::{ArchivedVec, VecResolver};
 use rkyv::{Archive, Deserialize, Place, Serialize};
 
-use crate::wire::{kind, set_claim_slot, Doorbell, Payload, ResultMsg, Slot, Spin, TaskMsg};
+use crate::wire::{
+    encode_sized, kind, set_claim_slot, vec_estimate, Doorbell, Payload, ResultMsg, Slot, Spin,
+    TaskMsg,
+};
 
 /// How long an idle worker sleeps before it looks at the task queue again (a safety net: the
 /// parent rings the task doorbell after every put).
@@ -198,7 +201,8 @@ pub(crate) unsafe fn run_chunk<C: Call>(
         out.push(unsafe { C::call(target, x) }?);
     }
     let bytes = catch(|| {
-        encode(&out).map_err(|e| TaskFail::new(kind::RESULT_UNSERIALIZABLE, e.to_string()))
+        encode_sized(&out, vec_estimate::<C::Out>(out.len()))
+            .map_err(|e| TaskFail::new(kind::RESULT_UNSERIALIZABLE, e.to_string()))
     });
     // Results may own resources whose destructors panic: that must not end the worker.
     let _ = catch_unwind(AssertUnwindSafe(move || drop(out)));
@@ -378,6 +382,16 @@ fn put_only(results: &Queue<ResultMsg>, msg: ResultMsg) {
 /// The body of every worker process.
 pub(crate) fn worker_main(args: WorkerArgs) {
     install_task_hook();
+    // A worker allocates and frees a few buffers of a chunk's size per chunk. glibc serves
+    // large ones with mmap and gives them back at once, so every chunk would fault its
+    // pages in again (zeroed by the kernel): keep them in the heap instead. This process
+    // only runs tasks, so holding on to that memory is what it should do.
+    // SAFETY: mallopt only changes this process's allocator settings (glibc's allocator
+    // locks were reset by fork, and a re-executed worker has one thread here).
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+    }
     let pid = std::process::id();
     // The slot's mapping must outlive every use by the claim hook: keep it for the life of
     // the process.
