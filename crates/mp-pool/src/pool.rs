@@ -37,8 +37,7 @@ use crate::error::Error;
 use crate::job::{lock, CollectJob, IMapJob, Job, Next};
 use crate::result::{AsyncResult, Outcome};
 use crate::wire::{
-    encode_sized, kind, vec_estimate, ArchivedResultMsg, Claim, Doorbell, Payload, ResultMsg, Slot,
-    Spin, TaskMsg,
+    encode_slice, kind, ArchivedResultMsg, Claim, Doorbell, Payload, ResultMsg, Slot, Spin, TaskMsg,
 };
 use crate::worker::{
     self, Call, EncodeInit, Fallible, InitArgs, InitSpec, Plain, RunChunk, RunInit, Star2,
@@ -876,17 +875,16 @@ impl Inner {
 
 /// Encodes one chunk as a task message.
 fn task_msg<T: Message>(
-    items: &Vec<T>,
+    items: &[T],
     job: u64,
     chunk: u64,
     tramp: i64,
     target: (i64, bool),
 ) -> Result<TaskMsg, Error> {
-    let payload =
-        encode_sized(items, vec_estimate::<T>(items.len())).map_err(|e| Error::Unserializable {
-            what: "arguments",
-            message: e.to_string(),
-        })?;
+    let payload = encode_slice(items).map_err(|e| Error::Unserializable {
+        what: "arguments",
+        message: e.to_string(),
+    })?;
     Ok(TaskMsg {
         payload: Payload(payload),
         claim: Claim { job, chunk },
@@ -917,6 +915,42 @@ impl<T: Message, I: Iterator<Item = T>> Iterator for ChunkIter<I> {
         let c = self.next;
         self.next += 1;
         Some((c, task_msg(&chunk, self.job, c, self.tramp, self.target)))
+    }
+}
+
+/// Cuts a `Vec` of items into encoded chunks, encoding each straight from the `Vec`.
+struct SliceChunks<T> {
+    items: Vec<T>,
+    pos: usize,
+    chunksize: usize,
+    next: u64,
+    job: u64,
+    tramp: i64,
+    target: (i64, bool),
+}
+
+impl<T: Message> Iterator for SliceChunks<T> {
+    type Item = (u64, Result<TaskMsg, Error>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.pos >= self.items.len() {
+            return None;
+        }
+        let end = self
+            .pos
+            .saturating_add(self.chunksize)
+            .min(self.items.len());
+        let msg = task_msg(
+            &self.items[self.pos..end],
+            self.job,
+            self.next,
+            self.tramp,
+            self.target,
+        );
+        self.pos = end;
+        let c = self.next;
+        self.next += 1;
+        Some((c, msg))
     }
 }
 
@@ -1023,8 +1057,9 @@ impl<'p> Tasks<'p> {
         }
         let job: Arc<dyn Job> = Arc::new(job);
         let id = inner.register(job.clone())?;
-        let chunks = ChunkIter {
-            items: items.into_iter(),
+        let chunks = SliceChunks {
+            items,
+            pos: 0,
             chunksize,
             next: 0,
             job: id,

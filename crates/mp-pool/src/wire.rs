@@ -374,3 +374,98 @@ pub(crate) fn encode_sized<T: mp_core::Message>(
 pub(crate) fn vec_estimate<T: rkyv::Archive>(n: usize) -> usize {
     n.saturating_mul(std::mem::size_of::<T::Archived>()) + 64
 }
+
+/// A slice archived exactly as a `Vec<T>` of the same items (what `rkyv` does for a `Vec`),
+/// so that a chunk can be encoded straight from the caller's items, without a `Vec` of its
+/// own.
+struct SliceRef<'s, T>(&'s [T]);
+
+impl<T: rkyv::Archive> Archive for SliceRef<'_, T> {
+    type Archived = ArchivedVec<T::Archived>;
+    type Resolver = VecResolver;
+
+    fn resolve(&self, resolver: Self::Resolver, out: Place<Self::Archived>) {
+        ArchivedVec::<T::Archived>::resolve_from_len(self.0.len(), resolver, out);
+    }
+}
+
+impl<T, S> Serialize<S> for SliceRef<'_, T>
+where
+    T: Serialize<S>,
+    S: Fallible + Allocator + Writer + ?Sized,
+{
+    fn serialize(&self, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
+        ArchivedVec::<T::Archived>::serialize_from_slice(self.0, serializer)
+    }
+}
+
+/// Encodes `items` as a `Vec<T>` archive (see [`SliceRef`]).
+pub(crate) fn encode_slice<T: mp_core::Message>(
+    items: &[T],
+) -> Result<AlignedVec<ALIGN>, mp_core::Error> {
+    use rkyv::ser::Positional;
+    let mut cap = vec_estimate::<T>(items.len()).max(64);
+    loop {
+        let mut buf = AlignedVec::<ALIGN>::with_capacity(cap);
+        let cap_now = buf.capacity();
+        // SAFETY: `buf` is our own allocation of `cap_now` bytes, aligned to ALIGN, shared
+        // with no one while the writer fills it.
+        let writer = unsafe { mp_core::message::MsgWriter::new(buf.as_mut_ptr(), cap_now) };
+        let w =
+            rkyv::api::high::to_bytes_in::<_, mp_core::message::Failure>(&SliceRef(items), writer)
+                .map_err(|e| mp_core::Error::Encode(e.to_string()))?;
+        let n = w.pos();
+        if n <= cap_now {
+            // SAFETY: the writer wrote the first `n <= cap_now` bytes into `buf` (it advances
+            // only by writing, and did not spill since `n` fits).
+            unsafe { buf.set_len(n) };
+            return Ok(buf);
+        }
+        // Items with out-of-line data made it larger than estimated: now the size is known.
+        cap = n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_slice_is_a_vec_archive() {
+        let v: Vec<u64> = (0..1000).collect();
+        let a = encode_slice(&v[10..20]).unwrap();
+        assert_eq!(
+            mp_core::message::decode::<Vec<u64>>(&a).unwrap(),
+            &v[10..20]
+        );
+        assert_eq!(
+            a.as_slice(),
+            mp_core::message::encode(&v[10..20].to_vec())
+                .unwrap()
+                .as_slice()
+        );
+        // Out-of-line data beyond the estimate: encoded again at the right size.
+        let s: Vec<String> = (0..50).map(|i| "x".repeat(i * 10)).collect();
+        let b = encode_slice(&s).unwrap();
+        assert_eq!(mp_core::message::decode::<Vec<String>>(&b).unwrap(), s);
+        let e = encode_slice::<u8>(&[]).unwrap();
+        assert!(mp_core::message::decode::<Vec<u8>>(&e).unwrap().is_empty());
+    }
+
+    #[test]
+    fn spin_budget_adapts() {
+        let mut s = Spin::new();
+        assert!(s.spin(|| true));
+        let grown = s.budget;
+        assert!(grown >= 256);
+        s.sleep(|| std::thread::sleep(std::time::Duration::from_millis(2)));
+        assert!(s.budget < grown);
+        for _ in 0..20 {
+            s.sleep(|| std::thread::sleep(std::time::Duration::from_millis(1)));
+        }
+        assert_eq!(s.budget, 0);
+        assert!(!s.spin(|| false));
+        s.sleep(|| ());
+        assert!(s.budget >= Spin::MIN_GROW);
+    }
+}
