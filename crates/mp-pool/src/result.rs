@@ -14,6 +14,8 @@ struct State<R> {
     value: Option<Result<R, Error>>,
     on_ok: Vec<OnOk<R>>,
     on_err: Vec<OnErr>,
+    /// Threads waiting on `cv` (a notify without waiters is still a system call).
+    waiters: u32,
 }
 
 /// Where a job's outcome lands: shared by the job (which sets it, in the supervisor thread)
@@ -42,6 +44,7 @@ impl<R> Outcome<R> {
                 value: None,
                 on_ok: Vec::new(),
                 on_err: Vec::new(),
+                waiters: 0,
             }),
             cv: Condvar::new(),
         })
@@ -71,8 +74,11 @@ impl<R> Outcome<R> {
         st.successful = v.is_ok();
         st.value = Some(v);
         st.ready = true;
+        let waiters = st.waiters;
         drop(st);
-        self.cv.notify_all();
+        if waiters > 0 {
+            self.cv.notify_all();
+        }
     }
 
     pub(crate) fn is_ready(&self) -> bool {
@@ -118,21 +124,22 @@ impl<R> AsyncResult<R> {
     fn wait_until(&self, deadline: Option<Instant>) -> MutexGuard<'_, State<R>> {
         let mut st = lock(&self.outcome.state);
         while !st.ready {
-            match deadline {
-                None => st = self.outcome.cv.wait(st).unwrap_or_else(|p| p.into_inner()),
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                break;
+            }
+            st.waiters += 1;
+            st = match deadline {
+                None => self.outcome.cv.wait(st).unwrap_or_else(|p| p.into_inner()),
                 Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        break;
-                    }
-                    st = self
-                        .outcome
+                    self.outcome
                         .cv
                         .wait_timeout(st, d - now)
                         .unwrap_or_else(|p| p.into_inner())
-                        .0;
+                        .0
                 }
-            }
+            };
+            st.waiters -= 1;
         }
         st
     }
