@@ -42,8 +42,9 @@
 //!   [`Event`], [`Condition`], [`Barrier`], and shared values [`Value`], [`Array`] (with a
 //!   lock) and [`RawValue`], [`RawArray`] (without).
 //! * Queues, [`queue`]: [`Queue`], [`SimpleQueue`], [`JoinableQueue`].
-//! * Pipes and connections, [`pipe`].
-//! * Pools, [`pool`].
+//! * Pipes and connections, [`pipe`]: [`Pipe`], [`Connection`], [`wait`], [`Listener`],
+//!   [`Client`] (CPython's wire format and authkey handshake).
+//! * Pools, [`pool`]: [`Pool`], [`AsyncResult`].
 //! * Managers, [`manager`] (not built yet).
 //! * Shared memory and messages, [`core`]: [`SharedMemory`], [`Shared`], [`Message`],
 //!   [`Serde`].
@@ -59,6 +60,8 @@ pub use mp_queue as queue;
 pub use mp_sync as sync;
 
 pub use mp_core::{Message, Serde, Shared, SharedMemory};
+pub use mp_pipe::{wait, Client, Connection, Duplex, Listener, OneWay, Pipe};
+pub use mp_pool::{AsyncResult, Pool};
 pub use mp_process::{
     active_children, cpu_count, current_process, get_all_start_methods, get_context,
     get_start_method, init, parent_process, set_start_method, Child, Process, StartMethod,
@@ -88,6 +91,12 @@ pub enum Error {
     /// Queues.
     #[error(transparent)]
     Queue(#[from] mp_queue::Error),
+    /// Pipes, connections, listeners and clients.
+    #[error(transparent)]
+    Pipe(#[from] mp_pipe::Error),
+    /// Pools.
+    #[error(transparent)]
+    Pool(#[from] mp_pool::Error),
     /// A `put` that failed; the item it gave back was dropped in the conversion (match on
     /// [`queue::PutError`] directly to keep it).
     #[error("{0}")]

@@ -6,11 +6,39 @@ use static_assertions::assert_impl_all;
 assert_impl_all!(mp::SharedMemory: Send, Sync);
 assert_impl_all!(mp::core::Region: Send, Sync, Clone);
 assert_impl_all!(mp::Shared<std::sync::atomic::AtomicU64>: Send, Sync, Clone);
-assert_impl_all!(mp::core::Error: Send, Sync, std::error::Error);
+assert_impl_all!(mp::Error: Send, Sync, std::error::Error);
+assert_impl_all!(mp::Lock: Send, Sync, Clone);
+assert_impl_all!(mp::Value<u64>: Send, Sync, Clone);
+assert_impl_all!(mp::Queue<u64>: Send, Sync, Clone);
+assert_impl_all!(mp::JoinableQueue<u64>: Send, Sync, Clone);
+assert_impl_all!(mp::Connection<u64>: Send);
+assert_impl_all!(mp::StartMethod: Send, Sync, Copy);
 
 #[test]
-fn core_paths() {
+fn every_path_names_its_item() {
     let _ = mp::core::futex::Deadline::never();
     let bytes = mp::core::message::encode(&1u8).expect("encode");
     assert_eq!(mp::core::message::decode::<u8>(&bytes).expect("decode"), 1);
+    // The crates, whole, and the lifted names are the same items.
+    let _: fn() -> mp::sync::Result<mp::Lock> = mp::Lock::new;
+    let _: fn() -> Result<mp::Queue<u8>, mp::queue::Error> = mp::Queue::<u8>::new;
+    let _ = mp::pipe::Pipe::<u8>::new::<mp::Duplex>;
+    let _ = mp::Pipe::<u8>::new::<mp::OneWay>;
+    let _ = mp::pool::Pool::new;
+    let _ = mp::Pool::new;
+    let _ = mp::process::cpu_count;
+    let _ = mp::cpu_count;
+    let _ = mp::wait;
+    assert!(mp::get_all_start_methods().len() >= 3);
+}
+
+#[test]
+fn every_crate_error_converts_into_mp_error() {
+    fn convert<E: Into<mp::Error>>(e: E) -> mp::Error {
+        e.into()
+    }
+    assert!(matches!(convert(mp::core::Error::Timeout), mp::Error::Core(_)));
+    assert!(matches!(convert(mp::queue::Error::Empty), mp::Error::Queue(_)));
+    let full: mp::queue::PutError<u8> = mp::queue::PutError::Full(1);
+    assert!(convert(full).to_string().contains("full"));
 }

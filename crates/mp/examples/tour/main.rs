@@ -6,6 +6,7 @@
 use std::error::Error;
 
 mod core_part;
+mod pipe_part;
 mod pool_part;
 mod process_part;
 mod queue_part;
@@ -19,6 +20,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     process_part::run()?;
     sync_part::run()?;
     queue_part::run()?;
+    pipe_part::run()?;
     pool_part::run()?;
     println!("\ntour complete");
     Ok(())
