@@ -566,7 +566,7 @@ impl Inner {
         let mut cache: JobCache = None;
         loop {
             let mut got = 0u32;
-            while let Ok(g) = self.results.get_ref_timeout(Duration::ZERO) {
+            while let Some(g) = self.next_result() {
                 self.handle(&g, &mut cache);
                 drop(g);
                 got += 1;
@@ -589,6 +589,16 @@ impl Inner {
                 self.bell.wait(|| self.results.empty(), &mut spin, NAP);
             }
         }
+    }
+
+    /// The next result if there is one now. The supervisor is the only reader of the result
+    /// queue, so a queue that is not empty stays so until it reads: `get_ref` returns at once
+    /// (and, unlike a zero timeout, reads no clock).
+    fn next_result(&self) -> Option<mp_queue::Received<'_, ResultMsg>> {
+        if self.results.empty() {
+            return None;
+        }
+        self.results.get_ref().ok()
     }
 
     /// Handles one result. `cache` keeps the last job looked up (results of one job come in
@@ -716,7 +726,7 @@ impl Inner {
         }
         // What the dead put before dying is in the result queue, in order: take it first,
         // so that only a task whose result never came is failed.
-        while let Ok(g) = self.results.get_ref_timeout(Duration::ZERO) {
+        while let Some(g) = self.next_result() {
             self.handle(&g, cache);
         }
         for (i, pid, (signal, exitcode)) in dead {

@@ -436,7 +436,14 @@ pub(crate) fn worker_main(args: WorkerArgs) {
     let mut done = 0u64;
     let mut spin = Spin::new();
     loop {
-        let task = match args.tasks.get_timeout(Duration::ZERO) {
+        // Another worker may take the last task between the check and the get: then this
+        // one waits in the queue's own `get` (the next put wakes it), which is rare.
+        let got = if args.tasks.empty() {
+            Err(mp_queue::Error::Empty)
+        } else {
+            args.tasks.get()
+        };
+        let task = match got {
             Ok(t) => t,
             Err(mp_queue::Error::Empty) => {
                 args.task_bell
