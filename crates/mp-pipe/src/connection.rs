@@ -4,10 +4,11 @@ use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::Duration;
 
+use mp_core::message;
 use mp_core::{Deadline, Message};
 
 use crate::error::{Error, Result};
-use crate::local::{LocalEnd, DEFAULT_RING_CAPACITY};
+use crate::local::{LocalEnd, RecvBytes, DEFAULT_RING_CAPACITY};
 use crate::stream::StreamEnd;
 
 mod sealed {
@@ -367,6 +368,81 @@ impl<T: Message, D: CanRecv> Connection<T, D> {
             Transport::Local(l) => l.recv_value(deadline),
             Transport::Stream(s) => s.recv_value(deadline),
         }
+    }
+
+    /// Receives one message and gives access to it as rkyv's archived `T`, checked but not
+    /// deserialized: no allocation for its strings and vectors (the zero-copy receive). The
+    /// guard derefs to `&T::Archived`; [`Received::deserialize`] makes an owned `T` when
+    /// needed.
+    ///
+    /// ```
+    /// use mp_pipe::{Duplex, Pipe};
+    /// let (a, b) = Pipe::<Vec<String>>::new(Duplex)?;
+    /// a.send(&vec!["zero".into(), "copy".into()])?;
+    /// let msg = b.recv_ref()?;
+    /// assert_eq!(msg.len(), 2);
+    /// assert_eq!(msg[1].as_str(), "copy");
+    /// # Ok::<(), mp_pipe::Error>(())
+    /// ```
+    pub fn recv_ref(&self) -> Result<Received<'_, T>> {
+        self.recv_ref_deadline(Deadline::never())
+    }
+
+    /// [`recv_ref`](Self::recv_ref), or [`Error::Timeout`] after `timeout`.
+    pub fn recv_ref_timeout(&self, timeout: Duration) -> Result<Received<'_, T>> {
+        self.recv_ref_deadline(Deadline::after(Some(timeout)))
+    }
+
+    fn recv_ref_deadline(&self, deadline: Deadline) -> Result<Received<'_, T>> {
+        let bytes = match &self.t {
+            Transport::Local(l) => l.recv_buf(deadline)?,
+            Transport::Stream(s) => RecvBytes::Owned(s.recv_frame(deadline, &|_| Ok(()))?),
+        };
+        message::access::<T>(bytes.as_slice())?;
+        Ok(Received {
+            bytes,
+            _t: PhantomData,
+        })
+    }
+}
+
+/// A message received by [`Connection::recv_ref`]: its bytes, checked as an archive of `T`,
+/// in a buffer private to this process. Derefs to `&T::Archived`.
+pub struct Received<'a, T: Message> {
+    bytes: RecvBytes<'a>,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T: Message> Received<'_, T> {
+    /// Deserializes the message to an owned `T`.
+    pub fn deserialize(&self) -> Result<T> {
+        Ok(message::deserialize::<T>(self)?)
+    }
+
+    /// The archive's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.bytes.as_slice()
+    }
+}
+
+impl<T: Message> std::ops::Deref for Received<'_, T> {
+    type Target = T::Archived;
+
+    fn deref(&self) -> &T::Archived {
+        // SAFETY: `recv_ref_deadline` checked these exact bytes with `access::<T>` before
+        // making the guard; they sit in a buffer of this process that nothing writes while
+        // the guard lives (it owns the buffer or holds the only borrow of the scratch buffer),
+        // 16-aligned (an `AlignedVec<16>`).
+        unsafe { mp_core::rkyv::access_unchecked::<T::Archived>(self.bytes.as_slice()) }
+    }
+}
+
+impl<T: Message> std::fmt::Debug for Received<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Received")
+            .field("type", &std::any::type_name::<T>())
+            .field("bytes", &self.as_bytes().len())
+            .finish()
     }
 }
 

@@ -153,7 +153,7 @@ mod wait;
 
 pub use connection::{
     CanRecv, CanSend, Connection, Direction, Duplex, Ends, OneWay, Pipe, PipeKind, ReadOnly,
-    Reader, WriteOnly, Writer,
+    Reader, Received, WriteOnly, Writer,
 };
 pub use error::{Error, Result};
 pub use listener::{Address, Client, Listener};

@@ -17,7 +17,7 @@
 //!   readable when a message arrives *while the end is armed*, which [`wait`](crate::wait) and
 //!   [`poll`](crate::Connection::poll) do (see [`Waitable`](crate::Waitable)).
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, RefCell, RefMut};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -69,6 +69,21 @@ impl Msg {
         match self {
             Msg::Ring(r) => r.len,
             Msg::Owned(v) => v.len(),
+        }
+    }
+}
+
+/// A received message's bytes, 16-aligned and private to this process.
+pub(crate) enum RecvBytes<'a> {
+    Scratch(RefMut<'a, AlignedVec<16>>),
+    Owned(AlignedVec<16>),
+}
+
+impl RecvBytes<'_> {
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match self {
+            RecvBytes::Scratch(s) => s.as_slice(),
+            RecvBytes::Owned(v) => v.as_slice(),
         }
     }
 }
@@ -513,22 +528,36 @@ impl LocalEnd {
         }
     }
 
+    /// Receives one message into a private, aligned buffer: the connection's scratch buffer
+    /// when it is free (it is not while a [`Received`](crate::Received) guard holds it), else a
+    /// new one.
+    pub(crate) fn recv_buf(&self, deadline: Deadline) -> Result<RecvBytes<'_>> {
+        match self.next_message(deadline, &|_| Ok(()))? {
+            Msg::Ring(rec) => match self.scratch.try_borrow_mut() {
+                Ok(mut scratch) => {
+                    if scratch.capacity() > 1 << 20 {
+                        *scratch = AlignedVec::new();
+                    }
+                    scratch.clear();
+                    append(&mut scratch, &rec);
+                    self.finish(rec.next);
+                    Ok(RecvBytes::Scratch(scratch))
+                }
+                Err(_) => {
+                    let mut buf = AlignedVec::with_capacity(rec.len);
+                    append(&mut buf, &rec);
+                    self.finish(rec.next);
+                    Ok(RecvBytes::Owned(buf))
+                }
+            },
+            Msg::Owned(buf) => Ok(RecvBytes::Owned(buf)),
+        }
+    }
+
     /// Receives and decodes a value.
     pub(crate) fn recv_value<T: Message>(&self, deadline: Deadline) -> Result<T> {
-        match self.next_message(deadline, &|_| Ok(()))? {
-            Msg::Ring(rec) => {
-                let mut scratch = self.scratch.borrow_mut();
-                scratch.clear();
-                append(&mut scratch, &rec);
-                self.finish(rec.next);
-                let v = message::decode::<T>(&scratch);
-                if scratch.capacity() > 1 << 20 {
-                    *scratch = AlignedVec::new();
-                }
-                Ok(v?)
-            }
-            Msg::Owned(buf) => Ok(message::decode::<T>(&buf)?),
-        }
+        let bytes = self.recv_buf(deadline)?;
+        Ok(message::decode::<T>(bytes.as_slice())?)
     }
 
     /// Copies a message out into `dst` (`dst.len()` == the message's length).

@@ -522,3 +522,34 @@ fn auto_traits() {
     static_assertions::assert_impl_all!(Error: Send, Sync, std::error::Error);
     static_assertions::assert_impl_all!(mp_pipe::Listener: Send, Sync);
 }
+
+#[test]
+fn recv_ref_gives_checked_archived_values_and_guards_can_overlap() {
+    let _w = watchdog("recv_ref", Duration::from_secs(30));
+    // Rings of 1 MiB: the three messages fit without a reader (this test has one thread).
+    let (a, b) = Pipe::<Sample>::with_capacity(Duplex, 1 << 20).unwrap();
+    let (s1, s2, s3) = (sample(1, 10), sample(2, 200_000), sample(3, 0));
+    a.send(&s1).unwrap();
+    a.send(&s2).unwrap();
+    a.send(&s3).unwrap();
+    let first = b.recv_ref().unwrap();
+    assert_eq!(first.id, 1);
+    assert_eq!(first.name.as_str(), "sample-1");
+    // A second receive while the first guard lives (the scratch buffer is taken): still fine.
+    let second = b.recv_ref().unwrap();
+    assert_eq!(second.data.len(), 200_000);
+    assert_eq!(second.deserialize().unwrap(), s2);
+    assert_eq!(b.recv().unwrap(), s3);
+    assert_eq!(first.deserialize().unwrap(), s1);
+    drop((first, second));
+    // Garbage is refused by the check, not read.
+    a.send_bytes(&[0xee; 5], 0, None).unwrap();
+    assert!(matches!(
+        b.recv_ref(),
+        Err(Error::Core(mp_core::Error::Decode(_)))
+    ));
+    let t = Duration::from_millis(50);
+    let t0 = Instant::now();
+    assert!(matches!(b.recv_ref_timeout(t), Err(Error::Timeout)));
+    assert_about(t0.elapsed(), t);
+}
