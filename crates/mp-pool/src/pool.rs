@@ -977,7 +977,7 @@ fn single<R>(v: Vec<R>) -> Result<R, Error> {
 
 /// Settings for the next call on a pool: the chunksize, how many chunks an `imap` keeps in
 /// flight, and (with the `progress` feature) a progress bar. Made by [`Pool::chunksize`],
-/// [`Pool::in_flight`] and [`Pool::progress`]; it has the pool's methods.
+/// [`Pool::in_flight`] and (feature `progress`) `Pool::progress`; it has the pool's methods.
 ///
 /// ```
 /// fn square(x: u64) -> u64 { x * x }
