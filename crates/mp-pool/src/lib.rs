@@ -158,7 +158,10 @@
 //! tasks complete: nothing hangs (Python's pool waits forever there). Each worker records
 //! the task it is running in a slot of shared memory, in the same step that takes the task
 //! from the queue; the supervisor thread watches the workers' pidfds, and when one ends it
-//! first reads every result the worker sent, then fails the task left in its slot.
+//! first reads every result the worker sent, then fails the task left in its slot. (A
+//! worker killed in the few instructions between recording a task and the queue removing
+//! it leaves the task both failed and queued: another worker then runs it, and its result
+//! is ignored.)
 //!
 //! ```
 //! use std::time::Duration;
