@@ -784,6 +784,45 @@ mod tests {
         );
     }
 
+    /// A second view of the same end, as another process holding a copy would have.
+    fn twin(e: &LocalEnd) -> LocalEnd {
+        LocalEnd::from_parts(LocalParts {
+            sock: e.sock.try_clone().unwrap(),
+            region: e.region.clone(),
+            tx_index: e.tx_index,
+            rx_index: e.rx_index,
+            cap: e.cap,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn copies_of_an_end_used_in_turn_stay_in_step() {
+        // Each view caches the other side's position; a copy that was idle while another
+        // produced or consumed must not mistake its stale reading for corruption or data.
+        let (a, b) = pair();
+        let (a2, b2) = (twin(&a), twin(&b));
+        let mut next = 0u32;
+        let mut expect = 0u32;
+        for round in 0..3000u32 {
+            let sender = if round % 3 == 0 { &a2 } else { &a };
+            let n = 1 + (round % 5);
+            for _ in 0..n {
+                sender
+                    .send_value(&(next, vec![0u8; (next % 300) as usize]))
+                    .unwrap();
+                next += 1;
+            }
+            let receiver = if round % 2 == 0 { &b } else { &b2 };
+            for _ in 0..n {
+                let (v, pad): (u32, Vec<u8>) = receiver.recv_value(now()).unwrap();
+                assert_eq!((v, pad.len()), (expect, (expect % 300) as usize));
+                expect += 1;
+            }
+        }
+        assert!(matches!(b.recv_value::<u32>(now()), Err(Error::Timeout)));
+    }
+
     #[test]
     fn handles_with_bad_parts_are_refused() {
         let (a, _b) = pair();

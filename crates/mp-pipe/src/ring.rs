@@ -31,6 +31,7 @@
 //! only make us read wrong bytes: positions and headers are checked against the ring's bounds
 //! before use, payloads are copied out (never borrowed) and then validated by the caller.
 
+use std::cell::Cell;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -110,6 +111,14 @@ pub(crate) struct Ring {
     ctl: NonNull<RingCtl>,
     data: *mut u8,
     cap: usize,
+    /// The producer's last reading of `head`. `head` only grows, so this is a lower bound:
+    /// room it shows is really there, and only when it shows too little is `head` read again
+    /// (one cache miss fewer per message while the ring has room).
+    seen_head: Cell<u64>,
+    /// The consumer's last reading of `tail`, a lower bound likewise: records below it are
+    /// published (it was read with an acquiring load), so `tail` is read again only when the
+    /// consumer has caught up with it.
+    seen_tail: Cell<u64>,
 }
 
 const fn round16(n: usize) -> usize {
@@ -134,6 +143,8 @@ impl Ring {
             ctl: unsafe { NonNull::new_unchecked(ctl) },
             data,
             cap,
+            seen_head: Cell::new(0),
+            seen_tail: Cell::new(0),
         }
     }
 
@@ -167,9 +178,16 @@ impl Ring {
     /// True when a record is waiting (consumer side; cheap enough for spinning).
     pub(crate) fn has_data(&self) -> bool {
         let c = self.ctl();
+        // Relaxed: the consumer is the only writer of `head`.
+        let head = c.head.load(Ordering::Relaxed);
+        if self.seen_tail.get() > head {
+            return true;
+        }
         // SeqCst: the second half of the consumer's Dekker handshake (see the module doc);
         // it also acquires the producer's SeqCst store of `tail`.
-        c.tail.load(Ordering::SeqCst) != c.head.load(Ordering::Relaxed)
+        let tail = c.tail.load(Ordering::SeqCst);
+        self.seen_tail.set(tail);
+        tail != head
     }
 
     // ---- producer side ------------------------------------------------------------------
@@ -181,11 +199,25 @@ impl Ring {
         let c = self.ctl();
         // Relaxed: the producer is the only writer of `tail`.
         let tail = c.tail.load(Ordering::Relaxed);
+        let need = round16(min_payload) + RECORD_HEADER;
+        let seen = self.seen_head.get();
+        // A stale reading (another process produced into this ring since) is simply re-read.
+        if tail.wrapping_sub(seen) <= self.cap as u64 {
+            if let Ok(Some(slot)) = self.slot_with(tail, seen, need) {
+                return Ok(Some(slot));
+            }
+        }
         // SeqCst (an Acquire load and more): pairs with the consumer's SeqCst store of `head`
         // in `consume`, so the consumer has finished copying out the bytes we are about to
         // overwrite; SeqCst because a producer about to sleep re-checks for room here after
         // arming `tx_armed` (the second half of its Dekker handshake).
         let head = c.head.load(Ordering::SeqCst);
+        self.seen_head.set(head);
+        self.slot_with(tail, head, need)
+    }
+
+    /// [`slot`](Self::slot) for given positions.
+    fn slot_with(&self, tail: u64, head: u64, need: usize) -> Result<Option<Slot>> {
         let used = tail.wrapping_sub(head);
         if used > self.cap as u64 || tail % 16 != 0 {
             return Err(Error::Protocol(format!(
@@ -196,7 +228,6 @@ impl Ring {
         let free = self.cap - used as usize;
         let off = (tail as usize) & (self.cap - 1);
         let to_end = self.cap - off;
-        let need = round16(min_payload) + RECORD_HEADER;
         let at_tail = free.min(to_end);
         let after_wrap = free.saturating_sub(to_end);
         let use_tail = at_tail >= need && (at_tail >= after_wrap || at_tail >= 4096);
@@ -271,12 +302,21 @@ impl Ring {
         let c = self.ctl();
         // Relaxed: the consumer is the only writer of `head`.
         let mut head = c.head.load(Ordering::Relaxed);
-        // SeqCst (an Acquire load and more): pairs with the producer's SeqCst store in
-        // `publish`, so the record's bytes are visible.
-        let tail = c.tail.load(Ordering::SeqCst);
+        let mut tail = self.seen_tail.get();
+        if tail <= head || tail.wrapping_sub(head) > self.cap as u64 {
+            // SeqCst (an Acquire load and more): pairs with the producer's SeqCst store in
+            // `publish`, so the records below `tail` are visible.
+            tail = c.tail.load(Ordering::SeqCst);
+            self.seen_tail.set(tail);
+        }
         loop {
             if head == tail {
-                return Ok(None);
+                // Caught up with the last reading: read `tail` again (SeqCst, as above).
+                tail = c.tail.load(Ordering::SeqCst);
+                self.seen_tail.set(tail);
+                if head == tail {
+                    return Ok(None);
+                }
             }
             let avail = tail.wrapping_sub(head);
             if avail > self.cap as u64 || head % 16 != 0 || avail < RECORD_HEADER as u64 {
