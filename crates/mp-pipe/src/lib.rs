@@ -107,6 +107,12 @@
 //! that *dies* closes all its copies: the other side gets [`Error::Eof`] (or
 //! [`Error::Truncated`] mid-message) on receive and [`Error::BrokenPipe`] on send.
 //!
+//! A message larger than the ring travels in pieces, and the receiving end puts them together
+//! in its own process. So while `recv_timeout` has given up in the middle of such a message,
+//! that end must go on receiving in the same process: if the end is handed to another process
+//! (or two processes take turns on it), the other process sees the rest of a message without its
+//! start and gets [`Error::Protocol`] from then on.
+//!
 //! # Waiting on many connections
 //!
 //! [`wait`] blocks until any of several connections, process sentinels (pidfds) or other

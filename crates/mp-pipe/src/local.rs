@@ -695,6 +695,27 @@ mod tests {
     }
 
     #[test]
+    fn a_padding_record_alone_is_refused_instead_of_spinning() {
+        let (a, b) = pair();
+        let (ctl, data) = ring0(&a);
+        // A hostile peer publishes only a padding record that fills the ring: an honest one
+        // always publishes the record after it too. The receiver must not take it for data
+        // that is about to come (it would spin forever, even after that peer died).
+        poke_header(
+            data,
+            0,
+            (MIN_RING_CAPACITY - RECORD_HEADER) as u32,
+            crate::ring::TAG_PAD,
+            0,
+        );
+        poke_u64(ctl, 0, MIN_RING_CAPACITY as u64);
+        assert!(matches!(
+            b.next_message(now(), &|_| Ok(())),
+            Err(Error::Protocol(m)) if m.contains("corrupted")
+        ));
+    }
+
+    #[test]
     fn a_record_longer_than_what_was_published_is_refused() {
         let (a, b) = pair();
         let (ctl, data) = ring0(&a);

@@ -51,7 +51,7 @@ pub(crate) const TAG_MORE: u32 = 0x6d70_0003;
 /// The last fragment.
 pub(crate) const TAG_LAST: u32 = 0x6d70_0004;
 /// Filler up to the end of the data area.
-const TAG_PAD: u32 = 0x6d70_0005;
+pub(crate) const TAG_PAD: u32 = 0x6d70_0005;
 
 /// The control block of one ring, in shared memory. Every field is an atomic; the pads keep
 /// the producer's word, the consumer's word and each armed word on cache lines of their own.
@@ -336,7 +336,10 @@ impl Ring {
             let tag = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
             let total = u64::from_le_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]);
             if tag == TAG_PAD {
-                if (to_end as u64) > avail {
+                // A producer publishes a padding record together with the record after it, so
+                // a padding record that ends the published bytes is corruption (left alone, it
+                // would make the receiver spin: data that is never a message).
+                if (to_end as u64) >= avail {
                     return Err(self.corrupt(head, tail));
                 }
                 head += to_end as u64;
@@ -347,7 +350,11 @@ impl Ring {
                     "pipe ring holds an unknown record tag {tag:#x}"
                 )));
             }
-            let footprint = RECORD_HEADER + round16(len);
+            // Checked: `len` comes from shared memory, and on a 32-bit target rounding a length
+            // near `usize::MAX` up would wrap to a small footprint.
+            let Some(footprint) = len.checked_add(RECORD_HEADER + 15).map(|n| n & !15) else {
+                return Err(self.corrupt(head, tail));
+            };
             if footprint > to_end || footprint as u64 > avail {
                 return Err(self.corrupt(head, tail));
             }

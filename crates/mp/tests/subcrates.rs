@@ -37,8 +37,14 @@ fn every_crate_error_converts_into_mp_error() {
     fn convert<E: Into<mp::Error>>(e: E) -> mp::Error {
         e.into()
     }
-    assert!(matches!(convert(mp::core::Error::Timeout), mp::Error::Core(_)));
-    assert!(matches!(convert(mp::queue::Error::Empty), mp::Error::Queue(_)));
+    assert!(matches!(
+        convert(mp::core::Error::Timeout),
+        mp::Error::Core(_)
+    ));
+    assert!(matches!(
+        convert(mp::queue::Error::Empty),
+        mp::Error::Queue(_)
+    ));
     let full: mp::queue::PutError<u8> = mp::queue::PutError::Full(1);
     assert!(convert(full).to_string().contains("full"));
 }
