@@ -233,31 +233,30 @@ impl Slot {
 /// An adaptive spin budget for one waiter: it grows while waits end during the spin (or
 /// right after falling asleep), and shrinks while they do not, so that a waiter spins only
 /// when the other side answers within microseconds, and never steals a core from busy
-/// workers when answers are far apart. Spinning yields every few rounds: on a machine with
-/// fewer cores than busy threads, the thread we wait for may need this very core.
+/// workers when answers are far apart. Every round yields the CPU: on a machine with fewer
+/// cores than busy threads (or with the parent and a worker pinned to one core) the thread
+/// we wait for may need this very core, and a yield hands it over at once; measured on 2
+/// cores, yielding every round beat pause-spinning by 2-4x with pinned processes and matched
+/// it without.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Spin {
     budget: u32,
 }
 
 impl Spin {
-    const MAX: u32 = 1024;
-    const MIN_GROW: u32 = 32;
+    const MAX: u32 = 256;
+    const MIN_GROW: u32 = 16;
     /// A sleep shorter than this would have been a spin.
     const SHORT_SLEEP: std::time::Duration = std::time::Duration::from_micros(100);
 
     pub(crate) fn new() -> Spin {
-        Spin { budget: 256 }
+        Spin { budget: 128 }
     }
 
     /// Spins until `done()` or the budget is spent; true when `done()` came true.
     pub(crate) fn spin(&mut self, done: impl Fn() -> bool) -> bool {
-        for i in 0..self.budget {
-            if i % 16 == 15 {
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
-            }
+        for _ in 0..self.budget {
+            std::thread::yield_now();
             if done() {
                 self.budget = (self.budget * 2).clamp(Self::MIN_GROW, Self::MAX);
                 return true;
@@ -457,7 +456,7 @@ mod tests {
         let mut s = Spin::new();
         assert!(s.spin(|| true));
         let grown = s.budget;
-        assert!(grown >= 256);
+        assert!(grown >= 128);
         s.sleep(|| std::thread::sleep(std::time::Duration::from_millis(2)));
         assert!(s.budget < grown);
         for _ in 0..20 {
