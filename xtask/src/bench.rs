@@ -348,6 +348,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let started = Instant::now();
     let load_start = loadavg();
     std::fs::create_dir_all(&out_dir).map_err(|e| format!("create {}: {e}", out_dir.display()))?;
+    let _lock = RunLock::take(&out_dir.join("run.lock"))?;
     if crit_home.exists() {
         std::fs::remove_dir_all(&crit_home)
             .map_err(|e| format!("remove stale {}: {e}", crit_home.display()))?;
@@ -463,6 +464,50 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
 }
 
 // ---------------------------------------------------------------- running things
+
+/// One `cargo xtask bench` at a time per target directory: a second run would delete the
+/// first one's results and, worse, compete with it for the CPUs. The lock is a file holding
+/// the pid of the run; a lock left by a run that died is taken over.
+struct RunLock(PathBuf);
+
+impl RunLock {
+    fn take(path: &Path) -> Result<RunLock, String> {
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+            {
+                Ok(mut f) => {
+                    use std::io::Write as _;
+                    let _ = write!(f, "{}", std::process::id());
+                    return Ok(RunLock(path.to_path_buf()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let owner = std::fs::read_to_string(path).unwrap_or_default();
+                    let owner = owner.trim();
+                    let alive = !owner.is_empty() && Path::new(&format!("/proc/{owner}")).exists();
+                    if alive {
+                        return Err(format!(
+                            "another `cargo xtask bench` is running (pid {owner}, lock {}); \
+                             two runs at once would spoil each other's numbers",
+                            path.display()
+                        ));
+                    }
+                    let _ = std::fs::remove_file(path); // stale: its run is gone
+                }
+                Err(e) => return Err(format!("create {}: {e}", path.display())),
+            }
+        }
+        Err(format!("could not take {}", path.display()))
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
 
 fn build(root: &Path) -> Result<PathBuf, String> {
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
