@@ -298,9 +298,6 @@ impl Ring {
         let mut spilled: Option<mp_core::rkyv::util::AlignedVec<ALIGN>> = None;
         let mut spins = 0u32;
         loop {
-            let space_seq = m.space_seq.load(Ordering::Acquire);
-            let reclaim0 = m.reclaim.load(Ordering::Relaxed);
-            let deq0 = m.dequeued.load(Ordering::Relaxed);
             {
                 let guard = self.lock_producer();
                 if self.try_put_locked(value, &mut spilled, &guard, false)? {
@@ -323,17 +320,25 @@ impl Ring {
                 std::thread::yield_now();
                 continue;
             }
+            // Announce that we wait, then try once more before sleeping: a consumer that freed
+            // space before it could see us waiting is seen by this attempt. The fence pairs with
+            // the one in `wake_producers` (each side stores, fences, then loads what the other
+            // stored), so one of the two always sees the other.
+            let space_seq = m.space_seq.load(Ordering::SeqCst);
             m.p_waiters.fetch_add(1, Ordering::SeqCst);
-            // Re-check after announcing ourselves (pairs with the SeqCst fence in
-            // `wake_producers`): a consumer that freed space before it could see us waiting
-            // changed `reclaim` or `dequeued`, so we try again instead of sleeping.
-            if m.space_seq.load(Ordering::SeqCst) == space_seq
-                && m.reclaim.load(Ordering::SeqCst) == reclaim0
-                && m.dequeued.load(Ordering::SeqCst) == deq0
-            {
-                let nap = deadline.remaining().map_or(NAP, |r| r.min(NAP));
-                futex::wait(&m.space_seq, space_seq, Some(nap));
+            fence(Ordering::SeqCst);
+            let put = {
+                let guard = self.lock_producer();
+                self.try_put_locked(value, &mut spilled, &guard, false)
+            };
+            if !matches!(put, Ok(false)) {
+                m.p_waiters.fetch_sub(1, Ordering::SeqCst);
+                put?;
+                self.wake_consumers();
+                return Ok(());
             }
+            let nap = deadline.remaining().map_or(NAP, |r| r.min(NAP));
+            futex::wait(&m.space_seq, space_seq, Some(nap));
             m.p_waiters.fetch_sub(1, Ordering::SeqCst);
             // A guard whose process died may be what holds the space: check on every nap.
             self.reclaim_dead();
