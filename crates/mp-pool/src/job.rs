@@ -46,12 +46,8 @@ pub(crate) fn decode_vec<R: Message>(bytes: &[u8]) -> Result<Vec<R>, Error> {
     } else {
         bytes
     };
-    let archived = access::<Vec<R>>(b).map_err(bad)?;
-    let mut out = Vec::with_capacity(archived.len());
-    for a in archived.iter() {
-        out.push(deserialize::<R>(a).map_err(bad)?);
-    }
-    Ok(out)
+    // The whole Vec at once: rkyv copies a slice of plain data in one go.
+    deserialize::<Vec<R>>(access::<Vec<R>>(b).map_err(bad)?).map_err(bad)
 }
 
 struct CollectState<R> {

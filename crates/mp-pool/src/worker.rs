@@ -193,10 +193,11 @@ pub(crate) unsafe fn run_chunk<C: Call>(
     payload: &[u8],
 ) -> Result<AlignedVec<ALIGN>, TaskFail> {
     let undecodable = |e: mp_core::Error| TaskFail::new(kind::ARGS_UNDECODABLE, e.to_string());
-    let items = access::<Vec<C::In>>(payload).map_err(undecodable)?;
+    // The whole chunk at once: rkyv copies a slice of plain data in one go.
+    let archived = access::<Vec<C::In>>(payload).map_err(undecodable)?;
+    let items = deserialize::<Vec<C::In>>(archived).map_err(undecodable)?;
     let mut out: Vec<C::Out> = Vec::with_capacity(items.len());
-    for a in items.iter() {
-        let x = deserialize::<C::In>(a).map_err(undecodable)?;
+    for x in items {
         // SAFETY: forwarded from this function's contract.
         out.push(unsafe { C::call(target, x) }?);
     }
