@@ -1,7 +1,7 @@
 //! The parent's bookkeeping for submitted work: one [`Job`] per call (a map, an apply, an
 //! imap), which collects its chunks' results as the supervisor thread receives them.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
@@ -190,9 +190,60 @@ impl<R: Message + Send, Out: Send> Job for CollectJob<R, Out> {
     }
 }
 
+/// The set of chunks submitted and not answered yet. Chunks are submitted in order and
+/// at most `in_flight` are outstanding, so a window over the oldest outstanding one does it
+/// without hashing.
+#[derive(Debug, Default)]
+struct Window {
+    /// The chunk number of `flags[0]`.
+    base: u64,
+    flags: VecDeque<bool>,
+}
+
+impl Window {
+    fn insert(&mut self, c: u64) {
+        let Some(i) = c.checked_sub(self.base) else {
+            return;
+        };
+        let i = i as usize;
+        if self.flags.is_empty() {
+            self.base = c;
+            self.flags.push_back(true);
+            return;
+        }
+        while self.flags.len() <= i {
+            self.flags.push_back(false);
+        }
+        self.flags[i] = true;
+    }
+
+    /// True when `c` was outstanding (it is not any more).
+    fn remove(&mut self, c: u64) -> bool {
+        let Some(i) = c.checked_sub(self.base) else {
+            return false;
+        };
+        match self.flags.get_mut(i as usize) {
+            Some(f) if *f => {
+                *f = false;
+                while self.flags.front() == Some(&false) {
+                    self.flags.pop_front();
+                    self.base += 1;
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn clear(&mut self) {
+        self.base += self.flags.len() as u64;
+        self.flags.clear();
+    }
+}
+
 struct IMapState<R> {
     /// Chunks submitted and not answered yet.
-    outstanding: HashSet<u64>,
+    outstanding: Window,
     /// Ordered: answers by chunk number.
     by_chunk: BTreeMap<u64, Result<Vec<R>, Error>>,
     /// Unordered: answers in arrival order.
@@ -225,7 +276,7 @@ impl<R: Message + Send> IMapJob<R> {
         IMapJob {
             ordered,
             st: Mutex::new(IMapState {
-                outstanding: HashSet::new(),
+                outstanding: Window::default(),
                 by_chunk: BTreeMap::new(),
                 arrived: VecDeque::new(),
                 aborted: None,
@@ -246,7 +297,7 @@ impl<R: Message + Send> IMapJob<R> {
     /// Records an answer produced in the parent (a chunk whose items could not be encoded).
     pub(crate) fn answer(&self, c: u64, r: Result<Vec<R>, Error>) {
         let mut st = lock(&self.st);
-        if st.outstanding.remove(&c) {
+        if st.outstanding.remove(c) {
             if self.ordered {
                 st.by_chunk.insert(c, r);
             } else {
@@ -336,5 +387,34 @@ impl<R: Message + Send> Job for IMapJob<R> {
 
     fn is_done(&self) -> bool {
         lock(&self.st).aborted.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_tracks_outstanding_chunks() {
+        let mut w = Window::default();
+        for c in 0..5 {
+            w.insert(c);
+        }
+        assert!(w.remove(2));
+        assert!(!w.remove(2), "answered once");
+        assert!(w.remove(0));
+        assert_eq!(w.base, 1);
+        assert!(w.remove(1));
+        assert_eq!(w.base, 3, "the window moves past every answered chunk");
+        w.insert(5);
+        assert!(w.remove(5));
+        assert!(w.remove(3) && w.remove(4));
+        assert!(w.flags.is_empty());
+        assert!(!w.remove(0) && !w.remove(99));
+        w.insert(6);
+        w.clear();
+        assert!(!w.remove(6));
+        w.insert(7);
+        assert!(w.remove(7));
     }
 }
