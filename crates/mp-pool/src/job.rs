@@ -380,6 +380,7 @@ impl<R: Message + Send> Job for IMapJob<R> {
         let mut st = lock(&self.st);
         st.aborted = Some(err);
         st.outstanding.clear();
+        // Release pairs with the Acquire loads of the spinning consumer in `next`.
         self.answers.fetch_add(1, Ordering::Release);
         drop(st);
         self.cv.notify_all();

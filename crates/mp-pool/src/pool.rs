@@ -574,6 +574,7 @@ impl Inner {
                     break;
                 }
             }
+            // Acquire pairs with the Release store in `stop_threads`.
             if self.stopping.load(Ordering::Acquire) {
                 return;
             }
@@ -731,6 +732,8 @@ impl Inner {
         }
         for (i, pid, (signal, exitcode)) in dead {
             let slot = lock(&self.workers).list[i].slot.clone();
+            // Read after the worker died (its pidfd became readable), which orders its
+            // SeqCst store in `worker_main` before this load.
             if self.cfg.init.is_some() && slot.ready.load(Ordering::SeqCst) == 0 {
                 // Died in its initializer (a crash: a panic is reported as INIT_FAILED).
                 // Python restarts such workers forever; a few in a row break the pool.
@@ -766,6 +769,7 @@ impl Inner {
 
     fn replace(&self, i: usize) {
         let mut w = lock(&self.workers);
+        // Acquire pairs with the Release store in `stop_threads`.
         if !w.replace || self.stopping.load(Ordering::Acquire) {
             return;
         }
@@ -787,6 +791,7 @@ impl Inner {
     /// Stops the supervisor and feeder threads and waits for them (except for the calling
     /// thread, should a callback running on the supervisor call this).
     fn stop_threads(&self) {
+        // Release pairs with the Acquire loads in `supervise` and `replace`.
         self.stopping.store(true, Ordering::Release);
         let wake = ResultMsg {
             payload: Payload::default(),
