@@ -480,9 +480,10 @@ impl Ring {
         m.pending_enq.store(enq, Ordering::Relaxed);
         m.pending_tail.store(new_tail, Ordering::Release);
         m.enqueued.store(enq + 1, Ordering::Release);
-        // Release publishes the records (headers and payloads) to consumers, which load `tail`
-        // with Acquire.
-        m.tail.store(new_tail, Ordering::Release);
+        // Publishes the records (headers and payloads) to consumers, which load `tail` with
+        // Acquire. A SeqCst swap rather than a store: it is also our half of the handshake with
+        // sleeping consumers (see `wake_consumers`), without a separate fence.
+        m.tail.swap(new_tail, Ordering::SeqCst);
         m.pending_big.store(0, Ordering::Release);
         m.pending_tail.store(0, Ordering::Release);
     }
@@ -631,9 +632,11 @@ impl Ring {
 
     fn wake_consumers(&self) {
         let m = self.meta();
-        // SeqCst fence: our `tail` store is ordered before the waiter-count load, pairing with
-        // the consumer's SeqCst increment of `c_waiters` before it re-checks `tail`.
-        fence(Ordering::SeqCst);
+        // Dekker handshake, all four operations SeqCst: we swapped `tail` (in `commit`), then
+        // load `c_waiters`; a consumer going to sleep increments `c_waiters`, then loads
+        // `tail`. In the single total order of SeqCst operations, either our swap comes first
+        // (the consumer sees the message and does not sleep) or its increment does (we see it
+        // and wake it).
         if m.c_waiters.load(Ordering::SeqCst) > 0 {
             m.data_seq.fetch_add(1, Ordering::SeqCst);
             futex::wake(&m.data_seq, 1);
