@@ -30,8 +30,7 @@
 //! `pthread_atfork` child handler (then children must come from libc's `fork`).
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
-use std::sync::Once;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
 /// The top bit of a lock word that holds a token: set when some task sleeps on the lock.
 pub const CONTENDED: u64 = 1 << 63;
@@ -39,7 +38,8 @@ pub const CONTENDED: u64 = 1 << 63;
 /// The cached process token: word 0 of a `MADV_WIPEONFORK` page, or [`FALLBACK`].
 static CACHE: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
 static FALLBACK: AtomicU64 = AtomicU64::new(0);
-static SETUP: Once = Once::new();
+/// Set by the thread that installed the cache, once it has registered the fork handler.
+static REGISTERED: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
     /// (thread token, process token it was computed under).
@@ -51,45 +51,67 @@ extern "C" fn after_fork_in_child() {
     // Acquire pairs with the Release store in `init`.
     let p = CACHE.load(Ordering::Acquire);
     if !p.is_null() {
-        // SAFETY: `p` points into the page mapped by `setup`, never unmapped.
+        // SAFETY: `p` points into the page mapped by `init` (or the static), never unmapped.
         unsafe { (*p).store(0, Ordering::Relaxed) };
     }
     THREAD_TOKEN.with(|t| t.set((0, 0)));
 }
 
 /// Sets the cache up (a wipe-on-fork page, else the static) and registers the fork handler.
-/// Called by every constructor of a primitive and by the first token computation; cheap after
-/// the first call.
+/// Called by every constructor of a primitive and by the first token computation; one load
+/// after the first call.
+///
+/// There is no `Once` here on purpose: a child forked while another thread of its parent was
+/// inside a `Once` would wait forever for a thread that does not exist in it. Racing callers
+/// each prepare a page; one wins the compare-exchange and the others unmap theirs.
 pub fn init() {
-    SETUP.call_once(|| {
-        // SAFETY: a fresh private anonymous mapping of one page; no existing memory is touched.
-        let page = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                4096,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        let mut cell: *mut AtomicU64 = FALLBACK.as_ptr().cast();
-        if page != libc::MAP_FAILED {
-            // SAFETY: `page` is the mapping just created; madvise only changes its fork
-            // behaviour.
-            if unsafe { libc::madvise(page, 4096, libc::MADV_WIPEONFORK) } == 0 {
-                cell = page.cast();
-            } else {
-                // SAFETY: our own mapping, not used by anything.
-                unsafe { libc::munmap(page, 4096) };
+    // Acquire pairs with the AcqRel compare-exchange below: the page is in place.
+    if !CACHE.load(Ordering::Acquire).is_null() {
+        return;
+    }
+    // SAFETY: a fresh private anonymous mapping of one page; no existing memory is touched.
+    let page = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    let fallback: *mut AtomicU64 = FALLBACK.as_ptr().cast();
+    let mut cell = fallback;
+    if page != libc::MAP_FAILED {
+        // SAFETY: `page` is the mapping just created; madvise only changes its fork behaviour.
+        if unsafe { libc::madvise(page, 4096, libc::MADV_WIPEONFORK) } == 0 {
+            cell = page.cast();
+        } else {
+            // SAFETY: our own mapping, not used by anything.
+            unsafe { libc::munmap(page, 4096) };
+        }
+    }
+    match CACHE.compare_exchange(
+        std::ptr::null_mut(),
+        cell,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    ) {
+        Ok(_) => {
+            if !REGISTERED.swap(true, Ordering::AcqRel) {
+                // SAFETY: registering a handler has no memory-safety preconditions; the
+                // handler only stores to atomics and to a const-initialised thread-local
+                // (async-signal-safe).
+                unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
             }
         }
-        // Release pairs with the Acquire loads of CACHE: the (zeroed) page is in place.
-        CACHE.store(cell, Ordering::Release);
-        // SAFETY: registering a handler has no memory-safety preconditions; the handler only
-        // stores to atomics and to a const-initialised thread-local (async-signal-safe).
-        unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
-    });
+        Err(_) => {
+            if cell != fallback {
+                // SAFETY: our page lost the race and was never published: nobody else has it.
+                unsafe { libc::munmap(cell.cast(), 4096) };
+            }
+        }
+    }
 }
 
 /// The token of the calling process (pid + process start time): two loads once cached.

@@ -86,8 +86,9 @@ impl<T: Message> QueueBuilder<T> {
         self
     }
 
-    /// The ring's size in bytes (at least 64; default [`DEFAULT_CAPACITY`]). `put` waits when
-    /// the ring is full of unread messages. Messages larger than half the ring do not use it.
+    /// The ring's size in bytes (at least 64, rounded up to a power of two; default
+    /// [`DEFAULT_CAPACITY`]). `put` waits when the ring is full of unread messages. Messages
+    /// larger than half the ring do not use it.
     pub fn capacity_bytes(mut self, bytes: u64) -> Self {
         self.capacity = bytes;
         self

@@ -10,7 +10,7 @@
 //! ```
 //!
 //! Positions `tail`, `head` and `reclaim` are byte counts that only grow; a record's offset is
-//! `pos % capacity`. `reclaim <= head <= tail`: `[reclaim, head)` holds records handed to a
+//! `pos % capacity` (a mask: the capacity is a power of two). `reclaim <= head <= tail`: `[reclaim, head)` holds records handed to a
 //! consumer and not yet released (zero-copy guards), `[head, tail)` holds ready messages.
 //!
 //! **Producers** hold the producer lock while they serialize straight into the free space at
@@ -173,10 +173,11 @@ pub(crate) enum GetFail {
 }
 
 impl Ring {
-    /// A new ring of `capacity` bytes (rounded up to 16) holding at most `maxsize` items
+    /// A new ring of `capacity` bytes (rounded up to a power of two) holding at most `maxsize` items
     /// (0: no limit), in a region of content kind `kind`.
     pub(crate) fn new(kind: u32, capacity: u64, maxsize: u64) -> Result<Ring, Error> {
-        let capacity = round16(capacity.max(64));
+        // A power of two, so that a position's offset is a mask rather than a division.
+        let capacity = capacity.max(64).next_power_of_two();
         let size = META_SIZE as u64 + capacity;
         let region = Region::anonymous_growable(kind, size, 64)?;
         let big_base = (HEADER_SIZE as u64 + size).div_ceil(PAGE) * PAGE;
@@ -204,9 +205,9 @@ impl Ring {
             ));
         }
         let capacity = (region.len() - META_SIZE) as u64;
-        if capacity % 16 != 0 {
+        if !capacity.is_power_of_two() {
             return Err(Error::Corrupted(
-                "the queue's capacity is not a multiple of 16".into(),
+                "the queue's capacity is not a power of two".into(),
             ));
         }
         let ring = Ring { region, capacity };
@@ -389,7 +390,7 @@ impl Ring {
             return Err(corrupted("its positions are out of order or misaligned"));
         }
         let free = cap - (tail - reclaim);
-        let off = tail % cap;
+        let off = tail & (cap - 1);
         let contig = cap - off;
         // Two places a record can go: at `tail`, or after a padding record at the ring's start.
         let at_tail = free.min(contig);
@@ -795,7 +796,7 @@ impl Ring {
             return Err(self.corrupt(head, tail, "positions out of order or misaligned"));
         }
         // `head` is a multiple of 16 and `cap` too, so `off` is a record boundary in the ring.
-        let mut off = head % cap;
+        let mut off = head & (cap - 1);
         let mut used = 0u64;
         let r = self.rec(off);
         if r.kind.load(Ordering::Relaxed) == KIND_PAD {
@@ -948,7 +949,7 @@ impl Ring {
                 m.discard_to.store(0, Ordering::Relaxed);
                 continue;
             }
-            let off = reclaim % cap;
+            let off = reclaim & (cap - 1);
             let r = self.rec(off);
             // Acquire pairs with the Release store of DONE in `release` (the guard's reads of
             // the payload happen before we hand the space back).

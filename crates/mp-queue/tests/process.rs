@@ -1,4 +1,5 @@
-//! A Queue given to real children as a `Process` argument, under every start method.
+//! A Queue given to real children as a `Process` argument, under every start method. The
+//! children are daemons, so a failing test never leaves one behind.
 
 use std::time::Duration;
 
@@ -43,6 +44,7 @@ fn queue_as_process_argument_under_every_start_method() {
             .map(|k| {
                 Process::new(produce, (q.clone(), k * 1000))
                     .start_method(method)
+                    .daemon(true)
                     .start()
                     .unwrap()
             })
@@ -65,6 +67,7 @@ fn child_puts_one_mib_exits_and_is_joined_before_the_read() {
         let q: Queue<Vec<u8>> = Queue::new().unwrap();
         let mut kid = Process::new(put_one_mib, q.clone())
             .start_method(method)
+            .daemon(true)
             .start()
             .unwrap();
         let n = kid
@@ -88,6 +91,7 @@ fn joinable_queue_with_workers_under_every_start_method() {
             .map(|_| {
                 Process::new(work, q.clone())
                     .start_method(method)
+                    .daemon(true)
                     .start()
                     .unwrap()
             })
