@@ -72,3 +72,25 @@ def ident(x):
 
 def pinned_noop(cpu):
     pin(cpu)
+
+
+def process_start_main(method, n_full, n_quick):
+    """The process start+join workload for one start method: start a Process whose target pins
+    itself to the child's CPU and returns, then join it; report microseconds per start+join."""
+    import multiprocessing as mp
+
+    opts = options()
+    ctx = mp.get_context(method)
+    cpu = child_cpu(opts.placement, 0)
+
+    def run_once(n):
+        t0 = now()
+        for _ in range(n):
+            p = ctx.Process(target=pinned_noop, args=(cpu,))
+            p.start()
+            p.join()
+            assert p.exitcode == 0
+        return now() - t0
+
+    n = n_quick if opts.quick else n_full
+    report(measure(run_once, n, 2 if opts.quick else 5) / n * 1e6)
