@@ -3,9 +3,12 @@
 
 mp_process::test_support!();
 
+mod common;
+use common::watchdog;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mp_core::Shared;
@@ -13,26 +16,6 @@ use mp_pool::{Error, Pool};
 use mp_process::{Process, ProcessError, StartMethod};
 
 const METHODS: [StartMethod; 2] = [StartMethod::Fork, StartMethod::Spawn];
-
-/// Runs `f` on its own thread and fails the test if it takes longer than `secs`.
-fn watchdog(secs: u64, f: impl FnOnce() + Send + 'static) {
-    let (tx, rx) = mpsc::channel();
-    let h = std::thread::spawn(move || {
-        f();
-        let _ = tx.send(());
-    });
-    match rx.recv_timeout(Duration::from_secs(secs)) {
-        Ok(()) => h.join().unwrap(),
-        Err(mpsc::RecvTimeoutError::Disconnected) => {
-            if let Err(p) = h.join() {
-                std::panic::resume_unwind(p)
-            }
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            panic!("watchdog: test still running after {secs} s")
-        }
-    }
-}
 
 fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
