@@ -41,10 +41,25 @@ fn fork_child(f: impl FnOnce() -> i32) -> Pid {
     }
 }
 
+/// How long any child of these tests may run before the test fails (and kills it).
+const WATCHDOG: Duration = Duration::from_secs(60);
+
+/// Waits for a forked child to exit with 0; kills it and fails the test after [`WATCHDOG`].
 fn wait_ok(pid: Pid) {
-    match waitpid(pid, None).expect("waitpid") {
-        WaitStatus::Exited(_, 0) => {}
-        other => panic!("child {pid} failed: {other:?}"),
+    let t0 = Instant::now();
+    loop {
+        match waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)).expect("waitpid") {
+            WaitStatus::StillAlive if t0.elapsed() < WATCHDOG => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            WaitStatus::StillAlive => {
+                let _ = kill(pid, Signal::SIGKILL);
+                let _ = waitpid(pid, None);
+                panic!("watchdog: child {pid} still running after {WATCHDOG:?}");
+            }
+            WaitStatus::Exited(_, 0) => return,
+            other => panic!("child {pid} failed: {other:?}"),
+        }
     }
 }
 
@@ -73,8 +88,20 @@ fn spawn_raw(role: &str, bytes: &[u8], fds: Vec<OwnedFd>) -> std::process::Child
     child
 }
 
+/// Waits for a spawned child to succeed; kills it and fails the test after [`WATCHDOG`].
 fn spawn_ok(mut child: std::process::Child) {
-    let status = child.wait().expect("wait");
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if t0.elapsed() > WATCHDOG {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("watchdog: spawned child still running after {WATCHDOG:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
     assert!(status.success(), "spawned child failed: {status:?}");
 }
 
