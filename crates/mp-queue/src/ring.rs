@@ -660,7 +660,12 @@ impl Ring {
     /// A producer that sleeps past this still wakes every `NAP` to look again.
     fn worth_waking_producers(&self) -> bool {
         let m = self.meta();
-        let used = m.tail.load(Ordering::Relaxed) - m.reclaim.load(Ordering::Relaxed);
+        // Read without a lock: `reclaim` first, then `tail`. Both only grow and
+        // `reclaim <= tail` at every instant, so the `tail` read later is at least the
+        // `reclaim` read earlier (read the other way round, consumers could move `reclaim`
+        // past the `tail` we read in between). Saturating all the same: it is shared memory.
+        let reclaim = m.reclaim.load(Ordering::Acquire);
+        let used = m.tail.load(Ordering::Acquire).saturating_sub(reclaim);
         let max = m.maxsize.load(Ordering::Relaxed);
         used <= self.capacity / 2 || (max > 0 && self.len() < max)
     }
