@@ -252,6 +252,12 @@ fn ctrl_c_program(args: (String, bool, bool)) {
         extern "C" fn on_sigint(_: libc::c_int) {}
         // SAFETY: the handler is async-signal-safe (it does nothing).
         unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+    } else {
+        // A program at a terminal: Ctrl-C kills it. The disposition is set, not inherited,
+        // because a test run started in the background (`cmd &` in a script) ignores SIGINT,
+        // and an ignored signal stays ignored across exec.
+        // SAFETY: SIG_DFL is always a valid disposition.
+        unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
     }
     let m = if spawn_workers {
         StartMethod::Spawn
