@@ -334,6 +334,13 @@ pub fn workloads() -> Vec<Workload> {
             with_mp("pool_map", vec![]),
         ),
         w(
+            "pool_map_chunksize1",
+            Elements(pool_items / 10),
+            true,
+            MULTI,
+            with_mp("pool_map_chunksize1", vec![]),
+        ),
+        w(
             "pool_imap_unordered",
             Elements(pool_items / 10),
             true,

@@ -32,6 +32,7 @@ pub fn implementation(workload: &str) -> Option<Measure> {
         "queue_small_2to1" => queue_small_2to1,
         "queue_1mib" => queue_1mib,
         "pool_map" => pool_map,
+        "pool_map_chunksize1" => pool_map_chunksize1,
         "pool_imap_unordered" => pool_imap_unordered,
         "pool_apply_async" => pool_apply_async,
         "pipe_rt" => pipe_rt,
@@ -272,6 +273,19 @@ pub fn pool_map(iters: u64, placement: Placement) -> Duration {
     let start = Instant::now();
     for _ in 0..iters {
         let out = pool.map(ident, 0..n).expect("map");
+        assert_eq!(out.len() as u64, n);
+    }
+    start.elapsed()
+}
+
+/// `Pool(2).chunksize(1).map(ident, 0..n/10)`: one task per item, `n` =
+/// [`crate::pool_map_items`] (one iteration = one `map` call).
+pub fn pool_map_chunksize1(iters: u64, placement: Placement) -> Duration {
+    let pool = pinned_pool(2, placement);
+    let n = crate::pool_map_items() / 10;
+    let start = Instant::now();
+    for _ in 0..iters {
+        let out = pool.chunksize(1).map(ident, 0..n).expect("map");
         assert_eq!(out.len() as u64, n);
     }
     start.elapsed()

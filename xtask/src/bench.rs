@@ -179,6 +179,14 @@ const SPECS: &[Spec] = &[
         peers: &[],
     },
     Spec {
+        name: "pool_map_chunksize1",
+        krate: "mp-pool",
+        unit: Unit::Items,
+        single: false,
+        limit: &[],
+        peers: &[],
+    },
+    Spec {
         name: "pool_imap_unordered",
         krate: "mp-pool",
         unit: Unit::Items,
