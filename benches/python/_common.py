@@ -15,8 +15,13 @@ import sys
 import time
 
 
+# Read once (os.cpu_count() reads sysfs on every call); forked children inherit it, as the
+# Rust side's cached `cpus()`.
+_CPUS = os.cpu_count() or 1
+
+
 def _cpus():
-    return os.cpu_count() or 1
+    return _CPUS
 
 
 def pin(cpu):

@@ -5,6 +5,8 @@
 //! cores costs an order of magnitude more than one on the same core, so every number in the
 //! table says which placement it was measured in.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 /// The CPU placement of a workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Placement {
@@ -50,10 +52,22 @@ impl Placement {
 }
 
 /// The number of online CPUs (not the affinity mask of the caller, which pinning narrows).
+///
+/// Read once per process and cached: glibc reads it from sysfs on every call, which would add
+/// an open, a read and a close to every child that pins itself (the CPython scripts cache it
+/// the same way).
 pub fn cpus() -> usize {
-    // SAFETY: sysconf has no memory effects.
-    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-    usize::try_from(n).unwrap_or(1).max(1)
+    static CPUS: AtomicUsize = AtomicUsize::new(0);
+    match CPUS.load(Ordering::Relaxed) {
+        0 => {
+            // SAFETY: sysconf has no memory effects.
+            let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+            let n = usize::try_from(n).unwrap_or(1).max(1);
+            CPUS.store(n, Ordering::Relaxed);
+            n
+        }
+        n => n,
+    }
 }
 
 /// Pins the calling thread to `cpu`; a CPU the machine does not have falls back to CPU 0.

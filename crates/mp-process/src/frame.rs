@@ -268,8 +268,12 @@ impl Inbox {
     pub(crate) fn pump(&mut self, fd: BorrowedFd<'_>) -> std::io::Result<()> {
         loop {
             // Read straight into the buffer (no large stack chunk: after a fork every page
-            // the parent writes costs a copy-on-write fault).
-            self.buf.reserve(4096);
+            // the parent writes costs a copy-on-write fault). Small first, then doubling: most
+            // children send one short frame, and a small block is usually carved from a heap
+            // page this start already wrote.
+            if self.buf.capacity() - self.buf.len() < 64 {
+                self.buf.reserve(self.buf.len().max(256));
+            }
             let spare = self.buf.spare_capacity_mut();
             let cap = spare.len();
             let mut iov = libc::iovec {

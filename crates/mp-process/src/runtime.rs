@@ -14,7 +14,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
 use std::sync::Once;
 
-use mp_core::message::{decode, encode};
+use mp_core::message::{decode, encode, encode_into, Encoded};
 use mp_core::Message;
 
 use crate::frame::{self, Tag};
@@ -207,6 +207,14 @@ pub(crate) fn write_stderr(mut b: &[u8]) {
     }
 }
 
+/// Size of the stack buffer a child encodes its result into (see [`run_target`]).
+const SMALL_ARCHIVE: usize = 256;
+
+/// A stack buffer aligned for an archive ([`mp_core::message::ALIGN`]).
+#[repr(C, align(16))]
+struct SmallArchive([u8; SMALL_ARCHIVE]);
+const _: () = assert!(std::mem::align_of::<SmallArchive>() == mp_core::message::ALIGN);
+
 /// Runs the target in a child, reports its end to the parent over `chan` and returns the
 /// exit code the child must exit with.
 pub(crate) fn run_target<R: Message>(chan: BorrowedFd<'_>, f: impl FnOnce() -> R) -> i32 {
@@ -215,9 +223,19 @@ pub(crate) fn run_target<R: Message>(chan: BorrowedFd<'_>, f: impl FnOnce() -> R
     IN_TARGET.with(|t| t.set(false));
     match result {
         Ok(value) => {
-            let code = match encode(&value) {
-                Ok(bytes) => {
-                    let _ = frame::send_final(chan, Tag::Returned, &bytes);
+            // A small result is encoded on the stack: a heap buffer would cost the child
+            // copy-on-write faults on the allocator's pages (a measurable share of a fork
+            // start); a large one spills to the heap.
+            let mut small = SmallArchive([0; SMALL_ARCHIVE]);
+            // SAFETY: `small` is ours, SMALL_ARCHIVE bytes long and aligned to 16 (ALIGN).
+            let encoded = unsafe { encode_into(&value, small.0.as_mut_ptr(), SMALL_ARCHIVE) };
+            let code = match encoded {
+                Ok(e) => {
+                    let bytes = match &e {
+                        Encoded::InPlace(n) => &small.0[..*n],
+                        Encoded::Spilled(v) => v.as_slice(),
+                    };
+                    let _ = frame::send_final(chan, Tag::Returned, bytes);
                     0
                 }
                 Err(e) => {
