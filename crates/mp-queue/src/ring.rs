@@ -485,7 +485,12 @@ impl Ring {
         // Acquire. A SeqCst swap rather than a store: it is also our half of the handshake with
         // sleeping consumers (see `wake_consumers`), without a separate fence.
         m.tail.swap(new_tail, Ordering::SeqCst);
-        m.pending_big.store(0, Ordering::Release);
+        // Only an oversized message sets the journal's `pending_big`. It sits on the line that
+        // consumers read on every get, so it is stored only when set: an unconditional store
+        // would move that line between the two cores on every message.
+        if m.pending_big.load(Ordering::Relaxed) != 0 {
+            m.pending_big.store(0, Ordering::Release);
+        }
         m.pending_tail.store(0, Ordering::Release);
     }
 
