@@ -432,11 +432,19 @@ impl Inner {
 
     /// Puts a task, waiting for room, until the pool is terminated.
     pub(crate) fn put_blocking(&self, mut msg: TaskMsg) -> Result<(), Error> {
+        // First without a deadline (no clock read: with chunksize 1 this runs once per item);
+        // when the queue is full, in slices of PUT_SLICE so that terminate is noticed.
+        let mut first = true;
         loop {
             if self.terminated.load(Ordering::Relaxed) {
                 return Err(Error::Terminated);
             }
-            match self.tasks.put_timeout(msg, PUT_SLICE) {
+            let put = if std::mem::take(&mut first) {
+                self.tasks.put_nowait(msg)
+            } else {
+                self.tasks.put_timeout(msg, PUT_SLICE)
+            };
+            match put {
                 Ok(()) => {
                     self.task_bell.ring();
                     return Ok(());
