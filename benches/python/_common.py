@@ -99,3 +99,15 @@ def process_start_main(method, n_full, n_quick):
 
     n = n_quick if opts.quick else n_full
     report(measure(run_once, n, 2 if opts.quick else 5) / n * 1e6)
+
+
+def pool_rate_main(run_once, n_full, n_quick):
+    """The rate workloads of a Pool(2) whose workers pin themselves: `run_once(pool, n)` returns
+    the seconds `n` items took (n_full, or n_quick with --quick); report items per second."""
+    import multiprocessing as mp
+
+    opts = options()
+    n = n_quick if opts.quick else n_full
+    counter = mp.Value("i", 0)
+    with mp.Pool(2, initializer=pin_worker, initargs=(counter, opts.placement)) as pool:
+        report(n / measure(lambda k: run_once(pool, k), n, 1 if opts.quick else 3))

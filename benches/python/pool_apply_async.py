@@ -1,8 +1,6 @@
 """pool apply_async: submit 10_000 apply_async calls of a trivial function to Pool(2), then get
 every result. Prints items per second."""
-import multiprocessing as mp
-
-from _common import ident, measure, now, options, pin_worker, report
+from _common import ident, now, pool_rate_main
 
 
 def run_once(pool, n):
@@ -15,8 +13,4 @@ def run_once(pool, n):
 
 
 if __name__ == "__main__":
-    opts = options()
-    n = 10_000
-    counter = mp.Value("i", 0)
-    with mp.Pool(2, initializer=pin_worker, initargs=(counter, opts.placement)) as pool:
-        report(n / measure(lambda k: run_once(pool, k), n, 1 if opts.quick else 3))
+    pool_rate_main(run_once, 10_000, 10_000)

@@ -1,8 +1,6 @@
 """pool imap_unordered: iterate Pool(2).imap_unordered over 100_000 trivial items (10_000 with
 --quick), default chunksize (1). Prints items per second."""
-import multiprocessing as mp
-
-from _common import ident, measure, now, options, pin_worker, report
+from _common import ident, now, pool_rate_main
 
 
 def run_once(pool, n):
@@ -14,8 +12,4 @@ def run_once(pool, n):
 
 
 if __name__ == "__main__":
-    opts = options()
-    n = 10_000 if opts.quick else 100_000
-    counter = mp.Value("i", 0)
-    with mp.Pool(2, initializer=pin_worker, initargs=(counter, opts.placement)) as pool:
-        report(n / measure(lambda k: run_once(pool, k), n, 1 if opts.quick else 3))
+    pool_rate_main(run_once, 100_000, 10_000)

@@ -1,8 +1,6 @@
 """pool map: Pool(2).map over 1_000_000 trivial items (100_000 with --quick), default chunksize.
 Prints items per second."""
-import multiprocessing as mp
-
-from _common import ident, measure, now, options, pin_worker, report
+from _common import ident, now, pool_rate_main
 
 
 def run_once(pool, n):
@@ -14,8 +12,4 @@ def run_once(pool, n):
 
 
 if __name__ == "__main__":
-    opts = options()
-    n = 100_000 if opts.quick else 1_000_000
-    counter = mp.Value("i", 0)
-    with mp.Pool(2, initializer=pin_worker, initargs=(counter, opts.placement)) as pool:
-        report(n / measure(lambda k: run_once(pool, k), n, 1 if opts.quick else 3))
+    pool_rate_main(run_once, 1_000_000, 100_000)
