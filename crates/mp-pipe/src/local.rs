@@ -48,6 +48,8 @@ const SPIN_MAX: Duration = Duration::from_micros(50);
 const SPIN_START: Duration = Duration::from_micros(10);
 /// After this long spinning, yield the CPU between checks (the peer may share our core).
 const SPIN_YIELD_AFTER: Duration = Duration::from_micros(3);
+/// Looks at the start of a spin without a pause in between.
+const TIGHT_SPINS: u32 = 64;
 
 /// How a wait ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,6 +268,11 @@ impl LocalEnd {
                 return true;
             }
             i = i.wrapping_add(1);
+            // The first looks without a pause (a pause costs ~28 ns on this kind of CPU, half
+            // of which a reply that is on its way waits for on average).
+            if i < TIGHT_SPINS {
+                continue;
+            }
             if i % 32 == 0 {
                 let el = start.elapsed();
                 if el >= limit {
