@@ -111,3 +111,34 @@ def pool_rate_main(run_once, n_full, n_quick):
     counter = mp.Value("i", 0)
     with mp.Pool(2, initializer=pin_worker, initargs=(counter, opts.placement)) as pool:
         report(n / measure(lambda k: run_once(pool, k), n, 1 if opts.quick else 3))
+
+
+def timed_children(placement, children, body):
+    """Start one Process per (target, args) of `children`; child i is called with
+    args + (its CPU, a start barrier), pins itself and waits at the barrier. Once all have
+    arrived, time `body()` in the parent, join the children and return the seconds `body`
+    took."""
+    import multiprocessing as mp
+
+    start = mp.Barrier(len(children) + 1)
+    ps = [
+        mp.Process(target=target, args=(*args, child_cpu(placement, i), start))
+        for i, (target, args) in enumerate(children)
+    ]
+    for p in ps:
+        p.start()
+    start.wait()
+    t0 = now()
+    body()
+    dt = now() - t0
+    for p in ps:
+        p.join()
+    return dt
+
+
+def put_range(q, n, cpu, start):
+    """Producer of the small-message queue workloads: pin, wait at `start`, put 0..n on `q`."""
+    pin(cpu)
+    start.wait()
+    for i in range(n):
+        q.put(i)

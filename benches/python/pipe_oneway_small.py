@@ -2,7 +2,7 @@
 them. Prints messages per second."""
 import multiprocessing as mp
 
-from _common import child_cpu, measure, now, options, pin, report
+from _common import measure, options, pin, report, timed_children
 
 
 def sender(conn, n, cpu, start):
@@ -14,16 +14,12 @@ def sender(conn, n, cpu, start):
 
 def run_once(n):
     a, b = mp.Pipe(duplex=False)
-    start = mp.Barrier(2)
-    p = mp.Process(target=sender, args=(b, n, child_cpu(opts.placement, 0), start))
-    p.start()
-    start.wait()
-    t0 = now()
-    for _ in range(n):
-        a.recv()
-    dt = now() - t0
-    p.join()
-    return dt
+
+    def body():
+        for _ in range(n):
+            a.recv()
+
+    return timed_children(opts.placement, [(sender, (b, n))], body)
 
 
 if __name__ == "__main__":

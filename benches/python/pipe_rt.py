@@ -2,7 +2,7 @@
 back. Prints microseconds per round trip."""
 import multiprocessing as mp
 
-from _common import child_cpu, measure, now, options, pin, report
+from _common import measure, options, pin, report, timed_children
 
 
 def echo(conn, n, cpu, start):
@@ -14,17 +14,13 @@ def echo(conn, n, cpu, start):
 
 def run_once(n):
     a, b = mp.Pipe()
-    start = mp.Barrier(2)
-    p = mp.Process(target=echo, args=(b, n, child_cpu(opts.placement, 0), start))
-    p.start()
-    start.wait()
-    t0 = now()
-    for i in range(n):
-        a.send(i)
-        a.recv()
-    dt = now() - t0
-    p.join()
-    return dt
+
+    def body():
+        for i in range(n):
+            a.send(i)
+            a.recv()
+
+    return timed_children(opts.placement, [(echo, (b, n))], body)
 
 
 if __name__ == "__main__":

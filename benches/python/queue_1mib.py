@@ -2,7 +2,7 @@
 parent gets them. Prints GB/s (10^9 bytes per second)."""
 import multiprocessing as mp
 
-from _common import child_cpu, measure, now, options, pin, report
+from _common import measure, options, pin, report, timed_children
 
 MIB = 1 << 20
 
@@ -17,16 +17,12 @@ def producer(q, n, cpu, start):
 
 def run_once(n):
     q = mp.Queue()
-    start = mp.Barrier(2)
-    p = mp.Process(target=producer, args=(q, n, child_cpu(opts.placement, 0), start))
-    p.start()
-    start.wait()
-    t0 = now()
-    for _ in range(n):
-        assert len(q.get()) == MIB
-    dt = now() - t0
-    p.join()
-    return dt
+
+    def body():
+        for _ in range(n):
+            assert len(q.get()) == MIB
+
+    return timed_children(opts.placement, [(producer, (q, n))], body)
 
 
 if __name__ == "__main__":

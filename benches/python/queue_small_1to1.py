@@ -2,28 +2,17 @@
 gets them. Prints messages per second."""
 import multiprocessing as mp
 
-from _common import child_cpu, measure, now, options, pin, report
-
-
-def producer(q, n, cpu, start):
-    pin(cpu)
-    start.wait()
-    for i in range(n):
-        q.put(i)
+from _common import measure, options, put_range, report, timed_children
 
 
 def run_once(n):
     q = mp.Queue()
-    start = mp.Barrier(2)
-    p = mp.Process(target=producer, args=(q, n, child_cpu(opts.placement, 0), start))
-    p.start()
-    start.wait()
-    t0 = now()
-    for _ in range(n):
-        q.get()
-    dt = now() - t0
-    p.join()
-    return dt
+
+    def body():
+        for _ in range(n):
+            q.get()
+
+    return timed_children(opts.placement, [(put_range, (q, n))], body)
 
 
 if __name__ == "__main__":

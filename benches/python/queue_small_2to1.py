@@ -2,34 +2,18 @@
 parent gets them all. Prints messages per second."""
 import multiprocessing as mp
 
-from _common import child_cpu, measure, now, options, pin, report
-
-
-def producer(q, n, cpu, start):
-    pin(cpu)
-    start.wait()
-    for i in range(n):
-        q.put(i)
+from _common import measure, options, put_range, report, timed_children
 
 
 def run_once(n):
     q = mp.Queue()
-    start = mp.Barrier(3)
     halves = [n // 2, n - n // 2]
-    ps = [
-        mp.Process(target=producer, args=(q, h, child_cpu(opts.placement, i), start))
-        for i, h in enumerate(halves)
-    ]
-    for p in ps:
-        p.start()
-    start.wait()
-    t0 = now()
-    for _ in range(n):
-        q.get()
-    dt = now() - t0
-    for p in ps:
-        p.join()
-    return dt
+
+    def body():
+        for _ in range(n):
+            q.get()
+
+    return timed_children(opts.placement, [(put_range, (q, h)) for h in halves], body)
 
 
 if __name__ == "__main__":
