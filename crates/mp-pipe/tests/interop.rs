@@ -25,6 +25,12 @@ fn python() -> Option<String> {
     if ok {
         Some("python3".into())
     } else {
+        // `.ci/run` sets MP_REQUIRE_PYTHON (and installs python3): there a missing
+        // interpreter is a failure, not a reason to pass without testing anything.
+        assert!(
+            std::env::var_os("MP_REQUIRE_PYTHON").is_none(),
+            "python3 with multiprocessing is required (MP_REQUIRE_PYTHON is set)"
+        );
         eprintln!(
             "SKIPPED: python3 (with multiprocessing) is not installed; CPython interop not tested"
         );
