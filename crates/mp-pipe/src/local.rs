@@ -689,6 +689,11 @@ mod tests {
         Deadline::after(Some(Duration::ZERO))
     }
 
+    /// What `b` makes of the ring as it stands: the next message, without waiting.
+    fn next(b: &LocalEnd) -> Result<Msg> {
+        b.next_message(now(), &|_| Ok(()))
+    }
+
     #[test]
     fn unknown_tag_is_a_protocol_error() {
         let (a, b) = pair();
@@ -696,7 +701,7 @@ mod tests {
         poke_header(data, 0, 4, 0xdead_beef, 4);
         poke_u64(ctl, 0, 32); // tail
         assert!(matches!(
-            b.next_message(now(), &|_| Ok(())),
+            next(&b),
             Err(Error::Protocol(m)) if m.contains("tag")
         ));
     }
@@ -717,7 +722,7 @@ mod tests {
         );
         poke_u64(ctl, 0, MIN_RING_CAPACITY as u64);
         assert!(matches!(
-            b.next_message(now(), &|_| Ok(())),
+            next(&b),
             Err(Error::Protocol(m)) if m.contains("corrupted")
         ));
     }
@@ -728,17 +733,11 @@ mod tests {
         let (ctl, data) = ring0(&a);
         poke_header(data, 0, 1000, TAG_WHOLE, 1000);
         poke_u64(ctl, 0, 32);
-        assert!(matches!(
-            b.next_message(now(), &|_| Ok(())),
-            Err(Error::Protocol(_))
-        ));
+        assert!(matches!(next(&b), Err(Error::Protocol(_))));
         // A record that would run past the end of the data area.
         poke_header(data, 0, u32::MAX, TAG_WHOLE, 0);
         poke_u64(ctl, 0, MIN_RING_CAPACITY as u64);
-        assert!(matches!(
-            b.next_message(now(), &|_| Ok(())),
-            Err(Error::Protocol(_))
-        ));
+        assert!(matches!(next(&b), Err(Error::Protocol(_))));
     }
 
     #[test]
@@ -747,17 +746,11 @@ mod tests {
         let (ctl, _) = ring0(&a);
         // More published than the ring holds.
         poke_u64(ctl, 0, 10 * MIN_RING_CAPACITY as u64);
-        assert!(matches!(
-            b.next_message(now(), &|_| Ok(())),
-            Err(Error::Protocol(_))
-        ));
+        assert!(matches!(next(&b), Err(Error::Protocol(_))));
         assert!(matches!(a.send_raw(b"x"), Err(Error::Protocol(_))));
         // A misaligned position.
         poke_u64(ctl, 0, 8);
-        assert!(matches!(
-            b.next_message(now(), &|_| Ok(())),
-            Err(Error::Protocol(_))
-        ));
+        assert!(matches!(next(&b), Err(Error::Protocol(_))));
     }
 
     #[test]
@@ -767,29 +760,20 @@ mod tests {
         // A MORE with no FIRST.
         poke_header(data, 0, 16, TAG_MORE, 64);
         poke_u64(ctl, 0, 32);
-        assert!(matches!(
-            b.next_message(now(), &|_| Ok(())),
-            Err(Error::Protocol(_))
-        ));
+        assert!(matches!(next(&b), Err(Error::Protocol(_))));
         // A FIRST whose fragments overrun its announced total.
         let (a, b) = pair();
         let (ctl, data) = ring0(&a);
         poke_header(data, 0, 16, TAG_FIRST, 20);
         poke_header(data, 32, 16, TAG_LAST, 20);
         poke_u64(ctl, 0, 64);
-        assert!(matches!(
-            b.next_message(now(), &|_| Ok(())),
-            Err(Error::Protocol(_))
-        ));
+        assert!(matches!(next(&b), Err(Error::Protocol(_))));
         // A FIRST that announces less than it carries.
         let (a, b) = pair();
         let (ctl, data) = ring0(&a);
         poke_header(data, 0, 16, TAG_FIRST, 8);
         poke_u64(ctl, 0, 32);
-        assert!(matches!(
-            b.next_message(now(), &|_| Ok(())),
-            Err(Error::Protocol(_))
-        ));
+        assert!(matches!(next(&b), Err(Error::Protocol(_))));
     }
 
     #[test]
@@ -806,7 +790,7 @@ mod tests {
         assert!(matches!(r, Err(Error::MessageTooLong { size, .. }) if size == 1 << 60));
         // Accepted, it is read as fragments arrive; the peer then vanishes: truncated.
         drop(a);
-        let r = b.next_message(now(), &|_| Ok(()));
+        let r = next(&b);
         assert!(
             matches!(r, Err(Error::Truncated { received: 16, expected }) if expected == 1 << 60)
         );
