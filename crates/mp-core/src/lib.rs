@@ -50,7 +50,7 @@ pub mod shared;
 
 pub use error::{Error, Result};
 pub use futex::Deadline;
-pub use message::{Message, Serde};
+pub use message::{Encode, Message, Serde};
 pub use region::{Region, SharedMemory};
 pub use shared::{Shared, ShmSafe};
 

@@ -71,6 +71,47 @@ impl<T> Message for T where
 {
 }
 
+/// A value that can be serialized as a message: the sending half of [`Message`], which every
+/// message has. A type that only sends (a borrowed view such as [`SliceAsVec`], which archives
+/// as an owned type does) is `Encode` without being a `Message`.
+pub trait Encode: Archive + for<'a> Serialize<MpSerializer<'a>> {}
+
+impl<T> Encode for T where T: Archive + for<'a> Serialize<MpSerializer<'a>> {}
+
+/// A borrowed slice that archives exactly as a `Vec<T>` of the same items (what rkyv does for
+/// a `Vec`), so that a slice can be sent where a `Vec<T>` is received, without building the
+/// `Vec`.
+///
+/// ```
+/// use mp_core::message::{decode, encode, SliceAsVec};
+/// let data = [1u64, 2, 3, 4, 5];
+/// let bytes = encode(&SliceAsVec(&data[1..4]))?;
+/// assert_eq!(decode::<Vec<u64>>(&bytes)?, [2, 3, 4]);
+/// assert_eq!(bytes.as_slice(), encode(&vec![2u64, 3, 4])?.as_slice());
+/// # Ok::<(), mp_core::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct SliceAsVec<'s, T>(pub &'s [T]);
+
+impl<T: Archive> Archive for SliceAsVec<'_, T> {
+    type Archived = ArchivedVec<T::Archived>;
+    type Resolver = VecResolver;
+
+    fn resolve(&self, resolver: Self::Resolver, out: Place<Self::Archived>) {
+        ArchivedVec::<T::Archived>::resolve_from_len(self.0.len(), resolver, out);
+    }
+}
+
+impl<T, S> Serialize<S> for SliceAsVec<'_, T>
+where
+    T: Serialize<S>,
+    S: Fallible + rkyv::ser::Allocator + Writer + ?Sized,
+{
+    fn serialize(&self, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
+        ArchivedVec::<T::Archived>::serialize_from_slice(self.0, serializer)
+    }
+}
+
 /// An rkyv writer that fills a raw buffer (a slot in shared memory) and spills to an aligned
 /// heap buffer when the value does not fit.
 pub struct MsgWriter {
@@ -159,7 +200,7 @@ pub enum Encoded {
 /// # Safety
 /// Same contract as [`MsgWriter::new`]: `buf` valid and exclusively ours for `cap` bytes,
 /// aligned to [`ALIGN`].
-pub unsafe fn encode_into<T: Message>(value: &T, buf: *mut u8, cap: usize) -> Result<Encoded> {
+pub unsafe fn encode_into<T: Encode>(value: &T, buf: *mut u8, cap: usize) -> Result<Encoded> {
     let n = std::mem::size_of::<T>();
     if T::COPY_OPTIMIZATION.is_enabled() && n <= cap {
         // Trivially copyable types (integers, floats, arrays and tuples of them): their archive
@@ -183,7 +224,7 @@ pub unsafe fn encode_into<T: Message>(value: &T, buf: *mut u8, cap: usize) -> Re
 }
 
 /// Serializes `value` to an aligned heap buffer.
-pub fn encode<T: Message>(value: &T) -> Result<AlignedVec<ALIGN>> {
+pub fn encode<T: Encode>(value: &T) -> Result<AlignedVec<ALIGN>> {
     let w = rkyv::api::high::to_bytes_in::<_, Failure>(value, MsgWriter::heap())
         .map_err(|e| Error::Encode(e.to_string()))?;
     Ok(w.spill.unwrap_or_default())

@@ -72,6 +72,10 @@
 //! # Ok::<(), mp_queue::Error>(())
 //! ```
 //!
+//! The other way round, [`Queue::put_as`] sends a borrowed value that archives as `T` does
+//! (a slice as [`SliceAsVec`](mp_core::message::SliceAsVec) into a `Queue<Vec<_>>`),
+//! serialized straight into the ring without building an owned `T` first.
+//!
 //! # Messages of any size
 //!
 //! Messages up to half the ring are written into it; larger ones go to a range of their own in

@@ -165,6 +165,43 @@ impl<T: Message> Queue<T> {
         self.put_until(item, Deadline::after(Some(Duration::ZERO)))
     }
 
+    /// Puts a borrowed value of another type that archives exactly as `T` does
+    /// (`U::Archived` is `T::Archived`), serialized straight into the queue's shared memory:
+    /// no owned `T` is built, and consumers receive a `T` as usual. For example a slice, as
+    /// [`SliceAsVec`](mp_core::message::SliceAsVec), into a `Queue<Vec<_>>`.
+    ///
+    /// `timeout`: `None` waits as long as the queue is full, `Some(Duration::ZERO)` does not
+    /// wait. A failure gives the reference back.
+    ///
+    /// ```
+    /// use mp_core::message::SliceAsVec;
+    /// let q = mp_queue::Queue::<Vec<u32>>::new()?;
+    /// let readings = [3u32, 1, 4, 1, 5, 9, 2, 6];
+    /// for window in readings.chunks(4) {
+    ///     q.put_as(&SliceAsVec(window), None).map_err(|e| e.to_string())?;
+    /// }
+    /// assert_eq!(q.get()?, [3, 1, 4, 1]);
+    /// assert_eq!(q.get()?, [5, 9, 2, 6]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn put_as<'u, U>(
+        &self,
+        item: &'u U,
+        timeout: Option<Duration>,
+    ) -> Result<(), PutError<&'u U>>
+    where
+        U: mp_core::Encode + Archive<Archived = T::Archived>,
+    {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(PutError::Closed(item));
+        }
+        match self.ring.put(item, Deadline::after(timeout)) {
+            Ok(()) => Ok(()),
+            Err(PutFail::Full) => Err(PutError::Full(item)),
+            Err(PutFail::Encode(e)) | Err(PutFail::Io(e)) => Err(PutError::Failed(item, e)),
+        }
+    }
+
     fn get_until(&self, deadline: Deadline) -> Result<T, Error> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(Error::Closed);

@@ -42,7 +42,7 @@ use memmap2::{MmapOptions, MmapRaw};
 use mp_core::futex::{self, Deadline};
 use mp_core::message::{self, Encoded, ALIGN};
 use mp_core::region::HEADER_SIZE;
-use mp_core::{ident, Message, Region};
+use mp_core::{ident, Encode, Message, Region};
 use static_assertions::const_assert_eq;
 
 use crate::error::Error;
@@ -294,7 +294,7 @@ impl Ring {
     // ---------------------------------------------------------------- producer side
 
     /// Puts `value`, waiting for room until `deadline`.
-    pub(crate) fn put<T: Message>(&self, value: &T, deadline: Deadline) -> Result<(), PutFail> {
+    pub(crate) fn put<T: Encode>(&self, value: &T, deadline: Deadline) -> Result<(), PutFail> {
         let m = self.meta();
         let mut spilled: Option<mp_core::rkyv::util::AlignedVec<ALIGN>> = None;
         let mut spins = 0u32;
@@ -356,7 +356,7 @@ impl Ring {
         clippy::only_used_in_recursion,
         reason = "the guard is the proof that the producer lock is held"
     )]
-    fn try_put_locked<T: Message>(
+    fn try_put_locked<T: Encode>(
         &self,
         value: &T,
         spilled: &mut Option<mp_core::rkyv::util::AlignedVec<ALIGN>>,

@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
+use mp_core::message::SliceAsVec;
 use mp_process::{Process, StartMethod};
-use mp_queue::{JoinableQueue, Queue};
+use mp_queue::{JoinableQueue, PutError, Queue};
 
 mp_process::test_support!();
 
@@ -24,6 +25,17 @@ fn produce((q, from): (Queue<u64>, u64)) -> u64 {
 fn put_one_mib(q: Queue<Vec<u8>>) -> usize {
     q.put(vec![0x5A; 1 << 20]).expect("put");
     1 << 20
+}
+
+/// Puts windows of one buffer with `put_as` (no `Vec` built), then the whole buffer, larger
+/// than half the ring (the oversized path).
+fn put_slices(q: Queue<Vec<u32>>) -> usize {
+    let data: Vec<u32> = (0..(3 << 20) / 4).collect();
+    for w in data[..1000].chunks(7) {
+        q.put_as(&SliceAsVec(w), None).expect("put_as");
+    }
+    q.put_as(&SliceAsVec(&data), None).expect("put_as");
+    data.len()
 }
 
 fn work(q: JoinableQueue<u32>) -> u32 {
@@ -107,4 +119,46 @@ fn joinable_queue_with_workers_under_every_start_method() {
             .sum();
         assert_eq!(done, 40, "{method}");
     }
+}
+
+#[test]
+fn borrowed_slices_put_as_vecs_under_every_start_method() {
+    for method in METHODS {
+        let q: Queue<Vec<u32>> = Queue::new().unwrap();
+        let mut kid = Process::new(put_slices, q.clone())
+            .start_method(method)
+            .daemon(true)
+            .start()
+            .unwrap();
+        let n = kid
+            .join_timeout(Duration::from_secs(30))
+            .unwrap()
+            .expect("joined");
+        let mut next = 0u32;
+        while next < 1000 {
+            let w = q.get_nowait().unwrap();
+            let want: Vec<u32> = (next..(next + 7).min(1000)).collect();
+            assert_eq!(w, want, "{method}");
+            next += w.len() as u32;
+        }
+        let all = q.get_nowait().unwrap();
+        assert_eq!(all.len(), n, "{method}");
+        assert!(all.iter().enumerate().all(|(i, &x)| x == i as u32));
+        assert!(q.empty());
+    }
+    // A full queue gives the reference back, after the timeout or at once.
+    let q: Queue<Vec<u32>> = Queue::with_maxsize(1).unwrap();
+    let one = [1u32];
+    q.put_as(&SliceAsVec(&one), Some(Duration::ZERO)).unwrap();
+    let t0 = std::time::Instant::now();
+    match q.put_as(&SliceAsVec(&one), Some(Duration::from_millis(50))) {
+        Err(PutError::Full(back)) => assert_eq!(back.0, [1]),
+        other => panic!("expected Full, got {other:?}"),
+    }
+    assert!(t0.elapsed() >= Duration::from_millis(50));
+    q.close();
+    assert!(matches!(
+        q.put_as(&SliceAsVec(&one), None),
+        Err(PutError::Closed(_))
+    ));
 }
