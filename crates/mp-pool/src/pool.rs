@@ -37,7 +37,8 @@ use crate::error::Error;
 use crate::job::{lock, CollectJob, IMapJob, Job, Next};
 use crate::result::{AsyncResult, Outcome};
 use crate::wire::{
-    encode_slice, kind, ArchivedResultMsg, Claim, Doorbell, Payload, ResultMsg, Slot, Spin, TaskMsg,
+    kind, ArchivedResultMsg, Claim, Doorbell, Nested, Payload, ResultMsg, Slot, Spin, TaskMsg,
+    TaskRef,
 };
 use crate::worker::{
     self, Call, EncodeInit, Fallible, InitArgs, InitSpec, Plain, RunChunk, RunInit, Star2,
@@ -134,13 +135,13 @@ struct Config {
 /// The supervisor's last looked-up job.
 type JobCache = Option<(u64, Arc<dyn Job>)>;
 
-type Chunks<'a> = Box<dyn Iterator<Item = (u64, Result<TaskMsg, Error>)> + Send + 'a>;
+type Chunks<'a> = Box<dyn ChunkSource + 'a>;
 
+/// A job's chunks that did not fit in the task queue, for the feeder thread.
 struct Feed {
     id: u64,
     job: Arc<dyn Job>,
-    first: Option<(u64, TaskMsg)>,
-    rest: Chunks<'static>,
+    chunks: Chunks<'static>,
 }
 
 /// The state shared by the pool handle, its threads and its iterators.
@@ -430,35 +431,35 @@ impl Inner {
         lock(&self.table).jobs.get(&id).cloned()
     }
 
-    /// Puts a task, waiting for room, until the pool is terminated.
-    pub(crate) fn put_blocking(&self, mut msg: TaskMsg) -> Result<(), Error> {
-        // First without a deadline (no clock read: with chunksize 1 this runs once per item);
+    /// Puts a task, waiting for room, until the pool is terminated: `attempt` puts with the
+    /// timeout it is given and says whether it did.
+    fn put_waiting(
+        &self,
+        mut attempt: impl FnMut(Duration) -> Result<bool, Error>,
+    ) -> Result<(), Error> {
+        // First without waiting (no clock read: with chunksize 1 this runs once per item);
         // when the queue is full, in slices of PUT_SLICE so that terminate is noticed.
-        let mut first = true;
+        let mut timeout = Duration::ZERO;
         loop {
             if self.terminated.load(Ordering::Relaxed) {
                 return Err(Error::Terminated);
             }
-            let put = if std::mem::take(&mut first) {
-                self.tasks.put_nowait(msg)
-            } else {
-                self.tasks.put_timeout(msg, PUT_SLICE)
-            };
-            match put {
-                Ok(()) => {
-                    self.task_bell.ring();
-                    return Ok(());
-                }
-                Err(PutError::Full(m)) => msg = m,
-                Err(PutError::Closed(_)) => return Err(Error::Terminated),
-                Err(PutError::Failed(_, e)) => {
-                    return Err(Error::Unserializable {
-                        what: "arguments",
-                        message: e.to_string(),
-                    })
-                }
+            if attempt(timeout)? {
+                self.task_bell.ring();
+                return Ok(());
             }
+            timeout = PUT_SLICE;
         }
+    }
+
+    /// Puts the next chunk of `chunks`, waiting for room, until the pool is terminated. On
+    /// an error the chunk is dropped from `chunks`.
+    fn put_next_blocking(&self, chunks: &mut (dyn ChunkSource + '_)) -> Result<(), Error> {
+        let r = self.put_waiting(|t| chunks.put_next(&self.tasks, t));
+        if r.is_err() {
+            chunks.skip();
+        }
+        r
     }
 
     /// Puts a job's chunks: all of them when `wait`; otherwise as many as fit now, the rest
@@ -470,30 +471,25 @@ impl Inner {
             }
         };
         let mut n = 0u32;
-        while let Some((c, msg)) = chunks.next() {
+        while let Some(c) = chunks.peek() {
             // A failed job needs no more chunks (checked now and then: it takes a lock).
             if n % 16 == 0 && job.is_done() {
                 return;
             }
             n = n.wrapping_add(1);
-            let msg = match msg {
-                Ok(m) => m,
-                Err(e) => return fail(c, e),
-            };
             if wait {
-                if let Err(e) = self.put_blocking(msg) {
+                if let Err(e) = self.put_next_blocking(&mut *chunks) {
                     return fail(c, e);
                 }
                 continue;
             }
-            match self.tasks.put_nowait(msg) {
-                Ok(()) => self.task_bell.ring(),
-                Err(PutError::Full(m)) => {
+            match chunks.put_next(&self.tasks, Duration::ZERO) {
+                Ok(true) => self.task_bell.ring(),
+                Ok(false) => {
                     let feed = Feed {
                         id,
                         job: job.clone(),
-                        first: Some((c, m)),
-                        rest: chunks,
+                        chunks,
                     };
                     let sent = lock(&self.feeder)
                         .as_ref()
@@ -504,18 +500,7 @@ impl Inner {
                     }
                     return;
                 }
-                Err(e) => {
-                    return fail(
-                        c,
-                        match e {
-                            PutError::Failed(_, e) => Error::Unserializable {
-                                what: "arguments",
-                                message: e.to_string(),
-                            },
-                            _ => Error::Terminated,
-                        },
-                    )
-                }
+                Err(e) => return fail(c, e),
             }
         }
     }
@@ -541,25 +526,17 @@ impl Inner {
             let Feed {
                 id,
                 job,
-                first,
-                rest,
+                mut chunks,
             } = feed;
-            let fail = |c: u64, e: Error| {
-                if job.fail(c, e) {
-                    self.unregister(id);
-                }
-            };
-            let all = first.map(|(c, m)| (c, Ok(m))).into_iter().chain(rest);
-            for (c, msg) in all {
+            while let Some(c) = chunks.peek() {
                 if job.is_done() {
                     break;
                 }
-                match msg.and_then(|m| self.put_blocking(m)) {
-                    Ok(()) => {}
-                    Err(e) => {
-                        fail(c, e);
-                        break;
+                if let Err(e) = self.put_next_blocking(&mut *chunks) {
+                    if job.fail(c, e) {
+                        self.unregister(id);
                     }
+                    break;
                 }
             }
             if self.terminated.load(Ordering::Relaxed) {
@@ -878,7 +855,9 @@ impl Inner {
             w.list.iter().filter(|e| e.child.is_some()).count()
         };
         for _ in 0..live {
-            if self.put_blocking(TaskMsg::stop()).is_err() {
+            let stop = TaskMsg::stop();
+            let put = self.put_waiting(|t| put_outcome(self.tasks.put_as(&stop, Some(t))));
+            if put.is_err() {
                 break;
             }
         }
@@ -896,84 +875,136 @@ impl Inner {
     }
 }
 
-/// Encodes one chunk as a task message.
-fn task_msg<T: Message>(
-    items: &[T],
-    job: u64,
-    chunk: u64,
-    tramp: i64,
-    target: (i64, bool),
-) -> Result<TaskMsg, Error> {
-    let payload = encode_slice(items).map_err(|e| Error::Unserializable {
-        what: "arguments",
-        message: e.to_string(),
-    })?;
-    Ok(TaskMsg {
-        payload: Payload(payload),
-        claim: Claim { job, chunk },
-        tramp,
-        target: target.0,
-        raw: target.1,
-    })
+/// What putting a chunk on the task queue did.
+fn put_outcome<U>(put: Result<(), PutError<U>>) -> Result<bool, Error> {
+    match put {
+        Ok(()) => Ok(true),
+        Err(PutError::Full(_)) => Ok(false),
+        Err(PutError::Closed(_)) => Err(Error::Terminated),
+        Err(PutError::Failed(_, e)) => Err(Error::Unserializable {
+            what: "arguments",
+            message: e.to_string(),
+        }),
+    }
 }
 
-/// Cuts an iterator of items into encoded chunks, lazily.
+/// A job's chunks, each encoded straight into the task queue from the items (no message is
+/// built first).
+pub(crate) trait ChunkSource: Send {
+    /// The number of the next chunk, or `None` when there are no more.
+    fn peek(&mut self) -> Option<u64>;
+    /// Puts the next chunk, waiting at most `timeout` for room: `Ok(true)` put, `Ok(false)`
+    /// no room (it is still the next one), `Err` it failed (the next one is the one after).
+    fn put_next(&mut self, tasks: &Queue<TaskMsg>, timeout: Duration) -> Result<bool, Error>;
+    /// Drops the next chunk (it was failed).
+    fn skip(&mut self);
+}
+
+/// What every chunk of a job says besides its items.
+#[derive(Debug, Clone, Copy)]
+struct ChunkHead {
+    job: u64,
+    tramp: i64,
+    target: (i64, bool),
+}
+
+impl ChunkHead {
+    fn put<T: Message>(
+        &self,
+        tasks: &Queue<TaskMsg>,
+        chunk: u64,
+        items: &[T],
+        timeout: Duration,
+    ) -> Result<bool, Error> {
+        let msg = TaskRef {
+            items: Nested(items),
+            claim: Claim {
+                job: self.job,
+                chunk,
+            },
+            tramp: self.tramp,
+            target: self.target.0,
+            raw: self.target.1,
+        };
+        put_outcome(tasks.put_as(&msg, Some(timeout)))
+    }
+}
+
+/// Cuts an iterator of items into chunks, lazily (one chunk's items buffered at a time).
 struct ChunkIter<I: Iterator> {
     items: I,
     chunksize: usize,
     next: u64,
-    job: u64,
-    tramp: i64,
-    target: (i64, bool),
+    head: ChunkHead,
+    buf: Vec<I::Item>,
 }
 
-impl<T: Message, I: Iterator<Item = T>> Iterator for ChunkIter<I> {
-    type Item = (u64, Result<TaskMsg, Error>);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let chunk: Vec<T> = self.items.by_ref().take(self.chunksize).collect();
-        if chunk.is_empty() {
-            return None;
+impl<T: Message + Send, I: Iterator<Item = T> + Send> ChunkSource for ChunkIter<I> {
+    fn peek(&mut self) -> Option<u64> {
+        if self.buf.is_empty() {
+            self.buf.extend(self.items.by_ref().take(self.chunksize));
         }
-        let c = self.next;
-        self.next += 1;
-        Some((c, task_msg(&chunk, self.job, c, self.tramp, self.target)))
+        (!self.buf.is_empty()).then_some(self.next)
+    }
+
+    fn put_next(&mut self, tasks: &Queue<TaskMsg>, timeout: Duration) -> Result<bool, Error> {
+        let Some(c) = self.peek() else {
+            return Ok(false);
+        };
+        let r = self.head.put(tasks, c, &self.buf, timeout);
+        if !matches!(r, Ok(false)) {
+            self.skip();
+        }
+        r
+    }
+
+    fn skip(&mut self) {
+        if self.peek().is_some() {
+            self.buf.clear();
+            self.next += 1;
+        }
     }
 }
 
-/// Cuts a `Vec` of items into encoded chunks, encoding each straight from the `Vec`.
+/// Cuts a `Vec` of items into chunks, encoding each straight from the `Vec`.
 struct SliceChunks<T> {
     items: Vec<T>,
     pos: usize,
     chunksize: usize,
     next: u64,
-    job: u64,
-    tramp: i64,
-    target: (i64, bool),
+    head: ChunkHead,
 }
 
-impl<T: Message> Iterator for SliceChunks<T> {
-    type Item = (u64, Result<TaskMsg, Error>);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.pos >= self.items.len() {
-            return None;
-        }
-        let end = self
-            .pos
+impl<T> SliceChunks<T> {
+    fn end(&self) -> usize {
+        self.pos
             .saturating_add(self.chunksize)
-            .min(self.items.len());
-        let msg = task_msg(
-            &self.items[self.pos..end],
-            self.job,
-            self.next,
-            self.tramp,
-            self.target,
-        );
-        self.pos = end;
-        let c = self.next;
-        self.next += 1;
-        Some((c, msg))
+            .min(self.items.len())
+    }
+}
+
+impl<T: Message + Send> ChunkSource for SliceChunks<T> {
+    fn peek(&mut self) -> Option<u64> {
+        (self.pos < self.items.len()).then_some(self.next)
+    }
+
+    fn put_next(&mut self, tasks: &Queue<TaskMsg>, timeout: Duration) -> Result<bool, Error> {
+        if self.pos >= self.items.len() {
+            return Ok(false);
+        }
+        let items = &self.items[self.pos..self.end()];
+        let r = self.head.put(tasks, self.next, items, timeout);
+        if !matches!(r, Ok(false)) {
+            self.skip();
+        }
+        r
+    }
+
+    fn skip(&mut self) {
+        if self.pos < self.items.len() {
+            self.pos = self.end();
+            self.next += 1;
+        }
     }
 }
 
@@ -1085,9 +1116,11 @@ impl<'p> Tasks<'p> {
             pos: 0,
             chunksize,
             next: 0,
-            job: id,
-            tramp,
-            target,
+            head: ChunkHead {
+                job: id,
+                tramp,
+                target,
+            },
         };
         inner.feed(id, job, Box::new(chunks), wait);
         Ok(AsyncResult::new(outcome))
@@ -1100,6 +1133,7 @@ impl<'p> Tasks<'p> {
         ordered: bool,
     ) -> Result<IMap<'a, C::Out>, Error>
     where
+        C::In: Send,
         C::Out: Send,
     {
         let inner = &self.pool.inner;
@@ -1131,9 +1165,12 @@ impl<'p> Tasks<'p> {
                 items: items.into_iter(),
                 chunksize,
                 next: 0,
-                job: id,
-                tramp,
-                target,
+                head: ChunkHead {
+                    job: id,
+                    tramp,
+                    target,
+                },
+                buf: Vec::new(),
             }),
             exhausted: false,
             in_flight: 0,
@@ -1570,12 +1607,12 @@ impl<R> std::fmt::Debug for IMap<'_, R> {
 impl<R: Message + Send + 'static> IMap<'_, R> {
     fn top_up(&mut self) {
         while !self.exhausted && self.in_flight < self.limit {
-            match self.source.next() {
+            match self.source.peek() {
                 None => self.exhausted = true,
-                Some((c, msg)) => {
+                Some(c) => {
                     self.job.submitted(c);
                     self.in_flight += 1;
-                    if let Err(e) = msg.and_then(|m| self.inner.put_blocking(m)) {
+                    if let Err(e) = self.inner.put_next_blocking(&mut *self.source) {
                         self.job.answer(c, Err(e));
                     }
                 }

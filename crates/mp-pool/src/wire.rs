@@ -19,13 +19,16 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+use mp_core::message::SliceAsVec;
 use mp_core::message::ALIGN;
 use mp_core::ShmSafe;
+use rkyv::munge::munge;
 use rkyv::rancor::{Fallible, Source};
-use rkyv::ser::{Allocator, Writer};
+use rkyv::ser::{Allocator, Writer, WriterExt};
+use rkyv::string::{ArchivedString, StringResolver};
 use rkyv::util::AlignedVec;
 use rkyv::vec::{ArchivedVec, VecResolver};
-use rkyv::{Archive, Deserialize, Place, Serialize};
+use rkyv::{Archive, Deserialize, Place, Serialize, SerializeUnsized};
 use static_assertions::const_assert_eq;
 
 /// Encoded bytes (an archive) that keep their 16-byte alignment when received: archived as a
@@ -348,80 +351,117 @@ impl Doorbell {
     }
 }
 
-/// Encodes `value` into a buffer of `estimate` bytes made up front (growing a buffer from
-/// nothing copies a large archive several times), or wherever it spills if larger.
-pub(crate) fn encode_sized<T: mp_core::Message>(
-    value: &T,
-    estimate: usize,
-) -> Result<AlignedVec<ALIGN>, mp_core::Error> {
-    let mut buf = AlignedVec::<ALIGN>::with_capacity(estimate.max(64));
-    let cap = buf.capacity();
-    // SAFETY: `buf` is our own allocation of `cap` bytes, aligned to ALIGN, shared with no
-    // one while the writer fills it.
-    match unsafe { mp_core::message::encode_into(value, buf.as_mut_ptr(), cap) }? {
-        mp_core::message::Encoded::InPlace(n) => {
-            // SAFETY: `encode_into` wrote the first `n <= cap` bytes (its writer advances only
-            // by writing), so they are initialized.
-            unsafe { buf.set_len(n) };
-            Ok(buf)
-        }
-        mp_core::message::Encoded::Spilled(v) => Ok(v),
+/// A chunk's items (or results) as a standalone archive of `Vec<T>` nested in a message,
+/// written in the same pass as the message, straight from a borrowed slice. It archives as
+/// [`Payload`] does (the bytes of an archive, in an `ArchivedVec<u8>`), so the receiver cannot
+/// tell the two apart.
+///
+/// The nested archive starts at a 16-aligned position of the message, which starts 16-aligned
+/// itself: read in place, it is aligned as a standalone archive would be (and its relative
+/// pointers do not depend on where it starts). It ends with its root, as `access` expects.
+pub(crate) struct Nested<'a, T>(pub(crate) &'a [T]);
+
+/// Where a [`Nested`] archive was written: its start and length.
+pub(crate) struct NestedResolver {
+    pos: usize,
+    len: usize,
+}
+
+impl<T> Archive for Nested<'_, T> {
+    type Archived = ArchivedVec<u8>;
+    type Resolver = NestedResolver;
+
+    fn resolve(&self, r: Self::Resolver, out: Place<Self::Archived>) {
+        ArchivedVec::<u8>::resolve_from_len(r.len, VecResolver::from_pos(r.pos), out);
     }
 }
 
-/// A size estimate for an encoded `Vec<T>` of `n` items.
-pub(crate) fn vec_estimate<T: rkyv::Archive>(n: usize) -> usize {
-    n.saturating_mul(std::mem::size_of::<T::Archived>()) + 64
-}
-
-/// A slice archived exactly as a `Vec<T>` of the same items (what `rkyv` does for a `Vec`),
-/// so that a chunk can be encoded straight from the caller's items, without a `Vec` of its
-/// own.
-struct SliceRef<'s, T>(&'s [T]);
-
-impl<T: rkyv::Archive> Archive for SliceRef<'_, T> {
-    type Archived = ArchivedVec<T::Archived>;
-    type Resolver = VecResolver;
-
-    fn resolve(&self, resolver: Self::Resolver, out: Place<Self::Archived>) {
-        ArchivedVec::<T::Archived>::resolve_from_len(self.0.len(), resolver, out);
-    }
-}
-
-impl<T, S> Serialize<S> for SliceRef<'_, T>
+impl<T, S> Serialize<S> for Nested<'_, T>
 where
     T: Serialize<S>,
     S: Fallible + Allocator + Writer + ?Sized,
 {
-    fn serialize(&self, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
-        ArchivedVec::<T::Archived>::serialize_from_slice(self.0, serializer)
+    fn serialize(&self, s: &mut S) -> Result<Self::Resolver, S::Error> {
+        let pos = s.align(ALIGN)?;
+        SliceAsVec(self.0).serialize_unsized(s)?;
+        Ok(NestedResolver {
+            pos,
+            len: s.pos() - pos,
+        })
     }
 }
 
-/// Encodes `items` as a `Vec<T>` archive (see [`SliceRef`]).
-pub(crate) fn encode_slice<T: mp_core::Message>(
-    items: &[T],
-) -> Result<AlignedVec<ALIGN>, mp_core::Error> {
-    use rkyv::ser::Positional;
-    let mut cap = vec_estimate::<T>(items.len()).max(64);
-    loop {
-        let mut buf = AlignedVec::<ALIGN>::with_capacity(cap);
-        let cap_now = buf.capacity();
-        // SAFETY: `buf` is our own allocation of `cap_now` bytes, aligned to ALIGN, shared
-        // with no one while the writer fills it.
-        let writer = unsafe { mp_core::message::MsgWriter::new(buf.as_mut_ptr(), cap_now) };
-        let w =
-            rkyv::api::high::to_bytes_in::<_, mp_core::message::Failure>(&SliceRef(items), writer)
-                .map_err(|e| mp_core::Error::Encode(e.to_string()))?;
-        let n = w.pos();
-        if n <= cap_now {
-            // SAFETY: the writer wrote the first `n <= cap_now` bytes into `buf` (it advances
-            // only by writing, and did not spill since `n` fits).
-            unsafe { buf.set_len(n) };
-            return Ok(buf);
-        }
-        // Items with out-of-line data made it larger than estimated: now the size is known.
-        cap = n;
+/// A chunk of work written straight from the caller's items: archives exactly as
+/// [`TaskMsg`] (the workers receive a `TaskMsg`).
+pub(crate) struct TaskRef<'a, T> {
+    pub(crate) items: Nested<'a, T>,
+    pub(crate) claim: Claim,
+    pub(crate) tramp: i64,
+    pub(crate) target: i64,
+    pub(crate) raw: bool,
+}
+
+impl<T> Archive for TaskRef<'_, T> {
+    type Archived = ArchivedTaskMsg;
+    type Resolver = (NestedResolver, ClaimResolver);
+
+    fn resolve(&self, (items, c): Self::Resolver, out: Place<Self::Archived>) {
+        munge!(let ArchivedTaskMsg { payload, claim, tramp, target, raw } = out);
+        self.items.resolve(items, payload);
+        self.claim.resolve(c, claim);
+        self.tramp.resolve((), tramp);
+        self.target.resolve((), target);
+        self.raw.resolve((), raw);
+    }
+}
+
+impl<T, S> Serialize<S> for TaskRef<'_, T>
+where
+    T: Serialize<S>,
+    S: Fallible + Allocator + Writer + ?Sized,
+{
+    fn serialize(&self, s: &mut S) -> Result<Self::Resolver, S::Error> {
+        Ok((self.items.serialize(s)?, self.claim.serialize(s)?))
+    }
+}
+
+/// A chunk's successful results written straight from the worker's `Vec<R>`: archives
+/// exactly as a [`ResultMsg`] of kind [`kind::OK`] with empty message and location.
+pub(crate) struct OkRef<'a, R> {
+    pub(crate) results: Nested<'a, R>,
+    pub(crate) job: u64,
+    pub(crate) chunk: u64,
+    pub(crate) pid: u32,
+}
+
+impl<R> Archive for OkRef<'_, R> {
+    type Archived = ArchivedResultMsg;
+    type Resolver = (NestedResolver, StringResolver, StringResolver);
+
+    fn resolve(&self, (items, m, l): Self::Resolver, out: Place<Self::Archived>) {
+        munge!(let ArchivedResultMsg { payload, job, chunk, kind, pid, message, location } = out);
+        self.results.resolve(items, payload);
+        self.job.resolve((), job);
+        self.chunk.resolve((), chunk);
+        kind::OK.resolve((), kind);
+        self.pid.resolve((), pid);
+        ArchivedString::resolve_from_str("", m, message);
+        ArchivedString::resolve_from_str("", l, location);
+    }
+}
+
+impl<R, S> Serialize<S> for OkRef<'_, R>
+where
+    R: Serialize<S>,
+    S: Fallible + Allocator + Writer + ?Sized,
+    S::Error: Source,
+{
+    fn serialize(&self, s: &mut S) -> Result<Self::Resolver, S::Error> {
+        Ok((
+            self.results.serialize(s)?,
+            ArchivedString::serialize_from_str("", s)?,
+            ArchivedString::serialize_from_str("", s)?,
+        ))
     }
 }
 
@@ -429,26 +469,53 @@ pub(crate) fn encode_slice<T: mp_core::Message>(
 mod tests {
     use super::*;
 
+    /// A `TaskRef` is received as a `TaskMsg` whose payload is a standalone archive of the
+    /// items, 16-aligned in place (items with out-of-line data too, and none at all).
     #[test]
-    fn encode_slice_is_a_vec_archive() {
+    fn borrowed_messages_are_received_as_owned_ones() {
+        use mp_core::message::{access, decode, encode};
+        fn check<T: mp_core::Message + PartialEq + std::fmt::Debug>(items: &[T]) {
+            let t = TaskRef {
+                items: Nested(items),
+                claim: Claim { job: 7, chunk: 9 },
+                tramp: -3,
+                target: 1 << 40,
+                raw: true,
+            };
+            let bytes = encode(&t).unwrap();
+            let a = access::<TaskMsg>(&bytes).unwrap();
+            assert_eq!((a.claim.job.to_native(), a.claim.chunk.to_native()), (7, 9));
+            assert_eq!(
+                (a.tramp.to_native(), a.target.to_native(), a.raw),
+                (-3, 1 << 40, true)
+            );
+            let p = a.payload.as_slice();
+            assert_eq!(p.as_ptr() as usize % ALIGN, 0);
+            assert_eq!(decode::<Vec<T>>(p).unwrap(), items);
+            let m = decode::<TaskMsg>(&bytes).unwrap();
+            assert_eq!(decode::<Vec<T>>(&m.payload.0).unwrap(), items);
+
+            let r = OkRef {
+                results: Nested(items),
+                job: 5,
+                chunk: 6,
+                pid: 42,
+            };
+            let bytes = encode(&r).unwrap();
+            let a = access::<ResultMsg>(&bytes).unwrap();
+            assert_eq!((a.job.to_native(), a.chunk.to_native()), (5, 6));
+            assert_eq!((a.kind.to_native(), a.pid.to_native()), (kind::OK, 42));
+            assert!(a.message.is_empty() && a.location.is_empty());
+            assert_eq!(a.payload.as_slice().as_ptr() as usize % ALIGN, 0);
+            assert_eq!(decode::<Vec<T>>(a.payload.as_slice()).unwrap(), items);
+        }
         let v: Vec<u64> = (0..1000).collect();
-        let a = encode_slice(&v[10..20]).unwrap();
-        assert_eq!(
-            mp_core::message::decode::<Vec<u64>>(&a).unwrap(),
-            &v[10..20]
-        );
-        assert_eq!(
-            a.as_slice(),
-            mp_core::message::encode(&v[10..20].to_vec())
-                .unwrap()
-                .as_slice()
-        );
-        // Out-of-line data beyond the estimate: encoded again at the right size.
+        check(&v[10..20]);
+        check::<u8>(&[]);
+        check(&[3u8]);
         let s: Vec<String> = (0..50).map(|i| "x".repeat(i * 10)).collect();
-        let b = encode_slice(&s).unwrap();
-        assert_eq!(mp_core::message::decode::<Vec<String>>(&b).unwrap(), s);
-        let e = encode_slice::<u8>(&[]).unwrap();
-        assert!(mp_core::message::decode::<Vec<u8>>(&e).unwrap().is_empty());
+        check(&s);
+        check(&[(1u16, String::from("a"), vec![1.5f64])]);
     }
 
     #[test]

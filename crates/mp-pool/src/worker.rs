@@ -17,8 +17,7 @@ use rkyv::vec::{ArchivedVec, VecResolver};
 use rkyv::{Archive, Deserialize, Place, Serialize};
 
 use crate::wire::{
-    encode_sized, kind, set_claim_slot, vec_estimate, Doorbell, Payload, ResultMsg, Slot, Spin,
-    TaskMsg,
+    kind, set_claim_slot, Doorbell, Nested, OkRef, Payload, ResultMsg, Slot, Spin, TaskMsg,
 };
 
 /// How long an idle worker sleeps before it looks at the task queue again (a safety net: the
@@ -180,34 +179,64 @@ impl<A: Message + 'static, B: Message + 'static, R: Message + 'static> Call for 
     }
 }
 
-/// The type every chunk trampoline is called through.
-pub(crate) type RunChunk = unsafe fn(usize, &[u8]) -> Result<AlignedVec<ALIGN>, TaskFail>;
+/// Where a chunk's results go: the result queue, labelled with the chunk.
+pub(crate) struct Sink<'a> {
+    results: &'a Queue<ResultMsg>,
+    job: u64,
+    chunk: u64,
+    pid: u32,
+}
 
-/// Decodes a chunk (`Vec<C::In>`), calls the function at `target` on each item in order and
-/// encodes the results (`Vec<C::Out>`). The first failing item fails the chunk.
+impl Sink<'_> {
+    /// Puts the chunk's results, serialized straight into the result queue.
+    fn put_ok<R: Message>(&self, results: &[R]) -> Result<(), TaskFail> {
+        let msg = OkRef {
+            results: Nested(results),
+            job: self.job,
+            chunk: self.chunk,
+            pid: self.pid,
+        };
+        match self.results.put_as(&msg, None) {
+            Ok(()) => Ok(()),
+            // The results could not be serialized, or the oversized-message area could not
+            // grow: the chunk fails with that reason.
+            Err(PutError::Failed(_, e)) => Err(TaskFail::new(
+                kind::RESULT_UNSERIALIZABLE,
+                format!("the result could not be sent: {e}"),
+            )),
+            // Nobody closes a worker's handle; should it happen, this is a lost worker.
+            Err(_) => std::process::exit(3),
+        }
+    }
+}
+
+/// The type every chunk trampoline is called through.
+pub(crate) type RunChunk = unsafe fn(usize, &[u8], &Sink<'_>) -> Result<(), TaskFail>;
+
+/// Calls the function at `target` on each item of a chunk (an archived `Vec<C::In>`), in
+/// order, and puts the results (`Vec<C::Out>`) through `sink`. The first failing item fails
+/// the chunk.
 ///
 /// # Safety
 /// `target` is the address of a function of `C`'s type in this process.
 pub(crate) unsafe fn run_chunk<C: Call>(
     target: usize,
     payload: &[u8],
-) -> Result<AlignedVec<ALIGN>, TaskFail> {
+    sink: &Sink<'_>,
+) -> Result<(), TaskFail> {
     let undecodable = |e: mp_core::Error| TaskFail::new(kind::ARGS_UNDECODABLE, e.to_string());
-    // The whole chunk at once: rkyv copies a slice of plain data in one go.
     let archived = access::<Vec<C::In>>(payload).map_err(undecodable)?;
-    let items = deserialize::<Vec<C::In>>(archived).map_err(undecodable)?;
-    let mut out: Vec<C::Out> = Vec::with_capacity(items.len());
-    for x in items {
+    let mut out: Vec<C::Out> = Vec::with_capacity(archived.len());
+    for a in archived.iter() {
+        let x = deserialize::<C::In>(a).map_err(undecodable)?;
         // SAFETY: forwarded from this function's contract.
         out.push(unsafe { C::call(target, x) }?);
     }
-    let bytes = catch(|| {
-        encode_sized(&out, vec_estimate::<C::Out>(out.len()))
-            .map_err(|e| TaskFail::new(kind::RESULT_UNSERIALIZABLE, e.to_string()))
-    });
+    // Serializing runs the results' own code: a panic there is the task's.
+    let sent = catch(|| sink.put_ok(&out));
     // Results may own resources whose destructors panic: that must not end the worker.
     let _ = catch_unwind(AssertUnwindSafe(move || drop(out)));
-    bytes
+    sent
 }
 
 /// The type initializer trampolines are called through.
@@ -458,6 +487,12 @@ pub(crate) fn worker_main(args: WorkerArgs) {
         if task.claim.job == 0 {
             return;
         }
+        let sink = Sink {
+            results: &args.results,
+            job: task.claim.job,
+            chunk: task.claim.chunk,
+            pid,
+        };
         let outcome = (|| {
             let unknown = |message| TaskFail::new(kind::ARGS_UNDECODABLE, message);
             let tramp = resolved.get(task.tramp).map_err(unknown)?;
@@ -480,30 +515,26 @@ pub(crate) fn worker_main(args: WorkerArgs) {
             // address of the closure a `FnPool` holds in the parent for as long as its
             // workers live; this worker was forked from that parent, so its copy of the
             // closure sits at the same address.
-            unsafe { tramp(target, &task.payload.0) }
+            // The results went to the result queue, unless it failed.
+            unsafe { tramp(target, &task.payload.0, &sink) }
         })();
-        let msg = match outcome {
-            Ok(bytes) => ResultMsg {
-                payload: Payload(bytes),
-                job: task.claim.job,
-                chunk: task.claim.chunk,
-                kind: kind::OK,
-                pid,
-                message: String::new(),
-                location: String::new(),
-            },
-            Err(f) => ResultMsg {
-                payload: Payload::default(),
-                job: task.claim.job,
-                chunk: task.claim.chunk,
-                kind: f.kind,
-                pid,
-                message: f.message,
-                location: f.location,
-            },
-        };
+        match outcome {
+            Ok(()) => args.bell.ring(),
+            Err(f) => put_result(
+                &args.results,
+                &args.bell,
+                ResultMsg {
+                    payload: Payload::default(),
+                    job: task.claim.job,
+                    chunk: task.claim.chunk,
+                    kind: f.kind,
+                    pid,
+                    message: f.message,
+                    location: f.location,
+                },
+            ),
+        }
         drop(task);
-        put_result(&args.results, &args.bell, msg);
         slot.finish();
         done += 1;
         if args.max_tasks != 0 && done >= args.max_tasks {
