@@ -156,20 +156,27 @@ impl Positional for MsgWriter {
 }
 
 impl<E> Writer<E> for MsgWriter {
+    #[inline]
     fn write(&mut self, bytes: &[u8]) -> Result<(), E> {
+        let n = bytes.len();
+        if self.spill.is_none() && self.cap - self.pos >= n {
+            // SAFETY: `pos + n <= cap` (checked), and `new`'s contract makes `buf..buf+cap`
+            // ours to write for the writer's lifetime.
+            unsafe { copy_small(bytes, self.buf.add(self.pos)) };
+            self.pos += n;
+            return Ok(());
+        }
+        self.write_slow(bytes);
+        Ok(())
+    }
+}
+
+impl MsgWriter {
+    /// Past the end of the slot, or already spilled: the heap buffer.
+    #[cold]
+    fn write_slow(&mut self, bytes: &[u8]) {
         match &mut self.spill {
             Some(v) => v.extend_from_slice(bytes),
-            None if self.cap - self.pos >= bytes.len() => {
-                // SAFETY: `pos + len <= cap` (checked), and `new`'s contract makes
-                // `buf..buf+cap` ours to write for the writer's lifetime.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        bytes.as_ptr(),
-                        self.buf.add(self.pos),
-                        bytes.len(),
-                    )
-                };
-            }
             None => {
                 let mut v = AlignedVec::<ALIGN>::with_capacity((self.pos + bytes.len()) * 2);
                 // SAFETY: the first `pos` bytes of the slot were written by this writer and,
@@ -182,7 +189,39 @@ impl<E> Writer<E> for MsgWriter {
             }
         }
         self.pos += bytes.len();
-        Ok(())
+    }
+}
+
+/// Copies `src` to `dst`. rkyv writes an archive in many small pieces (a field, a struct, a
+/// few bytes of padding): up to 16 bytes are copied with two overlapping unaligned moves
+/// instead of a call to `memcpy`.
+///
+/// # Safety
+/// `dst` is valid for writes of `src.len()` bytes and does not overlap `src`.
+#[inline]
+unsafe fn copy_small(src: &[u8], dst: *mut u8) {
+    let n = src.len();
+    let s = src.as_ptr();
+    // SAFETY: the reads stay in `src` (offsets `0..n`), the writes in `dst..dst + n` (valid
+    // by this function's contract); unaligned accesses are allowed.
+    unsafe {
+        if (8..=16).contains(&n) {
+            let a = s.cast::<u64>().read_unaligned();
+            let b = s.add(n - 8).cast::<u64>().read_unaligned();
+            dst.cast::<u64>().write_unaligned(a);
+            dst.add(n - 8).cast::<u64>().write_unaligned(b);
+        } else if (4..8).contains(&n) {
+            let a = s.cast::<u32>().read_unaligned();
+            let b = s.add(n - 4).cast::<u32>().read_unaligned();
+            dst.cast::<u32>().write_unaligned(a);
+            dst.add(n - 4).cast::<u32>().write_unaligned(b);
+        } else if n < 4 {
+            for i in 0..n {
+                dst.add(i).write(*s.add(i));
+            }
+        } else {
+            std::ptr::copy_nonoverlapping(s, dst, n);
+        }
     }
 }
 
@@ -353,6 +392,18 @@ mod tests {
         same([1u16, 2, 3]);
         same(7u8);
         same(String::from("not copy-optimized"));
+    }
+
+    #[test]
+    fn small_copies_of_every_length() {
+        let src: Vec<u8> = (1..=40).collect();
+        for n in 0..=40 {
+            let mut dst = [0u8; 48];
+            // SAFETY: `dst` has room for 40 bytes and does not overlap `src`.
+            unsafe { copy_small(&src[..n], dst.as_mut_ptr().add(3)) };
+            assert_eq!(&dst[3..3 + n], &src[..n], "{n}");
+            assert!(dst[..3].iter().chain(&dst[3 + n..]).all(|&b| b == 0), "{n}");
+        }
     }
 
     #[test]
