@@ -286,6 +286,76 @@ pub fn deserialize<T: Message>(archived: &T::Archived) -> Result<T> {
     rkyv::deserialize::<T, Failure>(archived).map_err(|e| Error::Decode(e.to_string()))
 }
 
+/// Deserializes checked archived items (the elements of an [`access`]ed `Vec<T>`, say) one
+/// at a time, with one deserializer for all of them (rkyv's deserializer owns a table that
+/// costs more to make and drop than a small item costs to deserialize).
+///
+/// ```
+/// use mp_core::message::{access, deserialize_each, encode};
+/// let bytes = encode(&vec![1u32, 2, 3])?;
+/// let archived = access::<Vec<u32>>(&bytes)?;
+/// let sum: u32 = deserialize_each::<u32>(archived.as_slice()).map(|x| x.unwrap()).sum();
+/// assert_eq!(sum, 6);
+/// # Ok::<(), mp_core::Error>(())
+/// ```
+pub fn deserialize_each<T: Message>(
+    archived: &[T::Archived],
+) -> impl Iterator<Item = Result<T>> + '_ {
+    let mut pool = rkyv::de::Pool::new();
+    archived.iter().map(move |a| {
+        a.deserialize(rkyv::rancor::Strategy::<_, Failure>::wrap(&mut pool))
+            .map_err(|e| Error::Decode(e.to_string()))
+    })
+}
+
+/// Deserializes checked archived items (the elements of an [`access`]ed `Vec<T>`, say) into
+/// `out`, which must be as long, with one deserializer for all of them: on success every
+/// element of `out` is initialized; on an error none is (the ones already written are
+/// dropped again). Lets a receiver place items where they go, without a `Vec` of their own.
+///
+/// ```
+/// use std::mem::MaybeUninit;
+/// use mp_core::message::{access, deserialize_into, encode};
+/// let bytes = encode(&vec![String::from("a"), String::from("b")])?;
+/// let archived = access::<Vec<String>>(&bytes)?;
+/// let mut out = [const { MaybeUninit::<String>::uninit() }; 2];
+/// deserialize_into::<String>(archived.as_slice(), &mut out)?;
+/// // SAFETY: `deserialize_into` returned Ok, so both elements are initialized.
+/// let out = out.map(|s| unsafe { s.assume_init() });
+/// assert_eq!(out, ["a", "b"]);
+/// # Ok::<(), mp_core::Error>(())
+/// ```
+pub fn deserialize_into<T: Message>(
+    archived: &[T::Archived],
+    out: &mut [std::mem::MaybeUninit<T>],
+) -> Result<()> {
+    if archived.len() != out.len() {
+        return Err(Error::Decode(format!(
+            "{} archived items for {} places",
+            archived.len(),
+            out.len()
+        )));
+    }
+    let mut pool = rkyv::de::Pool::new();
+    let d = rkyv::rancor::Strategy::<_, Failure>::wrap(&mut pool);
+    for (i, a) in archived.iter().enumerate() {
+        match a.deserialize(d) {
+            Ok(v) => {
+                out[i].write(v);
+            }
+            Err(e) => {
+                for o in &mut out[..i] {
+                    // SAFETY: the elements before `i` were written by this loop and are
+                    // dropped once, here; the caller is told that none is initialized.
+                    unsafe { o.assume_init_drop() };
+                }
+                return Err(Error::Decode(e.to_string()));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Checks `bytes` and deserializes them to an owned `T`. Misaligned input is copied to an
 /// aligned buffer first.
 pub fn decode<T: Message>(bytes: &[u8]) -> Result<T> {
@@ -392,6 +462,59 @@ mod tests {
         same([1u16, 2, 3]);
         same(7u8);
         same(String::from("not copy-optimized"));
+    }
+
+    /// Counts its live values, and refuses to deserialize 13.
+    #[derive(rkyv::Archive, rkyv::Serialize)]
+    struct Picky(u32);
+
+    static LIVE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+    impl Drop for Picky {
+        fn drop(&mut self) {
+            LIVE.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    impl<D: Fallible + ?Sized> Deserialize<Picky, D> for ArchivedPicky
+    where
+        D::Error: Source,
+    {
+        fn deserialize(&self, _: &mut D) -> Result<Picky, D::Error> {
+            if self.0 == 13 {
+                return Err(D::Error::new(std::io::Error::other("13")));
+            }
+            LIVE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(Picky(self.0.to_native()))
+        }
+    }
+
+    #[test]
+    fn deserialize_into_all_or_nothing() {
+        use std::mem::MaybeUninit;
+        use std::sync::atomic::Ordering::SeqCst;
+        let bytes = encode(&vec![Picky(1), Picky(2), Picky(13), Picky(4)]).unwrap();
+        // The values encoded above were dropped without having been counted.
+        LIVE.store(0, SeqCst);
+        let a = access::<Vec<Picky>>(&bytes).unwrap();
+        let mut out: Vec<MaybeUninit<Picky>> = (0..4).map(|_| MaybeUninit::uninit()).collect();
+        assert!(matches!(
+            deserialize_into::<Picky>(a.as_slice(), &mut out),
+            Err(Error::Decode(_))
+        ));
+        assert_eq!(
+            LIVE.load(SeqCst),
+            0,
+            "the two written before 13 were dropped"
+        );
+        assert!(deserialize_into::<Picky>(&a.as_slice()[..2], &mut out).is_err());
+        assert!(deserialize_into::<Picky>(&a.as_slice()[..2], &mut out[..2]).is_ok());
+        assert_eq!(LIVE.load(SeqCst), 2);
+        for o in &mut out[..2] {
+            // SAFETY: initialized by the successful call above.
+            unsafe { o.assume_init_drop() };
+        }
+        assert_eq!(LIVE.load(SeqCst), 0);
     }
 
     #[test]
