@@ -2,11 +2,12 @@
 //! imap), which collects its chunks' results as the supervisor thread receives them.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
-use mp_core::message::{access, deserialize, ALIGN};
+use mp_core::message::{access, deserialize, deserialize_into, ALIGN};
 use mp_core::Message;
 use rkyv::util::AlignedVec;
 
@@ -31,6 +32,12 @@ pub(crate) trait Job: Send + Sync {
     fn is_done(&self) -> bool;
 }
 
+fn aligned_copy(bytes: &[u8]) -> AlignedVec<ALIGN> {
+    let mut v = AlignedVec::<ALIGN>::with_capacity(bytes.len());
+    v.extend_from_slice(bytes);
+    v
+}
+
 /// Decodes an encoded `Vec<R>`, copying it first if it is not aligned.
 pub(crate) fn decode_vec<R: Message>(bytes: &[u8]) -> Result<Vec<R>, Error> {
     let bad = |e: mp_core::Error| Error::Unserializable {
@@ -39,9 +46,7 @@ pub(crate) fn decode_vec<R: Message>(bytes: &[u8]) -> Result<Vec<R>, Error> {
     };
     let copy;
     let b = if !bytes.is_empty() && (bytes.as_ptr() as usize) % ALIGN != 0 {
-        let mut v = AlignedVec::<ALIGN>::with_capacity(bytes.len());
-        v.extend_from_slice(bytes);
-        copy = v;
+        copy = aligned_copy(bytes);
         copy.as_slice()
     } else {
         bytes
@@ -50,11 +55,57 @@ pub(crate) fn decode_vec<R: Message>(bytes: &[u8]) -> Result<Vec<R>, Error> {
     deserialize::<Vec<R>>(access::<Vec<R>>(b).map_err(bad)?).map_err(bad)
 }
 
+/// The results of a [`CollectJob`], placed where they go as chunks come in.
 struct CollectState<R> {
-    /// Each chunk's results, once they came.
-    parts: Vec<Option<Vec<R>>>,
+    /// The results in input order: the items of chunk `c` are initialized exactly when
+    /// `got[c]`.
+    values: Vec<MaybeUninit<R>>,
+    got: Vec<bool>,
+    chunksize: usize,
     remaining: u64,
     done: bool,
+}
+
+impl<R> CollectState<R> {
+    fn range(&self, chunk: usize) -> std::ops::Range<usize> {
+        let start = chunk * self.chunksize;
+        start..(start + self.chunksize).min(self.values.len())
+    }
+
+    /// Every result, once every chunk came.
+    fn take_all(&mut self) -> Option<Vec<R>> {
+        if self.remaining != 0 || self.got.iter().any(|g| !g) {
+            return None;
+        }
+        self.got.clear();
+        let mut v = std::mem::ManuallyDrop::new(std::mem::take(&mut self.values));
+        // SAFETY: every chunk came, so every element is initialized (`got` covers them
+        // all, and is cleared so that `Drop` will not drop them again); `MaybeUninit<R>` has
+        // the layout of `R`, so the allocation is a valid `Vec<R>` of the same length and
+        // capacity, which takes it over (`v` is not dropped).
+        Some(unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<R>(), v.len(), v.capacity()) })
+    }
+
+    /// Drops the results received so far.
+    fn clear(&mut self) {
+        for c in 0..self.got.len() {
+            if std::mem::take(&mut self.got[c]) {
+                let r = self.range(c);
+                for v in &mut self.values[r] {
+                    // SAFETY: chunk `c` came (`got[c]` was set), so its items are
+                    // initialized; `got[c]` is now false, so they are dropped only here.
+                    unsafe { v.assume_init_drop() };
+                }
+            }
+        }
+        self.values = Vec::new();
+    }
+}
+
+impl<R> Drop for CollectState<R> {
+    fn drop(&mut self) {
+        self.clear();
+    }
 }
 
 /// A job whose chunks make one value: map (an ordered `Vec`), apply (one value).
@@ -80,7 +131,9 @@ impl<R, Out> CollectJob<R, Out> {
         CollectJob {
             outcome,
             st: Mutex::new(CollectState {
-                parts: (0..chunks).map(|_| None).collect(),
+                values: Vec::new(),
+                got: vec![false; chunks],
+                chunksize,
                 remaining: chunks as u64,
                 done: false,
             }),
@@ -99,35 +152,23 @@ impl<R, Out> CollectJob<R, Out> {
 
     fn finish_with(&self, mut st: MutexGuard<'_, CollectState<R>>, v: Result<(), Error>) -> bool {
         st.done = true;
-        let parts = std::mem::take(&mut st.parts);
+        let all = match v {
+            Ok(()) => st.take_all(),
+            Err(_) => None,
+        };
+        st.clear();
         drop(st);
         #[cfg(feature = "progress")]
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
-        match v {
-            Ok(()) => {
-                let single = parts.len() == 1;
-                let mut parts = parts.into_iter().flatten();
-                let all: Vec<R> = if single {
-                    parts.next().unwrap_or_default()
-                } else {
-                    let mut all = Vec::with_capacity(self.len);
-                    for p in parts {
-                        all.extend(p);
-                    }
-                    all
-                };
-                if all.len() == self.len {
-                    self.outcome.set((self.finish)(all));
-                } else {
-                    self.outcome.set(Err(Error::Unserializable {
-                        what: "result",
-                        message: "a chunk's result is missing items".into(),
-                    }));
-                }
-            }
-            Err(e) => self.outcome.set(Err(e)),
+        match (v, all) {
+            (Ok(()), Some(all)) => self.outcome.set((self.finish)(all)),
+            (Ok(()), None) => self.outcome.set(Err(Error::Unserializable {
+                what: "result",
+                message: "a chunk's result is missing items".into(),
+            })),
+            (Err(e), _) => self.outcome.set(Err(e)),
         }
         true
     }
@@ -138,31 +179,50 @@ impl<R: Message + Send, Out: Send> Job for CollectJob<R, Out> {
         let Some(range) = self.chunk_range(chunk) else {
             return lock(&self.st).done;
         };
-        let decoded = decode_vec::<R>(bytes);
+        let bad = |e: mp_core::Error| Error::Unserializable {
+            what: "result",
+            message: e.to_string(),
+        };
+        let copy;
+        let b = if !bytes.is_empty() && (bytes.as_ptr() as usize) % ALIGN != 0 {
+            copy = aligned_copy(bytes);
+            copy.as_slice()
+        } else {
+            bytes
+        };
+        let archived = access::<Vec<R>>(b);
         let mut st = lock(&self.st);
-        if st.done || st.parts[chunk as usize].is_some() {
+        if st.done || st.got[chunk as usize] {
             return st.done;
         }
-        let values = match decoded {
-            Ok(v) if v.len() == range.len() => v,
-            Ok(v) => {
+        let archived = match archived {
+            Ok(a) if a.len() == range.len() => a,
+            Ok(a) => {
                 let e = Error::Unserializable {
                     what: "result",
                     message: format!(
                         "chunk {chunk} brought {} results for {} items",
-                        v.len(),
+                        a.len(),
                         range.len()
                     ),
                 };
                 return self.finish_with(st, Err(e));
             }
-            Err(e) => return self.finish_with(st, Err(e)),
+            Err(e) => return self.finish_with(st, Err(bad(e))),
         };
+        // Straight into their places: no Vec per chunk, no concatenation at the end.
+        if st.values.is_empty() {
+            // Made here, by the thread that fills it, on the first answer.
+            st.values.resize_with(self.len, MaybeUninit::uninit);
+        }
+        if let Err(e) = deserialize_into::<R>(archived.as_slice(), &mut st.values[range.clone()]) {
+            return self.finish_with(st, Err(bad(e)));
+        }
+        st.got[chunk as usize] = true;
         #[cfg(feature = "progress")]
         if let Some(bar) = &self.bar {
-            bar.inc(values.len() as u64);
+            bar.inc(range.len() as u64);
         }
-        st.parts[chunk as usize] = Some(values);
         st.remaining -= 1;
         if st.remaining == 0 {
             return self.finish_with(st, Ok(()));
@@ -172,7 +232,7 @@ impl<R: Message + Send, Out: Send> Job for CollectJob<R, Out> {
 
     fn fail(&self, chunk: u64, err: Error) -> bool {
         let st = lock(&self.st);
-        if st.done || st.parts.get(chunk as usize).is_none_or(|p| p.is_some()) {
+        if st.done || st.got.get(chunk as usize).is_none_or(|&g| g) {
             return st.done;
         }
         self.finish_with(st, Err(err))
@@ -394,6 +454,64 @@ impl<R: Message + Send> Job for IMapJob<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::result::AsyncResult;
+
+    fn collect(
+        len: usize,
+        chunksize: usize,
+    ) -> (CollectJob<String, Vec<String>>, AsyncResult<Vec<String>>) {
+        let outcome = Outcome::new();
+        let job = CollectJob::new(outcome.clone(), len, chunksize, Ok);
+        (job, AsyncResult::new(outcome))
+    }
+
+    fn enc(v: &[&str]) -> AlignedVec<ALIGN> {
+        let v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+        mp_core::message::encode(&v).unwrap()
+    }
+
+    #[test]
+    fn collect_places_chunks_that_come_in_any_order() {
+        let (job, r) = collect(5, 2);
+        assert!(!job.deliver(2, &enc(&["e"])));
+        assert!(!job.deliver(0, &enc(&["a", "b"])));
+        assert!(!job.deliver(0, &enc(&["x", "y"])), "a chunk counts once");
+        assert!(!r.ready());
+        assert!(job.deliver(1, &enc(&["c", "d"])));
+        assert_eq!(r.get().unwrap(), ["a", "b", "c", "d", "e"]);
+        // Unaligned bytes are copied first.
+        let (job, r) = collect(1, 1);
+        let b = enc(&["only"]);
+        let mut shifted = AlignedVec::<ALIGN>::new();
+        shifted.push(0);
+        shifted.extend_from_slice(&b);
+        assert!(job.deliver(0, &shifted[1..]));
+        assert_eq!(r.get().unwrap(), ["only"]);
+    }
+
+    #[test]
+    fn collect_fails_on_a_bad_chunk_and_drops_what_came() {
+        let (job, r) = collect(4, 2);
+        assert!(!job.deliver(1, &enc(&["c", "d"])));
+        assert!(job.deliver(0, &enc(&["a"])), "one result for two items");
+        assert!(matches!(
+            r.get(),
+            Err(Error::Unserializable { what: "result", .. })
+        ));
+        assert!(
+            job.deliver(0, &enc(&["a", "b"])),
+            "done: later chunks are ignored"
+        );
+        let (job, r) = collect(4, 2);
+        assert!(!job.deliver(0, &enc(&["a", "b"])));
+        assert!(job.deliver(1, &[1, 2, 3]), "undecodable");
+        assert!(r.get().is_err());
+        let (job, r) = collect(4, 2);
+        assert!(!job.deliver(0, &enc(&["a", "b"])));
+        job.abort(Error::Terminated);
+        assert!(matches!(r.get(), Err(Error::Terminated)));
+        assert!(job.is_done() && job.fail(7, Error::Terminated));
+    }
 
     #[test]
     fn window_tracks_outstanding_chunks() {

@@ -7,7 +7,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
-use mp_core::message::{access, decode, deserialize, ALIGN};
+use mp_core::message::{access, decode, deserialize_each, ALIGN};
 use mp_core::{Message, Shared};
 use mp_queue::{PutError, Queue};
 use rkyv::rancor::{Fallible as RkyvFallible, Source};
@@ -227,8 +227,8 @@ pub(crate) unsafe fn run_chunk<C: Call>(
     let undecodable = |e: mp_core::Error| TaskFail::new(kind::ARGS_UNDECODABLE, e.to_string());
     let archived = access::<Vec<C::In>>(payload).map_err(undecodable)?;
     let mut out: Vec<C::Out> = Vec::with_capacity(archived.len());
-    for a in archived.iter() {
-        let x = deserialize::<C::In>(a).map_err(undecodable)?;
+    for x in deserialize_each::<C::In>(archived.as_slice()) {
+        let x = x.map_err(undecodable)?;
         // SAFETY: forwarded from this function's contract.
         out.push(unsafe { C::call(target, x) }?);
     }
