@@ -86,3 +86,15 @@ impl<T> std::error::Error for PutError<T> {
         }
     }
 }
+
+/// A [`put_many`](crate::Queue::put_many) that stopped at an item it could not put: the
+/// first `put` items are in the queue, the rest are not.
+#[derive(Debug, thiserror::Error)]
+#[error("put_many stopped after {put} items: {error}")]
+pub struct BatchError {
+    /// How many items, from the start of the slice, were put.
+    pub put: usize,
+    /// Why the next one could not be.
+    #[source]
+    pub error: Error,
+}

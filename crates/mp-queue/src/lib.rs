@@ -76,6 +76,12 @@
 //! (a slice as [`SliceAsVec`](mp_core::message::SliceAsVec) into a `Queue<Vec<_>>`),
 //! serialized straight into the ring without building an owned `T` first.
 //!
+//! # Batches
+//!
+//! [`Queue::put_many`] and [`Queue::get_many`] move many small items under one hold of the
+//! lock and one publication, about twice as fast per item as `put` and `get` (numbers in
+//! `docs/benchmarks.md`).
+//!
 //! # Messages of any size
 //!
 //! Messages up to half the ring are written into it; larger ones go to a range of their own in
@@ -118,5 +124,5 @@ mod lock;
 mod queue;
 mod ring;
 
-pub use error::{Error, PutError};
+pub use error::{BatchError, Error, PutError};
 pub use queue::{JoinableQueue, Queue, QueueBuilder, Received, SimpleQueue, DEFAULT_CAPACITY};

@@ -13,7 +13,7 @@ use mp_core::rkyv::rancor::{Fallible, Source};
 use mp_core::rkyv::{Archive, Deserialize, Place, Serialize};
 use mp_core::{Message, Region};
 
-use crate::error::{Error, PutError};
+use crate::error::{BatchError, Error, PutError};
 use crate::ring::{self, GetFail, Payload, PutFail, Ring};
 
 /// The ring size of `Queue::new()` and `Queue::with_maxsize(n)`: 4 MiB. Messages up to half of
@@ -199,6 +199,86 @@ impl<T: Message> Queue<T> {
             Ok(()) => Ok(()),
             Err(PutFail::Full) => Err(PutError::Full(item)),
             Err(PutFail::Encode(e)) | Err(PutFail::Io(e)) => Err(PutError::Failed(item, e)),
+        }
+    }
+
+    /// Puts the items of `items` in order, in batches: the producer lock is taken and the
+    /// new messages are published once per batch instead of once per item, which is several
+    /// times faster for small messages. Other producers' messages may come between two
+    /// batches, never inside one.
+    ///
+    /// Waits for room as [`put`](Self::put) does, at most `timeout` in all (`None`: as long
+    /// as it takes, `Some(Duration::ZERO)`: not at all). Returns how many items were put, the
+    /// first ones of `items`: all of them, unless the queue stayed full until the timeout.
+    /// An item that cannot be put (a closed handle, a serialization error) ends the call
+    /// with a [`BatchError`] that says how many were put before it.
+    ///
+    /// ```
+    /// let q = mp_queue::Queue::<u64>::new()?;
+    /// let items: Vec<u64> = (0..1000).collect();
+    /// assert_eq!(q.put_many(&items, None)?, 1000);
+    /// let mut got = Vec::new();
+    /// while got.len() < 1000 {
+    ///     q.get_many(&mut got, 256, None)?;
+    /// }
+    /// assert_eq!(got, items);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn put_many(&self, items: &[T], timeout: Option<Duration>) -> Result<usize, BatchError> {
+        let failed = |put, error| Err(BatchError { put, error });
+        if self.closed.load(Ordering::Relaxed) {
+            return failed(0, Error::Closed);
+        }
+        let deadline = Deadline::after(timeout);
+        let mut done = 0;
+        while done < items.len() {
+            match self.ring.put_batch(&items[done..]) {
+                Ok(0) => {}
+                Ok(n) => {
+                    done += n;
+                    continue;
+                }
+                Err(PutFail::Full) => {}
+                Err(PutFail::Encode(e)) | Err(PutFail::Io(e)) => return failed(done, e.into()),
+            }
+            // The next item does not fit now (or is too large for the ring): put it alone,
+            // waiting for room until the deadline.
+            match self.ring.put(&items[done], deadline) {
+                Ok(()) => done += 1,
+                Err(PutFail::Full) => break,
+                Err(PutFail::Encode(e)) | Err(PutFail::Io(e)) => return failed(done, e.into()),
+            }
+        }
+        Ok(done)
+    }
+
+    /// Takes up to `max` items in one batch, appending them to `out`: waits (at most
+    /// `timeout`; `None`: as long as it takes) for the first, then takes the ones already
+    /// there, under one hold of the consumer lock. Returns how many were taken (at least one;
+    /// `max == 0` takes none at once), or [`Error::Empty`] when none came in time.
+    ///
+    /// A message that cannot be decoded ends the batch with its error (it is removed, as with
+    /// `get`); the items taken before it are in `out` all the same.
+    pub fn get_many(
+        &self,
+        out: &mut Vec<T>,
+        max: usize,
+        timeout: Option<Duration>,
+    ) -> Result<usize, Error> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(Error::Closed);
+        }
+        if max == 0 {
+            return Ok(0);
+        }
+        let got = self.ring.get_batch(Deadline::after(timeout), max, |bytes| {
+            out.push(ring::decode::<T>(bytes)?);
+            Ok(())
+        });
+        match got {
+            Ok(n) => Ok(n),
+            Err(GetFail::Empty) => Err(Error::Empty),
+            Err(GetFail::Bad(e)) => Err(e),
         }
     }
 
@@ -482,6 +562,53 @@ impl<T: Message> JoinableQueue<T> {
         self.unfinished().fetch_add(1, Ordering::Relaxed);
         let r = self.inner.put_nowait(item);
         self.counted(r)
+    }
+
+    /// [`Queue::put_as`], counting the task.
+    pub fn put_as<'u, U>(
+        &self,
+        item: &'u U,
+        timeout: Option<Duration>,
+    ) -> Result<(), PutError<&'u U>>
+    where
+        U: mp_core::Encode + Archive<Archived = T::Archived>,
+    {
+        self.unfinished().fetch_add(1, Ordering::Relaxed);
+        let r = self.inner.put_as(item, timeout);
+        if r.is_err() {
+            self.finish_one();
+        }
+        r
+    }
+
+    /// [`Queue::put_many`], counting one task per item put.
+    pub fn put_many(&self, items: &[T], timeout: Option<Duration>) -> Result<usize, BatchError> {
+        // Counted before the items are visible (see `put`), in slices the counter can hold.
+        let mut done = 0;
+        for slice in items.chunks(1 << 20) {
+            let n = slice.len() as u32;
+            self.unfinished().fetch_add(n, Ordering::Relaxed);
+            let r = self.inner.put_many(slice, timeout);
+            let put = match &r {
+                Ok(put) => *put,
+                Err(e) => e.put,
+            };
+            for _ in put..slice.len() {
+                self.finish_one();
+            }
+            done += put;
+            match r {
+                Ok(put) if put == slice.len() => {}
+                Ok(_) => return Ok(done),
+                Err(e) => {
+                    return Err(BatchError {
+                        put: done,
+                        error: e.error,
+                    })
+                }
+            }
+        }
+        Ok(done)
     }
 
     fn finish_one(&self) -> bool {

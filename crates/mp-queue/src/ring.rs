@@ -76,7 +76,8 @@ pub(crate) struct Meta {
     _c: [u64; 5],
     // Producer line: written by producers on every put.
     p_lock: AtomicU32,
-    _p0: u32,
+    /// Producer journal: how many records the commit in progress publishes.
+    pending_count: AtomicU32,
     p_start: AtomicU64,
     tail: AtomicU64,
     enqueued: AtomicU64,
@@ -469,18 +470,127 @@ impl Ring {
         Ok(true)
     }
 
+    /// Puts the first items of `values`, in order, under one hold of the producer lock, and
+    /// publishes them together: one store of `tail` (and one wake-up check) for the batch.
+    /// Stops at the first item that does not fit in the ring now, would exceed `maxsize`, or
+    /// is too large to be written in place (those go through [`put`](Self::put)). Returns how
+    /// many were put.
+    pub(crate) fn put_batch<T: Encode>(&self, values: &[T]) -> Result<usize, PutFail> {
+        let m = self.meta();
+        let guard = self.lock_producer();
+        let cap = self.capacity;
+        let hdr = REC_HDR as u64;
+        let maxsize = m.maxsize.load(Ordering::Relaxed);
+        let enq = m.enqueued.load(Ordering::Relaxed);
+        let room_in_items = if maxsize > 0 {
+            // Acquire pairs with the Release increment of `dequeued` in the consumers.
+            let deq = m.dequeued.load(Ordering::Acquire);
+            maxsize.saturating_sub(enq.saturating_sub(deq))
+        } else {
+            u64::MAX
+        };
+        let tail0 = m.tail.load(Ordering::Relaxed);
+        let mut reclaim = m.p_cached_reclaim.load(Ordering::Relaxed);
+        let mut fresh = false;
+        if !self.span_ok(reclaim, tail0) {
+            reclaim = m.reclaim.load(Ordering::Acquire);
+            fresh = true;
+        }
+        if !self.span_ok(reclaim, tail0) {
+            return Err(corrupted("its positions are out of order or misaligned"));
+        }
+        let mut tail = tail0;
+        let mut count = 0u32;
+        for value in values {
+            if u64::from(count) >= room_in_items || count == u32::MAX {
+                break;
+            }
+            // Where the record goes: at `tail`, or after a padding record at the ring's start
+            // (as in `try_put_locked`), with room for at least a header and 16 bytes.
+            let place = loop {
+                let free = cap - (tail - reclaim);
+                let off = tail & (cap - 1);
+                let contig = cap - off;
+                let at_tail = free.min(contig);
+                let at_start = free.saturating_sub(contig);
+                if at_tail >= 2 * hdr && at_tail >= at_start {
+                    break Some((off, 0, at_tail));
+                }
+                if at_start >= 2 * hdr {
+                    break Some((0, contig, at_start));
+                }
+                if fresh {
+                    break None;
+                }
+                // Acquire pairs with the consumers' Release stores of `reclaim`.
+                reclaim = m.reclaim.load(Ordering::Acquire);
+                fresh = true;
+                if !self.span_ok(reclaim, tail) {
+                    return Err(corrupted("its positions are out of order or misaligned"));
+                }
+            };
+            let Some((rec_off, pad, room)) = place else {
+                break;
+            };
+            // SAFETY: `[rec_off + 16, rec_off + room)` is free ring space: it lies in
+            // `[tail, reclaim + cap)` (after the padding when `pad > 0`), past the published
+            // `tail`, so no consumer reads it, and no other producer writes it (we hold the
+            // producer lock). `rec_off` is a multiple of 16, so the slot is 16-aligned.
+            let enc = unsafe {
+                message::encode_into(
+                    value,
+                    self.data().add(rec_off as usize + REC_HDR),
+                    (room - hdr) as usize,
+                )
+            }
+            .map_err(PutFail::Encode);
+            let n = match enc {
+                Ok(Encoded::InPlace(n)) => n,
+                // Too large for the space left: the batch ends here.
+                Ok(Encoded::Spilled(_)) => break,
+                Err(e) if count == 0 => return Err(e),
+                // Publish what was written; the caller meets the error again alone.
+                Err(_) => break,
+            };
+            if pad > 0 {
+                self.write_pad(tail & (cap - 1), pad);
+            }
+            self.write_rec(rec_off, n as u32, KIND_INLINE);
+            tail += pad + hdr + round16(n as u64);
+            count += 1;
+        }
+        if fresh {
+            m.p_cached_reclaim.store(reclaim, Ordering::Relaxed);
+        }
+        if count > 0 {
+            self.publish(enq, tail, count);
+        }
+        drop(guard);
+        if count > 0 {
+            self.wake_consumers();
+        }
+        Ok(count as usize)
+    }
+
     /// Publishes a record (after an optional padding record at `off` of `pad` bytes).
     fn commit(&self, tail: u64, enq: u64, off: u64, pad: u64, used: u64) {
-        let m = self.meta();
         if pad > 0 {
             self.write_pad(off, pad);
         }
-        let new_tail = tail + pad + used;
-        // The journal first (Release keeps `pending_enq` before `pending_tail`, and both before
-        // the stores below, also for a process that reads them after we are killed).
+        self.publish(enq, tail + pad + used, 1);
+    }
+
+    /// Publishes the `count` records written between `tail` and `new_tail` (`enq` items were
+    /// in the queue's count before them).
+    fn publish(&self, enq: u64, new_tail: u64, count: u32) {
+        let m = self.meta();
+        // The journal first (Release keeps `pending_enq` and `pending_count` before
+        // `pending_tail`, and all three before the stores below, also for a process that reads
+        // them after we are killed).
         m.pending_enq.store(enq, Ordering::Relaxed);
+        m.pending_count.store(count, Ordering::Relaxed);
         m.pending_tail.store(new_tail, Ordering::Release);
-        m.enqueued.store(enq + 1, Ordering::Release);
+        m.enqueued.store(enq + u64::from(count), Ordering::Release);
         // Publishes the records (headers and payloads) to consumers, which load `tail` with
         // Acquire. A SeqCst swap rather than a store: it is also our half of the handshake with
         // sleeping consumers (see `wake_consumers`), without a separate fence.
@@ -505,8 +615,15 @@ impl Ring {
         let published = pending != 0 && tail == pending;
         if pending != 0 {
             let old = m.pending_enq.load(Ordering::Relaxed);
-            m.enqueued
-                .store(if published { old + 1 } else { old }, Ordering::Release);
+            let count = u64::from(m.pending_count.load(Ordering::Relaxed));
+            m.enqueued.store(
+                if published {
+                    old.saturating_add(count)
+                } else {
+                    old
+                },
+                Ordering::Release,
+            );
         }
         let big = m.pending_big.load(Ordering::Acquire);
         if big != 0 && !published {
@@ -693,6 +810,34 @@ impl Ring {
             drop(payload);
             ring.consume_locked(guard, used, false, simple);
             Ok(r)
+        })
+    }
+
+    /// Takes up to `max` messages (at least one, waiting until `deadline`) under one hold of
+    /// the consumer lock: `f` gets each payload while its record is at `head`, and the record
+    /// is consumed when `f` returns. An error of `f` (the record is consumed all the same) or
+    /// of the ring ends the batch and is returned; the messages before it went to `f`.
+    pub(crate) fn get_batch(
+        &self,
+        deadline: Deadline,
+        max: usize,
+        mut f: impl FnMut(&[u8]) -> Result<(), Error>,
+    ) -> Result<usize, GetFail> {
+        self.wait_for_data(deadline, |ring, guard| {
+            let mut taken = 0;
+            while taken < max {
+                if taken > 0 && !ring.has_data_locked() {
+                    break;
+                }
+                let (payload, used, _) = ring.peek_locked(guard)?;
+                let r = f(ring.payload_bytes(&payload));
+                let simple = matches!(payload, Payload::Inline(..));
+                drop(payload);
+                ring.consume_locked(guard, used, false, simple);
+                r?;
+                taken += 1;
+            }
+            Ok(taken)
         })
     }
 

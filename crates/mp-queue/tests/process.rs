@@ -35,6 +35,8 @@ fn put_slices(q: Queue<Vec<u32>>) -> usize {
         q.put_as(&SliceAsVec(w), None).expect("put_as");
     }
     q.put_as(&SliceAsVec(&data), None).expect("put_as");
+    let batch = [vec![1u32, 2], vec![], vec![3]];
+    assert_eq!(q.put_many(&batch, None).expect("put_many"), 3);
     data.len()
 }
 
@@ -122,7 +124,7 @@ fn joinable_queue_with_workers_under_every_start_method() {
 }
 
 #[test]
-fn borrowed_slices_put_as_vecs_under_every_start_method() {
+fn borrowed_slices_and_batches_under_every_start_method() {
     for method in METHODS {
         let q: Queue<Vec<u32>> = Queue::new().unwrap();
         let mut kid = Process::new(put_slices, q.clone())
@@ -144,6 +146,12 @@ fn borrowed_slices_put_as_vecs_under_every_start_method() {
         let all = q.get_nowait().unwrap();
         assert_eq!(all.len(), n, "{method}");
         assert!(all.iter().enumerate().all(|(i, &x)| x == i as u32));
+        let mut batch = Vec::new();
+        while batch.len() < 3 {
+            q.get_many(&mut batch, 8, Some(Duration::from_secs(5)))
+                .unwrap();
+        }
+        assert_eq!(batch, [vec![1, 2], vec![], vec![3]], "{method}");
         assert!(q.empty());
     }
     // A full queue gives the reference back, after the timeout or at once.

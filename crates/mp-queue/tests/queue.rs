@@ -407,6 +407,159 @@ fn four_producers_four_consumers_exactly_once() {
     assert!(q.empty());
 }
 
+/// Two producers put with `put_many` (batches of 1 to 300), two with `put`; two consumers take
+/// with `get_many`, two with `get`: every message arrives exactly once.
+#[test]
+fn batches_mixed_with_single_puts_and_gets_exactly_once() {
+    const PER: u64 = 50_000;
+    let q: Queue<u64> = Queue::builder().capacity_bytes(64 << 10).build().unwrap();
+    let seen = Seen::new(4 * PER as usize);
+    let dups = mp_core::Shared::new(AtomicU64::new(0)).unwrap();
+    let mut kids = Vec::new();
+    for p in 0..4u64 {
+        let q = q.clone();
+        kids.push(fork_child(move || {
+            let all: Vec<u64> = (p * PER..(p + 1) * PER).collect();
+            if p % 2 == 0 {
+                let mut at = 0;
+                let mut k = 1;
+                while at < all.len() {
+                    let end = (at + k).min(all.len());
+                    if !matches!(q.put_many(&all[at..end], None), Ok(n) if n == end - at) {
+                        return 1;
+                    }
+                    at = end;
+                    k = k % 300 + 7;
+                }
+            } else {
+                for &v in &all {
+                    if q.put(v).is_err() {
+                        return 1;
+                    }
+                }
+            }
+            0
+        }));
+    }
+    for c in 0..4 {
+        let q = q.clone();
+        let seen = Seen {
+            words: seen.words.clone(),
+        };
+        let dups = dups.clone();
+        kids.push(fork_child(move || {
+            let mut mark = |v: u64| {
+                if v >= 4 * PER || !seen.mark(v as usize) {
+                    dups.fetch_add(1, Ordering::SeqCst);
+                }
+            };
+            if c % 2 == 0 {
+                let mut out = Vec::new();
+                while let Ok(n) = q.get_many(&mut out, 1 + c * 50, Some(Duration::from_secs(2))) {
+                    assert!(n >= 1 && n <= 1 + c * 50 && n == out.len());
+                    out.drain(..).for_each(&mut mark);
+                }
+            } else {
+                while let Ok(v) = q.get_timeout(Duration::from_secs(2)) {
+                    mark(v);
+                }
+            }
+            0
+        }));
+    }
+    kids.into_iter().for_each(wait_ok);
+    assert_eq!(
+        dups.load(Ordering::SeqCst),
+        0,
+        "a message was delivered twice"
+    );
+    assert_eq!(seen.count(), 4 * PER as u32, "a message was lost");
+    assert!(q.empty());
+}
+
+#[test]
+fn put_many_and_get_many_limits_timeouts_and_errors() {
+    let q: Queue<u32> = Queue::with_maxsize(10).unwrap();
+    let items: Vec<u32> = (0..25).collect();
+    // Bounded: as many as fit, at once or after the timeout.
+    assert_eq!(q.put_many(&items, Some(Duration::ZERO)).unwrap(), 10);
+    let t0 = Instant::now();
+    assert_eq!(
+        q.put_many(&items[10..], Some(Duration::from_millis(50)))
+            .unwrap(),
+        0
+    );
+    assert!(t0.elapsed() >= Duration::from_millis(50));
+    let mut out = vec![99];
+    assert_eq!(q.get_many(&mut out, 4, None).unwrap(), 4);
+    assert_eq!(out, [99, 0, 1, 2, 3], "appended, in order");
+    assert_eq!(q.get_many(&mut out, 0, None).unwrap(), 0);
+    assert_eq!(q.get_many(&mut out, 100, None).unwrap(), 6);
+    assert_eq!(out[1..], items[..10]);
+    assert!(matches!(
+        q.get_many(&mut out, 5, Some(Duration::from_millis(20))),
+        Err(Error::Empty)
+    ));
+    // A consumer that waits gets the batch a producer puts later.
+    let qc = q.clone();
+    let kid = fork_child(move || {
+        std::thread::sleep(Duration::from_millis(30));
+        i32::from(qc.put_many(&[7, 8, 9], None).is_err())
+    });
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        q.get_many(&mut got, 3, Some(Duration::from_secs(5)))
+            .unwrap();
+    }
+    assert_eq!(got, [7, 8, 9]);
+    wait_ok(kid);
+    // Messages too large for the space left go their own way, in order with the others,
+    // from a producer that waits for room while the parent takes them.
+    let big: Queue<Vec<u8>> = Queue::builder().capacity_bytes(8192).build().unwrap();
+    let msgs: Vec<Vec<u8>> = [0, 3000, 6000, 9000, 20000, 0, 5000, 7]
+        .iter()
+        .cycle()
+        .take(80)
+        .enumerate()
+        .map(|(i, &n)| vec![i as u8; n])
+        .collect();
+    let (bc, mc) = (big.clone(), msgs.clone());
+    let kid = fork_child(move || i32::from(!matches!(bc.put_many(&mc, None), Ok(80))));
+    let mut back = Vec::new();
+    while back.len() < msgs.len() {
+        big.get_many(&mut back, 5, Some(Duration::from_secs(5)))
+            .unwrap();
+    }
+    wait_ok(kid);
+    assert!(back == msgs, "every message, whole and in order");
+    // A closed handle puts nothing and says so.
+    q.close();
+    let e = q.put_many(&items, None).unwrap_err();
+    assert_eq!(e.put, 0);
+    assert!(matches!(e.error, Error::Closed));
+    assert!(matches!(q.get_many(&mut out, 1, None), Err(Error::Closed)));
+}
+
+#[test]
+fn joinable_put_many_counts_each_item() {
+    let q: JoinableQueue<u8> = JoinableQueue::with_maxsize(3).unwrap();
+    assert_eq!(
+        q.put_many(&[1, 2, 3, 4, 5], Some(Duration::ZERO)).unwrap(),
+        3
+    );
+    assert!(matches!(
+        q.join_timeout(Duration::from_millis(10)),
+        Err(Error::Timeout)
+    ));
+    let mut out = Vec::new();
+    assert_eq!(q.get_many(&mut out, 10, None).unwrap(), 3);
+    for _ in 0..3 {
+        q.task_done().unwrap();
+    }
+    q.join_timeout(Duration::from_secs(1)).unwrap();
+    assert!(matches!(q.task_done(), Err(Error::TaskDoneTooMany)));
+}
+
 #[derive(mp_core::rkyv::Archive, mp_core::rkyv::Serialize, mp_core::rkyv::Deserialize)]
 #[rkyv(crate = mp_core::rkyv)]
 struct Chunk {
@@ -467,6 +620,83 @@ fn producer_sigkilled_mid_put_never_tears_or_hangs() {
             body: vec![1],
         },
         Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(q.get().unwrap().seq, 1);
+}
+
+#[test]
+fn producer_sigkilled_mid_put_many_never_tears_or_hangs() {
+    // As above, with batches of 1 to 16 messages, some larger than half the ring (those go
+    // their own way and end a batch).
+    let q: Queue<Chunk> = Queue::builder().capacity_bytes(16 << 10).build().unwrap();
+    let mut next_expected = 0u64;
+    for round in 0..60u64 {
+        let qc = q.clone();
+        let base = round << 32;
+        let pid = fork_child(move || {
+            let mut i = 0u64;
+            loop {
+                let k = 1 + (i % 16);
+                let batch: Vec<Chunk> = (i..i + k)
+                    .map(|j| {
+                        let seq = base + j;
+                        let len = ((seq * 7919) % 9000) as usize;
+                        Chunk {
+                            seq,
+                            body: vec![(seq % 251) as u8; len],
+                        }
+                    })
+                    .collect();
+                if qc.put_many(&batch, None).is_err() {
+                    return 1;
+                }
+                i += k;
+            }
+        });
+        let mut drained = 0;
+        let mut out = Vec::new();
+        while drained < 3 {
+            out.clear();
+            match q.get_many(&mut out, 4, Some(Duration::from_secs(5))) {
+                Ok(_) => {
+                    for c in &out {
+                        check_chunk(c, &mut next_expected, base);
+                    }
+                    drained += out.len();
+                }
+                Err(e) => {
+                    let _ = kill(pid, Signal::SIGKILL);
+                    panic!("round {round}: {e}: {}", q.debug_state());
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_micros(200 + (round * 37) % 800));
+        kill(pid, Signal::SIGKILL).unwrap();
+        waitpid(pid, None).unwrap();
+        loop {
+            out.clear();
+            match q.get_many(&mut out, 7, Some(Duration::ZERO)) {
+                Ok(_) => out
+                    .iter()
+                    .for_each(|c| check_chunk(c, &mut next_expected, base)),
+                Err(Error::Empty) => break,
+                Err(e) => panic!("round {round}: {e}"),
+            }
+        }
+        assert_eq!(
+            q.qsize(),
+            0,
+            "round {round}: the count matches what was delivered"
+        );
+        next_expected = (round + 1) << 32;
+    }
+    q.put_many(
+        &[Chunk {
+            seq: 1,
+            body: vec![1],
+        }],
+        Some(Duration::from_secs(5)),
     )
     .unwrap();
     assert_eq!(q.get().unwrap().seq, 1);
