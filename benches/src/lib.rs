@@ -233,6 +233,13 @@ pub fn workloads() -> Vec<Workload> {
             ),
         ),
         w(
+            "queue_batch_1to1",
+            Elements(1),
+            false,
+            MULTI,
+            with_mp("queue_batch_1to1", vec![]),
+        ),
+        w(
             "queue_small_2to1",
             Elements(1),
             false,

@@ -30,6 +30,7 @@ pub fn implementation(workload: &str) -> Option<Measure> {
         "process_start_forkserver" => process_start_forkserver,
         "queue_small_1to1" => queue_small_1to1,
         "queue_small_2to1" => queue_small_2to1,
+        "queue_batch_1to1" => queue_batch_1to1,
         "queue_1mib" => queue_1mib,
         "pool_map" => pool_map,
         "pool_map_chunksize1" => pool_map_chunksize1,
@@ -183,6 +184,33 @@ pub fn queue_small_1to1(iters: u64, placement: Placement) -> Duration {
     timed(placement, vec![child], |_| {
         for _ in 0..iters {
             q.get().expect("get");
+        }
+    })
+}
+
+/// How many u64 one `put_many` / `get_many` of [`queue_batch_1to1`] moves.
+const BATCH: usize = 256;
+
+/// A child puts `iters` u64 on a `Queue` with `put_many`, [`BATCH`] at a time; the parent takes
+/// them with `get_many` (up to [`BATCH`] at a time, into one reused `Vec`).
+pub fn queue_batch_1to1(iters: u64, placement: Placement) -> Duration {
+    let q: Queue<u64> = Queue::new().expect("Queue::new");
+    let q2 = q.clone();
+    let child = move |_: &Gate| {
+        let items: Vec<u64> = (0..BATCH as u64).collect();
+        let mut left = iters as usize;
+        while left > 0 {
+            let n = left.min(BATCH);
+            assert_eq!(q2.put_many(&items[..n], None).expect("put_many"), n);
+            left -= n;
+        }
+    };
+    timed(placement, vec![child], |_| {
+        let mut out = Vec::with_capacity(BATCH);
+        let mut got = 0;
+        while got < iters as usize {
+            out.clear();
+            got += q.get_many(&mut out, BATCH, None).expect("get_many");
         }
     })
 }

@@ -83,6 +83,14 @@ const SPECS: &[Spec] = &[
         peers: PEERS,
     },
     Spec {
+        name: "queue_batch_1to1",
+        krate: "mp-queue",
+        unit: Unit::Msgs,
+        single: false,
+        limit: &[("limit_spsc_ring", "SPSC ring")],
+        peers: &[],
+    },
+    Spec {
         name: "queue_small_2to1",
         krate: "mp-queue",
         unit: Unit::Msgs,
