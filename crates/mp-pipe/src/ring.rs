@@ -211,6 +211,7 @@ impl Ring {
     /// A slot for a record of at least `min_payload` bytes, or `None` when the ring has no
     /// such room now. When several places fit, the one at the tail is preferred unless the
     /// room after wrapping is larger and the tail's is small.
+    #[inline]
     pub(crate) fn slot(&self, min_payload: usize) -> Result<Option<Slot>> {
         let c = self.ctl();
         // Relaxed: the producer is the only writer of `tail`.
@@ -233,6 +234,7 @@ impl Ring {
     }
 
     /// [`slot`](Self::slot) for given positions.
+    #[inline]
     fn slot_with(&self, tail: u64, head: u64, need: usize) -> Result<Option<Slot>> {
         let used = tail.wrapping_sub(head);
         if used > self.cap as u64 || tail % 16 != 0 {
@@ -320,6 +322,7 @@ impl Ring {
     // ---- consumer side ------------------------------------------------------------------
 
     /// The first record waiting, skipping padding, or `None` when the ring is empty.
+    #[inline]
     pub(crate) fn peek(&self) -> Result<Option<Record>> {
         let c = self.ctl();
         // Relaxed: the consumer is the only writer of `head`.

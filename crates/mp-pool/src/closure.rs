@@ -8,7 +8,7 @@ use mp_core::Message;
 use mp_process::StartMethod;
 
 use crate::error::Error;
-use crate::pool::{Pool, PoolBuilder, Target, Tasks};
+use crate::pool::{single, Pool, PoolBuilder, Target, Tasks};
 use crate::result::AsyncResult;
 use crate::worker::Closure;
 use crate::IMap;
@@ -165,13 +165,6 @@ where
         let t = self.target();
         self.tasks.imap_impl::<Closure<F, T, R>>(t, items, false)
     }
-}
-
-fn single<R>(v: Vec<R>) -> Result<R, Error> {
-    v.into_iter().next().ok_or(Error::Unserializable {
-        what: "result",
-        message: "the task's result is missing".into(),
-    })
 }
 
 impl<T, R, F> FnPool<T, R, F>

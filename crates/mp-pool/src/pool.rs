@@ -1012,8 +1012,9 @@ fn identity<R>(v: Vec<R>) -> Result<Vec<R>, Error> {
     Ok(v)
 }
 
-fn single<R>(v: Vec<R>) -> Result<R, Error> {
-    v.into_iter().next().ok_or(Error::Unserializable {
+/// The one result of an `apply`.
+pub(crate) fn single<R>(v: Vec<R>) -> Result<R, Error> {
+    v.into_iter().next().ok_or_else(|| Error::Unserializable {
         what: "result",
         message: "the task's result is missing".into(),
     })
