@@ -32,27 +32,28 @@ pub(crate) trait Job: Send + Sync {
     fn is_done(&self) -> bool;
 }
 
-fn aligned_copy(bytes: &[u8]) -> AlignedVec<ALIGN> {
-    let mut v = AlignedVec::<ALIGN>::with_capacity(bytes.len());
-    v.extend_from_slice(bytes);
-    v
+/// `bytes` if they are aligned for `access`, else a copy of them in `copy`.
+fn aligned<'b>(bytes: &'b [u8], copy: &'b mut AlignedVec<ALIGN>) -> &'b [u8] {
+    if bytes.is_empty() || (bytes.as_ptr() as usize) % ALIGN == 0 {
+        return bytes;
+    }
+    copy.extend_from_slice(bytes);
+    copy.as_slice()
+}
+
+/// A result that cannot be decoded.
+fn undecodable(e: mp_core::Error) -> Error {
+    Error::Unserializable {
+        what: "result",
+        message: e.to_string(),
+    }
 }
 
 /// Decodes an encoded `Vec<R>`, copying it first if it is not aligned.
 pub(crate) fn decode_vec<R: Message>(bytes: &[u8]) -> Result<Vec<R>, Error> {
-    let bad = |e: mp_core::Error| Error::Unserializable {
-        what: "result",
-        message: e.to_string(),
-    };
-    let copy;
-    let b = if !bytes.is_empty() && (bytes.as_ptr() as usize) % ALIGN != 0 {
-        copy = aligned_copy(bytes);
-        copy.as_slice()
-    } else {
-        bytes
-    };
-    // The whole Vec at once: rkyv copies a slice of plain data in one go.
-    deserialize::<Vec<R>>(access::<Vec<R>>(b).map_err(bad)?).map_err(bad)
+    let mut copy = AlignedVec::new();
+    let archived = access::<Vec<R>>(aligned(bytes, &mut copy)).map_err(undecodable)?;
+    deserialize::<Vec<R>>(archived).map_err(undecodable)
 }
 
 /// The results of a [`CollectJob`], placed where they go as chunks come in.
@@ -179,18 +180,8 @@ impl<R: Message + Send, Out: Send> Job for CollectJob<R, Out> {
         let Some(range) = self.chunk_range(chunk) else {
             return lock(&self.st).done;
         };
-        let bad = |e: mp_core::Error| Error::Unserializable {
-            what: "result",
-            message: e.to_string(),
-        };
-        let copy;
-        let b = if !bytes.is_empty() && (bytes.as_ptr() as usize) % ALIGN != 0 {
-            copy = aligned_copy(bytes);
-            copy.as_slice()
-        } else {
-            bytes
-        };
-        let archived = access::<Vec<R>>(b);
+        let mut copy = AlignedVec::new();
+        let archived = access::<Vec<R>>(aligned(bytes, &mut copy));
         let mut st = lock(&self.st);
         if st.done || st.got[chunk as usize] {
             return st.done;
@@ -208,7 +199,7 @@ impl<R: Message + Send, Out: Send> Job for CollectJob<R, Out> {
                 };
                 return self.finish_with(st, Err(e));
             }
-            Err(e) => return self.finish_with(st, Err(bad(e))),
+            Err(e) => return self.finish_with(st, Err(undecodable(e))),
         };
         // Straight into their places: no Vec per chunk, no concatenation at the end.
         if st.values.is_empty() {
@@ -216,7 +207,7 @@ impl<R: Message + Send, Out: Send> Job for CollectJob<R, Out> {
             st.values.resize_with(self.len, MaybeUninit::uninit);
         }
         if let Err(e) = deserialize_into::<R>(archived.as_slice(), &mut st.values[range.clone()]) {
-            return self.finish_with(st, Err(bad(e)));
+            return self.finish_with(st, Err(undecodable(e)));
         }
         st.got[chunk as usize] = true;
         #[cfg(feature = "progress")]

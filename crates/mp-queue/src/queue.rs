@@ -534,7 +534,8 @@ impl<T: Message> JoinableQueue<T> {
         &self.inner.ring().meta().unfinished
     }
 
-    fn counted(&self, r: Result<(), PutError<T>>) -> Result<(), PutError<T>> {
+    /// Gives back the count taken for a put that failed.
+    fn counted<E>(&self, r: Result<(), E>) -> Result<(), E> {
         if r.is_err() {
             self.finish_one();
         }
@@ -575,10 +576,7 @@ impl<T: Message> JoinableQueue<T> {
     {
         self.unfinished().fetch_add(1, Ordering::Relaxed);
         let r = self.inner.put_as(item, timeout);
-        if r.is_err() {
-            self.finish_one();
-        }
-        r
+        self.counted(r)
     }
 
     /// [`Queue::put_many`], counting one task per item put.

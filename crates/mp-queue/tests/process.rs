@@ -15,6 +15,22 @@ const METHODS: [StartMethod; 3] = [
     StartMethod::ForkServer,
 ];
 
+/// Runs `f(arg)` in a daemon child started with `method` and returns its result.
+fn run_child<A: mp_core::Message, R: mp_core::Message>(
+    f: fn(A) -> R,
+    arg: A,
+    method: StartMethod,
+) -> R {
+    Process::new(f, arg)
+        .start_method(method)
+        .daemon(true)
+        .start()
+        .unwrap()
+        .join_timeout(Duration::from_secs(30))
+        .unwrap()
+        .expect("joined")
+}
+
 fn produce((q, from): (Queue<u64>, u64)) -> u64 {
     for i in from..from + 100 {
         q.put(i).expect("put");
@@ -79,15 +95,7 @@ fn queue_as_process_argument_under_every_start_method() {
 fn child_puts_one_mib_exits_and_is_joined_before_the_read() {
     for method in METHODS {
         let q: Queue<Vec<u8>> = Queue::new().unwrap();
-        let mut kid = Process::new(put_one_mib, q.clone())
-            .start_method(method)
-            .daemon(true)
-            .start()
-            .unwrap();
-        let n = kid
-            .join_timeout(Duration::from_secs(30))
-            .unwrap()
-            .expect("joined");
+        let n = run_child(put_one_mib, q.clone(), method);
         let v = q.get_nowait().unwrap();
         assert_eq!(v.len(), n);
         assert!(v.iter().all(|&b| b == 0x5A), "{method}");
@@ -127,15 +135,7 @@ fn joinable_queue_with_workers_under_every_start_method() {
 fn borrowed_slices_and_batches_under_every_start_method() {
     for method in METHODS {
         let q: Queue<Vec<u32>> = Queue::new().unwrap();
-        let mut kid = Process::new(put_slices, q.clone())
-            .start_method(method)
-            .daemon(true)
-            .start()
-            .unwrap();
-        let n = kid
-            .join_timeout(Duration::from_secs(30))
-            .unwrap()
-            .expect("joined");
+        let n = run_child(put_slices, q.clone(), method);
         let mut next = 0u32;
         while next < 1000 {
             let w = q.get_nowait().unwrap();

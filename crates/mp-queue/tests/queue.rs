@@ -366,61 +366,29 @@ impl Seen {
 
 #[test]
 fn four_producers_four_consumers_exactly_once() {
-    const PER: u64 = 100_000;
-    let q: Queue<u64> = Queue::builder().capacity_bytes(64 << 10).build().unwrap();
-    let seen = Seen::new(4 * PER as usize);
-    let dups = mp_core::Shared::new(AtomicU64::new(0)).unwrap();
-    let mut kids = Vec::new();
-    for p in 0..4u64 {
-        let q = q.clone();
-        kids.push(fork_child(move || {
-            for i in 0..PER {
-                if q.put(p * PER + i).is_err() {
-                    return 1;
-                }
-            }
-            0
-        }));
-    }
-    for _ in 0..4 {
-        let q = q.clone();
-        let seen = Seen {
-            words: seen.words.clone(),
-        };
-        let dups = dups.clone();
-        kids.push(fork_child(move || {
-            while let Ok(v) = q.get_timeout(Duration::from_secs(2)) {
-                if v >= 4 * PER || !seen.mark(v as usize) {
-                    dups.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-            0
-        }));
-    }
-    kids.into_iter().for_each(wait_ok);
-    assert_eq!(
-        dups.load(Ordering::SeqCst),
-        0,
-        "a message was delivered twice"
-    );
-    assert_eq!(seen.count(), 4 * PER as u32, "a message was lost");
-    assert!(q.empty());
+    exactly_once(100_000, false);
 }
 
 /// Two producers put with `put_many` (batches of 1 to 300), two with `put`; two consumers take
 /// with `get_many`, two with `get`: every message arrives exactly once.
 #[test]
 fn batches_mixed_with_single_puts_and_gets_exactly_once() {
-    const PER: u64 = 50_000;
+    exactly_once(50_000, true);
+}
+
+/// 4 producers put `per` messages each on one queue, 4 consumers take them: each arrives
+/// exactly once. With `batched`, the even-numbered producers and consumers use `put_many`
+/// and `get_many`.
+fn exactly_once(per: u64, batched: bool) {
     let q: Queue<u64> = Queue::builder().capacity_bytes(64 << 10).build().unwrap();
-    let seen = Seen::new(4 * PER as usize);
+    let seen = Seen::new(4 * per as usize);
     let dups = mp_core::Shared::new(AtomicU64::new(0)).unwrap();
     let mut kids = Vec::new();
     for p in 0..4u64 {
         let q = q.clone();
         kids.push(fork_child(move || {
-            let all: Vec<u64> = (p * PER..(p + 1) * PER).collect();
-            if p % 2 == 0 {
+            let all: Vec<u64> = (p * per..(p + 1) * per).collect();
+            if batched && p % 2 == 0 {
                 let mut at = 0;
                 let mut k = 1;
                 while at < all.len() {
@@ -431,12 +399,8 @@ fn batches_mixed_with_single_puts_and_gets_exactly_once() {
                     at = end;
                     k = k % 300 + 7;
                 }
-            } else {
-                for &v in &all {
-                    if q.put(v).is_err() {
-                        return 1;
-                    }
-                }
+            } else if all.iter().any(|&v| q.put(v).is_err()) {
+                return 1;
             }
             0
         }));
@@ -449,14 +413,15 @@ fn batches_mixed_with_single_puts_and_gets_exactly_once() {
         let dups = dups.clone();
         kids.push(fork_child(move || {
             let mut mark = |v: u64| {
-                if v >= 4 * PER || !seen.mark(v as usize) {
+                if v >= 4 * per || !seen.mark(v as usize) {
                     dups.fetch_add(1, Ordering::SeqCst);
                 }
             };
-            if c % 2 == 0 {
+            if batched && c % 2 == 0 {
+                let max = 1 + c * 50;
                 let mut out = Vec::new();
-                while let Ok(n) = q.get_many(&mut out, 1 + c * 50, Some(Duration::from_secs(2))) {
-                    assert!(n >= 1 && n <= 1 + c * 50 && n == out.len());
+                while let Ok(n) = q.get_many(&mut out, max, Some(Duration::from_secs(2))) {
+                    assert!(n >= 1 && n <= max && n == out.len());
                     out.drain(..).for_each(&mut mark);
                 }
             } else {
@@ -473,7 +438,7 @@ fn batches_mixed_with_single_puts_and_gets_exactly_once() {
         0,
         "a message was delivered twice"
     );
-    assert_eq!(seen.count(), 4 * PER as u32, "a message was lost");
+    assert_eq!(seen.count(), 4 * per as u32, "a message was lost");
     assert!(q.empty());
 }
 
