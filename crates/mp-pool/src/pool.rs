@@ -453,7 +453,7 @@ impl Inner {
     }
 
     /// Puts the next chunk of `chunks`, waiting for room, until the pool is terminated. On
-    /// an error the chunk is dropped from `chunks`.
+    /// an error the chunk is dropped from `chunks` (the caller fails it).
     fn put_next_blocking(&self, chunks: &mut (dyn ChunkSource + '_)) -> Result<(), Error> {
         let r = self.put_waiting(|t| chunks.put_next(&self.tasks, t));
         if r.is_err() {
@@ -893,8 +893,9 @@ fn put_outcome<U>(put: Result<(), PutError<U>>) -> Result<bool, Error> {
 pub(crate) trait ChunkSource: Send {
     /// The number of the next chunk, or `None` when there are no more.
     fn peek(&mut self) -> Option<u64>;
-    /// Puts the next chunk, waiting at most `timeout` for room: `Ok(true)` put, `Ok(false)`
-    /// no room (it is still the next one), `Err` it failed (the next one is the one after).
+    /// Puts the next chunk, waiting at most `timeout` for room: `Ok(true)` put (the next one
+    /// is the one after), `Ok(false)` no room, `Err` it cannot be put. In the last two cases
+    /// it is still the next one: the caller [`skip`](Self::skip)s a chunk it fails.
     fn put_next(&mut self, tasks: &Queue<TaskMsg>, timeout: Duration) -> Result<bool, Error>;
     /// Drops the next chunk (it was failed).
     fn skip(&mut self);
@@ -952,7 +953,7 @@ impl<T: Message + Send, I: Iterator<Item = T> + Send> ChunkSource for ChunkIter<
             return Ok(false);
         };
         let r = self.head.put(tasks, c, &self.buf, timeout);
-        if !matches!(r, Ok(false)) {
+        if matches!(r, Ok(true)) {
             self.skip();
         }
         r
@@ -994,7 +995,7 @@ impl<T: Message + Send> ChunkSource for SliceChunks<T> {
         }
         let items = &self.items[self.pos..self.end()];
         let r = self.head.put(tasks, self.next, items, timeout);
-        if !matches!(r, Ok(false)) {
+        if matches!(r, Ok(true)) {
             self.skip();
         }
         r

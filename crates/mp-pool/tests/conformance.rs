@@ -231,12 +231,27 @@ fn l2_task_errors_keep_the_pool_usable() {
             }
             // Arguments that cannot be serialized: an error in the parent.
             let s = Shared::new(AtomicU64::new(0)).unwrap();
-            match p.map(takes_shared, vec![s]) {
+            match p.map(takes_shared, vec![s.clone()]) {
                 Err(Error::Unserializable {
                     what: "arguments", ..
                 }) => {}
                 other => panic!("{other:?}"),
             }
+            // Through imap, each such chunk is an error in its place, and the rest goes on.
+            let mut it = p
+                .chunksize(1)
+                .imap(takes_shared, vec![s.clone(), s.clone(), s])
+                .unwrap();
+            for i in 0..3 {
+                match it.next_timeout(Duration::from_secs(10)) {
+                    Some(Err(Error::Unserializable {
+                        what: "arguments", ..
+                    })) => {}
+                    other => panic!("chunk {i}: {other:?}"),
+                }
+            }
+            assert!(it.next().is_none());
+            drop(it);
             assert_eq!(
                 p.worker_pids(),
                 pids,
