@@ -79,7 +79,7 @@
 //! # Batches
 //!
 //! [`Queue::put_many`] and [`Queue::get_many`] move many small items under one hold of the
-//! lock and one publication, about twice as fast per item as `put` and `get` (numbers in
+//! lock and one publication, 1.7-2.2 times as fast per item as `put` and `get` (numbers in
 //! `docs/benchmarks.md`).
 //!
 //! # Messages of any size
