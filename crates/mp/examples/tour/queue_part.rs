@@ -1,4 +1,4 @@
-//! mp-queue: a producer/consumer pair across processes, and zero-copy receive.
+//! mp-queue: a producer/consumer pair across processes, batches, and zero-copy receive.
 
 use std::error::Error;
 use std::time::Instant;
@@ -12,6 +12,14 @@ fn producer(q: Queue<u64>) -> u64 {
         q.put(i).expect("put");
     }
     N
+}
+
+fn batch_producer(q: Queue<u64>) -> u64 {
+    let items: Vec<u64> = (0..256).collect();
+    for _ in 0..N / 256 {
+        q.put_many(&items, None).expect("put_many");
+    }
+    N / 256 * 256
 }
 
 fn big_producer(q: Queue<Vec<u8>>) {
@@ -34,6 +42,24 @@ pub(crate) fn run() -> Result<(), Box<dyn Error>> {
     println!(
         "a spawned producer put {N} u64s, the parent got them all in order (sum {sum}) in {dt:?}: {:.1} M msgs/s including the child's start",
         N as f64 / dt.as_secs_f64() / 1e6
+    );
+
+    let t0 = Instant::now();
+    let mut child = Process::new(batch_producer, q.clone())
+        .start_method(StartMethod::Spawn)
+        .start()?;
+    let mut got = Vec::with_capacity(256);
+    let (mut n, mut sum) = (0u64, 0u64);
+    while n < N / 256 * 256 {
+        got.clear();
+        n += q.get_many(&mut got, 256, None)? as u64;
+        sum += got.iter().sum::<u64>();
+    }
+    let dt = t0.elapsed();
+    child.join()?;
+    println!(
+        "the same with put_many/get_many, 256 at a time: {n} u64s (sum {sum}) in {dt:?}: {:.1} M msgs/s including the child's start",
+        n as f64 / dt.as_secs_f64() / 1e6
     );
 
     let big: Queue<Vec<u8>> = Queue::new()?;
