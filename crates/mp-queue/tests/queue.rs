@@ -856,6 +856,59 @@ fn serialization_error_is_returned_by_put_with_the_item() {
     assert_eq!(ok.get().unwrap().0, vec!["serde".to_string()]);
 }
 
+/// A serde type that refuses to be serialized when it is 13 and to be deserialized when it
+/// is 7: an item a batch cannot put, a message a batch cannot decode.
+#[derive(Debug, PartialEq)]
+struct Picky(u32);
+
+impl serde::Serialize for Picky {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 == 13 {
+            return Err(serde::ser::Error::custom("13 refuses to be serialized"));
+        }
+        s.serialize_u32(self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Picky {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match u32::deserialize(d)? {
+            7 => Err(serde::de::Error::custom("7 refuses to be deserialized")),
+            v => Ok(Picky(v)),
+        }
+    }
+}
+
+#[test]
+fn batch_errors_say_how_far_they_got_and_lose_nothing_else() {
+    let q: Queue<mp_core::Serde<Picky>> = Queue::new().unwrap();
+    let batch = |v: &[u32]| -> Vec<mp_core::Serde<Picky>> {
+        v.iter().map(|&x| mp_core::Serde(Picky(x))).collect()
+    };
+    // An item that cannot be serialized stops put_many after the ones before it.
+    let e = q.put_many(&batch(&[1, 2, 13, 4]), None).unwrap_err();
+    assert_eq!(e.put, 2);
+    assert!(
+        matches!(e.error, Error::Core(mp_core::Error::Encode(_))),
+        "{}",
+        e.error
+    );
+    assert_eq!(q.qsize(), 2, "nothing half-written is left behind");
+    // A message that cannot be decoded ends get_many with its error; what came before it is
+    // in `out`, what comes after it stays for the next call.
+    assert_eq!(q.put_many(&batch(&[7, 8]), None).unwrap(), 2);
+    let mut out = Vec::new();
+    assert!(matches!(
+        q.get_many(&mut out, 10, None),
+        Err(Error::Core(mp_core::Error::Decode(_)))
+    ));
+    assert_eq!(out.iter().map(|p| p.0 .0).collect::<Vec<_>>(), [1, 2]);
+    out.clear();
+    assert_eq!(q.get_many(&mut out, 10, Some(Duration::ZERO)).unwrap(), 1);
+    assert_eq!(out[0].0, Picky(8));
+    assert!(q.empty());
+}
+
 #[test]
 fn consumers_sigkilled_taking_oversized_messages_leave_exact_counts() {
     // maxsize 1 makes any drift of the item count visible at once (a queue that thinks it
