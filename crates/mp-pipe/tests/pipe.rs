@@ -330,7 +330,7 @@ fn wait_over_children_connections_and_sentinels() {
             cues.push(cue_w);
             outs.push(out_r);
         }
-        let sentinels: Vec<_> = children.iter().map(|c| c.sentinel()).collect();
+        let sentinels: Vec<_> = children.iter().map(|c| c.sentinel().unwrap()).collect();
         let mut objs: Vec<&dyn Waitable> = outs.iter().map(|o| o as &dyn Waitable).collect();
         objs.extend(sentinels.iter().map(|s| s as &dyn Waitable));
         // Nothing is ready: wait returns empty after about the timeout.

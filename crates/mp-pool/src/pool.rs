@@ -380,11 +380,18 @@ impl Inner {
             StartMethod::Spawn => "SpawnPoolWorker",
             StartMethod::ForkServer => "ForkServerPoolWorker",
         };
-        Ok(Process::new(worker::worker_main, args)
+        let child = Process::new(worker::worker_main, args)
             .name(format!("{prefix}-{n}"))
             .daemon(true)
             .start_method(self.cfg.method)
-            .start()?)
+            .start()?;
+        // The supervisor polls the workers' sentinels: open this one now, so that a failure
+        // (no descriptor left) is a start error, not a worker nobody watches.
+        if let Err(e) = child.sentinel() {
+            let _ = child.kill();
+            return Err(Error::Start(format!("the worker's sentinel: {e}")));
+        }
+        Ok(child)
     }
 
     fn register(&self, job: Arc<dyn Job>) -> Result<u64, Error> {
@@ -675,9 +682,10 @@ impl Inner {
             let mut fds: Vec<libc::pollfd> = Vec::with_capacity(w.list.len());
             let mut idx = Vec::with_capacity(w.list.len());
             for (i, e) in w.list.iter().enumerate() {
-                if let Some(c) = &e.child {
+                // Opened when the worker started, so `sentinel` cannot fail here.
+                if let Some(Ok(fd)) = e.child.as_ref().map(|c| c.sentinel()) {
                     fds.push(libc::pollfd {
-                        fd: c.sentinel().as_raw_fd(),
+                        fd: fd.as_raw_fd(),
                         events: libc::POLLIN,
                         revents: 0,
                     });

@@ -1,18 +1,26 @@
 //! [`Child`]: the parent's handle on a started process, and the registry of live children.
 //!
-//! Every child is tracked by a *pidfd* (a descriptor that names the process itself, so a
-//! recycled pid can never be signalled or waited on by mistake). The child is reaped with
-//! `waitid(P_PIDFD, ..)`, never `waitpid(-1)`, so mp never steals the exit status of a process
-//! that other code started. A child whose handle is dropped before it was joined stays in the
-//! registry and is reaped by the next [`start`](crate::Process::start) or
-//! [`active_children`](crate::active_children): a long-running parent does not collect
-//! zombies.
+//! A child is waited on and reaped by its own id (`waitid(P_PID, pid, ..)`, or
+//! `P_PIDFD` once it has a pidfd), never with `waitpid(-1)`, so mp never steals the exit
+//! status of a process that other code started. Until mp reaps it, a child's pid cannot be
+//! given to another process, and every use of the pid happens under the child's status lock,
+//! which reaping takes too: a recycled pid is never signalled or waited on by mistake. The
+//! exception is a program that reaps mp's children behind its back (`waitpid(-1)`, or
+//! `SIGCHLD` set to `SIG_IGN`); mp then reports the lost status (`ECHILD`) instead of
+//! guessing.
+//!
+//! The pidfd ([`Child::sentinel`]) is opened on first need (a sentinel, a wait with a
+//! timeout): a plain start and `join` do without it, because creating and freeing the
+//! descriptor is a measurable share of a fork start. A child whose handle is dropped before
+//! it was joined stays in the registry and is reaped by the next
+//! [`start`](crate::Process::start) or [`active_children`](crate::active_children): a
+//! long-running parent does not collect zombies.
 
 use crate::forkcell::ForkCell;
 use std::marker::PhantomData;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use mp_core::message::decode;
@@ -43,49 +51,111 @@ impl Status {
 /// What the parent and the registry share about a child.
 pub(crate) struct ChildState {
     pub(crate) pid: u32,
-    pub(crate) pidfd: OwnedFd,
     pub(crate) name: String,
     pub(crate) daemon: bool,
+    /// The sentinel, opened on first need; set only under the status lock.
+    sentinel: OnceLock<Sentinel>,
     status: Mutex<Option<Status>>,
     /// The `Child` handle was dropped: reap as soon as it ends.
     detached: AtomicBool,
 }
 
+/// A child's sentinel descriptor.
+enum Sentinel {
+    /// A pidfd, opened while the child was not yet reaped.
+    Pidfd(OwnedFd),
+    /// The child had been reaped before anyone asked: an eventfd that is always readable.
+    Ended(OwnedFd),
+}
+
+impl Sentinel {
+    fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Sentinel::Pidfd(fd) | Sentinel::Ended(fd) => fd.as_fd(),
+        }
+    }
+}
+
+/// `waitid`'s way to name one child: by pidfd when it has one, else by pid.
+fn child_id(state: &ChildState) -> (libc::idtype_t, libc::id_t) {
+    match state.sentinel.get() {
+        Some(Sentinel::Pidfd(fd)) => (libc::P_PIDFD, fd.as_raw_fd() as libc::id_t),
+        _ => (libc::P_PID, state.pid as libc::id_t),
+    }
+}
+
 impl ChildState {
-    pub(crate) fn new(pid: u32, pidfd: OwnedFd, name: String, daemon: bool) -> Arc<ChildState> {
+    pub(crate) fn new(pid: u32, name: String, daemon: bool) -> Arc<ChildState> {
         Arc::new(ChildState {
             pid,
-            pidfd,
             name,
             daemon,
+            sentinel: OnceLock::new(),
             status: Mutex::new(None),
             detached: AtomicBool::new(false),
         })
     }
 
+    fn lock(&self) -> MutexGuard<'_, Option<Status>> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn status(&self) -> Option<Status> {
-        *self.status.lock().unwrap_or_else(|p| p.into_inner())
+        *self.lock()
+    }
+
+    /// The sentinel: a pidfd, readable once the child has ended, opened on first call.
+    fn sentinel(&self) -> Result<BorrowedFd<'_>, ProcessError> {
+        if let Some(s) = self.sentinel.get() {
+            return Ok(s.fd());
+        }
+        // Under the status lock the child cannot be reaped, so its pid still names it.
+        let st = self.lock();
+        if self.sentinel.get().is_none() {
+            let made = if st.is_none() {
+                // SAFETY: pidfd_open has no memory-safety preconditions.
+                let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, self.pid as libc::pid_t, 0) };
+                if fd < 0 {
+                    let e = std::io::Error::last_os_error();
+                    return Err(ProcessError::io("pidfd_open", e));
+                }
+                // SAFETY: pidfd_open returned a new descriptor that nothing else owns (opened
+                // close-on-exec by the kernel).
+                Sentinel::Pidfd(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+            } else {
+                // SAFETY: eventfd has no memory-safety preconditions.
+                let fd = unsafe { libc::eventfd(1, libc::EFD_CLOEXEC) };
+                if fd < 0 {
+                    let e = std::io::Error::last_os_error();
+                    return Err(ProcessError::io("eventfd", e));
+                }
+                // SAFETY: eventfd returned a new descriptor that nothing else owns.
+                Sentinel::Ended(unsafe { OwnedFd::from_raw_fd(fd) })
+            };
+            // Cannot fail: the cell is only ever set under the lock we hold.
+            let _ = self.sentinel.set(made);
+        }
+        drop(st);
+        match self.sentinel.get() {
+            Some(s) => Ok(s.fd()),
+            None => Err(ProcessError::io("sentinel", "the sentinel was not set")),
+        }
     }
 
     /// Reaps the child if it has ended. Returns its status.
     fn reap(&self) -> Result<Option<Status>, ProcessError> {
-        let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.lock();
         if st.is_some() {
             return Ok(*st);
         }
+        let (idtype, id) = child_id(self);
         loop {
             // SAFETY: an all-zero siginfo_t is a valid out-buffer for waitid.
             let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
             let flags = libc::WEXITED | libc::WNOHANG;
-            // SAFETY: waitid writes into `info`, which is valid for writes; the pidfd is ours.
-            let r = unsafe {
-                libc::waitid(
-                    libc::P_PIDFD,
-                    self.pidfd.as_raw_fd() as libc::id_t,
-                    &mut info,
-                    flags,
-                )
-            };
+            // SAFETY: waitid writes into `info`, which is valid for writes; the id names our
+            // unreaped child (we hold its status lock).
+            let r = unsafe { libc::waitid(idtype, id, &mut info, flags) };
             if r == -1 {
                 let e = std::io::Error::last_os_error();
                 if e.kind() == std::io::ErrorKind::Interrupted {
@@ -129,26 +199,54 @@ impl ChildState {
         }
     }
 
+    /// Sleeps until the child has ended, without reaping it (so without the status lock).
+    fn wait_ended(&self) -> Result<(), ProcessError> {
+        let (idtype, id) = child_id(self);
+        // SAFETY: an all-zero siginfo_t is a valid out-buffer for waitid.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid writes into `info`, which is valid for writes. WNOWAIT leaves the
+        // child unreaped, so its pid stays ours while we sleep; should another thread of ours
+        // reap it meanwhile, waitid fails with ECHILD and the caller's `reap` reports the
+        // stored status.
+        let r = unsafe { libc::waitid(idtype, id, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        if r == -1 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted && e.raw_os_error() != Some(libc::ECHILD)
+            {
+                return Err(ProcessError::io("waitid", e));
+            }
+        }
+        Ok(())
+    }
+
     fn signal(&self, sig: libc::c_int) -> Result<(), ProcessError> {
-        if self.status().is_some() {
+        // Held across the call: the child cannot be reaped (and its pid recycled) meanwhile.
+        let st = self.lock();
+        if st.is_some() {
             return Ok(());
         }
-        // SAFETY: pidfd_send_signal with a null siginfo has no memory-safety preconditions.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.pidfd.as_raw_fd(),
-                sig,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
+        let r = match self.sentinel.get() {
+            // SAFETY: pidfd_send_signal with a null siginfo has no memory-safety
+            // preconditions.
+            Some(Sentinel::Pidfd(fd)) => unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    sig,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            },
+            // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
+            _ => libc::c_long::from(unsafe { libc::kill(self.pid as libc::pid_t, sig) }),
         };
+        drop(st);
         if r == -1 {
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::ESRCH) {
                 return Ok(());
             }
-            return Err(ProcessError::io("pidfd_send_signal", e));
+            return Err(ProcessError::io("kill", e));
         }
         Ok(())
     }
@@ -226,6 +324,9 @@ pub(crate) fn active() -> Vec<Arc<ChildState>> {
 pub struct Child<R> {
     state: Arc<ChildState>,
     chan: Option<OwnedFd>,
+    /// Under fork: the child's end of the socket pair, kept so that the pair can be used
+    /// again once the child has been joined (see [`crate::chanpool`]).
+    spare: Option<OwnedFd>,
     inbox: Inbox,
     method: StartMethod,
     taken: bool,
@@ -245,11 +346,17 @@ impl<R> std::fmt::Debug for Child<R> {
 }
 
 impl<R> Child<R> {
-    pub(crate) fn new(state: Arc<ChildState>, chan: OwnedFd, method: StartMethod) -> Child<R> {
+    pub(crate) fn new(
+        state: Arc<ChildState>,
+        chan: OwnedFd,
+        spare: Option<OwnedFd>,
+        method: StartMethod,
+    ) -> Child<R> {
         register(&state);
         Child {
             state,
             chan: Some(chan),
+            spare,
             inbox: Inbox {
                 // A forked child runs its target at once: there is no boot to acknowledge.
                 started: method == StartMethod::Fork,
@@ -311,34 +418,43 @@ impl<R> Child<R> {
 
     /// A descriptor that becomes readable when the child ends: a pidfd, usable with
     /// `poll`/`epoll` and in a multi-object wait together with connections (Python's
-    /// `sentinel`).
-    pub fn sentinel(&self) -> BorrowedFd<'_> {
-        self.state.pidfd.as_fd()
+    /// `sentinel`). It is opened on the first call (a start does without it) and then stays
+    /// the same descriptor for the life of the handle; the call fails only if a descriptor
+    /// cannot be created (`EMFILE`). Asked for after the child was reaped, it is an
+    /// already-readable descriptor.
+    pub fn sentinel(&self) -> Result<BorrowedFd<'_>, ProcessError> {
+        self.state.sentinel()
     }
 
     /// Waits until the child ends or `deadline` passes; true when it ended. A child never
     /// blocks on its socket (large values travel in a memfd), so waiting sleeps once, on the
-    /// pidfd, and the frames are read after the child has ended.
+    /// child's exit, and the frames are read after the child has ended. The status lock is
+    /// never held while sleeping (`active_children` may look at this child meanwhile).
     fn wait(&mut self, deadline: Option<Instant>) -> Result<bool, ProcessError> {
+        let Some(deadline) = deadline else {
+            // No timeout: sleep in waitid(WNOWAIT), then reap.
+            loop {
+                if self.state.status().is_none() {
+                    self.state.wait_ended()?;
+                }
+                if self.state.reap()?.is_some() {
+                    self.drain()?;
+                    return Ok(true);
+                }
+            }
+        };
         loop {
             if self.state.reap()?.is_some() {
                 self.drain()?;
                 return Ok(true);
             }
-            // Sleep on the pidfd rather than in a blocking waitid, so that the status lock is
-            // never held while sleeping (`active_children` may look at this child meanwhile).
-            let ms: libc::c_int = match deadline {
-                None => -1,
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Ok(false);
-                    }
-                    left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int
-                }
-            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            let ms = left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
             let mut fd = libc::pollfd {
-                fd: self.state.pidfd.as_raw_fd(),
+                fd: self.state.sentinel()?.as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             };
@@ -404,8 +520,16 @@ impl<R: Message> Child<R> {
             .state
             .status()
             .ok_or_else(|| ProcessError::io("join", "the child was not reaped"))?;
-        // The channel is of no further use: release the descriptor now.
-        self.chan = None;
+        // The channel is of no further use. The child is dead and its frames were read up to
+        // `EAGAIN`: a pair whose every byte parsed as whole frames is empty and goes back to
+        // the pool; any other is closed.
+        let (chan, spare) = (self.chan.take(), self.spare.take());
+        if let (Some(chan), Some(spare)) = (chan, spare) {
+            let i = &self.inbox;
+            if i.buf.is_empty() && i.fds.is_empty() && !i.malformed && !i.eof {
+                crate::chanpool::give_back(chan, spare);
+            }
+        }
         let inbox = std::mem::take(&mut self.inbox);
         match (inbox.last, status) {
             (Some((Tag::Returned, bytes)), Status::Exited(0)) => decode::<R>(&bytes)
@@ -442,13 +566,6 @@ impl<R: Message> Child<R> {
             ))),
             (_, Status::Exited(code)) => Err(ProcessError::Exited { code }),
         }
-    }
-}
-
-impl<R> AsFd for Child<R> {
-    /// The [`sentinel`](Child::sentinel).
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.state.pidfd.as_fd()
     }
 }
 
@@ -516,8 +633,8 @@ impl ActiveChild {
         self.state.signal(libc::SIGKILL)
     }
 
-    /// Its pidfd, readable once it ends.
-    pub fn sentinel(&self) -> BorrowedFd<'_> {
-        self.state.pidfd.as_fd()
+    /// Its sentinel, readable once it ends (see [`Child::sentinel`]).
+    pub fn sentinel(&self) -> Result<BorrowedFd<'_>, ProcessError> {
+        self.state.sentinel()
     }
 }

@@ -27,7 +27,7 @@ use nix::sys::socket::{
 
 use crate::child::{Child, ChildState};
 use crate::error::Error;
-use crate::process::{launch, pidfd_open, Prepared};
+use crate::process::{launch, Prepared};
 use crate::runtime::{self, ENV_CHAN};
 use crate::StartMethod;
 
@@ -104,13 +104,7 @@ pub(crate) fn start<R>(p: Prepared) -> Result<Child<R>, Error> {
             MAX_FDS - 1
         )));
     }
-    let (parent_end, child_end) = socketpair(
-        AddressFamily::Unix,
-        SockType::Stream,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(|e| Error::io("socketpair", e.into()))?;
+    let (parent_end, child_end) = crate::chanpool::new_pair()?;
     let mut fds: Vec<RawFd> = vec![child_end.as_raw_fd()];
     fds.extend(p.fds.iter().map(|f| f.as_raw_fd()));
     let mut req = [0u8; 8];
@@ -147,10 +141,9 @@ pub(crate) fn start<R>(p: Prepared) -> Result<Child<R>, Error> {
     drop(guard);
     drop(child_end);
     drop(p.fds);
-    let pidfd = pidfd_open(pid)?;
-    let state = ChildState::new(pid, pidfd, p.name, p.daemon);
+    let state = ChildState::new(pid, p.name, p.daemon);
     let _ = crate::frame::send(parent_end.as_fd(), crate::frame::Tag::Boot, &p.bytes);
-    Ok(Child::new(state, parent_end, StartMethod::ForkServer))
+    Ok(Child::new(state, parent_end, None, StartMethod::ForkServer))
 }
 
 fn request(server: &Server, req: &[u8], fds: &[RawFd]) -> Result<u32, Error> {

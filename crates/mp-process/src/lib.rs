@@ -109,7 +109,8 @@
 //! # Waiting for several children
 //!
 //! [`Child::sentinel`] is a pidfd: it becomes readable when the child ends, so it can be
-//! polled together with connections and other children (Python's `connection.wait`).
+//! polled together with connections and other children (Python's `connection.wait`). It is
+//! opened on first call, so a start that never needs it does not pay for it.
 //! [`Child::join_timeout`] waits with a timeout; [`active_children`] lists (and reaps)
 //! this process's children.
 //!
@@ -122,7 +123,7 @@
 //!
 //! let mut slow = Process::new(nap, 10_000).start()?;
 //! let mut fast = Process::new(nap, 10).start()?;
-//! let mut fds = [slow.sentinel(), fast.sentinel()]
+//! let mut fds = [slow.sentinel()?, fast.sentinel()?]
 //!     .map(|s| libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLIN, revents: 0 });
 //! // SAFETY (of the example): two valid pollfds.
 //! assert_eq!(unsafe { libc::poll(fds.as_mut_ptr(), 2, 5_000) }, 1);
@@ -221,8 +222,11 @@
 //! in an `atexit` handler; Rust has no reliable equivalent, so join the children you care
 //! about). A [`Child`] handle that is dropped without `join` neither waits for nor kills the
 //! child, and leaves no zombie: the child is reaped by the next [`Process::start`] or
-//! [`active_children`] after it ends. mp waits only on its own children, through their
-//! pidfds, never with `waitpid(-1)`, so it does not steal other code's exit statuses.
+//! [`active_children`] after it ends. mp waits only on its own children, each by its pid
+//! (or its pidfd once opened), never with `waitpid(-1)`, so it does not steal other code's
+//! exit statuses. Every use of a pid happens while mp has not reaped that child, so the pid
+//! cannot have been recycled; code that reaps mp's children behind its back (`waitpid(-1)`,
+//! `SIGCHLD` ignored) makes `join` report the lost status.
 //!
 //! Under spawn, a child's stdin is `/dev/null` (as in Python); under fork it is inherited.
 //!
@@ -237,6 +241,7 @@
 //! | `get_context`, `set_start_method`, `get_start_method`, `get_all_start_methods` | same names |
 //! | `current_process`, `parent_process`, `active_children`, `cpu_count` | same names |
 
+mod chanpool;
 mod child;
 mod context;
 mod error;

@@ -6,7 +6,6 @@ use std::sync::OnceLock;
 
 use mp_core::message::encode;
 use mp_core::Message;
-use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 
 use crate::child::{Child, ChildState};
 use crate::error::Error;
@@ -230,34 +229,6 @@ fn child_identity(opts: &Options) -> Identity {
     }
 }
 
-fn pair() -> Result<(OwnedFd, OwnedFd), Error> {
-    socketpair(
-        AddressFamily::Unix,
-        SockType::Stream,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(|e| Error::io("socketpair", e.into()))
-}
-
-/// A pidfd for our new child `pid`. Should that fail (descriptor limit), the child is
-/// killed and reaped so that it neither runs unsupervised nor stays a zombie.
-pub(crate) fn pidfd_open(pid: u32) -> Result<OwnedFd, Error> {
-    // SAFETY: pidfd_open has no memory-safety preconditions.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        let e = Error::last_os("pidfd_open");
-        let p = nix::unistd::Pid::from_raw(pid as i32);
-        // The child is ours and unreaped, so its pid cannot have been reused.
-        let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
-        let _ = nix::sys::wait::waitpid(p, None);
-        return Err(e);
-    }
-    // SAFETY: pidfd_open returned a new descriptor that nothing else owns (it is opened
-    // close-on-exec by the kernel).
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
 /// In a new daemon child: die with the parent. `parent` is the parent's pid, read before the
 /// fork; if it already died the child has been re-parented and exits at once.
 /// Async-signal-safe.
@@ -289,27 +260,27 @@ pub(crate) fn start_fork<R: Message, F: FnOnce() -> R>(
     // touch registers a TLS destructor, which in every child would also make the dynamic
     // linker resolve `_dl_find_dso_for_object` afresh (a measurable share of a fork start).
     let _ = encode(&());
-    let (parent_end, child_end) = pair()?;
+    let (parent_end, child_end) = crate::chanpool::take()?;
     let identity = Box::new(child_identity(&opts));
     let name = identity.name.clone();
     let parent_pid = std::process::id() as libc::pid_t;
     let mut f = Some(f);
     let mut identity = Some(identity);
-    let mut child_end = Some(child_end);
-    let parent_raw = parent_end.as_raw_fd();
+    let child_raw = child_end.as_raw_fd();
     let mut child_main = || -> i32 {
-        // In the child. The parent's end is of no use here.
-        // SAFETY: closing our copy of the parent's end; nothing in the child uses it.
-        unsafe { libc::close(parent_raw) };
+        // In the child, which keeps its copy of the parent's end like any other descriptor
+        // inherited under fork (closing it would cost a system call for nothing).
         if opts.daemon && !die_with_parent(parent_pid) {
             return runtime::START_FAILED_EXIT_CODE;
         }
-        let (Some(f), Some(identity), Some(chan)) = (f.take(), identity.take(), child_end.take())
-        else {
+        let (Some(f), Some(identity)) = (f.take(), identity.take()) else {
             return runtime::START_FAILED_EXIT_CODE;
         };
         runtime::reset_after_fork(identity);
-        runtime::run_target(chan.as_fd(), f)
+        // SAFETY: the child's end stays open in this process (the parent's copy of the
+        // `OwnedFd` was duplicated by fork and is never dropped here: the child `_exit`s).
+        let chan = unsafe { BorrowedFd::borrow_raw(child_raw) };
+        runtime::run_target(chan, f)
     };
     let pid = if opts.daemon {
         // SAFETY: `child_main` only does what a forked child may (module doc of
@@ -332,10 +303,14 @@ pub(crate) fn start_fork<R: Message, F: FnOnce() -> R>(
             pid => pid,
         }
     };
-    drop((f, identity, child_end));
-    let pidfd = pidfd_open(pid as u32)?;
-    let state = ChildState::new(pid as u32, pidfd, name, opts.daemon);
-    Ok(Child::new(state, parent_end, StartMethod::Fork))
+    drop((f, identity));
+    let state = ChildState::new(pid as u32, name, opts.daemon);
+    Ok(Child::new(
+        state,
+        parent_end,
+        Some(child_end),
+        StartMethod::Fork,
+    ))
 }
 
 /// Encodes what a re-executed child needs to run `target(args)`.
@@ -574,12 +549,11 @@ fn devnull() -> Option<&'static OwnedFd> {
 
 /// The spawn start method: re-execute this program and send it the boot frame.
 fn start_spawn<R>(p: Prepared) -> Result<Child<R>, Error> {
-    let (parent_end, child_end) = pair()?;
+    let (parent_end, child_end) = crate::chanpool::new_pair()?;
     let pid = launch("spawn", child_end.as_raw_fd(), &p.fds, p.daemon, false)?;
     drop((child_end, p.fds));
-    let pidfd = pidfd_open(pid)?;
-    let state = ChildState::new(pid, pidfd, p.name, p.daemon);
+    let state = ChildState::new(pid, p.name, p.daemon);
     // A child that died before reading its boot frame is reported by `join` (EPIPE here).
     let _ = frame::send(parent_end.as_fd(), Tag::Boot, &p.bytes);
-    Ok(Child::new(state, parent_end, StartMethod::Spawn))
+    Ok(Child::new(state, parent_end, None, StartMethod::Spawn))
 }

@@ -243,32 +243,37 @@ fn poll_ready(fds: &[BorrowedFd<'_>], timeout_ms: i32) -> Vec<bool> {
 }
 
 /// P5: the sentinel is a pollable pidfd, ready within 1 s of the end, usable in a wait on
-/// several objects.
+/// several objects; asked for first after the child was reaped, it is ready at once.
 #[test]
 fn p5_sentinel() {
     for m in METHODS {
         let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-        let c = Process::new(sleeper, 20_000)
+        let mut c = Process::new(sleeper, 20_000)
             .start_method(m)
             .start()
             .unwrap();
-        assert_eq!(
-            poll_ready(&[c.sentinel(), a.as_fd()], 0),
-            vec![false, false]
-        );
+        let s = c.sentinel().unwrap();
+        assert_eq!(poll_ready(&[s, a.as_fd()], 0), vec![false, false]);
         c.kill().unwrap();
         let t0 = Instant::now();
-        assert_eq!(
-            poll_ready(&[c.sentinel(), a.as_fd()], 1000),
-            vec![true, false],
-            "{m}"
-        );
+        assert_eq!(poll_ready(&[s, a.as_fd()], 1000), vec![true, false], "{m}");
         assert!(t0.elapsed() < Duration::from_secs(1));
         // The other object of the wait works too.
         use std::io::Write;
         (&b).write_all(b"x").unwrap();
-        assert_eq!(poll_ready(&[c.as_fd(), a.as_fd()], 1000), vec![true, true]);
+        assert_eq!(poll_ready(&[s, a.as_fd()], 1000), vec![true, true]);
         assert_eq!(c.exitcode(), Some(-9));
+        // The same descriptor on every call, for the life of the handle, even once reaped.
+        assert_eq!(c.sentinel().unwrap().as_raw_fd(), s.as_raw_fd());
+        assert!(matches!(
+            join(&mut c),
+            Err(ProcessError::Signaled { signal: 9, .. })
+        ));
+
+        // A child whose sentinel was never asked for until after it was reaped.
+        let mut d = Process::new(square, 3).start_method(m).start().unwrap();
+        assert_eq!(join(&mut d).unwrap(), 9);
+        assert_eq!(poll_ready(&[d.sentinel().unwrap()], 0), vec![true], "{m}");
     }
 }
 
@@ -465,12 +470,12 @@ fn shm_entries() -> usize {
 #[test]
 fn thousand_children_leave_nothing_behind() {
     mp_process::isolate!(thousand_children_leave_nothing_behind, 120);
-    // Warm up the lazily opened state (the fork server's socket) before counting.
-    let mut c = Process::new(square, 1)
-        .start_method(StartMethod::ForkServer)
-        .start()
-        .unwrap();
-    join(&mut c).unwrap();
+    // Warm up the lazily opened state (the fork server's socket, the idle socket pair that
+    // fork starts use again) before counting.
+    for m in [StartMethod::ForkServer, StartMethod::Fork] {
+        let mut c = Process::new(square, 1).start_method(m).start().unwrap();
+        join(&mut c).unwrap();
+    }
     let counter = Shared::new(AtomicU64::new(0)).unwrap();
     let fds = count_fds();
     let shm = shm_entries();
@@ -496,6 +501,11 @@ fn thousand_children_leave_nothing_behind() {
         assert!(t0.elapsed() < WATCHDOG);
         std::thread::sleep(Duration::from_millis(5));
     }
+    // The dropped children's pairs were closed, not kept: one more joined fork start leaves
+    // the pool as the warm-up did, with one idle pair.
+    let mut c = Process::new(square, 1).start().unwrap();
+    join(&mut c).unwrap();
+    drop(c);
     assert_eq!(count_fds(), fds, "descriptors leaked");
     assert_eq!(
         zombies_of(std::process::id()),
@@ -801,4 +811,83 @@ fn many_shared_arguments() {
         .start()
         .unwrap();
     assert_eq!(join(&mut c).unwrap(), 200 * 3);
+}
+
+/// One fork child of each ending, joined with plain `join` (no pidfd), `rounds` times over:
+/// the socket pairs that fork starts use again never carry one child's frames to another.
+fn each_ending_in_turn(rounds: u64) {
+    for i in 0..rounds {
+        let mut c = Process::fork(move || i * 3).unwrap();
+        assert_eq!(c.join(), Ok(i * 3));
+        let mut c = Process::new(panicker, 7).start().unwrap();
+        assert!(matches!(c.join(), Err(ProcessError::Panicked { .. })));
+        let mut c = Process::new(exit8, ()).start().unwrap();
+        assert_eq!(c.join(), Err(ProcessError::Exited { code: 8 }));
+        let mut c = Process::new(sleeper, 20_000).start().unwrap();
+        c.kill().unwrap();
+        assert!(matches!(
+            c.join(),
+            Err(ProcessError::Signaled { signal: 9, .. })
+        ));
+        // Larger than a frame sent inline: travels in a memfd beside the pair.
+        let mut c = Process::fork(move || vec![i; 100_000]).unwrap();
+        assert_eq!(c.join().unwrap(), vec![i; 100_000]);
+        let mut c = Process::new(returns_region, ()).start().unwrap();
+        assert!(matches!(c.join(), Err(ProcessError::ResultLost(_))));
+    }
+}
+
+#[test]
+fn reused_socket_pairs_never_mix_children() {
+    mp_process::isolate!(reused_socket_pairs_never_mix_children);
+    each_ending_in_turn(5);
+    // A process forked by other means than mp (here plain fork(2)) inherits the parent's idle
+    // pairs: it must not use them, or its children and the parent's would share sockets.
+    // Both sides start children at the same time and each must get its own results.
+    // SAFETY: the isolated test process is single-threaded here, so the child may run any code;
+    // it leaves with `_exit`.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let ok = std::panic::catch_unwind(|| each_ending_in_turn(10)).is_ok();
+        // SAFETY: _exit ends the forked copy without running the test harness's teardown.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+    }
+    each_ending_in_turn(10);
+    let mut status = 0;
+    // SAFETY: waitpid writes the status of our own child into `status`.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the plain-fork child's starts failed (status {status:#x})"
+    );
+}
+
+/// `join` sleeps without the status lock while other threads poll and reap the same child
+/// (`active_children`, `is_alive`): whoever reaps it, `join` gives the right outcome.
+#[test]
+fn join_races_with_reaping_threads() {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pollers: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    for a in active_children() {
+                        let _ = a.is_alive();
+                    }
+                }
+            })
+        })
+        .collect();
+    for i in 0..200u64 {
+        let mut c = Process::new(square, i).start().unwrap();
+        assert_eq!(c.join(), Ok(i * i));
+        let mut c = Process::new(exit8, ()).start().unwrap();
+        assert_eq!(c.join(), Err(ProcessError::Exited { code: 8 }));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for p in pollers {
+        p.join().unwrap();
+    }
 }
