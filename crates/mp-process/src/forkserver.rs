@@ -7,7 +7,7 @@
 //! socket pair followed by the descriptors of the shared objects in the arguments. The server
 //! makes the child with `clone(CLONE_PARENT)`, so the child is a child of the *parent*, not of
 //! the server: the parent waits on it, signals it and reads its exit status exactly as under
-//! fork and spawn (a pidfd, `waitid`), and the server never has zombies to reap. The server
+//! fork and spawn (`waitid` on its pid), and the server never has zombies to reap. The server
 //! answers with the child's pid; the parent then sends the boot frame over the child's own
 //! socket, and the child runs it as a spawn child does ([`crate::runtime::run_boot`]),
 //! after [`mp_core::handle::install`] of the received descriptors.

@@ -56,7 +56,7 @@ const MAX_FRAME: u64 = 1 << 30;
 const FLAG_MEMFD: u32 = 1;
 /// The largest payload a child sends inline; larger ones go in a memfd. Far below a socket's
 /// send buffer, so a child never blocks on its socket and the parent need not read before
-/// the child exits: `join` sleeps once, on the pidfd.
+/// the child exits: `join` sleeps once, until the child has exited.
 pub(crate) const INLINE_MAX: usize = 32 * 1024;
 
 fn header(tag: Tag, flags: u32, len: usize) -> [u8; HEADER] {
