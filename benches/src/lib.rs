@@ -292,6 +292,13 @@ pub fn workloads() -> Vec<Workload> {
             ),
         ),
         w(
+            "manager_dict_rt",
+            Time,
+            false,
+            MULTI,
+            with_mp("manager_dict_rt", vec![]),
+        ),
+        w(
             "lock_uncontended",
             Time,
             false,

@@ -38,6 +38,7 @@ pub fn implementation(workload: &str) -> Option<Measure> {
         "pool_apply_async" => pool_apply_async,
         "pipe_rt" => pipe_rt,
         "pipe_oneway_small" => pipe_oneway_small,
+        "manager_dict_rt" => manager_dict_rt,
         _ => return None,
     })
 }
@@ -371,4 +372,34 @@ pub fn pool_cpu_1w(iters: u64, placement: Placement) -> Duration {
 /// The same batch on `Pool(2)`.
 pub fn pool_cpu_2w(iters: u64, placement: Placement) -> Duration {
     pool_cpu(iters, placement, 2)
+}
+
+/// A manager dict round trip: `d[1] = i` and `d[1]` in turn, from the parent to the server
+/// process (all its threads pinned to the child's CPU); one iteration = one call.
+pub fn manager_dict_rt(iters: u64, placement: Placement) -> Duration {
+    placement.pin_parent();
+    // Started with fork: the bench process is single-threaded here.
+    let m = mp_manager::Manager::start().expect("manager");
+    let d = m.dict::<u64, u64>().expect("dict");
+    // The first call connects (and makes the server's thread for this connection).
+    d.set(&1, &0).expect("set");
+    if let Some(pid) = m.server_pid() {
+        let cpu = placement.child_cpu(0);
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for t in tasks.flatten() {
+                if let Ok(tid) = t.file_name().to_string_lossy().parse::<i32>() {
+                    crate::placement::pin_pid(tid, cpu);
+                }
+            }
+        }
+    }
+    let start = Instant::now();
+    for i in 0..iters {
+        if i % 2 == 0 {
+            d.set(&1, &i).expect("set");
+        } else {
+            assert_eq!(d.get(&1).expect("get"), Some(i - 1));
+        }
+    }
+    start.elapsed()
 }

@@ -127,6 +127,14 @@ const SPECS: &[Spec] = &[
         peers: PEERS,
     },
     Spec {
+        name: "manager_dict_rt",
+        krate: "mp-manager",
+        unit: Unit::Us,
+        single: false,
+        limit: &[("limit_pipe_rt", "pipe(2) rt")],
+        peers: &[],
+    },
+    Spec {
         name: "lock_uncontended",
         krate: "mp-sync",
         unit: Unit::Ns,

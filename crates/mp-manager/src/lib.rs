@@ -1,4 +1,370 @@
-//! Python's Manager: a server process holding objects, and typed proxies to them, local or over TCP with an authkey.
+//! Python's `multiprocessing.Manager`, for [mp](https://docs.rs/mp): a server process that
+//! holds dicts, lists, namespaces, values, queues, locks and events, and typed proxies that
+//! any process (a child, or an unrelated process over TCP with the authkey) uses to reach them.
 //!
-//! **Status: not built yet.** This crate is a member of the workspace so that the layout is in
-//! place; it exports nothing until its issue lands. Nothing here pretends to work.
+//! ```
+//! use mp_manager::{Dict, List, Manager};
+//! use mp_process::Process;
+//!
+//! fn worker((scores, log): (Dict<String, u32>, List<String>)) {
+//!     scores.set(&"child".to_string(), &7).expect("the manager is there");
+//!     log.append(&"the child was here".to_string()).expect("the manager is there");
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let manager = Manager::start()?;
+//! let scores = manager.dict::<String, u32>()?;
+//! let log = manager.list::<String>()?;
+//! scores.set(&"parent".to_string(), &1)?;
+//! Process::new(worker, (scores.clone(), log.clone())).start()?.join()?;
+//! assert_eq!(scores.get(&"child".to_string())?, Some(7));
+//! assert_eq!(scores.keys()?, ["parent", "child"]);
+//! assert_eq!(log.to_vec()?, ["the child was here"]);
+//! assert!(matches!(scores.get_item(&"nobody".to_string()), Err(mp_manager::Error::KeyError)));
+//! # Ok(()) }
+//! ```
+//!
+//! # How it works
+//!
+//! [`Manager::start`] starts the server as a daemon child (it dies with its parent, even by
+//! `SIGKILL`) listening on a fresh abstract Unix socket with a random 32-byte authkey;
+//! [`Manager::builder`] chooses a TCP address and key instead, for processes that did not
+//! start each other ([`Manager::connect`]). Every connection passes the mutual HMAC
+//! challenge-response of `multiprocessing.connection` ([`mp_pipe::Listener`]). Each thread of
+//! each process has its own connection, and the server one thread per connection, so a call
+//! that waits (a queue `get`, a lock `acquire`) blocks only its caller.
+//!
+//! The server starts with the process-wide default start method (fork, unless the program
+//! chose another). A forked server starts threads, so under fork start the manager before
+//! the program starts threads of its own, as in Python; otherwise pick spawn or forkserver
+//! with [`ManagerBuilder::start_method`] (they need `mp::init()` first thing in `main`).
+//!
+//! Values travel and are stored as archived bytes of their Rust type: the server never needs
+//! the types, and a proxy validates what it decodes, so a name used with two different types
+//! is [`Error::Malformed`], never undefined behaviour. A server that dies makes every call
+//! return [`Error::ServerGone`] instead of hanging.
+//!
+//! # Differences from Python
+//!
+//! - The objects live as long as the manager: the server does not count proxies (Python does,
+//!   with the races that come with it). Make the shared objects once and share them, or use
+//!   [`Manager::named`] to find one by name.
+//! - The proxies cover `dict`, `list`, `Namespace`, `Value`, `Queue`, `Lock` and `Event`.
+//!   `RLock`, `Condition`, `Semaphore`, `Barrier`, `Pool` proxies and `register()` of custom
+//!   types are not built yet.
+//! - A call is a round trip to the server (tens of µs). For hot shared state between related
+//!   processes, mp's own `Queue`, `Lock` and `Value` (shared memory) are far faster.
+
+mod client;
+mod error;
+mod proxy;
+mod server;
+mod wire;
+
+use std::time::Duration;
+
+use mp_core::rkyv::{Archive, Deserialize, Serialize};
+use mp_pipe::{Address, Listener, OneWay, Pipe, Writer};
+use mp_process::{Child, Process, StartMethod};
+
+use crate::client::request;
+use crate::wire::Request;
+
+#[doc(hidden)]
+pub use client::{Addr, Endpoint};
+pub use error::{Error, Result};
+#[doc(hidden)]
+pub use proxy::Token;
+pub use proxy::{Dict, Event, List, Lock, Namespace, Queue, Shareable, Value};
+pub use wire::Kind;
+
+/// How long [`ManagerBuilder::start`] waits for the server to listen.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long dropping a [`Manager`] waits for its server to exit before killing it.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A manager: the handle on a server process, started by this process ([`Manager::start`])
+/// or elsewhere ([`Manager::connect`]). Dropping the handle that started the server shuts the
+/// server down.
+#[derive(Debug)]
+pub struct Manager {
+    ep: Endpoint,
+    server: Option<Child<()>>,
+}
+
+/// Options for starting a manager's server: [`Manager::builder`].
+#[derive(Debug, Clone, Default)]
+pub struct ManagerBuilder {
+    address: Option<Address>,
+    authkey: Option<Vec<u8>>,
+    method: Option<StartMethod>,
+}
+
+impl ManagerBuilder {
+    /// Where the server listens: a TCP address (`Address::tcp("127.0.0.1", 0)?`; port 0 picks
+    /// a free port, which [`Manager::address`] then tells) or a Unix socket. By default, a
+    /// fresh abstract Unix socket that only this machine can reach.
+    pub fn address(mut self, address: impl Into<Address>) -> Self {
+        self.address = Some(address.into());
+        self
+    }
+
+    /// The key every client must prove it knows. By default 32 random bytes.
+    pub fn authkey(mut self, key: &[u8]) -> Self {
+        self.authkey = Some(key.to_vec());
+        self
+    }
+
+    /// The start method of the server process (by default the process-wide default).
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.method = Some(method);
+        self
+    }
+
+    /// Starts the server and waits until it listens.
+    pub fn start(self) -> Result<Manager> {
+        let authkey = match self.authkey {
+            Some(k) if k.is_empty() => return Err(Error::Start("the authkey is empty".into())),
+            Some(k) => k,
+            None => random_key()?,
+        };
+        let address = match self.address {
+            Some(a) => a,
+            None => Address::Abstract(
+                format!(
+                    "mp-manager-{}-{}",
+                    std::process::id(),
+                    hex(&random_key()?[..8])
+                )
+                .into_bytes(),
+            ),
+        };
+        let (ready_rx, ready_tx) = Pipe::<Ready>::new(OneWay)?;
+        let args = ServerArgs {
+            addr: Addr::from_address(&address),
+            authkey: authkey.clone(),
+            ready: ready_tx,
+        };
+        let mut p = Process::new(server_main, args)
+            .name("SyncManager")
+            .daemon(true);
+        if let Some(m) = self.method {
+            p = p.start_method(m);
+        }
+        let mut child = p.start().map_err(|e| Error::Start(e.to_string()))?;
+        let ready = ready_rx.recv_timeout(START_TIMEOUT);
+        let addr = match ready {
+            Ok(Ready::Listening(addr)) => addr,
+            Ok(Ready::Failed(msg)) => {
+                let _ = child.join_timeout(STOP_TIMEOUT);
+                return Err(Error::Start(msg));
+            }
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.join_timeout(STOP_TIMEOUT);
+                return Err(Error::Start(format!("the server did not report: {e}")));
+            }
+        };
+        Ok(Manager {
+            ep: Endpoint { addr, authkey },
+            server: Some(child),
+        })
+    }
+}
+
+impl Manager {
+    /// Python's `Manager()`: starts a server with the default options and waits until it
+    /// listens.
+    pub fn start() -> Result<Manager> {
+        ManagerBuilder::default().start()
+    }
+
+    /// Options for the server (address, authkey, start method).
+    pub fn builder() -> ManagerBuilder {
+        ManagerBuilder::default()
+    }
+
+    /// Connects to a server that another process started (Python's `BaseManager(address,
+    /// authkey).connect()`). A wrong key is [`Error::Authentication`]; no server there is
+    /// [`Error::ServerGone`].
+    pub fn connect(address: impl Into<Address>, authkey: &[u8]) -> Result<Manager> {
+        let ep = Endpoint {
+            addr: Addr::from_address(&address.into()),
+            authkey: authkey.to_vec(),
+        };
+        // Check the address and the key now rather than at the first call.
+        drop(client::connect(&ep)?);
+        Ok(Manager { ep, server: None })
+    }
+
+    /// The address the server listens on.
+    pub fn address(&self) -> Result<Address> {
+        self.ep.addr.to_address()
+    }
+
+    /// The key clients must know.
+    pub fn authkey(&self) -> &[u8] {
+        &self.ep.authkey
+    }
+
+    /// The server's pid, when this handle started it.
+    pub fn server_pid(&self) -> Option<u32> {
+        self.server.as_ref().map(|c| c.pid())
+    }
+
+    fn create<P: Shareable>(&self, name: Option<&str>, init: Vec<u8>) -> Result<P> {
+        let req = Request::Create {
+            kind: P::KIND,
+            name: name.map(str::to_string),
+            init,
+        };
+        match request(&self.ep, &req)? {
+            wire::Reply::Created(id) => Ok(P::from_token(Token {
+                ep: self.ep.clone(),
+                id,
+            })),
+            r => Err(Error::Malformed(format!("unexpected reply {r:?}"))),
+        }
+    }
+
+    /// `manager.dict()`: a new, empty dict.
+    pub fn dict<K: mp_core::Message, V: mp_core::Message>(&self) -> Result<Dict<K, V>> {
+        self.create(None, Vec::new())
+    }
+
+    /// `manager.list()`: a new, empty list.
+    pub fn list<T: mp_core::Message>(&self) -> Result<List<T>> {
+        self.create(None, Vec::new())
+    }
+
+    /// `manager.Namespace()`: a new namespace with no attribute.
+    pub fn namespace(&self) -> Result<Namespace> {
+        self.create(None, Vec::new())
+    }
+
+    /// `manager.Value(typecode, value)`: a new value.
+    pub fn value<T: mp_core::Message>(&self, value: &T) -> Result<Value<T>> {
+        self.create(None, mp_core::message::encode(value)?.to_vec())
+    }
+
+    /// `manager.Queue(maxsize)`: a new queue (`maxsize` 0: unbounded).
+    pub fn queue<T: mp_core::Message>(&self, maxsize: usize) -> Result<Queue<T>> {
+        self.create(None, (maxsize as u64).to_le_bytes().to_vec())
+    }
+
+    /// `manager.Lock()`: a new lock.
+    pub fn lock(&self) -> Result<Lock> {
+        self.create(None, Vec::new())
+    }
+
+    /// `manager.Event()`: a new event, not set.
+    pub fn event(&self) -> Result<Event> {
+        self.create(None, Vec::new())
+    }
+
+    /// The object called `name`, made (empty; a queue unbounded) by the first call with that
+    /// name: how processes that did not start each other share an object (what Python
+    /// programs do with `register('get_queue', callable=lambda: queue)`). The same name with
+    /// another kind is [`Error::WrongKind`]. A [`Value`] has no empty state and cannot be
+    /// named.
+    pub fn named<P: Shareable>(&self, name: &str) -> Result<P> {
+        if P::KIND == Kind::Value {
+            return Err(Error::WrongKind {
+                expected: Kind::Value,
+                found: Kind::Value,
+            });
+        }
+        self.create(Some(name), Vec::new())
+    }
+
+    /// Stops the server and waits for it to exit (Python's `shutdown()`). For a handle made
+    /// with [`connect`](Self::connect), asks the server to stop.
+    pub fn shutdown(mut self) -> Result<()> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<()> {
+        let asked = request(&self.ep, &Request::Shutdown);
+        if let Some(mut child) = self.server.take() {
+            match child.join_timeout(STOP_TIMEOUT) {
+                Ok(Some(())) => {}
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.join_timeout(STOP_TIMEOUT);
+                }
+            }
+        }
+        asked.map(drop)
+    }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        if self.server.is_some() {
+            let _ = self.stop();
+        }
+    }
+}
+
+/// What the server tells the process that started it.
+#[derive(Archive, Serialize, Deserialize, Debug)]
+#[rkyv(crate = mp_core::rkyv)]
+enum Ready {
+    Listening(Addr),
+    Failed(String),
+}
+
+#[derive(Archive, Serialize, Deserialize)]
+#[rkyv(crate = mp_core::rkyv)]
+struct ServerArgs {
+    addr: Addr,
+    authkey: Vec<u8>,
+    ready: Writer<Ready>,
+}
+
+/// The server process's target.
+fn server_main(args: ServerArgs) {
+    let bound = args
+        .addr
+        .to_address()
+        .and_then(|a| Ok(Listener::bind(a, Some(&args.authkey))?));
+    let mut listener = match bound {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = args.ready.send(&Ready::Failed(e.to_string()));
+            return;
+        }
+    };
+    // A client that connects and never answers the challenge cannot stall the others.
+    listener.set_handshake_timeout(Some(Duration::from_secs(10)));
+    let addr = Addr::from_address(listener.address());
+    if args.ready.send(&Ready::Listening(addr)).is_err() {
+        return;
+    }
+    drop(args.ready);
+    server::serve(listener);
+}
+
+fn random_key() -> Result<Vec<u8>> {
+    let mut k = vec![0u8; 32];
+    let mut got = 0;
+    while got < k.len() {
+        // SAFETY: getrandom writes at most `len - got` bytes into the live tail of `k`.
+        let n = unsafe {
+            libc::getrandom(k[got..].as_mut_ptr() as *mut libc::c_void, k.len() - got, 0)
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(Error::Start(format!("getrandom: {e}")));
+        }
+        got += n as usize;
+    }
+    Ok(k)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

@@ -45,7 +45,8 @@
 //! * Pipes and connections, [`pipe`]: [`Pipe`], [`Connection`], [`wait`], [`Listener`],
 //!   [`Client`] (CPython's wire format and authkey handshake).
 //! * Pools, [`pool`]: [`Pool`], [`AsyncResult`].
-//! * Managers, [`manager`] (not built yet).
+//! * Managers, [`manager`]: [`Manager`], a server process holding dicts, lists, namespaces,
+//!   values, queues, locks and events, reached through typed proxies (locally or over TCP).
 //! * Shared memory and messages, [`core`]: [`SharedMemory`], [`Shared`], [`Message`],
 //!   [`Serde`].
 //!
@@ -60,6 +61,7 @@ pub use mp_queue as queue;
 pub use mp_sync as sync;
 
 pub use mp_core::{Message, Serde, Shared, SharedMemory};
+pub use mp_manager::Manager;
 pub use mp_pipe::{wait, Client, Connection, Duplex, Listener, OneWay, Pipe};
 pub use mp_pool::{AsyncResult, Pool};
 pub use mp_process::{
@@ -97,6 +99,9 @@ pub enum Error {
     /// Pools.
     #[error(transparent)]
     Pool(#[from] mp_pool::Error),
+    /// Managers and their proxies.
+    #[error(transparent)]
+    Manager(#[from] mp_manager::Error),
     /// A `put` that failed; the item it gave back was dropped in the conversion (match on
     /// [`queue::PutError`] directly to keep it).
     #[error("{0}")]

@@ -6,6 +6,7 @@
 use std::error::Error;
 
 mod core_part;
+mod manager_part;
 mod pipe_part;
 mod pool_part;
 mod process_part;
@@ -22,6 +23,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     queue_part::run()?;
     pipe_part::run()?;
     pool_part::run()?;
+    manager_part::run()?;
     println!("\ntour complete");
     Ok(())
 }

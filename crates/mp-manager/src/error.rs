@@ -1,0 +1,111 @@
+//! The error type of mp-manager.
+
+use crate::wire::{Kind, Refused};
+
+/// Everything a [`Manager`](crate::Manager) or a proxy can report.
+///
+/// The errors a Python manager's objects raise come back as the variant of the same meaning
+/// (`KeyError`, `IndexError`, `AttributeError`, `queue.Empty`, `queue.Full`, releasing an
+/// unlocked lock); a server that died is [`Error::ServerGone`], never a hang.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A dict has no such key (Python's `KeyError`).
+    #[error("KeyError: the dict has no such key")]
+    KeyError,
+    /// A list index out of range (Python's `IndexError`).
+    #[error("IndexError: index {index} is out of range for a list of {len}")]
+    IndexError {
+        /// The index asked for (negative counts from the end, as in Python).
+        index: i64,
+        /// The list's length.
+        len: u64,
+    },
+    /// A namespace has no such attribute (Python's `AttributeError`).
+    #[error("AttributeError: the namespace has no attribute {0:?}")]
+    AttributeError(String),
+    /// `Queue::get` found nothing before the timeout (Python's `queue.Empty`).
+    #[error("the queue is empty")]
+    Empty,
+    /// `Queue::put` found no room before the timeout (Python's `queue.Full`).
+    #[error("the queue is full")]
+    Full,
+    /// `Lock::release` of a lock that is not held (Python's `RuntimeError`).
+    #[error("release of an unlocked lock")]
+    NotLocked,
+    /// The object is not (or no longer) in the server: the proxy belongs to another manager,
+    /// or the server was restarted.
+    #[error("the manager holds no object {0}")]
+    NoSuchObject(u64),
+    /// A name was first used for an object of another kind.
+    #[error("the name refers to a {found}, not a {expected}")]
+    WrongKind {
+        /// The kind the proxy expects.
+        expected: Kind,
+        /// The kind the name was made with.
+        found: Kind,
+    },
+    /// The server process is gone (killed, or shut down) or the connection to it broke.
+    #[error("the manager's server is gone: {0}")]
+    ServerGone(String),
+    /// The server and this process do not share the authkey.
+    #[error("authentication with the manager failed (wrong authkey)")]
+    Authentication,
+    /// The server could not be started.
+    #[error("the manager's server could not start: {0}")]
+    Start(String),
+    /// Bytes that do not decode as the proxy's type (a name used with two different types),
+    /// or a reply the protocol does not allow.
+    #[error("malformed data from the manager: {0}")]
+    Malformed(String),
+    /// Any other failure of the connection.
+    #[error(transparent)]
+    Pipe(mp_pipe::Error),
+    /// A value that cannot be serialized.
+    #[error(transparent)]
+    Core(#[from] mp_core::Error),
+}
+
+impl From<mp_pipe::Error> for Error {
+    fn from(e: mp_pipe::Error) -> Error {
+        match e {
+            mp_pipe::Error::Authentication(_) => Error::Authentication,
+            e @ (mp_pipe::Error::Eof
+            | mp_pipe::Error::Truncated { .. }
+            | mp_pipe::Error::BrokenPipe
+            | mp_pipe::Error::Closed) => Error::ServerGone(e.to_string()),
+            mp_pipe::Error::Io { op, source }
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::ConnectionRefused
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::BrokenPipe
+                        | std::io::ErrorKind::NotFound
+                ) =>
+            {
+                Error::ServerGone(format!("{op}: {source}"))
+            }
+            e => Error::Pipe(e),
+        }
+    }
+}
+
+impl From<Refused> for Error {
+    fn from(r: Refused) -> Error {
+        match r {
+            Refused::KeyError => Error::KeyError,
+            Refused::IndexError { index, len } => Error::IndexError { index, len },
+            Refused::AttributeError(a) => Error::AttributeError(a),
+            Refused::Empty => Error::Empty,
+            Refused::Full => Error::Full,
+            Refused::Timeout => Error::Empty,
+            Refused::NotLocked => Error::NotLocked,
+            Refused::NoSuchObject(id) => Error::NoSuchObject(id),
+            Refused::WrongKind { expected, found } => Error::WrongKind { expected, found },
+            Refused::Malformed(m) => Error::Malformed(m),
+        }
+    }
+}
+
+/// The result type of mp-manager.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,407 @@
+//! The typed proxies. Each is a [`Token`] (which server, which object) and the Rust types of
+//! what it holds; every method is one request to the server. Proxies are messages: pass one
+//! to a child (`Process::new(f, proxy)`) under any start method and the child uses the same
+//! object.
+
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use mp_core::message::{decode, encode};
+use mp_core::rkyv::{Archive, Deserialize, Serialize};
+use mp_core::Message;
+
+use crate::client::{request, Endpoint};
+use crate::error::{Error, Result};
+use crate::wire::{Bytes, Kind, Millis, Op, Reply, Request};
+
+/// Which object of which server a proxy stands for (inside every proxy; not for direct use).
+#[doc(hidden)]
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(crate = mp_core::rkyv)]
+pub struct Token {
+    pub(crate) ep: Endpoint,
+    pub(crate) id: u64,
+}
+
+impl Token {
+    fn call(&self, kind: Kind, op: Op) -> Result<Reply> {
+        request(
+            &self.ep,
+            &Request::Call {
+                id: self.id,
+                kind,
+                op,
+            },
+        )
+    }
+}
+
+/// A proxy kind that [`Manager::named`](crate::Manager::named) can make or find by name.
+pub trait Shareable: Sized + sealed::Sealed {
+    /// The kind of object on the server.
+    const KIND: Kind;
+    #[doc(hidden)]
+    fn from_token(t: Token) -> Self;
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+fn enc<T: Message>(v: &T) -> Result<Bytes> {
+    Ok(encode(v)?.to_vec())
+}
+
+fn dec<T: Message>(b: &[u8]) -> Result<T> {
+    decode::<T>(b).map_err(|e| Error::Malformed(format!("a stored value: {e}")))
+}
+
+fn millis(t: Option<Duration>) -> Millis {
+    t.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn unexpected(r: Reply) -> Error {
+    Error::Malformed(format!("unexpected reply {r:?}"))
+}
+
+macro_rules! proxy {
+    ($(#[$m:meta])* $name:ident <$($g:ident),*>, $kind:ident) => {
+        $(#[$m])*
+        #[derive(Archive, Serialize, Deserialize)]
+        #[rkyv(crate = mp_core::rkyv)]
+        pub struct $name<$($g),*> {
+            token: Token,
+            _t: PhantomData<fn() -> ($($g,)*)>,
+        }
+
+        impl<$($g),*> Clone for $name<$($g),*> {
+            fn clone(&self) -> Self {
+                $name { token: self.token.clone(), _t: PhantomData }
+            }
+        }
+
+        impl<$($g),*> std::fmt::Debug for $name<$($g),*> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($name)).field("id", &self.token.id).finish()
+            }
+        }
+
+        impl<$($g),*> sealed::Sealed for $name<$($g),*> {}
+
+        impl<$($g),*> Shareable for $name<$($g),*> {
+            const KIND: Kind = Kind::$kind;
+            fn from_token(token: Token) -> Self {
+                $name { token, _t: PhantomData }
+            }
+        }
+
+        impl<$($g),*> $name<$($g),*> {
+            fn call(&self, op: Op) -> Result<Reply> {
+                self.token.call(Kind::$kind, op)
+            }
+        }
+    };
+}
+
+proxy!(
+    /// A dict held by the manager (Python's `manager.dict()`), keys of type `K` and values of
+    /// type `V`, in insertion order. Keys are compared by their archived bytes, so two keys
+    /// are the same key when they are equal values of a type whose encoding is canonical
+    /// (integers, strings, tuples and vectors of those: what Python users key dicts with).
+    Dict<K, V>, Dict
+);
+
+impl<K: Message, V: Message> Dict<K, V> {
+    /// `d.get(k)`: the value, or `None` when the key is absent.
+    pub fn get(&self, key: &K) -> Result<Option<V>> {
+        match self.call(Op::DictGet(enc(key)?))? {
+            Reply::MaybeBytes(v) => v.map(|b| dec(&b)).transpose(),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// `d[k]`: the value, or [`Error::KeyError`].
+    pub fn get_item(&self, key: &K) -> Result<V> {
+        self.get(key)?.ok_or(Error::KeyError)
+    }
+
+    /// `d[k] = v`.
+    pub fn set(&self, key: &K, value: &V) -> Result<()> {
+        self.call(Op::DictSet(enc(key)?, enc(value)?)).map(drop)
+    }
+
+    /// `d.pop(k)`: removes and returns the value, or [`Error::KeyError`].
+    pub fn pop(&self, key: &K) -> Result<V> {
+        match self.call(Op::DictPop(enc(key)?))? {
+            Reply::Bytes(b) => dec(&b),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// `k in d`.
+    pub fn contains(&self, key: &K) -> Result<bool> {
+        match self.call(Op::DictContains(enc(key)?))? {
+            Reply::Bool(b) => Ok(b),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// `len(d)`.
+    pub fn len(&self) -> Result<usize> {
+        len(self.call(Op::Len)?)
+    }
+
+    /// `len(d) == 0`.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// `d.clear()`.
+    pub fn clear(&self) -> Result<()> {
+        self.call(Op::Clear).map(drop)
+    }
+
+    /// `list(d.items())`: a copy, in insertion order.
+    pub fn items(&self) -> Result<Vec<(K, V)>> {
+        match self.call(Op::DictItems)? {
+            Reply::Pairs(p) => p.iter().map(|(k, v)| Ok((dec(k)?, dec(v)?))).collect(),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// `list(d.keys())`.
+    pub fn keys(&self) -> Result<Vec<K>> {
+        match self.call(Op::DictItems)? {
+            Reply::Pairs(p) => p.iter().map(|(k, _)| dec(k)).collect(),
+            r => Err(unexpected(r)),
+        }
+    }
+}
+
+fn len(r: Reply) -> Result<usize> {
+    match r {
+        Reply::Len(n) => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+        r => Err(unexpected(r)),
+    }
+}
+
+proxy!(
+    /// A list held by the manager (Python's `manager.list()`). Indices may be negative, as in
+    /// Python (`-1` is the last item).
+    List<T>, List
+);
+
+impl<T: Message> List<T> {
+    /// `l.append(v)`.
+    pub fn append(&self, value: &T) -> Result<()> {
+        self.call(Op::ListAppend(enc(value)?)).map(drop)
+    }
+
+    /// `l.extend(vs)`.
+    pub fn extend(&self, values: &[T]) -> Result<()> {
+        let v = values.iter().map(enc).collect::<Result<Vec<_>>>()?;
+        self.call(Op::ListExtend(v)).map(drop)
+    }
+
+    /// `l[i]`, or [`Error::IndexError`].
+    pub fn get(&self, index: i64) -> Result<T> {
+        match self.call(Op::ListGet(index))? {
+            Reply::Bytes(b) => dec(&b),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// `l[i] = v`, or [`Error::IndexError`].
+    pub fn set(&self, index: i64, value: &T) -> Result<()> {
+        self.call(Op::ListSet(index, enc(value)?)).map(drop)
+    }
+
+    /// `l.pop(i)` (`-1`: the last), or [`Error::IndexError`].
+    pub fn pop(&self, index: i64) -> Result<T> {
+        match self.call(Op::ListPop(index))? {
+            Reply::Bytes(b) => dec(&b),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// `len(l)`.
+    pub fn len(&self) -> Result<usize> {
+        len(self.call(Op::Len)?)
+    }
+
+    /// `len(l) == 0`.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// `l.clear()`.
+    pub fn clear(&self) -> Result<()> {
+        self.call(Op::Clear).map(drop)
+    }
+
+    /// `list(l)`: a copy.
+    pub fn to_vec(&self) -> Result<Vec<T>> {
+        match self.call(Op::ListItems)? {
+            Reply::Items(v) => v.iter().map(|b| dec(b)).collect(),
+            r => Err(unexpected(r)),
+        }
+    }
+}
+
+proxy!(
+    /// A namespace held by the manager (Python's `manager.Namespace()`): named attributes,
+    /// each of any message type, given at each access.
+    Namespace<>, Namespace
+);
+
+impl Namespace {
+    /// `ns.name`, as a `T`, or [`Error::AttributeError`].
+    pub fn get<T: Message>(&self, name: &str) -> Result<T> {
+        match self.call(Op::NsGet(name.to_string()))? {
+            Reply::Bytes(b) => dec(&b),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// `ns.name = value`.
+    pub fn set<T: Message>(&self, name: &str, value: &T) -> Result<()> {
+        self.call(Op::NsSet(name.to_string(), enc(value)?))
+            .map(drop)
+    }
+
+    /// `del ns.name`, or [`Error::AttributeError`].
+    pub fn delete(&self, name: &str) -> Result<()> {
+        self.call(Op::NsDel(name.to_string())).map(drop)
+    }
+
+    /// The attributes' names, in the order they were first set.
+    pub fn names(&self) -> Result<Vec<String>> {
+        match self.call(Op::NsNames)? {
+            Reply::Names(n) => Ok(n),
+            r => Err(unexpected(r)),
+        }
+    }
+}
+
+proxy!(
+    /// A single value held by the manager (Python's `manager.Value(typecode, value)`; the
+    /// type is `T`).
+    Value<T>, Value
+);
+
+impl<T: Message> Value<T> {
+    /// `v.value`.
+    pub fn get(&self) -> Result<T> {
+        match self.call(Op::ValueGet)? {
+            Reply::Bytes(b) => dec(&b),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// `v.value = x`.
+    pub fn set(&self, value: &T) -> Result<()> {
+        self.call(Op::ValueSet(enc(value)?)).map(drop)
+    }
+}
+
+proxy!(
+    /// A FIFO queue held by the manager (Python's `manager.Queue(maxsize)`).
+    Queue<T>, Queue
+);
+
+impl<T: Message> Queue<T> {
+    /// `q.put(v)`: waits for room in a bounded queue.
+    pub fn put(&self, value: &T) -> Result<()> {
+        self.put_timeout(value, None)
+    }
+
+    /// `q.put(v, timeout=t)`: [`Error::Full`] when no room came in time.
+    pub fn put_timeout(&self, value: &T, timeout: Option<Duration>) -> Result<()> {
+        self.call(Op::QueuePut(enc(value)?, millis(timeout)))
+            .map(drop)
+    }
+
+    /// `q.get()`: waits for an item.
+    pub fn get(&self) -> Result<T> {
+        self.get_timeout(None)
+    }
+
+    /// `q.get(timeout=t)`: [`Error::Empty`] when nothing came in time (`Duration::ZERO`:
+    /// `get_nowait`).
+    pub fn get_timeout(&self, timeout: Option<Duration>) -> Result<T> {
+        match self.call(Op::QueueGet(millis(timeout)))? {
+            Reply::Bytes(b) => dec(&b),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// `q.qsize()`.
+    pub fn qsize(&self) -> Result<usize> {
+        len(self.call(Op::Len)?)
+    }
+
+    /// `q.empty()`.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.qsize()? == 0)
+    }
+}
+
+proxy!(
+    /// A lock held by the manager (Python's `manager.Lock()`). It belongs to the connection
+    /// (thread and process) that acquired it; if that process dies, the server releases it.
+    /// As with Python's `Lock`, any holder of a proxy may release it.
+    Lock<>, Lock
+);
+
+impl Lock {
+    /// `lock.acquire()`.
+    pub fn acquire(&self) -> Result<()> {
+        self.acquire_timeout(None).map(drop)
+    }
+
+    /// `lock.acquire(timeout=t)`: false when the lock was not free in time.
+    pub fn acquire_timeout(&self, timeout: Option<Duration>) -> Result<bool> {
+        match self.call(Op::Acquire(millis(timeout)))? {
+            Reply::Bool(b) => Ok(b),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// `lock.release()`, or [`Error::NotLocked`].
+    pub fn release(&self) -> Result<()> {
+        self.call(Op::Release).map(drop)
+    }
+}
+
+proxy!(
+    /// An event held by the manager (Python's `manager.Event()`).
+    Event<>, Event
+);
+
+impl Event {
+    /// `e.set()`: wakes every waiter.
+    pub fn set(&self) -> Result<()> {
+        self.call(Op::EventSet).map(drop)
+    }
+
+    /// `e.clear()`.
+    pub fn clear(&self) -> Result<()> {
+        self.call(Op::EventClear).map(drop)
+    }
+
+    /// `e.is_set()`.
+    pub fn is_set(&self) -> Result<bool> {
+        match self.call(Op::EventIsSet)? {
+            Reply::Bool(b) => Ok(b),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// `e.wait(timeout)`: true once set, false on timeout.
+    pub fn wait(&self, timeout: Option<Duration>) -> Result<bool> {
+        match self.call(Op::EventWait(millis(timeout)))? {
+            Reply::Bool(b) => Ok(b),
+            r => Err(unexpected(r)),
+        }
+    }
+}

@@ -1,0 +1,416 @@
+//! The server: the objects, and one thread per connection answering its requests.
+//!
+//! Every object is a mutex (plus a condition variable where something waits) around archived
+//! bytes. A request that waits (a queue `get`, a lock `acquire`, an event `wait`) blocks only
+//! its own connection's thread. A lock held by a connection that goes away (its process died)
+//! is released, so a dead client cannot block the others for ever.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use indexmap::IndexMap;
+use mp_core::message::{decode, encode};
+use mp_pipe::{Connection, Listener};
+
+use crate::wire::{Bytes, Kind, Millis, Op, Refused, Reply, Request};
+
+enum Obj {
+    Dict(Mutex<IndexMap<Bytes, Bytes>>),
+    List(Mutex<Vec<Bytes>>),
+    Namespace(Mutex<IndexMap<String, Bytes>>),
+    Value(Mutex<Bytes>),
+    Queue {
+        items: Mutex<VecDeque<Bytes>>,
+        changed: Condvar,
+        maxsize: usize,
+    },
+    Lock {
+        /// The connection holding the lock.
+        holder: Mutex<Option<u64>>,
+        released: Condvar,
+    },
+    Event {
+        set: Mutex<bool>,
+        changed: Condvar,
+    },
+}
+
+impl Obj {
+    fn new(kind: Kind, init: Bytes) -> Obj {
+        match kind {
+            Kind::Dict => Obj::Dict(Mutex::default()),
+            Kind::List => Obj::List(Mutex::default()),
+            Kind::Namespace => Obj::Namespace(Mutex::default()),
+            Kind::Value => Obj::Value(Mutex::new(init)),
+            Kind::Queue => {
+                let maxsize = init
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_le_bytes)
+                    .unwrap_or(0);
+                Obj::Queue {
+                    items: Mutex::default(),
+                    changed: Condvar::new(),
+                    maxsize: usize::try_from(maxsize).unwrap_or(usize::MAX),
+                }
+            }
+            Kind::Lock => Obj::Lock {
+                holder: Mutex::new(None),
+                released: Condvar::new(),
+            },
+            Kind::Event => Obj::Event {
+                set: Mutex::new(false),
+                changed: Condvar::new(),
+            },
+        }
+    }
+
+    fn kind(&self) -> Kind {
+        match self {
+            Obj::Dict(_) => Kind::Dict,
+            Obj::List(_) => Kind::List,
+            Obj::Namespace(_) => Kind::Namespace,
+            Obj::Value(_) => Kind::Value,
+            Obj::Queue { .. } => Kind::Queue,
+            Obj::Lock { .. } => Kind::Lock,
+            Obj::Event { .. } => Kind::Event,
+        }
+    }
+}
+
+/// Locks ignoring poison: a panicking request thread cannot leave an object half-changed (each
+/// change is one call on a std collection), so the data stays valid.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn deadline(ms: Millis) -> Option<Instant> {
+    ms.and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms)))
+}
+
+/// Waits on `cv` until `ready` holds or `until` passes; false on timeout.
+fn wait_until<'a, T>(
+    cv: &Condvar,
+    mut g: MutexGuard<'a, T>,
+    until: Option<Instant>,
+    ready: impl Fn(&T) -> bool,
+) -> (MutexGuard<'a, T>, bool) {
+    loop {
+        if ready(&g) {
+            return (g, true);
+        }
+        match until {
+            None => g = cv.wait(g).unwrap_or_else(|p| p.into_inner()),
+            Some(t) => {
+                let left = t.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return (g, false);
+                }
+                g = cv
+                    .wait_timeout(g, left)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+        }
+    }
+}
+
+/// A Python-style index (negative counts from the end) into a list of `len`.
+fn index(i: i64, len: usize) -> Result<usize, Refused> {
+    let n = len as i64;
+    let j = if i < 0 { i + n } else { i };
+    if (0..n).contains(&j) {
+        Ok(j as usize)
+    } else {
+        Err(Refused::IndexError {
+            index: i,
+            len: len as u64,
+        })
+    }
+}
+
+#[derive(Default)]
+struct State {
+    objects: Mutex<HashMap<u64, Arc<Obj>>>,
+    names: Mutex<HashMap<String, u64>>,
+    next_id: AtomicU64,
+    next_conn: AtomicU64,
+}
+
+impl State {
+    fn create(&self, kind: Kind, name: Option<String>, init: Bytes) -> Result<Reply, Refused> {
+        let Some(name) = name else {
+            return Ok(Reply::Created(self.insert(Obj::new(kind, init))));
+        };
+        let mut names = lock(&self.names);
+        if let Some(&id) = names.get(&name) {
+            let found = self.get(id)?.kind();
+            if found != kind {
+                return Err(Refused::WrongKind {
+                    expected: kind,
+                    found,
+                });
+            }
+            return Ok(Reply::Created(id));
+        }
+        let id = self.insert(Obj::new(kind, init));
+        names.insert(name, id);
+        Ok(Reply::Created(id))
+    }
+
+    fn insert(&self, obj: Obj) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        lock(&self.objects).insert(id, Arc::new(obj));
+        id
+    }
+
+    fn get(&self, id: u64) -> Result<Arc<Obj>, Refused> {
+        lock(&self.objects)
+            .get(&id)
+            .cloned()
+            .ok_or(Refused::NoSuchObject(id))
+    }
+
+    /// Releases the locks `conn` holds (its client went away).
+    fn release_all(&self, conn: u64) {
+        let objects: Vec<Arc<Obj>> = lock(&self.objects).values().cloned().collect();
+        for o in objects {
+            if let Obj::Lock { holder, released } = &*o {
+                let mut h = lock(holder);
+                if *h == Some(conn) {
+                    *h = None;
+                    released.notify_one();
+                }
+            }
+        }
+    }
+}
+
+fn call(obj: &Obj, conn: u64, op: Op) -> Result<Reply, Refused> {
+    Ok(match (obj, op) {
+        (Obj::Dict(m), Op::Len) => Reply::Len(lock(m).len() as u64),
+        (Obj::Dict(m), Op::Clear) => {
+            lock(m).clear();
+            Reply::Unit
+        }
+        (Obj::Dict(m), Op::DictGet(k)) => Reply::MaybeBytes(lock(m).get(&k).cloned()),
+        (Obj::Dict(m), Op::DictSet(k, v)) => {
+            lock(m).insert(k, v);
+            Reply::Unit
+        }
+        (Obj::Dict(m), Op::DictPop(k)) => {
+            Reply::Bytes(lock(m).shift_remove(&k).ok_or(Refused::KeyError)?)
+        }
+        (Obj::Dict(m), Op::DictContains(k)) => Reply::Bool(lock(m).contains_key(&k)),
+        (Obj::Dict(m), Op::DictItems) => Reply::Pairs(
+            lock(m)
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+        (Obj::List(m), Op::Len) => Reply::Len(lock(m).len() as u64),
+        (Obj::List(m), Op::Clear) => {
+            lock(m).clear();
+            Reply::Unit
+        }
+        (Obj::List(m), Op::ListAppend(v)) => {
+            lock(m).push(v);
+            Reply::Unit
+        }
+        (Obj::List(m), Op::ListExtend(vs)) => {
+            lock(m).extend(vs);
+            Reply::Unit
+        }
+        (Obj::List(m), Op::ListGet(i)) => {
+            let l = lock(m);
+            Reply::Bytes(l[index(i, l.len())?].clone())
+        }
+        (Obj::List(m), Op::ListSet(i, v)) => {
+            let mut l = lock(m);
+            let j = index(i, l.len())?;
+            l[j] = v;
+            Reply::Unit
+        }
+        (Obj::List(m), Op::ListPop(i)) => {
+            let mut l = lock(m);
+            let j = index(i, l.len())?;
+            Reply::Bytes(l.remove(j))
+        }
+        (Obj::List(m), Op::ListItems) => Reply::Items(lock(m).clone()),
+        (Obj::Namespace(m), Op::NsGet(a)) => match lock(m).get(&a) {
+            Some(v) => Reply::Bytes(v.clone()),
+            None => return Err(Refused::AttributeError(a)),
+        },
+        (Obj::Namespace(m), Op::NsSet(a, v)) => {
+            lock(m).insert(a, v);
+            Reply::Unit
+        }
+        (Obj::Namespace(m), Op::NsDel(a)) => match lock(m).shift_remove(&a) {
+            Some(_) => Reply::Unit,
+            None => return Err(Refused::AttributeError(a)),
+        },
+        (Obj::Namespace(m), Op::NsNames) => Reply::Names(lock(m).keys().cloned().collect()),
+        (Obj::Value(m), Op::ValueGet) => Reply::Bytes(lock(m).clone()),
+        (Obj::Value(m), Op::ValueSet(v)) => {
+            *lock(m) = v;
+            Reply::Unit
+        }
+        (Obj::Queue { items, .. }, Op::Len) => Reply::Len(lock(items).len() as u64),
+        (
+            Obj::Queue {
+                items,
+                changed,
+                maxsize,
+            },
+            Op::QueuePut(v, ms),
+        ) => {
+            let room = |q: &VecDeque<Bytes>| *maxsize == 0 || q.len() < *maxsize;
+            let (mut q, ok) = wait_until(changed, lock(items), deadline(ms), room);
+            if !ok {
+                return Err(Refused::Full);
+            }
+            q.push_back(v);
+            changed.notify_all();
+            Reply::Unit
+        }
+        (Obj::Queue { items, changed, .. }, Op::QueueGet(ms)) => {
+            let (mut q, ok) = wait_until(changed, lock(items), deadline(ms), |q| !q.is_empty());
+            match q.pop_front() {
+                Some(v) if ok => {
+                    changed.notify_all();
+                    Reply::Bytes(v)
+                }
+                _ => return Err(Refused::Empty),
+            }
+        }
+        (Obj::Lock { holder, released }, Op::Acquire(ms)) => {
+            let (mut h, ok) = wait_until(released, lock(holder), deadline(ms), Option::is_none);
+            if ok {
+                *h = Some(conn);
+            }
+            Reply::Bool(ok)
+        }
+        (Obj::Lock { holder, released }, Op::Release) => {
+            let mut h = lock(holder);
+            if h.take().is_none() {
+                return Err(Refused::NotLocked);
+            }
+            released.notify_one();
+            Reply::Unit
+        }
+        (Obj::Event { set, changed }, Op::EventSet) => {
+            *lock(set) = true;
+            changed.notify_all();
+            Reply::Unit
+        }
+        (Obj::Event { set, .. }, Op::EventClear) => {
+            *lock(set) = false;
+            Reply::Unit
+        }
+        (Obj::Event { set, .. }, Op::EventIsSet) => Reply::Bool(*lock(set)),
+        (Obj::Event { set, changed }, Op::EventWait(ms)) => {
+            Reply::Bool(wait_until(changed, lock(set), deadline(ms), |s| *s).1)
+        }
+        (obj, op) => {
+            return Err(Refused::Malformed(format!(
+                "{op:?} is not an operation of a {}",
+                obj.kind()
+            )))
+        }
+    })
+}
+
+/// Answers one connection until it closes. Returns true when asked to shut down.
+fn serve_connection(state: &State, conn: &Connection<()>) -> bool {
+    let id = state.next_conn.fetch_add(1, Ordering::Relaxed);
+    let shutdown = loop {
+        let Ok(bytes) = conn.recv_bytes(None) else {
+            break false;
+        };
+        // The queue an item was taken from, to give it back if the reply cannot be sent.
+        let mut taken_from = None;
+        let (reply, stop) = match decode::<Request>(&bytes) {
+            Err(e) => (Reply::Err(Refused::Malformed(e.to_string())), false),
+            Ok(Request::Shutdown) => (Reply::Unit, true),
+            Ok(Request::Create { kind, name, init }) => (
+                state.create(kind, name, init).unwrap_or_else(Reply::Err),
+                false,
+            ),
+            Ok(Request::Call { id: obj, kind, op }) => {
+                let is_get = matches!(op, Op::QueueGet(_));
+                let r = state.get(obj).and_then(|o| {
+                    if o.kind() != kind {
+                        return Err(Refused::WrongKind {
+                            expected: kind,
+                            found: o.kind(),
+                        });
+                    }
+                    if is_get {
+                        taken_from = Some(o.clone());
+                    }
+                    call(&o, id, op)
+                });
+                (r.unwrap_or_else(Reply::Err), false)
+            }
+        };
+        let sent = encode(&reply)
+            .map_err(|e| e.to_string())
+            .and_then(|b| conn.send_bytes(&b, 0, None).map_err(|e| e.to_string()));
+        if stop {
+            break true;
+        }
+        if sent.is_err() {
+            // The client is gone: an item it was waiting for goes back to the head of the
+            // queue instead of being lost.
+            if let (Some(o), Reply::Bytes(item)) = (taken_from, reply) {
+                if let Obj::Queue { items, changed, .. } = &*o {
+                    lock(items).push_front(item);
+                    changed.notify_all();
+                }
+            }
+            break false;
+        }
+    };
+    state.release_all(id);
+    shutdown
+}
+
+/// The server loop: accepts connections (authenticated by the listener) until a client asks
+/// for shutdown, then returns.
+pub(crate) fn serve(listener: Listener) {
+    let state = Arc::new(State::default());
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let listener = Arc::new(listener);
+    let acceptor = {
+        let listener = listener.clone();
+        let state = state.clone();
+        std::thread::Builder::new()
+            .name("mp-manager-accept".into())
+            .spawn(move || loop {
+                let conn = match listener.accept::<()>() {
+                    Ok(c) => c,
+                    // The listening socket itself failing (out of descriptors, say): do not
+                    // spin; a failed handshake (wrong authkey) or a vanished client: next one.
+                    Err(mp_pipe::Error::Io { .. }) => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                    Err(_) => continue,
+                };
+                let state = state.clone();
+                let stop_tx = stop_tx.clone();
+                let _ = std::thread::Builder::new()
+                    .name("mp-manager-conn".into())
+                    .spawn(move || {
+                        if serve_connection(&state, &conn) {
+                            let _ = stop_tx.send(());
+                        }
+                    });
+            })
+    };
+    if acceptor.is_ok() {
+        let _ = stop_rx.recv();
+    }
+}

@@ -1,0 +1,117 @@
+//! What a proxy and the server say to each other: one [`Request`] frame, one [`Reply`] frame,
+//! both rkyv archives sent as byte messages over an authenticated [`mp_pipe::Connection`].
+//! Values travel as the archived bytes of their Rust type: the server stores and compares
+//! bytes and never needs the types; the proxy decodes (with validation) what comes back.
+
+use mp_core::rkyv::{Archive, Deserialize, Serialize};
+
+/// The kinds of object a manager holds.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(crate = mp_core::rkyv)]
+pub enum Kind {
+    /// [`crate::Dict`]
+    Dict,
+    /// [`crate::List`]
+    List,
+    /// [`crate::Namespace`]
+    Namespace,
+    /// [`crate::Value`]
+    Value,
+    /// [`crate::Queue`]
+    Queue,
+    /// [`crate::Lock`]
+    Lock,
+    /// [`crate::Event`]
+    Event,
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Bytes of one archived value.
+pub(crate) type Bytes = Vec<u8>;
+
+/// A timeout in milliseconds (`None`: wait for ever).
+pub(crate) type Millis = Option<u64>;
+
+#[derive(Archive, Serialize, Deserialize, Debug)]
+#[rkyv(crate = mp_core::rkyv)]
+pub(crate) enum Request {
+    /// A new object (or, with a name, the object of that name, made on first use).
+    Create {
+        kind: Kind,
+        name: Option<String>,
+        /// A `Value`'s first value; a `Queue`'s maxsize as 8 little-endian bytes.
+        init: Bytes,
+    },
+    /// An operation on object `id`, which must be of kind `kind`.
+    Call { id: u64, kind: Kind, op: Op },
+    /// Stop the server (its process exits once it has answered).
+    Shutdown,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug)]
+#[rkyv(crate = mp_core::rkyv)]
+pub(crate) enum Op {
+    Len,
+    Clear,
+    DictGet(Bytes),
+    DictSet(Bytes, Bytes),
+    DictPop(Bytes),
+    DictContains(Bytes),
+    DictItems,
+    ListAppend(Bytes),
+    ListExtend(Vec<Bytes>),
+    ListGet(i64),
+    ListSet(i64, Bytes),
+    ListPop(i64),
+    ListItems,
+    NsGet(String),
+    NsSet(String, Bytes),
+    NsDel(String),
+    NsNames,
+    ValueGet,
+    ValueSet(Bytes),
+    QueuePut(Bytes, Millis),
+    QueueGet(Millis),
+    Acquire(Millis),
+    Release,
+    EventSet,
+    EventClear,
+    EventIsSet,
+    EventWait(Millis),
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug)]
+#[rkyv(crate = mp_core::rkyv)]
+pub(crate) enum Reply {
+    Unit,
+    Created(u64),
+    Bool(bool),
+    Len(u64),
+    Bytes(Bytes),
+    MaybeBytes(Option<Bytes>),
+    Items(Vec<Bytes>),
+    Pairs(Vec<(Bytes, Bytes)>),
+    Names(Vec<String>),
+    Err(Refused),
+}
+
+/// Why the server refused an operation (the error the held object raised, in Python terms).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(crate = mp_core::rkyv)]
+pub(crate) enum Refused {
+    KeyError,
+    IndexError { index: i64, len: u64 },
+    AttributeError(String),
+    Empty,
+    Full,
+    Timeout,
+    NotLocked,
+    NoSuchObject(u64),
+    WrongKind { expected: Kind, found: Kind },
+    Malformed(String),
+}

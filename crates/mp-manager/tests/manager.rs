@@ -1,0 +1,319 @@
+//! The manager across real processes (CONFORMANCE.md M1–M3): containers mutated in children
+//! under fork and spawn, a remote client over TCP with an authkey, a server killed under its
+//! clients, locks and events between processes, a lock whose holder died.
+
+use std::time::{Duration, Instant};
+
+use mp_manager::{Dict, Error, Event, List, Lock, Manager, Namespace, Queue, Value};
+use mp_pipe::Address;
+use mp_process::{Process, StartMethod};
+
+mp_process::test_support!();
+
+/// Children under both methods; the server itself is started with spawn (a forked server
+/// would start threads in a copy of this multi-threaded test process).
+const METHODS: [StartMethod; 2] = [StartMethod::Fork, StartMethod::Spawn];
+const WATCHDOG: Duration = Duration::from_secs(30);
+
+fn manager() -> Manager {
+    Manager::builder()
+        .start_method(StartMethod::Spawn)
+        .start()
+        .unwrap()
+}
+
+fn mutate((d, l, ns): (Dict<String, u64>, List<u64>, Namespace)) -> String {
+    let r = (|| -> mp_manager::Result<()> {
+        let seen = d.get_item(&"parent".to_string())?;
+        d.set(&"child".to_string(), &(seen + 1))?;
+        l.extend(&[1, 2, 3])?;
+        l.set(0, &10)?;
+        ns.set("ready", &true)?;
+        ns.set("who", &"child".to_string())?;
+        // The held object's errors come back as errors in the child too.
+        match d.get_item(&"nobody".to_string()) {
+            Err(Error::KeyError) => Ok(()),
+            other => Err(Error::Malformed(format!("{other:?}"))),
+        }
+    })();
+    r.err().map(|e| e.to_string()).unwrap_or_default()
+}
+
+/// M1: dict, list and namespace mutated in a child are visible in the parent; errors of the
+/// held objects come back as errors.
+#[test]
+fn m1_containers_mutated_in_children() {
+    let m = manager();
+    for method in METHODS {
+        let d = m.dict::<String, u64>().unwrap();
+        let l = m.list::<u64>().unwrap();
+        let ns = m.namespace().unwrap();
+        d.set(&"parent".to_string(), &41).unwrap();
+        let mut c = Process::new(mutate, (d.clone(), l.clone(), ns.clone()))
+            .start_method(method)
+            .start()
+            .unwrap();
+        assert_eq!(c.join_timeout(WATCHDOG).unwrap().unwrap(), "", "{method}");
+        assert_eq!(d.get(&"child".to_string()).unwrap(), Some(42));
+        assert_eq!(d.keys().unwrap(), ["parent", "child"], "insertion order");
+        assert_eq!(d.len().unwrap(), 2);
+        assert_eq!(l.to_vec().unwrap(), [10, 2, 3]);
+        assert_eq!(l.get(-1).unwrap(), 3);
+        assert!(ns.get::<bool>("ready").unwrap());
+        assert_eq!(ns.get::<String>("who").unwrap(), "child");
+        assert_eq!(ns.names().unwrap(), ["ready", "who"]);
+
+        assert!(matches!(
+            d.get_item(&"nobody".to_string()),
+            Err(Error::KeyError)
+        ));
+        assert!(matches!(d.pop(&"nobody".to_string()), Err(Error::KeyError)));
+        assert_eq!(d.pop(&"parent".to_string()).unwrap(), 41);
+        assert!(!d.contains(&"parent".to_string()).unwrap());
+        assert!(matches!(
+            l.get(3),
+            Err(Error::IndexError { index: 3, len: 3 })
+        ));
+        assert!(matches!(l.set(-4, &0), Err(Error::IndexError { .. })));
+        assert_eq!(l.pop(-1).unwrap(), 3);
+        assert!(matches!(ns.get::<u8>("missing"), Err(Error::AttributeError(a)) if a == "missing"));
+        ns.delete("who").unwrap();
+        assert!(matches!(ns.delete("who"), Err(Error::AttributeError(_))));
+        d.clear().unwrap();
+        assert!(d.is_empty().unwrap());
+    }
+}
+
+fn remote_client((address, key): (String, Vec<u8>)) -> String {
+    let r = (|| -> mp_manager::Result<()> {
+        let addr: std::net::SocketAddr = address.parse().map_err(|_| Error::Malformed(address))?;
+        let m = Manager::connect(addr, &key)?;
+        let q = m.named::<Queue<u64>>("jobs")?;
+        for i in 1..=5 {
+            q.put(&i)?;
+        }
+        Ok(())
+    })();
+    r.err().map(|e| e.to_string()).unwrap_or_default()
+}
+
+/// M2: a server on 127.0.0.1:0 with an authkey; a separate process connects with the key,
+/// finds the queue by name and puts; a wrong key is an authentication error.
+#[test]
+fn m2_remote_client_over_tcp() {
+    let m = Manager::builder()
+        .address(Address::tcp("127.0.0.1", 0).unwrap())
+        .authkey(b"the key")
+        .start_method(StartMethod::Spawn)
+        .start()
+        .unwrap();
+    let Address::Tcp(addr) = m.address().unwrap() else {
+        panic!("not TCP: {:?}", m.address());
+    };
+    assert_ne!(addr.port(), 0, "the real port is reported");
+    let jobs = m.named::<Queue<u64>>("jobs").unwrap();
+    let mut c = Process::new(remote_client, (addr.to_string(), b"the key".to_vec()))
+        .start_method(StartMethod::Spawn)
+        .start()
+        .unwrap();
+    assert_eq!(c.join_timeout(WATCHDOG).unwrap().unwrap(), "");
+    let got: Vec<u64> = (0..5)
+        .map(|_| jobs.get_timeout(Some(WATCHDOG)).unwrap())
+        .collect();
+    assert_eq!(got, [1, 2, 3, 4, 5]);
+    assert!(matches!(
+        Manager::connect(addr, b"wrong key"),
+        Err(Error::Authentication)
+    ));
+    // The same name with another kind is refused.
+    assert!(matches!(
+        m.named::<Dict<u64, u64>>("jobs"),
+        Err(Error::WrongKind { .. })
+    ));
+    m.shutdown().unwrap();
+    assert!(matches!(
+        Manager::connect(addr, b"the key"),
+        Err(Error::ServerGone(_))
+    ));
+}
+
+/// M3: calls to a killed server fail instead of hanging, including one already waiting.
+#[test]
+fn m3_killed_server_gives_errors() {
+    let m = manager();
+    let q = m.queue::<u64>(0).unwrap();
+    let d = m.dict::<u64, u64>().unwrap();
+    d.set(&1, &1).unwrap();
+    let waiter = {
+        let q = q.clone();
+        std::thread::spawn(move || q.get())
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let pid = m.server_pid().unwrap();
+    // SAFETY: kill has no memory effects; the server is our unreaped child.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    let t0 = Instant::now();
+    assert!(matches!(waiter.join().unwrap(), Err(Error::ServerGone(_))));
+    assert!(matches!(d.get(&1), Err(Error::ServerGone(_))));
+    assert!(matches!(q.put(&1), Err(Error::ServerGone(_))));
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    // Dropping the handle of a dead server reaps it and returns.
+    drop(m);
+}
+
+fn count((v, lock, n): (Value<u64>, Lock, u32)) -> String {
+    let r = (|| -> mp_manager::Result<()> {
+        for _ in 0..n {
+            lock.acquire()?;
+            let x = v.get()?;
+            v.set(&(x + 1))?;
+            lock.release()?;
+        }
+        Ok(())
+    })();
+    r.err().map(|e| e.to_string()).unwrap_or_default()
+}
+
+/// A lock makes read-modify-write of a value exact across processes.
+#[test]
+fn lock_and_value_across_processes() {
+    let m = manager();
+    let v = m.value(&0u64).unwrap();
+    let lock = m.lock().unwrap();
+    let mut children: Vec<_> = METHODS
+        .iter()
+        .map(|&method| {
+            Process::new(count, (v.clone(), lock.clone(), 100))
+                .start_method(method)
+                .start()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(count((v.clone(), lock.clone(), 100)), "");
+    for c in &mut children {
+        assert_eq!(c.join_timeout(WATCHDOG).unwrap().unwrap(), "");
+    }
+    assert_eq!(v.get().unwrap(), 300);
+    assert!(matches!(lock.release(), Err(Error::NotLocked)));
+    assert!(lock.acquire_timeout(Some(Duration::ZERO)).unwrap());
+    assert!(!lock
+        .acquire_timeout(Some(Duration::from_millis(50)))
+        .unwrap());
+    lock.release().unwrap();
+}
+
+fn hold_lock((lock, held): (Lock, Event)) {
+    lock.acquire().unwrap();
+    held.set().unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// A lock whose holder is SIGKILLed is released by the server.
+#[test]
+fn lock_of_a_killed_holder_is_released() {
+    let m = manager();
+    let lock = m.lock().unwrap();
+    let held = m.event().unwrap();
+    for method in METHODS {
+        held.clear().unwrap();
+        let mut c = Process::new(hold_lock, (lock.clone(), held.clone()))
+            .start_method(method)
+            .start()
+            .unwrap();
+        assert!(held.wait(Some(WATCHDOG)).unwrap());
+        assert!(!lock
+            .acquire_timeout(Some(Duration::from_millis(20)))
+            .unwrap());
+        c.kill().unwrap();
+        assert!(c.join_timeout(WATCHDOG).is_err());
+        assert!(lock.acquire_timeout(Some(WATCHDOG)).unwrap(), "{method}");
+        lock.release().unwrap();
+    }
+}
+
+fn await_event(e: Event) -> bool {
+    e.wait(Some(WATCHDOG)).unwrap()
+}
+
+/// Events wake waiters in other processes; queues time out with Empty and Full.
+#[test]
+fn event_and_queue_semantics() {
+    let m = manager();
+    let e = m.event().unwrap();
+    assert!(!e.wait(Some(Duration::from_millis(20))).unwrap());
+    let mut c = Process::new(await_event, e.clone())
+        .start_method(StartMethod::Spawn)
+        .start()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    e.set().unwrap();
+    assert!(c.join_timeout(WATCHDOG).unwrap().unwrap());
+    assert!(e.is_set().unwrap());
+
+    let q = m.queue::<String>(1).unwrap();
+    q.put(&"one".into()).unwrap();
+    assert!(matches!(
+        q.put_timeout(&"two".into(), Some(Duration::from_millis(20))),
+        Err(Error::Full)
+    ));
+    assert_eq!(q.qsize().unwrap(), 1);
+    assert_eq!(q.get_timeout(Some(Duration::ZERO)).unwrap(), "one");
+    assert!(matches!(
+        q.get_timeout(Some(Duration::from_millis(20))),
+        Err(Error::Empty)
+    ));
+    assert!(q.is_empty().unwrap());
+}
+
+/// Bytes that are not a request get an error reply; the server goes on serving.
+#[test]
+fn malformed_requests_are_refused() {
+    let m = manager();
+    let conn: mp_pipe::Connection<()> =
+        mp_pipe::Client::connect(m.address().unwrap(), Some(m.authkey())).unwrap();
+    for junk in [&b""[..], b"\x01\x02\x03", &[0xff; 100]] {
+        conn.send_bytes(junk, 0, None).unwrap();
+        assert!(!conn.recv_bytes(None).unwrap().is_empty());
+    }
+    let d = m.dict::<u8, u8>().unwrap();
+    d.set(&1, &2).unwrap();
+    assert_eq!(d.items().unwrap(), [(1, 2)]);
+}
+
+/// Dropping the manager that started the server stops it; nothing is left running.
+#[test]
+fn dropping_the_manager_stops_the_server() {
+    mp_process::isolate!(dropping_the_manager_stops_the_server);
+    // Isolated: single-threaded, so the default start method (fork) may start the server.
+    let m = Manager::start().unwrap();
+    let pid = m.server_pid().unwrap();
+    let d = m.dict::<u8, String>().unwrap();
+    d.set(&1, &"one".into()).unwrap();
+    drop(m);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the server {pid} still runs"
+    );
+    assert!(matches!(d.get(&1), Err(Error::ServerGone(_))));
+}
+
+fn wait_for_item(q: Queue<u64>) -> u64 {
+    q.get().unwrap()
+}
+
+/// An item taken for a client that died while waiting for it goes back to the queue.
+#[test]
+fn a_dead_waiters_item_is_not_lost() {
+    let m = manager();
+    let q = m.queue::<u64>(0).unwrap();
+    let mut c = Process::new(wait_for_item, q.clone())
+        .start_method(StartMethod::Spawn)
+        .start()
+        .unwrap();
+    // Let the child's get reach the server and wait there.
+    std::thread::sleep(Duration::from_millis(300));
+    c.kill().unwrap();
+    assert!(c.join_timeout(WATCHDOG).is_err());
+    q.put(&7).unwrap();
+    assert_eq!(q.get_timeout(Some(WATCHDOG)).unwrap(), 7);
+}
