@@ -33,6 +33,17 @@ pub enum Error {
     /// `Lock::release` of a lock that is not held (Python's `RuntimeError`).
     #[error("release of an unlocked lock")]
     NotLocked,
+    /// Releasing (or waiting on, or notifying) an `RLock` or `Condition` that this connection
+    /// does not hold (Python's `RuntimeError: cannot release un-acquired lock`).
+    #[error("the lock is not held by this thread of this process")]
+    NotOwner,
+    /// A `BoundedSemaphore` released more often than acquired (Python's `ValueError`).
+    #[error("the bounded semaphore was released too many times")]
+    TooManyReleases,
+    /// A barrier was broken (aborted, or a wait timed out) while or before this party waited
+    /// (Python's `threading.BrokenBarrierError`).
+    #[error("the barrier is broken")]
+    BrokenBarrier,
     /// The object is not (or no longer) in the server: the proxy belongs to another manager,
     /// or the server was restarted.
     #[error("the manager holds no object {0}")]
@@ -48,9 +59,27 @@ pub enum Error {
     /// The server process is gone (killed, or shut down) or the connection to it broke.
     #[error("the manager's server is gone: {0}")]
     ServerGone(String),
+    /// No type was registered under this typeid ([`ManagerBuilder::register`](crate::ManagerBuilder::register)).
+    #[error("no type is registered as {0:?} with this manager")]
+    UnknownType(String),
+    /// A custom object used through a proxy of another Rust type.
+    #[error("the object is a {found}, the proxy expects a {expected}")]
+    WrongType {
+        /// The proxy's type.
+        expected: String,
+        /// The registered type.
+        found: String,
+    },
+    /// A custom object's `handle` panicked (what Python reports by re-raising the exception);
+    /// the message is the panic's.
+    #[error("the managed object raised: {0}")]
+    Raised(String),
     /// The server and this process do not share the authkey.
     #[error("authentication with the manager failed (wrong authkey)")]
     Authentication,
+    /// An argument out of range (a barrier of 0 parties).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(&'static str),
     /// The server could not be started.
     #[error("the manager's server could not start: {0}")]
     Start(String),
@@ -100,8 +129,14 @@ impl From<Refused> for Error {
             Refused::Full => Error::Full,
             Refused::Timeout => Error::Empty,
             Refused::NotLocked => Error::NotLocked,
+            Refused::NotOwner => Error::NotOwner,
+            Refused::TooManyReleases => Error::TooManyReleases,
+            Refused::BrokenBarrier => Error::BrokenBarrier,
             Refused::NoSuchObject(id) => Error::NoSuchObject(id),
             Refused::WrongKind { expected, found } => Error::WrongKind { expected, found },
+            Refused::UnknownType(t) => Error::UnknownType(t),
+            Refused::WrongType { expected, found } => Error::WrongType { expected, found },
+            Refused::Raised(m) => Error::Raised(m),
             Refused::Malformed(m) => Error::Malformed(m),
         }
     }

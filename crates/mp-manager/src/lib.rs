@@ -1,5 +1,6 @@
 //! Python's `multiprocessing.Manager`, for [mp](https://docs.rs/mp): a server process that
-//! holds dicts, lists, namespaces, values, queues, locks and events, and typed proxies that
+//! holds dicts, lists, namespaces, values, queues, locks, semaphores, conditions, barriers
+//! and events, and typed proxies that
 //! any process (a child, or an unrelated process over TCP with the authkey) uses to reach them.
 //!
 //! ```
@@ -49,13 +50,16 @@
 //! - The objects live as long as the manager: the server does not count proxies (Python does,
 //!   with the races that come with it). Make the shared objects once and share them, or use
 //!   [`Manager::named`] to find one by name.
-//! - The proxies cover `dict`, `list`, `Namespace`, `Value`, `Queue`, `Lock` and `Event`.
-//!   `RLock`, `Condition`, `Semaphore`, `Barrier`, `Pool` proxies and `register()` of custom
-//!   types are not built yet.
+//! - The proxies cover `dict`, `list`, `Namespace`, `Value`, `Queue`, `Lock`, `RLock`,
+//!   `Semaphore`, `BoundedSemaphore`, `Condition`, `Barrier` and `Event`, and objects of the
+//!   program's own types ([`Served`], [`ManagerBuilder::register`], [`Custom`]), which answer
+//!   typed requests rather than method calls by name. `Array` and `Pool` proxies are not
+//!   built yet.
 //! - A call is a round trip to the server (tens of µs). For hot shared state between related
 //!   processes, mp's own `Queue`, `Lock` and `Value` (shared memory) are far faster.
 
 mod client;
+mod custom;
 mod error;
 mod proxy;
 mod server;
@@ -72,10 +76,14 @@ use crate::wire::Request;
 
 #[doc(hidden)]
 pub use client::{Addr, Endpoint};
+pub use custom::{Custom, Served};
 pub use error::{Error, Result};
 #[doc(hidden)]
 pub use proxy::Token;
-pub use proxy::{Dict, Event, List, Lock, Namespace, Queue, Shareable, Value};
+pub use proxy::{
+    Barrier, BoundedSemaphore, Condition, Dict, Event, List, Lock, Namespace, Queue, RLock,
+    Semaphore, Shareable, Value,
+};
 pub use wire::Kind;
 
 /// How long [`ManagerBuilder::start`] waits for the server to listen.
@@ -98,6 +106,9 @@ pub struct ManagerBuilder {
     address: Option<Address>,
     authkey: Option<Vec<u8>>,
     method: Option<StartMethod>,
+    types: Vec<custom::Registration>,
+    /// A registration that failed, reported by `start`.
+    bad_type: Option<String>,
 }
 
 impl ManagerBuilder {
@@ -121,8 +132,26 @@ impl ManagerBuilder {
         self
     }
 
+    /// Registers the type `S` under `typeid` (Python's `BaseManager.register(typeid,
+    /// callable)`): [`Manager::custom`] then makes objects of it (with `S::default()`) in the
+    /// server. `S` must live in the program's executable (not a shared library), as every
+    /// function that a spawned process calls; otherwise [`start`](Self::start) fails.
+    pub fn register<S: Served + Default>(mut self, typeid: &str) -> Self {
+        match custom::Registration::of::<S>(typeid) {
+            Ok(r) => {
+                self.types.retain(|t| t.typeid != typeid);
+                self.types.push(r);
+            }
+            Err(e) => self.bad_type = Some(e.to_string()),
+        }
+        self
+    }
+
     /// Starts the server and waits until it listens.
     pub fn start(self) -> Result<Manager> {
+        if let Some(e) = self.bad_type {
+            return Err(Error::Start(e));
+        }
         let authkey = match self.authkey {
             Some(k) if k.is_empty() => return Err(Error::Start("the authkey is empty".into())),
             Some(k) => k,
@@ -144,6 +173,8 @@ impl ManagerBuilder {
             addr: Addr::from_address(&address),
             authkey: authkey.clone(),
             ready: ready_tx,
+            types: self.types,
+            image_id: mp_process::symbol::image_id().to_vec(),
         };
         let mut p = Process::new(server_main, args)
             .name("SyncManager")
@@ -262,8 +293,37 @@ impl Manager {
         self.create(None, Vec::new())
     }
 
-    /// The object called `name`, made (empty; a queue unbounded) by the first call with that
-    /// name: how processes that did not start each other share an object (what Python
+    /// `manager.RLock()`: a new re-entrant lock.
+    pub fn rlock(&self) -> Result<RLock> {
+        self.create(None, Vec::new())
+    }
+
+    /// `manager.Semaphore(value)`: a new semaphore.
+    pub fn semaphore(&self, value: u64) -> Result<Semaphore> {
+        self.create(None, value.to_le_bytes().to_vec())
+    }
+
+    /// `manager.BoundedSemaphore(value)`: a new bounded semaphore.
+    pub fn bounded_semaphore(&self, value: u64) -> Result<BoundedSemaphore> {
+        self.create(None, value.to_le_bytes().to_vec())
+    }
+
+    /// `manager.Condition()`: a new condition variable with its own re-entrant lock.
+    pub fn condition(&self) -> Result<Condition> {
+        self.create(None, Vec::new())
+    }
+
+    /// `manager.Barrier(parties)`: a new barrier; `parties` 0 is
+    /// [`Error::InvalidArgument`].
+    pub fn barrier(&self, parties: usize) -> Result<Barrier> {
+        if parties == 0 {
+            return Err(Error::InvalidArgument("a barrier needs at least one party"));
+        }
+        self.create(None, (parties as u64).to_le_bytes().to_vec())
+    }
+
+    /// The object called `name`, made (empty; a queue unbounded, a semaphore at 1, a barrier
+    /// of one party) by the first call with that name: how processes that did not start each other share an object (what Python
     /// programs do with `register('get_queue', callable=lambda: queue)`). The same name with
     /// another kind is [`Error::WrongKind`]. A [`Value`] has no empty state and cannot be
     /// named.
@@ -275,6 +335,37 @@ impl Manager {
             });
         }
         self.create(Some(name), Vec::new())
+    }
+
+    /// A new object of the type registered as `typeid` (made with `S::default()`). A typeid
+    /// the server does not know is [`Error::UnknownType`]; one registered for another Rust
+    /// type than `S` is [`Error::WrongType`].
+    pub fn custom<S: Served>(&self, typeid: &str) -> Result<Custom<S>> {
+        self.create_custom(typeid, None)
+    }
+
+    /// The object of type `typeid` called `name`, made by the first call with that name (see
+    /// [`named`](Self::named)).
+    pub fn named_custom<S: Served>(&self, typeid: &str, name: &str) -> Result<Custom<S>> {
+        self.create_custom(typeid, Some(name))
+    }
+
+    fn create_custom<S: Served>(&self, typeid: &str, name: Option<&str>) -> Result<Custom<S>> {
+        let req = Request::CreateCustom {
+            typeid: typeid.to_string(),
+            type_name: std::any::type_name::<S>().to_string(),
+            name: name.map(str::to_string),
+        };
+        match request(&self.ep, &req)? {
+            wire::Reply::Created(id) => Ok(Custom::new(
+                Token {
+                    ep: self.ep.clone(),
+                    id,
+                },
+                typeid.to_string(),
+            )),
+            r => Err(Error::Malformed(format!("unexpected reply {r:?}"))),
+        }
     }
 
     /// Stops the server and waits for it to exit (Python's `shutdown()`). For a handle made
@@ -320,10 +411,25 @@ struct ServerArgs {
     addr: Addr,
     authkey: Vec<u8>,
     ready: Writer<Ready>,
+    types: Vec<custom::Registration>,
+    image_id: Vec<u8>,
 }
 
 /// The server process's target.
 fn server_main(args: ServerArgs) {
+    let mut types = server::Types::new();
+    for t in &args.types {
+        match t.resolve(&args.image_id) {
+            Ok(ctor) => {
+                types.insert(t.typeid.clone(), (t.type_name.clone(), ctor));
+            }
+            Err(e) => {
+                let msg = format!("registered type {:?}: {e}", t.typeid);
+                let _ = args.ready.send(&Ready::Failed(msg));
+                return;
+            }
+        }
+    }
     let bound = args
         .addr
         .to_address()
@@ -342,7 +448,7 @@ fn server_main(args: ServerArgs) {
         return;
     }
     drop(args.ready);
-    server::serve(listener);
+    server::serve(listener, types);
 }
 
 fn random_key() -> Result<Vec<u8>> {

@@ -24,7 +24,7 @@ pub struct Token {
 }
 
 impl Token {
-    fn call(&self, kind: Kind, op: Op) -> Result<Reply> {
+    pub(crate) fn call(&self, kind: Kind, op: Op) -> Result<Reply> {
         request(
             &self.ep,
             &Request::Call {
@@ -403,5 +403,191 @@ impl Event {
             Reply::Bool(b) => Ok(b),
             r => Err(unexpected(r)),
         }
+    }
+}
+
+fn acquired(r: Reply) -> Result<bool> {
+    match r {
+        Reply::Bool(b) => Ok(b),
+        r => Err(unexpected(r)),
+    }
+}
+
+proxy!(
+    /// A re-entrant lock held by the manager (Python's `manager.RLock()`). It belongs to the
+    /// thread (of the process) that acquired it, which may acquire it again and must release
+    /// it as many times; if that process dies, the server releases it.
+    RLock<>, RLock
+);
+
+impl RLock {
+    /// `rlock.acquire()`.
+    pub fn acquire(&self) -> Result<()> {
+        self.acquire_timeout(None).map(drop)
+    }
+
+    /// `rlock.acquire(timeout=t)`: false when the lock was not free in time.
+    pub fn acquire_timeout(&self, timeout: Option<Duration>) -> Result<bool> {
+        acquired(self.call(Op::Acquire(millis(timeout)))?)
+    }
+
+    /// `rlock.release()`; [`Error::NotOwner`] from a thread that does not hold it.
+    pub fn release(&self) -> Result<()> {
+        self.call(Op::Release).map(drop)
+    }
+}
+
+proxy!(
+    /// A semaphore held by the manager (Python's `manager.Semaphore(value)`).
+    Semaphore<>, Semaphore
+);
+
+proxy!(
+    /// A bounded semaphore held by the manager (Python's `manager.BoundedSemaphore(value)`):
+    /// releasing it above its initial value is [`Error::TooManyReleases`].
+    BoundedSemaphore<>, BoundedSemaphore
+);
+
+macro_rules! semaphore_methods {
+    ($t:ident) => {
+        impl $t {
+            /// `sem.acquire()`: waits until the value is above zero, then decrements it.
+            pub fn acquire(&self) -> Result<()> {
+                self.acquire_timeout(None).map(drop)
+            }
+
+            /// `sem.acquire(timeout=t)`: false when the value stayed at zero.
+            pub fn acquire_timeout(&self, timeout: Option<Duration>) -> Result<bool> {
+                acquired(self.call(Op::Acquire(millis(timeout)))?)
+            }
+
+            /// `sem.release()`: increments the value, waking one waiter.
+            pub fn release(&self) -> Result<()> {
+                self.call(Op::Release).map(drop)
+            }
+
+            /// The current value (Python's `sem._value`).
+            pub fn value(&self) -> Result<u64> {
+                match self.call(Op::SemValue)? {
+                    Reply::Len(v) => Ok(v),
+                    r => Err(unexpected(r)),
+                }
+            }
+        }
+    };
+}
+
+semaphore_methods!(Semaphore);
+semaphore_methods!(BoundedSemaphore);
+
+proxy!(
+    /// A condition variable held by the manager, with its own re-entrant lock (Python's
+    /// `manager.Condition()`). `wait` and `notify` need the lock held by the calling thread.
+    Condition<>, Condition
+);
+
+impl Condition {
+    /// `cond.acquire()`.
+    pub fn acquire(&self) -> Result<()> {
+        self.acquire_timeout(None).map(drop)
+    }
+
+    /// `cond.acquire(timeout=t)`: false when the lock was not free in time.
+    pub fn acquire_timeout(&self, timeout: Option<Duration>) -> Result<bool> {
+        acquired(self.call(Op::Acquire(millis(timeout)))?)
+    }
+
+    /// `cond.release()`; [`Error::NotOwner`] from a thread that does not hold it.
+    pub fn release(&self) -> Result<()> {
+        self.call(Op::Release).map(drop)
+    }
+
+    /// `cond.wait(timeout)`: releases the lock, waits for a notify, takes the lock back. True
+    /// when notified, false on timeout; [`Error::NotOwner`] without the lock.
+    pub fn wait(&self, timeout: Option<Duration>) -> Result<bool> {
+        acquired(self.call(Op::CondWait(millis(timeout)))?)
+    }
+
+    /// `cond.wait_for(predicate, timeout)`: waits until `predicate()` holds (checked with the
+    /// lock held, first before any wait); returns its last value.
+    pub fn wait_for(
+        &self,
+        mut predicate: impl FnMut() -> bool,
+        timeout: Option<Duration>,
+    ) -> Result<bool> {
+        let until = timeout.and_then(|t| std::time::Instant::now().checked_add(t));
+        loop {
+            if predicate() {
+                return Ok(true);
+            }
+            let left = match until {
+                None => None,
+                Some(t) => {
+                    let left = t.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        return Ok(false);
+                    }
+                    Some(left)
+                }
+            };
+            self.wait(left)?;
+        }
+    }
+
+    /// `cond.notify(n)`: wakes up to `n` waiters.
+    pub fn notify(&self, n: usize) -> Result<()> {
+        self.call(Op::CondNotify(n as u64)).map(drop)
+    }
+
+    /// `cond.notify_all()`.
+    pub fn notify_all(&self) -> Result<()> {
+        self.call(Op::CondNotify(u64::MAX)).map(drop)
+    }
+}
+
+proxy!(
+    /// A barrier held by the manager (Python's `manager.Barrier(parties)`).
+    Barrier<>, Barrier
+);
+
+impl Barrier {
+    /// `barrier.wait(timeout)`: waits until `parties` parties have called it and returns
+    /// this party's arrival index (0 to `parties - 1`). A timeout breaks the barrier; a broken
+    /// barrier is [`Error::BrokenBarrier`] for every party until [`reset`](Self::reset).
+    pub fn wait(&self, timeout: Option<Duration>) -> Result<usize> {
+        len(self.call(Op::BarrierWait(millis(timeout)))?)
+    }
+
+    /// `barrier.abort()`: breaks the barrier.
+    pub fn abort(&self) -> Result<()> {
+        self.call(Op::BarrierAbort).map(drop)
+    }
+
+    /// `barrier.reset()`: back to empty and unbroken; parties waiting get
+    /// [`Error::BrokenBarrier`].
+    pub fn reset(&self) -> Result<()> {
+        self.call(Op::BarrierReset).map(drop)
+    }
+
+    fn state(&self) -> Result<(u64, u64, bool)> {
+        match self.call(Op::BarrierState)? {
+            Reply::BarrierState(p, n, b) => Ok((p, n, b)),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// `barrier.parties`.
+    pub fn parties(&self) -> Result<usize> {
+        Ok(self.state()?.0 as usize)
+    }
+
+    /// `barrier.n_waiting`.
+    pub fn n_waiting(&self) -> Result<usize> {
+        Ok(self.state()?.1 as usize)
+    }
+
+    /// `barrier.broken`.
+    pub fn broken(&self) -> Result<bool> {
+        Ok(self.state()?.2)
     }
 }

@@ -5,7 +5,7 @@
 //! its own connection's thread. A lock held by a connection that goes away (its process died)
 //! is released, so a dead client cannot block the others for ever.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -14,6 +14,7 @@ use indexmap::IndexMap;
 use mp_core::message::{decode, encode};
 use mp_pipe::{Connection, Listener};
 
+use crate::custom::{Ctor, Erased};
 use crate::wire::{Bytes, Kind, Millis, Op, Refused, Reply, Request};
 
 enum Obj {
@@ -35,6 +36,84 @@ enum Obj {
         set: Mutex<bool>,
         changed: Condvar,
     },
+    RLock {
+        state: Mutex<Owned>,
+        released: Condvar,
+    },
+    Semaphore {
+        value: Mutex<u64>,
+        changed: Condvar,
+        /// A `BoundedSemaphore`'s initial value.
+        bound: Option<u64>,
+    },
+    Condition {
+        state: Mutex<CondState>,
+        changed: Condvar,
+    },
+    Barrier {
+        state: Mutex<BarrierState>,
+        changed: Condvar,
+    },
+    Custom {
+        typeid: String,
+        type_name: String,
+        obj: Mutex<Box<dyn Erased>>,
+    },
+}
+
+/// A re-entrant lock's state: the connection holding it, and how many times.
+#[derive(Default)]
+struct Owned {
+    owner: Option<u64>,
+    count: u32,
+}
+
+impl Owned {
+    fn free_for(&self, conn: u64) -> bool {
+        self.owner.is_none() || self.owner == Some(conn)
+    }
+
+    fn take(&mut self, conn: u64) {
+        self.owner = Some(conn);
+        self.count += 1;
+    }
+
+    /// One release by `conn`; true when the lock became free.
+    fn release(&mut self, conn: u64) -> Result<bool, Refused> {
+        if self.owner != Some(conn) {
+            return Err(Refused::NotOwner);
+        }
+        self.count -= 1;
+        if self.count == 0 {
+            self.owner = None;
+        }
+        Ok(self.owner.is_none())
+    }
+}
+
+#[derive(Default)]
+struct CondState {
+    lock: Owned,
+    next_ticket: u64,
+    /// Waiters in arrival order, by ticket.
+    waiting: VecDeque<u64>,
+    notified: HashSet<u64>,
+}
+
+struct BarrierState {
+    parties: u64,
+    count: u64,
+    generation: u64,
+    broken: bool,
+    /// Generations ended by `reset` while parties waited: those parties get BrokenBarrier.
+    reset_generations: HashSet<u64>,
+}
+
+fn init_u64(init: &[u8], default: u64) -> u64 {
+    init.get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+        .unwrap_or(default)
 }
 
 impl Obj {
@@ -44,24 +123,46 @@ impl Obj {
             Kind::List => Obj::List(Mutex::default()),
             Kind::Namespace => Obj::Namespace(Mutex::default()),
             Kind::Value => Obj::Value(Mutex::new(init)),
-            Kind::Queue => {
-                let maxsize = init
-                    .get(..8)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_le_bytes)
-                    .unwrap_or(0);
-                Obj::Queue {
-                    items: Mutex::default(),
-                    changed: Condvar::new(),
-                    maxsize: usize::try_from(maxsize).unwrap_or(usize::MAX),
-                }
-            }
+            Kind::Queue => Obj::Queue {
+                items: Mutex::default(),
+                changed: Condvar::new(),
+                maxsize: usize::try_from(init_u64(&init, 0)).unwrap_or(usize::MAX),
+            },
             Kind::Lock => Obj::Lock {
                 holder: Mutex::new(None),
                 released: Condvar::new(),
             },
             Kind::Event => Obj::Event {
                 set: Mutex::new(false),
+                changed: Condvar::new(),
+            },
+            Kind::RLock => Obj::RLock {
+                state: Mutex::default(),
+                released: Condvar::new(),
+            },
+            Kind::Semaphore | Kind::BoundedSemaphore => {
+                let value = init_u64(&init, 1);
+                Obj::Semaphore {
+                    value: Mutex::new(value),
+                    changed: Condvar::new(),
+                    bound: (kind == Kind::BoundedSemaphore).then_some(value),
+                }
+            }
+            Kind::Condition => Obj::Condition {
+                state: Mutex::default(),
+                changed: Condvar::new(),
+            },
+            // Made by `State::create_custom`, never here; an empty custom kind is refused by
+            // `State::create` before this point.
+            Kind::Custom => Obj::Value(Mutex::new(init)),
+            Kind::Barrier => Obj::Barrier {
+                state: Mutex::new(BarrierState {
+                    parties: init_u64(&init, 1).max(1),
+                    count: 0,
+                    generation: 0,
+                    broken: false,
+                    reset_generations: HashSet::new(),
+                }),
                 changed: Condvar::new(),
             },
         }
@@ -76,6 +177,12 @@ impl Obj {
             Obj::Queue { .. } => Kind::Queue,
             Obj::Lock { .. } => Kind::Lock,
             Obj::Event { .. } => Kind::Event,
+            Obj::RLock { .. } => Kind::RLock,
+            Obj::Semaphore { bound: None, .. } => Kind::Semaphore,
+            Obj::Semaphore { bound: Some(_), .. } => Kind::BoundedSemaphore,
+            Obj::Condition { .. } => Kind::Condition,
+            Obj::Barrier { .. } => Kind::Barrier,
+            Obj::Custom { .. } => Kind::Custom,
         }
     }
 }
@@ -131,16 +238,23 @@ fn index(i: i64, len: usize) -> Result<usize, Refused> {
     }
 }
 
+/// The registered types: typeid -> (Rust type name, constructor).
+pub(crate) type Types = HashMap<String, (String, Ctor)>;
+
 #[derive(Default)]
 struct State {
     objects: Mutex<HashMap<u64, Arc<Obj>>>,
     names: Mutex<HashMap<String, u64>>,
     next_id: AtomicU64,
     next_conn: AtomicU64,
+    types: Types,
 }
 
 impl State {
     fn create(&self, kind: Kind, name: Option<String>, init: Bytes) -> Result<Reply, Refused> {
+        if kind == Kind::Custom {
+            return Err(Refused::Malformed("a custom object needs its type".into()));
+        }
         let Some(name) = name else {
             return Ok(Reply::Created(self.insert(Obj::new(kind, init))));
         };
@@ -156,6 +270,50 @@ impl State {
             return Ok(Reply::Created(id));
         }
         let id = self.insert(Obj::new(kind, init));
+        names.insert(name, id);
+        Ok(Reply::Created(id))
+    }
+
+    fn create_custom(
+        &self,
+        typeid: String,
+        type_name: String,
+        name: Option<String>,
+    ) -> Result<Reply, Refused> {
+        let Some((registered, ctor)) = self.types.get(&typeid) else {
+            return Err(Refused::UnknownType(typeid));
+        };
+        if *registered != type_name {
+            return Err(Refused::WrongType {
+                expected: type_name,
+                found: registered.clone(),
+            });
+        }
+        let make = || Obj::Custom {
+            typeid: typeid.clone(),
+            type_name: type_name.clone(),
+            obj: Mutex::new(ctor()),
+        };
+        let Some(name) = name else {
+            return Ok(Reply::Created(self.insert(make())));
+        };
+        let mut names = lock(&self.names);
+        if let Some(&id) = names.get(&name) {
+            return match &*self.get(id)? {
+                Obj::Custom { typeid: t, .. } if *t == typeid => Ok(Reply::Created(id)),
+                Obj::Custom {
+                    type_name: found, ..
+                } => Err(Refused::WrongType {
+                    expected: type_name,
+                    found: found.clone(),
+                }),
+                other => Err(Refused::WrongKind {
+                    expected: Kind::Custom,
+                    found: other.kind(),
+                }),
+            };
+        }
+        let id = self.insert(make());
         names.insert(name, id);
         Ok(Reply::Created(id))
     }
@@ -177,12 +335,29 @@ impl State {
     fn release_all(&self, conn: u64) {
         let objects: Vec<Arc<Obj>> = lock(&self.objects).values().cloned().collect();
         for o in objects {
-            if let Obj::Lock { holder, released } = &*o {
-                let mut h = lock(holder);
-                if *h == Some(conn) {
-                    *h = None;
-                    released.notify_one();
+            match &*o {
+                Obj::Lock { holder, released } => {
+                    let mut h = lock(holder);
+                    if *h == Some(conn) {
+                        *h = None;
+                        released.notify_one();
+                    }
                 }
+                Obj::RLock { state, released } => {
+                    let mut st = lock(state);
+                    if st.owner == Some(conn) {
+                        *st = Owned::default();
+                        released.notify_one();
+                    }
+                }
+                Obj::Condition { state, changed } => {
+                    let mut st = lock(state);
+                    if st.lock.owner == Some(conn) {
+                        st.lock = Owned::default();
+                        changed.notify_all();
+                    }
+                }
+                _ => {}
             }
         }
     }
@@ -313,6 +488,152 @@ fn call(obj: &Obj, conn: u64, op: Op) -> Result<Reply, Refused> {
         (Obj::Event { set, changed }, Op::EventWait(ms)) => {
             Reply::Bool(wait_until(changed, lock(set), deadline(ms), |s| *s).1)
         }
+        (Obj::RLock { state, released }, Op::Acquire(ms)) => {
+            let (mut st, ok) =
+                wait_until(released, lock(state), deadline(ms), |s| s.free_for(conn));
+            if ok {
+                st.take(conn);
+            }
+            Reply::Bool(ok)
+        }
+        (Obj::RLock { state, released }, Op::Release) => {
+            if lock(state).release(conn)? {
+                released.notify_one();
+            }
+            Reply::Unit
+        }
+        (Obj::Semaphore { value, changed, .. }, Op::Acquire(ms)) => {
+            let (mut v, ok) = wait_until(changed, lock(value), deadline(ms), |v| *v > 0);
+            if ok {
+                *v -= 1;
+            }
+            Reply::Bool(ok)
+        }
+        (
+            Obj::Semaphore {
+                value,
+                changed,
+                bound,
+            },
+            Op::Release,
+        ) => {
+            let mut v = lock(value);
+            if bound.is_some_and(|b| *v >= b) {
+                return Err(Refused::TooManyReleases);
+            }
+            *v += 1;
+            changed.notify_one();
+            Reply::Unit
+        }
+        (Obj::Semaphore { value, .. }, Op::SemValue) => Reply::Len(*lock(value)),
+        (Obj::Condition { state, changed }, Op::Acquire(ms)) => {
+            let (mut st, ok) = wait_until(changed, lock(state), deadline(ms), |s| {
+                s.lock.free_for(conn)
+            });
+            if ok {
+                st.lock.take(conn);
+            }
+            Reply::Bool(ok)
+        }
+        (Obj::Condition { state, changed }, Op::Release) => {
+            if lock(state).lock.release(conn)? {
+                changed.notify_all();
+            }
+            Reply::Unit
+        }
+        (Obj::Condition { state, changed }, Op::CondWait(ms)) => {
+            let mut st = lock(state);
+            if st.lock.owner != Some(conn) {
+                return Err(Refused::NotOwner);
+            }
+            // Release the lock entirely, wait for a notify (or the timeout), take it back.
+            let held = std::mem::take(&mut st.lock);
+            let ticket = st.next_ticket;
+            st.next_ticket += 1;
+            st.waiting.push_back(ticket);
+            changed.notify_all();
+            let (mut st, _) =
+                wait_until(changed, st, deadline(ms), |s| s.notified.contains(&ticket));
+            let notified = st.notified.remove(&ticket);
+            if !notified {
+                st.waiting.retain(|t| *t != ticket);
+            }
+            let (mut st, _) = wait_until(changed, st, None, |s| s.lock.owner.is_none());
+            st.lock = held;
+            Reply::Bool(notified)
+        }
+        (Obj::Condition { state, changed }, Op::CondNotify(n)) => {
+            let mut st = lock(state);
+            if st.lock.owner != Some(conn) {
+                return Err(Refused::NotOwner);
+            }
+            for _ in 0..n {
+                let Some(t) = st.waiting.pop_front() else {
+                    break;
+                };
+                st.notified.insert(t);
+            }
+            changed.notify_all();
+            Reply::Unit
+        }
+        (Obj::Barrier { state, changed }, Op::BarrierWait(ms)) => {
+            let mut st = lock(state);
+            if st.broken {
+                return Err(Refused::BrokenBarrier);
+            }
+            let generation = st.generation;
+            let index = st.count;
+            st.count += 1;
+            if st.count == st.parties {
+                st.count = 0;
+                st.generation += 1;
+                changed.notify_all();
+                return Ok(Reply::Len(index));
+            }
+            let (mut st, _) = wait_until(changed, st, deadline(ms), |s| {
+                s.generation != generation || s.broken
+            });
+            if st.generation != generation {
+                if st.reset_generations.contains(&generation) {
+                    return Err(Refused::BrokenBarrier);
+                }
+                return Ok(Reply::Len(index));
+            }
+            // Timed out, or broken by another party: the barrier stays broken until reset.
+            st.broken = true;
+            changed.notify_all();
+            return Err(Refused::BrokenBarrier);
+        }
+        (Obj::Barrier { state, changed }, Op::BarrierAbort) => {
+            lock(state).broken = true;
+            changed.notify_all();
+            Reply::Unit
+        }
+        (Obj::Barrier { state, changed }, Op::BarrierReset) => {
+            let mut st = lock(state);
+            if st.count > 0 {
+                let g = st.generation;
+                st.reset_generations.insert(g);
+            }
+            st.generation += 1;
+            st.count = 0;
+            st.broken = false;
+            changed.notify_all();
+            Reply::Unit
+        }
+        (Obj::Barrier { state, .. }, Op::BarrierState) => {
+            let st = lock(state);
+            Reply::BarrierState(st.parties, st.count, st.broken)
+        }
+        (Obj::Custom { type_name, obj, .. }, Op::CustomCall(expected, request)) => {
+            if *type_name != expected {
+                return Err(Refused::WrongType {
+                    expected,
+                    found: type_name.clone(),
+                });
+            }
+            Reply::Bytes(lock(obj).call(&request)?)
+        }
         (obj, op) => {
             return Err(Refused::Malformed(format!(
                 "{op:?} is not an operation of a {}",
@@ -336,6 +657,16 @@ fn serve_connection(state: &State, conn: &Connection<()>) -> bool {
             Ok(Request::Shutdown) => (Reply::Unit, true),
             Ok(Request::Create { kind, name, init }) => (
                 state.create(kind, name, init).unwrap_or_else(Reply::Err),
+                false,
+            ),
+            Ok(Request::CreateCustom {
+                typeid,
+                type_name,
+                name,
+            }) => (
+                state
+                    .create_custom(typeid, type_name, name)
+                    .unwrap_or_else(Reply::Err),
                 false,
             ),
             Ok(Request::Call { id: obj, kind, op }) => {
@@ -379,8 +710,11 @@ fn serve_connection(state: &State, conn: &Connection<()>) -> bool {
 
 /// The server loop: accepts connections (authenticated by the listener) until a client asks
 /// for shutdown, then returns.
-pub(crate) fn serve(listener: Listener) {
-    let state = Arc::new(State::default());
+pub(crate) fn serve(listener: Listener, types: Types) {
+    let state = Arc::new(State {
+        types,
+        ..State::default()
+    });
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     let listener = Arc::new(listener);
     let acceptor = {

@@ -23,6 +23,18 @@ pub enum Kind {
     Lock,
     /// [`crate::Event`]
     Event,
+    /// [`crate::RLock`]
+    RLock,
+    /// [`crate::Semaphore`]
+    Semaphore,
+    /// [`crate::BoundedSemaphore`]
+    BoundedSemaphore,
+    /// [`crate::Condition`]
+    Condition,
+    /// [`crate::Barrier`]
+    Barrier,
+    /// [`crate::Custom`]: an object of a registered type.
+    Custom,
 }
 
 impl std::fmt::Display for Kind {
@@ -44,11 +56,19 @@ pub(crate) enum Request {
     Create {
         kind: Kind,
         name: Option<String>,
-        /// A `Value`'s first value; a `Queue`'s maxsize as 8 little-endian bytes.
+        /// A `Value`'s first value; a `Queue`'s maxsize, a semaphore's value or a barrier's
+        /// parties as 8 little-endian bytes.
         init: Bytes,
     },
     /// An operation on object `id`, which must be of kind `kind`.
     Call { id: u64, kind: Kind, op: Op },
+    /// A new object of a registered type (or, with a name, the object of that name).
+    CreateCustom {
+        typeid: String,
+        /// The proxy's Rust type name, checked against the registered one.
+        type_name: String,
+        name: Option<String>,
+    },
     /// Stop the server (its process exits once it has answered).
     Shutdown,
 }
@@ -83,6 +103,17 @@ pub(crate) enum Op {
     EventClear,
     EventIsSet,
     EventWait(Millis),
+    /// A semaphore's current value.
+    SemValue,
+    CondWait(Millis),
+    CondNotify(u64),
+    BarrierWait(Millis),
+    BarrierAbort,
+    BarrierReset,
+    /// `(parties, n_waiting, broken)`.
+    BarrierState,
+    /// A request to a custom object, with the proxy's Rust type name.
+    CustomCall(String, Bytes),
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug)]
@@ -97,6 +128,7 @@ pub(crate) enum Reply {
     Items(Vec<Bytes>),
     Pairs(Vec<(Bytes, Bytes)>),
     Names(Vec<String>),
+    BarrierState(u64, u64, bool),
     Err(Refused),
 }
 
@@ -111,7 +143,13 @@ pub(crate) enum Refused {
     Full,
     Timeout,
     NotLocked,
+    NotOwner,
+    TooManyReleases,
+    BrokenBarrier,
     NoSuchObject(u64),
     WrongKind { expected: Kind, found: Kind },
+    UnknownType(String),
+    WrongType { expected: String, found: String },
+    Raised(String),
     Malformed(String),
 }

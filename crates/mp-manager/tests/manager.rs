@@ -4,7 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use mp_manager::{Dict, Error, Event, List, Lock, Manager, Namespace, Queue, Value};
+use mp_manager::{
+    Barrier, Condition, Dict, Error, Event, List, Lock, Manager, Namespace, Queue, RLock, Value,
+};
 use mp_pipe::Address;
 use mp_process::{Process, StartMethod};
 
@@ -316,4 +318,266 @@ fn a_dead_waiters_item_is_not_lost() {
     assert!(c.join_timeout(WATCHDOG).is_err());
     q.put(&7).unwrap();
     assert_eq!(q.get_timeout(Some(WATCHDOG)).unwrap(), 7);
+}
+
+fn try_rlock(r: RLock) -> (bool, String) {
+    let got = r.acquire_timeout(Some(Duration::from_millis(50))).unwrap();
+    let release = r.release().err().map(|e| e.to_string()).unwrap_or_default();
+    (got, release)
+}
+
+/// An RLock is re-entrant for its holder and refused to everyone else.
+#[test]
+fn rlock_is_reentrant_and_owned() {
+    let m = manager();
+    let r = m.rlock().unwrap();
+    r.acquire().unwrap();
+    r.acquire().unwrap();
+    for method in METHODS {
+        let mut c = Process::new(try_rlock, r.clone())
+            .start_method(method)
+            .start()
+            .unwrap();
+        let (got, release) = c.join_timeout(WATCHDOG).unwrap().unwrap();
+        assert!(!got, "{method}: another process acquired a held RLock");
+        assert_eq!(release, Error::NotOwner.to_string());
+    }
+    r.release().unwrap();
+    r.release().unwrap();
+    assert!(matches!(r.release(), Err(Error::NotOwner)));
+    // Free now: another thread of this process gets it.
+    let r2 = r.clone();
+    assert!(
+        std::thread::spawn(move || r2.acquire_timeout(Some(Duration::ZERO)).unwrap())
+            .join()
+            .unwrap()
+    );
+}
+
+/// Semaphores count; a bounded one refuses a release above its start.
+#[test]
+fn semaphores_count_and_bounded_ones_refuse_extra_releases() {
+    let m = manager();
+    let s = m.semaphore(2).unwrap();
+    s.acquire().unwrap();
+    assert!(s.acquire_timeout(Some(Duration::ZERO)).unwrap());
+    assert!(!s.acquire_timeout(Some(Duration::from_millis(20))).unwrap());
+    assert_eq!(s.value().unwrap(), 0);
+    s.release().unwrap();
+    s.release().unwrap();
+    s.release().unwrap();
+    assert_eq!(
+        s.value().unwrap(),
+        3,
+        "a plain semaphore may go above its start"
+    );
+    let b = m.bounded_semaphore(1).unwrap();
+    assert!(matches!(b.release(), Err(Error::TooManyReleases)));
+    b.acquire().unwrap();
+    b.release().unwrap();
+    assert_eq!(b.value().unwrap(), 1);
+}
+
+fn wait_until_ready((cond, ns): (Condition, Namespace)) -> String {
+    cond.acquire().unwrap();
+    let ok = cond
+        .wait_for(|| ns.get::<bool>("ready").unwrap_or(false), Some(WATCHDOG))
+        .unwrap();
+    let word = ns.get::<String>("word").unwrap_or_default();
+    cond.release().unwrap();
+    if ok {
+        word
+    } else {
+        "timed out".into()
+    }
+}
+
+/// A condition across processes: waiters sleep until notified with the lock held.
+#[test]
+fn condition_wakes_waiters_in_other_processes() {
+    let m = manager();
+    let cond = m.condition().unwrap();
+    let ns = m.namespace().unwrap();
+    assert!(matches!(
+        cond.wait(Some(Duration::ZERO)),
+        Err(Error::NotOwner)
+    ));
+    assert!(matches!(cond.notify(1), Err(Error::NotOwner)));
+    cond.acquire().unwrap();
+    assert!(
+        !cond.wait(Some(Duration::from_millis(20))).unwrap(),
+        "nobody notified"
+    );
+    cond.release().unwrap();
+    let mut children: Vec<_> = METHODS
+        .iter()
+        .map(|&method| {
+            Process::new(wait_until_ready, (cond.clone(), ns.clone()))
+                .start_method(method)
+                .start()
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    cond.acquire().unwrap();
+    ns.set("word", &"go".to_string()).unwrap();
+    ns.set("ready", &true).unwrap();
+    cond.notify_all().unwrap();
+    cond.release().unwrap();
+    for c in &mut children {
+        assert_eq!(c.join_timeout(WATCHDOG).unwrap().unwrap(), "go");
+    }
+}
+
+fn meet(b: Barrier) -> usize {
+    b.wait(Some(WATCHDOG)).unwrap()
+}
+
+/// A barrier releases its parties together with distinct indices; a timeout or an abort
+/// breaks it until reset.
+#[test]
+fn barrier_meets_breaks_and_resets() {
+    let m = manager();
+    assert!(matches!(m.barrier(0), Err(Error::InvalidArgument(_))));
+    let b = m.barrier(3).unwrap();
+    assert_eq!(b.parties().unwrap(), 3);
+    let mut children: Vec<_> = METHODS
+        .iter()
+        .map(|&method| {
+            Process::new(meet, b.clone())
+                .start_method(method)
+                .start()
+                .unwrap()
+        })
+        .collect();
+    let mut seen = vec![b.wait(Some(WATCHDOG)).unwrap()];
+    for c in &mut children {
+        seen.push(c.join_timeout(WATCHDOG).unwrap().unwrap());
+    }
+    seen.sort();
+    assert_eq!(seen, [0, 1, 2]);
+
+    let two = m.barrier(2).unwrap();
+    assert!(matches!(
+        two.wait(Some(Duration::from_millis(20))),
+        Err(Error::BrokenBarrier)
+    ));
+    assert!(two.broken().unwrap());
+    assert!(matches!(two.wait(None), Err(Error::BrokenBarrier)));
+    two.reset().unwrap();
+    assert!(!two.broken().unwrap());
+    assert_eq!(two.n_waiting().unwrap(), 0);
+    two.abort().unwrap();
+    assert!(matches!(
+        two.wait(Some(WATCHDOG)),
+        Err(Error::BrokenBarrier)
+    ));
+}
+
+/// A program's own type held by the manager (Python's `register`).
+#[derive(Default)]
+struct Tally {
+    total: i64,
+    names: Vec<String>,
+}
+
+#[derive(mp_core::rkyv::Archive, mp_core::rkyv::Serialize, mp_core::rkyv::Deserialize, Debug)]
+#[rkyv(crate = mp_core::rkyv)]
+enum TallyRequest {
+    Add(i64),
+    Name(String),
+    Boom,
+    Read,
+}
+
+#[derive(
+    mp_core::rkyv::Archive, mp_core::rkyv::Serialize, mp_core::rkyv::Deserialize, Debug, PartialEq,
+)]
+#[rkyv(crate = mp_core::rkyv)]
+enum TallyReply {
+    Total(i64),
+    Names(Vec<String>),
+}
+
+impl mp_manager::Served for Tally {
+    type Request = TallyRequest;
+    type Reply = TallyReply;
+    fn handle(&mut self, req: TallyRequest) -> TallyReply {
+        match req {
+            TallyRequest::Add(n) => self.total += n,
+            TallyRequest::Name(s) => self.names.push(s),
+            TallyRequest::Boom => panic!("boom at {}", self.total),
+            TallyRequest::Read => return TallyReply::Names(self.names.clone()),
+        }
+        TallyReply::Total(self.total)
+    }
+}
+
+#[derive(Default)]
+struct Echo;
+
+impl mp_manager::Served for Echo {
+    type Request = u64;
+    type Reply = u64;
+    fn handle(&mut self, x: u64) -> u64 {
+        x
+    }
+}
+
+fn add_to_tally((t, who): (mp_manager::Custom<Tally>, String)) -> i64 {
+    t.call(&TallyRequest::Name(who)).unwrap();
+    match t.call(&TallyRequest::Add(10)).unwrap() {
+        TallyReply::Total(n) => n,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Registered types: objects made in the server, called from children under fork and
+/// spawn; a panic comes back as an error and the object stays usable; unknown and mismatched
+/// types are refused.
+#[test]
+fn registered_types_are_served() {
+    let m = Manager::builder()
+        .register::<Tally>("Tally")
+        .register::<Echo>("Echo")
+        .start_method(StartMethod::Spawn)
+        .start()
+        .unwrap();
+    let t = m.custom::<Tally>("Tally").unwrap();
+    assert_eq!(t.call(&TallyRequest::Add(1)).unwrap(), TallyReply::Total(1));
+    for method in METHODS {
+        let mut c = Process::new(add_to_tally, (t.clone(), method.to_string()))
+            .start_method(method)
+            .start()
+            .unwrap();
+        c.join_timeout(WATCHDOG).unwrap().unwrap();
+    }
+    assert_eq!(
+        t.call(&TallyRequest::Read).unwrap(),
+        TallyReply::Names(vec!["fork".into(), "spawn".into()])
+    );
+    match t.call(&TallyRequest::Boom) {
+        Err(Error::Raised(msg)) => assert_eq!(msg, "boom at 21"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        t.call(&TallyRequest::Add(0)).unwrap(),
+        TallyReply::Total(21)
+    );
+
+    assert!(matches!(
+        m.custom::<Tally>("Nope"),
+        Err(Error::UnknownType(_))
+    ));
+    assert!(matches!(
+        m.custom::<Echo>("Tally"),
+        Err(Error::WrongType { .. })
+    ));
+    let e1 = m.named_custom::<Echo>("Echo", "shared echo").unwrap();
+    let e2 = m.named_custom::<Echo>("Echo", "shared echo").unwrap();
+    assert_eq!(e2.call(&e1.call(&9).unwrap()).unwrap(), 9);
+    assert!(matches!(
+        m.named_custom::<Tally>("Tally", "shared echo"),
+        Err(Error::WrongType { .. })
+    ));
 }

@@ -1,0 +1,168 @@
+//! Objects of the program's own types in the manager: Python's `BaseManager.register(typeid,
+//! callable)`, typed.
+//!
+//! A type implements [`Served`] (one request type, one reply type, and `handle`) and is
+//! registered under a name with [`ManagerBuilder::register`](crate::ManagerBuilder::register)
+//! before the server starts. The server finds the type's constructor again under every start
+//! method by the same checked function offset that `Process` uses for its target
+//! ([`mp_process::symbol`]). Each call of a [`Custom`] proxy sends one request and returns
+//! the reply; a panic in `handle` comes back as [`Error::Raised`](crate::Error::Raised) and
+//! the object stays usable.
+
+use std::marker::PhantomData;
+
+use mp_core::message::{decode, encode};
+use mp_core::rkyv::{Archive, Deserialize, Serialize};
+use mp_core::Message;
+
+use crate::error::{Error, Result};
+use crate::proxy::Token;
+use crate::wire::{Kind, Op, Refused, Reply};
+
+/// A type whose values a manager can hold: it answers requests of one type with replies of
+/// another. To report errors, make `Reply` a `Result`.
+///
+/// ```
+/// use mp_manager::{Manager, Served};
+///
+/// #[derive(Default)]
+/// struct Counter { n: u64 }
+///
+/// impl Served for Counter {
+///     type Request = u64;   // add this much
+///     type Reply = u64;     // the new total
+///     fn handle(&mut self, add: u64) -> u64 {
+///         self.n += add;
+///         self.n
+///     }
+/// }
+///
+/// let manager = Manager::builder().register::<Counter>("Counter").start()?;
+/// let c = manager.custom::<Counter>("Counter")?;
+/// assert_eq!(c.call(&5)?, 5);
+/// assert_eq!(c.call(&2)?, 7);
+/// # Ok::<(), mp_manager::Error>(())
+/// ```
+pub trait Served: Send + 'static {
+    /// What a proxy sends.
+    type Request: Message;
+    /// What the object answers.
+    type Reply: Message;
+    /// Answers one request (one at a time: the server holds the object's lock meanwhile).
+    fn handle(&mut self, request: Self::Request) -> Self::Reply;
+}
+
+/// A [`Served`] value behind bytes, as the server holds it.
+pub(crate) trait Erased: Send {
+    fn call(&mut self, request: &[u8]) -> Result<Vec<u8>, Refused>;
+}
+
+struct Holder<S>(S);
+
+impl<S: Served> Erased for Holder<S> {
+    fn call(&mut self, request: &[u8]) -> Result<Vec<u8>, Refused> {
+        let req = decode::<S::Request>(request)
+            .map_err(|e| Refused::Malformed(format!("request: {e}")))?;
+        let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.0.handle(req)))
+            .map_err(|p| {
+            Refused::Raised(
+                p.downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic with a non-string payload".into()),
+            )
+        })?;
+        encode(&reply)
+            .map(|b| b.to_vec())
+            .map_err(|e| Refused::Malformed(format!("reply: {e}")))
+    }
+}
+
+/// Makes a fresh object of a registered type.
+pub(crate) type Ctor = fn() -> Box<dyn Erased>;
+
+fn make<S: Served + Default>() -> Box<dyn Erased> {
+    Box::new(Holder(S::default()))
+}
+
+/// A registered type as it travels to the server: its name, its Rust type's name (checked
+/// against every proxy's) and its constructor's offset.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone)]
+#[rkyv(crate = mp_core::rkyv)]
+pub(crate) struct Registration {
+    pub(crate) typeid: String,
+    pub(crate) type_name: String,
+    pub(crate) ctor: i64,
+}
+
+impl Registration {
+    pub(crate) fn of<S: Served + Default>(typeid: &str) -> Result<Registration> {
+        let ctor = make::<S> as Ctor as usize;
+        Ok(Registration {
+            typeid: typeid.to_string(),
+            type_name: std::any::type_name::<S>().to_string(),
+            ctor: mp_process::symbol::offset_of(ctor)
+                .map_err(|e| Error::Start(format!("registering {typeid:?}: {e}")))?,
+        })
+    }
+
+    /// The constructor, in the server process.
+    pub(crate) fn resolve(&self, image_id: &[u8]) -> Result<Ctor, String> {
+        let addr = mp_process::symbol::resolve(self.ctor, image_id).map_err(|e| e.to_string())?;
+        // SAFETY: `ctor` was computed by `Registration::of` from `make::<S> as Ctor` (the only
+        // place that makes a Registration), and `resolve` checked that this process runs the
+        // same build and that the address lies inside the same object: `addr` is the address
+        // of a function of type `Ctor`.
+        Ok(unsafe { std::mem::transmute::<usize, Ctor>(addr) })
+    }
+}
+
+/// A proxy for an object of a registered type `S` ([`Manager::custom`](crate::Manager::custom)).
+#[derive(Archive, Serialize, Deserialize)]
+#[rkyv(crate = mp_core::rkyv)]
+pub struct Custom<S> {
+    token: Token,
+    typeid: String,
+    _t: PhantomData<fn() -> S>,
+}
+
+impl<S> Clone for Custom<S> {
+    fn clone(&self) -> Self {
+        Custom {
+            token: self.token.clone(),
+            typeid: self.typeid.clone(),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for Custom<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Custom")
+            .field("typeid", &self.typeid)
+            .field("id", &self.token.id)
+            .finish()
+    }
+}
+
+impl<S: Served> Custom<S> {
+    pub(crate) fn new(token: Token, typeid: String) -> Self {
+        Custom {
+            token,
+            typeid,
+            _t: PhantomData,
+        }
+    }
+
+    /// Sends `request` to the object and returns its reply. A panic in the object's `handle`
+    /// is [`Error::Raised`](crate::Error::Raised) (the object stays usable).
+    pub fn call(&self, request: &S::Request) -> Result<S::Reply> {
+        let bytes = encode(request)?.to_vec();
+        let op = Op::CustomCall(std::any::type_name::<S>().to_string(), bytes);
+        match self.token.call(Kind::Custom, op)? {
+            Reply::Bytes(b) => decode::<S::Reply>(&b)
+                .map_err(|e| Error::Malformed(format!("a reply of {:?}: {e}", self.typeid))),
+            r => Err(Error::Malformed(format!("unexpected reply {r:?}"))),
+        }
+    }
+}
