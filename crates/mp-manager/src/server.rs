@@ -117,8 +117,9 @@ fn init_u64(init: &[u8], default: u64) -> u64 {
 }
 
 impl Obj {
-    fn new(kind: Kind, init: Bytes) -> Obj {
-        match kind {
+    /// A new object of a built-in kind (custom objects are made by `State::create_custom`).
+    fn new(kind: Kind, init: Bytes) -> Result<Obj, Refused> {
+        Ok(match kind {
             Kind::Dict => Obj::Dict(Mutex::default()),
             Kind::List => Obj::List(Mutex::default()),
             Kind::Namespace => Obj::Namespace(Mutex::default()),
@@ -152,9 +153,11 @@ impl Obj {
                 state: Mutex::default(),
                 changed: Condvar::new(),
             },
-            // Made by `State::create_custom`, never here; an empty custom kind is refused by
-            // `State::create` before this point.
-            Kind::Custom => Obj::Value(Mutex::new(init)),
+            Kind::Custom => {
+                return Err(Refused::Malformed(
+                    "a custom object is made with its registered type".into(),
+                ))
+            }
             Kind::Barrier => Obj::Barrier {
                 state: Mutex::new(BarrierState {
                     parties: init_u64(&init, 1).max(1),
@@ -165,7 +168,7 @@ impl Obj {
                 }),
                 changed: Condvar::new(),
             },
-        }
+        })
     }
 
     fn kind(&self) -> Kind {
@@ -226,15 +229,14 @@ fn wait_until<'a, T>(
 
 /// A Python-style index (negative counts from the end) into a list of `len`.
 fn index(i: i64, len: usize) -> Result<usize, Refused> {
-    let n = len as i64;
-    let j = if i < 0 { i + n } else { i };
-    if (0..n).contains(&j) {
-        Ok(j as usize)
-    } else {
-        Err(Refused::IndexError {
+    let n = i64::try_from(len).unwrap_or(i64::MAX);
+    let j = if i < 0 { i.checked_add(n) } else { Some(i) };
+    match j {
+        Some(j) if (0..n).contains(&j) => Ok(j as usize),
+        _ => Err(Refused::IndexError {
             index: i,
             len: len as u64,
-        })
+        }),
     }
 }
 
@@ -252,11 +254,8 @@ struct State {
 
 impl State {
     fn create(&self, kind: Kind, name: Option<String>, init: Bytes) -> Result<Reply, Refused> {
-        if kind == Kind::Custom {
-            return Err(Refused::Malformed("a custom object needs its type".into()));
-        }
         let Some(name) = name else {
-            return Ok(Reply::Created(self.insert(Obj::new(kind, init))));
+            return Ok(Reply::Created(self.insert(Obj::new(kind, init)?)));
         };
         let mut names = lock(&self.names);
         if let Some(&id) = names.get(&name) {
@@ -269,7 +268,7 @@ impl State {
             }
             return Ok(Reply::Created(id));
         }
-        let id = self.insert(Obj::new(kind, init));
+        let id = self.insert(Obj::new(kind, init)?);
         names.insert(name, id);
         Ok(Reply::Created(id))
     }
@@ -746,5 +745,72 @@ pub(crate) fn serve(listener: Listener, types: Types) {
     };
     if acceptor.is_ok() {
         let _ = stop_rx.recv();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_indices_never_overflow() {
+        assert_eq!(index(-3, 3), Ok(0));
+        assert_eq!(index(2, 3), Ok(2));
+        for (i, len) in [
+            (i64::MIN, 3),
+            (i64::MAX, 3),
+            (-1, 0),
+            (0, 0),
+            (-4, 3),
+            (3, 3),
+        ] {
+            assert!(
+                matches!(index(i, len), Err(Refused::IndexError { .. })),
+                "{i} {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn requests_that_make_no_sense_are_refused() {
+        let state = State::default();
+        assert!(matches!(
+            state.create(Kind::Custom, None, Vec::new()),
+            Err(Refused::Malformed(_))
+        ));
+        assert!(matches!(
+            state.create_custom("nothing".into(), "T".into(), None),
+            Err(Refused::UnknownType(_))
+        ));
+        let Ok(Reply::Created(id)) = state.create(Kind::Dict, None, Vec::new()) else {
+            panic!("no dict");
+        };
+        let dict = state.get(id).unwrap();
+        assert!(matches!(
+            call(&dict, 0, Op::QueueGet(Some(0))),
+            Err(Refused::Malformed(_))
+        ));
+        assert!(matches!(
+            state.get(id + 1000),
+            Err(Refused::NoSuchObject(_))
+        ));
+        let Ok(Reply::Created(l)) = state.create(Kind::List, None, Vec::new()) else {
+            panic!("no list");
+        };
+        let list = state.get(l).unwrap();
+        assert!(matches!(
+            call(&list, 0, Op::ListGet(i64::MIN)),
+            Err(Refused::IndexError { .. })
+        ));
+        // A barrier of "0 parties" sent by a client that skipped the proxy's check has one.
+        let Ok(Reply::Created(b)) = state.create(Kind::Barrier, None, 0u64.to_le_bytes().to_vec())
+        else {
+            panic!("no barrier");
+        };
+        let barrier = state.get(b).unwrap();
+        assert!(matches!(
+            call(&barrier, 0, Op::BarrierWait(Some(0))),
+            Ok(Reply::Len(0))
+        ));
     }
 }
