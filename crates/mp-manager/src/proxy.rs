@@ -64,6 +64,22 @@ fn unexpected(r: Reply) -> Error {
     Error::Malformed(format!("unexpected reply {r:?}"))
 }
 
+/// The value in a `Bytes` reply, decoded.
+fn value_of<T: Message>(r: Reply) -> Result<T> {
+    match r {
+        Reply::Bytes(b) => dec(&b),
+        r => Err(unexpected(r)),
+    }
+}
+
+/// The flag in a `Bool` reply.
+fn flag_of(r: Reply) -> Result<bool> {
+    match r {
+        Reply::Bool(b) => Ok(b),
+        r => Err(unexpected(r)),
+    }
+}
+
 macro_rules! proxy {
     ($(#[$m:meta])* $name:ident <$($g:ident),*>, $kind:ident) => {
         $(#[$m])*
@@ -103,6 +119,28 @@ macro_rules! proxy {
     };
 }
 
+/// `len`, `is_empty` and `clear` of a sized container proxy (`$v` names it in the docs).
+macro_rules! sized {
+    ($name:ident <$($g:ident),*>, $v:literal) => {
+        impl<$($g: Message),*> $name<$($g),*> {
+            #[doc = concat!("`len(", $v, ")`.")]
+            pub fn len(&self) -> Result<usize> {
+                len(self.call(Op::Len)?)
+            }
+
+            #[doc = concat!("`len(", $v, ") == 0`.")]
+            pub fn is_empty(&self) -> Result<bool> {
+                Ok(self.len()? == 0)
+            }
+
+            #[doc = concat!("`", $v, ".clear()`.")]
+            pub fn clear(&self) -> Result<()> {
+                self.call(Op::Clear).map(drop)
+            }
+        }
+    };
+}
+
 proxy!(
     /// A dict held by the manager (Python's `manager.dict()`), keys of type `K` and values of
     /// type `V`, in insertion order. Keys are compared by their archived bytes, so two keys
@@ -132,33 +170,12 @@ impl<K: Message, V: Message> Dict<K, V> {
 
     /// `d.pop(k)`: removes and returns the value, or [`Error::KeyError`].
     pub fn pop(&self, key: &K) -> Result<V> {
-        match self.call(Op::DictPop(enc(key)?))? {
-            Reply::Bytes(b) => dec(&b),
-            r => Err(unexpected(r)),
-        }
+        value_of(self.call(Op::DictPop(enc(key)?))?)
     }
 
     /// `k in d`.
     pub fn contains(&self, key: &K) -> Result<bool> {
-        match self.call(Op::DictContains(enc(key)?))? {
-            Reply::Bool(b) => Ok(b),
-            r => Err(unexpected(r)),
-        }
-    }
-
-    /// `len(d)`.
-    pub fn len(&self) -> Result<usize> {
-        len(self.call(Op::Len)?)
-    }
-
-    /// `len(d) == 0`.
-    pub fn is_empty(&self) -> Result<bool> {
-        Ok(self.len()? == 0)
-    }
-
-    /// `d.clear()`.
-    pub fn clear(&self) -> Result<()> {
-        self.call(Op::Clear).map(drop)
+        flag_of(self.call(Op::DictContains(enc(key)?))?)
     }
 
     /// `list(d.items())`: a copy, in insertion order.
@@ -177,6 +194,8 @@ impl<K: Message, V: Message> Dict<K, V> {
         }
     }
 }
+
+sized!(Dict<K, V>, "d");
 
 fn len(r: Reply) -> Result<usize> {
     match r {
@@ -205,10 +224,7 @@ impl<T: Message> List<T> {
 
     /// `l[i]`, or [`Error::IndexError`].
     pub fn get(&self, index: i64) -> Result<T> {
-        match self.call(Op::ListGet(index))? {
-            Reply::Bytes(b) => dec(&b),
-            r => Err(unexpected(r)),
-        }
+        value_of(self.call(Op::ListGet(index))?)
     }
 
     /// `l[i] = v`, or [`Error::IndexError`].
@@ -218,25 +234,7 @@ impl<T: Message> List<T> {
 
     /// `l.pop(i)` (`-1`: the last), or [`Error::IndexError`].
     pub fn pop(&self, index: i64) -> Result<T> {
-        match self.call(Op::ListPop(index))? {
-            Reply::Bytes(b) => dec(&b),
-            r => Err(unexpected(r)),
-        }
-    }
-
-    /// `len(l)`.
-    pub fn len(&self) -> Result<usize> {
-        len(self.call(Op::Len)?)
-    }
-
-    /// `len(l) == 0`.
-    pub fn is_empty(&self) -> Result<bool> {
-        Ok(self.len()? == 0)
-    }
-
-    /// `l.clear()`.
-    pub fn clear(&self) -> Result<()> {
-        self.call(Op::Clear).map(drop)
+        value_of(self.call(Op::ListPop(index))?)
     }
 
     /// `list(l)`: a copy.
@@ -248,6 +246,8 @@ impl<T: Message> List<T> {
     }
 }
 
+sized!(List<T>, "l");
+
 proxy!(
     /// A namespace held by the manager (Python's `manager.Namespace()`): named attributes,
     /// each of any message type, given at each access.
@@ -257,10 +257,7 @@ proxy!(
 impl Namespace {
     /// `ns.name`, as a `T`, or [`Error::AttributeError`].
     pub fn get<T: Message>(&self, name: &str) -> Result<T> {
-        match self.call(Op::NsGet(name.to_string()))? {
-            Reply::Bytes(b) => dec(&b),
-            r => Err(unexpected(r)),
-        }
+        value_of(self.call(Op::NsGet(name.to_string()))?)
     }
 
     /// `ns.name = value`.
@@ -292,10 +289,7 @@ proxy!(
 impl<T: Message> Value<T> {
     /// `v.value`.
     pub fn get(&self) -> Result<T> {
-        match self.call(Op::ValueGet)? {
-            Reply::Bytes(b) => dec(&b),
-            r => Err(unexpected(r)),
-        }
+        value_of(self.call(Op::ValueGet)?)
     }
 
     /// `v.value = x`.
@@ -329,10 +323,7 @@ impl<T: Message> Queue<T> {
     /// `q.get(timeout=t)`: [`Error::Empty`] when nothing came in time (`Duration::ZERO`:
     /// `get_nowait`).
     pub fn get_timeout(&self, timeout: Option<Duration>) -> Result<T> {
-        match self.call(Op::QueueGet(millis(timeout)))? {
-            Reply::Bytes(b) => dec(&b),
-            r => Err(unexpected(r)),
-        }
+        value_of(self.call(Op::QueueGet(millis(timeout)))?)
     }
 
     /// `q.qsize()`.
@@ -346,6 +337,28 @@ impl<T: Message> Queue<T> {
     }
 }
 
+/// `acquire`, `acquire_timeout` and `release` of a lock-like proxy (`$v` names it in the docs).
+macro_rules! acquire_release {
+    ($t:ident, $v:literal, $release:literal) => {
+        impl $t {
+            #[doc = concat!("`", $v, ".acquire()`.")]
+            pub fn acquire(&self) -> Result<()> {
+                self.acquire_timeout(None).map(drop)
+            }
+
+            #[doc = concat!("`", $v, ".acquire(timeout=t)`: false when it did not come free in time.")]
+            pub fn acquire_timeout(&self, timeout: Option<Duration>) -> Result<bool> {
+                flag_of(self.call(Op::Acquire(millis(timeout)))?)
+            }
+
+            #[doc = $release]
+            pub fn release(&self) -> Result<()> {
+                self.call(Op::Release).map(drop)
+            }
+        }
+    };
+}
+
 proxy!(
     /// A lock held by the manager (Python's `manager.Lock()`). It belongs to the connection
     /// (thread and process) that acquired it; if that process dies, the server releases it.
@@ -353,25 +366,7 @@ proxy!(
     Lock<>, Lock
 );
 
-impl Lock {
-    /// `lock.acquire()`.
-    pub fn acquire(&self) -> Result<()> {
-        self.acquire_timeout(None).map(drop)
-    }
-
-    /// `lock.acquire(timeout=t)`: false when the lock was not free in time.
-    pub fn acquire_timeout(&self, timeout: Option<Duration>) -> Result<bool> {
-        match self.call(Op::Acquire(millis(timeout)))? {
-            Reply::Bool(b) => Ok(b),
-            r => Err(unexpected(r)),
-        }
-    }
-
-    /// `lock.release()`, or [`Error::NotLocked`].
-    pub fn release(&self) -> Result<()> {
-        self.call(Op::Release).map(drop)
-    }
-}
+acquire_release!(Lock, "lock", "`lock.release()`, or [`Error::NotLocked`].");
 
 proxy!(
     /// An event held by the manager (Python's `manager.Event()`).
@@ -391,25 +386,12 @@ impl Event {
 
     /// `e.is_set()`.
     pub fn is_set(&self) -> Result<bool> {
-        match self.call(Op::EventIsSet)? {
-            Reply::Bool(b) => Ok(b),
-            r => Err(unexpected(r)),
-        }
+        flag_of(self.call(Op::EventIsSet)?)
     }
 
     /// `e.wait(timeout)`: true once set, false on timeout.
     pub fn wait(&self, timeout: Option<Duration>) -> Result<bool> {
-        match self.call(Op::EventWait(millis(timeout)))? {
-            Reply::Bool(b) => Ok(b),
-            r => Err(unexpected(r)),
-        }
-    }
-}
-
-fn acquired(r: Reply) -> Result<bool> {
-    match r {
-        Reply::Bool(b) => Ok(b),
-        r => Err(unexpected(r)),
+        flag_of(self.call(Op::EventWait(millis(timeout)))?)
     }
 }
 
@@ -420,22 +402,11 @@ proxy!(
     RLock<>, RLock
 );
 
-impl RLock {
-    /// `rlock.acquire()`.
-    pub fn acquire(&self) -> Result<()> {
-        self.acquire_timeout(None).map(drop)
-    }
-
-    /// `rlock.acquire(timeout=t)`: false when the lock was not free in time.
-    pub fn acquire_timeout(&self, timeout: Option<Duration>) -> Result<bool> {
-        acquired(self.call(Op::Acquire(millis(timeout)))?)
-    }
-
-    /// `rlock.release()`; [`Error::NotOwner`] from a thread that does not hold it.
-    pub fn release(&self) -> Result<()> {
-        self.call(Op::Release).map(drop)
-    }
-}
+acquire_release!(
+    RLock,
+    "rlock",
+    "`rlock.release()`; [`Error::NotOwner`] from a thread that does not hold it."
+);
 
 proxy!(
     /// A semaphore held by the manager (Python's `manager.Semaphore(value)`).
@@ -450,22 +421,13 @@ proxy!(
 
 macro_rules! semaphore_methods {
     ($t:ident) => {
+        acquire_release!(
+            $t,
+            "sem",
+            "`sem.release()`: increments the value, waking one waiter."
+        );
+
         impl $t {
-            /// `sem.acquire()`: waits until the value is above zero, then decrements it.
-            pub fn acquire(&self) -> Result<()> {
-                self.acquire_timeout(None).map(drop)
-            }
-
-            /// `sem.acquire(timeout=t)`: false when the value stayed at zero.
-            pub fn acquire_timeout(&self, timeout: Option<Duration>) -> Result<bool> {
-                acquired(self.call(Op::Acquire(millis(timeout)))?)
-            }
-
-            /// `sem.release()`: increments the value, waking one waiter.
-            pub fn release(&self) -> Result<()> {
-                self.call(Op::Release).map(drop)
-            }
-
             /// The current value (Python's `sem._value`).
             pub fn value(&self) -> Result<u64> {
                 match self.call(Op::SemValue)? {
@@ -486,26 +448,17 @@ proxy!(
     Condition<>, Condition
 );
 
+acquire_release!(
+    Condition,
+    "cond",
+    "`cond.release()`; [`Error::NotOwner`] from a thread that does not hold it."
+);
+
 impl Condition {
-    /// `cond.acquire()`.
-    pub fn acquire(&self) -> Result<()> {
-        self.acquire_timeout(None).map(drop)
-    }
-
-    /// `cond.acquire(timeout=t)`: false when the lock was not free in time.
-    pub fn acquire_timeout(&self, timeout: Option<Duration>) -> Result<bool> {
-        acquired(self.call(Op::Acquire(millis(timeout)))?)
-    }
-
-    /// `cond.release()`; [`Error::NotOwner`] from a thread that does not hold it.
-    pub fn release(&self) -> Result<()> {
-        self.call(Op::Release).map(drop)
-    }
-
     /// `cond.wait(timeout)`: releases the lock, waits for a notify, takes the lock back. True
     /// when notified, false on timeout; [`Error::NotOwner`] without the lock.
     pub fn wait(&self, timeout: Option<Duration>) -> Result<bool> {
-        acquired(self.call(Op::CondWait(millis(timeout)))?)
+        flag_of(self.call(Op::CondWait(millis(timeout)))?)
     }
 
     /// `cond.wait_for(predicate, timeout)`: waits until `predicate()` holds (checked with the
