@@ -101,7 +101,7 @@ pub struct Manager {
 }
 
 /// Options for starting a manager's server: [`Manager::builder`].
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct ManagerBuilder {
     address: Option<Address>,
     authkey: Option<Vec<u8>>,
@@ -109,6 +109,18 @@ pub struct ManagerBuilder {
     types: Vec<custom::Registration>,
     /// A registration that failed, reported by `start`.
     bad_type: Option<String>,
+}
+
+impl std::fmt::Debug for ManagerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.debug_struct("ManagerBuilder")
+            .field("address", &self.address)
+            .field("authkey", &self.authkey.as_ref().map(|_| "..."))
+            .field("start_method", &self.method)
+            .field("types", &self.types)
+            .finish()
+    }
 }
 
 impl ManagerBuilder {

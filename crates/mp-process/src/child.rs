@@ -205,9 +205,10 @@ impl ChildState {
         // SAFETY: an all-zero siginfo_t is a valid out-buffer for waitid.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         // SAFETY: waitid writes into `info`, which is valid for writes. WNOWAIT leaves the
-        // child unreaped, so its pid stays ours while we sleep; should another thread of ours
-        // reap it meanwhile, waitid fails with ECHILD and the caller's `reap` reports the
-        // stored status.
+        // child unreaped, so its pid stays ours while we sleep. Should another thread of ours
+        // reap it between the caller's status check and this call, waitid fails with ECHILD
+        // and the caller's `reap` reports the stored status (the pid could name another child
+        // of ours only if the whole pid space wrapped around in between).
         let r = unsafe { libc::waitid(idtype, id, &mut info, libc::WEXITED | libc::WNOWAIT) };
         if r == -1 {
             let e = std::io::Error::last_os_error();
