@@ -30,7 +30,8 @@
 //! [`Manager::start`] starts the server as a daemon child (it dies with its parent, even by
 //! `SIGKILL`) listening on a fresh abstract Unix socket with a random 32-byte authkey;
 //! [`Manager::builder`] chooses a TCP address and key instead, for processes that did not
-//! start each other ([`Manager::connect`]). Every connection passes the mutual HMAC
+//! start each other ([`Manager::connect`]), and [`ManagerBuilder::bind`] makes the server in
+//! this process ([`Server::serve_forever`], Python's `get_server().serve_forever()`). Every connection passes the mutual HMAC
 //! challenge-response of `multiprocessing.connection` ([`mp_pipe::Listener`]). Each thread of
 //! each process has its own connection, and the server one thread per connection, so a call
 //! that waits (a queue `get`, a lock `acquire`) blocks only its caller.
@@ -159,8 +160,8 @@ impl ManagerBuilder {
         self
     }
 
-    /// Starts the server and waits until it listens.
-    pub fn start(self) -> Result<Manager> {
+    /// The key, the address and the registered types, with their defaults filled in.
+    fn settle(self) -> Result<(Vec<u8>, Address, Vec<custom::Registration>)> {
         if let Some(e) = self.bad_type {
             return Err(Error::Start(e));
         }
@@ -180,18 +181,38 @@ impl ManagerBuilder {
                 .into_bytes(),
             ),
         };
+        Ok((authkey, address, self.types))
+    }
+
+    /// Makes the server in this process instead of a child (Python's `get_server()`): binds
+    /// the address now; [`Server::serve_forever`] then serves.
+    pub fn bind(self) -> Result<Server> {
+        let (authkey, address, regs) = self.settle()?;
+        let types = resolve_types(&regs, mp_process::symbol::image_id())?;
+        let listener = bind(&Addr::from_address(&address), &authkey)?;
+        Ok(Server {
+            listener,
+            types,
+            authkey,
+        })
+    }
+
+    /// Starts the server and waits until it listens.
+    pub fn start(self) -> Result<Manager> {
+        let method = self.method;
+        let (authkey, address, types) = self.settle()?;
         let (ready_rx, ready_tx) = Pipe::<Ready>::new(OneWay)?;
         let args = ServerArgs {
             addr: Addr::from_address(&address),
             authkey: authkey.clone(),
             ready: ready_tx,
-            types: self.types,
+            types,
             image_id: mp_process::symbol::image_id().to_vec(),
         };
         let mut p = Process::new(server_main, args)
             .name("SyncManager")
             .daemon(true);
-        if let Some(m) = self.method {
+        if let Some(m) = method {
             p = p.start_method(m);
         }
         let mut child = p.start().map_err(|e| Error::Start(e.to_string()))?;
@@ -427,40 +448,100 @@ struct ServerArgs {
     image_id: Vec<u8>,
 }
 
+/// The registered types, resolved in the process that serves them.
+fn resolve_types(regs: &[custom::Registration], image_id: &[u8]) -> Result<server::Types> {
+    let mut types = server::Types::new();
+    for t in regs {
+        let ctor = t
+            .resolve(image_id)
+            .map_err(|e| Error::Start(format!("registered type {:?}: {e}", t.typeid)))?;
+        types.insert(t.typeid.clone(), (t.type_name.clone(), ctor));
+    }
+    Ok(types)
+}
+
+/// Binds the listener of a server (every connection must pass the authkey handshake).
+fn bind(addr: &Addr, authkey: &[u8]) -> Result<Listener> {
+    let mut listener = Listener::bind(addr.to_address()?, Some(authkey))?;
+    // A client that connects and never answers the challenge cannot stall the others.
+    listener.set_handshake_timeout(Some(Duration::from_secs(10)));
+    Ok(listener)
+}
+
 /// The server process's target.
 fn server_main(args: ServerArgs) {
-    let mut types = server::Types::new();
-    for t in &args.types {
-        match t.resolve(&args.image_id) {
-            Ok(ctor) => {
-                types.insert(t.typeid.clone(), (t.type_name.clone(), ctor));
-            }
-            Err(e) => {
-                let msg = format!("registered type {:?}: {e}", t.typeid);
-                let _ = args.ready.send(&Ready::Failed(msg));
-                return;
-            }
-        }
-    }
-    let bound = args
-        .addr
-        .to_address()
-        .and_then(|a| Ok(Listener::bind(a, Some(&args.authkey))?));
-    let mut listener = match bound {
-        Ok(l) => l,
+    let ready = resolve_types(&args.types, &args.image_id)
+        .and_then(|types| Ok((types, bind(&args.addr, &args.authkey)?)));
+    let (types, listener) = match ready {
+        Ok(r) => r,
         Err(e) => {
             let _ = args.ready.send(&Ready::Failed(e.to_string()));
             return;
         }
     };
-    // A client that connects and never answers the challenge cannot stall the others.
-    listener.set_handshake_timeout(Some(Duration::from_secs(10)));
     let addr = Addr::from_address(listener.address());
     if args.ready.send(&Ready::Listening(addr)).is_err() {
         return;
     }
     drop(args.ready);
     server::serve(listener, types);
+}
+
+/// A manager's server in this process (Python's `manager.get_server()`), made by
+/// [`ManagerBuilder::bind`]: the usual way to host objects for processes that connect over
+/// TCP ([`Manager::connect`]).
+///
+/// ```
+/// use mp_manager::{Manager, Queue};
+/// use mp_pipe::Address;
+///
+/// let server = Manager::builder()
+///     .address(Address::tcp("127.0.0.1", 0)?)
+///     .authkey(b"secret")
+///     .bind()?;
+/// let address = server.address().clone();
+/// let serving = std::thread::spawn(move || server.serve_forever());
+///
+/// // Elsewhere (here: the same process): connect, use, and stop the server.
+/// let m = Manager::connect(address, b"secret")?;
+/// let jobs = m.named::<Queue<String>>("jobs")?;
+/// jobs.put(&"hello".into())?;
+/// assert_eq!(jobs.get()?, "hello");
+/// m.shutdown()?;
+/// serving.join().unwrap()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Server {
+    listener: Listener,
+    types: server::Types,
+    authkey: Vec<u8>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("address", self.listener.address())
+            .finish()
+    }
+}
+
+impl Server {
+    /// The address the server listens on (with the real port when port 0 was asked for).
+    pub fn address(&self) -> &Address {
+        self.listener.address()
+    }
+
+    /// The key clients must know.
+    pub fn authkey(&self) -> &[u8] {
+        &self.authkey
+    }
+
+    /// Serves (one thread per connection) until a client calls [`Manager::shutdown`]; then
+    /// stops accepting, closes the connections and returns.
+    pub fn serve_forever(self) -> Result<()> {
+        server::serve(self.listener, self.types);
+        Ok(())
+    }
 }
 
 fn random_key() -> Result<Vec<u8>> {

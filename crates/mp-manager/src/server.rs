@@ -708,43 +708,74 @@ fn serve_connection(state: &State, conn: &Connection<()>) -> bool {
 }
 
 /// The server loop: accepts connections (authenticated by the listener) until a client asks
-/// for shutdown, then returns.
+/// for shutdown, then stops accepting, closes every connection and returns.
 pub(crate) fn serve(listener: Listener, types: Types) {
+    use std::os::fd::{AsFd, AsRawFd, RawFd};
     let state = Arc::new(State {
         types,
         ..State::default()
     });
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The live connections' descriptors. A connection's thread removes its entry before it
+    // drops the connection, and shutdown reads the map under the same lock, so no
+    // descriptor is touched after it was closed.
+    let live: Arc<Mutex<HashMap<u64, RawFd>>> = Arc::default();
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-    let listener = Arc::new(listener);
     let acceptor = {
-        let listener = listener.clone();
-        let state = state.clone();
+        let (state, stopping, live) = (state.clone(), stopping.clone(), live.clone());
         std::thread::Builder::new()
             .name("mp-manager-accept".into())
-            .spawn(move || loop {
-                let conn = match listener.accept::<()>() {
-                    Ok(c) => c,
-                    // The listening socket itself failing (out of descriptors, say): do not
-                    // spin; a failed handshake (wrong authkey) or a vanished client: next one.
-                    Err(mp_pipe::Error::Io { .. }) => {
-                        std::thread::sleep(Duration::from_millis(10));
+            .spawn(move || {
+                let mut next = 0u64;
+                while !stopping.load(Ordering::Relaxed) {
+                    // Poll first, with a timeout, so that a shutdown stops the loop.
+                    let mut pfd = libc::pollfd {
+                        fd: listener.as_fd().as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd for the duration of the call.
+                    if unsafe { libc::poll(&mut pfd, 1, 100) } <= 0 {
                         continue;
                     }
-                    Err(_) => continue,
-                };
-                let state = state.clone();
-                let stop_tx = stop_tx.clone();
-                let _ = std::thread::Builder::new()
-                    .name("mp-manager-conn".into())
-                    .spawn(move || {
-                        if serve_connection(&state, &conn) {
-                            let _ = stop_tx.send(());
+                    let conn = match listener.accept::<()>() {
+                        Ok(c) => c,
+                        // The listening socket itself failing (out of descriptors, say): do
+                        // not spin; a failed handshake (wrong authkey) or a vanished client:
+                        // next one.
+                        Err(mp_pipe::Error::Io { .. }) => {
+                            std::thread::sleep(Duration::from_millis(10));
+                            continue;
                         }
-                    });
+                        Err(_) => continue,
+                    };
+                    next += 1;
+                    let key = next;
+                    lock(&live).insert(key, conn.as_fd().as_raw_fd());
+                    let (state, live, stop_tx) = (state.clone(), live.clone(), stop_tx.clone());
+                    let _ = std::thread::Builder::new()
+                        .name("mp-manager-conn".into())
+                        .spawn(move || {
+                            let stop = serve_connection(&state, &conn);
+                            lock(&live).remove(&key);
+                            drop(conn);
+                            if stop {
+                                let _ = stop_tx.send(());
+                            }
+                        });
+                }
             })
     };
-    if acceptor.is_ok() {
-        let _ = stop_rx.recv();
+    let Ok(acceptor) = acceptor else {
+        return;
+    };
+    let _ = stop_rx.recv();
+    stopping.store(true, Ordering::Relaxed);
+    let _ = acceptor.join();
+    for fd in lock(&live).values() {
+        // SAFETY: shutdown has no memory-safety preconditions; `fd` is open (its thread removes
+        // it from `live`, under this lock, before closing it). Its thread then sees the end.
+        unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
     }
 }
 

@@ -581,3 +581,54 @@ fn registered_types_are_served() {
         Err(Error::WrongType { .. })
     ));
 }
+
+fn put_jobs((address, n): (String, u64)) -> String {
+    let r = (|| -> mp_manager::Result<()> {
+        let addr: std::net::SocketAddr = address.parse().map_err(|_| Error::Malformed(address))?;
+        let m = Manager::connect(addr, b"in-process")?;
+        let q = m.named::<Queue<u64>>("jobs")?;
+        for i in 0..n {
+            q.put(&i)?;
+        }
+        Ok(())
+    })();
+    r.err().map(|e| e.to_string()).unwrap_or_default()
+}
+
+/// Python's remote-manager pattern: a server in this process (`get_server().serve_forever()`)
+/// that a separately started process reaches over TCP; `shutdown` from a client ends
+/// `serve_forever`, and clients still connected then see the server gone.
+#[test]
+fn in_process_server_serves_until_shutdown() {
+    let server = Manager::builder()
+        .address(Address::tcp("127.0.0.1", 0).unwrap())
+        .authkey(b"in-process")
+        .register::<Echo>("Echo")
+        .bind()
+        .unwrap();
+    let Address::Tcp(addr) = server.address().clone() else {
+        panic!("not TCP");
+    };
+    let serving = std::thread::spawn(move || server.serve_forever());
+    let mut c = Process::new(put_jobs, (addr.to_string(), 3))
+        .start_method(StartMethod::Spawn)
+        .start()
+        .unwrap();
+    assert_eq!(c.join_timeout(WATCHDOG).unwrap().unwrap(), "");
+    let m = Manager::connect(addr, b"in-process").unwrap();
+    let jobs = m.named::<Queue<u64>>("jobs").unwrap();
+    let got: Vec<u64> = (0..3).map(|_| jobs.get().unwrap()).collect();
+    assert_eq!(got, [0, 1, 2]);
+    assert_eq!(m.custom::<Echo>("Echo").unwrap().call(&5).unwrap(), 5);
+    // Another thread keeps a connection open while the server stops.
+    let other = {
+        let jobs = jobs.clone();
+        std::thread::spawn(move || jobs.get())
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    m.shutdown().unwrap();
+    serving.join().unwrap().unwrap();
+    assert!(matches!(other.join().unwrap(), Err(Error::ServerGone(_))));
+    // This thread's own connection was closed by the server as it stopped.
+    assert!(matches!(jobs.qsize(), Err(Error::ServerGone(_))));
+}
