@@ -51,11 +51,10 @@
 //! - The objects live as long as the manager: the server does not count proxies (Python does,
 //!   with the races that come with it). Make the shared objects once and share them, or use
 //!   [`Manager::named`] to find one by name.
-//! - The proxies cover `dict`, `list`, `Namespace`, `Value`, `Queue`, `Lock`, `RLock`,
-//!   `Semaphore`, `BoundedSemaphore`, `Condition`, `Barrier` and `Event`, and objects of the
-//!   program's own types ([`Served`], [`ManagerBuilder::register`], [`Custom`]), which answer
-//!   typed requests rather than method calls by name. `Array` and `Pool` proxies are not
-//!   built yet.
+//! - The proxies cover `dict`, `list`, `Namespace`, `Value`, `Array`, `Queue`, `Lock`,
+//!   `RLock`, `Semaphore`, `BoundedSemaphore`, `Condition`, `Barrier` and `Event`, and objects
+//!   of the program's own types ([`Served`], [`ManagerBuilder::register`], [`Custom`]), which
+//!   answer typed requests rather than method calls by name. The `Pool` proxy is not built.
 //! - A call is a round trip to the server (tens of µs). For hot shared state between related
 //!   processes, mp's own `Queue`, `Lock` and `Value` (shared memory) are far faster.
 
@@ -82,7 +81,7 @@ pub use error::{Error, Result};
 #[doc(hidden)]
 pub use proxy::Token;
 pub use proxy::{
-    Barrier, BoundedSemaphore, Condition, Dict, Event, List, Lock, Namespace, Queue, RLock,
+    Array, Barrier, BoundedSemaphore, Condition, Dict, Event, List, Lock, Namespace, Queue, RLock,
     Semaphore, Shareable, Value,
 };
 pub use wire::Kind;
@@ -306,6 +305,16 @@ impl Manager {
         self.create(None, Vec::new())
     }
 
+    /// `manager.Array(typecode, sequence)`: a new array holding `items` (its length is
+    /// fixed).
+    pub fn array<T: mp_core::Message>(&self, items: &[T]) -> Result<Array<T>> {
+        let encoded = items
+            .iter()
+            .map(|v| Ok(mp_core::message::encode(v)?.to_vec()))
+            .collect::<Result<Vec<Vec<u8>>>>()?;
+        self.create(None, mp_core::message::encode(&encoded)?.to_vec())
+    }
+
     /// `manager.Value(typecode, value)`: a new value.
     pub fn value<T: mp_core::Message>(&self, value: &T) -> Result<Value<T>> {
         self.create(None, mp_core::message::encode(value)?.to_vec())
@@ -358,14 +367,13 @@ impl Manager {
     /// The object called `name`, made (empty; a queue unbounded, a semaphore at 1, a barrier
     /// of one party) by the first call with that name: how processes that did not start each other share an object (what Python
     /// programs do with `register('get_queue', callable=lambda: queue)`). The same name with
-    /// another kind is [`Error::WrongKind`]. A [`Value`] has no empty state and cannot be
-    /// named.
+    /// another kind is [`Error::WrongKind`]. A [`Value`] and an [`Array`] have no empty
+    /// state and cannot be named ([`Error::InvalidArgument`]).
     pub fn named<P: Shareable>(&self, name: &str) -> Result<P> {
-        if P::KIND == Kind::Value {
-            return Err(Error::WrongKind {
-                expected: Kind::Value,
-                found: Kind::Value,
-            });
+        if matches!(P::KIND, Kind::Value | Kind::Array) {
+            return Err(Error::InvalidArgument(
+                "a Value or an Array has no empty state to make by name",
+            ));
         }
         self.create(Some(name), Vec::new())
     }

@@ -249,6 +249,42 @@ impl<T: Message> List<T> {
 sized!(List<T>, "l");
 
 proxy!(
+    /// An array held by the manager (Python's `manager.Array(typecode, sequence)`): a list
+    /// whose length is fixed when it is made. Indices may be negative, as in Python.
+    Array<T>, Array
+);
+
+impl<T: Message> Array<T> {
+    /// `a[i]`, or [`Error::IndexError`].
+    pub fn get(&self, index: i64) -> Result<T> {
+        value_of(self.call(Op::ListGet(index))?)
+    }
+
+    /// `a[i] = v`, or [`Error::IndexError`].
+    pub fn set(&self, index: i64, value: &T) -> Result<()> {
+        self.call(Op::ListSet(index, enc(value)?)).map(drop)
+    }
+
+    /// `len(a)`.
+    pub fn len(&self) -> Result<usize> {
+        len(self.call(Op::Len)?)
+    }
+
+    /// `len(a) == 0`.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// `list(a)`: a copy.
+    pub fn to_vec(&self) -> Result<Vec<T>> {
+        match self.call(Op::ListItems)? {
+            Reply::Items(v) => v.iter().map(|b| dec(b)).collect(),
+            r => Err(unexpected(r)),
+        }
+    }
+}
+
+proxy!(
     /// A namespace held by the manager (Python's `manager.Namespace()`): named attributes,
     /// each of any message type, given at each access.
     Namespace<>, Namespace

@@ -20,6 +20,8 @@ use crate::wire::{Bytes, Kind, Millis, Op, Refused, Reply, Request};
 enum Obj {
     Dict(Mutex<IndexMap<Bytes, Bytes>>),
     List(Mutex<Vec<Bytes>>),
+    /// A list of fixed length.
+    Array(Mutex<Vec<Bytes>>),
     Namespace(Mutex<IndexMap<String, Bytes>>),
     Value(Mutex<Bytes>),
     Queue {
@@ -122,6 +124,11 @@ impl Obj {
         Ok(match kind {
             Kind::Dict => Obj::Dict(Mutex::default()),
             Kind::List => Obj::List(Mutex::default()),
+            Kind::Array => {
+                Obj::Array(Mutex::new(decode::<Vec<Bytes>>(&init).map_err(|e| {
+                    Refused::Malformed(format!("an array's items: {e}"))
+                })?))
+            }
             Kind::Namespace => Obj::Namespace(Mutex::default()),
             Kind::Value => Obj::Value(Mutex::new(init)),
             Kind::Queue => Obj::Queue {
@@ -175,6 +182,7 @@ impl Obj {
         match self {
             Obj::Dict(_) => Kind::Dict,
             Obj::List(_) => Kind::List,
+            Obj::Array(_) => Kind::Array,
             Obj::Namespace(_) => Kind::Namespace,
             Obj::Value(_) => Kind::Value,
             Obj::Queue { .. } => Kind::Queue,
@@ -384,7 +392,7 @@ fn call(obj: &Obj, conn: u64, op: Op) -> Result<Reply, Refused> {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         ),
-        (Obj::List(m), Op::Len) => Reply::Len(lock(m).len() as u64),
+        (Obj::List(m) | Obj::Array(m), Op::Len) => Reply::Len(lock(m).len() as u64),
         (Obj::List(m), Op::Clear) => {
             lock(m).clear();
             Reply::Unit
@@ -397,11 +405,12 @@ fn call(obj: &Obj, conn: u64, op: Op) -> Result<Reply, Refused> {
             lock(m).extend(vs);
             Reply::Unit
         }
-        (Obj::List(m), Op::ListGet(i)) => {
+        // An array is a list of fixed length: the same reads and writes, no resizing.
+        (Obj::List(m) | Obj::Array(m), Op::ListGet(i)) => {
             let l = lock(m);
             Reply::Bytes(l[index(i, l.len())?].clone())
         }
-        (Obj::List(m), Op::ListSet(i, v)) => {
+        (Obj::List(m) | Obj::Array(m), Op::ListSet(i, v)) => {
             let mut l = lock(m);
             let j = index(i, l.len())?;
             l[j] = v;
@@ -412,7 +421,7 @@ fn call(obj: &Obj, conn: u64, op: Op) -> Result<Reply, Refused> {
             let j = index(i, l.len())?;
             Reply::Bytes(l.remove(j))
         }
-        (Obj::List(m), Op::ListItems) => Reply::Items(lock(m).clone()),
+        (Obj::List(m) | Obj::Array(m), Op::ListItems) => Reply::Items(lock(m).clone()),
         (Obj::Namespace(m), Op::NsGet(a)) => match lock(m).get(&a) {
             Some(v) => Reply::Bytes(v.clone()),
             None => return Err(Refused::AttributeError(a)),

@@ -35,6 +35,8 @@ pub enum Kind {
     Barrier,
     /// [`crate::Custom`]: an object of a registered type.
     Custom,
+    /// [`crate::Array`]
+    Array,
 }
 
 impl std::fmt::Display for Kind {
@@ -56,8 +58,9 @@ pub(crate) enum Request {
     Create {
         kind: Kind,
         name: Option<String>,
-        /// A `Value`'s first value; a `Queue`'s maxsize, a semaphore's value or a barrier's
-        /// parties as 8 little-endian bytes.
+        /// A `Value`'s first value; an `Array`'s items (an archived `Vec<Vec<u8>>`); a
+        /// `Queue`'s maxsize, a semaphore's value or a barrier's parties as 8 little-endian
+        /// bytes.
         init: Bytes,
     },
     /// An operation on object `id`, which must be of kind `kind`.

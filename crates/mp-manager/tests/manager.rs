@@ -5,7 +5,8 @@
 use std::time::{Duration, Instant};
 
 use mp_manager::{
-    Barrier, Condition, Dict, Error, Event, List, Lock, Manager, Namespace, Queue, RLock, Value,
+    Array, Barrier, Condition, Dict, Error, Event, List, Lock, Manager, Namespace, Queue, RLock,
+    Value,
 };
 use mp_pipe::Address;
 use mp_process::{Process, StartMethod};
@@ -631,4 +632,37 @@ fn in_process_server_serves_until_shutdown() {
     assert!(matches!(other.join().unwrap(), Err(Error::ServerGone(_))));
     // This thread's own connection was closed by the server as it stopped.
     assert!(matches!(jobs.qsize(), Err(Error::ServerGone(_))));
+}
+
+fn double_all(a: Array<i32>) -> usize {
+    for i in 0..a.len().unwrap() as i64 {
+        let v = a.get(i).unwrap();
+        a.set(i, &(v * 2)).unwrap();
+    }
+    a.len().unwrap()
+}
+
+/// An array keeps its length; a child changes its items in place.
+#[test]
+fn array_of_fixed_length() {
+    let m = manager();
+    let a = m.array(&[1i32, 2, 3]).unwrap();
+    for method in METHODS {
+        let mut c = Process::new(double_all, a.clone())
+            .start_method(method)
+            .start()
+            .unwrap();
+        assert_eq!(c.join_timeout(WATCHDOG).unwrap().unwrap(), 3);
+    }
+    assert_eq!(a.to_vec().unwrap(), [4, 8, 12]);
+    assert_eq!(a.get(-1).unwrap(), 12);
+    assert!(matches!(
+        a.set(3, &0),
+        Err(Error::IndexError { index: 3, len: 3 })
+    ));
+    assert!(m.array::<u8>(&[]).unwrap().is_empty().unwrap());
+    assert!(matches!(
+        m.named::<Array<u8>>("a"),
+        Err(Error::InvalidArgument(_))
+    ));
 }
