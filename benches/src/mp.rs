@@ -190,7 +190,7 @@ pub fn queue_small_1to1(iters: u64, placement: Placement) -> Duration {
 }
 
 /// How many u64 one `put_many` / `get_many` of [`queue_batch_1to1`] moves.
-const BATCH: usize = 256;
+pub const BATCH: usize = 256;
 
 /// A child puts `iters` u64 on a `Queue` with `put_many`, [`BATCH`] at a time; the parent takes
 /// them with `get_many` (up to [`BATCH`] at a time, into one reused `Vec`).
