@@ -719,32 +719,50 @@ fn serve_connection(state: &State, conn: &Connection<()>) -> bool {
 /// The server loop: accepts connections (authenticated by the listener) until a client asks
 /// for shutdown, then stops accepting, closes every connection and returns.
 pub(crate) fn serve(listener: Listener, types: Types) {
-    use std::os::fd::{AsFd, AsRawFd, RawFd};
+    use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
     let state = Arc::new(State {
         types,
         ..State::default()
     });
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Written once to wake the acceptor from its poll when the server stops.
+    // SAFETY: eventfd has no memory-safety preconditions.
+    let wake = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if wake < 0 {
+        return;
+    }
+    // SAFETY: eventfd returned a new descriptor that nothing else owns.
+    let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(wake) });
     // The live connections' descriptors. A connection's thread removes its entry before it
     // drops the connection, and shutdown reads the map under the same lock, so no
     // descriptor is touched after it was closed.
     let live: Arc<Mutex<HashMap<u64, RawFd>>> = Arc::default();
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     let acceptor = {
-        let (state, stopping, live) = (state.clone(), stopping.clone(), live.clone());
+        let (state, stopping, live, wake) =
+            (state.clone(), stopping.clone(), live.clone(), wake.clone());
         std::thread::Builder::new()
             .name("mp-manager-accept".into())
             .spawn(move || {
                 let mut next = 0u64;
                 while !stopping.load(Ordering::Relaxed) {
-                    // Poll first, with a timeout, so that a shutdown stops the loop.
-                    let mut pfd = libc::pollfd {
-                        fd: listener.as_fd().as_raw_fd(),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    };
-                    // SAFETY: one valid pollfd for the duration of the call.
-                    if unsafe { libc::poll(&mut pfd, 1, 100) } <= 0 {
+                    // Poll first, on the listener and the wake-up descriptor, so that a
+                    // shutdown ends the loop at once.
+                    let mut pfd = [
+                        libc::pollfd {
+                            fd: listener.as_fd().as_raw_fd(),
+                            events: libc::POLLIN,
+                            revents: 0,
+                        },
+                        libc::pollfd {
+                            fd: wake.as_raw_fd(),
+                            events: libc::POLLIN,
+                            revents: 0,
+                        },
+                    ];
+                    // SAFETY: two valid pollfds for the duration of the call.
+                    let n = unsafe { libc::poll(pfd.as_mut_ptr(), 2, -1) };
+                    if n <= 0 || pfd[0].revents == 0 {
                         continue;
                     }
                     let conn = match listener.accept::<()>() {
@@ -780,6 +798,9 @@ pub(crate) fn serve(listener: Listener, types: Types) {
     };
     let _ = stop_rx.recv();
     stopping.store(true, Ordering::Relaxed);
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: write(2) reads 8 bytes from a live array; the eventfd is open (held by `wake`).
+    unsafe { libc::write(wake.as_raw_fd(), one.as_ptr() as *const libc::c_void, 8) };
     let _ = acceptor.join();
     for fd in lock(&live).values() {
         // SAFETY: shutdown has no memory-safety preconditions; `fd` is open (its thread removes
