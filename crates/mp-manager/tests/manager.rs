@@ -666,3 +666,26 @@ fn array_of_fixed_length() {
         Err(Error::InvalidArgument(_))
     ));
 }
+
+/// A server that cannot listen (the address is taken) is a start error; so is an empty key.
+#[test]
+fn a_taken_address_is_a_start_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let r = Manager::builder()
+        .address(addr)
+        .start_method(StartMethod::Spawn)
+        .start();
+    match r {
+        Err(Error::Start(msg)) => assert!(msg.contains("in use"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        Manager::builder().address(addr).bind(),
+        Err(Error::Pipe(mp_pipe::Error::AddressInUse(_)))
+    ));
+    assert!(matches!(
+        Manager::builder().authkey(b"").start(),
+        Err(Error::Start(_))
+    ));
+}
