@@ -41,6 +41,10 @@
 //! the program starts threads of its own, as in Python; otherwise pick spawn or forkserver
 //! with [`ManagerBuilder::start_method`] (they need `mp::init()` first thing in `main`).
 //!
+//! A proxy is a message (pass it to a child as an argument, under any start method, or send it
+//! on a queue) that carries the server's address *and authkey*: hand proxies only to processes
+//! you would give the key to. Python sends the key only to the children it starts.
+//!
 //! Values travel and are stored as archived bytes of their Rust type: the server never needs
 //! the types, and a proxy validates what it decodes, so a name used with two different types
 //! is [`Error::Malformed`], never undefined behaviour. A server that dies makes every call
