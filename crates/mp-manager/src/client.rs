@@ -82,27 +82,37 @@ pub(crate) fn connect(ep: &Endpoint) -> Result<Connection<()>> {
 pub(crate) fn request(ep: &Endpoint, req: &Request) -> Result<Reply> {
     let bytes = encode(req)?;
     let me = std::process::id();
-    let answer = CONNS.with(|c| -> Result<Vec<u8>> {
-        let mut conns = c.borrow_mut();
-        if conns.get(ep).is_some_and(|(pid, _)| *pid != me) {
-            // Inherited through fork: our copy of the parent's socket; close it.
-            conns.remove(ep);
-        }
-        if !conns.contains_key(ep) {
-            let conn = connect(ep)?;
-            conns.insert(ep.clone(), (me, conn));
-        }
-        let Some((_, conn)) = conns.get(ep) else {
-            return Err(Error::ServerGone("no connection".into()));
-        };
-        let r = conn
-            .send_bytes(&bytes, 0, None)
-            .and_then(|()| conn.recv_bytes(None));
-        if r.is_err() {
-            conns.remove(ep);
-        }
-        Ok(r?)
-    })?;
+    // `try_with`/`try_borrow_mut`: a proxy used while this thread's locals are being destroyed
+    // (from another local's destructor), or from inside a request, gets an error, not a panic.
+    let answer = CONNS
+        .try_with(|c| -> Result<Vec<u8>> {
+            let Ok(mut conns) = c.try_borrow_mut() else {
+                return Err(Error::ServerGone(
+                    "a request from inside another request on this thread".into(),
+                ));
+            };
+            if conns.get(ep).is_some_and(|(pid, _)| *pid != me) {
+                // Inherited through fork: our copy of the parent's socket; close it.
+                conns.remove(ep);
+            }
+            if !conns.contains_key(ep) {
+                let conn = connect(ep)?;
+                conns.insert(ep.clone(), (me, conn));
+            }
+            let Some((_, conn)) = conns.get(ep) else {
+                return Err(Error::ServerGone("no connection".into()));
+            };
+            let r = conn
+                .send_bytes(&bytes, 0, None)
+                .and_then(|()| conn.recv_bytes(None));
+            if r.is_err() {
+                conns.remove(ep);
+            }
+            Ok(r?)
+        })
+        .map_err(|_| {
+            Error::ServerGone("this thread is exiting: its connections are closed".into())
+        })??;
     match decode::<Reply>(&answer).map_err(|e| Error::Malformed(format!("reply: {e}")))? {
         Reply::Err(refused) => Err(refused.into()),
         reply => Ok(reply),
