@@ -110,9 +110,11 @@ impl Registration {
     pub(crate) fn resolve(&self, image_id: &[u8]) -> Result<Ctor, String> {
         let addr = mp_process::symbol::resolve(self.ctor, image_id).map_err(|e| e.to_string())?;
         // SAFETY: `ctor` was computed by `Registration::of` from `make::<S> as Ctor` (the only
-        // place that makes a Registration), and `resolve` checked that this process runs the
-        // same build and that the address lies inside the same object: `addr` is the address
-        // of a function of type `Ctor`.
+        // place that makes a Registration; it reaches the server in the arguments of its own
+        // start, over the private channel of mp-process, the same way as the server's target
+        // does), and `resolve` checked that this process runs the same build and that the
+        // address lies inside the same object: `addr` is the address of a function of type
+        // `Ctor`.
         Ok(unsafe { std::mem::transmute::<usize, Ctor>(addr) })
     }
 }
