@@ -87,12 +87,14 @@ fn m1_containers_mutated_in_children() {
     }
 }
 
-fn remote_client((address, key): (String, Vec<u8>)) -> String {
+/// A separately started client: connects to `address` with `key` and puts `first..=last` on
+/// the queue named "jobs".
+fn remote_client((address, key, first, last): (String, Vec<u8>, u64, u64)) -> String {
     let r = (|| -> mp_manager::Result<()> {
         let addr: std::net::SocketAddr = address.parse().map_err(|_| Error::Malformed(address))?;
         let m = Manager::connect(addr, &key)?;
         let q = m.named::<Queue<u64>>("jobs")?;
-        for i in 1..=5 {
+        for i in first..=last {
             q.put(&i)?;
         }
         Ok(())
@@ -115,7 +117,7 @@ fn m2_remote_client_over_tcp() {
     };
     assert_ne!(addr.port(), 0, "the real port is reported");
     let jobs = m.named::<Queue<u64>>("jobs").unwrap();
-    let mut c = Process::new(remote_client, (addr.to_string(), b"the key".to_vec()))
+    let mut c = Process::new(remote_client, (addr.to_string(), b"the key".to_vec(), 1, 5))
         .start_method(StartMethod::Spawn)
         .start()
         .unwrap();
@@ -583,19 +585,6 @@ fn registered_types_are_served() {
     ));
 }
 
-fn put_jobs((address, n): (String, u64)) -> String {
-    let r = (|| -> mp_manager::Result<()> {
-        let addr: std::net::SocketAddr = address.parse().map_err(|_| Error::Malformed(address))?;
-        let m = Manager::connect(addr, b"in-process")?;
-        let q = m.named::<Queue<u64>>("jobs")?;
-        for i in 0..n {
-            q.put(&i)?;
-        }
-        Ok(())
-    })();
-    r.err().map(|e| e.to_string()).unwrap_or_default()
-}
-
 /// Python's remote-manager pattern: a server in this process (`get_server().serve_forever()`)
 /// that a separately started process reaches over TCP; `shutdown` from a client ends
 /// `serve_forever`, and clients still connected then see the server gone.
@@ -611,10 +600,13 @@ fn in_process_server_serves_until_shutdown() {
         panic!("not TCP");
     };
     let serving = std::thread::spawn(move || server.serve_forever());
-    let mut c = Process::new(put_jobs, (addr.to_string(), 3))
-        .start_method(StartMethod::Spawn)
-        .start()
-        .unwrap();
+    let mut c = Process::new(
+        remote_client,
+        (addr.to_string(), b"in-process".to_vec(), 0, 2),
+    )
+    .start_method(StartMethod::Spawn)
+    .start()
+    .unwrap();
     assert_eq!(c.join_timeout(WATCHDOG).unwrap().unwrap(), "");
     let m = Manager::connect(addr, b"in-process").unwrap();
     let jobs = m.named::<Queue<u64>>("jobs").unwrap();
