@@ -127,7 +127,6 @@ impl From<Refused> for Error {
             Refused::AttributeError(a) => Error::AttributeError(a),
             Refused::Empty => Error::Empty,
             Refused::Full => Error::Full,
-            Refused::Timeout => Error::Empty,
             Refused::NotLocked => Error::NotLocked,
             Refused::NotOwner => Error::NotOwner,
             Refused::TooManyReleases => Error::TooManyReleases,

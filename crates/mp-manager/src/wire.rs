@@ -144,7 +144,6 @@ pub(crate) enum Refused {
     AttributeError(String),
     Empty,
     Full,
-    Timeout,
     NotLocked,
     NotOwner,
     TooManyReleases,

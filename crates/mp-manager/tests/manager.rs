@@ -681,3 +681,20 @@ fn a_taken_address_is_a_start_error() {
         Err(Error::Start(_))
     ));
 }
+
+/// Values far larger than a socket buffer travel whole; a value read back as another type is
+/// refused as malformed, never misread.
+#[test]
+fn large_values_and_mistyped_reads() {
+    let m = manager();
+    let d = m.named::<Dict<u32, Vec<u8>>>("blobs").unwrap();
+    let big: Vec<u8> = (0..8 << 20).map(|i| (i % 251) as u8).collect();
+    d.set(&1, &big).unwrap();
+    assert_eq!(d.get(&1).unwrap().unwrap(), big);
+    let ns = m.namespace().unwrap();
+    ns.set("name", &"a string".to_string()).unwrap();
+    assert!(matches!(
+        ns.get::<Vec<u64>>("name"),
+        Err(Error::Malformed(_))
+    ));
+}
