@@ -37,6 +37,17 @@ pub enum Error {
         /// The largest size accepted.
         max: u64,
     },
+    /// A byte range outside a block: `offset + len` is past its end (or does not fit in a
+    /// `u64` at all).
+    #[error("bytes {offset}..{offset}+{len} are outside the {size}-byte block")]
+    OutOfRange {
+        /// The first byte asked for.
+        offset: u64,
+        /// How many bytes were asked for.
+        len: u64,
+        /// The block's size.
+        size: u64,
+    },
     /// A region name that cannot be used.
     #[error("invalid shared memory name {name:?}: {reason}")]
     InvalidName {
@@ -51,6 +62,20 @@ pub enum Error {
     BadHeader {
         /// What did not match.
         reason: String,
+    },
+    /// The region was made in another pid namespace. The locks and queues in it name their
+    /// holders by pid, and a pid means another process in each namespace, so mp refuses to
+    /// share them across namespaces instead of mistaking one process for another.
+    #[error(
+        "shared region refused: it was made in pid namespace {region}, this process runs in \
+         {ours}; mp primitives name their holders by pid and cannot be shared across pid \
+         namespaces (share them only between processes of one namespace)"
+    )]
+    ForeignPidNamespace {
+        /// The pid namespace (inode of `/proc/<pid>/ns/pid`) recorded by the region's creator.
+        region: u64,
+        /// The pid namespace of this process.
+        ours: u64,
     },
     /// A value could not be serialized.
     #[error("could not serialize the message: {0}")]

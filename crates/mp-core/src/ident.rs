@@ -14,6 +14,20 @@
 //! 2^32 ticks apart: 497 days at 100 Hz, to the tick). [`is_alive`] reads `/proc/<id>/stat`
 //! and compares; a zombie (killed but not yet reaped) counts as dead.
 //!
+//! # When `/proc` does not show the task
+//!
+//! A missing `/proc/<id>` does not prove that the task is gone: a `/proc` mounted with
+//! `hidepid=2` (`invisible`) hides other users' processes, and a process may run under a
+//! `/proc` of another pid namespace, or with none mounted at all. So a missing entry is
+//! confirmed with `kill(id, 0)`, which asks the kernel itself: `ESRCH` means no task has the
+//! id (dead), success or `EPERM` means one does (alive: the caller keeps waiting). Without
+//! `/proc`, the start time cannot be compared, so a reused id then looks alive: a waiter may
+//! wait longer than needed, but never takes over from a live holder.
+//!
+//! Tokens are only comparable within one pid namespace: the same number names different tasks
+//! in two namespaces. Regions record the pid namespace of their creator
+//! ([`pid_namespace`]), and a process of another namespace is refused when it maps one.
+//!
 //! Everything here is async-signal-safe once the current task's token is cached, and stays
 //! async-signal-safe when it is not: the `/proc` reads use `open`/`read`/`close` on stack
 //! buffers, no allocation. So a child forked from a multi-threaded parent can use every
@@ -175,20 +189,55 @@ fn make(id: u32, start: Start) -> u64 {
     let lo = match start {
         Start::Alive(s) => s as u32,
         // Without /proc we still hold a usable (if weaker) identity: the id alone.
-        Start::Unknown | Start::Dead => 0,
+        Start::Unknown | Start::Dead | Start::Missing => 0,
     };
     ((u64::from(id) & 0x7fff_ffff) << 32) | u64::from(lo)
 }
 
 enum Start {
+    /// The task runs (or sleeps, or is stopped) and started at this tick.
     Alive(u64),
+    /// The task is a zombie, or went away while we read its entry.
     Dead,
+    /// `/proc` has no entry for the id: gone, or hidden from us (see the module docs).
+    Missing,
+    /// The entry could not be parsed.
     Unknown,
 }
 
+/// Asks the kernel whether any task has the id `id`, without `/proc`: `kill(id, 0)` sends no
+/// signal but checks existence. `EPERM` (the task belongs to another user) is alive too.
+fn kernel_knows(id: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(id) else {
+        return false;
+    };
+    // SAFETY: signal 0 delivers nothing; kill only looks the id up. `pid` is positive (ids are
+    // at most 2^31 - 1 by the conversion and non-zero by the caller's check), so it never
+    // names a process group or every process.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+/// The pid namespace of the calling process: the inode number of `/proc/self/ns/pid`, or 0
+/// when `/proc` cannot tell (not mounted). Not cached: a child forked after
+/// `unshare(CLONE_NEWPID)` lives in another namespace than the parent it was copied from.
+pub fn pid_namespace() -> u64 {
+    // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: the path is NUL-terminated and `st` is ours to fill.
+    let r = unsafe { libc::stat(c"/proc/self/ns/pid".as_ptr(), &mut st) };
+    if r == 0 {
+        st.st_ino
+    } else {
+        0
+    }
+}
+
 /// True unless the task a token names is known to be gone: no such task, a zombie, or a
-/// task with another start time (the id was reused). When `/proc` cannot tell, it says alive
-/// (the caller then keeps waiting, as it would for a live holder).
+/// task with another start time (the id was reused). When `/proc` cannot tell (unreadable,
+/// or hiding the task: `hidepid`, another namespace's `/proc`), it says alive unless the
+/// kernel itself knows no task of that id (the caller then keeps waiting, as it would for a
+/// live holder).
 pub fn is_alive(token: u64) -> bool {
     let token = token & !CONTENDED;
     let id = id_of(token);
@@ -226,6 +275,7 @@ pub fn is_alive(token: u64) -> bool {
         None => true,
         Some(Start::Unknown) => true,
         Some(Start::Dead) => false,
+        Some(Start::Missing) => kernel_knows(id),
         Some(Start::Alive(start)) => token as u32 == 0 || start as u32 == token as u32,
     }
 }
@@ -239,7 +289,7 @@ fn read_start(path: &[u8]) -> Option<Start> {
     if fd < 0 {
         let e = std::io::Error::last_os_error().raw_os_error();
         return match e {
-            Some(libc::ENOENT) | Some(libc::ESRCH) => Some(Start::Dead),
+            Some(libc::ENOENT) | Some(libc::ESRCH) => Some(Start::Missing),
             _ => None,
         };
     }
@@ -353,6 +403,98 @@ mod tests {
             "{status:#x}"
         );
         assert_eq!(process_token(), parent, "the parent's cache is untouched");
+    }
+
+    /// Runs `check` in a forked child that sees a `/proc` mounted `hidepid=2` in a mount
+    /// namespace of its own, as an unprivileged user (uid 65534), and returns its exit status.
+    /// `None` when the tests do not run as root (they cannot build that child then).
+    fn in_hidden_proc_child(check: impl FnOnce() -> bool) -> Option<i32> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: building a hidepid child needs root");
+            return None;
+        }
+        // SAFETY: the child only makes system calls and runs `check` (async-signal-safe code:
+        // /proc reads on the stack, kill), then `_exit`s.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            // SAFETY: plain system calls with NUL-terminated literals; failures end the child
+            // with a distinct code.
+            let code = unsafe {
+                if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                    10
+                } else if libc::mount(
+                    c"none".as_ptr(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    11
+                } else if libc::mount(
+                    c"proc".as_ptr(),
+                    c"/proc".as_ptr(),
+                    c"proc".as_ptr(),
+                    0,
+                    c"hidepid=2".as_ptr().cast(),
+                ) != 0
+                {
+                    12
+                } else if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                    13
+                } else if libc::access(c"/proc/1/stat".as_ptr(), libc::F_OK) == 0 {
+                    14 // /proc does not hide pid 1: the setup did not take
+                } else if check() {
+                    0
+                } else {
+                    1
+                }
+            };
+            // SAFETY: ends the child without unwinding into the harness.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(r, pid);
+        assert!(libc::WIFEXITED(status), "{status:#x}");
+        Some(libc::WEXITSTATUS(status))
+    }
+
+    /// Under `hidepid=2` another user's live process has no `/proc` entry: it must still count
+    /// as alive (it used to read as dead, so a waiter took over a live holder's lock).
+    #[test]
+    fn live_holder_hidden_by_hidepid_is_alive() {
+        let parent = process_token();
+        let parent_thread = thread_token();
+        // A task that is really gone: a reaped child's pid (nothing reuses it this fast).
+        // SAFETY: the child exits at once.
+        let gone = unsafe { libc::fork() };
+        if gone == 0 {
+            // SAFETY: ends the child at once.
+            unsafe { libc::_exit(0) };
+        }
+        let mut status = 0;
+        // SAFETY: reaping our own child.
+        unsafe { libc::waitpid(gone, &mut status, 0) };
+        let gone = make(gone as u32, Start::Alive(1));
+        let got = in_hidden_proc_child(move || {
+            is_alive(parent) && is_alive(parent_thread) && !is_alive(gone)
+        });
+        if let Some(code) = got {
+            assert_eq!(
+                code, 0,
+                "1: wrong liveness; 10-14: the hidepid setup failed"
+            );
+        }
+    }
+
+    #[test]
+    fn pid_namespace_is_known() {
+        assert_ne!(pid_namespace(), 0);
+        assert_eq!(pid_namespace(), pid_namespace());
     }
 
     #[test]

@@ -13,13 +13,23 @@
 //!
 //! Anonymous regions are freed by the kernel when the last process that maps them or holds
 //! their descriptor exits, crash or not: they cannot leak. Their size is sealed
-//! (`F_SEAL_SHRINK | F_SEAL_GROW`), so no peer can shrink the file under a mapping (which would
-//! turn reads into `SIGBUS`). Named regions live in `/dev/shm/mp-<name>` with mode 0600 until
-//! [`SharedMemory::unlink`] (their owner unlinks them when dropped).
+//! (`F_SEAL_SHRINK | F_SEAL_GROW`, or `F_SEAL_SHRINK` alone for [growable](Region::anonymous_growable)
+//! ones), so no peer can shrink the file under a mapping (which would turn reads into
+//! `SIGBUS`), and the seals themselves are sealed (`F_SEAL_SEAL`): no holder of the descriptor
+//! can add `F_SEAL_WRITE` or `F_SEAL_FUTURE_WRITE` to make everyone else's writes, or later
+//! mappings, fail.
+//!
+//! Named regions live in `/dev/shm/mp-<name>` with mode 0600 until [`SharedMemory::unlink`]
+//! (their owner unlinks them when dropped). A POSIX shared-memory file cannot be sealed, so any
+//! process of the same user may `ftruncate` a named block under its readers, whose next access
+//! past the new end is a `SIGBUS`, as in Python. mp checks a named block's header and size when
+//! it attaches, but cannot stop a same-user process from shrinking it later: share named
+//! blocks only with processes you trust as much as your own (anonymous regions, passed to
+//! children as handles, do not have this exposure).
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use memmap2::{MmapOptions, MmapRaw};
@@ -35,7 +45,7 @@ use crate::error::{Error, Result};
 pub const MAGIC: u64 = u64::from_le_bytes(*b"mp-regn\0");
 /// The layout version of [`RegionHeader`] and of the payloads mp puts in regions. Bumped on
 /// any change of layout, so that two builds with different layouts refuse each other.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// Size of the header; the payload starts at this offset and may ask for up to this alignment.
 pub const HEADER_SIZE: usize = 64;
 /// The largest payload alignment a region supports.
@@ -51,30 +61,36 @@ pub const KIND_BYTES: u32 = 0x6279_7465; // "byte"
 ///
 /// `magic` is written last, with Release ordering, by the creator; a reader loads it with
 /// Acquire before reading the other fields, so a half-initialised named region reads as
-/// "not initialised" and never as garbage.
+/// "not initialised" and never as garbage. Every field is an atomic: the header lives in memory
+/// that any process holding the file may write, so even a hostile writer racing a reader makes
+/// it read wrong numbers (which the check refuses), never a data race.
 #[repr(C, align(64))]
 #[derive(Debug)]
 pub struct RegionHeader {
     /// [`MAGIC`] once the header is complete.
     pub magic: AtomicU64,
     /// [`LAYOUT_VERSION`] of the creator.
-    pub version: u32,
+    pub version: AtomicU32,
     /// What the payload holds: a tag chosen by the primitive that made the region
     /// (for typed regions, a hash of the type's name, size and alignment).
-    pub kind: u32,
+    pub kind: AtomicU32,
     /// Payload size in bytes.
-    pub size: u64,
+    pub size: AtomicU64,
     /// Payload alignment in bytes.
-    pub align: u64,
-    /// A check over `version`, `kind`, `size` and `align`, so that a flipped bit is caught.
-    pub check: u64,
+    pub align: AtomicU64,
+    /// A check over `version`, `kind`, `size`, `align` and `pid_ns`, so that a flipped bit is
+    /// caught.
+    pub check: AtomicU64,
+    /// The creator's pid namespace ([`crate::ident::pid_namespace`]), or 0 when it could not
+    /// tell. Holder tokens in the payload are pids of that namespace.
+    pub pid_ns: AtomicU64,
     /// Reserved, zero.
-    pub reserved: [u64; 3],
+    pub reserved: [AtomicU64; 2],
 }
 assert_eq_size!(RegionHeader, [u8; HEADER_SIZE]);
 const_assert!(std::mem::align_of::<RegionHeader>() == 64);
 
-fn header_check(version: u32, kind: u32, size: u64, align: u64) -> u64 {
+fn header_check(version: u32, kind: u32, size: u64, align: u64, pid_ns: u64) -> u64 {
     // FNV-1a over the fields: cheap, and enough to catch corruption (this is not security;
     // received message bytes are validated separately).
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -84,6 +100,7 @@ fn header_check(version: u32, kind: u32, size: u64, align: u64) -> u64 {
         .chain(kind.to_le_bytes().iter())
         .chain(size.to_le_bytes().iter())
         .chain(align.to_le_bytes().iter())
+        .chain(pid_ns.to_le_bytes().iter())
     {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
@@ -148,7 +165,7 @@ impl Region {
             kind,
             size,
             align,
-            SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW,
+            SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL,
         )
     }
 
@@ -157,7 +174,12 @@ impl Region {
     /// holder without passing new descriptors, grows the file with [`grow_file`](Self::grow_file)
     /// and maps the extra range itself (mp-queue does this for messages larger than its ring).
     pub fn anonymous_growable(kind: u32, size: u64, align: u64) -> Result<Region> {
-        Self::anonymous_sealed(kind, size, align, SealFlag::F_SEAL_SHRINK)
+        Self::anonymous_sealed(
+            kind,
+            size,
+            align,
+            SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_SEAL,
+        )
     }
 
     /// Makes the file behind the region at least `len` bytes long (from its start, header
@@ -196,23 +218,29 @@ impl Region {
         let map = map_fd(&fd, HEADER_SIZE + layout.size as usize)?;
         let hdr = map.as_mut_ptr().cast::<RegionHeader>();
         // SAFETY: the mapping is at least HEADER_SIZE bytes and page-aligned, so `hdr` is valid
-        // and aligned for a RegionHeader. The file was just created (memfd) or created with
-        // O_EXCL (named) and its magic is still zero, so no other process treats the header as
-        // initialised yet: these plain writes race with nobody. The Release store of `magic`
-        // publishes them (pairs with the Acquire load in `validate`).
-        unsafe {
-            (&raw mut (*hdr).version).write(LAYOUT_VERSION);
-            (&raw mut (*hdr).kind).write(layout.kind);
-            (&raw mut (*hdr).size).write(layout.size);
-            (&raw mut (*hdr).align).write(layout.align);
-            (&raw mut (*hdr).check).write(header_check(
+        // and aligned for a RegionHeader, whose fields are all atomics (valid for any bytes,
+        // and shared references to them are fine while other processes write). The file was
+        // just created (memfd) or created with O_EXCL (named) and its magic is still zero, so
+        // no other process treats the header as initialised yet. The Release store of `magic`
+        // publishes the other fields (pairs with the Acquire load in `validate`).
+        let hdr = unsafe { &*hdr };
+        let pid_ns = crate::ident::pid_namespace();
+        hdr.version.store(LAYOUT_VERSION, Ordering::Relaxed);
+        hdr.kind.store(layout.kind, Ordering::Relaxed);
+        hdr.size.store(layout.size, Ordering::Relaxed);
+        hdr.align.store(layout.align, Ordering::Relaxed);
+        hdr.pid_ns.store(pid_ns, Ordering::Relaxed);
+        hdr.check.store(
+            header_check(
                 LAYOUT_VERSION,
                 layout.kind,
                 layout.size,
                 layout.align,
-            ));
-            (*hdr).magic.store(MAGIC, Ordering::Release);
-        }
+                pid_ns,
+            ),
+            Ordering::Relaxed,
+        );
+        hdr.magic.store(MAGIC, Ordering::Release);
         Ok(Region {
             inner: Arc::new(Inner { map, fd, layout }),
         })
@@ -326,21 +354,20 @@ fn map_fd(fd: &OwnedFd, len: usize) -> Result<MmapRaw> {
 /// Reads and checks the header at the start of `map`, for a file of `file_len` bytes.
 fn validate(map: &MmapRaw, file_len: u64) -> Result<Layout> {
     let hdr = map.as_ptr().cast::<RegionHeader>();
-    // SAFETY: the mapping is at least HEADER_SIZE bytes and page-aligned. The magic is an
-    // atomic, so reading it while a creator writes it is no race. The Acquire load pairs with
-    // the Release store in `init`: once it reads MAGIC, the other fields are complete, and no
-    // mp code writes them again. The fields are plain integers, valid for every bit pattern,
-    // so even a hostile writer can only make us read wrong numbers, which the check rejects.
-    let (magic, version, kind, size, align, check) = unsafe {
-        (
-            (*hdr).magic.load(Ordering::Acquire),
-            (&raw const (*hdr).version).read_volatile(),
-            (&raw const (*hdr).kind).read_volatile(),
-            (&raw const (*hdr).size).read_volatile(),
-            (&raw const (*hdr).align).read_volatile(),
-            (&raw const (*hdr).check).read_volatile(),
-        )
-    };
+    // SAFETY: the mapping is at least HEADER_SIZE bytes and page-aligned, and every field of
+    // the header is an atomic, valid for every bit pattern: a shared reference is sound even
+    // while another process writes the bytes.
+    let hdr = unsafe { &*hdr };
+    // Acquire pairs with the Release store in `init`: once it reads MAGIC, the other fields
+    // are complete, and no mp code writes them again. Each field is read once, here; the
+    // checks below look only at these copies.
+    let magic = hdr.magic.load(Ordering::Acquire);
+    let version = hdr.version.load(Ordering::Relaxed);
+    let kind = hdr.kind.load(Ordering::Relaxed);
+    let size = hdr.size.load(Ordering::Relaxed);
+    let align = hdr.align.load(Ordering::Relaxed);
+    let check = hdr.check.load(Ordering::Relaxed);
+    let pid_ns = hdr.pid_ns.load(Ordering::Relaxed);
     if magic == 0 {
         return Err(Error::BadHeader {
             reason: "the header is not initialised (its creator has not finished, or it is not an mp region)".into(),
@@ -358,9 +385,16 @@ fn validate(map: &MmapRaw, file_len: u64) -> Result<Layout> {
             ),
         });
     }
-    if check != header_check(version, kind, size, align) {
+    if check != header_check(version, kind, size, align, pid_ns) {
         return Err(Error::BadHeader {
             reason: "the header check does not match: the header is corrupted".into(),
+        });
+    }
+    let ours = crate::ident::pid_namespace();
+    if pid_ns != 0 && ours != 0 && pid_ns != ours {
+        return Err(Error::ForeignPidNamespace {
+            region: pid_ns,
+            ours,
         });
     }
     check_size(size).map_err(|_| Error::BadHeader {
@@ -533,36 +567,28 @@ impl SharedMemory {
     }
 
     /// Copies `buf.len()` bytes from `offset` into `buf`. An out-of-range request is
-    /// [`Error::InvalidSize`].
+    /// [`Error::OutOfRange`].
+    ///
+    /// Other processes may write the block at the same time: the copy then holds some mix of
+    /// old and new bytes (each aligned 8-byte word is read whole), as with Python's
+    /// `SharedMemory.buf`. Use a lock of mp-sync around both sides for a consistent copy.
     pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
         self.check_range(offset, buf.len())?;
-        // SAFETY: the range is inside the payload (checked above). Other processes may write
-        // these bytes concurrently; a byte copy through raw pointers observes some mix of old
-        // and new bytes, which is the documented semantics of a raw shared block (as in
-        // Python), and `buf` is our own memory.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.region.as_ptr().add(offset),
-                buf.as_mut_ptr(),
-                buf.len(),
-            )
-        };
+        // SAFETY: the range is inside the payload (checked above), which stays mapped while
+        // `self` lives. Other processes may write it concurrently: `copy_from_shared` reads it
+        // only through atomic loads, so that is no data race.
+        unsafe { crate::shared::copy_from_shared(self.region.as_ptr().add(offset), buf) };
         Ok(())
     }
 
     /// Copies `data` into the block at `offset`. An out-of-range request is
-    /// [`Error::InvalidSize`].
+    /// [`Error::OutOfRange`]. Concurrent readers and writers see the bytes change word by
+    /// word, as documented for [`read_at`](Self::read_at).
     pub fn write_at(&self, offset: usize, data: &[u8]) -> Result<()> {
         self.check_range(offset, data.len())?;
-        // SAFETY: the range is inside the payload (checked above); no reference to the shared
-        // bytes is created, so concurrent writers only mix bytes, as documented.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                data.as_ptr(),
-                self.region.as_ptr().add(offset),
-                data.len(),
-            )
-        };
+        // SAFETY: the range is inside the payload (checked above); `copy_to_shared` writes it
+        // only through atomic stores, so concurrent readers and writers are no data race.
+        unsafe { crate::shared::copy_to_shared(data, self.region.as_ptr().add(offset)) };
         Ok(())
     }
 
@@ -580,9 +606,10 @@ impl SharedMemory {
     fn check_range(&self, offset: usize, len: usize) -> Result<()> {
         match offset.checked_add(len) {
             Some(end) if end <= self.size() => Ok(()),
-            _ => Err(Error::InvalidSize {
-                size: offset as u64 + len as u64,
-                max: self.size() as u64,
+            _ => Err(Error::OutOfRange {
+                offset: offset as u64,
+                len: len as u64,
+                size: self.size() as u64,
             }),
         }
     }

@@ -241,6 +241,75 @@ fn anonymous_region_size_is_sealed() {
         nix::unistd::ftruncate(&fd, 1 << 20).is_err(),
         "growing is sealed"
     );
+    assert_no_more_seals(&fd);
+}
+
+/// The seals are sealed: a holder of the descriptor cannot add `F_SEAL_FUTURE_WRITE` (which
+/// would make every later writable mapping, so every later `from_fd`, fail).
+fn assert_no_more_seals(fd: &std::os::fd::OwnedFd) {
+    use nix::fcntl::{fcntl, FcntlArg};
+    // SAFETY: F_ADD_SEALS on our own descriptor with a plain flag word.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_FUTURE_WRITE) };
+    assert_eq!(r, -1, "a seal could be added");
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EPERM),
+        "F_SEAL_SEAL is set"
+    );
+    let seals = fcntl(fd.as_raw_fd(), FcntlArg::F_GET_SEALS).unwrap();
+    assert_ne!(seals & libc::F_SEAL_SEAL, 0);
+}
+
+/// A region made in one pid namespace is refused, with a typed error, by a process of another:
+/// the pids its locks record mean other processes there.
+#[test]
+fn region_from_another_pid_namespace_is_refused() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: unshare(CLONE_NEWPID) needs root");
+        return;
+    }
+    let region = Region::anonymous(12, 64, 8).unwrap();
+    let fd = region.dup_fd().unwrap();
+    let layout = region.layout();
+    // A child in the same namespace accepts it.
+    let same = fork_run(
+        || match Region::from_fd(fd.try_clone().unwrap(), Some(layout)) {
+            Ok(_) => 0,
+            Err(_) => 1,
+        },
+    );
+    assert_eq!(same, 0);
+    let code = fork_run(move || {
+        // SAFETY: unshare and fork are system calls; the grandchild (pid 1 of the new
+        // namespace) maps the region and `_exit`s.
+        unsafe {
+            if libc::unshare(libc::CLONE_NEWPID) != 0 {
+                return 10;
+            }
+            let pid = libc::fork();
+            if pid < 0 {
+                return 11;
+            }
+            if pid == 0 {
+                let code = match Region::from_fd(fd, Some(layout)) {
+                    Err(Error::ForeignPidNamespace { region, ours }) if region != ours => 0,
+                    Err(_) => 2,
+                    Ok(_) => 3,
+                };
+                libc::_exit(code);
+            }
+            let mut status = 0;
+            if libc::waitpid(pid, &mut status, 0) != pid || !libc::WIFEXITED(status) {
+                return 12;
+            }
+            libc::WEXITSTATUS(status)
+        }
+    });
+    assert_eq!(
+        code, 0,
+        "3: accepted across namespaces; 10-12: setup failed"
+    );
 }
 
 #[test]
@@ -260,6 +329,7 @@ fn growable_region_grows_but_never_shrinks() {
     assert!(Region::from_fd(region.dup_fd().unwrap(), Some(region.layout())).is_ok());
     let sealed = Region::anonymous(1, 64, 8).unwrap();
     assert!(sealed.grow_file(1 << 20).is_err());
+    assert_no_more_seals(&fd);
 }
 
 #[test]
@@ -345,7 +415,26 @@ fn named_region_errors() {
     owner.write_at(510, b"ab").unwrap();
     assert!(matches!(
         owner.write_at(511, b"ab"),
-        Err(Error::InvalidSize { .. })
+        Err(Error::OutOfRange {
+            offset: 511,
+            len: 2,
+            size: 512
+        })
+    ));
+    // An offset near usize::MAX: offset + len overflows. The error reports the request as
+    // given (it used to add the two: a panic in debug builds, a wrapped size in release).
+    let mut buf = [0u8; 2];
+    assert!(matches!(
+        other.read_at(usize::MAX, &mut buf),
+        Err(Error::OutOfRange {
+            offset: u64::MAX,
+            len: 2,
+            size: 512
+        })
+    ));
+    assert!(matches!(
+        owner.write_at(usize::MAX - 1, b"abc"),
+        Err(Error::OutOfRange { .. })
     ));
     let mut two = [0u8; 2];
     other.read_at(510, &mut two).unwrap();
