@@ -104,9 +104,6 @@ pub(crate) fn start<R>(p: Prepared) -> Result<Child<R>, Error> {
             MAX_FDS - 1
         )));
     }
-    let (parent_end, child_end) = crate::chanpool::new_pair()?;
-    let mut fds: Vec<RawFd> = vec![child_end.as_raw_fd()];
-    fds.extend(p.fds.iter().map(|f| f.as_raw_fd()));
     let mut req = [0u8; 8];
     req[0..4].copy_from_slice(&u32::from(p.daemon).to_le_bytes());
     req[4..8].copy_from_slice(&std::process::id().to_le_bytes());
@@ -114,8 +111,16 @@ pub(crate) fn start<R>(p: Prepared) -> Result<Child<R>, Error> {
     let cell = server_cell();
     let mut guard = cell.lock().unwrap_or_else(|e| e.into_inner());
     let mut attempts = 0;
-    let pid = loop {
+    let (pid, parent_end) = loop {
         attempts += 1;
+        // A fresh channel for every attempt: a server that died after its `clone` but before
+        // its reply leaves a child holding this attempt's end. Reusing the pair would let that
+        // child and the retry's child read one boot frame between them (the one the parent
+        // waits on could block forever). With its own pair, the stray child reads end-of-file
+        // as soon as this attempt's end is dropped, and exits.
+        let (parent_end, child_end) = crate::chanpool::new_pair()?;
+        let mut fds: Vec<RawFd> = vec![child_end.as_raw_fd()];
+        fds.extend(p.fds.iter().map(|f| f.as_raw_fd()));
         if guard.is_none() {
             *guard = Some(start_server()?);
         }
@@ -123,7 +128,7 @@ pub(crate) fn start<R>(p: Prepared) -> Result<Child<R>, Error> {
             .as_ref()
             .ok_or_else(|| Error::ForkServer("no server".into()))?;
         match request(server, &req, &fds) {
-            Ok(pid) => break pid,
+            Ok(pid) => break (pid, parent_end),
             Err(e) if attempts < 2 => {
                 // The server died (killed, or it exited): start a new one, once.
                 // The old server is our child and not yet reaped, so its pid cannot have
@@ -139,7 +144,6 @@ pub(crate) fn start<R>(p: Prepared) -> Result<Child<R>, Error> {
         }
     };
     drop(guard);
-    drop(child_end);
     drop(p.fds);
     let state = ChildState::new(pid, p.name, p.daemon);
     let _ = crate::frame::send(parent_end.as_fd(), crate::frame::Tag::Boot, &p.bytes);
@@ -220,6 +224,7 @@ pub(crate) fn server_main(parked_stdout: Option<RawFd>) -> ! {
     {
         std::process::exit(0);
     }
+    let die_after_clone = test_hook_die_after_clone();
     // The server serves until the parent goes away; every step below allocates nothing per
     // request except the descriptor vector.
     loop {
@@ -306,6 +311,12 @@ pub(crate) fn server_main(parked_stdout: Option<RawFd>) -> ! {
             std::process::exit(code);
         }
         drop(fds);
+        if pid > 0 && die_after_clone {
+            // The test hook: the server dies between its clone and its reply, once the child
+            // has had time to wait for its boot frame.
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            runtime::exit_now(0);
+        }
         if pid < 0 {
             let e = std::io::Error::last_os_error()
                 .raw_os_error()
@@ -315,6 +326,25 @@ pub(crate) fn server_main(parked_stdout: Option<RawFd>) -> ! {
             let _ = reply(&ctrl, 0, pid as u32);
         }
     }
+}
+
+/// The environment variable of a test hook: when it names a file that does not exist yet, the
+/// fork server creates it and then dies after its first `clone`, before replying (as if killed
+/// at that instruction). Later servers find the file and serve normally. The variable is
+/// removed from the server's environment, so its children never see it.
+#[doc(hidden)]
+pub const ENV_TEST_DIE_AFTER_CLONE: &str = "MP_TEST_FORKSERVER_DIE_AFTER_CLONE";
+
+fn test_hook_die_after_clone() -> bool {
+    let Some(path) = std::env::var_os(ENV_TEST_DIE_AFTER_CLONE) else {
+        return false;
+    };
+    std::env::remove_var(ENV_TEST_DIE_AFTER_CLONE);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .is_ok()
 }
 
 fn reply(ctrl: &OwnedFd, status: i32, pid: u32) -> nix::Result<usize> {

@@ -283,6 +283,7 @@ pub fn install_panic_hook() {
 
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::forkserver::ENV_TEST_DIE_AFTER_CLONE;
     pub use crate::runtime::mark_test_harness;
 }
 

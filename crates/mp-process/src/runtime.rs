@@ -11,7 +11,7 @@
 use std::cell::RefCell;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU8, Ordering};
 use std::sync::Once;
 
 use mp_core::message::{decode, encode, encode_into, Encoded};
@@ -141,8 +141,36 @@ thread_local! {
     static LAST_PANIC: RefCell<Option<(String, String)>> = const { RefCell::new(None) };
 }
 
-/// Installs the panic hook once per process (see the module doc).
+/// What the panic hook does about backtraces, decided in the parent before each fork (a forked
+/// child must not read the environment or take std's backtrace lock: another thread of the
+/// parent may have held either at the fork, and nothing would ever release it in the child).
+static BACKTRACE: AtomicU8 = AtomicU8::new(BACKTRACE_OFF);
+/// `RUST_BACKTRACE` is unset or 0.
+const BACKTRACE_OFF: u8 = 0;
+/// Backtraces are wanted, and the process had one thread when this was decided.
+const BACKTRACE_ON: u8 = 1;
+/// Backtraces are wanted, but the process ran other threads: a child forked now could block
+/// forever in std's backtrace lock, so it prints a note instead.
+const BACKTRACE_UNSAFE: u8 = 2;
+
+/// Reads `RUST_BACKTRACE` (and, only when it asks for backtraces, this process's thread count)
+/// for the panic hook of the children started next. Called by the parent before every start.
+fn decide_backtrace() {
+    let wanted = std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0");
+    let mode = if !wanted {
+        BACKTRACE_OFF
+    } else if std::fs::read_dir("/proc/self/task").map_or(2, |d| d.count()) <= 1 {
+        BACKTRACE_ON
+    } else {
+        BACKTRACE_UNSAFE
+    };
+    BACKTRACE.store(mode, Ordering::Relaxed);
+}
+
+/// Installs the panic hook once per process (see the module doc), and reads what it needs from
+/// the environment now, in the caller (before a fork), never in the panicking child.
 pub(crate) fn install_panic_hook() {
+    decide_backtrace();
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
@@ -162,8 +190,16 @@ pub(crate) fn install_panic_hook() {
                 "process '{who}' (pid {}) panicked at {location}:\n{message}\n",
                 std::process::id()
             );
-            if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
-                text.push_str(&format!("{}\n", std::backtrace::Backtrace::force_capture()));
+            match BACKTRACE.load(Ordering::Relaxed) {
+                BACKTRACE_ON => {
+                    text.push_str(&format!("{}\n", std::backtrace::Backtrace::force_capture()))
+                }
+                BACKTRACE_UNSAFE => text.push_str(
+                    "(no backtrace: this child was forked from a multi-threaded parent, where \
+                     capturing one could block forever; the spawn and forkserver start methods \
+                     give backtraces)\n",
+                ),
+                _ => {}
             }
             // Straight to fd 2: a forked child of a test harness may have inherited a capture
             // of the thread's output, which would swallow the message.

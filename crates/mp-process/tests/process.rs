@@ -432,7 +432,25 @@ fn count_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
+/// The children of `pid` that are not zombies.
+fn live_children_of(pid: u32) -> Vec<u32> {
+    children_of(pid)
+        .into_iter()
+        .filter(|(_, state)| state != "Z")
+        .map(|(p, _)| p)
+        .collect()
+}
+
 fn zombies_of(pid: u32) -> Vec<u32> {
+    children_of(pid)
+        .into_iter()
+        .filter(|(_, state)| state == "Z")
+        .map(|(p, _)| p)
+        .collect()
+}
+
+/// The children of `pid` with their states.
+fn children_of(pid: u32) -> Vec<(u32, String)> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
@@ -448,8 +466,8 @@ fn zombies_of(pid: u32) -> Vec<u32> {
         let mut f = rest.split_whitespace();
         let state = f.next().unwrap_or("");
         let ppid: u32 = f.next().and_then(|x| x.parse().ok()).unwrap_or(0);
-        if ppid == pid && state == "Z" {
-            out.push(p);
+        if ppid == pid {
+            out.push((p, state.to_string()));
         }
     }
     out
@@ -700,6 +718,109 @@ fn forkserver_is_restarted_after_it_dies() {
     assert_eq!(join(&mut c).unwrap(), 9);
     assert_ne!(mp_process::forkserver_pid(), Some(server));
     assert!(zombies_of(std::process::id()).is_empty());
+}
+
+/// The fork server dies after its `clone` but before its reply (issue 13, item 7): the retry
+/// must not hand the boot frame to the first, unknown child. It used to reuse the channel, so
+/// the first child and the retry's child waited on one socket: the first could take the boot
+/// frame (and run the target in a process the parent does not know), and the other stayed
+/// blocked in `recv` for as long as the first ran.
+#[test]
+fn forkserver_dying_between_clone_and_reply_starts_the_right_child() {
+    mp_process::isolate!(forkserver_dying_between_clone_and_reply_starts_the_right_child);
+    let marker = std::env::temp_dir().join(format!("mp-fs-hook-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let go = Shared::new(AtomicU32::new(0)).unwrap();
+    std::env::set_var(mp_process::__private::ENV_TEST_DIE_AFTER_CLONE, &marker);
+    let started = Process::new(pid_after_go, go.clone())
+        .start_method(StartMethod::ForkServer)
+        .start();
+    std::env::remove_var(mp_process::__private::ENV_TEST_DIE_AFTER_CLONE);
+    assert!(marker.exists(), "the first server ran the hook");
+    let _ = std::fs::remove_file(&marker);
+    let mut c = started.unwrap();
+    // While the target waits for `go`, the only child of ours still running besides the new
+    // server is the one the parent was given: the first server's child read end-of-file on
+    // its own channel and exited.
+    let server = mp_process::forkserver_pid();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let live: Vec<u32> = live_children_of(std::process::id())
+            .into_iter()
+            .filter(|p| Some(*p) != server)
+            .collect();
+        if live == [c.pid()] {
+            break;
+        }
+        if Instant::now() > deadline {
+            go.store(1, Ordering::Release);
+            let _ = c.kill();
+            let _ = c.join();
+            panic!(
+                "children running besides the server: {live:?}, given {}",
+                c.pid()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    go.store(1, Ordering::Release);
+    assert_eq!(
+        join(&mut c).unwrap(),
+        c.pid(),
+        "the target ran in the given child"
+    );
+    // The server that serves now is the second one, and works.
+    let mut again = Process::new(square, 8)
+        .start_method(StartMethod::ForkServer)
+        .start()
+        .unwrap();
+    assert_eq!(join(&mut again).unwrap(), 64);
+}
+
+/// A fork child's first panic while another thread of the parent was inside `set_var` at the
+/// fork (issue 13, item 8): the panic hook used to read `RUST_BACKTRACE` in the child, waiting
+/// forever for the environment lock that the copied thread held. Now the parent reads it
+/// before forking; every child reports its panic.
+#[test]
+fn fork_child_panics_while_a_parent_thread_sets_the_environment() {
+    mp_process::isolate!(fork_child_panics_while_a_parent_thread_sets_the_environment);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                std::env::set_var("MP_TEST_CHURN", i.to_string());
+            }
+        })
+    };
+    let mut hung = 0;
+    for _ in 0..30 {
+        let mut c = Process::fork(|| -> u32 { panic!("boom") }).unwrap();
+        match c.join_timeout(Duration::from_secs(5)) {
+            Err(ProcessError::Panicked { message, .. }) => assert_eq!(message, "boom"),
+            Ok(None) => {
+                hung += 1;
+                let _ = c.kill();
+                let _ = c.join();
+            }
+            other => panic!("unexpected: {other:?}"),
+        }
+        if hung > 0 {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    assert_eq!(hung, 0, "a panicking fork child blocked in its panic hook");
+}
+
+fn pid_after_go(go: Shared<AtomicU32>) -> u32 {
+    while go.load(Ordering::Acquire) == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::process::id()
 }
 
 #[test]
