@@ -49,7 +49,7 @@ fn ci() -> Result<(), String> {
     }
 }
 
-/// The benchmark suite lives in `bench.rs`.
+/// The benchmark suite lives in `bench/`.
 fn bench(args: &[String]) -> Result<(), String> {
     bench::run(args)
 }

@@ -1,0 +1,291 @@
+//! `cargo xtask bench [--quick] [--filter NAME]`: mp against CPython, the Rust peers and the
+//! machine's limits, in one run, on this machine.
+//!
+//! 1. Builds the criterion bench `mp-benches/benches/suite.rs` and lists its benchmark ids
+//!    (`<workload>/<implementation>/<placement>`); a workload without an `mp` id is reported as
+//!    "not built".
+//! 2. Runs it once per criterion group (each group under a watchdog), with the results in
+//!    `target/bench/criterion/`.
+//! 3. Runs `benches/python/<workload>.py` with the machine's `python3`, in the same placements.
+//! 4. Prints the table, writes `target/bench/report.json`, `report.md` and `chart.svg`.
+//!
+//! Only the standard library is used here: the report's JSON and SVG are written by hand, and
+//! criterion's `estimates.json` is read with a tiny field extractor.
+
+mod chart;
+mod criterion;
+mod report;
+mod run;
+mod specs;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use chart::svg;
+use criterion::{limit_value, Criterion};
+use report::{environment, fmt_value, json, markdown, row, LimitRow};
+use run::{build, last_lines, list, python_version, run_group, run_python, RunLock};
+use specs::{limit_single, placements, Spec, Unit, LIMITS, SPECS};
+
+use crate::project_root;
+
+/// The command line of `cargo xtask bench`.
+struct Options {
+    quick: bool,
+    filter: Option<String>,
+}
+
+/// `/proc/loadavg` as it reads now (empty where there is none).
+pub(super) fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Parses the arguments; `None` when `--help` was asked for (and printed).
+fn parse(args: &[String]) -> Result<Option<Options>, String> {
+    let mut o = Options {
+        quick: false,
+        filter: None,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => o.quick = true,
+            "--filter" => {
+                o.filter = Some(it.next().ok_or("--filter needs a workload name")?.clone());
+            }
+            s if s.starts_with("--filter=") => o.filter = Some(s["--filter=".len()..].into()),
+            "-h" | "--help" => {
+                let names: Vec<&str> = SPECS.iter().map(|s| s.name).collect();
+                let limits: Vec<&str> = LIMITS.iter().map(|l| l.0).collect();
+                println!(
+                    concat!(
+                        "usage: cargo xtask bench [--quick] [--filter NAME]\n\n",
+                        "  --quick        every workload briefly (smoke run)\n",
+                        "  --filter NAME  only the workloads (and limits) whose name contains NAME\n\n",
+                        "workloads: {}\nlimits: {}\n\nSee docs/benchmarks.md."
+                    ),
+                    names.join(", "),
+                    limits.join(", ")
+                );
+                return Ok(None);
+            }
+            other => return Err(format!("bench: unknown argument {other:?} (try --help)")),
+        }
+    }
+    Ok(Some(o))
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR` when set, else `target/` of the workspace.
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| if p.is_absolute() { p } else { root.join(p) })
+        .unwrap_or_else(|| root.join("target"))
+}
+
+/// Runs the suite.
+pub(crate) fn run(args: &[String]) -> Result<(), String> {
+    let Some(opts) = parse(args)? else {
+        return Ok(());
+    };
+    let root = project_root();
+    let out_dir = target_dir(&root).join("bench");
+    let crit_home = out_dir.join("criterion");
+    let specs: Vec<&Spec> = SPECS
+        .iter()
+        .filter(|s| {
+            opts.filter
+                .as_ref()
+                .is_none_or(|f| s.name.contains(f.as_str()))
+        })
+        .collect();
+    let limit_filter: Vec<&(&str, &str, Unit)> = LIMITS
+        .iter()
+        .filter(|l| match &opts.filter {
+            None => true,
+            Some(f) => {
+                l.0.contains(f.as_str()) || specs.iter().any(|s| s.limit.iter().any(|x| x.0 == l.0))
+            }
+        })
+        .collect();
+    if specs.is_empty() && limit_filter.is_empty() {
+        return Err(format!(
+            "--filter {:?} matches no workload (try --help for the names)",
+            opts.filter.unwrap_or_default()
+        ));
+    }
+    let started = Instant::now();
+    let load_start = loadavg();
+    std::fs::create_dir_all(&out_dir).map_err(|e| format!("create {}: {e}", out_dir.display()))?;
+    let _lock = RunLock::take(&out_dir.join("run.lock"))?;
+    if crit_home.exists() {
+        std::fs::remove_dir_all(&crit_home)
+            .map_err(|e| format!("remove stale {}: {e}", crit_home.display()))?;
+    }
+
+    eprintln!("bench: building mp-benches (release profile)...");
+    let exe = build(&root)?;
+    let listed = list(&exe, &root)?;
+
+    // Criterion, one group at a time.
+    let mut groups: Vec<&str> = limit_filter.iter().map(|l| l.0).collect();
+    groups.extend(specs.iter().map(|s| s.name));
+    let failures = run_criterion(&exe, &root, &out_dir, &groups, &listed, opts.quick)?;
+
+    // CPython, same workloads and placements.
+    let python = python_version();
+    let cpython = run_cpython(&root, &specs, python.is_some(), opts.quick);
+
+    // Assemble.
+    let crit = Criterion { home: &crit_home };
+    let mut rows = Vec::new();
+    for s in &specs {
+        for &p in placements(s.single) {
+            rows.push(row(s, p, &crit, &listed, &cpython));
+        }
+    }
+    let mut limits = Vec::new();
+    for &&(g, label, unit) in &limit_filter {
+        for &p in placements(limit_single(g)) {
+            let v = limit_value(&crit, g, p, unit);
+            limits.push(LimitRow {
+                group: g,
+                label,
+                unit,
+                placement: p,
+                value: v,
+            });
+        }
+    }
+    let mut env = environment(&root, python.as_deref(), opts.quick, opts.filter.as_deref());
+    env.load_start = load_start;
+    let md = markdown(&env, &rows, &limits);
+    println!("\n{md}");
+    std::fs::write(out_dir.join("report.md"), &md).map_err(|e| format!("write report.md: {e}"))?;
+    std::fs::write(out_dir.join("report.json"), json(&env, &rows, &limits))
+        .map_err(|e| format!("write report.json: {e}"))?;
+    std::fs::write(out_dir.join("chart.svg"), svg(&env, &rows))
+        .map_err(|e| format!("write chart.svg: {e}"))?;
+    eprintln!(
+        "bench: done in {:.0} s; wrote {}/report.md, report.json, chart.svg",
+        started.elapsed().as_secs_f64(),
+        out_dir.display()
+    );
+    if !failures.is_empty() {
+        for (g, tail) in &failures {
+            eprintln!("bench: {g} failed:\n{tail}");
+        }
+        return Err(format!("{} benchmark group(s) failed", failures.len()));
+    }
+    Ok(())
+}
+
+/// Runs each criterion group in turn, logging to `criterion.log`; returns the failed groups
+/// with the last lines of their output.
+fn run_criterion(
+    exe: &Path,
+    root: &Path,
+    out_dir: &Path,
+    groups: &[&str],
+    listed: &BTreeSet<String>,
+    quick: bool,
+) -> Result<BTreeMap<String, String>, String> {
+    let crit_home = out_dir.join("criterion");
+    let mut failures = BTreeMap::new();
+    let log_path = out_dir.join("criterion.log");
+    let mut log = String::new();
+    for (i, g) in groups.iter().enumerate() {
+        if !listed.iter().any(|id| id.starts_with(&format!("{g}/"))) {
+            eprintln!(
+                "bench: [{}/{}] {g}: nothing built to measure",
+                i + 1,
+                groups.len()
+            );
+            continue;
+        }
+        let t = Instant::now();
+        eprint!("bench: [{}/{}] {g} ... ", i + 1, groups.len());
+        let (ok, out) = run_group(exe, root, &crit_home, g, quick)?;
+        let _ = writeln!(log, "===== {g}\n{out}");
+        std::fs::write(&log_path, &log)
+            .map_err(|e| format!("write {}: {e}", log_path.display()))?;
+        if ok {
+            eprintln!("{:.1} s", t.elapsed().as_secs_f64());
+        } else {
+            eprintln!(
+                "FAILED after {:.1} s (see {})",
+                t.elapsed().as_secs_f64(),
+                log_path.display()
+            );
+            failures.insert(g.to_string(), last_lines(&out, 8));
+        }
+    }
+    Ok(failures)
+}
+
+/// CPython's number for each workload and placement (or why there is none).
+type CpythonResults = BTreeMap<(String, String), Result<f64, String>>;
+
+/// Runs the CPython script of each workload in each of its placements.
+fn run_cpython(root: &Path, specs: &[&Spec], have_python: bool, quick: bool) -> CpythonResults {
+    let mut cpython = BTreeMap::new();
+    for (i, s) in specs.iter().enumerate() {
+        for &p in placements(s.single) {
+            eprint!(
+                "bench: CPython [{}/{}] {} {p} ... ",
+                i + 1,
+                specs.len(),
+                s.name
+            );
+            let t = Instant::now();
+            let r = if have_python {
+                run_python(root, s.name, p, quick)
+            } else {
+                Err("python3 not found".into())
+            };
+            match &r {
+                Ok(v) => eprintln!(
+                    "{} ({:.1} s)",
+                    fmt_value(*v, s.unit),
+                    t.elapsed().as_secs_f64()
+                ),
+                Err(e) => eprintln!("FAILED: {e}"),
+            }
+            cpython.insert((s.name.to_string(), p.to_string()), r);
+        }
+    }
+    cpython
+}
+
+#[cfg(test)]
+mod tests {
+    use super::criterion::{json_number_field, leading_number};
+    use super::report::{json_str, sig3, utc_now};
+    use super::*;
+
+    #[test]
+    fn every_workload_has_its_cpython_script() {
+        let dir = project_root().join("benches").join("python");
+        for s in SPECS {
+            assert!(dir.join(format!("{}.py", s.name)).is_file(), "{}", s.name);
+        }
+    }
+
+    #[test]
+    fn numbers_and_dates_format() {
+        assert_eq!(sig3(1234.4), "1234");
+        assert_eq!(sig3(0.012345), "0.0123");
+        assert_eq!(fmt_value(2_500_000.0, Unit::Msgs), "2.50M");
+        assert_eq!(leading_number(" 12.5e3,"), Some(12500.0));
+        assert_eq!(
+            json_number_field(r#"{"a":1,"point_estimate":42.5}"#, "point_estimate"),
+            Some(42.5)
+        );
+        assert_eq!(utc_now().len(), 20);
+        assert_eq!(json_str("a\"b\n"), r#""a\"b\n""#);
+    }
+}

@@ -1,0 +1,224 @@
+//! Running things: the build of mp-benches, criterion groups under a watchdog, the CPython
+//! scripts, and the lock that keeps two runs from sharing the machine.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::criterion::json_string_field;
+
+/// One `cargo xtask bench` at a time per target directory: a second run would delete the
+/// first one's results and, worse, compete with it for the CPUs. The lock is a file holding
+/// the pid of the run; a lock left by a run that died is taken over.
+pub(super) struct RunLock(PathBuf);
+
+impl RunLock {
+    /// Takes the lock, or says which live run holds it.
+    pub(super) fn take(path: &Path) -> Result<RunLock, String> {
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+            {
+                Ok(mut f) => {
+                    use std::io::Write as _;
+                    let _ = write!(f, "{}", std::process::id());
+                    return Ok(RunLock(path.to_path_buf()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let owner = std::fs::read_to_string(path).unwrap_or_default();
+                    let owner = owner.trim();
+                    let alive = !owner.is_empty() && Path::new(&format!("/proc/{owner}")).exists();
+                    if alive {
+                        return Err(format!(
+                            "another `cargo xtask bench` is running (pid {owner}, lock {}); \
+                             two runs at once would spoil each other's numbers",
+                            path.display()
+                        ));
+                    }
+                    let _ = std::fs::remove_file(path); // stale: its run is gone
+                }
+                Err(e) => return Err(format!("create {}: {e}", path.display())),
+            }
+        }
+        Err(format!("could not take {}", path.display()))
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Builds the criterion bench in the release profile and returns its executable.
+pub(super) fn build(root: &Path) -> Result<PathBuf, String> {
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "bench",
+            "-p",
+            "mp-benches",
+            "--bench",
+            "suite",
+            "--no-run",
+            "--message-format=json",
+        ])
+        .current_dir(root)
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("could not run cargo: {e}"))?;
+    if !out.status.success() {
+        return Err("building the benches failed (cargo bench -p mp-benches --no-run)".into());
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for line in stdout.lines() {
+        if line.contains("\"compiler-artifact\"") && line.contains("\"name\":\"suite\"") {
+            if let Some(exe) = json_string_field(line, "executable") {
+                return Ok(PathBuf::from(exe));
+            }
+        }
+    }
+    Err("cargo did not report the bench executable of mp-benches".into())
+}
+
+/// The benchmark ids the executable holds.
+pub(super) fn list(exe: &Path, root: &Path) -> Result<BTreeSet<String>, String> {
+    let out = Command::new(exe)
+        .args(["--bench", "--list"])
+        .current_dir(root.join("benches"))
+        .output()
+        .map_err(|e| format!("could not run {}: {e}", exe.display()))?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_suffix(": benchmark"))
+        .map(str::to_string)
+        .collect())
+}
+
+/// Runs `cmd` with stdout and stderr captured, killing it after `limit`.
+pub(super) fn run_with_timeout(
+    mut cmd: Command,
+    limit: Duration,
+) -> Result<(bool, String), String> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("could not start {cmd:?}: {e}"))?;
+    let mut so = child.stdout.take().ok_or("no stdout")?;
+    let mut se = child.stderr.take().ok_or("no stderr")?;
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = so.read_to_string(&mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = se.read_to_string(&mut s);
+        s
+    });
+    let start = Instant::now();
+    let (ok, timed_out) = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break (status.success(), false),
+            Ok(None) if start.elapsed() > limit => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break (false, true);
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(format!("waiting for {cmd:?}: {e}")),
+        }
+    };
+    let mut text = t_out.join().unwrap_or_default();
+    text.push_str(&t_err.join().unwrap_or_default());
+    if timed_out {
+        let _ = writeln!(
+            text,
+            "\n[killed by the watchdog after {} s]",
+            limit.as_secs()
+        );
+    }
+    Ok((ok, text))
+}
+
+/// Runs one criterion group under the watchdog; returns whether it succeeded, and its output.
+pub(super) fn run_group(
+    exe: &Path,
+    root: &Path,
+    home: &Path,
+    group: &str,
+    quick: bool,
+) -> Result<(bool, String), String> {
+    let mut cmd = Command::new(exe);
+    cmd.current_dir(root.join("benches"))
+        .env("CRITERION_HOME", home)
+        .env("MP_BENCH_QUICK", if quick { "1" } else { "0" })
+        .args(["--bench", "--noplot"]);
+    if quick {
+        cmd.args([
+            "--warm-up-time",
+            "0.2",
+            "--measurement-time",
+            "0.5",
+            "--sample-size",
+            "10",
+        ])
+        .args(["--nresamples", "1000"]);
+    } else {
+        cmd.args([
+            "--warm-up-time",
+            "1",
+            "--measurement-time",
+            "3",
+            "--sample-size",
+            "50",
+        ]);
+    }
+    cmd.arg(format!("^{group}/"));
+    run_with_timeout(cmd, Duration::from_secs(if quick { 120 } else { 900 }))
+}
+
+/// The machine's `python3 --version`, or `None` when there is none.
+pub(super) fn python_version() -> Option<String> {
+    let out = Command::new("python3").arg("--version").output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Runs a workload's CPython script in a placement and returns its number.
+pub(super) fn run_python(
+    root: &Path,
+    name: &str,
+    placement: &str,
+    quick: bool,
+) -> Result<f64, String> {
+    let dir = root.join("benches").join("python");
+    let mut cmd = Command::new("python3");
+    cmd.current_dir(&dir)
+        .arg(format!("{name}.py"))
+        .args(["--placement", placement]);
+    if quick {
+        cmd.arg("--quick");
+    }
+    let (ok, out) = run_with_timeout(cmd, Duration::from_secs(if quick { 120 } else { 600 }))?;
+    let value = out
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    match (ok, value) {
+        (true, Some(v)) => Ok(v),
+        _ => Err(last_lines(&out, 6)),
+    }
+}
+
+/// The last `n` lines of a text (for failure reports).
+pub(super) fn last_lines(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
