@@ -247,6 +247,8 @@ pub mod semaphore;
 mod value;
 
 pub use barrier::{Barrier, BarrierAction};
+#[doc(hidden)]
+pub use condition::__set_notify_fault;
 pub use condition::{CondGuard, CondLock, Condition};
 pub use error::{Error, LockResult, OwnerDied, Result, TryLockError, TryLockResult};
 pub use event::Event;
