@@ -120,6 +120,11 @@ pub type BarrierAction = Arc<dyn Fn() + Send + Sync>;
 /// process that replaces one that exited normally to arrive and take its slot), the barrier
 /// breaks and every waiter gets [`Error::BrokenBarrier`] instead of hanging.
 ///
+/// The last arriver runs the action holding the barrier's internal mutex (a robust lock
+/// that records its holder). A waiter that has slept a while also checks that holder: a
+/// party killed inside the action (or inside the barrier's bookkeeping) is found dead at
+/// once, the mutex is taken over, and the barrier breaks the same way.
+///
 /// The unit is the process, not the thread, so that short-lived threads of a live process may
 /// take turns as parties. Only a timeout covers a party that dies before its first `wait` (it
 /// is not known yet), or a dead party thread whose process lives on. Hand a barrier to a new
@@ -285,6 +290,13 @@ impl Barrier {
             }
             let slice = left.map_or(check_after, |l| l.min(check_after));
             if futex::wait(&st.gen, g, Some(slice)) == futex::Wake::TimedOut {
+                // The last arriver holds the mutex while it runs the action: if it died
+                // there, take the mutex over, which breaks the cycle (see `lock`).
+                let holder = st.mutex.holder();
+                if holder != 0 && !ident::is_alive(holder) {
+                    drop(self.lock());
+                    continue;
+                }
                 match (self.missing_party(g), missing) {
                     // The same dead party, still not replaced after the grace period.
                     (Some(t), Some((m, since))) if t == m && since.elapsed() >= GRACE => {
