@@ -256,10 +256,13 @@ impl Barrier {
             return Err(Error::BrokenBarrier);
         }
         let g = st.gen.load(Ordering::Relaxed);
-        let index = st.count.load(Ordering::Relaxed);
-        st.count.store(index + 1, Ordering::Relaxed);
+        // The count and the parties are shared words another process may have left with
+        // any value: a count at or past the last index makes this the last arrival.
+        let last = self.parties().saturating_sub(1);
+        let index = st.count.load(Ordering::Relaxed).min(last);
+        st.count.store(index.saturating_add(1), Ordering::Relaxed);
         self.register(me, g);
-        if index + 1 >= self.parties() {
+        if index == last {
             if let Some(action) = &self.action {
                 if let Err(panic) = catch_unwind(AssertUnwindSafe(|| action())) {
                     lock.break_cycle();
@@ -413,5 +416,23 @@ impl BarrierLock<'_> {
 impl Drop for BarrierLock<'_> {
     fn drop(&mut self) {
         self.st.mutex.unlock();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 13 item 10: the arrival count lives in shared memory, where a broken peer may
+    /// leave any value; an arrival must not overflow on it (a panic in a debug build, a
+    /// wrapped index in a release build).
+    #[test]
+    fn a_garbage_arrival_count_does_not_overflow() {
+        let b = Barrier::new(2).unwrap();
+        b.state().count.store(u32::MAX, Ordering::Relaxed);
+        // A count past the parties makes this arrival the last one, with the last index.
+        assert_eq!(b.wait_timeout(Duration::from_secs(5)).unwrap(), 1);
+        assert_eq!(b.n_waiting(), 0);
+        assert!(!b.broken());
     }
 }

@@ -166,6 +166,8 @@ fn unit(align: usize, size: usize) -> usize {
 /// `src` is valid for reads of `n` `T`s in a live shared mapping (other processes may write
 /// it concurrently: the copy uses atomics), `dst` for writes of `n` `T`s, both aligned.
 unsafe fn load_into<T: Pod>(src: *const T, dst: *mut T, n: usize) {
+    // Cannot overflow: the caller's `n` values lie in one mapping (at most `isize::MAX`
+    // bytes); every public caller bounds `n` with checked arithmetic first.
     let bytes = n * std::mem::size_of::<T>();
     let (s, d) = (src.cast::<u8>(), dst.cast::<u8>());
     match unit(std::mem::align_of::<T>(), std::mem::size_of::<T>()) {
@@ -205,6 +207,7 @@ unsafe fn load_into<T: Pod>(src: *const T, dst: *mut T, n: usize) {
 /// `dst` is valid for writes of `n` `T`s in a live shared mapping, `src` for reads of `n`
 /// `T`s, both aligned.
 unsafe fn store_from<T: Pod>(src: *const T, dst: *mut T, n: usize) {
+    // Cannot overflow: as in `load_into`.
     let bytes = n * std::mem::size_of::<T>();
     let (s, d) = (src.cast::<u8>(), dst.cast::<u8>());
     match unit(std::mem::align_of::<T>(), std::mem::size_of::<T>()) {
