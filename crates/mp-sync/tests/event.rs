@@ -130,10 +130,14 @@ fn child_wait_untimed((ev, ready): (Event, mp_sync::RawValue<u32>)) -> i32 {
     0
 }
 
-/// True while the main thread of `pid` sleeps in a futex wait (its wchan).
+/// True while the main thread of `pid` sleeps in a futex wait: its wchan names a futex
+/// function, or (on kernels that hide wchan) the system call it is blocked in is `futex`.
 fn in_futex_wait(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/wchan"))
-        .is_ok_and(|w| w.starts_with("futex"))
+    let task = format!("/proc/{pid}/task/{pid}");
+    let wchan = std::fs::read_to_string(format!("{task}/wchan")).unwrap_or_default();
+    let syscall = std::fs::read_to_string(format!("{task}/syscall")).unwrap_or_default();
+    wchan.starts_with("futex")
+        || syscall.split_whitespace().next() == Some(&libc::SYS_futex.to_string())
 }
 
 /// Issue 13: an untimed `wait` asleep when `set()` and `clear()` come back to back returns
