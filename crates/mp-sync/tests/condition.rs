@@ -390,3 +390,66 @@ fn notify_goes_to_the_earlier_waiter_fork() {
 fn notify_goes_to_the_earlier_waiter_spawn() {
     notify_goes_to_the_earlier_waiter(Mode::Spawn);
 }
+
+/// Producer and consumers on one condition, notify(1) per item and notify_all at the end:
+/// every item is taken, nobody is left waiting, and the counts return to zero.
+#[test]
+fn producer_consumers_threads_drain_every_item() {
+    const ITEMS: u32 = 3000;
+    const CONSUMERS: u32 = 4;
+    let cond = Condition::new().unwrap();
+    let items = RawValue::new(0u32).unwrap();
+    let done = RawValue::new(0u32).unwrap();
+    let taken = RawValue::new(0u32).unwrap();
+    let consumers: Vec<_> = (0..CONSUMERS)
+        .map(|_| {
+            let (cond, items, done, taken) =
+                (cond.clone(), items.clone(), done.clone(), taken.clone());
+            std::thread::spawn(move || loop {
+                let g = cond.lock().unwrap();
+                let (g, _) = cond
+                    .wait_for(
+                        g,
+                        || items.get() > 0 || done.get() == 1,
+                        Some(Duration::from_secs(30)),
+                    )
+                    .unwrap();
+                if items.get() > 0 {
+                    items.set(items.get() - 1);
+                    taken.set(taken.get() + 1);
+                } else if done.get() == 1 {
+                    drop(g);
+                    return;
+                } else {
+                    panic!("a consumer waited 30 s with nothing to do");
+                }
+            })
+        })
+        .collect();
+    for i in 0..ITEMS {
+        let g = cond.lock().unwrap();
+        items.set(items.get() + 1);
+        if i % 7 == 0 {
+            cond.notify_all().unwrap();
+        } else {
+            cond.notify(1).unwrap();
+        }
+        drop(g);
+    }
+    let g = cond.lock().unwrap();
+    done.set(1);
+    cond.notify_all().unwrap();
+    drop(g);
+    for c in consumers {
+        c.join().unwrap();
+    }
+    assert_eq!(taken.get(), ITEMS);
+    assert_eq!(items.get(), 0);
+    let g = cond.lock().unwrap();
+    assert_eq!(
+        cond.notify_all().unwrap(),
+        0,
+        "nobody is counted as waiting"
+    );
+    drop(g);
+}
