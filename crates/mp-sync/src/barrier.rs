@@ -120,6 +120,11 @@ pub type BarrierAction = Arc<dyn Fn() + Send + Sync>;
 /// process that replaces one that exited normally to arrive and take its slot), the barrier
 /// breaks and every waiter gets [`Error::BrokenBarrier`] instead of hanging.
 ///
+/// The last arriver runs the action holding the barrier's internal mutex (a robust lock
+/// that records its holder). A waiter that has slept a while also checks that holder: a
+/// party killed inside the action (or inside the barrier's bookkeeping) is found dead at
+/// once, the mutex is taken over, and the barrier breaks the same way.
+///
 /// The unit is the process, not the thread, so that short-lived threads of a live process may
 /// take turns as parties. Only a timeout covers a party that dies before its first `wait` (it
 /// is not known yet), or a dead party thread whose process lives on. Hand a barrier to a new
@@ -251,10 +256,13 @@ impl Barrier {
             return Err(Error::BrokenBarrier);
         }
         let g = st.gen.load(Ordering::Relaxed);
-        let index = st.count.load(Ordering::Relaxed);
-        st.count.store(index + 1, Ordering::Relaxed);
+        // The count and the parties are shared words another process may have left with
+        // any value: a count at or past the last index makes this the last arrival.
+        let last = self.parties().saturating_sub(1);
+        let index = st.count.load(Ordering::Relaxed).min(last);
+        st.count.store(index.saturating_add(1), Ordering::Relaxed);
         self.register(me, g);
-        if index + 1 >= self.parties() {
+        if index == last {
             if let Some(action) = &self.action {
                 if let Err(panic) = catch_unwind(AssertUnwindSafe(|| action())) {
                     lock.break_cycle();
@@ -285,6 +293,13 @@ impl Barrier {
             }
             let slice = left.map_or(check_after, |l| l.min(check_after));
             if futex::wait(&st.gen, g, Some(slice)) == futex::Wake::TimedOut {
+                // The last arriver holds the mutex while it runs the action: if it died
+                // there, take the mutex over, which breaks the cycle (see `lock`).
+                let holder = st.mutex.holder();
+                if holder != 0 && !ident::is_alive(holder) {
+                    drop(self.lock());
+                    continue;
+                }
                 match (self.missing_party(g), missing) {
                     // The same dead party, still not replaced after the grace period.
                     (Some(t), Some((m, since))) if t == m && since.elapsed() >= GRACE => {
@@ -401,5 +416,23 @@ impl BarrierLock<'_> {
 impl Drop for BarrierLock<'_> {
     fn drop(&mut self) {
         self.st.mutex.unlock();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 13 item 10: the arrival count lives in shared memory, where a broken peer may
+    /// leave any value; an arrival must not overflow on it (a panic in a debug build, a
+    /// wrapped index in a release build).
+    #[test]
+    fn a_garbage_arrival_count_does_not_overflow() {
+        let b = Barrier::new(2).unwrap();
+        b.state().count.store(u32::MAX, Ordering::Relaxed);
+        // A count past the parties makes this arrival the last one, with the last index.
+        assert_eq!(b.wait_timeout(Duration::from_secs(5)).unwrap(), 1);
+        assert_eq!(b.n_waiting(), 0);
+        assert!(!b.broken());
     }
 }

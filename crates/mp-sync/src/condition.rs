@@ -1,29 +1,47 @@
 //! [`Condition`]: wait for a notification while holding a lock.
 //!
 //! # Algorithm
-//! The condition keeps two counters next to its futex word `seq`, both changed under the
-//! condition's lock except where noted:
+//! A notification goes only to waiters that were waiting when `notify` was called, as in
+//! CPython (its `_woken_count` handshake). The waiters form two groups, as in glibc's
+//! condition variable, but every change happens with the condition's lock held (except a
+//! waiter taking a signal of its own group) and is one atomic step on one packed word:
 //!
-//! * `waiters`: waiters that registered and were not notified yet;
-//! * `signals`: notifications issued and not yet consumed (consumed without the lock, by CAS).
+//! * the **current group**, number `epoch`: `pending` of its waiters are not notified yet,
+//!   and `signals` notifications for it are not taken yet;
+//! * the **newer group**, number `epoch + 1`: the `newer` waiters that registered since the
+//!   current group was formed.
 //!
-//! `wait` registers (`waiters += 1`) while it holds the lock, releases every level of the
-//! lock, then sleeps on `seq` until it can consume a signal or the timeout passes, and
-//! re-acquires the lock. `notify(n)` moves `k = min(n, waiters)` from `waiters` to `signals`,
-//! bumps `seq` and wakes `k` sleepers; exactly `k` waits then return `true`, because each
-//! signal is consumed once and a timed-out waiter, back under the lock, either takes itself
-//! out of `waiters` (it was not notified) or, when `waiters` is 0, consumes the signal meant
-//! for it (it was). This is the semantics of CPython's `multiprocessing.Condition` (a
-//! semaphore of sleepers): a waiter that arrives after a notify may take that notification in
-//! place of an older waiter, which then keeps waiting; the count is exact either way.
+//! `wait` registers in the newer group (`newer += 1`, remembering its number) while it holds
+//! the lock, releases every level of the lock, sleeps, and re-acquires the lock.
+//! `notify(n)` moves up to `n` waiters of the current group from `pending` to `signals`;
+//! when the current group has no un-notified waiter left and `n` is not used up, the newer
+//! group becomes the current one (`epoch += 1`, its `signals` start at 0) and is notified
+//! the same way. A waiter of the current group returns notified when it takes one of its
+//! group's `signals` (a CAS, without the lock); a waiter of an *older* group returns
+//! notified at once, because a group is replaced only once all of it is notified. A waiter
+//! of the newer group can take nothing: a notify issued before it registered is not for it.
+//! A timed-out waiter, back under the lock, takes a signal of its group if one is left (it
+//! was notified), or else takes itself out of `pending` or `newer`. So exactly `k` waits
+//! return `true` for a `notify` that returned `k`.
 //!
-//! A waiter killed inside `wait` stays counted: a later `notify_all` then leaves one signal
-//! unconsumed, and the next waiter returns at once, as from a spurious wake-up. Loop on the
-//! predicate ([`wait_for`](Condition::wait_for)) and such a wake-up does no harm.
+//! # Crash safety
+//! The counts are one `AtomicU64` (`State`), so a notifier killed at any point has either
+//! notified or not. The futex words (one per group parity, bumped when that group is
+//! signalled) only carry wake-ups: a notifier killed after updating the counts and before
+//! waking leaves the sleepers to find their signal at the end of their current sleep, which
+//! is cut in slices (5 ms doubling to 160 ms) even for a wait without timeout; the next
+//! notify that finds signals pending wakes their group again.
+//!
+//! A waiter killed inside `wait` stays counted: a later notify may count it as woken, and
+//! one wait of its group may then return at once, as from a spurious wake-up. Loop on the
+//! predicate ([`wait_for`](Condition::wait_for)) and such a wake-up does no harm. Groups
+//! are numbered modulo 2^16 and hold at most 65 535 waiters; a waiter that finds the newer
+//! group full returns at once, as from a spurious wake-up.
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use mp_core::futex;
@@ -33,6 +51,25 @@ use static_assertions::{assert_eq_align, assert_eq_size};
 
 use crate::error::{Error, LockResult, OwnerDied, Result, TryLockResult};
 use crate::lock::{Lock, RLock};
+use crate::raw::{MAX_SLICE, SLICE};
+
+static NOTIFY_FAULT: OnceLock<fn()> = OnceLock::new();
+
+/// Test support, not part of the API: makes every later [`Condition::notify`] of this
+/// process that signals a waiter call `hook` after it has updated the shared counts and
+/// before it wakes anyone, so that a test can kill a notifier at the worst moment. Returns
+/// false when a hook was set already.
+#[doc(hidden)]
+pub fn __set_notify_fault(hook: fn()) -> bool {
+    NOTIFY_FAULT.set(hook).is_ok()
+}
+
+#[inline]
+fn notify_fault() {
+    if let Some(hook) = NOTIFY_FAULT.get() {
+        hook();
+    }
+}
 
 /// The lock under a [`Condition`]: Python allows a `Lock` or an `RLock`.
 #[derive(Clone, Debug, Archive, Serialize, Deserialize)]
@@ -58,35 +95,170 @@ impl From<RLock> for CondLock {
 #[repr(C)]
 #[derive(Debug)]
 pub(crate) struct RawCondition {
-    /// The futex word; bumped by every notify.
-    seq: AtomicU32,
-    /// Registered waiters not notified yet (under the lock).
-    waiters: AtomicU32,
-    /// Notifications not consumed yet.
-    signals: AtomicU32,
-    _reserved: AtomicU32,
+    /// The counts, packed ([`State`]).
+    state: AtomicU64,
+    /// The futex words: `wake[e & 1]` is bumped whenever group `e` is notified.
+    wake: [AtomicU32; 2],
 }
-assert_eq_size!(RawCondition, [u32; 4]);
-assert_eq_align!(RawCondition, u32);
+assert_eq_size!(RawCondition, [u64; 2]);
+assert_eq_align!(RawCondition, u64);
 
-// SAFETY: only atomics (1); any counts are valid, at worst causing spurious wake-ups (2); no
-// Drop (3); `#[repr(C)]`, size and alignment pinned above (4).
+// SAFETY: only atomics (1); every bit pattern is a valid state: four 16-bit counts, at worst
+// causing spurious wake-ups or a lost notification (2); no Drop (3); `#[repr(C)]`, size and
+// alignment pinned above (4).
 unsafe impl ShmSafe for RawCondition {}
 
+/// The counts of a condition, unpacked from its one atomic word (module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct State {
+    /// The number of the current group (modulo 2^16).
+    epoch: u16,
+    /// Waiters of the current group not notified yet.
+    pending: u16,
+    /// Notifications for the current group not taken yet.
+    signals: u16,
+    /// Waiters of the newer group (number `epoch + 1`).
+    newer: u16,
+}
+
+/// Where a waiter of group `mine` stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Standing {
+    /// Its group was replaced: all of it was notified.
+    Notified,
+    /// It is in the current group.
+    Current,
+    /// It is in the newer group.
+    Newer,
+}
+
+impl State {
+    fn unpack(v: u64) -> State {
+        State {
+            epoch: v as u16,
+            pending: (v >> 16) as u16,
+            signals: (v >> 32) as u16,
+            newer: (v >> 48) as u16,
+        }
+    }
+
+    fn pack(self) -> u64 {
+        u64::from(self.epoch)
+            | u64::from(self.pending) << 16
+            | u64::from(self.signals) << 32
+            | u64::from(self.newer) << 48
+    }
+
+    fn standing(self, mine: u16) -> Standing {
+        match self.epoch.wrapping_sub(mine) as i16 {
+            d if d > 0 => Standing::Notified,
+            0 => Standing::Current,
+            _ => Standing::Newer,
+        }
+    }
+
+    /// The state after `notify(n)`, how many it notified, and whether the newer group
+    /// became the current one.
+    fn notify(self, n: u32) -> (State, u32, bool) {
+        let mut s = self;
+        let k1 = n.min(u32::from(s.pending)) as u16;
+        s.pending -= k1;
+        s.signals = s.signals.saturating_add(k1);
+        let mut k = u32::from(k1);
+        let mut switched = false;
+        if n > k && s.newer > 0 {
+            // Every waiter of the current group is notified: the newer group takes its place.
+            switched = true;
+            s.epoch = s.epoch.wrapping_add(1);
+            let k2 = (n - k).min(u32::from(s.newer)) as u16;
+            s.pending = s.newer - k2;
+            s.signals = k2;
+            s.newer = 0;
+            k += u32::from(k2);
+        }
+        (s, k, switched)
+    }
+}
+
 impl RawCondition {
-    fn try_consume(&self) -> bool {
-        let mut s = self.signals.load(Ordering::Relaxed);
-        while s > 0 {
-            // Acquire pairs with the Release increment in `notify`.
-            match self
-                .signals
-                .compare_exchange_weak(s, s - 1, Ordering::Acquire, Ordering::Relaxed)
-            {
-                Ok(_) => return true,
-                Err(x) => s = x,
+    fn load(&self) -> State {
+        State::unpack(self.state.load(Ordering::Relaxed))
+    }
+
+    /// Registers a waiter in the newer group (under the lock); its group number, or `None`
+    /// when the group is full.
+    fn register(&self) -> Option<u16> {
+        let old = self
+            .state
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                let mut s = State::unpack(v);
+                s.newer = s.newer.checked_add(1)?;
+                Some(s.pack())
+            })
+            .ok()?;
+        Some(State::unpack(old).epoch.wrapping_add(1))
+    }
+
+    /// One step of a sleeping waiter of group `mine`: true when it is notified (taking a
+    /// signal of its group if it is in the current one).
+    fn try_consume(&self, mine: u16) -> bool {
+        // Acquire pairs with the Release update in `notify`.
+        let mut v = self.state.load(Ordering::Acquire);
+        loop {
+            let mut s = State::unpack(v);
+            match s.standing(mine) {
+                Standing::Notified => return true,
+                Standing::Newer => return false,
+                Standing::Current if s.signals == 0 => return false,
+                Standing::Current => {
+                    s.signals -= 1;
+                    // Acquire pairs with the Release update in `notify`.
+                    match self.state.compare_exchange_weak(
+                        v,
+                        s.pack(),
+                        Ordering::Acquire,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => return true,
+                        Err(x) => v = x,
+                    }
+                }
             }
         }
-        false
+    }
+
+    /// A waiter of group `mine` that stopped waiting without a signal, back under the lock:
+    /// true when it was notified after all (it takes its signal), else it takes itself out.
+    fn settle(&self, mine: u16) -> bool {
+        let mut notified = false;
+        let _ = self
+            .state
+            .fetch_update(Ordering::Acquire, Ordering::Acquire, |v| {
+                let mut s = State::unpack(v);
+                notified = true;
+                match s.standing(mine) {
+                    Standing::Notified => return None,
+                    Standing::Current if s.signals > 0 => s.signals -= 1,
+                    Standing::Current => {
+                        notified = false;
+                        s.pending = s.pending.saturating_sub(1);
+                    }
+                    Standing::Newer => {
+                        notified = false;
+                        s.newer = s.newer.saturating_sub(1);
+                    }
+                }
+                Some(s.pack())
+            });
+        notified
+    }
+
+    /// Bumps the futex word of group `epoch` and wakes `n` of its sleepers.
+    fn wake(&self, epoch: u16, n: u32) {
+        let word = &self.wake[usize::from(epoch & 1)];
+        // Release pairs with the Acquire load of the word in `wait_until`.
+        word.fetch_add(1, Ordering::Release);
+        futex::wake(word, n);
     }
 }
 
@@ -120,7 +292,10 @@ impl fmt::Debug for Condition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Condition")
             .field("lock", &self.lock)
-            .field("waiters", &self.raw.waiters.load(Ordering::Relaxed))
+            .field("waiters", &{
+                let st = self.raw.load();
+                u32::from(st.pending) + u32::from(st.newer)
+            })
             .finish()
     }
 }
@@ -136,10 +311,8 @@ impl Condition {
         Ok(Condition {
             lock: lock.into(),
             raw: Shared::new(RawCondition {
-                seq: AtomicU32::new(0),
-                waiters: AtomicU32::new(0),
-                signals: AtomicU32::new(0),
-                _reserved: AtomicU32::new(0),
+                state: AtomicU64::new(0),
+                wake: [AtomicU32::new(0), AtomicU32::new(0)],
             })?,
         })
     }
@@ -261,7 +434,11 @@ impl Condition {
         // again when dropped.
         std::mem::forget(guard);
         // Under the lock: the lock's release below publishes it to the next notifier.
-        self.raw.waiters.fetch_add(1, Ordering::Relaxed);
+        let Some(mine) = self.raw.register() else {
+            // The newer group is full: return at once, as from a spurious wake-up, with
+            // the lock still held.
+            return (false, Ok(()));
+        };
         let depth = match &self.lock {
             CondLock::Lock(l) => {
                 l.raw().unlock();
@@ -269,17 +446,26 @@ impl Condition {
             }
             CondLock::RLock(l) => l.release_all(),
         };
+        let word = &self.raw.wake[usize::from(mine & 1)];
+        let mut slice = SLICE;
         let mut notified = loop {
-            // Acquire pairs with the Release bump in `notify`.
-            let seq = self.raw.seq.load(Ordering::Acquire);
-            if self.raw.try_consume() {
+            // Read the word before the counts: a notify after the check below bumps it, so
+            // the futex wait cannot miss that notify. Acquire pairs with the Release bump
+            // in `RawCondition::wake`.
+            let w = word.load(Ordering::Acquire);
+            if self.raw.try_consume(mine) {
                 break true;
             }
             let left = deadline.remaining();
             if left == Some(Duration::ZERO) {
                 break false;
             }
-            futex::wait(&self.raw.seq, seq, left);
+            // In slices even without a deadline: a notifier killed between its count update
+            // and its wake-up leaves the signal to be found here.
+            let nap = left.map_or(slice, |l| l.min(slice));
+            if futex::wait(word, w, Some(nap)) == futex::Wake::TimedOut {
+                slice = (slice * 2).min(MAX_SLICE);
+            }
         };
         let reacquired = match &self.lock {
             CondLock::Lock(l) => l.acquire(),
@@ -290,35 +476,53 @@ impl Condition {
             }
         };
         if !notified {
-            // Back under the lock: either we are still counted as a waiter (take ourselves
-            // out), or a notify counted us already and left a signal for us (take it).
-            let w = self.raw.waiters.load(Ordering::Relaxed);
-            if w > 0 {
-                self.raw.waiters.store(w - 1, Ordering::Relaxed);
-            } else {
-                notified = self.raw.try_consume();
-            }
+            // Back under the lock: either a notify counted us (take its signal), or we are
+            // still counted as a waiter (take ourselves out).
+            notified = self.raw.settle(mine);
         }
         (notified, reacquired.map_err(|e| e.pid()))
     }
 
-    /// Wakes `n` waiters (fewer if fewer wait); returns how many. [`Error::NotOwner`] when
-    /// the caller does not hold the lock.
+    /// Wakes `n` of the waiters that are waiting now (fewer if fewer wait); returns how many.
+    /// A process that waits after this call cannot take one of these notifications.
+    /// [`Error::NotOwner`] when the caller does not hold the lock.
     pub fn notify(&self, n: u32) -> Result<u32> {
         if !self.is_held() {
             return Err(Error::NotOwner);
         }
-        let w = self.raw.waiters.load(Ordering::Relaxed);
-        let k = n.min(w);
-        if k == 0 {
-            return Ok(0);
+        let mut v = self.raw.state.load(Ordering::Relaxed);
+        let (old, new, k, switched) = loop {
+            let old = State::unpack(v);
+            let (new, k, switched) = old.notify(n);
+            if k == 0 {
+                break (old, new, k, switched);
+            }
+            // The one step that notifies: a notifier killed before it notified nobody, one
+            // killed after it notified `k` (the sleepers' slices find the signals).
+            // Release pairs with the Acquire loads and CASes of `state` by waiters.
+            match self.raw.state.compare_exchange_weak(
+                v,
+                new.pack(),
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break (old, new, k, switched),
+                Err(x) => v = x,
+            }
+        };
+        if new.signals == 0 {
+            // Nobody to wake (and nothing left unwoken by a dead notifier).
+            return Ok(k);
         }
-        self.raw.waiters.store(w - k, Ordering::Relaxed);
-        // Release pairs with the Acquire CAS in `try_consume`.
-        self.raw.signals.fetch_add(k, Ordering::Release);
-        // Release pairs with the Acquire load of `seq` in `wait_until`.
-        self.raw.seq.fetch_add(1, Ordering::Release);
-        futex::wake(&self.raw.seq, k);
+        notify_fault();
+        if switched && (old.signals > 0 || old.pending > 0) {
+            // The replaced group's members that have not taken their signal are notified:
+            // wake them all.
+            self.raw.wake(old.epoch, u32::MAX);
+        }
+        // Wakes the current group: the `k` just notified, plus any left unwoken by a notifier
+        // killed before its wake-up.
+        self.raw.wake(new.epoch, u32::from(new.signals));
         Ok(k)
     }
 
@@ -358,5 +562,89 @@ impl Drop for CondGuard<'_> {
 impl fmt::Debug for CondGuard<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CondGuard").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw() -> RawCondition {
+        RawCondition {
+            state: AtomicU64::new(0),
+            wake: [AtomicU32::new(0), AtomicU32::new(0)],
+        }
+    }
+
+    fn notify(r: &RawCondition, n: u32) -> u32 {
+        let (new, k, _) = r.load().notify(n);
+        r.state.store(new.pack(), Ordering::Relaxed);
+        k
+    }
+
+    #[test]
+    fn a_slow_notified_waiter_keeps_its_notification() {
+        let r = raw();
+        let a = r.register().unwrap();
+        assert_eq!(notify(&r, 1), 1);
+        // A has not run yet; two waiters register after the notify, and one more notify
+        // comes: it is for one of the three, and A's stays A's.
+        let d1 = r.register().unwrap();
+        let d2 = r.register().unwrap();
+        assert!(
+            !r.try_consume(d1),
+            "a later waiter cannot take A's notification"
+        );
+        assert_eq!(notify(&r, 1), 1);
+        // Either of the later two may take it (both waited before the second notify).
+        assert!(r.try_consume(d1));
+        assert!(!r.try_consume(d2), "one notification each");
+        assert!(r.try_consume(a), "A was notified");
+        // The waiter left out times out: it takes itself out, and nobody is counted.
+        assert!(!r.settle(d2));
+        let s = r.load();
+        assert_eq!((s.pending, s.signals, s.newer), (0, 0, 0));
+        assert_eq!(notify(&r, u32::MAX), 0);
+    }
+
+    #[test]
+    fn group_numbers_wrap() {
+        let r = raw();
+        r.state.store(
+            State {
+                epoch: u16::MAX,
+                pending: 0,
+                signals: 0,
+                newer: 0,
+            }
+            .pack(),
+            Ordering::Relaxed,
+        );
+        let a = r.register().unwrap();
+        assert_eq!(a, 0);
+        assert_eq!(r.load().standing(a), Standing::Newer);
+        assert_eq!(notify(&r, 1), 1);
+        assert_eq!(r.load().standing(a), Standing::Current);
+        let b = r.register().unwrap();
+        assert_eq!(notify(&r, 1), 1);
+        assert_eq!(r.load().standing(a), Standing::Notified);
+        assert!(r.try_consume(a) && r.try_consume(b));
+    }
+
+    #[test]
+    fn a_full_group_refuses_registration() {
+        let r = raw();
+        r.state.store(
+            State {
+                epoch: 7,
+                pending: 0,
+                signals: 0,
+                newer: u16::MAX,
+            }
+            .pack(),
+            Ordering::Relaxed,
+        );
+        assert_eq!(r.register(), None);
+        assert_eq!(notify(&r, u32::MAX), u32::from(u16::MAX));
     }
 }

@@ -1,11 +1,16 @@
 //! [`Event`]: a flag that processes wait for.
 //!
 //! # Algorithm
-//! The flag (0 or 1) is the futex word. `wait` returns at once when it is set, else spins a
-//! little (an event set by a peer on another core within microseconds is caught without
-//! sleeping), then counts itself in `waiters` and sleeps while the flag is 0. `set` stores 1
-//! and makes the `FUTEX_WAKE` syscall only when `waiters` is not zero (the same `SeqCst`
-//! Dekker pair as the semaphore's).
+//! The futex word is a counter whose lowest bit is the flag: odd is set, even is clear.
+//! `set` makes an even word odd (one `fetch_or`), `clear` makes an odd word even (one CAS,
+//! and none when it is clear already), so the word changes exactly when the flag does and
+//! never comes back to a value it had (until it wraps, after 2^31 set/clear pairs). `wait`
+//! notes the word when it starts and returns once it differs: a `set` came, even if a
+//! `clear` followed at once (a pulse), as with Python's `Event`. It returns at once when the
+//! flag is set, else spins a little (an event set by a peer on another core within
+//! microseconds is caught without sleeping), then counts itself in `waiters` and sleeps
+//! while the word is unchanged. `set` makes the `FUTEX_WAKE` syscall only when `waiters` is
+//! not zero (the same `SeqCst` Dekker pair as the semaphore's).
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -23,16 +28,16 @@ use mp_core::ident;
 #[repr(C)]
 #[derive(Debug)]
 pub(crate) struct RawEvent {
-    /// 1 when set; the futex word.
-    flag: AtomicU32,
+    /// The futex word: odd when set; changes with every set and every clear.
+    word: AtomicU32,
     /// How many waiters may be asleep.
     waiters: AtomicU32,
 }
 assert_eq_size!(RawEvent, u64);
 assert_eq_align!(RawEvent, u32);
 
-// SAFETY: only atomics (1); any value of `flag` other than 0 reads as set, any `waiters`
-// value is a count (2); no Drop (3); `#[repr(C)]`, size and alignment pinned above (4).
+// SAFETY: only atomics (1); any value of `word` is a flag (its low bit) and a count, any
+// `waiters` value is a count (2); no Drop (3); `#[repr(C)]`, size and alignment pinned above (4).
 unsafe impl ShmSafe for RawEvent {}
 
 /// A flag shared between processes (Python's `multiprocessing.Event`).
@@ -68,7 +73,7 @@ impl Event {
         ident::init();
         Ok(Event {
             raw: Shared::new(RawEvent {
-                flag: AtomicU32::new(0),
+                word: AtomicU32::new(0),
                 waiters: AtomicU32::new(0),
             })?,
         })
@@ -77,44 +82,60 @@ impl Event {
     /// True when the flag is set.
     #[inline]
     pub fn is_set(&self) -> bool {
-        // Acquire pairs with the SeqCst (so Release) swap in `set`: what the setter wrote
-        // before setting is visible.
-        self.raw.flag.load(Ordering::Acquire) != 0
+        // Acquire pairs with the SeqCst (so Release) `fetch_or` in `set`: what the setter
+        // wrote before setting is visible.
+        self.raw.word.load(Ordering::Acquire) & 1 != 0
     }
 
     /// Sets the flag and wakes every waiter.
     #[inline]
     pub fn set(&self) {
         // SeqCst: the setter's half of the Dekker pair with `wait_until`.
-        let was = self.raw.flag.swap(1, Ordering::SeqCst);
+        let was = self.raw.word.fetch_or(1, Ordering::SeqCst);
         // SeqCst pairs with the waiter's SeqCst increment.
-        if was == 0 && self.raw.waiters.load(Ordering::SeqCst) != 0 {
-            futex::wake_all(&self.raw.flag);
+        if was & 1 == 0 && self.raw.waiters.load(Ordering::SeqCst) != 0 {
+            futex::wake_all(&self.raw.word);
         }
     }
 
     /// Clears the flag.
     pub fn clear(&self) {
-        self.raw.flag.store(0, Ordering::Relaxed);
+        let w = self.raw.word.load(Ordering::Relaxed);
+        if w & 1 != 0 {
+            // Odd to the next even value. A set does not change an odd word, so a failed CAS
+            // means another clear came first (and maybe a set after it, which then counts
+            // as coming after this clear).
+            let _ = self.raw.word.compare_exchange(
+                w,
+                w.wrapping_add(1),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
     }
 
-    /// Blocks until the flag is set.
+    /// Blocks until the flag is set (or was set while this call waited, even if cleared
+    /// since).
     pub fn wait(&self) {
         self.wait_until(Deadline::never());
     }
 
-    /// Waits at most `timeout` for the flag; returns whether it is set (Python's `wait(t)`).
+    /// Waits at most `timeout` for the flag; returns whether it is set, or was set while this
+    /// call waited (Python's `wait(t)`).
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         self.wait_until(Deadline::after(Some(timeout)))
     }
 
     fn wait_until(&self, deadline: Deadline) -> bool {
-        if self.is_set() {
+        // Acquire: as in `is_set`.
+        let start = self.raw.word.load(Ordering::Acquire);
+        if start & 1 != 0 {
             return true;
         }
+        let changed = || self.raw.word.load(Ordering::Acquire) != start;
         let mut spin = Spin::new();
         while !deadline.expired() && spin.spin() {
-            if self.is_set() {
+            if changed() {
                 return true;
             }
         }
@@ -122,15 +143,14 @@ impl Event {
         self.raw.waiters.fetch_add(1, Ordering::SeqCst);
         let set = loop {
             // SeqCst: the waiter's re-check in the Dekker pair.
-            let v = self.raw.flag.load(Ordering::SeqCst);
-            if v != 0 {
+            if self.raw.word.load(Ordering::SeqCst) != start {
                 break true;
             }
             let left = deadline.remaining();
             if left == Some(Duration::ZERO) {
                 break false;
             }
-            futex::wait(&self.raw.flag, 0, left);
+            futex::wait(&self.raw.word, start, left);
         };
         self.raw.waiters.fetch_sub(1, Ordering::Relaxed);
         set

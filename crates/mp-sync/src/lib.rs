@@ -103,8 +103,10 @@
 //! `Result<Guard, OwnerDied<Guard>>`, so `.unwrap()` panics on a dead holder and
 //! `.unwrap_or_else(|e| e.into_inner())` goes on regardless.
 //!
-//! A [`Barrier`] whose party process dies while the others wait for it breaks
-//! ([`Error::BrokenBarrier`]) instead of hanging. A [`Semaphore`] has no owner (any process
+//! A [`Barrier`] whose party process dies while the others wait for it (also one killed
+//! while it runs the barrier's action) breaks ([`Error::BrokenBarrier`]) instead of hanging.
+//! A [`Condition`] notifier killed inside `notify` has notified or not, never half, and its
+//! waiters do not sleep on a wake-up it never sent. A [`Semaphore`] has no owner (any process
 //! may release it, as in Python), so the permits of a dead holder are lost: those who wait
 //! with a timeout time out, and whoever knows may [`release`](Semaphore::release) them (see
 //! [`semaphore`]).
@@ -247,6 +249,8 @@ pub mod semaphore;
 mod value;
 
 pub use barrier::{Barrier, BarrierAction};
+#[doc(hidden)]
+pub use condition::__set_notify_fault;
 pub use condition::{CondGuard, CondLock, Condition};
 pub use error::{Error, LockResult, OwnerDied, Result, TryLockError, TryLockResult};
 pub use event::Event;

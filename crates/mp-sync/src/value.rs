@@ -78,9 +78,9 @@ unsafe impl<T: Pod, const N: usize> Pod for [T; N] {}
 // valid, no Drop, fixed layout); elements are only accessed by atomic copies (module doc).
 unsafe impl<T: Pod> Element for T {}
 
-/// Implements [`Pod`] for a struct after checking, at compile time, that every listed field is
-/// `Pod` and that the fields cover the whole struct (no padding). List every field with its
-/// type:
+/// Implements [`Pod`] for a struct after checking, at compile time, that the listed fields are
+/// exactly the struct's fields (each once), that every one is `Pod`, and that they cover the
+/// whole struct (no padding). List every field with its type:
 ///
 /// ```
 /// #[derive(Clone, Copy, Debug, PartialEq)]
@@ -101,6 +101,25 @@ unsafe impl<T: Pod> Element for T {}
 /// struct Padded { a: u8, b: u64 }
 /// mp_sync::impl_pod!(Padded { a: u8, b: u64 });
 /// ```
+///
+/// So is a field listed twice, even when the sizes add up (here the second `a` would hide a
+/// reference, and a zeroed `S` would hold a null one):
+///
+/// ```compile_fail,E0025
+/// #[derive(Clone, Copy)]
+/// #[repr(C)]
+/// struct S { a: u64, r: &'static u64 }
+/// mp_sync::impl_pod!(S { a: u64, a: u64 });
+/// ```
+///
+/// and a field left out, even a zero-sized one:
+///
+/// ```compile_fail,E0027
+/// #[derive(Clone, Copy)]
+/// #[repr(C)]
+/// struct S { a: u64, r: [&'static u64; 0] }
+/// mp_sync::impl_pod!(S { a: u64 });
+/// ```
 #[macro_export]
 macro_rules! impl_pod {
     ($t:ident { $($f:ident : $ft:ty),+ $(,)? }) => {
@@ -112,14 +131,20 @@ macro_rules! impl_pod {
             fn _fields_exist(v: &$t) {
                 $( let _: &$ft = &v.$f; )+
             }
+            // An exhaustive destructure: refuses a field listed twice (E0025) and a field
+            // left out (E0027), so the listed fields are exactly the struct's fields.
+            fn _fields_are_exactly_these(v: &$t) {
+                let $t { $( $f: _ ),+ } = v;
+            }
             assert!(
                 ::core::mem::size_of::<$t>() == 0 $( + ::core::mem::size_of::<$ft>() )+,
                 "impl_pod!: the struct has padding or fields that were not listed"
             );
         };
         // SAFETY: checked above: every field is Pod (so any bits are valid and there is no
-        // interior mutability or Drop), the listed fields exist with these types, and their
-        // sizes add up to the struct's size, so there is no padding and no unlisted field.
+        // interior mutability or Drop), the listed fields are exactly the struct's fields
+        // (the exhaustive destructure), each once and with these types, and their sizes add
+        // up to the struct's size, so there is no padding.
         unsafe impl $crate::Pod for $t {}
     };
 }
@@ -141,6 +166,8 @@ fn unit(align: usize, size: usize) -> usize {
 /// `src` is valid for reads of `n` `T`s in a live shared mapping (other processes may write
 /// it concurrently: the copy uses atomics), `dst` for writes of `n` `T`s, both aligned.
 unsafe fn load_into<T: Pod>(src: *const T, dst: *mut T, n: usize) {
+    // Cannot overflow: the caller's `n` values lie in one mapping (at most `isize::MAX`
+    // bytes); every public caller bounds `n` with checked arithmetic first.
     let bytes = n * std::mem::size_of::<T>();
     let (s, d) = (src.cast::<u8>(), dst.cast::<u8>());
     match unit(std::mem::align_of::<T>(), std::mem::size_of::<T>()) {
@@ -180,6 +207,7 @@ unsafe fn load_into<T: Pod>(src: *const T, dst: *mut T, n: usize) {
 /// `dst` is valid for writes of `n` `T`s in a live shared mapping, `src` for reads of `n`
 /// `T`s, both aligned.
 unsafe fn store_from<T: Pod>(src: *const T, dst: *mut T, n: usize) {
+    // Cannot overflow: as in `load_into`.
     let bytes = n * std::mem::size_of::<T>();
     let (s, d) = (src.cast::<u8>(), dst.cast::<u8>());
     match unit(std::mem::align_of::<T>(), std::mem::size_of::<T>()) {

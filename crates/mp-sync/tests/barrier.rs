@@ -313,3 +313,67 @@ fn pass_with_threads(barrier: &Barrier) {
     firsts.sort();
     assert_eq!(firsts, [0, 1, 2]);
 }
+
+/// Waits without a timeout; 0 when the barrier turns out broken.
+fn child_wait_untimed(barrier: Barrier) -> i32 {
+    match barrier.wait() {
+        Err(Error::BrokenBarrier) => 0,
+        Ok(_) => 1,
+        Err(_) => 2,
+    }
+}
+
+/// Arrives last with an action that tells the test it runs, then never ends.
+fn child_arrive_with_stuck_action((barrier, in_action): (Barrier, Event)) -> i32 {
+    let barrier = barrier.with_action(move || {
+        in_action.set();
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+    let _ = barrier.wait();
+    4 // not reached: killed inside the action
+}
+
+/// Issue 13 item 5: the last arriver SIGKILLed while it runs the action (holding the
+/// barrier's mutex) breaks the barrier; the waiter does not hang.
+fn last_arriver_killed_in_the_action(mode: Mode) {
+    let barrier = Barrier::new(2).unwrap();
+    let mut waiter = start(mode, child_wait_untimed, &barrier);
+    assert!(eventually(Duration::from_secs(30), || barrier.n_waiting() == 1));
+    let in_action = Event::new().unwrap();
+    let mut last = start(
+        mode,
+        child_arrive_with_stuck_action,
+        &(barrier.clone(), in_action.clone()),
+    );
+    assert!(
+        in_action.wait_timeout(Duration::from_secs(30)),
+        "the action runs"
+    );
+    last.kill();
+    assert_eq!(last.join(Duration::from_secs(10)), Exit::Signal(9));
+    // Before the fix the waiter slept forever (the dead party had arrived).
+    assert_eq!(waiter.join(Duration::from_secs(20)), Exit::Code(0));
+    assert!(barrier.broken());
+    assert!(matches!(barrier.wait(), Err(Error::BrokenBarrier)));
+    barrier.reset();
+    let b = barrier.clone();
+    let t = std::thread::spawn(move || b.wait_timeout(Duration::from_secs(10)).unwrap());
+    let mine = barrier.wait_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(mine + t.join().unwrap(), 1, "usable again after reset");
+}
+
+#[test]
+fn last_arriver_killed_in_the_action_fork() {
+    under(
+        Mode::Fork,
+        "last_arriver_killed_in_the_action_fork",
+        last_arriver_killed_in_the_action,
+    );
+}
+
+#[test]
+fn last_arriver_killed_in_the_action_spawn() {
+    last_arriver_killed_in_the_action(Mode::Spawn);
+}

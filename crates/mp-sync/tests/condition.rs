@@ -270,3 +270,186 @@ fn lock_holder_killed_fork() {
 fn lock_holder_killed_spawn() {
     lock_holder_killed(Mode::Spawn);
 }
+
+/// Registers (`ready` set to 1), then waits without a timeout; 0 once it returns notified.
+fn child_wait_untimed((cond, ready): (Condition, RawValue<u32>)) -> i32 {
+    let g = cond.lock().unwrap_or_else(|e| e.into_inner());
+    ready.set(1);
+    // The notifier is killed while it holds the lock: the lock comes back as OwnerDied.
+    let g = cond.wait(g).unwrap_or_else(|e| e.into_inner());
+    drop(g);
+    0
+}
+
+static PAUSED: std::sync::OnceLock<Event> = std::sync::OnceLock::new();
+
+/// The fault hook: tell the test we are inside `notify`, then wait to be killed.
+fn pause_inside_notify() {
+    if let Some(ev) = PAUSED.get() {
+        ev.set();
+    }
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Notifies one waiter, pausing (for good) inside `notify` between its steps.
+fn child_notify_and_stall((cond, paused): (Condition, Event)) -> i32 {
+    let _ = PAUSED.set(paused);
+    assert!(mp_sync::__set_notify_fault(pause_inside_notify));
+    let g = cond.lock().unwrap_or_else(|e| e.into_inner());
+    let _ = cond.notify(1);
+    drop(g);
+    4 // not reached: killed inside notify
+}
+
+/// Issue 13 item 4: a notifier SIGKILLed inside `notify`, after it counted the waiter as
+/// notified and before it woke anyone, must not leave the waiter asleep forever.
+fn notifier_killed_inside_notify(mode: Mode) {
+    let cond = Condition::new().unwrap();
+    let ready = RawValue::new(0u32).unwrap();
+    let mut waiter = start(mode, child_wait_untimed, &(cond.clone(), ready.clone()));
+    assert!(eventually(Duration::from_secs(30), || ready.get() == 1));
+    // The waiter registered under the lock: once we get the lock, it waits.
+    drop(cond.lock().unwrap());
+    let paused = Event::new().unwrap();
+    let mut notifier = start(
+        mode,
+        child_notify_and_stall,
+        &(cond.clone(), paused.clone()),
+    );
+    assert!(
+        paused.wait_timeout(Duration::from_secs(30)),
+        "the notifier paused"
+    );
+    notifier.kill();
+    assert_eq!(notifier.join(Duration::from_secs(10)), Exit::Signal(9));
+    // The waiter wakes (it was notified) and returns; before the fix it slept forever.
+    assert_eq!(waiter.join(Duration::from_secs(20)), Exit::Code(0));
+}
+
+#[test]
+fn notifier_killed_inside_notify_fork() {
+    under(
+        Mode::Fork,
+        "notifier_killed_inside_notify_fork",
+        notifier_killed_inside_notify,
+    );
+}
+
+#[test]
+fn notifier_killed_inside_notify_spawn() {
+    notifier_killed_inside_notify(Mode::Spawn);
+}
+
+/// Waits at most 20 s; 0 when notified, 3 when not.
+fn child_wait_once((cond, ready): (Condition, RawValue<u32>)) -> i32 {
+    let g = cond.lock().unwrap_or_else(|e| e.into_inner());
+    ready.set(1);
+    let (g, notified) = cond
+        .wait_timeout(g, Duration::from_secs(20))
+        .unwrap_or_else(|e| e.into_inner());
+    drop(g);
+    if notified {
+        0
+    } else {
+        3
+    }
+}
+
+/// Issue 13 item 9: `notify(1)` goes to the waiter that was asleep when it was called; the
+/// notifier, waiting right after, must not take it back (CPython's semantics).
+fn notify_goes_to_the_earlier_waiter(mode: Mode) {
+    let cond = Condition::new().unwrap();
+    let ready = RawValue::new(0u32).unwrap();
+    let mut a = start(mode, child_wait_once, &(cond.clone(), ready.clone()));
+    assert!(eventually(Duration::from_secs(30), || ready.get() == 1));
+    let g = cond.lock().unwrap();
+    assert_eq!(cond.notify(1).unwrap(), 1, "A was waiting");
+    // B (this process) waits right after its own notify: nobody notifies it.
+    let (g, notified) = cond.wait_timeout(g, Duration::from_millis(300)).unwrap();
+    assert!(!notified, "the notifier took its own notification back");
+    drop(g);
+    assert_eq!(
+        a.join(Duration::from_secs(30)),
+        Exit::Code(0),
+        "A was not notified"
+    );
+}
+
+#[test]
+fn notify_goes_to_the_earlier_waiter_fork() {
+    under(
+        Mode::Fork,
+        "notify_goes_to_the_earlier_waiter_fork",
+        notify_goes_to_the_earlier_waiter,
+    );
+}
+
+#[test]
+fn notify_goes_to_the_earlier_waiter_spawn() {
+    notify_goes_to_the_earlier_waiter(Mode::Spawn);
+}
+
+/// Producer and consumers on one condition, notify(1) per item and notify_all at the end:
+/// every item is taken, nobody is left waiting, and the counts return to zero.
+#[test]
+fn producer_consumers_threads_drain_every_item() {
+    const ITEMS: u32 = 3000;
+    const CONSUMERS: u32 = 4;
+    let cond = Condition::new().unwrap();
+    let items = RawValue::new(0u32).unwrap();
+    let done = RawValue::new(0u32).unwrap();
+    let taken = RawValue::new(0u32).unwrap();
+    let consumers: Vec<_> = (0..CONSUMERS)
+        .map(|_| {
+            let (cond, items, done, taken) =
+                (cond.clone(), items.clone(), done.clone(), taken.clone());
+            std::thread::spawn(move || loop {
+                let g = cond.lock().unwrap();
+                let (g, _) = cond
+                    .wait_for(
+                        g,
+                        || items.get() > 0 || done.get() == 1,
+                        Some(Duration::from_secs(30)),
+                    )
+                    .unwrap();
+                if items.get() > 0 {
+                    items.set(items.get() - 1);
+                    taken.set(taken.get() + 1);
+                } else if done.get() == 1 {
+                    drop(g);
+                    return;
+                } else {
+                    panic!("a consumer waited 30 s with nothing to do");
+                }
+            })
+        })
+        .collect();
+    for i in 0..ITEMS {
+        let g = cond.lock().unwrap();
+        items.set(items.get() + 1);
+        if i % 7 == 0 {
+            cond.notify_all().unwrap();
+        } else {
+            cond.notify(1).unwrap();
+        }
+        drop(g);
+    }
+    let g = cond.lock().unwrap();
+    done.set(1);
+    cond.notify_all().unwrap();
+    drop(g);
+    for c in consumers {
+        c.join().unwrap();
+    }
+    assert_eq!(taken.get(), ITEMS);
+    assert_eq!(items.get(), 0);
+    let g = cond.lock().unwrap();
+    assert_eq!(
+        cond.notify_all().unwrap(),
+        0,
+        "nobody is counted as waiting"
+    );
+    drop(g);
+}

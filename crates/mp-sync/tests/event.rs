@@ -122,3 +122,53 @@ fn set_wakes_every_waiting_thread() {
         assert!(t.join().unwrap());
     }
 }
+
+/// Says it is about to wait (`ready`), then waits without a timeout; 0 once it returns.
+fn child_wait_untimed((ev, ready): (Event, mp_sync::RawValue<u32>)) -> i32 {
+    ready.set(1);
+    ev.wait();
+    0
+}
+
+/// True while the main thread of `pid` sleeps in a futex wait: its wchan names a futex
+/// function, or (on kernels that hide wchan) the system call it is blocked in is `futex`.
+fn in_futex_wait(pid: u32) -> bool {
+    let task = format!("/proc/{pid}/task/{pid}");
+    let wchan = std::fs::read_to_string(format!("{task}/wchan")).unwrap_or_default();
+    let syscall = std::fs::read_to_string(format!("{task}/syscall")).unwrap_or_default();
+    wchan.starts_with("futex")
+        || syscall.split_whitespace().next() == Some(&libc::SYS_futex.to_string())
+}
+
+/// Issue 13: an untimed `wait` asleep when `set()` and `clear()` come back to back returns
+/// (it was set while it waited), as Python's `Event.wait` does.
+fn untimed_wait_sees_a_set_clear_pulse(mode: Mode) {
+    let ev = Event::new().unwrap();
+    let ready = mp_sync::RawValue::new(0u32).unwrap();
+    let mut kid = start(mode, child_wait_untimed, &(ev.clone(), ready.clone()));
+    assert!(common::eventually(Duration::from_secs(30), || ready.get() == 1));
+    // After `ready`, the only futex sleep of the child's main thread is the one in `wait`.
+    assert!(
+        common::eventually(Duration::from_secs(30), || in_futex_wait(kid.pid())),
+        "the child never slept in Event::wait"
+    );
+    ev.set();
+    ev.clear();
+    // Before the fix the woken waiter found the flag clear and slept again, for good.
+    assert_eq!(kid.join(Duration::from_secs(20)), common::Exit::Code(0));
+    assert!(!ev.is_set());
+}
+
+#[test]
+fn untimed_wait_sees_a_set_clear_pulse_fork() {
+    under(
+        Mode::Fork,
+        "untimed_wait_sees_a_set_clear_pulse_fork",
+        untimed_wait_sees_a_set_clear_pulse,
+    );
+}
+
+#[test]
+fn untimed_wait_sees_a_set_clear_pulse_spawn() {
+    untimed_wait_sees_a_set_clear_pulse(Mode::Spawn);
+}

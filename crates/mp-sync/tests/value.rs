@@ -156,6 +156,26 @@ fn v2_array_slices() {
     assert_eq!(names.get(1).unwrap(), *b"efgh");
 }
 
+/// Issue 13 item 10: an offset whose end overflows `usize` is a typed error, never a panic
+/// (debug) or a wrapped bounds check (release), for every offset-taking call.
+#[test]
+fn overflowing_offsets_are_typed_errors() {
+    let a = Array::from_slice(&[1u64, 2, 3]).unwrap();
+    let raw = a.get_obj().clone();
+    let mut two = [0u64; 2];
+    for start in [usize::MAX, usize::MAX - 1, usize::MAX / 2 + 1] {
+        let bad = |r: Result<(), Error>| matches!(r, Err(Error::InvalidArgument(_)));
+        assert!(bad(raw.read(start, &mut two)), "read at {start}");
+        assert!(bad(raw.write(start, &[7, 7])), "write at {start}");
+        assert!(bad(a.read(start, &mut two)), "locked read at {start}");
+        assert!(bad(a.write(start, &[7, 7])), "locked write at {start}");
+        assert!(matches!(raw.get(start), Err(Error::InvalidArgument(_))));
+        assert!(matches!(raw.set(start, 7), Err(Error::InvalidArgument(_))));
+    }
+    // Nothing was written anywhere.
+    assert_eq!(a.to_vec(), [1, 2, 3]);
+}
+
 fn v2_child_prefix_sum(mode: Mode) {
     let arr = Array::from_slice(&(0..10i64).collect::<Vec<_>>()).unwrap();
     let mut kid = start(mode, child_prefix_sum, &arr);
