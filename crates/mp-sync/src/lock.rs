@@ -235,10 +235,11 @@ impl RLock {
     fn acquire_with(&self, attempt: impl FnOnce(u64) -> Acquire) -> Acquire {
         let me = ident::thread_token();
         if self.raw.holder() == me {
-            // Only the owner writes `count`, and we are the owner.
+            // Only the owner writes `count`, and we are the owner. The word is in shared memory,
+            // where a broken peer may have written anything: saturate rather than panic (no
+            // thread recurses 2^32 times).
             let n = self.raw.count();
-            assert!(n < u32::MAX, "RLock acquired recursively 2^32 times");
-            self.raw.set_count(n + 1);
+            self.raw.set_count(n.saturating_add(1));
             return Acquire::Clean;
         }
         let a = attempt(me);

@@ -16,6 +16,10 @@
 //! [`release`](Semaphore::release). For mutual exclusion that survives the death of the holder,
 //! use a [`Lock`](crate::Lock). (A waiter killed while asleep leaves the `waiters` count
 //! raised: later releases then make one needless `FUTEX_WAKE` each, nothing worse.)
+//!
+//! A waiter killed just as a `release` wakes it takes that wake-up with it. So sleepers wait
+//! in slices (5 ms, doubling up to 160 ms) and re-check the value: the permit reaches another
+//! waiter within one slice.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -27,7 +31,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 use static_assertions::{assert_eq_align, assert_eq_size};
 
 use crate::error::{Error, Result};
-use crate::raw::Spin;
+use crate::raw::{Spin, MAX_SLICE, SLICE};
 use mp_core::ident;
 
 /// The largest value a semaphore holds (Python's `SEM_VALUE_MAX` on Linux).
@@ -81,6 +85,10 @@ impl RawSemaphore {
         }
         // SeqCst: pairs with the SeqCst load of `waiters` in `release`.
         self.waiters.fetch_add(1, Ordering::SeqCst);
+        // Sleep in slices: `release` wakes one sleeper, and if that one dies before it takes
+        // the permit (killed as it wakes), the wake is lost; the others find the permit at
+        // their next check instead of sleeping forever.
+        let mut slice = SLICE;
         let got = loop {
             if self.try_take() {
                 break true;
@@ -89,7 +97,8 @@ impl RawSemaphore {
             if left == Some(Duration::ZERO) {
                 break false;
             }
-            futex::wait(&self.value, 0, left);
+            futex::wait(&self.value, 0, Some(left.map_or(slice, |l| l.min(slice))));
+            slice = (slice * 2).min(MAX_SLICE);
         };
         self.waiters.fetch_sub(1, Ordering::Relaxed);
         got

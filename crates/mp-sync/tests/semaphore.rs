@@ -108,6 +108,59 @@ fn bounded_semaphore_in_a_child_spawn() {
     under(Mode::Spawn, "", bounded_semaphore_in_a_child);
 }
 
+fn child_acquire_untimed_then_flag((sem, done): (Semaphore, Event)) -> i32 {
+    sem.acquire();
+    done.set();
+    0
+}
+
+/// A waiter killed just as a `release` wakes it (found by the fault campaign,
+/// `semaphore_waiter`): the wake went to the dying process, and the other waiter, asleep
+/// without a timeout, slept forever with a permit free. Waiters now sleep in slices and
+/// re-check the value, so the other takes the permit.
+fn waiter_killed_as_the_release_wakes_it(mode: Mode) {
+    for _ in 0..5 {
+        let sem = Semaphore::new(0).unwrap();
+        let (victim_done, done) = (Event::new().unwrap(), Event::new().unwrap());
+        let mut victim = start(
+            mode,
+            child_acquire_untimed_then_flag,
+            &(sem.clone(), victim_done.clone()),
+        );
+        // Let the victim fall asleep first: a futex wakes its sleepers in order.
+        std::thread::sleep(Duration::from_millis(30));
+        let mut other = start(
+            mode,
+            child_acquire_untimed_then_flag,
+            &(sem.clone(), done.clone()),
+        );
+        std::thread::sleep(Duration::from_millis(30));
+        victim.kill();
+        sem.release().unwrap();
+        assert!(
+            done.wait_timeout(Duration::from_secs(10)),
+            "the surviving waiter never took the free permit"
+        );
+        other.join_ok();
+        assert_eq!(victim.join(Duration::from_secs(10)), Exit::Signal(9));
+        assert!(!victim_done.is_set());
+    }
+}
+
+#[test]
+fn waiter_killed_as_the_release_wakes_it_fork() {
+    under(
+        Mode::Fork,
+        "waiter_killed_as_the_release_wakes_it_fork",
+        waiter_killed_as_the_release_wakes_it,
+    );
+}
+
+#[test]
+fn waiter_killed_as_the_release_wakes_it_spawn() {
+    under(Mode::Spawn, "", waiter_killed_as_the_release_wakes_it);
+}
+
 fn release_wakes_a_waiting_process(mode: Mode) {
     let sem = Semaphore::new(0).unwrap();
     let started = Event::new().unwrap();
