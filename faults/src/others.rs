@@ -50,7 +50,9 @@ pub(crate) fn pipe_sender(r: &mut Round<'_>, _f: Fault) -> Result<(), String> {
                 }
                 next = seq + 1;
             }
-            Err(PipeError::Eof) | Err(PipeError::BrokenPipe) => {
+            // End-of-file, or a message cut short by the sender's death: both typed, and
+            // nothing half-read is handed out.
+            Err(PipeError::Eof) | Err(PipeError::BrokenPipe) | Err(PipeError::Truncated { .. }) => {
                 if let Some(t) = t {
                     r.recovered(t.elapsed());
                 } else {

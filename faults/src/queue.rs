@@ -12,8 +12,9 @@ use mp::{Queue, Shared};
 use crate::common::{fork, join_killed, spin};
 use crate::harness::{check_of, kill, Fault, Round};
 
-/// How long the survivor waits for the next item before it decides the queue is drained.
-const DRAIN_WAIT: Duration = Duration::from_millis(300);
+/// How long the survivor waits for the next item before it decides the queue is drained (the
+/// peer is dead and reaped by then: nothing more is coming).
+const DRAIN_WAIT: Duration = Duration::from_millis(50);
 
 /// A numbered, checksummed item; `pad` makes some of them larger than the ring (side channel).
 type Item = (u64, u64, Vec<u8>);
@@ -31,13 +32,30 @@ fn intact(r: &mut Round<'_>, it: &Item) -> bool {
 }
 
 /// Drains `q` and checks what came out against what the producer acknowledged: every seq below
-/// `acked` exactly once, in order, plus perhaps the one that was being put when it died.
-fn check_drain(r: &mut Round<'_>, q: &Queue<Item>, acked: u64, from: u64) {
+/// `acked` exactly once, in order, plus perhaps some of the `in_flight` being put when it died.
+fn check_drain(
+    r: &mut Round<'_>,
+    q: &Queue<Item>,
+    acked: u64,
+    in_flight: u64,
+    from: u64,
+    probe: bool,
+) {
     let mut seen = BTreeSet::new();
     let mut last = None;
+    let mut probe_seen = false;
     loop {
         match q.get_timeout(DRAIN_WAIT) {
+            Ok(it) if it.0 == PROBE => {
+                if probe_seen {
+                    r.duplicated(1, "the probe came out twice");
+                }
+                probe_seen = true;
+            }
             Ok(it) => {
+                if probe_seen {
+                    r.wrong(format!("item {} came out after the later probe", it.0));
+                }
                 if !intact(r, &it) {
                     continue;
                 }
@@ -51,7 +69,7 @@ fn check_drain(r: &mut Round<'_>, q: &Queue<Item>, acked: u64, from: u64) {
                     ));
                 }
                 last = Some(it.0);
-                if it.0 > acked {
+                if it.0 >= acked + in_flight {
                     r.duplicated(1, format!("item {} was never put", it.0));
                 }
             }
@@ -62,25 +80,31 @@ fn check_drain(r: &mut Round<'_>, q: &Queue<Item>, acked: u64, from: u64) {
             }
         }
     }
+    if probe && !probe_seen {
+        r.lost(1, "the probe put after the fault");
+    }
     let missing = (from..acked).filter(|s| !seen.contains(s)).count() as u64;
     if missing > 0 {
         r.lost(missing, format!("of {} acknowledged items", acked - from));
     }
 }
 
-/// After a fault the queue must go on working: a put and a get that return at once.
-fn still_works(r: &mut Round<'_>, q: &Queue<Item>, t: Instant) {
-    match q.put_timeout(item(u64::MAX - 1, 0), Duration::from_secs(3)) {
-        Ok(()) => {}
+/// The item a survivor puts after the fault, to show that the queue still takes puts.
+const PROBE: u64 = u64::MAX - 1;
+
+/// After a fault the queue must go on taking puts: the recovery is how long this put waited
+/// (for a dead producer's lock to be taken over). The drain then finds the probe last.
+fn probe_put(r: &mut Round<'_>, q: &Queue<Item>) -> bool {
+    let t = Instant::now();
+    match q.put_timeout(item(PROBE, 0), Duration::from_secs(3)) {
+        Ok(()) => {
+            r.recovered(t.elapsed());
+            true
+        }
         Err(e) => {
             r.hang(format!("put after the fault: {e}"));
-            return;
+            false
         }
-    }
-    match q.get_timeout(Duration::from_secs(3)) {
-        Ok(it) if it.0 == u64::MAX - 1 => r.recovered(t.elapsed()),
-        Ok(it) => r.wrong(format!("got item {} instead of the probe", it.0)),
-        Err(e) => r.hang(format!("get after the fault: {e}")),
     }
 }
 
@@ -143,11 +167,18 @@ fn producer(r: &mut Round<'_>, how: Put) -> Result<(), String> {
             Err(e) => return Err(format!("get before the fault: {e}")),
         }
     }
-    let t = kill(child.pid());
+    kill(child.pid());
     join_killed(r, &mut child, "producer");
     let acked = acked.load(Ordering::Acquire);
-    check_drain(r, &q, acked, consumed);
-    still_works(r, &q, t);
+    let in_flight = match how {
+        Put::Many => 16,
+        _ => 1,
+    };
+    check_drain(r, &q, acked, in_flight, consumed, false);
+    // Empty now: a put must go in at once (the dead producer's lock taken over) and come out.
+    if probe_put(r, &q) {
+        check_drain(r, &q, 0, 0, 0, true);
+    }
     Ok(())
 }
 

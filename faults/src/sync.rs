@@ -255,8 +255,12 @@ pub(crate) fn condition_notifier(r: &mut Round<'_>, fault: Fault) -> Result<(), 
     let pid = notifier.pid();
     let t = match fault {
         Fault::Kill => kill(pid),
-        _ => {
+        Fault::Stop => {
+            // Frozen, perhaps inside `notify` with the lock held: everyone waits for it, then
+            // it carries on.
             stop(pid);
+            std::thread::sleep(r.rng.micros(1_000, 30_000));
+            cont(pid);
             Instant::now()
         }
     };
@@ -294,8 +298,7 @@ pub(crate) fn condition_notifier(r: &mut Round<'_>, fault: Fault) -> Result<(), 
     }
     match fault {
         Fault::Kill => join_killed(r, &mut notifier, "notifier"),
-        _ => {
-            cont(pid);
+        Fault::Stop => {
             join_ok(r, &mut notifier, "frozen notifier");
         }
     }
@@ -320,15 +323,24 @@ pub(crate) fn barrier_party(r: &mut Round<'_>, _fault: Fault) -> Result<(), Stri
     }
     let b = barrier.clone();
     let (tx, rx) = std::sync::mpsc::channel();
+    let first_pass = std::sync::Arc::new(AtomicU32::new(0));
+    let fp = first_pass.clone();
     let me = std::thread::spawn(move || {
         let mut passed = 0u32;
         while b.wait().is_ok() {
             passed += 1;
+            fp.store(passed, Ordering::Release);
         }
         let _ = tx.send(Instant::now());
         passed
     });
-    std::thread::sleep(r.rng.micros(200, 5000));
+    // Every party has arrived once (a party that dies before its first arrival is not known
+    // to the barrier, and only a timeout covers it: documented), then the fault.
+    let deadline = Instant::now() + WAIT_BOUND;
+    while first_pass.load(Ordering::Acquire) == 0 && Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+    std::thread::sleep(r.rng.micros(0, 5000));
     let t = kill(parties[0].pid());
     match rx.recv_timeout(WAIT_BOUND) {
         Ok(at) => r.recovered(at.saturating_duration_since(t)),

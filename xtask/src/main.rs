@@ -4,6 +4,8 @@
 //!   denied, and the README's test command.
 //! * `cargo xtask bench [--quick] [--filter NAME]`: the benchmark suite against CPython and the
 //!   machine's limits (see `docs/benchmarks.md`).
+//! * `cargo xtask faults [--rounds N | --long] [--seed S] [--filter NAME] [--round R]`: the
+//!   fault campaign (see `docs/reliability.md`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -13,8 +15,11 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("bench") => bench(&args[1..]),
+        Some("faults") => faults::run(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <ci | bench [--quick] [--filter NAME]>");
+            eprintln!(
+                "usage: cargo xtask <ci | bench [--quick] [--filter NAME] | faults [--rounds N | --long] [--seed S] [--filter NAME] [--round R]>"
+            );
             return ExitCode::from(2);
         }
     };
@@ -33,6 +38,14 @@ fn project_root() -> PathBuf {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR` when set, else `target/` of the workspace.
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| if p.is_absolute() { p } else { root.join(p) })
+        .unwrap_or_else(|| root.join("target"))
 }
 
 /// Runs `.ci/run`, so that `cargo xtask ci` and CI can never drift apart.
@@ -55,3 +68,4 @@ fn bench(args: &[String]) -> Result<(), String> {
 }
 
 mod bench;
+mod faults;

@@ -20,7 +20,7 @@ mod specs;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use chart::svg;
@@ -29,7 +29,7 @@ use report::{environment, fmt_value, json, markdown, row, LimitRow};
 use run::{build, last_lines, list, python_version, run_group, run_python, RunLock};
 use specs::{limit_single, placements, Spec, Unit, LIMITS, SPECS};
 
-use crate::project_root;
+use crate::{project_root, target_dir};
 
 /// The command line of `cargo xtask bench`.
 struct Options {
@@ -77,14 +77,6 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
         }
     }
     Ok(Some(o))
-}
-
-/// Cargo's target directory: `CARGO_TARGET_DIR` when set, else `target/` of the workspace.
-fn target_dir(root: &Path) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|p| if p.is_absolute() { p } else { root.join(p) })
-        .unwrap_or_else(|| root.join("target"))
 }
 
 /// Runs the suite.
