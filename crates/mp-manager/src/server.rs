@@ -75,9 +75,15 @@ impl Owned {
         self.owner.is_none() || self.owner == Some(conn)
     }
 
-    fn take(&mut self, conn: u64) {
+    /// One more acquisition by `conn` (which `free_for` allowed); refused past `u32::MAX`
+    /// re-entries rather than wrapping.
+    fn take(&mut self, conn: u64) -> Result<(), Refused> {
+        self.count = self
+            .count
+            .checked_add(1)
+            .ok_or(Refused::Overflow("a re-entrant lock's count".into()))?;
         self.owner = Some(conn);
-        self.count += 1;
+        Ok(())
     }
 
     /// One release by `conn`; true when the lock became free.
@@ -85,7 +91,7 @@ impl Owned {
         if self.owner != Some(conn) {
             return Err(Refused::NotOwner);
         }
-        self.count -= 1;
+        self.count = self.count.saturating_sub(1);
         if self.count == 0 {
             self.owner = None;
         }
@@ -500,7 +506,7 @@ fn call(obj: &Obj, conn: u64, op: Op) -> Result<Reply, Refused> {
             let (mut st, ok) =
                 wait_until(released, lock(state), deadline(ms), |s| s.free_for(conn));
             if ok {
-                st.take(conn);
+                st.take(conn)?;
             }
             Reply::Bool(ok)
         }
@@ -529,7 +535,8 @@ fn call(obj: &Obj, conn: u64, op: Op) -> Result<Reply, Refused> {
             if bound.is_some_and(|b| *v >= b) {
                 return Err(Refused::TooManyReleases);
             }
-            *v += 1;
+            // A plain semaphore may grow, but not past u64::MAX (one made at u64::MAX).
+            *v = v.checked_add(1).ok_or(Refused::TooManyReleases)?;
             changed.notify_one();
             Reply::Unit
         }
@@ -539,7 +546,7 @@ fn call(obj: &Obj, conn: u64, op: Op) -> Result<Reply, Refused> {
                 s.lock.free_for(conn)
             });
             if ok {
-                st.lock.take(conn);
+                st.lock.take(conn)?;
             }
             Reply::Bool(ok)
         }
@@ -557,7 +564,7 @@ fn call(obj: &Obj, conn: u64, op: Op) -> Result<Reply, Refused> {
             // Release the lock entirely, wait for a notify (or the timeout), take it back.
             let held = std::mem::take(&mut st.lock);
             let ticket = st.next_ticket;
-            st.next_ticket += 1;
+            st.next_ticket = st.next_ticket.wrapping_add(1);
             st.waiting.push_back(ticket);
             changed.notify_all();
             let (mut st, _) =
@@ -591,10 +598,11 @@ fn call(obj: &Obj, conn: u64, op: Op) -> Result<Reply, Refused> {
             }
             let generation = st.generation;
             let index = st.count;
-            st.count += 1;
-            if st.count == st.parties {
+            // count < parties here (it is reset on reaching them), so this cannot overflow.
+            st.count = st.count.saturating_add(1);
+            if st.count >= st.parties {
                 st.count = 0;
-                st.generation += 1;
+                st.generation = st.generation.wrapping_add(1);
                 changed.notify_all();
                 return Ok(Reply::Len(index));
             }
@@ -623,7 +631,7 @@ fn call(obj: &Obj, conn: u64, op: Op) -> Result<Reply, Refused> {
                 let g = st.generation;
                 st.reset_generations.insert(g);
             }
-            st.generation += 1;
+            st.generation = st.generation.wrapping_add(1);
             st.count = 0;
             st.broken = false;
             changed.notify_all();
@@ -651,10 +659,24 @@ fn call(obj: &Obj, conn: u64, op: Op) -> Result<Reply, Refused> {
     })
 }
 
+/// Releases a connection's locks when dropped: when its loop ends, and also when a request
+/// panics on the way (a panic must never leave a dead connection's locks held).
+struct ReleaseOnDrop<'a> {
+    state: &'a State,
+    conn: u64,
+}
+
+impl Drop for ReleaseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.state.release_all(self.conn);
+    }
+}
+
 /// Answers one connection until it closes. Returns true when asked to shut down.
 fn serve_connection(state: &State, conn: &Connection<()>) -> bool {
     let id = state.next_conn.fetch_add(1, Ordering::Relaxed);
-    let shutdown = loop {
+    let _release = ReleaseOnDrop { state, conn: id };
+    loop {
         let Ok(bytes) = conn.recv_bytes(None) else {
             break false;
         };
@@ -711,9 +733,7 @@ fn serve_connection(state: &State, conn: &Connection<()>) -> bool {
             }
             break false;
         }
-    };
-    state.release_all(id);
-    shutdown
+    }
 }
 
 /// The server loop: accepts connections (authenticated by the listener) until a client asks
@@ -812,6 +832,32 @@ pub(crate) fn serve(listener: Listener, types: Types) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The clean-up of a connection runs even when its thread unwinds from a panic.
+    #[test]
+    fn a_panicking_connection_releases_its_locks() {
+        let state = State::default();
+        let Ok(Reply::Created(id)) = state.create(Kind::Lock, None, Vec::new()) else {
+            panic!("no lock");
+        };
+        let l = state.get(id).unwrap();
+        assert!(matches!(
+            call(&l, 7, Op::Acquire(None)),
+            Ok(Reply::Bool(true))
+        ));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _release = ReleaseOnDrop {
+                state: &state,
+                conn: 7,
+            };
+            panic!("a request that panics");
+        }));
+        assert!(r.is_err());
+        assert!(matches!(
+            call(&l, 8, Op::Acquire(Some(0))),
+            Ok(Reply::Bool(true))
+        ));
+    }
 
     #[test]
     fn python_indices_never_overflow() {

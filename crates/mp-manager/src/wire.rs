@@ -140,7 +140,10 @@ pub(crate) enum Reply {
 #[rkyv(crate = mp_core::rkyv)]
 pub(crate) enum Refused {
     KeyError,
-    IndexError { index: i64, len: u64 },
+    IndexError {
+        index: i64,
+        len: u64,
+    },
     AttributeError(String),
     Empty,
     Full,
@@ -149,9 +152,17 @@ pub(crate) enum Refused {
     TooManyReleases,
     BrokenBarrier,
     NoSuchObject(u64),
-    WrongKind { expected: Kind, found: Kind },
+    WrongKind {
+        expected: Kind,
+        found: Kind,
+    },
     UnknownType(String),
-    WrongType { expected: String, found: String },
+    WrongType {
+        expected: String,
+        found: String,
+    },
     Raised(String),
     Malformed(String),
+    /// A count would pass its largest value (what overflowed).
+    Overflow(String),
 }
