@@ -119,6 +119,50 @@ pub(crate) enum Op {
     CustomCall(String, Bytes),
 }
 
+impl Op {
+    /// The operation's name, without its payload: what an error message may show (a
+    /// payload can be megabytes, and is the client's data).
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Op::Len => "Len",
+            Op::Clear => "Clear",
+            Op::DictGet(..) => "DictGet",
+            Op::DictSet(..) => "DictSet",
+            Op::DictPop(..) => "DictPop",
+            Op::DictContains(..) => "DictContains",
+            Op::DictItems => "DictItems",
+            Op::ListAppend(..) => "ListAppend",
+            Op::ListExtend(..) => "ListExtend",
+            Op::ListGet(..) => "ListGet",
+            Op::ListSet(..) => "ListSet",
+            Op::ListPop(..) => "ListPop",
+            Op::ListItems => "ListItems",
+            Op::NsGet(..) => "NsGet",
+            Op::NsSet(..) => "NsSet",
+            Op::NsDel(..) => "NsDel",
+            Op::NsNames => "NsNames",
+            Op::ValueGet => "ValueGet",
+            Op::ValueSet(..) => "ValueSet",
+            Op::QueuePut(..) => "QueuePut",
+            Op::QueueGet(..) => "QueueGet",
+            Op::Acquire(..) => "Acquire",
+            Op::Release => "Release",
+            Op::EventSet => "EventSet",
+            Op::EventClear => "EventClear",
+            Op::EventIsSet => "EventIsSet",
+            Op::EventWait(..) => "EventWait",
+            Op::SemValue => "SemValue",
+            Op::CondWait(..) => "CondWait",
+            Op::CondNotify(..) => "CondNotify",
+            Op::BarrierWait(..) => "BarrierWait",
+            Op::BarrierAbort => "BarrierAbort",
+            Op::BarrierReset => "BarrierReset",
+            Op::BarrierState => "BarrierState",
+            Op::CustomCall(..) => "CustomCall",
+        }
+    }
+}
+
 #[derive(Archive, Serialize, Deserialize, Debug)]
 #[rkyv(crate = mp_core::rkyv)]
 pub(crate) enum Reply {
@@ -165,4 +209,6 @@ pub(crate) enum Refused {
     Malformed(String),
     /// A count would pass its largest value (what overflowed).
     Overflow(String),
+    /// The server serves this many connections already.
+    TooManyConnections(u64),
 }

@@ -39,3 +39,154 @@ fn counts_a_client_controls_never_overflow() {
     assert!(lock.acquire_timeout(Some(Duration::from_secs(10))).unwrap());
     lock.release().unwrap();
 }
+
+/// A request larger than the server's limit (16 MiB by default) is refused before the server
+/// allocates for it, and the server goes on serving; a larger limit can be configured. Before:
+/// requests up to 1 GiB were read whole.
+#[test]
+fn oversized_requests_are_refused() {
+    let m = manager();
+    let d = m.dict::<u8, Vec<u8>>().unwrap();
+    let big = vec![7u8; 20 << 20];
+    assert!(d.set(&1, &big).is_err(), "a 20 MiB request was accepted");
+    // This thread's next request connects again; the server still serves.
+    d.set(&2, &vec![1u8; 1 << 20]).unwrap();
+    assert_eq!(d.len().unwrap(), 1);
+    let roomy = Manager::builder()
+        .start_method(StartMethod::Spawn)
+        .max_request_size(64 << 20)
+        .start()
+        .unwrap();
+    let d = roomy.dict::<u8, Vec<u8>>().unwrap();
+    d.set(&1, &big).unwrap();
+    assert_eq!(d.get(&1).unwrap().unwrap().len(), big.len());
+}
+
+/// A value nested without end: each level is a boxed list of the next.
+#[derive(mp_core::rkyv::Archive, mp_core::rkyv::Serialize, mp_core::rkyv::Deserialize)]
+#[rkyv(crate = mp_core::rkyv)]
+#[rkyv(serialize_bounds(
+    __S: mp_core::rkyv::ser::Writer + mp_core::rkyv::ser::Allocator,
+    __S::Error: mp_core::rkyv::rancor::Source,
+))]
+#[rkyv(deserialize_bounds(__D::Error: mp_core::rkyv::rancor::Source))]
+#[rkyv(bytecheck(bounds(
+    __C: mp_core::rkyv::validation::ArchiveContext,
+    __C::Error: mp_core::rkyv::rancor::Source,
+)))]
+struct Nest(#[rkyv(omit_bounds)] Vec<Nest>);
+
+impl Nest {
+    fn deep(depth: usize) -> Nest {
+        let mut n = Nest(Vec::new());
+        for _ in 0..depth {
+            n = Nest(vec![n]);
+        }
+        n
+    }
+
+    fn depth(&self) -> u64 {
+        let mut d = 0;
+        let mut at = self;
+        while let Some(next) = at.0.first() {
+            d += 1;
+            at = next;
+        }
+        d
+    }
+}
+
+impl Drop for Nest {
+    // Unnest iteratively: the default drop would recurse once per level.
+    fn drop(&mut self) {
+        let mut stack = std::mem::take(&mut self.0);
+        while let Some(mut n) = stack.pop() {
+            stack.append(&mut n.0);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Depth;
+
+impl mp_manager::Served for Depth {
+    type Request = Nest;
+    type Reply = u64;
+    fn handle(&mut self, n: Nest) -> u64 {
+        n.depth()
+    }
+}
+
+/// A custom request nested 100 000 levels deep is refused as malformed instead of
+/// overflowing the stack of the server's thread (before: the server process crashed, and
+/// every proxy then saw the server gone); a modestly nested one is served.
+#[test]
+fn deeply_nested_requests_do_not_overflow_the_server() {
+    let m = Manager::builder()
+        .start_method(StartMethod::Spawn)
+        .register::<Depth>("Depth")
+        .start()
+        .unwrap();
+    let c = m.custom::<Depth>("Depth").unwrap();
+    assert_eq!(c.call(&Nest::deep(100)).unwrap(), 100);
+    // Serializing a deep value recurses in this process too: do it on a large stack.
+    let r = std::thread::Builder::new()
+        .stack_size(1 << 30)
+        .spawn({
+            let c = c.clone();
+            move || c.call(&Nest::deep(100_000)).map_err(|e| e.to_string())
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(r.is_err(), "{r:?}");
+    assert_eq!(c.call(&Nest::deep(3)).unwrap(), 3);
+    assert_eq!(m.dict::<u8, u8>().unwrap().len().unwrap(), 0);
+}
+
+/// Past `max_connections`, a new connection is refused at once (its first call says why); once
+/// a connection closes, a new one is served.
+#[test]
+fn connections_past_the_cap_are_refused() {
+    let m = Manager::builder()
+        .start_method(StartMethod::Spawn)
+        .max_connections(2)
+        .start()
+        .unwrap();
+    let d = m.dict::<u8, u8>().unwrap(); // this thread's connection: 1
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn({
+        let d = d.clone();
+        move || {
+            d.set(&1, &1).unwrap(); // connection 2
+            held_tx.send(()).unwrap();
+            let _ = go_rx.recv_timeout(Duration::from_secs(30));
+        }
+    });
+    held_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    let third = std::thread::spawn({
+        let d = d.clone();
+        move || d.len()
+    });
+    let third = third.join().unwrap();
+    assert!(
+        matches!(third, Err(Error::TooManyConnections(2))),
+        "a third connection: {third:?}"
+    );
+    go_tx.send(()).unwrap();
+    holder.join().unwrap();
+    // The holder's connection closed with its thread: a new thread gets in (the server may
+    // take a moment to notice the close).
+    let mut served = false;
+    for _ in 0..200 {
+        let d = d.clone();
+        if std::thread::spawn(move || d.len()).join().unwrap().is_ok() {
+            served = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert!(served);
+    assert_eq!(d.len().unwrap(), 1);
+}
