@@ -190,3 +190,26 @@ fn connections_past_the_cap_are_refused() {
     assert!(served);
     assert_eq!(d.len().unwrap(), 1);
 }
+
+/// Silent connections to a Manager's TCP address do not keep a real client out: it completes
+/// its handshake within a second (before: the server's one accepting thread ran each
+/// handshake in turn, 10 s per silent peer).
+#[test]
+fn silent_peers_do_not_lock_out_the_managers_clients() {
+    let m = Manager::builder()
+        .start_method(StartMethod::Spawn)
+        .address(mp_pipe::Address::tcp("127.0.0.1", 0).unwrap())
+        .start()
+        .unwrap();
+    let mp_pipe::Address::Tcp(a) = m.address().unwrap() else {
+        panic!("not TCP")
+    };
+    let silent: Vec<std::net::TcpStream> = (0..20)
+        .map(|_| std::net::TcpStream::connect(a).unwrap())
+        .collect();
+    let conn: mp_pipe::Result<mp_pipe::Connection<()>> =
+        mp_pipe::Client::connect_timeout(a, Some(m.authkey()), Some(Duration::from_secs(1)));
+    assert!(conn.is_ok(), "a real client was kept out: {:?}", conn.err());
+    assert_eq!(m.dict::<u8, u8>().unwrap().len().unwrap(), 0);
+    drop(silent);
+}
