@@ -277,6 +277,23 @@ pub(crate) fn init() {
     let Some(role) = std::env::var_os(ENV_ROLE) else {
         return;
     };
+    if secure_exec() {
+        // A setuid or setcap program, or one whose privileges changed at exec: whoever ran it
+        // chose its environment, and a child role would make it trust its standard input to
+        // say what to run. mp never starts such children itself (a parent re-executes
+        // /proc/self/exe with its own privileges), so the role is ignored and the program
+        // runs as itself. The variables go, so that its own children do not see them.
+        for var in [
+            ENV_ROLE,
+            ENV_CHAN,
+            ENV_DAEMON_PARENT,
+            ENV_STDOUT,
+            mp_core::handle::ENV_FDS,
+        ] {
+            std::env::remove_var(var);
+        }
+        return;
+    }
     // Only the bootstrap runs at this point (init is the first thing in main; in a test
     // binary, the child runs a single test with one test thread), so changing the
     // environment cannot race with a reader.
@@ -306,6 +323,14 @@ pub(crate) fn init() {
     }
 }
 
+/// True when the kernel marked this exec as secure (`AT_SECURE`: set-user-ID or set-group-ID,
+/// file capabilities, or an LSM transition), where the environment comes from a less
+/// privileged caller.
+fn secure_exec() -> bool {
+    // SAFETY: getauxval only reads the auxiliary vector the kernel gave this process.
+    unsafe { libc::getauxval(libc::AT_SECURE) != 0 }
+}
+
 /// True when this process was started as an mp child whose program never called `init`
 /// (the role variable is still there).
 pub(crate) fn child_without_init() -> bool {
@@ -330,14 +355,61 @@ fn take_chan() -> Result<OwnedFd, String> {
         .map_err(|_| format!("{ENV_CHAN}={v:?} is not a descriptor"))?;
     nix::fcntl::fcntl(raw, nix::fcntl::FcntlArg::F_GETFD)
         .map_err(|_| format!("{ENV_CHAN} names descriptor {raw}, which is not open"))?;
+    check_chan(raw)?;
     // SAFETY: the parent kept `raw` open across exec for this process only; nothing else in
-    // this process owns it (the variable is read once and removed).
+    // this process owns it (the variable is read once and removed; `check_chan` made sure it
+    // is the parent's socket, so not, say, stdin).
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     let _ = nix::fcntl::fcntl(
         raw,
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     );
     Ok(fd)
+}
+
+/// Checks that `raw` is what a parent gives its spawn child: a Unix socket made by the parent
+/// itself (`socketpair` records the creator, which `SO_PEERCRED` reports). Anything else
+/// (stdin, a file, a socket of another process) means that this process was not started by
+/// mp, and the boot frame it would read could name any code.
+fn check_chan(raw: RawFd) -> Result<(), String> {
+    let st = nix::sys::stat::fstat(raw).map_err(|e| format!("fstat({ENV_CHAN}): {e}"))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(format!(
+            "{ENV_CHAN} names descriptor {raw}, which is not a socket: this process was not started by mp"
+        ));
+    }
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into the live `cred`, and `len` back;
+    // `raw` was checked to be an open socket.
+    let r = unsafe {
+        libc::getsockopt(
+            raw,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(format!(
+            "getsockopt({ENV_CHAN}, SO_PEERCRED): {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: getppid has no preconditions and cannot fail.
+    let parent = unsafe { libc::getppid() };
+    if cred.pid != parent {
+        return Err(format!(
+            "the socket of {ENV_CHAN} was made by pid {}, not by this process's parent (pid {parent}): this process was not started by mp",
+            cred.pid
+        ));
+    }
+    Ok(())
 }
 
 /// A spawn child: read the boot frame, find the target, run it, exit.
