@@ -448,7 +448,7 @@ pub(crate) fn run_boot(chan: BorrowedFd<'_>) -> i32 {
         Ok(None) => return fail_start(chan, "the parent closed the channel before booting".into()),
         Err(e) => return fail_start(chan, format!("reading the boot message: {e}")),
     };
-    let tramp = match crate::image::resolve(boot.trampoline as isize, &boot.image_id) {
+    let tramp = match crate::image::resolve_trampoline(boot.trampoline as isize, &boot.image_id) {
         Ok(a) => a,
         Err(e) => return fail_start(chan, e),
     };
@@ -469,9 +469,53 @@ pub(crate) fn run_boot(chan: BorrowedFd<'_>) -> i32 {
     }
     // SAFETY: `tramp` is the address of `crate::process::trampoline::<A, R>` in this very
     // executable: the parent computed its offset from the anchor in an image with the same
-    // build id, and `resolve` checked that identity and that the address lies in this object.
+    // build id, and `resolve_trampoline` checked that identity and that the address lies in
+    // the section that holds only trampolines (and `no_trampoline`, which refuses). The
+    // channel is the parent's own socket (`check_chan`, or the fork server's).
     let tramp: crate::process::Trampoline = unsafe { std::mem::transmute(tramp) };
     // SAFETY: `target` is the target's address computed the same way, and the trampoline was
     // instantiated for the target's exact type by the parent (`Process::<A, R>::start`).
     unsafe { tramp(target, &boot.args, chan) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Has the signature of a trampoline, and is not one.
+    unsafe fn not_a_trampoline(_target: usize, _args: &[u8], _chan: BorrowedFd<'_>) -> i32 {
+        42
+    }
+
+    /// A boot frame whose trampoline is a function of this executable that is not a
+    /// trampoline is refused (before: any address inside the executable was called).
+    #[test]
+    fn a_boot_frame_names_only_real_trampolines() {
+        let (parent, child) = std::os::unix::net::UnixStream::pair().unwrap();
+        let off = |addr: usize| crate::image::offset_of(addr, crate::StartMethod::Spawn).unwrap();
+        let boot = crate::process::Boot {
+            image_id: crate::image::image_id().0.clone(),
+            trampoline: off(not_a_trampoline as crate::process::Trampoline as usize) as i64,
+            target: off(not_a_trampoline as crate::process::Trampoline as usize) as i64,
+            name: "evil".into(),
+            ident: "1".into(),
+            daemon: false,
+            parent_pid: 1,
+            parent_name: "MainProcess".into(),
+            args: Vec::new(),
+        };
+        frame::send(parent.as_fd(), Tag::Boot, &encode(&boot).unwrap()).unwrap();
+        let code = run_boot(child.as_fd());
+        assert_eq!(
+            code, START_FAILED_EXIT_CODE,
+            "the boot jumped to a non-trampoline"
+        );
+        match frame::recv_blocking(parent.as_fd()).unwrap() {
+            Some((Tag::StartFailed, msg)) => {
+                let msg: String = decode(&msg).unwrap();
+                assert!(msg.contains("not a trampoline"), "{msg}");
+            }
+            other => panic!("{:?}", other.map(|(t, _)| t)),
+        }
+    }
 }
