@@ -356,6 +356,15 @@ fn take_chan() -> Result<OwnedFd, String> {
     nix::fcntl::fcntl(raw, nix::fcntl::FcntlArg::F_GETFD)
         .map_err(|_| format!("{ENV_CHAN} names descriptor {raw}, which is not open"))?;
     check_chan(raw)?;
+    // The shared objects' descriptors are another list; one of them being the channel would
+    // make two owners of one descriptor.
+    let listed = std::env::var(mp_core::handle::ENV_FDS).unwrap_or_default();
+    if listed.split(',').any(|p| p.parse::<RawFd>() == Ok(raw)) {
+        return Err(format!(
+            "{ENV_CHAN} names descriptor {raw}, which {} lists too: this process was not started by mp",
+            mp_core::handle::ENV_FDS
+        ));
+    }
     // SAFETY: the parent kept `raw` open across exec for this process only; nothing else in
     // this process owns it (the variable is read once and removed; `check_chan` made sure it
     // is the parent's socket, so not, say, stdin).

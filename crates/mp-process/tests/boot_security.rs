@@ -104,3 +104,32 @@ fn a_channel_made_by_another_process_is_refused() {
         stderr(&out)
     );
 }
+
+/// The channel listed among the shared objects' descriptors too (`MP_FDS`) is refused: two
+/// owners of one descriptor (before: both took it, and it would have been closed twice).
+#[test]
+fn a_channel_listed_among_the_shared_descriptors_is_refused() {
+    let (mine, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let raw = theirs.as_raw_fd();
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    child_entry(&mut cmd)
+        .env(ROLE, "spawn")
+        .env(CHAN, "3")
+        .env("MP_FDS", "3")
+        .stdin(Stdio::null());
+    // SAFETY: dup2 is async-signal-safe; it runs between fork and exec, in the child only.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(raw, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.stderr(Stdio::piped()).spawn().unwrap();
+    drop(theirs);
+    drop(mine);
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("lists too"), "{}", stderr(&out));
+}
