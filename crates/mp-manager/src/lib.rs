@@ -50,6 +50,18 @@
 //! is [`Error::Malformed`], never undefined behaviour. A server that dies makes every call
 //! return [`Error::ServerGone`] instead of hanging.
 //!
+//! # Limits
+//!
+//! The key admits a client; what one client can then cost the server is bounded: a request
+//! is at most 16 MiB ([`ManagerBuilder::max_request_size`]), at most 1024 connections are
+//! served at once ([`ManagerBuilder::max_connections`]), a client that stops reading its
+//! replies is dropped after 30 s ([`ManagerBuilder::write_timeout`]) and its locks released,
+//! a custom request nested deeper than 256 levels is refused, and counts never overflow.
+//! Silent or slow peers cannot hold the listener (see [`mp_pipe::Listener::accept`]). The
+//! threat model, and how to reach a Manager across machines safely (an SSH tunnel, TLS), are
+//! in `docs/security.md`: the key protects nothing on the wire (plain TCP, as in Python), and
+//! every key holder may do anything with every object.
+//!
 //! # Differences from Python
 //!
 //! - The objects live as long as the manager: the server does not count proxies (Python does,
