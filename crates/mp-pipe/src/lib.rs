@@ -141,8 +141,9 @@
 //!
 //! Unlike CPython, a [`Listener`] takes connections from the kernel at once and runs their
 //! handshakes side by side on one thread of its own, with a time limit
-//! ([`DEFAULT_HANDSHAKE_TIMEOUT`]) and caps on handshakes in progress (in total and per peer;
-//! past a cap the oldest is dropped), so silent or slow peers cannot keep real clients out;
+//! ([`DEFAULT_HANDSHAKE_TIMEOUT`]) and caps on handshakes in progress (in total and per IP
+//! address; past a cap an old one is dropped), so silent or slow peers cannot keep real
+//! clients out;
 //! its Unix sockets refuse processes of another uid (`SO_PEERCRED`) before the handshake.
 //! [`Client::connect`] gives up after the same default time. The threat model is in
 //! `docs/security.md`.

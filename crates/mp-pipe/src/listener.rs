@@ -25,10 +25,13 @@ use crate::sys;
 /// (CPython waits for ever; one silent peer would then hold a connection slot for good.)
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default limit on handshakes in progress at once, in total, in a [`Listener`].
-pub const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 64;
-/// Default limit on handshakes in progress at once from one peer (an IP address; for a Unix
-/// socket, a uid).
+pub const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 128;
+/// Default limit on handshakes in progress at once from one IP address (TCP only: a Unix
+/// socket admits only processes of its own uid, which are trusted anyway).
 pub const DEFAULT_MAX_PENDING_PER_PEER: usize = 16;
+/// A handshake younger than this is never dropped for the per-peer limit: a burst of real
+/// clients from one address (a pool's workers connecting at once) passes; silent ones age.
+const PER_PEER_GRACE: Duration = Duration::from_millis(100);
 /// Connections (and failure reports) that finished their handshake and wait for `accept`; the
 /// listener stops taking new connections from the kernel while this many wait.
 const READY_CAP: usize = 64;
@@ -232,11 +235,13 @@ impl Listener {
     }
 
     /// Limits the handshakes in progress at once: `total`, and `per_peer` from one IP address
-    /// (for a Unix socket: one uid). Defaults: [`DEFAULT_MAX_PENDING_HANDSHAKES`] and
-    /// [`DEFAULT_MAX_PENDING_PER_PEER`]. When a new connection would pass a limit, the oldest
-    /// handshake in progress (of that peer, or of all) is dropped: a flood of silent
-    /// connections cannot keep a real client out, since a real client's handshake finishes
-    /// in a few round trips. Values below 1 count as 1.
+    /// (TCP only). Defaults: [`DEFAULT_MAX_PENDING_HANDSHAKES`] and
+    /// [`DEFAULT_MAX_PENDING_PER_PEER`]. A new connection past `total` drops the oldest
+    /// handshake in progress; one past `per_peer` drops the oldest of that address that has
+    /// been in progress for more than 100 ms (if none has, it is admitted: real clients
+    /// finish in a few round trips). So a flood of silent or slow connections cannot keep a
+    /// real client out, and a burst of real clients from one address is not cut short.
+    /// Values below 1 count as 1.
     pub fn set_handshake_limits(&mut self, total: usize, per_peer: usize) {
         self.shared
             .max_pending
@@ -540,6 +545,8 @@ enum Phase {
 struct Handshake {
     fd: OwnedFd,
     peer: Peer,
+    /// When the connection was taken from the kernel.
+    since: Instant,
     deadline: Option<Instant>,
     phase: Phase,
     /// Our challenge's message (what the peer's answer must authenticate).
@@ -575,12 +582,18 @@ fn send_frame(fd: BorrowedFd<'_>, payload: &[u8]) -> Result<()> {
 }
 
 impl Handshake {
-    fn start(fd: OwnedFd, peer: Peer, deadline: Option<Instant>) -> Result<Handshake> {
+    fn start(
+        fd: OwnedFd,
+        peer: Peer,
+        since: Instant,
+        deadline: Option<Instant>,
+    ) -> Result<Handshake> {
         let (message, challenge) = auth::new_challenge()?;
         send_frame(fd.as_fd(), &challenge)?;
         Ok(Handshake {
             fd,
             peer,
+            since,
             deadline,
             phase: Phase::Answer,
             message,
@@ -800,15 +813,20 @@ fn accept_ready(
         }
         let per_peer = shared.max_per_peer.load(Ordering::Relaxed).max(1);
         let total = shared.max_pending.load(Ordering::Relaxed).max(1);
-        if pending.iter().filter(|h| h.peer == peer).count() >= per_peer {
-            if let Some(i) = pending.iter().position(|h| h.peer == peer) {
+        if matches!(peer, Peer::Ip(_))
+            && pending.iter().filter(|h| h.peer == peer).count() >= per_peer
+        {
+            let stale = pending.iter().position(|h| {
+                h.peer == peer && now.saturating_duration_since(h.since) > PER_PEER_GRACE
+            });
+            if let Some(i) = stale {
                 drop(pending.remove(i));
             }
         }
         if pending.len() >= total {
             drop(pending.pop_front());
         }
-        match Handshake::start(fd, peer, shared.deadline(now)) {
+        match Handshake::start(fd, peer, now, shared.deadline(now)) {
             Ok(h) => pending.push_back(h),
             Err(e) => shared.report(Err(e)),
         }

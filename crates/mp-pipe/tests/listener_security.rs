@@ -82,43 +82,100 @@ fn silent_and_slow_peers_do_not_lock_out_a_real_client() {
     drop(silent);
 }
 
-/// Past the per-peer limit, the oldest pending handshake of that peer is dropped (its socket
-/// sees end-of-file); the newest stay, and a real client still gets in.
+/// Connects `n` silent peers to `a`, each after the previous one got its challenge (so the
+/// listener took them in this order).
+fn silent_peers(a: std::net::SocketAddr, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|_| {
+            let mut s = TcpStream::connect(a).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut challenge = [0u8; 4 + 11 + 8 + 40];
+            s.read_exact(&mut challenge).unwrap();
+            assert_eq!(&challenge[4..15], b"#CHALLENGE#");
+            s
+        })
+        .collect()
+}
+
+/// True when the listener dropped `s` (end-of-file), false when it still waits on it.
+fn dropped(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    match s.read(&mut b) {
+        Ok(0) => true,
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => false,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Past the total limit, the oldest pending handshake is dropped (its socket sees
+/// end-of-file); past the per-peer limit, the oldest of that address that is older than the
+/// grace period is; the others stay, and a real client still gets in. Before: no limit (and
+/// no second handshake ever started: the first peer held the listener).
 #[test]
-fn pending_handshakes_are_capped_per_peer() {
+fn pending_handshakes_are_capped() {
     let _w = watchdog("pending_handshakes_capped", Duration::from_secs(60));
+    // The total: 6.
     let mut listener = Listener::bind(localhost(), Some(b"key")).unwrap();
     listener.set_handshake_timeout(Some(Duration::from_secs(60)));
-    listener.set_handshake_limits(64, 4);
+    listener.set_handshake_limits(6, 100);
     let a = tcp(&listener);
     let server = serve_first_good(listener);
-    let mut peers = Vec::new();
-    for _ in 0..10 {
-        let mut s = TcpStream::connect(a).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        // The challenge arrives at once: the listener took the connection and started.
-        let mut challenge = [0u8; 4 + 11 + 8 + 40];
-        s.read_exact(&mut challenge).unwrap();
-        assert_eq!(&challenge[4..15], b"#CHALLENGE#");
-        peers.push(s);
-    }
-    for (i, s) in peers.iter_mut().enumerate() {
-        let mut b = [0u8; 1];
-        if i < 6 {
-            assert_eq!(s.read(&mut b).unwrap(), 0, "peer {i} was not dropped");
-        } else {
-            s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-            let r = s.read(&mut b);
-            assert!(
-                matches!(&r, Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
-                "peer {i} (within the limit) was dropped: {r:?}"
-            );
-        }
-    }
+    let mut peers = silent_peers(a, 10);
+    let gone: Vec<bool> = peers.iter_mut().map(dropped).collect();
+    assert_eq!(gone, [[true; 4].as_slice(), &[false; 6]].concat());
     let conn: Connection<()> =
         Client::connect_timeout(a, Some(b"key"), Some(Duration::from_secs(10))).unwrap();
     assert_eq!(conn.recv_bytes(None).unwrap(), b"in");
     server.join().unwrap();
+    drop(peers);
+    // Per peer: 4. The first four age past the grace period; each of the next four drops one.
+    let mut listener = Listener::bind(localhost(), Some(b"key")).unwrap();
+    listener.set_handshake_timeout(Some(Duration::from_secs(60)));
+    listener.set_handshake_limits(100, 4);
+    let a = tcp(&listener);
+    let server = serve_first_good(listener);
+    let mut peers = silent_peers(a, 4);
+    thread::sleep(Duration::from_millis(300));
+    peers.extend(silent_peers(a, 4));
+    let gone: Vec<bool> = peers.iter_mut().map(dropped).collect();
+    assert_eq!(gone, [true, true, true, true, false, false, false, false]);
+    let conn: Connection<()> =
+        Client::connect_timeout(a, Some(b"key"), Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(conn.recv_bytes(None).unwrap(), b"in");
+    server.join().unwrap();
+}
+
+/// A burst of real clients from one address, more than the per-peer limit at once, all get
+/// in: young handshakes are never dropped for that limit.
+#[test]
+fn a_burst_of_real_clients_from_one_address_gets_in() {
+    let _w = watchdog("burst_of_clients", Duration::from_secs(60));
+    let mut listener = Listener::bind(localhost(), Some(b"key")).unwrap();
+    listener.set_handshake_limits(100, 2);
+    let a = tcp(&listener);
+    let server = thread::spawn(move || {
+        (0..12)
+            .map(|_| {
+                listener
+                    .accept::<()>()
+                    .map(|c| c.send_bytes(b"in", 0, None))
+            })
+            .filter(|r| matches!(r, Ok(Ok(()))))
+            .count()
+    });
+    let clients: Vec<_> = (0..12)
+        .map(|_| {
+            thread::spawn(move || {
+                let c: Connection<()> = Client::connect(a, Some(b"key"))?;
+                c.recv_bytes(None)
+            })
+        })
+        .collect();
+    for c in clients {
+        assert_eq!(c.join().unwrap().unwrap(), b"in");
+    }
+    assert_eq!(server.join().unwrap(), 12);
 }
 
 /// `Client::connect` gives up on a listener that accepts and never answers (before: it waited
