@@ -194,7 +194,7 @@ impl<S: Served> Custom<S> {
         match self.token.call(Kind::Custom, op)? {
             Reply::Bytes(b) => decode::<S::Reply>(&b)
                 .map_err(|e| Error::Malformed(format!("a reply of {:?}: {e}", self.typeid))),
-            r => Err(Error::Malformed(format!("unexpected reply {r:?}"))),
+            r => Err(Error::Malformed(format!("unexpected reply {}", r.name()))),
         }
     }
 }

@@ -335,7 +335,7 @@ impl Manager {
                 ep: self.ep.clone(),
                 id,
             })),
-            r => Err(Error::Malformed(format!("unexpected reply {r:?}"))),
+            r => Err(Error::Malformed(format!("unexpected reply {}", r.name()))),
         }
     }
 
@@ -454,7 +454,7 @@ impl Manager {
                 },
                 typeid.to_string(),
             )),
-            r => Err(Error::Malformed(format!("unexpected reply {r:?}"))),
+            r => Err(Error::Malformed(format!("unexpected reply {}", r.name()))),
         }
     }
 

@@ -179,6 +179,25 @@ pub(crate) enum Reply {
     Err(Refused),
 }
 
+impl Reply {
+    /// The reply's kind, without its payload: what an error message may show.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Reply::Unit => "Unit",
+            Reply::Created(..) => "Created",
+            Reply::Bool(..) => "Bool",
+            Reply::Len(..) => "Len",
+            Reply::Bytes(..) => "Bytes",
+            Reply::MaybeBytes(..) => "MaybeBytes",
+            Reply::Items(..) => "Items",
+            Reply::Pairs(..) => "Pairs",
+            Reply::Names(..) => "Names",
+            Reply::BarrierState(..) => "BarrierState",
+            Reply::Err(..) => "Err",
+        }
+    }
+}
+
 /// Why the server refused an operation (the error the held object raised, in Python terms).
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(crate = mp_core::rkyv)]
