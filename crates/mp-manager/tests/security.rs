@@ -213,3 +213,53 @@ fn silent_peers_do_not_lock_out_the_managers_clients() {
     assert_eq!(m.dict::<u8, u8>().unwrap().len().unwrap(), 0);
     drop(silent);
 }
+
+const ENV_CONNECT: &str = "MP_MANAGER_TEST_CONNECT";
+
+/// Not a test of its own: run by `another_uid_cannot_reach_the_default_manager` as a child of
+/// another uid, given the abstract address and the key; exits 0 when refused.
+#[test]
+fn other_uid_connects() {
+    let Ok(v) = std::env::var(ENV_CONNECT) else {
+        return;
+    };
+    let (name, key) = v.split_once(' ').unwrap();
+    let key: Vec<u8> = (0..key.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&key[i..i + 2], 16).unwrap())
+        .collect();
+    let r = Manager::connect(mp_pipe::Address::Abstract(name.as_bytes().to_vec()), &key);
+    std::process::exit(if r.is_err() { 0 } else { 1 });
+}
+
+/// The default Manager listens on an abstract Unix socket, which every local user can reach:
+/// a process of another uid is refused, even one that knows the key (before: it got in).
+#[test]
+fn another_uid_cannot_reach_the_default_manager() {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to run a child of another uid");
+        return;
+    }
+    let m = manager();
+    let mp_pipe::Address::Abstract(name) = m.address().unwrap() else {
+        panic!("the default address is not abstract");
+    };
+    let key: String = m.authkey().iter().map(|b| format!("{b:02x}")).collect();
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "other_uid_connects", "--test-threads=1"])
+        .env(
+            ENV_CONNECT,
+            format!("{} {key}", String::from_utf8(name).unwrap()),
+        )
+        .uid(65534)
+        .gid(65534)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "a process of uid 65534 reached the manager"
+    );
+    assert_eq!(m.dict::<u8, u8>().unwrap().len().unwrap(), 0);
+}
