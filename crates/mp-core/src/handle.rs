@@ -38,16 +38,25 @@ thread_local! {
 static INCOMING: Mutex<Vec<OwnedFd>> = Mutex::new(Vec::new());
 
 /// Runs `f` (which serializes the arguments of a child) and returns what it returned with the
-/// descriptors that the handles serialized inside it exported, in slot order.
+/// descriptors that the handles serialized inside it exported, in slot order. When `f`
+/// panics, the thread's state is restored on the way out (the descriptors exported so far are
+/// closed), so later exports are not caught by a collect that ended.
 pub fn collect<R>(f: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
+    /// Puts back the collect this one interrupted (or none), also when unwinding.
+    struct Restore(Option<Vec<OwnedFd>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let saved = self.0.take();
+            // `try_with`: during thread teardown the slot may be gone already; nothing to
+            // restore then.
+            let _ = OUTGOING.try_with(|o| *o.borrow_mut() = saved);
+        }
+    }
     let saved = OUTGOING.with(|o| o.borrow_mut().replace(Vec::new()));
+    let restore = Restore(saved);
     let r = f();
-    let fds = OUTGOING.with(|o| {
-        let mut o = o.borrow_mut();
-        let fds = o.take().unwrap_or_default();
-        *o = saved;
-        fds
-    });
+    let fds = OUTGOING.with(|o| o.borrow_mut().take().unwrap_or_default());
+    drop(restore);
     (r, fds)
 }
 
@@ -88,19 +97,36 @@ pub fn install_from_env() -> Result<usize> {
     let list = list
         .into_string()
         .map_err(|_| Error::Handle(format!("{ENV_FDS} is not UTF-8")))?;
-    let mut fds = Vec::new();
+    // Every number is checked before any descriptor is owned: a number listed twice would
+    // make two owners of one descriptor (closed twice, the second time maybe someone else's).
+    let mut raws: Vec<RawFd> = Vec::new();
     for part in list.split(',').filter(|p| !p.is_empty()) {
         let raw: RawFd = part
             .parse()
             .map_err(|_| Error::Handle(format!("{ENV_FDS} holds {part:?}, not a descriptor")))?;
+        if raw < 0 {
+            return Err(Error::Handle(format!(
+                "{ENV_FDS} holds {raw}, not a descriptor"
+            )));
+        }
+        if raws.contains(&raw) {
+            return Err(Error::Handle(format!(
+                "{ENV_FDS} names descriptor {raw} twice: a parent never does; refusing the list"
+            )));
+        }
         if nix::fcntl::fcntl(raw, nix::fcntl::FcntlArg::F_GETFD).is_err() {
             return Err(Error::Handle(format!(
                 "{ENV_FDS} names descriptor {raw}, which is not open in this process"
             )));
         }
+        raws.push(raw);
+    }
+    let mut fds = Vec::with_capacity(raws.len());
+    for raw in raws {
         // SAFETY: the parent kept `raw` open across exec for this process only and nothing in
-        // this process owns it yet (it was checked to be open above, and the variable is read
-        // once, then removed); we take ownership and mark it close-on-exec again.
+        // this process owns it yet (it was checked to be open above, it appears once in the
+        // list, and the variable is read once, then removed); we take ownership and mark it
+        // close-on-exec again.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let _ = nix::fcntl::fcntl(
             raw,

@@ -515,7 +515,9 @@ impl SharedMemory {
     }
 
     /// Maps an existing named block. Errors: [`Error::NotFound`], [`Error::BadHeader`] when
-    /// the name holds something that is not an mp block.
+    /// the name holds something that is not an mp block, or a block that another uid owns or
+    /// that group or others may open (its reason says which: anyone can make a name in
+    /// `/dev/shm` first, to read or change what would be shared).
     pub fn attach(name: &str) -> Result<SharedMemory> {
         let path = shm_path(name)?;
         let fd = nix::sys::mman::shm_open(
@@ -527,6 +529,28 @@ impl SharedMemory {
             Errno::ENOENT => Error::NotFound { name: name.into() },
             e => Error::nix("shm_open", e),
         })?;
+        // A name is in a directory every user may write to: anyone could have made it first,
+        // to read, change or truncate (SIGBUS) what we share. Only a block of our own uid
+        // that nobody else may open is ours (`create` makes them so: mode 0600).
+        let st = nix::sys::stat::fstat(fd.as_raw_fd()).map_err(|e| Error::nix("fstat", e))?;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if st.st_uid != me {
+            return Err(Error::BadHeader {
+                reason: format!(
+                    "/dev/shm/mp-{name} belongs to uid {}, not to this process's uid {me}: another user made it, and could read or change what is shared through it; remove it (as its owner or root) and create it again",
+                    st.st_uid
+                ),
+            });
+        }
+        let mode = st.st_mode & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(Error::BadHeader {
+                reason: format!(
+                    "/dev/shm/mp-{name} has mode {mode:04o}: other users may open it (mp makes blocks with 0600); remove it and create it again, or chmod 600 it if you trust it"
+                ),
+            });
+        }
         let region = Region::from_fd(
             fd,
             Some(Layout {

@@ -102,9 +102,15 @@ pub(crate) fn request(ep: &Endpoint, req: &Request) -> Result<Reply> {
             let Some((_, conn)) = conns.get(ep) else {
                 return Err(Error::ServerGone("no connection".into()));
             };
-            let r = conn
-                .send_bytes(&bytes, 0, None)
-                .and_then(|()| conn.recv_bytes(None));
+            let r = match conn.send_bytes(&bytes, 0, None) {
+                Ok(()) => conn.recv_bytes(None),
+                // A server that refused the connection (too many) closed it before reading
+                // the request; its refusal may be waiting to be read.
+                Err(e) => match conn.poll(Some(std::time::Duration::ZERO)) {
+                    Ok(true) => conn.recv_bytes(None).map_err(|_| e),
+                    _ => Err(e),
+                },
+            };
             if r.is_err() {
                 conns.remove(ep);
             }
@@ -114,6 +120,11 @@ pub(crate) fn request(ep: &Endpoint, req: &Request) -> Result<Reply> {
             Error::ServerGone("this thread is exiting: its connections are closed".into())
         })??;
     match decode::<Reply>(&answer).map_err(|e| Error::Malformed(format!("reply: {e}")))? {
+        Reply::Err(refused @ crate::wire::Refused::TooManyConnections(_)) => {
+            // The server closed this connection: the next request connects again.
+            let _ = CONNS.try_with(|c| c.try_borrow_mut().map(|mut c| c.remove(ep)));
+            Err(refused.into())
+        }
         Reply::Err(refused) => Err(refused.into()),
         reply => Ok(reply),
     }

@@ -61,8 +61,7 @@ struct Holder<S>(S);
 
 impl<S: Served> Erased for Holder<S> {
     fn call(&mut self, request: &[u8]) -> Result<Vec<u8>, Refused> {
-        let req = decode::<S::Request>(request)
-            .map_err(|e| Refused::Malformed(format!("request: {e}")))?;
+        let req = decode_bounded::<S::Request>(request)?;
         let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.0.handle(req)))
             .map_err(|p| {
             Refused::Raised(
@@ -76,6 +75,37 @@ impl<S: Served> Erased for Holder<S> {
             .map(|b| b.to_vec())
             .map_err(|e| Refused::Malformed(format!("reply: {e}")))
     }
+}
+
+/// How deeply a custom request may nest (boxes, vectors, strings inside each other): deep
+/// enough for any real request, shallow enough that checking, deserializing and dropping
+/// one (each recursive, a stack frame per level) fits the stack of a server thread.
+pub(crate) const MAX_REQUEST_DEPTH: usize = 256;
+
+/// Decodes a client's request like [`decode`], refusing one nested deeper than
+/// [`MAX_REQUEST_DEPTH`] before recursing into it.
+fn decode_bounded<T: Message>(bytes: &[u8]) -> Result<T, Refused> {
+    use mp_core::rkyv::validation::Validator;
+    use mp_core::rkyv::validation::{archive::ArchiveValidator, shared::SharedValidator};
+    let malformed = |e: &dyn std::fmt::Display| Refused::Malformed(format!("request: {e}"));
+    let mut aligned;
+    let mut bytes = bytes;
+    if !bytes.is_empty() && (bytes.as_ptr() as usize) % mp_core::message::ALIGN != 0 {
+        aligned = mp_core::rkyv::util::AlignedVec::<{ mp_core::message::ALIGN }>::new();
+        aligned.extend_from_slice(bytes);
+        bytes = &aligned;
+    }
+    let mut validator = Validator::new(
+        ArchiveValidator::with_max_depth(bytes, std::num::NonZeroUsize::new(MAX_REQUEST_DEPTH)),
+        SharedValidator::new(),
+    );
+    let archived = mp_core::rkyv::api::access_with_context::<
+        T::Archived,
+        _,
+        mp_core::message::Failure,
+    >(bytes, &mut validator)
+    .map_err(|e| malformed(&e))?;
+    mp_core::message::deserialize::<T>(archived).map_err(|e| malformed(&e))
 }
 
 /// Makes a fresh object of a registered type.
@@ -164,7 +194,7 @@ impl<S: Served> Custom<S> {
         match self.token.call(Kind::Custom, op)? {
             Reply::Bytes(b) => decode::<S::Reply>(&b)
                 .map_err(|e| Error::Malformed(format!("a reply of {:?}: {e}", self.typeid))),
-            r => Err(Error::Malformed(format!("unexpected reply {r:?}"))),
+            r => Err(Error::Malformed(format!("unexpected reply {}", r.name()))),
         }
     }
 }

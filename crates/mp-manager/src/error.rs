@@ -83,6 +83,15 @@ pub enum Error {
     /// The server could not be started.
     #[error("the manager's server could not start: {0}")]
     Start(String),
+    /// A count the server keeps would pass its largest value (a re-entrant lock acquired
+    /// `u32::MAX` times); the server refused the operation.
+    #[error("{0} would overflow: the server refused the operation")]
+    Overflow(String),
+    /// The server serves as many connections as it allows
+    /// ([`ManagerBuilder::max_connections`](crate::ManagerBuilder::max_connections)); it
+    /// closed this one. Retry later, or use fewer threads per process.
+    #[error("the manager's server refused the connection: it serves {0} connections already")]
+    TooManyConnections(u64),
     /// Bytes that do not decode as the proxy's type (a name used with two different types),
     /// or a reply the protocol does not allow.
     #[error("malformed data from the manager: {0}")]
@@ -137,6 +146,8 @@ impl From<Refused> for Error {
             Refused::WrongType { expected, found } => Error::WrongType { expected, found },
             Refused::Raised(m) => Error::Raised(m),
             Refused::Malformed(m) => Error::Malformed(m),
+            Refused::Overflow(what) => Error::Overflow(what),
+            Refused::TooManyConnections(n) => Error::TooManyConnections(n),
         }
     }
 }

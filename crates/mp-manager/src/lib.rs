@@ -50,6 +50,18 @@
 //! is [`Error::Malformed`], never undefined behaviour. A server that dies makes every call
 //! return [`Error::ServerGone`] instead of hanging.
 //!
+//! # Limits
+//!
+//! The key admits a client; what one client can then cost the server is bounded: a request
+//! is at most 16 MiB ([`ManagerBuilder::max_request_size`]), at most 1024 connections are
+//! served at once ([`ManagerBuilder::max_connections`]), a client that stops reading its
+//! replies is dropped after 30 s ([`ManagerBuilder::write_timeout`]) and its locks released,
+//! a custom request nested deeper than 256 levels is refused, and counts never overflow.
+//! Silent or slow peers cannot hold the listener (see [`mp_pipe::Listener::accept`]). The
+//! threat model, and how to reach a Manager across machines safely (an SSH tunnel, TLS), are
+//! in `docs/security.md`: the key protects nothing on the wire (plain TCP, as in Python), and
+//! every key holder may do anything with every object.
+//!
 //! # Differences from Python
 //!
 //! - The objects live as long as the manager: the server does not count proxies (Python does,
@@ -113,6 +125,7 @@ pub struct ManagerBuilder {
     types: Vec<custom::Registration>,
     /// A registration that failed, reported by `start`.
     bad_type: Option<String>,
+    limits: server::Limits,
 }
 
 impl std::fmt::Debug for ManagerBuilder {
@@ -123,6 +136,7 @@ impl std::fmt::Debug for ManagerBuilder {
             .field("authkey", &self.authkey.as_ref().map(|_| "..."))
             .field("start_method", &self.method)
             .field("types", &self.types)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -148,6 +162,34 @@ impl ManagerBuilder {
         self
     }
 
+    /// The largest request the server reads, in bytes (default 16 MiB). A larger request
+    /// closes its connection before anything is allocated for it: the proxy call fails (with
+    /// [`Error::ServerGone`]; the thread's next call connects again) and the server goes on.
+    /// Raise it to store larger values; the limit bounds what one request can make the server
+    /// allocate, not what the objects hold in total.
+    pub fn max_request_size(mut self, bytes: u64) -> Self {
+        self.limits.max_request = bytes;
+        self
+    }
+
+    /// How many connections the server serves at once (default 1024; each proxy-using thread
+    /// of each client process holds one, and the server a thread for each). A connection past
+    /// the limit is closed at once and its first call fails with
+    /// [`Error::TooManyConnections`].
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.limits.max_connections = n as u64;
+        self
+    }
+
+    /// How long the server waits for a client to take a reply before it drops that
+    /// connection (default 30 s; `None`: for ever). Bounds what a client that stops reading
+    /// costs: its thread, and the locks its connection holds, which are then released.
+    pub fn write_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.limits.write_timeout_ms =
+            timeout.map_or(0, |t| (t.as_millis().min(u64::MAX as u128) as u64).max(1));
+        self
+    }
+
     /// Registers the type `S` under `typeid` (Python's `BaseManager.register(typeid,
     /// callable)`): [`Manager::custom`] then makes objects of it (with `S::default()`) in the
     /// server. `S` must live in the program's executable (not a shared library), as every
@@ -164,7 +206,8 @@ impl ManagerBuilder {
     }
 
     /// The key, the address and the registered types, with their defaults filled in.
-    fn settle(self) -> Result<(Vec<u8>, Address, Vec<custom::Registration>)> {
+    #[allow(clippy::type_complexity)] // one private call site each in `bind` and `start`
+    fn settle(self) -> Result<(Vec<u8>, Address, Vec<custom::Registration>, server::Limits)> {
         if let Some(e) = self.bad_type {
             return Err(Error::Start(e));
         }
@@ -184,32 +227,34 @@ impl ManagerBuilder {
                 .into_bytes(),
             ),
         };
-        Ok((authkey, address, self.types))
+        Ok((authkey, address, self.types, self.limits))
     }
 
     /// Makes the server in this process instead of a child (Python's `get_server()`): binds
     /// the address now; [`Server::serve_forever`] then serves.
     pub fn bind(self) -> Result<Server> {
-        let (authkey, address, regs) = self.settle()?;
+        let (authkey, address, regs, limits) = self.settle()?;
         let types = resolve_types(&regs, mp_process::symbol::image_id())?;
         let listener = bind(&Addr::from_address(&address), &authkey)?;
         Ok(Server {
             listener,
             types,
             authkey,
+            limits,
         })
     }
 
     /// Starts the server and waits until it listens.
     pub fn start(self) -> Result<Manager> {
         let method = self.method;
-        let (authkey, address, types) = self.settle()?;
+        let (authkey, address, types, limits) = self.settle()?;
         let (ready_rx, ready_tx) = Pipe::<Ready>::new(OneWay)?;
         let args = ServerArgs {
             addr: Addr::from_address(&address),
             authkey: authkey.clone(),
             ready: ready_tx,
             types,
+            limits,
             image_id: mp_process::symbol::image_id().to_vec(),
         };
         let mut p = Process::new(server_main, args)
@@ -290,7 +335,7 @@ impl Manager {
                 ep: self.ep.clone(),
                 id,
             })),
-            r => Err(Error::Malformed(format!("unexpected reply {r:?}"))),
+            r => Err(Error::Malformed(format!("unexpected reply {}", r.name()))),
         }
     }
 
@@ -409,7 +454,7 @@ impl Manager {
                 },
                 typeid.to_string(),
             )),
-            r => Err(Error::Malformed(format!("unexpected reply {r:?}"))),
+            r => Err(Error::Malformed(format!("unexpected reply {}", r.name()))),
         }
     }
 
@@ -457,6 +502,7 @@ struct ServerArgs {
     authkey: Vec<u8>,
     ready: Writer<Ready>,
     types: Vec<custom::Registration>,
+    limits: server::Limits,
     image_id: Vec<u8>,
 }
 
@@ -496,7 +542,7 @@ fn server_main(args: ServerArgs) {
         return;
     }
     drop(args.ready);
-    server::serve(listener, types);
+    server::serve(listener, types, args.limits);
 }
 
 /// A manager's server in this process (Python's `manager.get_server()`), made by
@@ -527,6 +573,7 @@ pub struct Server {
     listener: Listener,
     types: server::Types,
     authkey: Vec<u8>,
+    limits: server::Limits,
 }
 
 impl std::fmt::Debug for Server {
@@ -551,7 +598,7 @@ impl Server {
     /// Serves (one thread per connection) until a client calls [`Manager::shutdown`]; then
     /// stops accepting, closes the connections and returns.
     pub fn serve_forever(self) -> Result<()> {
-        server::serve(self.listener, self.types);
+        server::serve(self.listener, self.types, self.limits);
         Ok(())
     }
 }

@@ -61,7 +61,7 @@ fn millis(t: Option<Duration>) -> Millis {
 }
 
 fn unexpected(r: Reply) -> Error {
-    Error::Malformed(format!("unexpected reply {r:?}"))
+    Error::Malformed(format!("unexpected reply {}", r.name()))
 }
 
 /// The value in a `Bytes` reply, decoded.

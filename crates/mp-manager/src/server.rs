@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use indexmap::IndexMap;
 use mp_core::message::{decode, encode};
+use mp_core::rkyv::{Archive, Deserialize, Serialize};
 use mp_pipe::{Connection, Listener};
 
 use crate::custom::{Ctor, Erased};
@@ -75,9 +76,15 @@ impl Owned {
         self.owner.is_none() || self.owner == Some(conn)
     }
 
-    fn take(&mut self, conn: u64) {
+    /// One more acquisition by `conn` (which `free_for` allowed); refused past `u32::MAX`
+    /// re-entries rather than wrapping.
+    fn take(&mut self, conn: u64) -> Result<(), Refused> {
+        self.count = self
+            .count
+            .checked_add(1)
+            .ok_or(Refused::Overflow("a re-entrant lock's count".into()))?;
         self.owner = Some(conn);
-        self.count += 1;
+        Ok(())
     }
 
     /// One release by `conn`; true when the lock became free.
@@ -85,7 +92,7 @@ impl Owned {
         if self.owner != Some(conn) {
             return Err(Refused::NotOwner);
         }
-        self.count -= 1;
+        self.count = self.count.saturating_sub(1);
         if self.count == 0 {
             self.owner = None;
         }
@@ -246,6 +253,58 @@ fn index(i: i64, len: usize) -> Result<usize, Refused> {
             len: len as u64,
         }),
     }
+}
+
+/// What the server allows its clients ([`ManagerBuilder`](crate::ManagerBuilder) sets them).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(crate = mp_core::rkyv)]
+pub(crate) struct Limits {
+    /// The largest request read, in bytes: a larger one closes its connection unread.
+    pub(crate) max_request: u64,
+    /// Connections served at once; one more is refused (and closed) at once.
+    pub(crate) max_connections: u64,
+    /// How long a reply may wait for a client that does not read (ms; 0: no limit).
+    pub(crate) write_timeout_ms: u64,
+}
+
+/// The default largest request (16 MiB).
+pub(crate) const DEFAULT_MAX_REQUEST: u64 = 16 << 20;
+/// The default number of connections served at once.
+pub(crate) const DEFAULT_MAX_CONNECTIONS: u64 = 1024;
+/// The default write timeout (30 s).
+pub(crate) const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_request: DEFAULT_MAX_REQUEST,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            write_timeout_ms: DEFAULT_WRITE_TIMEOUT.as_millis() as u64,
+        }
+    }
+}
+
+/// Limits how long a write to `fd` may block (`SO_SNDTIMEO`; set once per connection, so
+/// the requests themselves cost no extra system call).
+fn set_write_timeout(fd: std::os::fd::RawFd, ms: u64) {
+    if ms == 0 {
+        return;
+    }
+    let tv = libc::timeval {
+        tv_sec: (ms / 1000).min(i32::MAX as u64) as libc::time_t,
+        tv_usec: ((ms % 1000) * 1000) as libc::suseconds_t,
+    };
+    // SAFETY: setsockopt reads a timeval from a live local of the size passed; `fd` is the
+    // open socket of a connection this thread owns.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
 }
 
 /// The registered types: typeid -> (Rust type name, constructor).
@@ -500,7 +559,7 @@ fn call(obj: &Obj, conn: u64, op: Op) -> Result<Reply, Refused> {
             let (mut st, ok) =
                 wait_until(released, lock(state), deadline(ms), |s| s.free_for(conn));
             if ok {
-                st.take(conn);
+                st.take(conn)?;
             }
             Reply::Bool(ok)
         }
@@ -529,7 +588,8 @@ fn call(obj: &Obj, conn: u64, op: Op) -> Result<Reply, Refused> {
             if bound.is_some_and(|b| *v >= b) {
                 return Err(Refused::TooManyReleases);
             }
-            *v += 1;
+            // A plain semaphore may grow, but not past u64::MAX (one made at u64::MAX).
+            *v = v.checked_add(1).ok_or(Refused::TooManyReleases)?;
             changed.notify_one();
             Reply::Unit
         }
@@ -539,7 +599,7 @@ fn call(obj: &Obj, conn: u64, op: Op) -> Result<Reply, Refused> {
                 s.lock.free_for(conn)
             });
             if ok {
-                st.lock.take(conn);
+                st.lock.take(conn)?;
             }
             Reply::Bool(ok)
         }
@@ -557,7 +617,7 @@ fn call(obj: &Obj, conn: u64, op: Op) -> Result<Reply, Refused> {
             // Release the lock entirely, wait for a notify (or the timeout), take it back.
             let held = std::mem::take(&mut st.lock);
             let ticket = st.next_ticket;
-            st.next_ticket += 1;
+            st.next_ticket = st.next_ticket.wrapping_add(1);
             st.waiting.push_back(ticket);
             changed.notify_all();
             let (mut st, _) =
@@ -591,10 +651,11 @@ fn call(obj: &Obj, conn: u64, op: Op) -> Result<Reply, Refused> {
             }
             let generation = st.generation;
             let index = st.count;
-            st.count += 1;
-            if st.count == st.parties {
+            // count < parties here (it is reset on reaching them), so this cannot overflow.
+            st.count = st.count.saturating_add(1);
+            if st.count >= st.parties {
                 st.count = 0;
-                st.generation += 1;
+                st.generation = st.generation.wrapping_add(1);
                 changed.notify_all();
                 return Ok(Reply::Len(index));
             }
@@ -623,7 +684,7 @@ fn call(obj: &Obj, conn: u64, op: Op) -> Result<Reply, Refused> {
                 let g = st.generation;
                 st.reset_generations.insert(g);
             }
-            st.generation += 1;
+            st.generation = st.generation.wrapping_add(1);
             st.count = 0;
             st.broken = false;
             changed.notify_all();
@@ -644,17 +705,32 @@ fn call(obj: &Obj, conn: u64, op: Op) -> Result<Reply, Refused> {
         }
         (obj, op) => {
             return Err(Refused::Malformed(format!(
-                "{op:?} is not an operation of a {}",
+                "{} is not an operation of a {}",
+                op.name(),
                 obj.kind()
             )))
         }
     })
 }
 
+/// Releases a connection's locks when dropped: when its loop ends, and also when a request
+/// panics on the way (a panic must never leave a dead connection's locks held).
+struct ReleaseOnDrop<'a> {
+    state: &'a State,
+    conn: u64,
+}
+
+impl Drop for ReleaseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.state.release_all(self.conn);
+    }
+}
+
 /// Answers one connection until it closes. Returns true when asked to shut down.
 fn serve_connection(state: &State, conn: &Connection<()>) -> bool {
     let id = state.next_conn.fetch_add(1, Ordering::Relaxed);
-    let shutdown = loop {
+    let _release = ReleaseOnDrop { state, conn: id };
+    loop {
         let Ok(bytes) = conn.recv_bytes(None) else {
             break false;
         };
@@ -711,14 +787,12 @@ fn serve_connection(state: &State, conn: &Connection<()>) -> bool {
             }
             break false;
         }
-    };
-    state.release_all(id);
-    shutdown
+    }
 }
 
 /// The server loop: accepts connections (authenticated by the listener) until a client asks
 /// for shutdown, then stops accepting, closes every connection and returns.
-pub(crate) fn serve(listener: Listener, types: Types) {
+pub(crate) fn serve(listener: Listener, types: Types, limits: Limits) {
     use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
     let state = Arc::new(State {
         types,
@@ -776,9 +850,24 @@ pub(crate) fn serve(listener: Listener, types: Types) {
                         }
                         Err(_) => continue,
                     };
-                    next += 1;
+                    conn.set_max_message_size(limits.max_request);
+                    set_write_timeout(conn.as_fd().as_raw_fd(), limits.write_timeout_ms);
+                    {
+                        let mut live = lock(&live);
+                        if live.len() as u64 >= limits.max_connections {
+                            drop(live);
+                            // Tell the client why (its first request reads this), then close.
+                            let refused =
+                                Reply::Err(Refused::TooManyConnections(limits.max_connections));
+                            if let Ok(b) = encode(&refused) {
+                                let _ = conn.send_bytes(&b, 0, None);
+                            }
+                            continue;
+                        }
+                        next += 1;
+                        live.insert(next, conn.as_fd().as_raw_fd());
+                    }
                     let key = next;
-                    lock(&live).insert(key, conn.as_fd().as_raw_fd());
                     let (state, live, stop_tx) = (state.clone(), live.clone(), stop_tx.clone());
                     let _ = std::thread::Builder::new()
                         .name("mp-manager-conn".into())
@@ -812,6 +901,95 @@ pub(crate) fn serve(listener: Listener, types: Types) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The clean-up of a connection runs even when its thread unwinds from a panic.
+    #[test]
+    fn a_panicking_connection_releases_its_locks() {
+        let state = State::default();
+        let Ok(Reply::Created(id)) = state.create(Kind::Lock, None, Vec::new()) else {
+            panic!("no lock");
+        };
+        let l = state.get(id).unwrap();
+        assert!(matches!(
+            call(&l, 7, Op::Acquire(None)),
+            Ok(Reply::Bool(true))
+        ));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _release = ReleaseOnDrop {
+                state: &state,
+                conn: 7,
+            };
+            panic!("a request that panics");
+        }));
+        assert!(r.is_err());
+        assert!(matches!(
+            call(&l, 8, Op::Acquire(Some(0))),
+            Ok(Reply::Bool(true))
+        ));
+    }
+
+    fn raw(conn: &Connection<()>, req: &Request) -> Reply {
+        conn.send_bytes(&encode(req).unwrap(), 0, None).unwrap();
+        decode::<Reply>(&conn.recv_bytes(None).unwrap()).unwrap()
+    }
+
+    /// A client that stops reading its replies is dropped after the write timeout, and the
+    /// lock its connection held is released (before: the server's thread blocked in the write
+    /// for ever, holding the lock).
+    #[test]
+    fn a_client_that_stops_reading_is_dropped() {
+        use crate::client::Addr;
+        let key = b"write-timeout";
+        let addr = Addr::from_address(&mp_pipe::Address::tcp("127.0.0.1", 0).unwrap());
+        let listener = crate::bind(&addr, key).unwrap();
+        let address = listener.address().clone();
+        let limits = Limits {
+            write_timeout_ms: 200,
+            ..Limits::default()
+        };
+        let serving = std::thread::spawn(move || serve(listener, Types::new(), limits));
+        let a: Connection<()> = mp_pipe::Client::connect(address.clone(), Some(key)).unwrap();
+        let create = |kind| Request::Create {
+            kind,
+            name: None,
+            init: Vec::new(),
+        };
+        let Reply::Created(dict) = raw(&a, &create(Kind::Dict)) else {
+            panic!("no dict")
+        };
+        let Reply::Created(lock) = raw(&a, &create(Kind::Lock)) else {
+            panic!("no lock")
+        };
+        let set = Request::Call {
+            id: dict,
+            kind: Kind::Dict,
+            op: Op::DictSet(vec![1], vec![0; 4 << 20]),
+        };
+        assert!(matches!(raw(&a, &set), Reply::Unit));
+        let acquire = |ms| Request::Call {
+            id: lock,
+            kind: Kind::Lock,
+            op: Op::Acquire(ms),
+        };
+        assert!(matches!(raw(&a, &acquire(None)), Reply::Bool(true)));
+        // Ask for the 4 MiB dict again and again, and read nothing.
+        let items = encode(&Request::Call {
+            id: dict,
+            kind: Kind::Dict,
+            op: Op::DictItems,
+        })
+        .unwrap();
+        for _ in 0..16 {
+            if a.send_bytes(&items, 0, None).is_err() {
+                break;
+            }
+        }
+        let b: Connection<()> = mp_pipe::Client::connect(address, Some(key)).unwrap();
+        assert!(matches!(raw(&b, &acquire(Some(10_000))), Reply::Bool(true)));
+        assert!(matches!(raw(&b, &Request::Shutdown), Reply::Unit));
+        serving.join().unwrap();
+        drop(a);
+    }
 
     #[test]
     fn python_indices_never_overflow() {
@@ -851,6 +1029,14 @@ mod tests {
             call(&dict, 0, Op::QueueGet(Some(0))),
             Err(Refused::Malformed(_))
         ));
+        // The refusal names the operation, never its payload (before: its whole Debug form,
+        // about 5 bytes of text per payload byte).
+        match call(&dict, 0, Op::ListAppend(vec![7; 1 << 20])) {
+            Err(Refused::Malformed(m)) => {
+                assert_eq!(m, "ListAppend is not an operation of a Dict");
+            }
+            other => panic!("{other:?}"),
+        }
         assert!(matches!(
             state.get(id + 1000),
             Err(Refused::NoSuchObject(_))

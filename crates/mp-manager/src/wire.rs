@@ -119,6 +119,50 @@ pub(crate) enum Op {
     CustomCall(String, Bytes),
 }
 
+impl Op {
+    /// The operation's name, without its payload: what an error message may show (a
+    /// payload can be megabytes, and is the client's data).
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Op::Len => "Len",
+            Op::Clear => "Clear",
+            Op::DictGet(..) => "DictGet",
+            Op::DictSet(..) => "DictSet",
+            Op::DictPop(..) => "DictPop",
+            Op::DictContains(..) => "DictContains",
+            Op::DictItems => "DictItems",
+            Op::ListAppend(..) => "ListAppend",
+            Op::ListExtend(..) => "ListExtend",
+            Op::ListGet(..) => "ListGet",
+            Op::ListSet(..) => "ListSet",
+            Op::ListPop(..) => "ListPop",
+            Op::ListItems => "ListItems",
+            Op::NsGet(..) => "NsGet",
+            Op::NsSet(..) => "NsSet",
+            Op::NsDel(..) => "NsDel",
+            Op::NsNames => "NsNames",
+            Op::ValueGet => "ValueGet",
+            Op::ValueSet(..) => "ValueSet",
+            Op::QueuePut(..) => "QueuePut",
+            Op::QueueGet(..) => "QueueGet",
+            Op::Acquire(..) => "Acquire",
+            Op::Release => "Release",
+            Op::EventSet => "EventSet",
+            Op::EventClear => "EventClear",
+            Op::EventIsSet => "EventIsSet",
+            Op::EventWait(..) => "EventWait",
+            Op::SemValue => "SemValue",
+            Op::CondWait(..) => "CondWait",
+            Op::CondNotify(..) => "CondNotify",
+            Op::BarrierWait(..) => "BarrierWait",
+            Op::BarrierAbort => "BarrierAbort",
+            Op::BarrierReset => "BarrierReset",
+            Op::BarrierState => "BarrierState",
+            Op::CustomCall(..) => "CustomCall",
+        }
+    }
+}
+
 #[derive(Archive, Serialize, Deserialize, Debug)]
 #[rkyv(crate = mp_core::rkyv)]
 pub(crate) enum Reply {
@@ -135,12 +179,34 @@ pub(crate) enum Reply {
     Err(Refused),
 }
 
+impl Reply {
+    /// The reply's kind, without its payload: what an error message may show.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Reply::Unit => "Unit",
+            Reply::Created(..) => "Created",
+            Reply::Bool(..) => "Bool",
+            Reply::Len(..) => "Len",
+            Reply::Bytes(..) => "Bytes",
+            Reply::MaybeBytes(..) => "MaybeBytes",
+            Reply::Items(..) => "Items",
+            Reply::Pairs(..) => "Pairs",
+            Reply::Names(..) => "Names",
+            Reply::BarrierState(..) => "BarrierState",
+            Reply::Err(..) => "Err",
+        }
+    }
+}
+
 /// Why the server refused an operation (the error the held object raised, in Python terms).
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(crate = mp_core::rkyv)]
 pub(crate) enum Refused {
     KeyError,
-    IndexError { index: i64, len: u64 },
+    IndexError {
+        index: i64,
+        len: u64,
+    },
     AttributeError(String),
     Empty,
     Full,
@@ -149,9 +215,19 @@ pub(crate) enum Refused {
     TooManyReleases,
     BrokenBarrier,
     NoSuchObject(u64),
-    WrongKind { expected: Kind, found: Kind },
+    WrongKind {
+        expected: Kind,
+        found: Kind,
+    },
     UnknownType(String),
-    WrongType { expected: String, found: String },
+    WrongType {
+        expected: String,
+        found: String,
+    },
     Raised(String),
     Malformed(String),
+    /// A count would pass its largest value (what overflowed).
+    Overflow(String),
+    /// The server serves this many connections already.
+    TooManyConnections(u64),
 }

@@ -36,7 +36,7 @@ const MD5_DIGEST_LEN: usize = 16;
 /// Longest digest name (`sha3_256`).
 const MAX_DIGEST_LEN: usize = 8;
 /// Handshake messages longer than this are refused (CPython's `recv_bytes(256)`).
-const HANDSHAKE_LIMIT: usize = 256;
+pub(crate) const HANDSHAKE_LIMIT: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Digest {
@@ -154,53 +154,63 @@ fn verify_challenge(authkey: &[u8], message: &[u8], response: &[u8]) -> Result<(
     Ok(())
 }
 
+/// The refusal of a handshake frame announcing `size` bytes.
+pub(crate) fn too_long(size: u64) -> Error {
+    Error::Authentication(format!(
+        "handshake message of {size} bytes refused (at most {HANDSHAKE_LIMIT}): the peer does not speak the protocol"
+    ))
+}
+
+/// The error of a peer that went away in the middle of the handshake.
+pub(crate) fn closed_early() -> Error {
+    Error::Authentication("the peer closed the connection during the handshake".into())
+}
+
 fn recv_limited(conn: &StreamEnd, deadline: Deadline) -> Result<Vec<u8>> {
     let frame = conn.recv_frame(deadline, &|size| {
         if size > HANDSHAKE_LIMIT as u64 {
-            Err(Error::Authentication(format!(
-                "handshake message of {size} bytes refused (at most {HANDSHAKE_LIMIT}): the peer does not speak the protocol"
-            )))
+            Err(too_long(size))
         } else {
             Ok(())
         }
     });
     match frame {
         Ok(f) => Ok(f.to_vec()),
-        Err(Error::Eof) | Err(Error::Truncated { .. }) | Err(Error::BrokenPipe) => Err(
-            Error::Authentication("the peer closed the connection during the handshake".into()),
-        ),
+        Err(Error::Eof) | Err(Error::Truncated { .. }) | Err(Error::BrokenPipe) => {
+            Err(closed_early())
+        }
         Err(e) => Err(e),
     }
 }
 
-/// Sends a challenge and checks the answer (CPython's `deliver_challenge`).
-pub(crate) fn deliver_challenge(
-    conn: &StreamEnd,
-    authkey: &[u8],
-    deadline: Deadline,
-) -> Result<()> {
+/// A fresh challenge: the message an answer must authenticate, and the frame that carries it
+/// (`#CHALLENGE#` + the message).
+pub(crate) fn new_challenge() -> Result<(Vec<u8>, Vec<u8>)> {
     let mut message = b"{sha256}".to_vec();
     let mut random = [0u8; MESSAGE_LENGTH];
     sys::random_bytes(&mut random)?;
     message.extend_from_slice(&random);
     let mut challenge = CHALLENGE.to_vec();
     challenge.extend_from_slice(&message);
-    conn.send_raw(&challenge)?;
-    let response = recv_limited(conn, deadline)?;
-    match verify_challenge(authkey, &message, &response) {
-        Ok(()) => conn.send_raw(WELCOME),
-        Err(e) => {
-            // The peer may be gone already; the authentication error is what matters.
-            let _ = conn.send_raw(FAILURE);
-            Err(e)
-        }
+    Ok((message, challenge))
+}
+
+/// Checks the peer's answer to our challenge `message`: the frame to send back (`#WELCOME#`
+/// or `#FAILURE#`), and the verdict.
+pub(crate) fn judge_answer(
+    authkey: &[u8],
+    message: &[u8],
+    response: &[u8],
+) -> (&'static [u8], Result<()>) {
+    match verify_challenge(authkey, message, response) {
+        Ok(()) => (WELCOME, Ok(())),
+        Err(e) => (FAILURE, Err(e)),
     }
 }
 
-/// Answers the peer's challenge (CPython's `answer_challenge`).
-pub(crate) fn answer_challenge(conn: &StreamEnd, authkey: &[u8], deadline: Deadline) -> Result<()> {
-    let message = recv_limited(conn, deadline)?;
-    let Some(message) = message.strip_prefix(CHALLENGE) else {
+/// Our answer to the peer's challenge frame.
+pub(crate) fn answer_for(authkey: &[u8], challenge: &[u8]) -> Result<Vec<u8>> {
+    let Some(message) = challenge.strip_prefix(CHALLENGE) else {
         return Err(Error::Authentication(
             "protocol error, expected a challenge (is the peer a multiprocessing Listener with an authkey?)"
                 .into(),
@@ -212,15 +222,45 @@ pub(crate) fn answer_challenge(conn: &StreamEnd, authkey: &[u8], deadline: Deadl
             message.len()
         )));
     }
-    let response = create_response(authkey, message)?;
-    conn.send_raw(&response)?;
-    let verdict = recv_limited(conn, deadline)?;
+    create_response(authkey, message)
+}
+
+/// The peer's verdict on our answer.
+pub(crate) fn check_verdict(verdict: &[u8]) -> Result<()> {
     if verdict != WELCOME {
         return Err(Error::Authentication(
             "digest sent was rejected (the peer's authkey differs)".into(),
         ));
     }
     Ok(())
+}
+
+/// Sends a challenge and checks the answer (CPython's `deliver_challenge`).
+pub(crate) fn deliver_challenge(
+    conn: &StreamEnd,
+    authkey: &[u8],
+    deadline: Deadline,
+) -> Result<()> {
+    let (message, challenge) = new_challenge()?;
+    conn.send_raw(&challenge)?;
+    let response = recv_limited(conn, deadline)?;
+    let (reply, verdict) = judge_answer(authkey, &message, &response);
+    match verdict {
+        Ok(()) => conn.send_raw(reply),
+        Err(e) => {
+            // The peer may be gone already; the authentication error is what matters.
+            let _ = conn.send_raw(reply);
+            Err(e)
+        }
+    }
+}
+
+/// Answers the peer's challenge (CPython's `answer_challenge`).
+pub(crate) fn answer_challenge(conn: &StreamEnd, authkey: &[u8], deadline: Deadline) -> Result<()> {
+    let challenge = recv_limited(conn, deadline)?;
+    let response = answer_for(authkey, &challenge)?;
+    conn.send_raw(&response)?;
+    check_verdict(&recv_limited(conn, deadline)?)
 }
 
 #[cfg(test)]

@@ -139,6 +139,15 @@
 //! read). A frame larger than [`Connection::max_message_size`] (1 GiB by default) is refused
 //! before anything is allocated for it.
 //!
+//! Unlike CPython, a [`Listener`] takes connections from the kernel at once and runs their
+//! handshakes side by side on one thread of its own, with a time limit
+//! ([`DEFAULT_HANDSHAKE_TIMEOUT`]) and caps on handshakes in progress (in total and per IP
+//! address; past a cap an old one is dropped), so silent or slow peers cannot keep real
+//! clients out;
+//! its Unix sockets refuse processes of another uid (`SO_PEERCRED`) before the handshake.
+//! [`Client::connect`] gives up after the same default time. The threat model is in
+//! `docs/security.md`.
+//!
 //! # How it is fast
 //!
 //! A pipe end serializes straight into a shared-memory ring and the receiver spins briefly
@@ -162,7 +171,10 @@ pub use connection::{
     Reader, Received, WriteOnly, Writer,
 };
 pub use error::{Error, Result};
-pub use listener::{Address, Client, Listener};
+pub use listener::{
+    Address, Client, Listener, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_PENDING_HANDSHAKES,
+    DEFAULT_MAX_PENDING_PER_PEER,
+};
 pub use local::{DEFAULT_RING_CAPACITY, MAX_RING_CAPACITY, MIN_RING_CAPACITY};
 pub use stream::DEFAULT_MAX_MESSAGE_SIZE;
 pub use wait::{wait, Waitable};

@@ -104,6 +104,45 @@ pub(crate) fn resolve(offset: isize, parent_id: &[u8]) -> Result<usize, String> 
     Ok(addr)
 }
 
+// The bounds of the `mp_trampolines` section, which the linker defines for a section whose
+// name is a C identifier. It holds every instantiation of `process::trampoline` and
+// `no_trampoline` (which keeps the section, and so the symbols, present in a program that
+// starts no process).
+extern "C" {
+    static __start_mp_trampolines: u8;
+    static __stop_mp_trampolines: u8;
+}
+
+/// Lives in the trampoline section so that it always exists; called as a trampoline (which
+/// nothing does), it refuses.
+#[link_section = "mp_trampolines"]
+#[inline(never)]
+fn no_trampoline(_target: usize, _args: &[u8], chan: std::os::fd::BorrowedFd<'_>) -> i32 {
+    crate::runtime::fail_start(chan, "not a trampoline".into())
+}
+
+/// The address range of the trampoline section.
+fn trampolines() -> std::ops::Range<usize> {
+    // Taking the address keeps `no_trampoline`, and so the section, in the program.
+    std::hint::black_box(no_trampoline as fn(usize, &[u8], std::os::fd::BorrowedFd<'_>) -> i32);
+    // Only the addresses of the linker-defined symbols are taken (`&raw const`, which needs
+    // no unsafe); nothing is read through them.
+    (&raw const __start_mp_trampolines as usize)..(&raw const __stop_mp_trampolines as usize)
+}
+
+/// Like [`resolve`], for the trampoline of a boot frame: the address must also lie in the
+/// section that holds only trampolines, so that a boot frame cannot make the child jump to
+/// any other code of the executable.
+pub(crate) fn resolve_trampoline(offset: isize, parent_id: &[u8]) -> Result<usize, String> {
+    let addr = resolve(offset, parent_id)?;
+    if !trampolines().contains(&addr) {
+        return Err(format!(
+            "offset {offset} from the anchor is not a trampoline: the boot message was not made by mp"
+        ));
+    }
+    Ok(addr)
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }

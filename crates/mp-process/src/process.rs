@@ -38,6 +38,9 @@ pub(crate) type Trampoline = unsafe fn(usize, &[u8], BorrowedFd<'_>) -> i32;
 ///
 /// # Safety
 /// `target` must be the address of a `fn(A) -> R` of this executable.
+// Every instantiation goes into the section that holds only trampolines: a child calls only
+// an address inside it (`image::resolve_trampoline`).
+#[link_section = "mp_trampolines"]
 unsafe fn trampoline<A: Message, R: Message>(
     target: usize,
     args: &[u8],

@@ -313,6 +313,23 @@ pub(crate) fn init() {
     let Some(role) = std::env::var_os(ENV_ROLE) else {
         return;
     };
+    if secure_exec() {
+        // A setuid or setcap program, or one whose privileges changed at exec: whoever ran it
+        // chose its environment, and a child role would make it trust its standard input to
+        // say what to run. mp never starts such children itself (a parent re-executes
+        // /proc/self/exe with its own privileges), so the role is ignored and the program
+        // runs as itself. The variables go, so that its own children do not see them.
+        for var in [
+            ENV_ROLE,
+            ENV_CHAN,
+            ENV_DAEMON_PARENT,
+            ENV_STDOUT,
+            mp_core::handle::ENV_FDS,
+        ] {
+            std::env::remove_var(var);
+        }
+        return;
+    }
     // Only the bootstrap runs at this point (init is the first thing in main; in a test
     // binary, the child runs a single test with one test thread), so changing the
     // environment cannot race with a reader.
@@ -342,6 +359,14 @@ pub(crate) fn init() {
     }
 }
 
+/// True when the kernel marked this exec as secure (`AT_SECURE`: set-user-ID or set-group-ID,
+/// file capabilities, or an LSM transition), where the environment comes from a less
+/// privileged caller.
+fn secure_exec() -> bool {
+    // SAFETY: getauxval only reads the auxiliary vector the kernel gave this process.
+    unsafe { libc::getauxval(libc::AT_SECURE) != 0 }
+}
+
 /// True when this process was started as an mp child whose program never called `init`
 /// (the role variable is still there).
 pub(crate) fn child_without_init() -> bool {
@@ -366,14 +391,70 @@ fn take_chan() -> Result<OwnedFd, String> {
         .map_err(|_| format!("{ENV_CHAN}={v:?} is not a descriptor"))?;
     nix::fcntl::fcntl(raw, nix::fcntl::FcntlArg::F_GETFD)
         .map_err(|_| format!("{ENV_CHAN} names descriptor {raw}, which is not open"))?;
+    check_chan(raw)?;
+    // The shared objects' descriptors are another list; one of them being the channel would
+    // make two owners of one descriptor.
+    let listed = std::env::var(mp_core::handle::ENV_FDS).unwrap_or_default();
+    if listed.split(',').any(|p| p.parse::<RawFd>() == Ok(raw)) {
+        return Err(format!(
+            "{ENV_CHAN} names descriptor {raw}, which {} lists too: this process was not started by mp",
+            mp_core::handle::ENV_FDS
+        ));
+    }
     // SAFETY: the parent kept `raw` open across exec for this process only; nothing else in
-    // this process owns it (the variable is read once and removed).
+    // this process owns it (the variable is read once and removed; `check_chan` made sure it
+    // is the parent's socket, so not, say, stdin).
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     let _ = nix::fcntl::fcntl(
         raw,
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     );
     Ok(fd)
+}
+
+/// Checks that `raw` is what a parent gives its spawn child: a Unix socket made by the parent
+/// itself (`socketpair` records the creator, which `SO_PEERCRED` reports). Anything else
+/// (stdin, a file, a socket of another process) means that this process was not started by
+/// mp, and the boot frame it would read could name any code.
+fn check_chan(raw: RawFd) -> Result<(), String> {
+    let st = nix::sys::stat::fstat(raw).map_err(|e| format!("fstat({ENV_CHAN}): {e}"))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(format!(
+            "{ENV_CHAN} names descriptor {raw}, which is not a socket: this process was not started by mp"
+        ));
+    }
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into the live `cred`, and `len` back;
+    // `raw` was checked to be an open socket.
+    let r = unsafe {
+        libc::getsockopt(
+            raw,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(format!(
+            "getsockopt({ENV_CHAN}, SO_PEERCRED): {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: getppid has no preconditions and cannot fail.
+    let parent = unsafe { libc::getppid() };
+    if cred.pid != parent {
+        return Err(format!(
+            "the socket of {ENV_CHAN} was made by pid {}, not by this process's parent (pid {parent}): this process was not started by mp",
+            cred.pid
+        ));
+    }
+    Ok(())
 }
 
 /// A spawn child: read the boot frame, find the target, run it, exit.
@@ -412,7 +493,7 @@ pub(crate) fn run_boot(chan: BorrowedFd<'_>) -> i32 {
         Ok(None) => return fail_start(chan, "the parent closed the channel before booting".into()),
         Err(e) => return fail_start(chan, format!("reading the boot message: {e}")),
     };
-    let tramp = match crate::image::resolve(boot.trampoline as isize, &boot.image_id) {
+    let tramp = match crate::image::resolve_trampoline(boot.trampoline as isize, &boot.image_id) {
         Ok(a) => a,
         Err(e) => return fail_start(chan, e),
     };
@@ -433,9 +514,53 @@ pub(crate) fn run_boot(chan: BorrowedFd<'_>) -> i32 {
     }
     // SAFETY: `tramp` is the address of `crate::process::trampoline::<A, R>` in this very
     // executable: the parent computed its offset from the anchor in an image with the same
-    // build id, and `resolve` checked that identity and that the address lies in this object.
+    // build id, and `resolve_trampoline` checked that identity and that the address lies in
+    // the section that holds only trampolines (and `no_trampoline`, which refuses). The
+    // channel is the parent's own socket (`check_chan`, or the fork server's).
     let tramp: crate::process::Trampoline = unsafe { std::mem::transmute(tramp) };
     // SAFETY: `target` is the target's address computed the same way, and the trampoline was
     // instantiated for the target's exact type by the parent (`Process::<A, R>::start`).
     unsafe { tramp(target, &boot.args, chan) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Has the signature of a trampoline, and is not one.
+    unsafe fn not_a_trampoline(_target: usize, _args: &[u8], _chan: BorrowedFd<'_>) -> i32 {
+        42
+    }
+
+    /// A boot frame whose trampoline is a function of this executable that is not a
+    /// trampoline is refused (before: any address inside the executable was called).
+    #[test]
+    fn a_boot_frame_names_only_real_trampolines() {
+        let (parent, child) = std::os::unix::net::UnixStream::pair().unwrap();
+        let off = |addr: usize| crate::image::offset_of(addr, crate::StartMethod::Spawn).unwrap();
+        let boot = crate::process::Boot {
+            image_id: crate::image::image_id().0.clone(),
+            trampoline: off(not_a_trampoline as crate::process::Trampoline as usize) as i64,
+            target: off(not_a_trampoline as crate::process::Trampoline as usize) as i64,
+            name: "evil".into(),
+            ident: "1".into(),
+            daemon: false,
+            parent_pid: 1,
+            parent_name: "MainProcess".into(),
+            args: Vec::new(),
+        };
+        frame::send(parent.as_fd(), Tag::Boot, &encode(&boot).unwrap()).unwrap();
+        let code = run_boot(child.as_fd());
+        assert_eq!(
+            code, START_FAILED_EXIT_CODE,
+            "the boot jumped to a non-trampoline"
+        );
+        match frame::recv_blocking(parent.as_fd()).unwrap() {
+            Some((Tag::StartFailed, msg)) => {
+                let msg: String = decode(&msg).unwrap();
+                assert!(msg.contains("not a trampoline"), "{msg}");
+            }
+            other => panic!("{:?}", other.map(|(t, _)| t)),
+        }
+    }
 }

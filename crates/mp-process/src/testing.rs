@@ -25,16 +25,23 @@ pub fn isolated(module_path: &str, name: &str, timeout: Duration) -> bool {
     };
     if std::env::var(ENV_ISOLATED).is_ok_and(|v| v == path) {
         // Tell the parent the body did run (a mistyped filter would run nothing and pass).
+        // The marker's directory is private to this uid (see `private_dir`), and the file
+        // is created new: nothing planted can redirect the write.
         if let Some(marker) = std::env::var_os(ENV_MARKER) {
-            let _ = std::fs::write(marker, b"ran");
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(marker)
+                .and_then(|mut f| f.write_all(b"ran"));
         }
         return true;
     }
-    let marker = std::env::temp_dir().join(format!(
-        "mp-isolated-{}-{}",
-        std::process::id(),
-        MARKERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
+    let dir = private_dir();
+    let marker = dir.join("ran");
     let exe = std::env::current_exe().expect("the test binary's path");
     let mut child = Command::new(exe)
         .args(["--exact", &path, "--nocapture", "--test-threads=1"])
@@ -56,10 +63,34 @@ pub fn isolated(module_path: &str, name: &str, timeout: Duration) -> bool {
         }
     };
     let ran = std::fs::remove_file(&marker).is_ok();
+    let _ = std::fs::remove_dir(&dir);
     assert!(status.success(), "isolated test {path} failed: {status}");
     assert!(
         ran,
         "isolated test {path} did not run: isolate!() must name the test function it is in"
     );
     false
+}
+
+/// A new directory of mode 0700 under the temporary directory, for one isolated run's marker.
+/// `mkdir` never follows a symlink and fails on any name that exists, so a name another user
+/// planted (a link, a directory of theirs) is skipped, not used.
+fn private_dir() -> std::path::PathBuf {
+    use std::os::unix::fs::DirBuilderExt;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    for _ in 0..1000 {
+        let dir = std::env::temp_dir().join(format!(
+            "mp-isolated-{}-{}-{nanos:08x}.d",
+            std::process::id(),
+            MARKERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return dir,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => panic!("could not make a directory for the isolation marker: {e}"),
+        }
+    }
+    panic!("could not make a directory for the isolation marker: every name is taken");
 }
