@@ -52,6 +52,8 @@ pub(crate) enum Fault {
     Kill,
     /// `SIGSTOP` at a random moment, `SIGCONT` after a random time: a frozen peer.
     Stop,
+    /// A peer that writes random bytes into the shared memory the others use.
+    Garbage,
 }
 
 impl Fault {
@@ -60,6 +62,7 @@ impl Fault {
         match self {
             Fault::Kill => "SIGKILL",
             Fault::Stop => "SIGSTOP/SIGCONT",
+            Fault::Garbage => "random bytes",
         }
     }
 }

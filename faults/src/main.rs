@@ -11,6 +11,7 @@
 //! ```
 
 mod common;
+mod garbage;
 mod harness;
 mod others;
 mod queue;
@@ -133,6 +134,26 @@ const SCENARIOS: &[Scenario] = &[
         name: "forkserver",
         fault: Fault::Kill,
         run: others::forkserver,
+    },
+    Scenario {
+        name: "queue_garbage",
+        fault: Fault::Garbage,
+        run: garbage::queue_garbage,
+    },
+    Scenario {
+        name: "pipe_garbage",
+        fault: Fault::Garbage,
+        run: garbage::pipe_garbage,
+    },
+    Scenario {
+        name: "lock_garbage",
+        fault: Fault::Garbage,
+        run: garbage::lock_garbage,
+    },
+    Scenario {
+        name: "header_garbage",
+        fault: Fault::Garbage,
+        run: garbage::header_garbage,
     },
 ];
 
