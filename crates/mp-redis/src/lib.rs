@@ -201,6 +201,43 @@ impl Cluster {
         &self.sh.prefix
     }
 
+    /// Deletes every key under this cluster's prefix (tasks, results, queues, locks, ...):
+    /// for tests and for a program that is done with the server. Returns how many keys went.
+    /// Other prefixes are untouched.
+    pub fn purge(&self) -> Result<u64> {
+        let mut pattern = String::new();
+        for ch in self.sh.prefix.chars() {
+            if matches!(ch, '*' | '?' | '[' | ']' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(ch);
+        }
+        pattern.push_str(":*");
+        let mut con = Conn::new();
+        let mut cursor: u64 = 0;
+        let mut gone: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) = con.run(&self.sh, None, |c| {
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query(c)
+            })?;
+            if !keys.is_empty() {
+                let n: u64 =
+                    con.run(&self.sh, None, |c| redis::cmd("UNLINK").arg(&keys).query(c))?;
+                gone = gone.saturating_add(n);
+            }
+            if next == 0 {
+                return Ok(gone);
+            }
+            cursor = next;
+        }
+    }
+
     /// A pool whose tasks run on the cluster's workers.
     pub fn pool(&self) -> Result<Pool> {
         Pool::new(self.sh.clone())

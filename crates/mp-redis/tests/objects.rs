@@ -5,7 +5,7 @@
 mp_process::test_support!();
 
 mod common;
-use common::{prefix, watchdog, Server};
+use common::{prefix, watchdog, Purge, Server};
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -49,10 +49,9 @@ fn take_and_die(w: Where) -> u64 {
 fn queue_fifo_bounds_and_timeouts() {
     let Some(s) = Server::any() else { return };
     watchdog(60, move || {
-        let c = Cluster::builder(&s.url)
-            .prefix(&prefix("q"))
-            .connect()
-            .unwrap();
+        let pre = prefix("q");
+        let _purge = Purge(s.url.clone(), pre.clone());
+        let c = Cluster::builder(&s.url).prefix(&pre).connect().unwrap();
         let q = c.bounded_queue::<String>("b", 2).unwrap();
         q.put(&"a".into()).unwrap();
         q.put(&"b".into()).unwrap();
@@ -116,6 +115,7 @@ fn consumer_killed_between_get_and_ack() {
     let Some(s) = Server::any() else { return };
     watchdog(60, move || {
         let w: Where = (s.url.clone(), prefix("ack"));
+        let _purge = Purge(w.0.clone(), w.1.clone());
         let c = open(&w);
         let q = c.queue::<u64>("jobs").unwrap();
         q.put(&42).unwrap();
@@ -150,6 +150,7 @@ fn lock_lease_expiry_and_release_by_non_holder() {
     let Some(s) = Server::any() else { return };
     watchdog(60, move || {
         let w: Where = (s.url.clone(), prefix("lock"));
+        let _purge = Purge(w.0.clone(), w.1.clone());
         let c = open(&w);
         let mut child = spawn(hold_and_die, w.clone());
         assert!(child.join().is_err());
@@ -212,6 +213,7 @@ fn event_barrier_and_dict_across_processes() {
     let Some(s) = Server::any() else { return };
     watchdog(90, move || {
         let w: Where = (s.url.clone(), prefix("objs"));
+        let _purge = Purge(w.0.clone(), w.1.clone());
         let c = open(&w);
         // Event: two children wait; one set wakes both.
         let e = c.event("go");
@@ -269,6 +271,16 @@ fn event_barrier_and_dict_across_processes() {
         );
         d.clear().unwrap();
         assert!(d.is_empty().unwrap());
+        // purge removes every key of this prefix, and only those.
+        let other = Cluster::builder(&s.url)
+            .prefix(&prefix("other"))
+            .connect()
+            .unwrap();
+        other.dict::<u8, u8>("keep").set(&1, &1).unwrap();
+        assert!(c.purge().unwrap() > 0);
+        assert_eq!(c.purge().unwrap(), 0);
+        assert_eq!(other.dict::<u8, u8>("keep").len().unwrap(), 1);
+        assert_eq!(other.purge().unwrap(), 1);
     });
 }
 

@@ -5,7 +5,7 @@
 mp_process::test_support!();
 
 mod common;
-use common::{prefix, wait_until, watchdog, Server, Worker, WorkerArgs};
+use common::{prefix, wait_until, watchdog, Purge, Server, Worker, WorkerArgs};
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -79,6 +79,7 @@ fn map_across_two_workers() {
     let Some(s) = Server::any() else { return };
     watchdog(120, move || {
         let pre = prefix("map2");
+        let _purge = Purge(s.url.clone(), pre.clone());
         let args: WorkerArgs = (s.url.clone(), pre.clone(), 600, 3);
         let w = [Worker::start(&args), Worker::start(&args)];
         let c = cluster(&s, &pre);
@@ -142,6 +143,7 @@ fn worker_killed_mid_task_and_workers_joining() {
     let Some(s) = Server::any() else { return };
     watchdog(120, move || {
         let pre = prefix("killed");
+        let _purge = Purge(s.url.clone(), pre.clone());
         let args: WorkerArgs = (s.url.clone(), pre.clone(), 600, 3);
         let mut workers = vec![Worker::start(&args), Worker::start(&args)];
         let c = cluster(&s, &pre);
@@ -173,6 +175,7 @@ fn task_killing_every_worker_ends_with_task_lost() {
     let Some(s) = Server::any() else { return };
     watchdog(120, move || {
         let pre = prefix("lost");
+        let _purge = Purge(s.url.clone(), pre.clone());
         let args: WorkerArgs = (s.url.clone(), pre.clone(), 300, 2);
         // Each try kills one worker: two tries, and the third taker refuses.
         let _w = [
@@ -200,6 +203,7 @@ fn server_restarted_mid_map() {
     };
     watchdog(180, move || {
         let pre = prefix("restart");
+        let _purge = Purge(s.url.clone(), pre.clone());
         let args: WorkerArgs = (s.url.clone(), pre.clone(), 600, 5);
         let _w = [Worker::start(&args), Worker::start(&args)];
         let c = cluster(&s, &pre);
@@ -248,6 +252,7 @@ fn worker_of_another_build_is_refused() {
     let Some(s) = Server::any() else { return };
     watchdog(60, move || {
         let pre = prefix("build");
+        let _purge = Purge(s.url.clone(), pre.clone());
         let args: WorkerArgs = (s.url.clone(), pre.clone(), 600, 3);
         let _w = Worker::start(&args);
         let c = cluster(&s, &pre);
@@ -273,8 +278,10 @@ fn worker_of_another_build_is_refused() {
 fn oversized_values_and_unreachable_server() {
     let Some(s) = Server::any() else { return };
     watchdog(60, move || {
+        let pre = prefix("big");
+        let _purge = Purge(s.url.clone(), pre.clone());
         let c = Cluster::builder(&s.url)
-            .prefix(&prefix("big"))
+            .prefix(&pre)
             .max_value_bytes(1024)
             .connect()
             .unwrap();

@@ -1,9 +1,10 @@
 //! Shared by mp-redis's test files: a redis-server for the test, unique prefixes, workers as
 //! child processes, a watchdog.
 //!
-//! Where the server comes from: a `redis-server` child of the test on a free loopback port
-//! when the binary is on PATH (killed by pid when the guard drops, also on failure), else the
-//! server at `MP_REDIS_URL`. With neither, a test prints why and passes as skipped, unless
+//! Where the server comes from: the one at `MP_REDIS_URL` when set, else a `redis-server`
+//! child of the test on a free loopback port when the binary is on PATH (killed by pid when
+//! the guard drops, also on failure); tests that restart the server or need a password always
+//! start their own. With neither, a test prints why and passes as skipped, unless
 //! `MP_REQUIRE_REDIS=1` (CI), where it fails.
 
 #![allow(dead_code, unreachable_pub)] // each test file uses a part
@@ -50,11 +51,9 @@ fn free_port() -> u16 {
 }
 
 impl Server {
-    /// A server of our own if the binary exists, else `MP_REDIS_URL`, else `None` (skipped).
+    /// The server at `MP_REDIS_URL` if set, else one of our own if the binary exists, else
+    /// `None` (skipped).
     pub fn any() -> Option<Server> {
-        if redis_binary().is_some() {
-            return Server::own(&[]);
-        }
         if let Ok(url) = std::env::var("MP_REDIS_URL") {
             return Some(Server {
                 url,
@@ -62,6 +61,9 @@ impl Server {
                 port: 0,
                 args: Vec::new(),
             });
+        }
+        if redis_binary().is_some() {
+            return Server::own(&[]);
         }
         skip("no redis-server on PATH and no MP_REDIS_URL");
         None
@@ -221,5 +223,21 @@ pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
             "timed out waiting for {what}"
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Deletes the test's keys when dropped (declare it before the workers, so that it drops
+/// after them).
+pub struct Purge(pub String, pub String);
+
+impl Drop for Purge {
+    fn drop(&mut self) {
+        if let Ok(c) = mp_redis::Cluster::builder(&self.0)
+            .prefix(&self.1)
+            .retry_for(Duration::from_secs(2))
+            .connect()
+        {
+            let _ = c.purge();
+        }
     }
 }
