@@ -358,6 +358,8 @@ impl Pool {
                 complete,
             },
         );
+        drop(j);
+        self.inner.changed.notify_all();
         Ok(id)
     }
 
@@ -446,9 +448,21 @@ impl Pool {
     }
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let jobs = self.jobs.get_mut().unwrap_or_else(|p| p.into_inner());
+        for (_, mut en) in jobs.map.drain() {
+            en.sink.fail(Error::PoolClosed("dropped"));
+        }
+    }
+}
+
 impl Drop for Pool {
+    /// Stops the collector; an [`AsyncResult`] still waiting then fails with
+    /// [`Error::PoolClosed`] (within a slice), as in Python, where a dropped pool terminates.
     fn drop(&mut self) {
         self.inner.stop.store(true, Ordering::Relaxed);
+        self.inner.changed.notify_all();
     }
 }
 
@@ -502,12 +516,28 @@ fn collector(weak: std::sync::Weak<Inner>) {
     loop {
         let Some(inner) = weak.upgrade() else { return };
         if inner.stop.load(Ordering::Relaxed) {
+            // The pool was dropped: what is still waiting will never be answered here.
+            let entries: Vec<Entry> = lock(&inner.jobs).map.drain().map(|(_, e)| e).collect();
+            for mut en in entries {
+                en.sink.fail(Error::PoolClosed("dropped"));
+            }
+            inner.changed.notify_all();
             return;
         }
-        let idle = lock(&inner.jobs).map.is_empty();
+        let mut jobs = lock(&inner.jobs);
+        if jobs.map.is_empty() {
+            // Idle: sleep until a job is opened (or the pool is dropped), on this process's
+            // condition variable; the server is not asked anything.
+            jobs = inner
+                .changed
+                .wait_timeout(jobs, slice)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        let idle = jobs.map.is_empty();
+        drop(jobs);
         drop(inner);
         let got: Result<Option<(String, Vec<u8>)>> = if idle {
-            std::thread::sleep(slice.min(Duration::from_millis(100)));
             Ok(None)
         } else {
             con.run(&sh, Some(slice), |c| {

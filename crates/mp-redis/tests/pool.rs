@@ -291,6 +291,29 @@ fn oversized_values_and_unreachable_server() {
             pool.map(|v: Vec<u8>| v.len(), big),
             Err(Error::TooLarge { cap: 1024, .. })
         ));
+        // No worker here: a result still waiting when its pool goes fails, never hangs.
+        let pending = pool.apply_async(square, 2).unwrap();
+        assert!(!pending.wait_timeout(Duration::from_millis(50)));
+        assert!(matches!(
+            pending.get_timeout(Duration::from_millis(10)),
+            Err(Error::Timeout)
+        ));
+        drop(pool);
+        assert!(matches!(pending.get(), Err(Error::PoolClosed("dropped"))));
+        // terminate fails what is waiting, and join then returns.
+        let pool = c.pool().unwrap();
+        assert!(matches!(pool.join(), Err(Error::Config(_))));
+        let pending = pool.map_async(square, 0..10u64).unwrap();
+        pool.terminate().unwrap();
+        assert!(matches!(
+            pending.get(),
+            Err(Error::PoolClosed("terminated"))
+        ));
+        pool.join().unwrap();
+        assert!(matches!(
+            pool.apply_async(square, 1),
+            Err(Error::PoolClosed(_))
+        ));
         let q = c.queue::<Vec<u8>>("q").unwrap();
         assert!(matches!(q.put(&vec![0; 4096]), Err(Error::TooLarge { .. })));
         assert_eq!(q.qsize().unwrap(), 0);
