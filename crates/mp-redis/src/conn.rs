@@ -106,6 +106,14 @@ fn judge(e: &RedisError) -> Verdict {
     {
         return Verdict::Fail(Error::Auth(e.to_string()));
     }
+    // rustls reports a certificate it does not trust as an I/O error ("invalid peer
+    // certificate: UnknownIssuer"); retrying will not make it trusted.
+    let text = e.to_string();
+    if e.is_io_error()
+        && (text.contains("peer certificate") || text.contains("CertificateRequired"))
+    {
+        return Verdict::Fail(Error::Tls(text));
+    }
     if e.is_io_error()
         || e.is_connection_refusal()
         || e.is_connection_dropped()

@@ -16,6 +16,10 @@ pub enum Error {
         "the Redis server refused the credentials: {0} (check the password or ACL user in the URL)"
     )]
     Auth(String),
+    /// The TLS handshake failed for a reason retrying will not fix (a server certificate
+    /// that no trusted root signed, a client certificate the server wants and did not get).
+    #[error("TLS with the Redis server failed: {0} (see ClusterBuilder::tls_root_cert)")]
+    Tls(String),
     /// The server could not be reached (or kept dropping the connection) for `retried`, the
     /// cluster's retry budget; the last error is given.
     #[error(

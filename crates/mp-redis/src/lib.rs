@@ -81,8 +81,9 @@ pub use sync::{Barrier, Event, Lock, LockGuard};
 
 use conn::{Conn, Shared};
 
-/// The settings of a [`Cluster`] handle, from [`Cluster::builder`].
-#[derive(Debug, Clone)]
+/// The settings of a [`Cluster`] handle, from [`Cluster::builder`]. Its `Debug` shows
+/// neither the URL (which may hold a password) nor TLS keys.
+#[derive(Clone)]
 pub struct ClusterBuilder {
     url: String,
     prefix: String,
@@ -92,9 +93,73 @@ pub struct ClusterBuilder {
     max_tries: u64,
     connect_timeout: Duration,
     io_timeout: Duration,
+    #[cfg(feature = "tls")]
+    tls_root: Option<Vec<u8>>,
+    #[cfg(feature = "tls")]
+    tls_client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for ClusterBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterBuilder")
+            .field("prefix", &self.prefix)
+            .field("max_value", &self.max_value)
+            .field("retry_for", &self.retry_for)
+            .field("lease", &self.lease)
+            .field("max_tries", &self.max_tries)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ClusterBuilder {
+    /// For `rediss://` URLs: trust this CA certificate (PEM) instead of the system's roots
+    /// (a server with a certificate of a private CA). Feature `tls`.
+    #[cfg(feature = "tls")]
+    pub fn tls_root_cert(mut self, pem: Vec<u8>) -> Self {
+        self.tls_root = Some(pem);
+        self
+    }
+
+    /// For `rediss://` URLs to a server that checks clients (`tls-auth-clients yes`): this
+    /// client's certificate and key (PEM). Feature `tls`.
+    #[cfg(feature = "tls")]
+    pub fn tls_client_cert(mut self, cert_pem: Vec<u8>, key_pem: Vec<u8>) -> Self {
+        self.tls_client = Some((cert_pem, key_pem));
+        self
+    }
+
+    #[cfg(feature = "tls")]
+    fn client(&self) -> Result<redis::Client> {
+        // rustls needs a process-wide crypto provider; an error means one is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let bad =
+            |e: redis::RedisError| Error::Config(format!("bad Redis URL or TLS setting: {e}"));
+        if self.tls_root.is_none() && self.tls_client.is_none() {
+            return redis::Client::open(self.url.as_str()).map_err(bad);
+        }
+        let certs = redis::TlsCertificates {
+            client_tls: self.tls_client.clone().map(|(client_cert, client_key)| {
+                redis::ClientTlsConfig {
+                    client_cert,
+                    client_key,
+                }
+            }),
+            root_cert: self.tls_root.clone(),
+        };
+        redis::Client::build_with_tls(self.url.as_str(), certs).map_err(bad)
+    }
+
+    #[cfg(not(feature = "tls"))]
+    fn client(&self) -> Result<redis::Client> {
+        if self.url.starts_with("rediss://") {
+            return Err(Error::Config(
+                "rediss:// (TLS) needs mp-redis built with its `tls` feature".into(),
+            ));
+        }
+        redis::Client::open(self.url.as_str())
+            .map_err(|e| Error::Config(format!("bad Redis URL: {e}")))
+    }
+
     /// The prefix of every key this cluster uses (default `mp`): programs with different
     /// prefixes share a server without seeing each other's tasks and objects.
     pub fn prefix(mut self, p: &str) -> Self {
@@ -142,8 +207,7 @@ impl ClusterBuilder {
         if self.prefix.is_empty() {
             return Err(Error::Config("the key prefix must not be empty".into()));
         }
-        let client = redis::Client::open(self.url.as_str())
-            .map_err(|e| Error::Config(format!("bad Redis URL: {e}")))?;
+        let client = self.client()?;
         let sh = Arc::new(Shared::new(
             client,
             self.prefix,
@@ -193,6 +257,10 @@ impl Cluster {
             max_tries: 3,
             connect_timeout: Duration::from_secs(5),
             io_timeout: Duration::from_secs(30),
+            #[cfg(feature = "tls")]
+            tls_root: None,
+            #[cfg(feature = "tls")]
+            tls_client: None,
         }
     }
 
@@ -290,8 +358,9 @@ pub fn serve(url: &str, n: usize) -> Result<()> {
 }
 
 /// Call first thing in `main`. When the program was started as `myapp --mp-worker URL
-/// [--mp-workers N] [--mp-prefix P]`, it becomes a worker of that cluster (N threads, the
-/// CPU count by default) and exits; otherwise it returns at once.
+/// [--mp-workers N] [--mp-prefix P] [--mp-tls-ca CA.pem]`, it becomes a worker of that
+/// cluster (N threads, the CPU count by default) and exits; otherwise it returns at once.
+/// `--mp-tls-ca` (feature `tls`) trusts a private CA for a `rediss://` URL.
 pub fn init() {
     let args: Vec<String> = std::env::args().collect();
     let flag = |name: &str| {
@@ -316,6 +385,16 @@ pub fn init() {
     let mut b = Cluster::builder(&url);
     if let Some(p) = flag("--mp-prefix") {
         b = b.prefix(&p);
+    }
+    #[cfg(feature = "tls")]
+    if let Some(path) = flag("--mp-tls-ca") {
+        match std::fs::read(&path) {
+            Ok(pem) => b = b.tls_root_cert(pem),
+            Err(e) => {
+                eprintln!("mp-redis: --mp-tls-ca {path}: {e}");
+                std::process::exit(2);
+            }
+        }
     }
     let r = b.connect().and_then(|c| c.serve(n));
     match r {

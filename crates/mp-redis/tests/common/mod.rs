@@ -72,6 +72,12 @@ impl Server {
     /// A server of our own, with extra arguments (a password, ...); `None` when the binary is
     /// missing (skipped).
     pub fn own(extra: &[&str]) -> Option<Server> {
+        Server::own_with(|_| extra.iter().map(|s| s.to_string()).collect())
+    }
+
+    /// A server of our own whose extra arguments depend on its port (`--port 0 --tls-port
+    /// PORT` for a TLS-only server: later arguments win).
+    pub fn own_with(extra: impl FnOnce(u16) -> Vec<String>) -> Option<Server> {
         if redis_binary().is_none() {
             skip("this test needs its own redis-server and none is on PATH");
             return None;
@@ -81,7 +87,7 @@ impl Server {
             url: format!("redis://127.0.0.1:{port}/0"),
             child: None,
             port,
-            args: extra.iter().map(|s| s.to_string()).collect(),
+            args: extra(port),
         };
         s.start();
         Some(s)
