@@ -32,7 +32,7 @@ fn required() -> bool {
 /// Says why a test does not run; panics instead under `MP_REQUIRE_REDIS=1`.
 pub fn skip(why: &str) {
     assert!(!required(), "MP_REQUIRE_REDIS=1 but {why}");
-    eprintln!("skipped: {why} (install redis-server or set MP_REDIS_URL)");
+    eprintln!("skipped: {why}");
 }
 
 /// A redis-server started by the test (or an outside one).
@@ -65,7 +65,7 @@ impl Server {
         if redis_binary().is_some() {
             return Server::own(&[]);
         }
-        skip("no redis-server on PATH and no MP_REDIS_URL");
+        skip("no redis-server on PATH and no MP_REDIS_URL (install redis-server or set it)");
         None
     }
 
