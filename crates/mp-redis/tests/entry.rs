@@ -3,7 +3,7 @@
 //! binary) is refused by them, naming both build ids.
 
 mod common;
-use common::{prefix, skip, watchdog, Purge, Server};
+use common::{die_with_parent, prefix, skip, watchdog, Purge, Server};
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -43,7 +43,7 @@ fn mp_worker_flag_serves_the_same_binary_and_refuses_another_build() {
         let pre = prefix("entry");
         let _purge = Purge(s.url.clone(), pre.clone());
         let _workers = Workers(
-            Command::new(&bin)
+            die_with_parent(&mut Command::new(&bin))
                 .args([
                     "--mp-worker",
                     &s.url,

@@ -17,6 +17,20 @@ use std::time::{Duration, Instant};
 
 use mp_process::{Process, StartMethod};
 
+/// Makes the program that `cmd` starts die (SIGKILL) when the thread that starts it dies, so
+/// that a test killed by its watchdog or a panic leaves no server or worker behind.
+pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec and calls only prctl(2),
+    // which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            Ok(())
+        })
+    }
+}
+
 /// The redis-server binary on PATH, if any.
 pub fn redis_binary() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -95,7 +109,7 @@ impl Server {
 
     fn start(&mut self) {
         let bin = redis_binary().expect("redis-server");
-        let child = Command::new(bin)
+        let child = die_with_parent(&mut Command::new(bin))
             .args(["--bind", "127.0.0.1", "--port"])
             .arg(self.port.to_string())
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
