@@ -47,6 +47,9 @@
 //! * Pools, [`pool`]: [`Pool`], [`AsyncResult`].
 //! * Managers, [`manager`]: [`Manager`], a server process holding dicts, lists, namespaces,
 //!   values, queues, locks and events, reached through typed proxies (locally or over TCP).
+//! * Across machines (cargo feature `redis`, off by default), `mp::redis`: the same pool,
+//!   queue, lock, event, barrier and dict on a Redis 7 / Valkey server, with workers on any
+//!   machine (`mp_redis::Cluster`; docs/scale-out.md).
 //! * Shared memory and messages, [`core`]: [`SharedMemory`], [`Shared`], [`Message`],
 //!   [`Serde`].
 //!
@@ -58,6 +61,8 @@ pub use mp_pipe as pipe;
 pub use mp_pool as pool;
 pub use mp_process as process;
 pub use mp_queue as queue;
+#[cfg(feature = "redis")]
+pub use mp_redis as redis;
 pub use mp_sync as sync;
 
 pub use mp_core::{Message, Serde, Shared, SharedMemory};
@@ -102,6 +107,10 @@ pub enum Error {
     /// Managers and their proxies.
     #[error(transparent)]
     Manager(#[from] mp_manager::Error),
+    /// Across machines, on Redis (feature `redis`).
+    #[cfg(feature = "redis")]
+    #[error(transparent)]
+    Redis(#[from] mp_redis::Error),
     /// A `put` that failed; the item it gave back was dropped in the conversion (match on
     /// [`queue::PutError`] directly to keep it).
     #[error("{0}")]

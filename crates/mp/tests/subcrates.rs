@@ -48,3 +48,12 @@ fn every_crate_error_converts_into_mp_error() {
     let full: mp::queue::PutError<u8> = mp::queue::PutError::Full(1);
     assert!(convert(full).to_string().contains("full"));
 }
+
+#[cfg(feature = "redis")]
+#[test]
+fn redis_feature_reexports_mp_redis() {
+    let _ = mp::redis::Cluster::connect;
+    let _ = mp::redis::serve;
+    let e: mp::Error = mp::redis::Error::Empty.into();
+    assert!(matches!(e, mp::Error::Redis(mp::redis::Error::Empty)));
+}

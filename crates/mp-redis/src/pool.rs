@@ -1,0 +1,893 @@
+//! [`Pool`]: Python's `Pool` verbs, run by workers anywhere on the cluster.
+//!
+//! Each pool has one result list, `{prefix}:results:{pool}`, drained by one collector thread
+//! that hands each result to its job, drops a result whose chunk was answered already (a
+//! task re-run after its worker was thought lost), runs the reaper while it waits, and sends
+//! every unanswered chunk again when it sees that the server was restarted (a new `run_id`).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use mp_core::message::{decode, encode, SliceAsVec};
+use mp_core::Message;
+
+use crate::conn::{self, Conn, Shared};
+use crate::error::{Error, Result};
+use crate::wire::{kind, ResultMsg, TaskMsg};
+use crate::worker::{self, Tramp};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Rebuilds an error for every job it concerns (errors are not `Clone`).
+fn dup(e: &Error) -> Error {
+    match e {
+        Error::Unreachable { retried, last } => Error::Unreachable {
+            retried: *retried,
+            last: last.clone(),
+        },
+        Error::Auth(m) => Error::Auth(m.clone()),
+        other => Error::Redis(other.to_string()),
+    }
+}
+
+/// The error a failed chunk stands for.
+fn chunk_error(msg: &ResultMsg, pool_build: &[u8]) -> Error {
+    match msg.kind {
+        kind::PANIC => Error::TaskPanicked {
+            worker: msg.worker.clone(),
+            message: msg.message.clone(),
+        },
+        kind::LOST => Error::TaskLost {
+            tries: msg.message.parse().unwrap_or(0),
+        },
+        kind::WRONG_BUILD => Error::WrongBuild {
+            worker: msg.worker.clone(),
+            worker_build: conn::hex(&msg.payload),
+            pool_build: conn::hex(pool_build),
+        },
+        _ => Error::TaskFailed {
+            worker: msg.worker.clone(),
+            message: msg.message.clone(),
+        },
+    }
+}
+
+/// Receives a job's chunk outcomes (typed decoding happens here).
+trait Sink: Send {
+    fn accept(&mut self, id: u64, outcome: Result<&[u8]>);
+    fn fail(&mut self, e: Error);
+}
+
+struct Entry {
+    /// Chunk id -> the task message, until its result arrives.
+    pending: HashMap<u64, Vec<u8>>,
+    sink: Box<dyn Sink>,
+    /// All chunks were submitted: the entry goes when `pending` is empty.
+    complete: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Running,
+    Closed,
+    Terminated,
+}
+
+struct Jobs {
+    map: HashMap<u64, Entry>,
+    next: u64,
+    state: State,
+}
+
+struct Inner {
+    sh: Arc<Shared>,
+    id: String,
+    results: String,
+    image_id: Mutex<Vec<u8>>,
+    jobs: Mutex<Jobs>,
+    changed: Condvar,
+    submit: Mutex<Conn>,
+    stop: AtomicBool,
+}
+
+/// A pool of the cluster's workers: Python's `Pool` verbs, with tasks run by whichever
+/// worker takes them. Made by [`Cluster::pool`](crate::Cluster::pool).
+///
+/// Delivery is at-least-once: a task whose worker is lost runs again (up to the cluster's
+/// `max_tries`); the pool keeps the first result of each chunk and drops any later one, so
+/// every item's result is in the output exactly once. Tasks are the program's own functions:
+/// see the crate doc.
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("id", &self.inner.id).finish()
+    }
+}
+
+impl Pool {
+    pub(crate) fn new(sh: Arc<Shared>) -> Result<Pool> {
+        let id = format!("{:016x}", conn::random_u64());
+        let results = sh.key(&format!("results:{id}"));
+        let inner = Arc::new(Inner {
+            sh,
+            id,
+            results,
+            image_id: Mutex::new(mp_process::symbol::image_id().to_vec()),
+            jobs: Mutex::new(Jobs {
+                map: HashMap::new(),
+                next: 0,
+                state: State::Running,
+            }),
+            changed: Condvar::new(),
+            submit: Mutex::new(Conn::new()),
+            stop: AtomicBool::new(false),
+        });
+        let weak = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("mp-redis-collector".into())
+            .spawn(move || collector(weak))
+            .map_err(|e| Error::Config(format!("could not start a thread: {e}")))?;
+        Ok(Pool { inner })
+    }
+
+    /// For tests: tasks claim another build id than this program's (a worker then refuses
+    /// them with [`Error::WrongBuild`]).
+    #[doc(hidden)]
+    pub fn __claim_build_id(&mut self, id: Vec<u8>) {
+        *lock(&self.inner.image_id) = id;
+    }
+
+    /// How many workers are registered on the cluster now (alive or not yet reaped).
+    pub fn workers(&self) -> Result<usize> {
+        let sh = &self.inner.sh;
+        lock(&self.inner.submit).run(sh, None, |c| {
+            redis::cmd("SCARD").arg(sh.key("workers")).query(c)
+        })
+    }
+
+    /// Python's `map`: `f` applied to every item, results in input order; the first failed
+    /// chunk fails the call. The default chunk size is Python's, `ceil(len / (4 × workers))`.
+    pub fn map<T: Message, R: Message + Send + 'static>(
+        &self,
+        f: fn(T) -> R,
+        items: impl IntoIterator<Item = T>,
+    ) -> Result<Vec<R>> {
+        self.map_async(f, items)?.get()
+    }
+
+    /// Python's `map_async`.
+    pub fn map_async<T: Message, R: Message + Send + 'static>(
+        &self,
+        f: fn(T) -> R,
+        items: impl IntoIterator<Item = T>,
+    ) -> Result<AsyncResult<Vec<R>>> {
+        let items: Vec<T> = items.into_iter().collect();
+        let chunk = self.default_chunksize(items.len())?;
+        self.collect(call::<T, R>(f)?, &items, chunk, Ok)
+    }
+
+    /// `map` with an explicit chunk size (Python's `chunksize=`).
+    pub fn map_chunked<T: Message, R: Message + Send + 'static>(
+        &self,
+        f: fn(T) -> R,
+        items: impl IntoIterator<Item = T>,
+        chunksize: usize,
+    ) -> Result<Vec<R>> {
+        let items: Vec<T> = items.into_iter().collect();
+        self.collect(call::<T, R>(f)?, &items, chunksize.max(1), Ok)?
+            .get()
+    }
+
+    /// Python's `starmap`: `f(a, b)` for every pair, results in input order.
+    pub fn starmap<A: Message, B: Message, R: Message + Send + 'static>(
+        &self,
+        f: fn(A, B) -> R,
+        items: impl IntoIterator<Item = (A, B)>,
+    ) -> Result<Vec<R>> {
+        let items: Vec<(A, B)> = items.into_iter().collect();
+        let chunk = self.default_chunksize(items.len())?;
+        let target = mp_process::symbol::offset_of(f as usize)?;
+        let tramp = mp_process::symbol::offset_of(star::<A, B, R> as Tramp as usize)?;
+        self.collect((tramp, target), &items, chunk, Ok)?.get()
+    }
+
+    /// Python's `apply`: `f(arg)` on a worker.
+    pub fn apply<T: Message, R: Message + Send + 'static>(
+        &self,
+        f: fn(T) -> R,
+        arg: T,
+    ) -> Result<R> {
+        self.apply_async(f, arg)?.get()
+    }
+
+    /// Python's `apply_async`.
+    pub fn apply_async<T: Message, R: Message + Send + 'static>(
+        &self,
+        f: fn(T) -> R,
+        arg: T,
+    ) -> Result<AsyncResult<R>> {
+        self.collect(call::<T, R>(f)?, &[arg], 1, |mut v: Vec<R>| {
+            v.pop()
+                .ok_or_else(|| Error::Redis("a worker answered with no result".into()))
+        })
+    }
+
+    /// Python's `imap`: results in input order, as they come; the input is read lazily
+    /// (at most `in_flight` chunks of `chunksize` items are out at once), so it may be endless.
+    pub fn imap<'a, T: Message + 'a, R: Message + Send + 'static>(
+        &'a self,
+        f: fn(T) -> R,
+        items: impl IntoIterator<Item = T> + 'a,
+        chunksize: usize,
+    ) -> Result<IMap<'a, R>> {
+        self.imap_with(f, items, chunksize, true)
+    }
+
+    /// Python's `imap_unordered`: results in the order workers finish them.
+    pub fn imap_unordered<'a, T: Message + 'a, R: Message + Send + 'static>(
+        &'a self,
+        f: fn(T) -> R,
+        items: impl IntoIterator<Item = T> + 'a,
+        chunksize: usize,
+    ) -> Result<IMap<'a, R>> {
+        self.imap_with(f, items, chunksize, false)
+    }
+
+    /// Python's `close`: no new tasks; tasks submitted already run to the end.
+    pub fn close(&self) {
+        let mut j = lock(&self.inner.jobs);
+        if j.state == State::Running {
+            j.state = State::Closed;
+        }
+    }
+
+    /// Python's `terminate`: no new tasks; every unfinished job fails with
+    /// [`Error::PoolClosed`], and workers skip this pool's tasks still queued.
+    pub fn terminate(&self) -> Result<()> {
+        let entries: Vec<Entry> = {
+            let mut j = lock(&self.inner.jobs);
+            j.state = State::Terminated;
+            j.map.drain().map(|(_, e)| e).collect()
+        };
+        for mut e in entries {
+            e.sink.fail(Error::PoolClosed("terminated"));
+        }
+        self.inner.changed.notify_all();
+        let sh = &self.inner.sh;
+        lock(&self.inner.submit).run(sh, None, |c| {
+            redis::pipe()
+                .cmd("SET")
+                .arg(sh.key(&format!("cancel:{}", self.inner.id)))
+                .arg(1)
+                .arg("PX")
+                .arg(worker::RESULT_TTL_MS)
+                .ignore()
+                .cmd("DEL")
+                .arg(&self.inner.results)
+                .ignore()
+                .query::<()>(c)
+        })
+    }
+
+    /// Python's `join`: after [`close`](Self::close) or [`terminate`](Self::terminate), waits
+    /// until every job submitted through this pool has all its results (an [`IMap`] counts
+    /// until it is exhausted or dropped).
+    pub fn join(&self) -> Result<()> {
+        let mut j = lock(&self.inner.jobs);
+        if j.state == State::Running {
+            return Err(Error::Config(
+                "join() needs close() or terminate() first (as in Python)".into(),
+            ));
+        }
+        while !j.map.is_empty() {
+            j = self
+                .inner
+                .changed
+                .wait(j)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        Ok(())
+    }
+
+    fn default_chunksize(&self, len: usize) -> Result<usize> {
+        let workers = self.workers()?.max(1);
+        Ok(len.div_ceil(workers.saturating_mul(4)).max(1))
+    }
+
+    fn imap_with<'a, T: Message + 'a, R: Message + Send + 'static>(
+        &'a self,
+        f: fn(T) -> R,
+        items: impl IntoIterator<Item = T> + 'a,
+        chunksize: usize,
+        ordered: bool,
+    ) -> Result<IMap<'a, R>> {
+        let fns = call::<T, R>(f)?;
+        let buf = Arc::new(Buf {
+            q: Mutex::new(VecDeque::new()),
+            cv: Condvar::new(),
+        });
+        let job = self.open_job(Box::new(ImapSink::<R> { buf: buf.clone() }), false)?;
+        let mut it = items.into_iter();
+        let chunksize = chunksize.max(1);
+        let next_args = Box::new(move || -> Option<Result<Vec<u8>>> {
+            let chunk: Vec<T> = it.by_ref().take(chunksize).collect();
+            if chunk.is_empty() {
+                return None;
+            }
+            Some(encode(&chunk).map(|v| v.to_vec()).map_err(Error::from))
+        });
+        Ok(IMap {
+            pool: self,
+            job,
+            fns,
+            buf,
+            next_args,
+            exhausted: false,
+            announced: false,
+            next_chunk: 0,
+            in_flight: 0,
+            window: 64,
+            ordered,
+            waiting: BTreeMap::new(),
+            ready: VecDeque::new(),
+            next_out: 0,
+        })
+    }
+
+    fn open_job(&self, sink: Box<dyn Sink>, complete: bool) -> Result<u64> {
+        let mut j = lock(&self.inner.jobs);
+        match j.state {
+            State::Running => {}
+            State::Closed => return Err(Error::PoolClosed("closed")),
+            State::Terminated => return Err(Error::PoolClosed("terminated")),
+        }
+        let id = j.next;
+        j.next = (j.next + 1) & 0xffff_ffff;
+        j.map.insert(
+            id,
+            Entry {
+                pending: HashMap::new(),
+                sink,
+                complete,
+            },
+        );
+        drop(j);
+        self.inner.changed.notify_all();
+        Ok(id)
+    }
+
+    /// The task message of chunk `chunk` of job `job`.
+    fn task(&self, job: u64, chunk: u64, fns: (i64, i64), args: Vec<u8>) -> Result<Vec<u8>> {
+        let msg = TaskMsg {
+            pool: self.inner.id.clone(),
+            reply: self.inner.results.clone(),
+            id: (job << 32) | (chunk & 0xffff_ffff),
+            image_id: lock(&self.inner.image_id).clone(),
+            tramp: fns.0,
+            target: fns.1,
+            args,
+        };
+        let bytes = encode(&msg)?.to_vec();
+        self.inner.sh.check_size(bytes.len())?;
+        Ok(bytes)
+    }
+
+    /// Registers and pushes chunks of `job` (registered first, so that no result can come
+    /// back for a chunk the collector does not know).
+    fn push(&self, job: u64, tasks: Vec<(u64, Vec<u8>)>, complete: bool) -> Result<()> {
+        let payloads: Vec<Vec<u8>> = {
+            let mut j = lock(&self.inner.jobs);
+            let Some(e) = j.map.get_mut(&job) else {
+                return Err(Error::PoolClosed("terminated"));
+            };
+            let mut out = Vec::with_capacity(tasks.len());
+            for (chunk, bytes) in tasks {
+                out.push(bytes.clone());
+                e.pending.insert(chunk, bytes);
+            }
+            e.complete = complete;
+            out
+        };
+        push_tasks(&self.inner.sh, &mut lock(&self.inner.submit), &payloads)
+    }
+
+    fn collect<T: Message, R: Message + Send + 'static, O: Send + 'static>(
+        &self,
+        fns: (i64, i64),
+        items: &[T],
+        chunksize: usize,
+        finish: fn(Vec<R>) -> Result<O>,
+    ) -> Result<AsyncResult<O>> {
+        let slot = Arc::new(Outcome {
+            m: Mutex::new(Slot::Waiting),
+            cv: Condvar::new(),
+        });
+        let n = items.len().div_ceil(chunksize);
+        if n > u32::MAX as usize {
+            return Err(Error::Config("more than 2^32 chunks in one job".into()));
+        }
+        let sink = Collect::<R, O> {
+            parts: (0..n).map(|_| None).collect(),
+            left: n,
+            finish,
+            out: slot.clone(),
+        };
+        if n == 0 {
+            let mut sink = sink;
+            sink.done();
+            return Ok(AsyncResult { out: slot });
+        }
+        let job = self.open_job(Box::new(sink), false)?;
+        let mut tasks = Vec::with_capacity(n);
+        for (i, c) in items.chunks(chunksize).enumerate() {
+            let chunk = i as u64;
+            let made = encode(&SliceAsVec(c))
+                .map_err(Error::from)
+                .and_then(|args| self.task(job, chunk, fns, args.to_vec()));
+            match made {
+                // Chunk ids on the wire are (job << 32 | chunk); the collector splits them.
+                Ok(bytes) => tasks.push(((job << 32) | chunk, bytes)),
+                Err(e) => {
+                    lock(&self.inner.jobs).map.remove(&job);
+                    return Err(e);
+                }
+            }
+        }
+        if let Err(e) = self.push(job, tasks, true) {
+            lock(&self.inner.jobs).map.remove(&job);
+            return Err(e);
+        }
+        Ok(AsyncResult { out: slot })
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let jobs = self.jobs.get_mut().unwrap_or_else(|p| p.into_inner());
+        for (_, mut en) in jobs.map.drain() {
+            en.sink.fail(Error::PoolClosed("dropped"));
+        }
+    }
+}
+
+impl Drop for Pool {
+    /// Stops the collector; an [`AsyncResult`] still waiting then fails with
+    /// [`Error::PoolClosed`] (within a slice), as in Python, where a dropped pool terminates.
+    fn drop(&mut self) {
+        self.inner.stop.store(true, Ordering::Relaxed);
+        self.inner.changed.notify_all();
+    }
+}
+
+fn push_tasks(sh: &Shared, con: &mut Conn, payloads: &[Vec<u8>]) -> Result<()> {
+    let tasks = sh.key("tasks");
+    for batch in payloads.chunks(512) {
+        con.run(sh, None, |c| {
+            let mut p = redis::pipe();
+            for b in batch {
+                p.cmd("LPUSH").arg(&tasks).arg(b).ignore();
+            }
+            p.query::<()>(c)
+        })?;
+    }
+    Ok(())
+}
+
+/// The offsets of the trampoline and of `f`.
+fn call<T: Message, R: Message>(f: fn(T) -> R) -> Result<(i64, i64)> {
+    let target = mp_process::symbol::offset_of(f as usize)?;
+    let tramp = mp_process::symbol::offset_of(worker::tramp::<T, R> as Tramp as usize)?;
+    Ok((tramp, target))
+}
+
+/// The trampoline of `starmap`: items are pairs, `f` takes two arguments.
+fn star<A: Message, B: Message, R: Message>(
+    target: usize,
+    args: &[u8],
+) -> std::result::Result<Vec<u8>, String> {
+    // SAFETY: as in `worker::tramp`: `target` was resolved, after the build check, from the
+    // offset that `Pool::starmap` took from a `fn(A, B) -> R` and paired with `star::<A, B, R>`.
+    let f = unsafe { std::mem::transmute::<usize, fn(A, B) -> R>(target) };
+    let items: Vec<(A, B)> = decode(args).map_err(|e| format!("decoding the arguments: {e}"))?;
+    let out: Vec<R> = items.into_iter().map(|(a, b)| f(a, b)).collect();
+    encode(&out)
+        .map(|v| v.to_vec())
+        .map_err(|e| format!("encoding the results: {e}"))
+}
+
+/// The collector thread of a pool (see the module doc); ends within a slice of the pool's
+/// drop.
+fn collector(weak: std::sync::Weak<Inner>) {
+    let Some(first) = weak.upgrade() else { return };
+    let sh = first.sh.clone();
+    let results = first.results.clone();
+    drop(first);
+    let mut con = Conn::new();
+    let slice = worker::slice(&sh);
+    let mut last_reap = Instant::now();
+    let mut epoch = sh.epoch();
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        if inner.stop.load(Ordering::Relaxed) {
+            // The pool was dropped: what is still waiting will never be answered here.
+            let entries: Vec<Entry> = lock(&inner.jobs).map.drain().map(|(_, e)| e).collect();
+            for mut en in entries {
+                en.sink.fail(Error::PoolClosed("dropped"));
+            }
+            inner.changed.notify_all();
+            return;
+        }
+        let mut jobs = lock(&inner.jobs);
+        if jobs.map.is_empty() {
+            // Idle: sleep until a job is opened (or the pool is dropped), on this process's
+            // condition variable; the server is not asked anything.
+            jobs = inner
+                .changed
+                .wait_timeout(jobs, slice)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        let idle = jobs.map.is_empty();
+        drop(jobs);
+        drop(inner);
+        let got: Result<Option<(String, Vec<u8>)>> = if idle {
+            Ok(None)
+        } else {
+            con.run(&sh, Some(slice), |c| {
+                redis::cmd("BRPOP")
+                    .arg(&results)
+                    .arg(conn::block_secs(slice))
+                    .query(c)
+            })
+        };
+        let Some(inner) = weak.upgrade() else { return };
+        match got {
+            Ok(Some((_, bytes))) => deliver(&inner, &bytes),
+            Ok(None) => {}
+            Err(e) => {
+                let entries: Vec<Entry> = lock(&inner.jobs).map.drain().map(|(_, e)| e).collect();
+                for mut en in entries {
+                    en.sink.fail(dup(&e));
+                }
+                inner.changed.notify_all();
+            }
+        }
+        if idle {
+            continue;
+        }
+        if sh.epoch() != epoch {
+            // The server restarted: what it held is gone; send every unanswered chunk again
+            // (a chunk that was still running somewhere answers twice, and one is dropped).
+            epoch = sh.epoch();
+            let again: Vec<Vec<u8>> = lock(&inner.jobs)
+                .map
+                .values()
+                .flat_map(|e| e.pending.values().cloned())
+                .collect();
+            if let Err(e) = push_tasks(&sh, &mut con, &again) {
+                eprintln!("mp-redis pool: could not resend tasks after a server restart: {e}");
+            }
+        }
+        if last_reap.elapsed() >= slice {
+            let _ = worker::reap(&sh, &mut con);
+            last_reap = Instant::now();
+        }
+    }
+}
+
+fn deliver(inner: &Inner, bytes: &[u8]) {
+    let Ok(msg) = decode::<ResultMsg>(bytes) else {
+        eprintln!("mp-redis pool: dropped an undecodable result");
+        return;
+    };
+    let job = msg.id >> 32;
+    let mut j = lock(&inner.jobs);
+    let Some(e) = j.map.get_mut(&job) else {
+        return; // a late duplicate of a finished job
+    };
+    if e.pending.remove(&msg.id).is_none() {
+        return; // a duplicate: this chunk was answered already
+    }
+    let chunk = msg.id & 0xffff_ffff;
+    if msg.kind == kind::OK {
+        e.sink.accept(chunk, Ok(&msg.payload));
+    } else {
+        let image_id = lock(&inner.image_id).clone();
+        e.sink.accept(chunk, Err(chunk_error(&msg, &image_id)));
+    }
+    if e.complete && e.pending.is_empty() {
+        j.map.remove(&job);
+    }
+    drop(j);
+    inner.changed.notify_all();
+}
+
+enum Slot<O> {
+    Waiting,
+    Done(Result<O>),
+    Taken,
+}
+
+struct Outcome<O> {
+    m: Mutex<Slot<O>>,
+    cv: Condvar,
+}
+
+struct Collect<R, O> {
+    parts: Vec<Option<Vec<R>>>,
+    left: usize,
+    finish: fn(Vec<R>) -> Result<O>,
+    out: Arc<Outcome<O>>,
+}
+
+impl<R, O> Collect<R, O> {
+    fn set(&mut self, r: Result<O>) {
+        let mut s = lock(&self.out.m);
+        if matches!(*s, Slot::Waiting) {
+            *s = Slot::Done(r);
+        }
+        drop(s);
+        self.out.cv.notify_all();
+    }
+
+    fn done(&mut self) {
+        let all: Vec<R> = self.parts.drain(..).flatten().flatten().collect();
+        let r = (self.finish)(all);
+        self.set(r);
+    }
+}
+
+impl<R: Message + Send, O: Send> Sink for Collect<R, O> {
+    fn accept(&mut self, id: u64, outcome: Result<&[u8]>) {
+        let decoded = outcome.and_then(|b| decode::<Vec<R>>(b).map_err(Error::from));
+        match decoded {
+            Ok(v) => {
+                if let Some(p) = usize::try_from(id).ok().and_then(|i| self.parts.get_mut(i)) {
+                    if p.is_none() {
+                        *p = Some(v);
+                        self.left = self.left.saturating_sub(1);
+                    }
+                }
+                if self.left == 0 {
+                    self.done();
+                }
+            }
+            Err(e) => self.set(Err(e)),
+        }
+    }
+
+    fn fail(&mut self, e: Error) {
+        self.set(Err(e));
+    }
+}
+
+/// The result of an asynchronous call (Python's `AsyncResult`).
+pub struct AsyncResult<O> {
+    out: Arc<Outcome<O>>,
+}
+
+impl<O> std::fmt::Debug for AsyncResult<O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncResult")
+            .field("ready", &self.ready())
+            .finish()
+    }
+}
+
+impl<O> AsyncResult<O> {
+    /// Waits for the value and takes it (a second `get` is [`Error::ResultTaken`]).
+    pub fn get(&self) -> Result<O> {
+        self.take(None)
+    }
+
+    /// [`get`](Self::get) with a timeout: [`Error::Timeout`] when it runs out (the value can
+    /// still be had later).
+    pub fn get_timeout(&self, timeout: Duration) -> Result<O> {
+        self.take(Some(timeout))
+    }
+
+    /// Waits until the value is there.
+    pub fn wait(&self) {
+        let _ = self.wait_until(None);
+    }
+
+    /// Waits at most `timeout`; true when the value is there.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        self.wait_until(Instant::now().checked_add(timeout))
+    }
+
+    /// True once the value (or the error) is there.
+    pub fn ready(&self) -> bool {
+        !matches!(*lock(&self.out.m), Slot::Waiting)
+    }
+
+    fn wait_until(&self, deadline: Option<Instant>) -> bool {
+        let mut s = lock(&self.out.m);
+        while matches!(*s, Slot::Waiting) {
+            match deadline {
+                None => s = self.out.cv.wait(s).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return false;
+                    }
+                    s = self
+                        .out
+                        .cv
+                        .wait_timeout(s, d - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+            }
+        }
+        true
+    }
+
+    fn take(&self, timeout: Option<Duration>) -> Result<O> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        if timeout.is_some() && !self.wait_until(deadline) {
+            return Err(Error::Timeout);
+        }
+        if timeout.is_none() {
+            self.wait_until(None);
+        }
+        match std::mem::replace(&mut *lock(&self.out.m), Slot::Taken) {
+            Slot::Done(r) => r,
+            Slot::Taken => Err(Error::ResultTaken),
+            Slot::Waiting => Err(Error::Timeout),
+        }
+    }
+}
+
+struct Buf<R> {
+    q: Mutex<VecDeque<(u64, Result<Vec<R>>)>>,
+    cv: Condvar,
+}
+
+struct ImapSink<R> {
+    buf: Arc<Buf<R>>,
+}
+
+impl<R: Message + Send> Sink for ImapSink<R> {
+    fn accept(&mut self, id: u64, outcome: Result<&[u8]>) {
+        let decoded = outcome.and_then(|b| decode::<Vec<R>>(b).map_err(Error::from));
+        lock(&self.buf.q).push_back((id, decoded));
+        self.buf.cv.notify_all();
+    }
+
+    fn fail(&mut self, e: Error) {
+        lock(&self.buf.q).push_back((u64::MAX, Err(e)));
+        self.buf.cv.notify_all();
+    }
+}
+
+type NextArgs<'a> = Box<dyn FnMut() -> Option<Result<Vec<u8>>> + 'a>;
+
+/// The iterator of [`Pool::imap`] and [`Pool::imap_unordered`]: yields each result, or the
+/// error of the chunk it belongs to (once per failed chunk).
+pub struct IMap<'a, R> {
+    pool: &'a Pool,
+    job: u64,
+    fns: (i64, i64),
+    buf: Arc<Buf<R>>,
+    next_args: NextArgs<'a>,
+    exhausted: bool,
+    /// The pool was told that every chunk is out.
+    announced: bool,
+    next_chunk: u64,
+    in_flight: usize,
+    window: usize,
+    ordered: bool,
+    waiting: BTreeMap<u64, Result<Vec<R>>>,
+    ready: VecDeque<Result<R>>,
+    next_out: u64,
+}
+
+impl<R> std::fmt::Debug for IMap<'_, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IMap")
+            .field("job", &self.job)
+            .field("in_flight", &self.in_flight)
+            .finish()
+    }
+}
+
+impl<R> IMap<'_, R> {
+    fn fill(&mut self) -> Result<()> {
+        let mut tasks = Vec::new();
+        while !self.exhausted && self.in_flight + tasks.len() < self.window {
+            match (self.next_args)() {
+                None => self.exhausted = true,
+                Some(args) => {
+                    if self.next_chunk > u32::MAX as u64 {
+                        return Err(Error::Config("more than 2^32 chunks in one imap".into()));
+                    }
+                    let c = self.next_chunk;
+                    self.next_chunk += 1;
+                    let bytes = self.pool.task(self.job, c, self.fns, args?)?;
+                    tasks.push(((self.job << 32) | c, bytes));
+                }
+            }
+        }
+        if !tasks.is_empty() || (self.exhausted && !self.announced) {
+            self.announced = self.exhausted;
+            self.in_flight += tasks.len();
+            self.pool.push(self.job, tasks, self.exhausted)?;
+        }
+        Ok(())
+    }
+
+    fn take_ready(&mut self) {
+        if self.ordered {
+            while let Some(r) = self.waiting.remove(&self.next_out) {
+                self.next_out += 1;
+                self.spread(r);
+            }
+        }
+    }
+
+    fn spread(&mut self, r: Result<Vec<R>>) {
+        match r {
+            Ok(v) => self.ready.extend(v.into_iter().map(Ok)),
+            Err(e) => self.ready.push_back(Err(e)),
+        }
+    }
+}
+
+impl<R> Iterator for IMap<'_, R> {
+    type Item = Result<R>;
+
+    fn next(&mut self) -> Option<Result<R>> {
+        loop {
+            if let Some(r) = self.ready.pop_front() {
+                return Some(r);
+            }
+            if let Err(e) = self.fill() {
+                self.exhausted = true;
+                self.announced = true;
+                self.in_flight = 0;
+                return Some(Err(e));
+            }
+            if self.in_flight == 0 && self.exhausted {
+                return None;
+            }
+            let mut q = lock(&self.buf.q);
+            while q.is_empty() {
+                q = self.buf.cv.wait(q).unwrap_or_else(|p| p.into_inner());
+            }
+            let got: Vec<_> = q.drain(..).collect();
+            drop(q);
+            for (id, r) in got {
+                if id == u64::MAX {
+                    // The pool failed the whole job (terminated, server unreachable).
+                    self.exhausted = true;
+                    self.announced = true;
+                    self.in_flight = 0;
+                    self.spread(r);
+                    continue;
+                }
+                self.in_flight = self.in_flight.saturating_sub(1);
+                if self.ordered {
+                    self.waiting.insert(id, r);
+                } else {
+                    self.spread(r);
+                }
+            }
+            self.take_ready();
+        }
+    }
+}
+
+impl<R> Drop for IMap<'_, R> {
+    fn drop(&mut self) {
+        lock(&self.pool.inner.jobs).map.remove(&self.job);
+        self.pool.inner.changed.notify_all();
+    }
+}
