@@ -299,6 +299,7 @@ struct IMapState<R> {
     by_chunk: BTreeMap<u64, Result<Vec<R>, Error>>,
     /// Unordered: answers in arrival order.
     arrived: VecDeque<Result<Vec<R>, Error>>,
+    /// Set once by `abort` and never cleared: after it no chunk is submitted or answered.
     aborted: Option<Error>,
     /// The consumer sleeps on `cv` (so an answer must notify it).
     sleeping: bool,
@@ -340,9 +341,15 @@ impl<R: Message + Send> IMapJob<R> {
         }
     }
 
-    /// Records that chunk `c` is about to be submitted.
-    pub(crate) fn submitted(&self, c: u64) {
-        lock(&self.st).outstanding.insert(c);
+    /// Records that chunk `c` is about to be submitted; false (and nothing recorded) once
+    /// the job was aborted: an aborted job takes no more chunks.
+    pub(crate) fn submitted(&self, c: u64) -> bool {
+        let mut st = lock(&self.st);
+        if st.aborted.is_some() {
+            return false;
+        }
+        st.outstanding.insert(c);
+        true
     }
 
     /// Records an answer produced in the parent (a chunk whose items could not be encoded).
@@ -377,8 +384,9 @@ impl<R: Message + Send> IMapJob<R> {
             if let Some(r) = got {
                 return Next::Chunk(r);
             }
-            if let Some(e) = st.aborted.take() {
-                return Next::Aborted(e);
+            // Sticky: once aborted, every later wait says so (the iterator stops at the first).
+            if let Some(e) = &st.aborted {
+                return Next::Aborted(e.duplicate());
             }
             if !spun {
                 spun = true;
@@ -429,7 +437,9 @@ impl<R: Message + Send> Job for IMapJob<R> {
 
     fn abort(&self, err: Error) {
         let mut st = lock(&self.st);
-        st.aborted = Some(err);
+        if st.aborted.is_none() {
+            st.aborted = Some(err);
+        }
         st.outstanding.clear();
         // Release pairs with the Acquire loads of the spinning consumer in `next`.
         self.answers.fetch_add(1, Ordering::Release);

@@ -1590,6 +1590,10 @@ impl Drop for Pool {
 
 /// The iterator returned by [`Pool::imap`] and [`Pool::imap_unordered`]: yields each
 /// result (`Err` for a failed chunk), reading the input lazily.
+///
+/// When the pool is terminated (or broken) while the iterator runs, it reads no more
+/// input: it yields the results that had already come, then one `Err` (
+/// [`Error::Terminated`], or the pool's breaking error), then ends.
 pub struct IMap<'a, R> {
     inner: Arc<Inner>,
     job: Arc<IMapJob<R>>,
@@ -1620,7 +1624,11 @@ impl<R: Message + Send + 'static> IMap<'_, R> {
             match self.source.peek() {
                 None => self.exhausted = true,
                 Some(c) => {
-                    self.job.submitted(c);
+                    if !self.job.submitted(c) {
+                        // Aborted (terminate, a broken pool): submit nothing more.
+                        self.exhausted = true;
+                        return;
+                    }
                     self.in_flight += 1;
                     if let Err(e) = self.inner.put_next_blocking(&mut *self.source) {
                         self.job.answer(c, Err(e));

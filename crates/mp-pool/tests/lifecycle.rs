@@ -340,3 +340,49 @@ fn ctrl_c_during_map_returns_promptly_and_leaves_no_orphans() {
         }
     });
 }
+
+/// After `terminate`, an `imap` over an endless input yields what had already come, then
+/// one `Err(Terminated)`, then ends; it reads no more input (issue 20 F1, issue 13 item 12).
+#[test]
+fn imap_after_terminate_ends_after_one_terminated() {
+    watchdog(60, || {
+        for m in METHODS {
+            for ordered in [true, false] {
+                let pool = Pool::builder()
+                    .processes(2)
+                    .start_method(m)
+                    .build()
+                    .unwrap();
+                let pulled = Arc::new(AtomicU64::new(0));
+                let p2 = pulled.clone();
+                let endless = (0u64..).inspect(move |_| {
+                    p2.fetch_add(1, Ordering::Relaxed);
+                });
+                let mut it = if ordered {
+                    pool.in_flight(4).imap(square, endless).unwrap()
+                } else {
+                    pool.in_flight(4).imap_unordered(square, endless).unwrap()
+                };
+                assert!(it.next().unwrap().is_ok());
+                pool.terminate();
+                let read = pulled.load(Ordering::Relaxed);
+                let mut terminated = 0;
+                for step in 0.. {
+                    assert!(step < 100, "the iterator goes on after terminate");
+                    match it.next() {
+                        Some(Ok(_)) => assert_eq!(terminated, 0, "a value after Terminated"),
+                        Some(Err(Error::Terminated)) => terminated += 1,
+                        Some(Err(e)) => panic!("{e:?}"),
+                        None => break,
+                    }
+                }
+                assert_eq!(terminated, 1);
+                assert!(it.next().is_none(), "ended for good");
+                assert!(
+                    pulled.load(Ordering::Relaxed) <= read + 1,
+                    "input read after terminate"
+                );
+            }
+        }
+    });
+}
