@@ -51,7 +51,7 @@ const NAP: Duration = Duration::from_millis(20);
 const INIT_DEATHS: u32 = 3;
 /// How often a busy supervisor looks at the workers.
 const CHECK_EVERY: Duration = Duration::from_millis(20);
-/// How long a blocking put waits before it checks whether the pool was terminated.
+/// How long a blocking put waits before it checks whether the pool was terminated or broken.
 const PUT_SLICE: Duration = Duration::from_millis(20);
 
 /// `fn` offsets computed on this thread (`dladdr` is not free).
@@ -160,7 +160,9 @@ pub(crate) struct Inner {
     threads: Mutex<Vec<JoinHandle<()>>>,
     supervisor: OnceLock<ThreadId>,
     stopping: AtomicBool,
-    terminated: AtomicBool,
+    /// Set by `terminate` and `break_pool`: a put waiting for room gives up (nobody may ever
+    /// take a task again).
+    halted: AtomicBool,
     /// Workers that died in their initializer, in a row.
     init_deaths: AtomicU32,
 }
@@ -310,7 +312,7 @@ impl PoolBuilder {
             threads: Mutex::new(Vec::new()),
             supervisor: OnceLock::new(),
             stopping: AtomicBool::new(false),
-            terminated: AtomicBool::new(false),
+            halted: AtomicBool::new(false),
             init_deaths: AtomicU32::new(0),
         });
         let pool = Pool {
@@ -413,6 +415,15 @@ impl Inner {
         Ok(id)
     }
 
+    /// Why puts stop: the error that broke the pool, or `Terminated`.
+    fn halt_error(&self) -> Error {
+        let t = lock(&self.table);
+        match (t.state, &t.broken) {
+            (State::Broken, Some(e)) => e.duplicate(),
+            _ => Error::Terminated,
+        }
+    }
+
     fn check_open(&self) -> Result<(), Error> {
         let t = lock(&self.table);
         match t.state {
@@ -438,8 +449,8 @@ impl Inner {
         lock(&self.table).jobs.get(&id).cloned()
     }
 
-    /// Puts a task, waiting for room, until the pool is terminated: `attempt` puts with the
-    /// timeout it is given and says whether it did.
+    /// Puts a task, waiting for room, until the pool is terminated or broken (then the error
+    /// is the pool's): `attempt` puts with the timeout it is given and says whether it did.
     fn put_waiting(
         &self,
         mut attempt: impl FnMut(Duration) -> Result<bool, Error>,
@@ -448,8 +459,8 @@ impl Inner {
         // when the queue is full, in slices of PUT_SLICE so that terminate is noticed.
         let mut timeout = Duration::ZERO;
         loop {
-            if self.terminated.load(Ordering::Relaxed) {
-                return Err(Error::Terminated);
+            if self.halted.load(Ordering::Relaxed) {
+                return Err(self.halt_error());
             }
             if attempt(timeout)? {
                 self.task_bell.ring();
@@ -459,7 +470,7 @@ impl Inner {
         }
     }
 
-    /// Puts the next chunk of `chunks`, waiting for room, until the pool is terminated. On
+    /// Puts the next chunk of `chunks`, waiting for room, until the pool is halted. On
     /// an error the chunk is dropped from `chunks` (the caller fails it).
     fn put_next_blocking(&self, chunks: &mut (dyn ChunkSource + '_)) -> Result<(), Error> {
         let r = self.put_waiting(|t| chunks.put_next(&self.tasks, t));
@@ -546,7 +557,7 @@ impl Inner {
                     break;
                 }
             }
-            if self.terminated.load(Ordering::Relaxed) {
+            if self.halted.load(Ordering::Relaxed) {
                 return;
             }
         }
@@ -669,6 +680,8 @@ impl Inner {
             self.idle.notify_all();
             jobs
         };
+        // Waiting puts give up: no task may ever be taken again.
+        self.halted.store(true, Ordering::Relaxed);
         lock(&self.workers).replace = false;
         for j in jobs {
             j.abort(err.duplicate());
@@ -818,7 +831,7 @@ impl Inner {
             self.idle.notify_all();
             jobs
         };
-        self.terminated.store(true, Ordering::Relaxed);
+        self.halted.store(true, Ordering::Relaxed);
         let children: Vec<Child<()>> = {
             let mut w = lock(&self.workers);
             w.replace = false;
@@ -857,12 +870,22 @@ impl Inner {
                 return Ok(());
             }
         }
+        let broken = lock(&self.table).state == State::Broken;
         let live = {
             let mut w = lock(&self.workers);
             w.replace = false;
             w.list.iter().filter(|e| e.child.is_some()).count()
         };
-        for _ in 0..live {
+        if broken {
+            // Every job was failed and no task will be taken from a full queue: a stop
+            // message might never fit, so the workers left are killed.
+            for e in lock(&self.workers).list.iter() {
+                if let Some(c) = &e.child {
+                    let _ = c.kill();
+                }
+            }
+        }
+        for _ in 0..if broken { 0 } else { live } {
             let stop = TaskMsg::stop();
             let put = self.put_waiting(|t| put_outcome(self.tasks.put_as(&stop, Some(t))));
             if put.is_err() {
@@ -1592,8 +1615,8 @@ impl Drop for Pool {
 /// result (`Err` for a failed chunk), reading the input lazily.
 ///
 /// When the pool is terminated (or broken) while the iterator runs, it reads no more
-/// input: it yields the results that had already come, then one `Err` (
-/// [`Error::Terminated`], or the pool's breaking error), then ends.
+/// input: it yields the results that had already come, then one `Err`
+/// ([`Error::Terminated`], or the error that broke the pool), then ends.
 pub struct IMap<'a, R> {
     inner: Arc<Inner>,
     job: Arc<IMapJob<R>>,

@@ -386,3 +386,47 @@ fn imap_after_terminate_ends_after_one_terminated() {
         }
     });
 }
+
+/// Waits (at most 20 s) for `go` to be set, then crashes the worker.
+fn crash_on_go(go: Shared<AtomicU64>) {
+    let t0 = Instant::now();
+    while go.load(Ordering::SeqCst) == 0 && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // SAFETY: kill(2) on ourselves; no memory is involved (SIGKILL: no core dump).
+    unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+}
+
+/// A pool broken by its initializer (a crash in every worker) while it holds far more
+/// chunks than the task queue does: the blocking map returns the initializer's error, the
+/// feeder of an `_async` map stops, and `join` returns (issue 20 F2).
+#[test]
+fn broken_pool_does_not_hang_a_big_map_the_feeder_or_join() {
+    watchdog(90, || {
+        for m in METHODS {
+            let go = Shared::new(AtomicU64::new(0)).unwrap();
+            let pool = Pool::builder()
+                .processes(2)
+                .start_method(m)
+                .initializer(crash_on_go, go.clone())
+                .build()
+                .unwrap();
+            // Fills the task queue (nobody takes a task: the workers are in their
+            // initializer); the rest waits in the feeder.
+            let pending = pool.chunksize(1).map_async(square, 0..400_000u64).unwrap();
+            // The workers crash while the blocking map below waits for room.
+            let trigger = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                go.store(1, Ordering::SeqCst);
+            });
+            match pool.chunksize(1).map(square, 0..400_000u64) {
+                Err(Error::Initializer(msg)) => assert!(msg.contains("signal 9"), "{msg}"),
+                other => panic!("{other:?}"),
+            }
+            trigger.join().unwrap();
+            assert!(matches!(pending.get(), Err(Error::Initializer(_))));
+            pool.close();
+            pool.join().unwrap();
+        }
+    });
+}
