@@ -20,9 +20,11 @@
 //! in order), then fails the task still recorded in the dead worker's slot and starts a
 //! replacement.
 
+use std::any::Any;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
 use std::thread::{JoinHandle, ThreadId};
@@ -82,6 +84,22 @@ impl Target {
             Target::Fn(a) => Ok((offset_of(a)?, false)),
             Target::Raw(a) => Ok((a as i64, true)),
         }
+    }
+}
+
+/// The message of a panic payload.
+fn panic_text(p: &(dyn Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
+/// The error of a chunk whose items' `Serialize` panicked.
+fn serialize_panicked(p: &(dyn Any + Send)) -> Error {
+    Error::Unserializable {
+        what: "arguments",
+        message: format!("serializing them panicked: {}", panic_text(p)),
     }
 }
 
@@ -482,7 +500,7 @@ impl Inner {
 
     /// Puts a job's chunks: all of them when `wait`; otherwise as many as fit now, the rest
     /// through the feeder thread.
-    fn feed(&self, id: u64, job: Arc<dyn Job>, mut chunks: Chunks<'static>, wait: bool) {
+    fn feed(&self, id: u64, job: &Arc<dyn Job>, mut chunks: Chunks<'static>, wait: bool) {
         let fail = |c: u64, e: Error| {
             if job.fail(c, e) {
                 self.unregister(id);
@@ -527,12 +545,8 @@ impl Inner {
     /// left with callers waiting forever.
     fn guarded(self: Arc<Self>, what: &str, body: impl FnOnce(Arc<Self>)) {
         let me = self.clone();
-        if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || body(me))) {
-            let msg = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+        if let Err(p) = catch_unwind(AssertUnwindSafe(move || body(me))) {
+            let msg = panic_text(&*p);
             self.break_pool(Error::Start(format!(
                 "the pool's {what} thread panicked ({msg}); the pool cannot go on"
             )));
@@ -546,16 +560,23 @@ impl Inner {
                 job,
                 mut chunks,
             } = feed;
-            while let Some(c) = chunks.peek() {
-                if job.is_done() {
-                    break;
-                }
-                if let Err(e) = self.put_next_blocking(&mut *chunks) {
-                    if job.fail(c, e) {
-                        self.unregister(id);
+            // A panic in the items' `Serialize` fails this job only (the pool goes on).
+            let fed = catch_unwind(AssertUnwindSafe(|| {
+                while let Some(c) = chunks.peek() {
+                    if job.is_done() {
+                        break;
                     }
-                    break;
+                    if let Err(e) = self.put_next_blocking(&mut *chunks) {
+                        if job.fail(c, e) {
+                            self.unregister(id);
+                        }
+                        break;
+                    }
                 }
+            }));
+            if let Err(p) = fed {
+                job.abort(serialize_panicked(&*p));
+                self.unregister(id);
             }
             if self.halted.load(Ordering::Relaxed) {
                 return;
@@ -1155,7 +1176,16 @@ impl<'p> Tasks<'p> {
                 target,
             },
         };
-        inner.feed(id, job, Box::new(chunks), wait);
+        // A panic in the items' `Serialize` (the caller's code) reaches the caller, and the
+        // job is failed and dropped first so that nothing waits for it (`join` would).
+        let fed = catch_unwind(AssertUnwindSafe(|| {
+            inner.feed(id, &job, Box::new(chunks), wait)
+        }));
+        if let Err(p) = fed {
+            job.abort(serialize_panicked(&*p));
+            inner.unregister(id);
+            resume_unwind(p);
+        }
         Ok(AsyncResult::new(outcome))
     }
 
@@ -1653,8 +1683,19 @@ impl<R: Message + Send + 'static> IMap<'_, R> {
                         return;
                     }
                     self.in_flight += 1;
-                    if let Err(e) = self.inner.put_next_blocking(&mut *self.source) {
-                        self.job.answer(c, Err(e));
+                    let put = catch_unwind(AssertUnwindSafe(|| {
+                        self.inner.put_next_blocking(&mut *self.source)
+                    }));
+                    match put {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => self.job.answer(c, Err(e)),
+                        Err(p) => {
+                            // The items' `Serialize` panicked: the panic reaches the caller,
+                            // and the chunk is an error in its place (nothing waits for it).
+                            self.source.skip();
+                            self.job.answer(c, Err(serialize_panicked(&*p)));
+                            resume_unwind(p);
+                        }
                     }
                 }
             }

@@ -1,0 +1,131 @@
+//! The pool on its failure paths (issue 20): a caller's `Serialize` that panics, callbacks
+//! that call back into the pool, `join_timeout`, `next_timeout` with a full task queue, a
+//! result the parent cannot read, and backpressure. Real worker processes, fork and spawn.
+
+mp_process::test_support!();
+
+mod common;
+use common::watchdog;
+
+use std::time::Duration;
+
+use mp_pool::{Error, Pool};
+use mp_process::StartMethod;
+
+const METHODS: [StartMethod; 2] = [StartMethod::Fork, StartMethod::Spawn];
+
+fn pool(m: StartMethod, n: usize) -> Pool {
+    Pool::builder()
+        .processes(n)
+        .start_method(m)
+        .build()
+        .unwrap()
+}
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn nap_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// A message whose `Serialize` panics for `Bomb(7)` (a user type with a bug).
+#[derive(Debug)]
+struct Bomb(u64);
+
+impl rkyv::Archive for Bomb {
+    type Archived = rkyv::rend::u64_le;
+    type Resolver = ();
+
+    fn resolve(&self, _: (), out: rkyv::Place<Self::Archived>) {
+        self.0.resolve((), out)
+    }
+}
+
+impl<S: rkyv::rancor::Fallible + ?Sized> rkyv::Serialize<S> for Bomb {
+    fn serialize(&self, _: &mut S) -> Result<(), S::Error> {
+        assert!(self.0 != 7, "Bomb(7) cannot be serialized");
+        Ok(())
+    }
+}
+
+impl<D: rkyv::rancor::Fallible + ?Sized> rkyv::Deserialize<Bomb, D> for rkyv::rend::u64_le {
+    fn deserialize(&self, _: &mut D) -> Result<Bomb, D::Error> {
+        Ok(Bomb(self.to_native()))
+    }
+}
+
+fn defuse(b: Bomb) -> u64 {
+    b.0
+}
+
+/// A `Serialize` that panics on the caller's thread propagates to the caller, and the job
+/// is not left behind: `join` returns; on the feeder thread it fails its job with
+/// `Unserializable` and the pool stays usable (issue 20 F7).
+#[test]
+fn a_panicking_serialize_leaks_no_job() {
+    watchdog(90, || {
+        for m in METHODS {
+            let p = pool(m, 2);
+            let quiet = std::panic::take_hook();
+            std::panic::set_hook(Box::new(|_| {}));
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                p.chunksize(1).map(defuse, (0..10).map(Bomb))
+            }));
+            let r2 = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                p.apply_async(defuse, Bomb(7)).map(|_| ())
+            }));
+            let mut it = p.chunksize(1).imap(defuse, (5..10).map(Bomb)).unwrap();
+            // The first `next` submits chunks 5, 6 and 7: the panic comes out of it.
+            let r3 = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| it.next()));
+            std::panic::set_hook(quiet);
+            assert!(
+                r.is_err() && r2.is_err() && r3.is_err(),
+                "the panics reach the caller"
+            );
+            // The iterator goes on past the chunk that could not be sent.
+            assert_eq!(it.next().unwrap().unwrap(), 5);
+            assert_eq!(it.next().unwrap().unwrap(), 6);
+            match it.next() {
+                Some(Err(Error::Unserializable {
+                    what: "arguments", ..
+                })) => {}
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(it.next().unwrap().unwrap(), 8);
+            drop(it);
+            assert_eq!(p.map(square, [3]).unwrap(), [9]);
+            p.close();
+            p.join().unwrap();
+
+            // On the feeder thread: the queue is full (the one worker naps), so the rest of
+            // the map goes through the feeder, which meets Bomb(7) at the end.
+            let p = pool(m, 1);
+            let nap = p.apply_async(nap_ms, 1500).unwrap();
+            let items = (0..200_000u64).map(|x| Bomb(if x == 199_999 { 7 } else { 8 }));
+            let r = p.chunksize(1).map_async(defuse, items).unwrap();
+            match r.get() {
+                Err(Error::Unserializable {
+                    what: "arguments",
+                    message,
+                }) => {
+                    assert!(
+                        message.contains("Bomb(7) cannot be serialized"),
+                        "{message}"
+                    )
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(nap.get().unwrap(), 1500);
+            assert_eq!(
+                p.map(square, [4]).unwrap(),
+                [16],
+                "the pool is still usable"
+            );
+            p.close();
+            p.join().unwrap();
+        }
+    });
+}
