@@ -59,6 +59,15 @@ pub enum Error {
     /// task was cancelled by it.
     #[error("the pool was terminated")]
     Terminated,
+    /// A call that waits for the pool (a blocking `map`/`apply`/`starmap`, `get` on a result
+    /// that is not ready, an `imap`'s `next`, `join`) was made on one of the pool's own
+    /// threads, that is in a result callback: those threads deliver what it would wait for,
+    /// so it would never return (Python deadlocks there). Submit with the `_async` forms.
+    #[error(
+        "a call that waits for the pool was made in one of its callbacks, on the pool's own \
+         thread (which delivers what it waits for): use the _async forms there"
+    )]
+    InCallback,
     /// [`Pool::join`](crate::Pool::join) was called before `close()` or `terminate()`.
     #[error("the pool is still running: call close() or terminate() before join()")]
     StillRunning,
@@ -127,6 +136,7 @@ impl Error {
             Error::Closed => Error::Closed,
             Error::Terminated => Error::Terminated,
             Error::StillRunning => Error::StillRunning,
+            Error::InCallback => Error::InCallback,
             Error::Config(m) => Error::Config(m.clone()),
             Error::Initializer(m) => Error::Initializer(m.clone()),
             Error::Start(m) => Error::Start(m.clone()),

@@ -30,6 +30,10 @@ pub(crate) trait Job: Send + Sync {
     fn abort(&self, err: Error);
     /// True when the job's outcome is decided (its remaining chunks need not be sent).
     fn is_done(&self) -> bool;
+    /// Runs the callbacks of a decided outcome and makes it ready. Called once the job left
+    /// the pool's table (callbacks may close and join the pool, or look at it), with no lock
+    /// held; does nothing when the outcome is not decided or already ready.
+    fn publish(&self);
 }
 
 /// `bytes` if they are aligned for `access`, else a copy of them in `copy`.
@@ -163,14 +167,16 @@ impl<R, Out> CollectJob<R, Out> {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
-        match (v, all) {
-            (Ok(()), Some(all)) => self.outcome.set((self.finish)(all)),
-            (Ok(()), None) => self.outcome.set(Err(Error::Unserializable {
+        // Decided here, published (callbacks, ready) by the pool once the job left its table.
+        let v = match (v, all) {
+            (Ok(()), Some(all)) => (self.finish)(all),
+            (Ok(()), None) => Err(Error::Unserializable {
                 what: "result",
                 message: "a chunk's result is missing items".into(),
-            })),
-            (Err(e), _) => self.outcome.set(Err(e)),
-        }
+            }),
+            (Err(e), _) => Err(e),
+        };
+        self.outcome.decide(v);
         true
     }
 }
@@ -238,6 +244,10 @@ impl<R: Message + Send, Out: Send> Job for CollectJob<R, Out> {
 
     fn is_done(&self) -> bool {
         lock(&self.st).done
+    }
+
+    fn publish(&self) {
+        self.outcome.publish();
     }
 }
 
@@ -450,6 +460,9 @@ impl<R: Message + Send> Job for IMapJob<R> {
     fn is_done(&self) -> bool {
         lock(&self.st).aborted.is_some()
     }
+
+    /// Nothing to publish: the consumer takes the answers.
+    fn publish(&self) {}
 }
 
 #[cfg(test)]
@@ -461,7 +474,7 @@ mod tests {
         len: usize,
         chunksize: usize,
     ) -> (CollectJob<String, Vec<String>>, AsyncResult<Vec<String>>) {
-        let outcome = Outcome::new();
+        let outcome = Outcome::new(0);
         let job = CollectJob::new(outcome.clone(), len, chunksize, Ok);
         (job, AsyncResult::new(outcome))
     }
@@ -479,6 +492,7 @@ mod tests {
         assert!(!job.deliver(0, &enc(&["x", "y"])), "a chunk counts once");
         assert!(!r.ready());
         assert!(job.deliver(1, &enc(&["c", "d"])));
+        job.publish();
         assert_eq!(r.get().unwrap(), ["a", "b", "c", "d", "e"]);
         // Unaligned bytes are copied first.
         let (job, r) = collect(1, 1);
@@ -487,6 +501,7 @@ mod tests {
         shifted.push(0);
         shifted.extend_from_slice(&b);
         assert!(job.deliver(0, &shifted[1..]));
+        job.publish();
         assert_eq!(r.get().unwrap(), ["only"]);
     }
 
@@ -495,6 +510,7 @@ mod tests {
         let (job, r) = collect(4, 2);
         assert!(!job.deliver(1, &enc(&["c", "d"])));
         assert!(job.deliver(0, &enc(&["a"])), "one result for two items");
+        job.publish();
         assert!(matches!(
             r.get(),
             Err(Error::Unserializable { what: "result", .. })
@@ -506,10 +522,12 @@ mod tests {
         let (job, r) = collect(4, 2);
         assert!(!job.deliver(0, &enc(&["a", "b"])));
         assert!(job.deliver(1, &[1, 2, 3]), "undecodable");
+        job.publish();
         assert!(r.get().is_err());
         let (job, r) = collect(4, 2);
         assert!(!job.deliver(0, &enc(&["a", "b"])));
         job.abort(Error::Terminated);
+        job.publish();
         assert!(matches!(r.get(), Err(Error::Terminated)));
         assert!(job.is_done() && job.fail(7, Error::Terminated));
     }

@@ -107,7 +107,12 @@
 //! The `_async` variants return an [`AsyncResult`] at once: `get`, `get_timeout`
 //! ([`Error::Timeout`]), `wait`, `ready`, `successful` ([`Error::NotReady`] before ready).
 //! Python's `callback` and `error_callback` are [`AsyncResult::on_success`] and
-//! [`AsyncResult::on_error`]; they run in the parent, on the pool's supervisor thread.
+//! [`AsyncResult::on_error`]; they run in the parent, on the pool's supervisor thread, once
+//! the work has left the pool's books and with no lock held, before the result is `ready`.
+//! A callback may submit more work (`apply_async`, `map_async`), but a call that would wait
+//! for the pool (a blocking `map` or `apply`, `get` on a result that is not ready, an
+//! `imap`'s `next`, `join`) waits for the very thread that runs it: there it fails at once
+//! with [`Error::InCallback`] (Python deadlocks).
 //!
 //! ```
 //! use std::sync::mpsc;

@@ -21,7 +21,7 @@
 //! replacement.
 
 use std::any::Any;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
@@ -85,6 +85,17 @@ impl Target {
             Target::Raw(a) => Ok((a as i64, true)),
         }
     }
+}
+
+thread_local! {
+    /// On a pool's supervisor and feeder threads: the pool's id ([`Inner::id`]), else 0.
+    static POOL_THREAD: Cell<usize> = const { Cell::new(0) };
+}
+
+/// True on a thread of pool `id` (its supervisor or feeder, where callbacks run): a call
+/// that waits for that pool would wait for this very thread.
+pub(crate) fn on_pool_thread(id: usize) -> bool {
+    id != 0 && POOL_THREAD.with(|t| t.get()) == id
 }
 
 /// The message of a panic payload.
@@ -463,6 +474,18 @@ impl Inner {
         }
     }
 
+    /// Job `id` needs nothing more: it leaves the table, then its callbacks run (they may
+    /// close and join the pool) and its outcome becomes ready.
+    fn finished(&self, id: u64, job: &dyn Job) {
+        self.unregister(id);
+        job.publish();
+    }
+
+    /// This pool's id, for [`on_pool_thread`].
+    pub(crate) fn id(&self) -> usize {
+        self as *const Inner as usize
+    }
+
     fn job(&self, id: u64) -> Option<Arc<dyn Job>> {
         lock(&self.table).jobs.get(&id).cloned()
     }
@@ -503,7 +526,7 @@ impl Inner {
     fn feed(&self, id: u64, job: &Arc<dyn Job>, mut chunks: Chunks<'static>, wait: bool) {
         let fail = |c: u64, e: Error| {
             if job.fail(c, e) {
-                self.unregister(id);
+                self.finished(id, &**job);
             }
         };
         let mut n = 0u32;
@@ -544,6 +567,7 @@ impl Inner {
     /// Runs a pool thread's body; should it panic (a bug), the pool is broken rather than
     /// left with callers waiting forever.
     fn guarded(self: Arc<Self>, what: &str, body: impl FnOnce(Arc<Self>)) {
+        POOL_THREAD.with(|t| t.set(self.id()));
         let me = self.clone();
         if let Err(p) = catch_unwind(AssertUnwindSafe(move || body(me))) {
             let msg = panic_text(&*p);
@@ -568,7 +592,7 @@ impl Inner {
                     }
                     if let Err(e) = self.put_next_blocking(&mut *chunks) {
                         if job.fail(c, e) {
-                            self.unregister(id);
+                            self.finished(id, &*job);
                         }
                         break;
                     }
@@ -576,7 +600,7 @@ impl Inner {
             }));
             if let Err(p) = fed {
                 job.abort(serialize_panicked(&*p));
-                self.unregister(id);
+                self.finished(id, &*job);
             }
             if self.halted.load(Ordering::Relaxed) {
                 return;
@@ -683,7 +707,7 @@ impl Inner {
         };
         if finished {
             *cache = None;
-            self.unregister(id);
+            self.finished(id, &*job);
         }
     }
 
@@ -706,6 +730,7 @@ impl Inner {
         lock(&self.workers).replace = false;
         for j in jobs {
             j.abort(err.duplicate());
+            j.publish();
         }
     }
 
@@ -786,7 +811,7 @@ impl Inner {
                         exitcode,
                     };
                     if j.fail(chunk, lost) {
-                        self.unregister(job);
+                        self.finished(job, &*j);
                     }
                 }
             }
@@ -863,6 +888,7 @@ impl Inner {
         }
         for j in jobs {
             j.abort(Error::Terminated);
+            j.publish();
         }
         for mut c in children {
             let _ = c.join_timeout(Duration::from_secs(5));
@@ -871,6 +897,9 @@ impl Inner {
     }
 
     fn join(&self) -> Result<(), Error> {
+        if on_pool_thread(self.id()) {
+            return Err(Error::InCallback);
+        }
         {
             let mut t = lock(&self.table);
             match t.state {
@@ -1143,7 +1172,10 @@ impl<'p> Tasks<'p> {
         C::Out: Send,
     {
         let inner = &self.pool.inner;
-        let outcome = Outcome::<Out>::new();
+        if wait && on_pool_thread(inner.id()) {
+            return Err(Error::InCallback);
+        }
+        let outcome = Outcome::<Out>::new(inner.id());
         let len = items.len();
         if len == 0 {
             inner.check_open()?;
@@ -1183,7 +1215,7 @@ impl<'p> Tasks<'p> {
         }));
         if let Err(p) = fed {
             job.abort(serialize_panicked(&*p));
-            inner.unregister(id);
+            inner.finished(id, &*job);
             resume_unwind(p);
         }
         Ok(AsyncResult::new(outcome))
@@ -1709,6 +1741,9 @@ impl<R: Message + Send + 'static> IMap<'_, R> {
             }
             if self.finished {
                 return None;
+            }
+            if on_pool_thread(self.inner.id()) {
+                return Some(Err(Error::InCallback));
             }
             self.top_up();
             if self.in_flight == 0 {

@@ -129,3 +129,62 @@ fn a_panicking_serialize_leaks_no_job() {
         }
     });
 }
+
+/// Callbacks run without holding the result's lock, and a call that would wait for the
+/// pool from a callback (on the pool's own thread) is an error, not a deadlock (issue 20 F3).
+#[test]
+fn callbacks_do_not_block_others_and_cannot_deadlock_the_pool() {
+    use std::sync::mpsc;
+    use std::sync::Arc;
+    watchdog(90, || {
+        for m in METHODS {
+            let p = Arc::new(pool(m, 2));
+            // Another thread's ready/successful/get_timeout while a callback runs.
+            let (started_tx, started_rx) = mpsc::channel();
+            let (release_tx, release_rx) = mpsc::channel::<()>();
+            let r = p.apply_async(nap_ms, 50).unwrap().on_success(move |_| {
+                started_tx.send(()).unwrap();
+                let _ = release_rx.recv_timeout(Duration::from_secs(30));
+            });
+            started_rx.recv().unwrap();
+            assert!(
+                !r.ready(),
+                "ready only after the callbacks ran, as in Python"
+            );
+            assert!(matches!(r.successful(), Err(Error::NotReady)));
+            assert!(matches!(
+                r.get_timeout(Duration::from_millis(1)),
+                Err(Error::Timeout)
+            ));
+            release_tx.send(()).unwrap();
+            assert_eq!(r.get().unwrap(), 50);
+
+            // Blocking calls from a callback on the supervisor thread.
+            let (tx, rx) = mpsc::channel();
+            let p2 = p.clone();
+            let r = p.apply_async(nap_ms, 50).unwrap().on_success(move |_| {
+                let other = p2.apply_async(square, 5).unwrap();
+                let outcomes = (
+                    p2.map(square, [1, 2]).err(),
+                    p2.apply(square, 3).err(),
+                    p2.imap(square, [4]).unwrap().next().and_then(|r| r.err()),
+                    other.get().err(),
+                );
+                p2.close();
+                tx.send((outcomes, p2.join().err(), other)).unwrap();
+            });
+            let ((map, apply, imap, get), join, other) =
+                rx.recv_timeout(Duration::from_secs(30)).unwrap();
+            for e in [map, apply, imap, get, join] {
+                assert!(matches!(e, Some(Error::InCallback)), "{e:?}");
+            }
+            assert_eq!(r.get().unwrap(), 50);
+            assert_eq!(
+                other.get().unwrap(),
+                25,
+                "work submitted by a callback runs"
+            );
+            p.join().unwrap();
+        }
+    });
+}
