@@ -42,8 +42,10 @@ pub enum Error {
         /// Its exit code, if it exited.
         exitcode: Option<i32>,
     },
-    /// The result was not ready within the timeout (Python's `multiprocessing.TimeoutError`).
-    #[error("timed out waiting for the result")]
+    /// A timed wait ran out (Python's `multiprocessing.TimeoutError`): the result was not
+    /// ready (`get_timeout`, `next_timeout`), or the work and the workers were not done
+    /// ([`Pool::join_timeout`](crate::Pool::join_timeout)). Nothing is lost: wait again.
+    #[error("timed out waiting for the pool")]
     Timeout,
     /// `successful()` was asked before the result was ready (Python's `ValueError`).
     #[error("the result is not ready yet")]

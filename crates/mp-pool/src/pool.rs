@@ -145,6 +145,8 @@ struct Workers {
     list: Vec<WorkerEntry>,
     replace: bool,
     started: u64,
+    /// Stop messages `join` put so far.
+    stops: usize,
 }
 
 struct InitCfg {
@@ -335,6 +337,7 @@ impl PoolBuilder {
                 list: Vec::new(),
                 replace: true,
                 started: 0,
+                stops: 0,
             }),
             cfg,
             feeder: Mutex::new(Some(tx)),
@@ -492,8 +495,10 @@ impl Inner {
 
     /// Puts a task, waiting for room, until the pool is terminated or broken (then the error
     /// is the pool's): `attempt` puts with the timeout it is given and says whether it did.
+    /// With a `deadline`, [`Error::Timeout`] once it passed.
     fn put_waiting(
         &self,
+        deadline: Option<Instant>,
         mut attempt: impl FnMut(Duration) -> Result<bool, Error>,
     ) -> Result<(), Error> {
         // First without waiting (no clock read: with chunksize 1 this runs once per item);
@@ -507,15 +512,29 @@ impl Inner {
                 self.task_bell.ring();
                 return Ok(());
             }
-            timeout = PUT_SLICE;
+            timeout = match deadline {
+                None => PUT_SLICE,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(Error::Timeout);
+                    }
+                    left.min(PUT_SLICE)
+                }
+            };
         }
     }
 
-    /// Puts the next chunk of `chunks`, waiting for room, until the pool is halted. On
-    /// an error the chunk is dropped from `chunks` (the caller fails it).
-    fn put_next_blocking(&self, chunks: &mut (dyn ChunkSource + '_)) -> Result<(), Error> {
-        let r = self.put_waiting(|t| chunks.put_next(&self.tasks, t));
-        if r.is_err() {
+    /// Puts the next chunk of `chunks`, waiting for room, until the pool is halted or
+    /// `deadline` passed. On an error the chunk is dropped from `chunks` (the caller fails
+    /// it), except on [`Error::Timeout`]: then it is still the next one.
+    fn put_next_blocking(
+        &self,
+        chunks: &mut (dyn ChunkSource + '_),
+        deadline: Option<Instant>,
+    ) -> Result<(), Error> {
+        let r = self.put_waiting(deadline, |t| chunks.put_next(&self.tasks, t));
+        if matches!(r, Err(ref e) if !matches!(e, Error::Timeout)) {
             chunks.skip();
         }
         r
@@ -537,7 +556,7 @@ impl Inner {
             }
             n = n.wrapping_add(1);
             if wait {
-                if let Err(e) = self.put_next_blocking(&mut *chunks) {
+                if let Err(e) = self.put_next_blocking(&mut *chunks, None) {
                     return fail(c, e);
                 }
                 continue;
@@ -590,7 +609,7 @@ impl Inner {
                     if job.is_done() {
                         break;
                     }
-                    if let Err(e) = self.put_next_blocking(&mut *chunks) {
+                    if let Err(e) = self.put_next_blocking(&mut *chunks, None) {
                         if job.fail(c, e) {
                             self.finished(id, &*job);
                         }
@@ -896,7 +915,9 @@ impl Inner {
         self.stop_threads();
     }
 
-    fn join(&self) -> Result<(), Error> {
+    /// Python's `join`, with an optional deadline ([`Error::Timeout`] when it passes; what
+    /// was done so far is kept, and a later call goes on from there).
+    fn join(&self, deadline: Option<Instant>) -> Result<(), Error> {
         if on_pool_thread(self.id()) {
             return Err(Error::InCallback);
         }
@@ -912,7 +933,17 @@ impl Inner {
                 State::Closed | State::Broken => {}
             }
             while !t.jobs.is_empty() && matches!(t.state, State::Closed | State::Broken) {
-                t = self.idle.wait(t).unwrap_or_else(|p| p.into_inner());
+                t = match deadline {
+                    None => self.idle.wait(t).unwrap_or_else(|p| p.into_inner()),
+                    Some(d) => {
+                        let left = d.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            return Err(Error::Timeout);
+                        }
+                        let waited = self.idle.wait_timeout(t, left);
+                        waited.unwrap_or_else(|p| p.into_inner()).0
+                    }
+                };
             }
             if matches!(t.state, State::Terminated | State::Joined) {
                 drop(t);
@@ -921,10 +952,11 @@ impl Inner {
             }
         }
         let broken = lock(&self.table).state == State::Broken;
-        let live = {
+        let (live, stops) = {
             let mut w = lock(&self.workers);
             w.replace = false;
-            w.list.iter().filter(|e| e.child.is_some()).count()
+            let live = w.list.iter().filter(|e| e.child.is_some()).count();
+            (live, w.stops)
         };
         if broken {
             // Every job was failed and no task will be taken from a full queue: a stop
@@ -934,21 +966,49 @@ impl Inner {
                     let _ = c.kill();
                 }
             }
-        }
-        for _ in 0..if broken { 0 } else { live } {
-            let stop = TaskMsg::stop();
-            let put = self.put_waiting(|t| put_outcome(self.tasks.put_as(&stop, Some(t))));
-            if put.is_err() {
-                break;
+        } else {
+            // One stop message per live worker, counted so that a join that timed out does
+            // not send them again.
+            for _ in stops..live {
+                let stop = TaskMsg::stop();
+                let put =
+                    self.put_waiting(deadline, |t| put_outcome(self.tasks.put_as(&stop, Some(t))));
+                match put {
+                    Ok(()) => lock(&self.workers).stops += 1,
+                    Err(Error::Timeout) => return Err(Error::Timeout),
+                    Err(_) => break,
+                }
             }
         }
-        let children: Vec<Child<()>> = lock(&self.workers)
+        let children: Vec<(usize, Child<()>)> = lock(&self.workers)
             .list
             .iter_mut()
-            .filter_map(|e| e.child.take())
+            .enumerate()
+            .filter_map(|(i, e)| e.child.take().map(|c| (i, c)))
             .collect();
-        for mut c in children {
-            let _ = c.join();
+        let mut left = Vec::new();
+        for (i, mut c) in children {
+            let done = match deadline {
+                None => {
+                    let _ = c.join();
+                    true
+                }
+                Some(d) => {
+                    let wait = d.saturating_duration_since(Instant::now());
+                    !matches!(c.join_timeout(wait), Ok(None))
+                }
+            };
+            if !done {
+                left.push((i, c));
+            }
+        }
+        if !left.is_empty() {
+            // Timed out: the workers still running go back on the books.
+            let mut w = lock(&self.workers);
+            for (i, c) in left {
+                w.list[i].child = Some(c);
+            }
+            return Err(Error::Timeout);
         }
         lock(&self.table).state = State::Joined;
         self.stop_threads();
@@ -1657,11 +1717,35 @@ impl Pool {
     }
 
     /// Python's `join`: after [`close`](Self::close), waits for the submitted work to finish
-    /// and the workers to exit; after [`terminate`](Self::terminate), returns at once.
-    /// [`Error::StillRunning`] before either. An `imap` iterator that is still alive counts
-    /// as unfinished work.
+    /// (running tasks included: as in Python, a task that never ends makes `join` wait
+    /// forever; see [`join_timeout`](Self::join_timeout)) and the workers to exit; after
+    /// [`terminate`](Self::terminate), returns at once; on a pool broken by its initializer,
+    /// kills the workers left and returns. [`Error::StillRunning`] before `close` or
+    /// `terminate`. An `imap` iterator that is still alive counts as unfinished work.
     pub fn join(&self) -> Result<(), Error> {
-        self.inner.join()
+        self.inner.join(None)
+    }
+
+    /// [`join`](Self::join), waiting at most `timeout`: [`Error::Timeout`] when the work or
+    /// the workers are not done by then. Nothing is lost: the work goes on, and a later
+    /// `join`, `join_timeout` or [`terminate`](Self::terminate) takes over from there.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    ///
+    /// let pool = mp_pool::Pool::new(1)?;
+    /// let r = pool.apply_async(nap, 60_000)?;
+    /// pool.close();
+    /// assert!(matches!(pool.join_timeout(Duration::from_millis(10)), Err(mp_pool::Error::Timeout)));
+    /// pool.terminate(); // the task is stuck: give up on it
+    /// pool.join()?;
+    /// assert!(matches!(r.get(), Err(mp_pool::Error::Terminated)));
+    /// # Ok::<(), mp_pool::Error>(())
+    /// ```
+    pub fn join_timeout(&self, timeout: Duration) -> Result<(), Error> {
+        // A timeout too large for the clock waits without a deadline.
+        self.inner.join(Instant::now().checked_add(timeout))
     }
 }
 
@@ -1716,7 +1800,7 @@ impl<R: Message + Send + 'static> IMap<'_, R> {
                     }
                     self.in_flight += 1;
                     let put = catch_unwind(AssertUnwindSafe(|| {
-                        self.inner.put_next_blocking(&mut *self.source)
+                        self.inner.put_next_blocking(&mut *self.source, None)
                     }));
                     match put {
                         Ok(Ok(())) => {}

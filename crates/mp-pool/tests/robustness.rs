@@ -188,3 +188,47 @@ fn callbacks_do_not_block_others_and_cannot_deadlock_the_pool() {
         }
     });
 }
+
+/// `join` waits for running tasks, as in Python; `join_timeout` bounds the wait and can be
+/// called again (issue 20 F8).
+#[test]
+fn join_timeout_bounds_the_wait_for_running_tasks() {
+    watchdog(90, || {
+        for m in METHODS {
+            let p = pool(m, 2);
+            let r = p.apply_async(nap_ms, 1_500).unwrap();
+            let stuck = p.apply_async(nap_ms, 1_500).unwrap();
+            p.close();
+            assert!(matches!(
+                p.join_timeout(Duration::from_millis(50)),
+                Err(Error::Timeout)
+            ));
+            // Again, at once (the tasks still run), then long enough.
+            assert!(matches!(
+                p.join_timeout(Duration::ZERO),
+                Err(Error::Timeout)
+            ));
+            p.join_timeout(Duration::from_secs(30)).unwrap();
+            assert_eq!(r.get().unwrap(), 1_500);
+            assert_eq!(stuck.get().unwrap(), 1_500);
+            assert!(p.worker_pids().is_empty());
+            p.join().unwrap();
+
+            // A task that never ends: time out, then terminate.
+            let p = pool(m, 1);
+            let never = p.apply_async(nap_ms, 600_000).unwrap();
+            p.close();
+            assert!(matches!(
+                p.join_timeout(Duration::from_millis(100)),
+                Err(Error::Timeout)
+            ));
+            assert!(matches!(
+                p.join_timeout(Duration::ZERO),
+                Err(Error::Timeout)
+            ));
+            p.terminate();
+            p.join_timeout(Duration::from_secs(10)).unwrap();
+            assert!(matches!(never.get(), Err(Error::Terminated)));
+        }
+    });
+}
