@@ -263,15 +263,17 @@ struct Window {
 
 impl Window {
     fn insert(&mut self, c: u64) {
-        let Some(i) = c.checked_sub(self.base) else {
-            return;
-        };
-        let i = i as usize;
+        // Empty: the window starts at `c` (also when `c` is below the old base: a chunk
+        // removed by `unsubmitted` and submitted again).
         if self.flags.is_empty() {
             self.base = c;
             self.flags.push_back(true);
             return;
         }
+        let Some(i) = c.checked_sub(self.base) else {
+            return;
+        };
+        let i = i as usize;
         while self.flags.len() <= i {
             self.flags.push_back(false);
         }
@@ -360,6 +362,12 @@ impl<R: Message + Send> IMapJob<R> {
         }
         st.outstanding.insert(c);
         true
+    }
+
+    /// Forgets chunk `c`, recorded by [`submitted`](Self::submitted) but not put after all
+    /// (the deadline passed first): it will be submitted again.
+    pub(crate) fn unsubmitted(&self, c: u64) {
+        lock(&self.st).outstanding.remove(c);
     }
 
     /// Records an answer produced in the parent (a chunk whose items could not be encoded).
@@ -554,5 +562,10 @@ mod tests {
         assert!(!w.remove(6));
         w.insert(7);
         assert!(w.remove(7));
+        // A chunk taken back (not submitted after all) and submitted again.
+        w.insert(8);
+        assert!(w.remove(8));
+        w.insert(8);
+        assert!(w.remove(8));
     }
 }

@@ -1788,7 +1788,9 @@ impl<R> std::fmt::Debug for IMap<'_, R> {
 }
 
 impl<R: Message + Send + 'static> IMap<'_, R> {
-    fn top_up(&mut self) {
+    /// Submits chunks up to the limit, waiting for room in the task queue until `deadline`:
+    /// `Err(Timeout)` when it passed first (the chunk that did not fit is still the next).
+    fn top_up(&mut self, deadline: Option<Instant>) -> Result<(), Error> {
         while !self.exhausted && self.in_flight < self.limit {
             match self.source.peek() {
                 None => self.exhausted = true,
@@ -1796,14 +1798,20 @@ impl<R: Message + Send + 'static> IMap<'_, R> {
                     if !self.job.submitted(c) {
                         // Aborted (terminate, a broken pool): submit nothing more.
                         self.exhausted = true;
-                        return;
+                        return Ok(());
                     }
                     self.in_flight += 1;
                     let put = catch_unwind(AssertUnwindSafe(|| {
-                        self.inner.put_next_blocking(&mut *self.source, None)
+                        self.inner.put_next_blocking(&mut *self.source, deadline)
                     }));
                     match put {
                         Ok(Ok(())) => {}
+                        Ok(Err(Error::Timeout)) => {
+                            // Not submitted: it goes again on the next call.
+                            self.job.unsubmitted(c);
+                            self.in_flight -= 1;
+                            return Err(Error::Timeout);
+                        }
                         Ok(Err(e)) => self.job.answer(c, Err(e)),
                         Err(p) => {
                             // The items' `Serialize` panicked: the panic reaches the caller,
@@ -1816,6 +1824,7 @@ impl<R: Message + Send + 'static> IMap<'_, R> {
                 }
             }
         }
+        Ok(())
     }
 
     fn next_until(&mut self, deadline: Option<Instant>) -> Option<Result<R, Error>> {
@@ -1829,7 +1838,9 @@ impl<R: Message + Send + 'static> IMap<'_, R> {
             if on_pool_thread(self.inner.id()) {
                 return Some(Err(Error::InCallback));
             }
-            self.top_up();
+            if let Err(e) = self.top_up(deadline) {
+                return Some(Err(e));
+            }
             if self.in_flight == 0 {
                 self.finished = true;
                 return None;
@@ -1843,7 +1854,9 @@ impl<R: Message + Send + 'static> IMap<'_, R> {
                 Next::Chunk(r) => {
                     self.in_flight -= 1;
                     self.next_out += 1;
-                    self.top_up();
+                    // A chunk came: it is returned now, and what did not fit by the deadline
+                    // is submitted on the next call.
+                    let _ = self.top_up(deadline);
                     match r {
                         Ok(v) => self.current = v.into_iter(),
                         Err(e) => return Some(Err(e)),

@@ -232,3 +232,68 @@ fn join_timeout_bounds_the_wait_for_running_tasks() {
         }
     });
 }
+
+fn index_of(v: Vec<u8>) -> u64 {
+    u64::from_le_bytes(v[..8].try_into().unwrap())
+}
+
+/// 1 KiB items that carry their index.
+fn kib_items(n: u64) -> impl Iterator<Item = Vec<u8>> + Send {
+    (0..n).map(|i| {
+        let mut v = vec![0u8; 1024];
+        v[..8].copy_from_slice(&i.to_le_bytes());
+        v
+    })
+}
+
+/// `next_timeout` returns within its timeout even when submitting the next chunks has to
+/// wait for room in the task queue, and the chunk it could not submit is not lost
+/// (issue 20 F9).
+#[test]
+fn next_timeout_covers_a_full_task_queue() {
+    watchdog(120, || {
+        for m in METHODS {
+            // The one worker is busy for a while: the task queue (4 MiB) fills up.
+            let p = pool(m, 1);
+            let busy = p.apply_async(nap_ms, 1_500).unwrap();
+            let n = 8_000u64;
+            let mut it = p
+                .chunksize(1)
+                .in_flight(100_000)
+                .imap(index_of, kib_items(n))
+                .unwrap();
+            assert!(matches!(
+                it.next_timeout(Duration::from_millis(100)),
+                Some(Err(Error::Timeout))
+            ));
+            assert_eq!(busy.get().unwrap(), 1_500);
+            for i in 0..n {
+                match it.next_timeout(Duration::from_secs(30)) {
+                    Some(Ok(x)) => assert_eq!(x, i),
+                    Some(Err(Error::Timeout)) => continue,
+                    other => panic!("item {i}: {other:?}"),
+                }
+            }
+            assert!(it.next().is_none());
+            drop(it);
+
+            // A worker that never frees the queue: time out, then terminate.
+            let p = pool(m, 1);
+            let _stuck = p.apply_async(nap_ms, 600_000).unwrap();
+            let mut it = p
+                .chunksize(1)
+                .in_flight(100_000)
+                .imap(index_of, kib_items(n))
+                .unwrap();
+            for _ in 0..3 {
+                assert!(matches!(
+                    it.next_timeout(Duration::from_millis(50)),
+                    Some(Err(Error::Timeout))
+                ));
+            }
+            p.terminate();
+            assert!(matches!(it.next(), Some(Err(Error::Terminated))));
+            assert!(it.next().is_none());
+        }
+    });
+}
