@@ -49,8 +49,9 @@ use crate::worker::{
 
 /// How long the supervisor sleeps on an empty result queue before it looks at the workers.
 const NAP: Duration = Duration::from_millis(20);
-/// Workers dying in their initializer, in a row, that break the pool.
-const INIT_DEATHS: u32 = 3;
+/// Initializer failures in a row (panics and crashes alike, with no initializer completing
+/// in between) that break the pool.
+const INIT_FAILURES: u32 = 3;
 /// How often a busy supervisor looks at the workers.
 const CHECK_EVERY: Duration = Duration::from_millis(20);
 /// How long a blocking put waits before it checks whether the pool was terminated or broken.
@@ -194,8 +195,12 @@ pub(crate) struct Inner {
     /// Set by `terminate` and `break_pool`: a put waiting for room gives up (nobody may ever
     /// take a task again).
     halted: AtomicBool,
-    /// Workers that died in their initializer, in a row.
-    init_deaths: AtomicU32,
+    /// Workers whose initializer failed (panicked, or the worker died in it) since the last
+    /// one that completed.
+    init_failures: AtomicU32,
+    /// Initializer failures the workers reported themselves (pid and message), until each
+    /// worker is seen dead: for the error that breaks the pool.
+    init_failed: Mutex<Vec<(u32, String)>>,
 }
 
 /// Python's `multiprocessing.Pool`: worker processes that run tasks, with results in order
@@ -261,8 +266,11 @@ impl PoolBuilder {
     }
 
     /// A function every worker runs once, with its own copy of `args`, before its first
-    /// task (Python's `initializer` and `initargs`). If it panics the pool is broken: pending
-    /// and new work fail with [`Error::Initializer`] (Python restarts workers forever).
+    /// task (Python's `initializer` and `initargs`). A worker whose initializer fails (it
+    /// panics, or the worker dies in it) is replaced; when it fails in 3 workers in a row,
+    /// with no initializer completing in between, the pool is broken: pending and new work
+    /// fail with [`Error::Initializer`], naming the last failure (Python restarts such
+    /// workers forever).
     pub fn initializer<I: Message + Send + Sync + 'static>(mut self, f: fn(I), args: I) -> Self {
         let cfg = (|| {
             let args: EncodeInit = Arc::new(move || encode(&args));
@@ -345,7 +353,8 @@ impl PoolBuilder {
             supervisor: OnceLock::new(),
             stopping: AtomicBool::new(false),
             halted: AtomicBool::new(false),
-            init_deaths: AtomicU32::new(0),
+            init_failures: AtomicU32::new(0),
+            init_failed: Mutex::new(Vec::new()),
         });
         let pool = Pool {
             inner: inner.clone(),
@@ -676,11 +685,13 @@ impl Inner {
         let pid = m.pid.to_native();
         match k {
             kind::WAKE => return,
+            kind::INIT_OK => {
+                self.init_failures.store(0, Ordering::Relaxed);
+                return;
+            }
             kind::INIT_FAILED => {
-                self.break_pool(Error::Initializer(format!(
-                    "worker pid {pid}: {}",
-                    m.message.as_str()
-                )));
+                // Counted when the worker is seen dead (it exits now), like a crash.
+                lock(&self.init_failed).push((pid, m.message.as_str().to_string()));
                 return;
             }
             _ => {}
@@ -806,21 +817,30 @@ impl Inner {
             // Read after the worker died (its pidfd became readable), which orders its
             // SeqCst store in `worker_main` before this load.
             if self.cfg.init.is_some() && slot.ready.load(Ordering::SeqCst) == 0 {
-                // Died in its initializer (a crash: a panic is reported as INIT_FAILED).
-                // Python restarts such workers forever; a few in a row break the pool.
-                let n = self.init_deaths.fetch_add(1, Ordering::Relaxed) + 1;
-                if n >= INIT_DEATHS {
-                    self.break_pool(Error::Initializer(format!(
-                        "{n} workers in a row died in the initializer (the last, pid {pid}, {})",
-                        match (signal, exitcode) {
+                // Its initializer failed: it panicked (reported as INIT_FAILED, handled
+                // above since the result queue was drained first) or the worker died in it.
+                // Python restarts such workers forever; INIT_FAILURES in a row, with no
+                // initializer completing in between (INIT_OK resets the count), break the
+                // pool.
+                let n = self.init_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                let reported = {
+                    let mut r = lock(&self.init_failed);
+                    let i = r.iter().position(|(p, _)| *p == pid);
+                    i.map(|i| r.swap_remove(i).1)
+                };
+                if n >= INIT_FAILURES {
+                    let how = match reported {
+                        Some(msg) => msg,
+                        None => match (signal, exitcode) {
                             (Some(s), _) => format!("killed by signal {s}"),
                             (None, Some(c)) => format!("exited with code {c}"),
                             _ => "ended".into(),
-                        }
+                        },
+                    };
+                    self.break_pool(Error::Initializer(format!(
+                        "{n} workers in a row failed in the initializer (the last, pid {pid}: {how})"
                     )));
                 }
-            } else {
-                self.init_deaths.store(0, Ordering::Relaxed);
             }
             if let Some(Claim { job, chunk }) = slot.running() {
                 if let Some(j) = self.job(job) {
@@ -1328,6 +1348,7 @@ impl<'p> Tasks<'p> {
                 buf: Vec::new(),
             }),
             exhausted: false,
+            cut: false,
             in_flight: 0,
             limit,
             next_out: 0,
@@ -1769,6 +1790,8 @@ pub struct IMap<'a, R> {
     id: u64,
     source: Chunks<'a>,
     exhausted: bool,
+    /// The input was cut short by the job's abort: the iteration ends with its error.
+    cut: bool,
     in_flight: usize,
     limit: usize,
     next_out: u64,
@@ -1796,8 +1819,10 @@ impl<R: Message + Send + 'static> IMap<'_, R> {
                 None => self.exhausted = true,
                 Some(c) => {
                     if !self.job.submitted(c) {
-                        // Aborted (terminate, a broken pool): submit nothing more.
+                        // Aborted (terminate, a broken pool): submit nothing more, and end
+                        // with the abort's error, not as if the input had ended.
                         self.exhausted = true;
+                        self.cut = true;
                         return Ok(());
                     }
                     self.in_flight += 1;
@@ -1841,7 +1866,7 @@ impl<R: Message + Send + 'static> IMap<'_, R> {
             if let Err(e) = self.top_up(deadline) {
                 return Some(Err(e));
             }
-            if self.in_flight == 0 {
+            if self.in_flight == 0 && !self.cut {
                 self.finished = true;
                 return None;
             }

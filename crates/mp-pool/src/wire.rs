@@ -141,6 +141,8 @@ pub(crate) mod kind {
     pub(crate) const INIT_FAILED: u32 = 5;
     /// Put by the parent itself to wake the supervisor.
     pub(crate) const WAKE: u32 = 6;
+    /// The worker's initializer completed (sent only when there is one).
+    pub(crate) const INIT_OK: u32 = 7;
 }
 
 /// A chunk's outcome, from a worker to the supervisor.

@@ -462,6 +462,22 @@ pub(crate) fn worker_main(args: WorkerArgs) {
     }
     // The parent reads it after this process died (ordered by the death itself).
     slot.ready.store(1, std::sync::atomic::Ordering::SeqCst);
+    if args.init.is_some() {
+        // Resets the parent's count of initializer failures in a row.
+        put_result(
+            &args.results,
+            &args.bell,
+            ResultMsg {
+                payload: Payload::default(),
+                job: 0,
+                chunk: 0,
+                kind: kind::INIT_OK,
+                pid,
+                message: String::new(),
+                location: String::new(),
+            },
+        );
+    }
     set_claim_slot(slot);
     let mut done = 0u64;
     let mut spin = Spin::new();

@@ -430,3 +430,85 @@ fn broken_pool_does_not_hang_a_big_map_the_feeder_or_join() {
         }
     });
 }
+
+/// The start number of this worker's initializer (see `flaky_init`).
+static INIT_N: AtomicU64 = AtomicU64::new(u64::MAX);
+/// `flaky_init`'s `go` flag, kept by the worker for `signal_go`.
+static GO: std::sync::OnceLock<Shared<AtomicU64>> = std::sync::OnceLock::new();
+
+/// Panics in the first worker only.
+fn panics_first(counter: Shared<AtomicU64>) {
+    if counter.fetch_add(1, Ordering::SeqCst) == 0 {
+        panic!("the first worker's initializer panics");
+    }
+}
+
+/// Starts number 1 and 2 crash; start 3 succeeds; start 4 waits for `go` (set by a task of
+/// start 3, after it completed its initializer), then crashes; the others succeed.
+fn flaky_init(st: (Shared<AtomicU64>, Shared<AtomicU64>)) {
+    let (counter, go) = st;
+    let n = counter.fetch_add(1, Ordering::SeqCst);
+    INIT_N.store(n, Ordering::SeqCst);
+    let go = GO.get_or_init(|| go);
+    if n == 4 {
+        let t0 = Instant::now();
+        while go.load(Ordering::SeqCst) == 0 && t0.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    if matches!(n, 1 | 2 | 4) {
+        // SAFETY: kill(2) on ourselves; no memory is involved.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+}
+
+fn signal_go(_: u64) -> u64 {
+    let n = INIT_N.load(Ordering::SeqCst);
+    if let (3, Some(go)) = (n, GO.get()) {
+        go.store(1, Ordering::SeqCst);
+    }
+    n
+}
+
+/// One rule for initializer failures, panics and crashes alike: the pool breaks after
+/// three in a row, and an initializer that completes resets the count (issue 20 F10).
+#[test]
+fn initializer_failures_follow_one_rule() {
+    watchdog(90, || {
+        for m in METHODS {
+            // One panic among successes does not break the pool (a crash did not either).
+            let counter = Shared::new(AtomicU64::new(0)).unwrap();
+            let pool = Pool::builder()
+                .processes(2)
+                .start_method(m)
+                .initializer(panics_first, counter.clone())
+                .build()
+                .unwrap();
+            assert_eq!(pool.chunksize(1).map(square, 0..20).unwrap().len(), 20);
+            pool.close();
+            pool.join().unwrap();
+
+            // Crashes 1, 2 and 4 are not three in a row: start 3 succeeded in between.
+            let counter = Shared::new(AtomicU64::new(0)).unwrap();
+            let go = Shared::new(AtomicU64::new(0)).unwrap();
+            let pool = Pool::builder()
+                .processes(3)
+                .start_method(m)
+                .initializer(flaky_init, (counter.clone(), go.clone()))
+                .build()
+                .unwrap();
+            let mut rounds = 0;
+            while counter.load(Ordering::SeqCst) < 6 {
+                rounds += 1;
+                assert!(rounds < 5_000, "start 5 never came");
+                if let Err(e) = pool.chunksize(1).map(signal_go, [0, 1, 2]) {
+                    panic!("round {rounds}: {e:?}");
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            assert_eq!(pool.map(square, [5]).unwrap(), [25]);
+            pool.close();
+            pool.join().unwrap();
+        }
+    });
+}
