@@ -187,7 +187,12 @@
 //! ```
 //!
 //! Workers are daemon processes: they die with the pool's process, even when it is
-//! SIGKILLed, and Ctrl-C (SIGINT to the process group) ends them with the program.
+//! SIGKILLed, and Ctrl-C (SIGINT to the process group) ends them with the program. The same
+//! under every start method: a worker starts with the default action for SIGINT, SIGTERM,
+//! SIGHUP and SIGQUIT and no signal blocked, as a re-executed process does, even when forked
+//! from a program that catches them. So in a program that catches SIGINT, Ctrl-C ends the
+//! workers and a running `map` fails at once with [`Error::WorkerLost`] (`signal: Some(2)`),
+//! an error the program can handle; the pool replaces the workers and stays usable.
 //!
 //! # Closing, terminating, dropping
 //!

@@ -409,8 +409,37 @@ fn put_only(results: &Queue<ResultMsg>, msg: ResultMsg) {
     }
 }
 
+/// Gives this worker the signal state a re-executed (spawn) worker has: the termination
+/// signals a parent program catches (SIGINT, SIGTERM, SIGHUP, SIGQUIT) back to their default
+/// action, and no signal blocked. A forked worker inherits the parent's handlers and mask;
+/// exec (`posix_spawn` with an empty mask) resets them. So Ctrl-C ends the workers under
+/// every start method, and the pool fails the tasks they ran with `WorkerLost` even when the
+/// program itself catches SIGINT. An ignored signal stays ignored, as across exec.
+fn reset_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+        let mut old = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
+        // SAFETY: sigaction with a null new action only reads the disposition into `old`,
+        // a zeroed `sigaction` it may overwrite.
+        let read = unsafe { libc::sigaction(sig, std::ptr::null(), old.as_mut_ptr()) };
+        // SAFETY: zero-initialized, then filled by the successful call above.
+        let handler = unsafe { old.assume_init() }.sa_sigaction;
+        if read == 0 && handler != libc::SIG_DFL && handler != libc::SIG_IGN {
+            // SAFETY: SIG_DFL is always a valid disposition; no handler of ours is involved.
+            unsafe { libc::signal(sig, libc::SIG_DFL) };
+        }
+    }
+    // SAFETY: an empty set, initialized by sigemptyset before use, installed as this (the
+    // only) thread's mask.
+    unsafe {
+        let mut none = std::mem::MaybeUninit::<libc::sigset_t>::zeroed();
+        libc::sigemptyset(none.as_mut_ptr());
+        libc::pthread_sigmask(libc::SIG_SETMASK, none.as_ptr(), std::ptr::null_mut());
+    }
+}
+
 /// The body of every worker process.
 pub(crate) fn worker_main(args: WorkerArgs) {
+    reset_signals();
     install_task_hook();
     // A worker allocates and frees a few buffers of a chunk's size per chunk. glibc serves
     // large ones with mmap and gives them back at once, so every chunk would fault its
