@@ -42,6 +42,20 @@ pub enum Error {
         /// Its exit code, if it exited.
         exitcode: Option<i32>,
     },
+    /// A task or a result could not be read from the pool's shared queues (a record that
+    /// cannot be mapped, e.g. an oversized message when the machine is out of memory, or a
+    /// damaged one). Which job it belonged to is unknown, so every job pending at that
+    /// moment fails with this error instead of waiting forever for it; the pool goes on.
+    #[error(
+        "a {what} could not be read from the pool's shared queue ({message}): the work \
+         pending then fails, as any of it may have owned it"
+    )]
+    QueueRead {
+        /// `"task"` (read by a worker) or `"result"` (read by the parent).
+        what: &'static str,
+        /// What the queue said.
+        message: String,
+    },
     /// A timed wait ran out (Python's `multiprocessing.TimeoutError`): the result was not
     /// ready (`get_timeout`, `next_timeout`), or the work and the workers were not done
     /// ([`Pool::join_timeout`](crate::Pool::join_timeout)). Nothing is lost: wait again.
@@ -131,6 +145,10 @@ impl Error {
                 pid: *pid,
                 signal: *signal,
                 exitcode: *exitcode,
+            },
+            Error::QueueRead { what, message } => Error::QueueRead {
+                what,
+                message: message.clone(),
             },
             Error::Timeout => Error::Timeout,
             Error::NotReady => Error::NotReady,

@@ -670,12 +670,22 @@ impl Inner {
 
     /// The next result if there is one now. The supervisor is the only reader of the result
     /// queue, so a queue that is not empty stays so until it reads: `get_ref` returns at once
-    /// (and, unlike a zero timeout, reads no clock).
+    /// (and, unlike a zero timeout, reads no clock). A record the queue cannot read (it
+    /// skips it) fails the pending work, and the next one is read.
     fn next_result(&self) -> Option<mp_queue::Received<'_, ResultMsg>> {
-        if self.results.empty() {
-            return None;
+        loop {
+            if self.results.empty() {
+                return None;
+            }
+            match self.results.get_ref() {
+                Ok(g) => return Some(g),
+                Err(mp_queue::Error::Empty | mp_queue::Error::Closed) => return None,
+                Err(e) => self.fail_pending(Error::QueueRead {
+                    what: "result",
+                    message: e.to_string(),
+                }),
+            }
         }
-        self.results.get_ref().ok()
     }
 
     /// Handles one result. `cache` keeps the last job looked up (results of one job come in
@@ -687,6 +697,13 @@ impl Inner {
             kind::WAKE => return,
             kind::INIT_OK => {
                 self.init_failures.store(0, Ordering::Relaxed);
+                return;
+            }
+            kind::TASK_UNREADABLE => {
+                self.fail_pending(Error::QueueRead {
+                    what: "task",
+                    message: format!("worker pid {pid}: {}", m.message.as_str()),
+                });
                 return;
             }
             kind::INIT_FAILED => {
@@ -738,6 +755,22 @@ impl Inner {
         if finished {
             *cache = None;
             self.finished(id, &*job);
+        }
+    }
+
+    /// A task or a result was lost in a queue, and whose it was is unknown: every job
+    /// pending now fails with `err` (rather than one of them waiting forever); the pool
+    /// goes on.
+    fn fail_pending(&self, err: Error) {
+        let jobs: Vec<Arc<dyn Job>> = {
+            let mut t = lock(&self.table);
+            let jobs = t.jobs.drain().map(|(_, j)| j).collect();
+            self.idle.notify_all();
+            jobs
+        };
+        for j in jobs {
+            j.abort(err.duplicate());
+            j.publish();
         }
     }
 

@@ -143,6 +143,9 @@ pub(crate) mod kind {
     pub(crate) const WAKE: u32 = 6;
     /// The worker's initializer completed (sent only when there is one).
     pub(crate) const INIT_OK: u32 = 7;
+    /// The worker could not read a task from the task queue (it was skipped); `message`
+    /// says why.
+    pub(crate) const TASK_UNREADABLE: u32 = 8;
 }
 
 /// A chunk's outcome, from a worker to the supervisor.

@@ -525,8 +525,25 @@ pub(crate) fn worker_main(args: WorkerArgs) {
                     .wait(|| args.tasks.empty(), &mut spin, IDLE_NAP);
                 continue;
             }
-            // A corrupted record was skipped by the queue; go on with the next one.
-            Err(mp_queue::Error::Corrupted(_)) | Err(mp_queue::Error::Core(_)) => continue,
+            // A record the queue could not read (damaged, or an oversized one that could
+            // not be mapped) was skipped: its task is lost, and whose it was is unknown.
+            // Tell the parent, which fails the pending work, and go on with the next one.
+            Err(e @ (mp_queue::Error::Corrupted(_) | mp_queue::Error::Core(_))) => {
+                put_result(
+                    &args.results,
+                    &args.bell,
+                    ResultMsg {
+                        payload: Payload::default(),
+                        job: 0,
+                        chunk: 0,
+                        kind: kind::TASK_UNREADABLE,
+                        pid,
+                        message: e.to_string(),
+                        location: String::new(),
+                    },
+                );
+                continue;
+            }
             Err(_) => return,
         };
         if task.claim.job == 0 {

@@ -297,3 +297,113 @@ fn next_timeout_covers_a_full_task_queue() {
         }
     });
 }
+
+/// This process's address-space size now.
+fn vm_size() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmSize:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+/// Limits this process's address space to what it uses now plus `headroom` bytes: a
+/// mapping larger than that fails (ENOMEM), as on a machine out of memory.
+fn limit_address_space(headroom: u64) -> libc::rlimit {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    let new = libc::rlimit {
+        rlim_cur: vm_size() + headroom,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the rlimit structs given, nothing else.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_AS, &mut old), 0);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_AS, &new), 0);
+    }
+    old
+}
+
+fn big_result(mib: u64) -> Vec<u8> {
+    vec![7u8; (mib << 20) as usize]
+}
+
+fn first_byte(v: Vec<u8>) -> u8 {
+    v[0]
+}
+
+fn tight_worker(headroom: u64) {
+    limit_address_space(headroom);
+}
+
+/// Run in its own process (its address space is limited, which no other test may share):
+/// a 16 MiB result that the parent cannot map. Writes the outcome to `path`.
+fn unreadable_result_program(args: (String, bool)) {
+    let (path, spawn_workers) = args;
+    let m = if spawn_workers {
+        StartMethod::Spawn
+    } else {
+        StartMethod::Fork
+    };
+    let p = pool(m, 1);
+    assert_eq!(p.apply(square, 2).unwrap(), 4);
+    let old = limit_address_space(8 << 20);
+    let r = p
+        .apply_async(big_result, 16)
+        .unwrap()
+        .get_timeout(Duration::from_secs(20));
+    // SAFETY: setrlimit reads the struct given.
+    unsafe { libc::setrlimit(libc::RLIMIT_AS, &old) };
+    let after = p.apply(square, 3);
+    std::fs::write(path, format!("{:?}\n{after:?}", r.map(|v| v.len()))).unwrap();
+}
+
+/// A record the pool cannot read from its queues (here: mapping an oversized message fails)
+/// fails the work pending then with `QueueRead`, instead of losing it silently and leaving
+/// its caller waiting forever; the pool goes on (issue 20 F5).
+#[test]
+fn a_queue_read_error_fails_the_work_instead_of_losing_it() {
+    watchdog(120, || {
+        for m in METHODS {
+            // The task side: the worker cannot map a 16 MiB argument.
+            let p = Pool::builder()
+                .processes(1)
+                .start_method(m)
+                .initializer(tight_worker, 8 << 20)
+                .build()
+                .unwrap();
+            let r = p
+                .apply_async(first_byte, vec![1u8; 16 << 20])
+                .unwrap()
+                .get_timeout(Duration::from_secs(20));
+            match r {
+                Err(Error::QueueRead { what: "task", .. }) => {}
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(p.apply(first_byte, vec![5u8; 1024]).unwrap(), 5);
+            p.close();
+            p.join().unwrap();
+
+            // The result side, in a program of its own.
+            let path = std::env::temp_dir()
+                .join(format!("mp-pool-unreadable-{}-{m:?}", std::process::id()));
+            let mut prog = mp_process::Process::new(
+                unreadable_result_program,
+                (path.to_string_lossy().into_owned(), m == StartMethod::Spawn),
+            )
+            .start_method(StartMethod::Spawn)
+            .start()
+            .unwrap();
+            let done = prog.join_timeout(Duration::from_secs(60));
+            let outcome = std::fs::read_to_string(&path).unwrap_or_default();
+            let _ = std::fs::remove_file(&path);
+            assert!(matches!(done, Ok(Some(()))), "{done:?}");
+            assert!(
+                outcome.starts_with("Err(QueueRead { what: \"result\"")
+                    && outcome.ends_with("Ok(9)"),
+                "{outcome}"
+            );
+        }
+    });
+}
