@@ -56,6 +56,20 @@ pub enum Error {
         /// What the queue said.
         message: String,
     },
+    /// The pool's shared memory could not take a task's arguments or result: growing or
+    /// mapping it failed (`/dev/shm` or the machine's memory is full, or a limit such as
+    /// `RLIMIT_FSIZE` or `RLIMIT_AS` was reached). Nothing hangs and no worker is lost; free
+    /// some memory or send smaller items.
+    #[error(
+        "the pool's shared memory could not take a task's {what} ({message}): /dev/shm or \
+         the memory is full, or a limit was reached"
+    )]
+    SharedMemory {
+        /// `"arguments"` or `"result"`.
+        what: &'static str,
+        /// What the system said.
+        message: String,
+    },
     /// A timed wait ran out (Python's `multiprocessing.TimeoutError`): the result was not
     /// ready (`get_timeout`, `next_timeout`), or the work and the workers were not done
     /// ([`Pool::join_timeout`](crate::Pool::join_timeout)). Nothing is lost: wait again.
@@ -147,6 +161,10 @@ impl Error {
                 exitcode: *exitcode,
             },
             Error::QueueRead { what, message } => Error::QueueRead {
+                what,
+                message: message.clone(),
+            },
+            Error::SharedMemory { what, message } => Error::SharedMemory {
                 what,
                 message: message.clone(),
             },

@@ -737,6 +737,13 @@ impl Inner {
                 },
             ),
             kind::FAILED => job.fail(chunk, Error::Failed { message: message() }),
+            kind::RESULT_NO_SPACE => job.fail(
+                chunk,
+                Error::SharedMemory {
+                    what: "result",
+                    message: message(),
+                },
+            ),
             kind::RESULT_UNSERIALIZABLE => job.fail(
                 chunk,
                 Error::Unserializable {
@@ -1075,6 +1082,11 @@ fn put_outcome<U>(put: Result<(), PutError<U>>) -> Result<bool, Error> {
         Ok(()) => Ok(true),
         Err(PutError::Full(_)) => Ok(false),
         Err(PutError::Closed(_)) => Err(Error::Terminated),
+        // A system call failed: the queue's shared memory could not grow or be mapped.
+        Err(PutError::Failed(_, e @ mp_core::Error::Io { .. })) => Err(Error::SharedMemory {
+            what: "arguments",
+            message: e.to_string(),
+        }),
         Err(PutError::Failed(_, e)) => Err(Error::Unserializable {
             what: "arguments",
             message: e.to_string(),

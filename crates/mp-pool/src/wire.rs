@@ -146,6 +146,8 @@ pub(crate) mod kind {
     /// The worker could not read a task from the task queue (it was skipped); `message`
     /// says why.
     pub(crate) const TASK_UNREADABLE: u32 = 8;
+    /// The result could not be stored: the result queue's shared memory could not grow.
+    pub(crate) const RESULT_NO_SPACE: u32 = 9;
 }
 
 /// A chunk's outcome, from a worker to the supervisor.

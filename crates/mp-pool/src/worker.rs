@@ -201,12 +201,21 @@ impl Sink<'_> {
             // The results could not be serialized, or the oversized-message area could not
             // grow: the chunk fails with that reason.
             Err(PutError::Failed(_, e)) => Err(TaskFail::new(
-                kind::RESULT_UNSERIALIZABLE,
+                failed_kind(&e),
                 format!("the result could not be sent: {e}"),
             )),
             // Nobody closes a worker's handle; should it happen, this is a lost worker.
             Err(_) => std::process::exit(3),
         }
+    }
+}
+
+/// The kind of a result that could not be put: a system call of the queue failed (its
+/// shared memory could not grow or be mapped), or the value could not be serialized.
+fn failed_kind(e: &mp_core::Error) -> u32 {
+    match e {
+        mp_core::Error::Io { .. } => kind::RESULT_NO_SPACE,
+        _ => kind::RESULT_UNSERIALIZABLE,
     }
 }
 
@@ -396,7 +405,7 @@ fn put_only(results: &Queue<ResultMsg>, msg: ResultMsg) {
                 payload: Payload::default(),
                 job: m.job,
                 chunk: m.chunk,
-                kind: kind::RESULT_UNSERIALIZABLE,
+                kind: failed_kind(&e),
                 pid: m.pid,
                 message: format!("the result could not be sent: {e}"),
                 location: String::new(),

@@ -407,3 +407,81 @@ fn a_queue_read_error_fails_the_work_instead_of_losing_it() {
         }
     });
 }
+
+/// Limits the size of files this process may grow (the queues' memfds included) to
+/// `bytes`, with SIGXFSZ ignored so that growing past it fails with EFBIG: the queue's
+/// oversized-message area cannot grow, as when /dev/shm or the memory is full.
+fn limit_file_size(bytes: u64) -> libc::rlimit {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    let new = libc::rlimit {
+        rlim_cur: bytes,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: signal(2) with SIG_IGN, getrlimit/setrlimit on the structs given.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        assert_eq!(libc::getrlimit(libc::RLIMIT_FSIZE, &mut old), 0);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &new), 0);
+    }
+    old
+}
+
+fn small_files_worker(bytes: u64) {
+    limit_file_size(bytes);
+}
+
+/// Run in its own process (its file size limit would hit other tests): 16 MiB arguments
+/// that the task queue cannot take. Writes the outcome to `path`.
+fn full_shared_memory_program(path: String) {
+    let p = pool(StartMethod::Fork, 1);
+    let old = limit_file_size(8 << 20);
+    let r = p.apply(first_byte, vec![1u8; 16 << 20]);
+    // SAFETY: setrlimit reads the struct given.
+    unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &old) };
+    let after = p.apply(square, 3);
+    std::fs::write(path, format!("{r:?}\n{after:?}")).unwrap();
+}
+
+/// When the shared memory cannot take a message (it cannot grow: /dev/shm or the memory is
+/// full, or a limit), the call fails with `SharedMemory`, not as if the value could not be
+/// serialized (issue 20 F6).
+#[test]
+fn full_shared_memory_is_reported_as_such() {
+    watchdog(120, || {
+        for m in METHODS {
+            let p = Pool::builder()
+                .processes(1)
+                .start_method(m)
+                .initializer(small_files_worker, 8 << 20)
+                .build()
+                .unwrap();
+            match p.apply(big_result, 16) {
+                Err(Error::SharedMemory { what: "result", .. }) => {}
+                other => panic!("{:?}", other.map(|v| v.len())),
+            }
+            assert_eq!(p.apply(square, 3).unwrap(), 9);
+            p.close();
+            p.join().unwrap();
+        }
+        let path = std::env::temp_dir().join(format!("mp-pool-full-shm-{}", std::process::id()));
+        let mut prog = mp_process::Process::new(
+            full_shared_memory_program,
+            path.to_string_lossy().into_owned(),
+        )
+        .start_method(StartMethod::Spawn)
+        .start()
+        .unwrap();
+        let done = prog.join_timeout(Duration::from_secs(60));
+        let outcome = std::fs::read_to_string(&path).unwrap_or_default();
+        let _ = std::fs::remove_file(&path);
+        assert!(matches!(done, Ok(Some(()))), "{done:?}");
+        assert!(
+            outcome.starts_with("Err(SharedMemory { what: \"arguments\"")
+                && outcome.ends_with("Ok(9)"),
+            "{outcome}"
+        );
+    });
+}
