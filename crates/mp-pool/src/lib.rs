@@ -256,5 +256,5 @@ mod worker;
 
 pub use closure::{FnPool, FnTasks};
 pub use error::Error;
-pub use pool::{default_chunksize, IMap, Pool, PoolBuilder, Tasks};
+pub use pool::{default_chunksize, IMap, Pool, PoolBuilder, Tasks, DEFAULT_MAX_BACKLOG};
 pub use result::AsyncResult;

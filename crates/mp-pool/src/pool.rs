@@ -11,7 +11,10 @@
 //!
 //! Callers put chunks on the task queue themselves (`put_nowait`) and ring the task
 //! doorbell; when the queue is full, an `_async` call hands the rest to the feeder thread so
-//! that it returns at once, and a blocking call keeps putting. Workers ring the result
+//! that it returns at once, and a blocking call keeps putting. While the feeder holds chunks
+//! (the backlog), every new call goes behind them through the feeder, so that work is taken
+//! in submission order; the backlog is bounded (`max_backlog`): past it, a call waits for
+//! room. Workers ring the result
 //! doorbell after each result; both doorbells are futex words in shared memory (see
 //! `wire::Doorbell`), waited on after an adaptive spin. The supervisor thread is the only reader of the result
 //! queue: it decodes each chunk's results into its job, runs callbacks, and every few
@@ -23,10 +26,12 @@
 use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
@@ -162,6 +167,7 @@ struct Config {
     init: Option<InitCfg>,
     max_tasks: u64,
     image_id: Vec<u8>,
+    max_backlog: usize,
 }
 
 /// The supervisor's last looked-up job.
@@ -169,11 +175,23 @@ type JobCache = Option<(u64, Arc<dyn Job>)>;
 
 type Chunks<'a> = Box<dyn ChunkSource + 'a>;
 
+/// The default of [`PoolBuilder::max_backlog`].
+pub const DEFAULT_MAX_BACKLOG: usize = 65_536;
+
+/// The work waiting for the feeder thread, in submission order.
+struct Feeds {
+    queue: VecDeque<Feed>,
+    /// Set by `stop_threads`: the feeder ends once the queue is empty.
+    closed: bool,
+}
+
 /// A job's chunks that did not fit in the task queue, for the feeder thread.
 struct Feed {
     id: u64,
     job: Arc<dyn Job>,
     chunks: Chunks<'static>,
+    /// The chunks it added to the backlog.
+    count: usize,
 }
 
 /// The state shared by the pool handle, its threads and its iterators.
@@ -188,7 +206,14 @@ pub(crate) struct Inner {
     idle: Condvar,
     workers: Mutex<Workers>,
     cfg: Config,
-    feeder: Mutex<Option<mpsc::Sender<Feed>>>,
+    /// Work for the feeder thread; the feeder sleeps on `feeds_cv`.
+    feeds: Mutex<Feeds>,
+    feeds_cv: Condvar,
+    /// Callers waiting for room in the backlog sleep on it (with `feeds`).
+    room_cv: Condvar,
+    /// Chunks handed to the feeder and not put (nor dropped) yet. While it is not zero, new
+    /// work goes behind them (FIFO); it is kept under `cfg.max_backlog`.
+    backlog: AtomicUsize,
     threads: Mutex<Vec<JoinHandle<()>>>,
     supervisor: OnceLock<ThreadId>,
     stopping: AtomicBool,
@@ -245,6 +270,7 @@ pub struct PoolBuilder {
     init: Option<Result<InitCfg, Error>>,
     max_tasks: Option<usize>,
     method: Option<StartMethod>,
+    max_backlog: Option<usize>,
 }
 
 impl std::fmt::Debug for PoolBuilder {
@@ -254,11 +280,24 @@ impl std::fmt::Debug for PoolBuilder {
             .field("initializer", &self.init.is_some())
             .field("max_tasks_per_child", &self.max_tasks)
             .field("start_method", &self.method)
+            .field("max_backlog", &self.max_backlog)
             .finish()
     }
 }
 
 impl PoolBuilder {
+    /// How many chunks may wait in this process for room in the task queue (default
+    /// [`DEFAULT_MAX_BACKLOG`]; 0 is an error). When the task queue is full, an `_async`
+    /// call leaves its chunks to the pool's feeder thread and returns; once that backlog
+    /// holds this many chunks, the next `_async` call waits for room first, as a blocking
+    /// call does (backpressure: `apply_async` in a loop cannot queue without limit; Python's
+    /// queues without limit). A call whose chunks alone pass the bound waits until the
+    /// backlog is empty. [`Pool::terminate`] ends the wait ([`Error::Terminated`]).
+    pub fn max_backlog(mut self, chunks: usize) -> Self {
+        self.max_backlog = Some(chunks);
+        self
+    }
+
     /// The number of worker processes (default: [`mp_process::cpu_count`]). 0 is an error.
     pub fn processes(mut self, n: usize) -> Self {
         self.processes = Some(n);
@@ -319,6 +358,9 @@ impl PoolBuilder {
                 "max_tasks_per_child must be at least 1 (leave it unset for no limit)".into(),
             ));
         }
+        if self.max_backlog == Some(0) {
+            return Err(Error::Config("max_backlog must be at least 1 chunk".into()));
+        }
         let init = self.init.transpose()?;
         worker::install_task_hook();
         let cfg = Config {
@@ -327,8 +369,8 @@ impl PoolBuilder {
             init,
             max_tasks: self.max_tasks.unwrap_or(0) as u64,
             image_id: mp_process::symbol::image_id().to_vec(),
+            max_backlog: self.max_backlog.unwrap_or(DEFAULT_MAX_BACKLOG),
         };
-        let (tx, rx) = mpsc::channel::<Feed>();
         let inner = Arc::new(Inner {
             tasks: Queue::new()?,
             results: Queue::new()?,
@@ -348,7 +390,13 @@ impl PoolBuilder {
                 stops: 0,
             }),
             cfg,
-            feeder: Mutex::new(Some(tx)),
+            feeds: Mutex::new(Feeds {
+                queue: VecDeque::new(),
+                closed: false,
+            }),
+            feeds_cv: Condvar::new(),
+            room_cv: Condvar::new(),
+            backlog: AtomicUsize::new(0),
             threads: Mutex::new(Vec::new()),
             supervisor: OnceLock::new(),
             stopping: AtomicBool::new(false),
@@ -381,7 +429,7 @@ impl PoolBuilder {
         let feed = inner.clone();
         let f = std::thread::Builder::new()
             .name("mp-pool-feeder".into())
-            .spawn(move || feed.guarded("feeder", move |i| i.run_feeder(rx)))
+            .spawn(move || feed.guarded("feeder", Inner::run_feeder))
             .map_err(|e| Error::Start(format!("the feeder thread: {e}")))?;
         lock(&inner.threads).extend([s, f]);
         Ok(pool)
@@ -550,13 +598,19 @@ impl Inner {
     }
 
     /// Puts a job's chunks: all of them when `wait`; otherwise as many as fit now, the rest
-    /// through the feeder thread.
+    /// through the feeder thread. Behind a backlog (chunks of earlier calls still waiting
+    /// for room), everything goes through the feeder, after them.
     fn feed(&self, id: u64, job: &Arc<dyn Job>, mut chunks: Chunks<'static>, wait: bool) {
         let fail = |c: u64, e: Error| {
             if job.fail(c, e) {
                 self.finished(id, &**job);
             }
         };
+        // Acquire pairs with the Release increment in `enqueue`: a call that follows one that
+        // left a backlog sees it.
+        if self.backlog.load(Ordering::Acquire) != 0 {
+            return self.enqueue(id, job, chunks);
+        }
         let mut n = 0u32;
         while let Some(c) = chunks.peek() {
             // A failed job needs no more chunks (checked now and then: it takes a lock).
@@ -572,21 +626,7 @@ impl Inner {
             }
             match chunks.put_next(&self.tasks, Duration::ZERO) {
                 Ok(true) => self.task_bell.ring(),
-                Ok(false) => {
-                    let feed = Feed {
-                        id,
-                        job: job.clone(),
-                        chunks,
-                    };
-                    let sent = lock(&self.feeder)
-                        .as_ref()
-                        .map(|tx| tx.send(feed).is_ok())
-                        .unwrap_or(false);
-                    if !sent {
-                        fail(c, Error::Terminated);
-                    }
-                    return;
-                }
+                Ok(false) => return self.enqueue(id, job, chunks),
                 Err(e) => return fail(c, e),
             }
         }
@@ -605,13 +645,69 @@ impl Inner {
         }
     }
 
-    fn run_feeder(self: Arc<Self>, rx: mpsc::Receiver<Feed>) {
-        for feed in rx {
+    /// Hands a job's remaining chunks to the feeder, behind the work already there. When
+    /// the backlog would pass `max_backlog` chunks, waits for room first (backpressure), but
+    /// never on the pool's own threads (a callback), which the feeder may be waiting for;
+    /// a backlog that is empty takes any number.
+    fn enqueue(&self, id: u64, job: &Arc<dyn Job>, mut chunks: Chunks<'static>) {
+        let n = chunks.remaining();
+        let Some(c) = chunks.peek() else {
+            return;
+        };
+        let mut f = lock(&self.feeds);
+        loop {
+            if f.closed || self.halted.load(Ordering::Relaxed) {
+                drop(f);
+                let e = self.halt_error();
+                if job.fail(c, e) {
+                    self.finished(id, &**job);
+                }
+                return;
+            }
+            let b = self.backlog.load(Ordering::Acquire);
+            if b == 0 || b.saturating_add(n) <= self.cfg.max_backlog || on_pool_thread(self.id()) {
+                break;
+            }
+            // Woken by the feeder as the backlog shrinks; the slice notices terminate.
+            f = self
+                .room_cv
+                .wait_timeout(f, PUT_SLICE)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        // Release pairs with the Acquire load in `feed`.
+        self.backlog.fetch_add(n, Ordering::Release);
+        f.queue.push_back(Feed {
+            id,
+            job: job.clone(),
+            chunks,
+            count: n,
+        });
+        drop(f);
+        self.feeds_cv.notify_one();
+    }
+
+    fn run_feeder(self: Arc<Self>) {
+        loop {
+            let feed = {
+                let mut f = lock(&self.feeds);
+                loop {
+                    if let Some(feed) = f.queue.pop_front() {
+                        break feed;
+                    }
+                    if f.closed {
+                        return;
+                    }
+                    f = self.feeds_cv.wait(f).unwrap_or_else(|p| p.into_inner());
+                }
+            };
             let Feed {
                 id,
                 job,
                 mut chunks,
+                count,
             } = feed;
+            let mut put = 0usize;
             // A panic in the items' `Serialize` fails this job only (the pool goes on).
             let fed = catch_unwind(AssertUnwindSafe(|| {
                 while let Some(c) = chunks.peek() {
@@ -624,15 +720,21 @@ impl Inner {
                         }
                         break;
                     }
+                    self.backlog.fetch_sub(1, Ordering::Release);
+                    put += 1;
+                    if put % 256 == 0 {
+                        self.room_cv.notify_all();
+                    }
                 }
             }));
             if let Err(p) = fed {
                 job.abort(serialize_panicked(&*p));
                 self.finished(id, &*job);
             }
-            if self.halted.load(Ordering::Relaxed) {
-                return;
-            }
+            // What was not put (the job failed, the pool halted) leaves the backlog too.
+            self.backlog
+                .fetch_sub(count.saturating_sub(put), Ordering::Release);
+            self.room_cv.notify_all();
         }
     }
 
@@ -935,7 +1037,9 @@ impl Inner {
         };
         let _ = self.results.put_nowait(wake);
         self.bell.ring_all();
-        lock(&self.feeder).take();
+        lock(&self.feeds).closed = true;
+        self.feeds_cv.notify_all();
+        self.room_cv.notify_all();
         let threads: Vec<JoinHandle<()>> = std::mem::take(&mut *lock(&self.threads));
         let me = std::thread::current().id();
         for t in threads {
@@ -1105,6 +1209,9 @@ pub(crate) trait ChunkSource: Send {
     fn put_next(&mut self, tasks: &Queue<TaskMsg>, timeout: Duration) -> Result<bool, Error>;
     /// Drops the next chunk (it was failed).
     fn skip(&mut self);
+    /// How many chunks are left (0 when unknown: a lazy source, which is never handed to
+    /// the feeder).
+    fn remaining(&self) -> usize;
 }
 
 /// What every chunk of a job says besides its items.
@@ -1171,6 +1278,10 @@ impl<T: Message + Send, I: Iterator<Item = T> + Send> ChunkSource for ChunkIter<
             self.next += 1;
         }
     }
+
+    fn remaining(&self) -> usize {
+        0
+    }
 }
 
 /// Cuts a `Vec` of items into chunks, encoding each straight from the `Vec`.
@@ -1212,6 +1323,10 @@ impl<T: Message + Send> ChunkSource for SliceChunks<T> {
             self.pos = self.end();
             self.next += 1;
         }
+    }
+
+    fn remaining(&self) -> usize {
+        (self.items.len() - self.pos.min(self.items.len())).div_ceil(self.chunksize.max(1))
     }
 }
 
@@ -1551,6 +1666,7 @@ impl Pool {
             init: None,
             max_tasks: None,
             method: None,
+            max_backlog: None,
         }
     }
 

@@ -485,3 +485,102 @@ fn full_shared_memory_is_reported_as_such() {
         );
     });
 }
+
+/// The order in which this pool's tasks ran, counted in shared memory (set by `stamp_init`).
+static ORDER: std::sync::OnceLock<mp_core::Shared<std::sync::atomic::AtomicU64>> =
+    std::sync::OnceLock::new();
+
+fn stamp_init(order: mp_core::Shared<std::sync::atomic::AtomicU64>) {
+    let _ = ORDER.set(order);
+}
+
+/// The position of this task in the run order.
+fn stamp(_: u64) -> u64 {
+    ORDER.get().map_or(u64::MAX, |o| {
+        o.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    })
+}
+
+/// Work is taken in the order it was submitted: a call made while an earlier call's chunks
+/// still wait for room in the task queue goes behind them, not into the first room that
+/// frees (issue 20 F6).
+#[test]
+fn submission_is_fifo_behind_a_backlog() {
+    use std::sync::atomic::AtomicU64;
+    watchdog(120, || {
+        for m in METHODS {
+            let order = mp_core::Shared::new(AtomicU64::new(0)).unwrap();
+            // One worker: tasks run in the order they are taken from the queue.
+            let p = Pool::builder()
+                .processes(1)
+                .start_method(m)
+                .initializer(stamp_init, order)
+                .build()
+                .unwrap();
+            let nap = p.apply_async(nap_ms, 300).unwrap();
+            // More chunks than the task queue holds: the rest waits in the parent.
+            let n = 100_000u64;
+            let map = p.chunksize(1).map_async(stamp, 0..n).unwrap();
+            let mut later = Vec::new();
+            for k in 0..100 {
+                later.push(p.apply_async(stamp, k).unwrap());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            nap.get().unwrap();
+            let last_of_map = map.get().unwrap().into_iter().max().unwrap();
+            for (k, r) in later.into_iter().enumerate() {
+                let at = r.get().unwrap();
+                assert!(
+                    at > last_of_map,
+                    "call {k} ran at {at}, before the map ended at {last_of_map}"
+                );
+            }
+            p.close();
+            p.join().unwrap();
+        }
+    });
+}
+
+/// `apply_async` in a loop against a pool that takes nothing (its worker is stuck) does not
+/// queue without limit: past the backlog bound the call waits for room, and `terminate`
+/// ends that wait with `Terminated` (issue 20 F6).
+#[test]
+fn async_submission_is_bounded() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    watchdog(120, || {
+        let p = pool(StartMethod::Fork, 1);
+        let _stuck = p.apply_async(nap_ms, 600_000).unwrap();
+        let submitted = AtomicU64::new(0);
+        let total = 400_000u64;
+        std::thread::scope(|s| {
+            let caller = s.spawn(|| {
+                for i in 0..total {
+                    match p.apply_async(square, i) {
+                        Ok(_) => submitted.fetch_add(1, Ordering::SeqCst),
+                        Err(e) => return Some(e),
+                    };
+                }
+                None
+            });
+            // Wait until the caller is held (its count stops moving) or done.
+            let mut last = u64::MAX;
+            loop {
+                std::thread::sleep(Duration::from_millis(300));
+                let now = submitted.load(Ordering::SeqCst);
+                if now == last || caller.is_finished() {
+                    break;
+                }
+                last = now;
+            }
+            assert!(
+                submitted.load(Ordering::SeqCst) < total,
+                "every one of {total} calls was queued: no bound"
+            );
+            p.terminate();
+            match caller.join().unwrap() {
+                Some(Error::Terminated) => {}
+                other => panic!("{other:?}"),
+            }
+        });
+    });
+}
