@@ -1,5 +1,6 @@
 //! [`AsyncResult`]: the handle on work submitted with `*_async`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,9 @@ pub(crate) struct Outcome<R> {
     /// The pool's id (see `crate::pool::on_pool_thread`): waiting on one of its own threads
     /// is refused.
     pool: usize,
+    /// Decided with callbacks to run: `publish` has work (without callbacks, `decide` makes
+    /// the outcome ready itself, and `publish` takes no lock).
+    to_publish: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -57,6 +61,7 @@ impl<R> Outcome<R> {
             }),
             cv: Condvar::new(),
             pool,
+            to_publish: AtomicBool::new(false),
         })
     }
 
@@ -67,9 +72,10 @@ impl<R> Outcome<R> {
         }
     }
 
-    /// Decides the outcome once (false, and `v` dropped, when it was decided already). It is
-    /// not ready before [`publish`](Self::publish) ran the callbacks: the job calls this
-    /// under its own lock, and the pool publishes once the job left its table.
+    /// Decides the outcome once (false, and `v` dropped, when it was decided already). With
+    /// callbacks, it is not ready before [`publish`](Self::publish) ran them: the job calls
+    /// this under its own lock, and the pool publishes once the job left its table. Without
+    /// callbacks it is ready at once (nothing runs, so nothing can see the job still there).
     pub(crate) fn decide(&self, v: Result<R, Error>) -> bool {
         let mut st = lock(&self.state);
         if st.decided {
@@ -78,6 +84,17 @@ impl<R> Outcome<R> {
         st.decided = true;
         st.successful = v.is_ok();
         st.value = Some(v);
+        if !st.on_ok.is_empty() || !st.on_err.is_empty() {
+            // Release pairs with the Acquire load in `publish` (which then locks anyway).
+            self.to_publish.store(true, Ordering::Release);
+            return true;
+        }
+        st.ready = true;
+        let waiters = st.waiters;
+        drop(st);
+        if waiters > 0 {
+            self.cv.notify_all();
+        }
         true
     }
 
@@ -86,6 +103,10 @@ impl<R> Outcome<R> {
     /// Python does: `ready` and `get` come after the callbacks. Does nothing when not
     /// decided, already ready, or being published by another thread.
     pub(crate) fn publish(&self) {
+        // Acquire pairs with the Release store in `decide`.
+        if !self.to_publish.load(Ordering::Acquire) {
+            return;
+        }
         let mut st = lock(&self.state);
         if st.ready || !st.decided || st.publishing {
             return;
