@@ -42,8 +42,38 @@ pub enum Error {
         /// Its exit code, if it exited.
         exitcode: Option<i32>,
     },
-    /// The result was not ready within the timeout (Python's `multiprocessing.TimeoutError`).
-    #[error("timed out waiting for the result")]
+    /// A task or a result could not be read from the pool's shared queues (a record that
+    /// cannot be mapped, e.g. an oversized message when the machine is out of memory, or a
+    /// damaged one). Which job it belonged to is unknown, so every job pending at that
+    /// moment fails with this error instead of waiting forever for it; the pool goes on.
+    #[error(
+        "a {what} could not be read from the pool's shared queue ({message}): the work \
+         pending then fails, as any of it may have owned it"
+    )]
+    QueueRead {
+        /// `"task"` (read by a worker) or `"result"` (read by the parent).
+        what: &'static str,
+        /// What the queue said.
+        message: String,
+    },
+    /// The pool's shared memory could not take a task's arguments or result: growing or
+    /// mapping it failed (`/dev/shm` or the machine's memory is full, or a limit such as
+    /// `RLIMIT_FSIZE` or `RLIMIT_AS` was reached). Nothing hangs and no worker is lost; free
+    /// some memory or send smaller items.
+    #[error(
+        "the pool's shared memory could not take a task's {what} ({message}): /dev/shm or \
+         the memory is full, or a limit was reached"
+    )]
+    SharedMemory {
+        /// `"arguments"` or `"result"`.
+        what: &'static str,
+        /// What the system said.
+        message: String,
+    },
+    /// A timed wait ran out (Python's `multiprocessing.TimeoutError`): the result was not
+    /// ready (`get_timeout`, `next_timeout`), or the work and the workers were not done
+    /// ([`Pool::join_timeout`](crate::Pool::join_timeout)). Nothing is lost: wait again.
+    #[error("timed out waiting for the pool")]
     Timeout,
     /// `successful()` was asked before the result was ready (Python's `ValueError`).
     #[error("the result is not ready yet")]
@@ -59,6 +89,15 @@ pub enum Error {
     /// task was cancelled by it.
     #[error("the pool was terminated")]
     Terminated,
+    /// A call that waits for the pool (a blocking `map`/`apply`/`starmap`, `get` on a result
+    /// that is not ready, an `imap`'s `next`, `join`) was made on one of the pool's own
+    /// threads, that is in a result callback: those threads deliver what it would wait for,
+    /// so it would never return (Python deadlocks there). Submit with the `_async` forms.
+    #[error(
+        "a call that waits for the pool was made in one of its callbacks, on the pool's own \
+         thread (which delivers what it waits for): use the _async forms there"
+    )]
+    InCallback,
     /// [`Pool::join`](crate::Pool::join) was called before `close()` or `terminate()`.
     #[error("the pool is still running: call close() or terminate() before join()")]
     StillRunning,
@@ -121,12 +160,21 @@ impl Error {
                 signal: *signal,
                 exitcode: *exitcode,
             },
+            Error::QueueRead { what, message } => Error::QueueRead {
+                what,
+                message: message.clone(),
+            },
+            Error::SharedMemory { what, message } => Error::SharedMemory {
+                what,
+                message: message.clone(),
+            },
             Error::Timeout => Error::Timeout,
             Error::NotReady => Error::NotReady,
             Error::AlreadyTaken => Error::AlreadyTaken,
             Error::Closed => Error::Closed,
             Error::Terminated => Error::Terminated,
             Error::StillRunning => Error::StillRunning,
+            Error::InCallback => Error::InCallback,
             Error::Config(m) => Error::Config(m.clone()),
             Error::Initializer(m) => Error::Initializer(m.clone()),
             Error::Start(m) => Error::Start(m.clone()),

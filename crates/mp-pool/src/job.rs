@@ -30,6 +30,10 @@ pub(crate) trait Job: Send + Sync {
     fn abort(&self, err: Error);
     /// True when the job's outcome is decided (its remaining chunks need not be sent).
     fn is_done(&self) -> bool;
+    /// Runs the callbacks of a decided outcome and makes it ready. Called once the job left
+    /// the pool's table (callbacks may close and join the pool, or look at it), with no lock
+    /// held; does nothing when the outcome is not decided or already ready.
+    fn publish(&self);
 }
 
 /// `bytes` if they are aligned for `access`, else a copy of them in `copy`.
@@ -163,14 +167,16 @@ impl<R, Out> CollectJob<R, Out> {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
-        match (v, all) {
-            (Ok(()), Some(all)) => self.outcome.set((self.finish)(all)),
-            (Ok(()), None) => self.outcome.set(Err(Error::Unserializable {
+        // Decided here, published (callbacks, ready) by the pool once the job left its table.
+        let v = match (v, all) {
+            (Ok(()), Some(all)) => (self.finish)(all),
+            (Ok(()), None) => Err(Error::Unserializable {
                 what: "result",
                 message: "a chunk's result is missing items".into(),
-            })),
-            (Err(e), _) => self.outcome.set(Err(e)),
-        }
+            }),
+            (Err(e), _) => Err(e),
+        };
+        self.outcome.decide(v);
         true
     }
 }
@@ -239,6 +245,10 @@ impl<R: Message + Send, Out: Send> Job for CollectJob<R, Out> {
     fn is_done(&self) -> bool {
         lock(&self.st).done
     }
+
+    fn publish(&self) {
+        self.outcome.publish();
+    }
 }
 
 /// The set of chunks submitted and not answered yet. Chunks are submitted in order and
@@ -253,15 +263,17 @@ struct Window {
 
 impl Window {
     fn insert(&mut self, c: u64) {
-        let Some(i) = c.checked_sub(self.base) else {
-            return;
-        };
-        let i = i as usize;
+        // Empty: the window starts at `c` (also when `c` is below the old base: a chunk
+        // removed by `unsubmitted` and submitted again).
         if self.flags.is_empty() {
             self.base = c;
             self.flags.push_back(true);
             return;
         }
+        let Some(i) = c.checked_sub(self.base) else {
+            return;
+        };
+        let i = i as usize;
         while self.flags.len() <= i {
             self.flags.push_back(false);
         }
@@ -299,6 +311,7 @@ struct IMapState<R> {
     by_chunk: BTreeMap<u64, Result<Vec<R>, Error>>,
     /// Unordered: answers in arrival order.
     arrived: VecDeque<Result<Vec<R>, Error>>,
+    /// Set once by `abort` and never cleared: after it no chunk is submitted or answered.
     aborted: Option<Error>,
     /// The consumer sleeps on `cv` (so an answer must notify it).
     sleeping: bool,
@@ -340,9 +353,21 @@ impl<R: Message + Send> IMapJob<R> {
         }
     }
 
-    /// Records that chunk `c` is about to be submitted.
-    pub(crate) fn submitted(&self, c: u64) {
-        lock(&self.st).outstanding.insert(c);
+    /// Records that chunk `c` is about to be submitted; false (and nothing recorded) once
+    /// the job was aborted: an aborted job takes no more chunks.
+    pub(crate) fn submitted(&self, c: u64) -> bool {
+        let mut st = lock(&self.st);
+        if st.aborted.is_some() {
+            return false;
+        }
+        st.outstanding.insert(c);
+        true
+    }
+
+    /// Forgets chunk `c`, recorded by [`submitted`](Self::submitted) but not put after all
+    /// (the deadline passed first): it will be submitted again.
+    pub(crate) fn unsubmitted(&self, c: u64) {
+        lock(&self.st).outstanding.remove(c);
     }
 
     /// Records an answer produced in the parent (a chunk whose items could not be encoded).
@@ -377,8 +402,9 @@ impl<R: Message + Send> IMapJob<R> {
             if let Some(r) = got {
                 return Next::Chunk(r);
             }
-            if let Some(e) = st.aborted.take() {
-                return Next::Aborted(e);
+            // Sticky: once aborted, every later wait says so (the iterator stops at the first).
+            if let Some(e) = &st.aborted {
+                return Next::Aborted(e.duplicate());
             }
             if !spun {
                 spun = true;
@@ -429,7 +455,9 @@ impl<R: Message + Send> Job for IMapJob<R> {
 
     fn abort(&self, err: Error) {
         let mut st = lock(&self.st);
-        st.aborted = Some(err);
+        if st.aborted.is_none() {
+            st.aborted = Some(err);
+        }
         st.outstanding.clear();
         // Release pairs with the Acquire loads of the spinning consumer in `next`.
         self.answers.fetch_add(1, Ordering::Release);
@@ -440,6 +468,9 @@ impl<R: Message + Send> Job for IMapJob<R> {
     fn is_done(&self) -> bool {
         lock(&self.st).aborted.is_some()
     }
+
+    /// Nothing to publish: the consumer takes the answers.
+    fn publish(&self) {}
 }
 
 #[cfg(test)]
@@ -451,7 +482,7 @@ mod tests {
         len: usize,
         chunksize: usize,
     ) -> (CollectJob<String, Vec<String>>, AsyncResult<Vec<String>>) {
-        let outcome = Outcome::new();
+        let outcome = Outcome::new(0);
         let job = CollectJob::new(outcome.clone(), len, chunksize, Ok);
         (job, AsyncResult::new(outcome))
     }
@@ -469,6 +500,7 @@ mod tests {
         assert!(!job.deliver(0, &enc(&["x", "y"])), "a chunk counts once");
         assert!(!r.ready());
         assert!(job.deliver(1, &enc(&["c", "d"])));
+        job.publish();
         assert_eq!(r.get().unwrap(), ["a", "b", "c", "d", "e"]);
         // Unaligned bytes are copied first.
         let (job, r) = collect(1, 1);
@@ -477,6 +509,7 @@ mod tests {
         shifted.push(0);
         shifted.extend_from_slice(&b);
         assert!(job.deliver(0, &shifted[1..]));
+        job.publish();
         assert_eq!(r.get().unwrap(), ["only"]);
     }
 
@@ -485,6 +518,7 @@ mod tests {
         let (job, r) = collect(4, 2);
         assert!(!job.deliver(1, &enc(&["c", "d"])));
         assert!(job.deliver(0, &enc(&["a"])), "one result for two items");
+        job.publish();
         assert!(matches!(
             r.get(),
             Err(Error::Unserializable { what: "result", .. })
@@ -496,10 +530,12 @@ mod tests {
         let (job, r) = collect(4, 2);
         assert!(!job.deliver(0, &enc(&["a", "b"])));
         assert!(job.deliver(1, &[1, 2, 3]), "undecodable");
+        job.publish();
         assert!(r.get().is_err());
         let (job, r) = collect(4, 2);
         assert!(!job.deliver(0, &enc(&["a", "b"])));
         job.abort(Error::Terminated);
+        job.publish();
         assert!(matches!(r.get(), Err(Error::Terminated)));
         assert!(job.is_done() && job.fail(7, Error::Terminated));
     }
@@ -526,5 +562,10 @@ mod tests {
         assert!(!w.remove(6));
         w.insert(7);
         assert!(w.remove(7));
+        // A chunk taken back (not submitted after all) and submitted again.
+        w.insert(8);
+        assert!(w.remove(8));
+        w.insert(8);
+        assert!(w.remove(8));
     }
 }

@@ -107,7 +107,12 @@
 //! The `_async` variants return an [`AsyncResult`] at once: `get`, `get_timeout`
 //! ([`Error::Timeout`]), `wait`, `ready`, `successful` ([`Error::NotReady`] before ready).
 //! Python's `callback` and `error_callback` are [`AsyncResult::on_success`] and
-//! [`AsyncResult::on_error`]; they run in the parent, on the pool's supervisor thread.
+//! [`AsyncResult::on_error`]; they run in the parent, on the pool's supervisor thread, once
+//! the work has left the pool's books and with no lock held, before the result is `ready`.
+//! A callback may submit more work (`apply_async`, `map_async`), but a call that would wait
+//! for the pool (a blocking `map` or `apply`, `get` on a result that is not ready, an
+//! `imap`'s `next`, `join`) waits for the very thread that runs it: there it fails at once
+//! with [`Error::InCallback`] (Python deadlocks).
 //!
 //! ```
 //! use std::sync::mpsc;
@@ -182,16 +187,24 @@
 //! ```
 //!
 //! Workers are daemon processes: they die with the pool's process, even when it is
-//! SIGKILLed, and Ctrl-C (SIGINT to the process group) ends them with the program.
+//! SIGKILLed, and Ctrl-C (SIGINT to the process group) ends them with the program. The same
+//! under every start method: a worker starts with the default action for SIGINT, SIGTERM,
+//! SIGHUP and SIGQUIT and no signal blocked, as a re-executed process does, even when forked
+//! from a program that catches them. So in a program that catches SIGINT, Ctrl-C ends the
+//! workers and a running `map` fails at once with [`Error::WorkerLost`] (`signal: Some(2)`),
+//! an error the program can handle; the pool replaces the workers and stays usable.
 //!
 //! # Closing, terminating, dropping
 //!
 //! [`Pool::close`] refuses new work ([`Error::Closed`]) and lets the submitted work finish;
-//! [`Pool::join`] then waits for it and for the workers ([`Error::StillRunning`] before
-//! `close` or `terminate`). [`Pool::terminate`] kills the workers at once, however much work
-//! is pending, and fails it with [`Error::Terminated`]. **Dropping a pool terminates it**,
-//! as leaving Python's `with Pool() as p:` block does: close and join first to wait for
-//! pending `_async` work.
+//! [`Pool::join`] then waits for it, running tasks included (as in Python, a task that never
+//! ends makes `join` wait forever), and for the workers ([`Error::StillRunning`] before
+//! `close` or `terminate`); [`Pool::join_timeout`] bounds that wait ([`Error::Timeout`],
+//! nothing lost: join again, or terminate). [`Pool::terminate`] kills the workers at once,
+//! however much work is pending, and fails it with [`Error::Terminated`]; an `imap` then
+//! yields what had come, one `Err(Terminated)`, and ends, reading no more input. **Dropping
+//! a pool terminates it**, as leaving Python's `with Pool() as p:` block does: close and join
+//! first to wait for pending `_async` work.
 //!
 //! ```
 //! fn double(x: i64) -> i64 { 2 * x }
@@ -203,6 +216,33 @@
 //! assert_eq!(r.get()?.len(), 100);
 //! # Ok::<(), mp_pool::Error>(())
 //! ```
+//!
+//! # When things go wrong
+//!
+//! Every path ends with an error the caller gets, never a hang or a lost result:
+//!
+//! - **A broken pool.** When the initializer fails in 3 workers in a row (panics and crashes
+//!   alike; one that completes in between resets the count; see
+//!   [`PoolBuilder::initializer`]), every pending call fails with [`Error::Initializer`],
+//!   new work is refused with it, calls waiting for room in the task queue give up with it,
+//!   and `join` kills the workers left and returns.
+//! - **A `Serialize` that panics** (the items' own code) on the caller's thread: the panic
+//!   reaches the caller, and the call's work is failed and dropped first (a later `join`
+//!   does not wait for it; an `imap` yields an [`Error::Unserializable`] in the chunk's place
+//!   and goes on). On the feeder thread it fails that call only.
+//! - **A record the queues cannot read** (an oversized message that cannot be mapped, a
+//!   damaged record): whose it was is unknown, so the work pending then fails with
+//!   [`Error::QueueRead`]; the pool goes on.
+//! - **Shared memory that cannot grow** (`/dev/shm` or the memory full, a limit reached):
+//!   [`Error::SharedMemory`], for the arguments or the result, not a serialization error.
+//! - **Backpressure.** Work that does not fit in the task queue waits in this process, in
+//!   submission order (a later call goes behind it, FIFO); past
+//!   [`PoolBuilder::max_backlog`] chunks, the next call waits for room. The task queue
+//!   itself holds 4 MiB of small chunks; a chunk larger than half of it goes beside the
+//!   queue, in shared memory that is not budgeted yet. [`IMap::next_timeout`]'s timeout
+//!   covers waiting for room to submit the next chunks.
+//! - **Callbacks** that call back into the pool: see above ([`Error::InCallback`]).
+//! - **Ctrl-C**: see "When a worker dies".
 //!
 //! # Progress
 //!
@@ -232,7 +272,7 @@
 //! | `imap(f, it, chunksize)`, `imap_unordered` | same names, lazy iterators of `Result<R, Error>` |
 //! | `it.next(timeout)` | [`IMap::next_timeout`] |
 //! | `AsyncResult.get(timeout)`, `wait`, `ready`, `successful` | `get`, `get_timeout`, `wait`, `wait_timeout`, `ready`, `successful` |
-//! | `close`, `terminate`, `join`, `with Pool() as p:` | same names; `Drop` terminates |
+//! | `close`, `terminate`, `join`, `with Pool() as p:` | same names; `Drop` terminates; [`Pool::join_timeout`] |
 
 mod closure;
 mod error;
@@ -246,5 +286,5 @@ mod worker;
 
 pub use closure::{FnPool, FnTasks};
 pub use error::Error;
-pub use pool::{default_chunksize, IMap, Pool, PoolBuilder, Tasks};
+pub use pool::{default_chunksize, IMap, Pool, PoolBuilder, Tasks, DEFAULT_MAX_BACKLOG};
 pub use result::AsyncResult;

@@ -11,7 +11,10 @@
 //!
 //! Callers put chunks on the task queue themselves (`put_nowait`) and ring the task
 //! doorbell; when the queue is full, an `_async` call hands the rest to the feeder thread so
-//! that it returns at once, and a blocking call keeps putting. Workers ring the result
+//! that it returns at once, and a blocking call keeps putting. While the feeder holds chunks
+//! (the backlog), every new call goes behind them through the feeder, so that work is taken
+//! in submission order; the backlog is bounded (`max_backlog`): past it, a call waits for
+//! room. Workers ring the result
 //! doorbell after each result; both doorbells are futex words in shared memory (see
 //! `wire::Doorbell`), waited on after an adaptive spin. The supervisor thread is the only reader of the result
 //! queue: it decodes each chunk's results into its job, runs callbacks, and every few
@@ -20,11 +23,15 @@
 //! in order), then fails the task still recorded in the dead worker's slot and starts a
 //! replacement.
 
-use std::cell::RefCell;
+use std::any::Any;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
@@ -47,11 +54,12 @@ use crate::worker::{
 
 /// How long the supervisor sleeps on an empty result queue before it looks at the workers.
 const NAP: Duration = Duration::from_millis(20);
-/// Workers dying in their initializer, in a row, that break the pool.
-const INIT_DEATHS: u32 = 3;
+/// Initializer failures in a row (panics and crashes alike, with no initializer completing
+/// in between) that break the pool.
+const INIT_FAILURES: u32 = 3;
 /// How often a busy supervisor looks at the workers.
 const CHECK_EVERY: Duration = Duration::from_millis(20);
-/// How long a blocking put waits before it checks whether the pool was terminated.
+/// How long a blocking put waits before it checks whether the pool was terminated or broken.
 const PUT_SLICE: Duration = Duration::from_millis(20);
 
 /// `fn` offsets computed on this thread (`dladdr` is not free).
@@ -82,6 +90,33 @@ impl Target {
             Target::Fn(a) => Ok((offset_of(a)?, false)),
             Target::Raw(a) => Ok((a as i64, true)),
         }
+    }
+}
+
+thread_local! {
+    /// On a pool's supervisor and feeder threads: the pool's id ([`Inner::id`]), else 0.
+    static POOL_THREAD: Cell<usize> = const { Cell::new(0) };
+}
+
+/// True on a thread of pool `id` (its supervisor or feeder, where callbacks run): a call
+/// that waits for that pool would wait for this very thread.
+pub(crate) fn on_pool_thread(id: usize) -> bool {
+    id != 0 && POOL_THREAD.with(|t| t.get()) == id
+}
+
+/// The message of a panic payload.
+fn panic_text(p: &(dyn Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
+/// The error of a chunk whose items' `Serialize` panicked.
+fn serialize_panicked(p: &(dyn Any + Send)) -> Error {
+    Error::Unserializable {
+        what: "arguments",
+        message: format!("serializing them panicked: {}", panic_text(p)),
     }
 }
 
@@ -116,6 +151,8 @@ struct Workers {
     list: Vec<WorkerEntry>,
     replace: bool,
     started: u64,
+    /// Stop messages `join` put so far.
+    stops: usize,
 }
 
 struct InitCfg {
@@ -130,6 +167,7 @@ struct Config {
     init: Option<InitCfg>,
     max_tasks: u64,
     image_id: Vec<u8>,
+    max_backlog: usize,
 }
 
 /// The supervisor's last looked-up job.
@@ -137,11 +175,23 @@ type JobCache = Option<(u64, Arc<dyn Job>)>;
 
 type Chunks<'a> = Box<dyn ChunkSource + 'a>;
 
+/// The default of [`PoolBuilder::max_backlog`].
+pub const DEFAULT_MAX_BACKLOG: usize = 65_536;
+
+/// The work waiting for the feeder thread, in submission order.
+struct Feeds {
+    queue: VecDeque<Feed>,
+    /// Set by `stop_threads`: the feeder ends once the queue is empty.
+    closed: bool,
+}
+
 /// A job's chunks that did not fit in the task queue, for the feeder thread.
 struct Feed {
     id: u64,
     job: Arc<dyn Job>,
     chunks: Chunks<'static>,
+    /// The chunks it added to the backlog.
+    count: usize,
 }
 
 /// The state shared by the pool handle, its threads and its iterators.
@@ -156,13 +206,26 @@ pub(crate) struct Inner {
     idle: Condvar,
     workers: Mutex<Workers>,
     cfg: Config,
-    feeder: Mutex<Option<mpsc::Sender<Feed>>>,
+    /// Work for the feeder thread; the feeder sleeps on `feeds_cv`.
+    feeds: Mutex<Feeds>,
+    feeds_cv: Condvar,
+    /// Callers waiting for room in the backlog sleep on it (with `feeds`).
+    room_cv: Condvar,
+    /// Chunks handed to the feeder and not put (nor dropped) yet. While it is not zero, new
+    /// work goes behind them (FIFO); it is kept under `cfg.max_backlog`.
+    backlog: AtomicUsize,
     threads: Mutex<Vec<JoinHandle<()>>>,
     supervisor: OnceLock<ThreadId>,
     stopping: AtomicBool,
-    terminated: AtomicBool,
-    /// Workers that died in their initializer, in a row.
-    init_deaths: AtomicU32,
+    /// Set by `terminate` and `break_pool`: a put waiting for room gives up (nobody may ever
+    /// take a task again).
+    halted: AtomicBool,
+    /// Workers whose initializer failed (panicked, or the worker died in it) since the last
+    /// one that completed.
+    init_failures: AtomicU32,
+    /// Initializer failures the workers reported themselves (pid and message), until each
+    /// worker is seen dead: for the error that breaks the pool.
+    init_failed: Mutex<Vec<(u32, String)>>,
 }
 
 /// Python's `multiprocessing.Pool`: worker processes that run tasks, with results in order
@@ -207,6 +270,7 @@ pub struct PoolBuilder {
     init: Option<Result<InitCfg, Error>>,
     max_tasks: Option<usize>,
     method: Option<StartMethod>,
+    max_backlog: Option<usize>,
 }
 
 impl std::fmt::Debug for PoolBuilder {
@@ -216,11 +280,24 @@ impl std::fmt::Debug for PoolBuilder {
             .field("initializer", &self.init.is_some())
             .field("max_tasks_per_child", &self.max_tasks)
             .field("start_method", &self.method)
+            .field("max_backlog", &self.max_backlog)
             .finish()
     }
 }
 
 impl PoolBuilder {
+    /// How many chunks may wait in this process for room in the task queue (default
+    /// [`DEFAULT_MAX_BACKLOG`]; 0 is an error). When the task queue is full, an `_async`
+    /// call leaves its chunks to the pool's feeder thread and returns; once that backlog
+    /// holds this many chunks, the next `_async` call waits for room first, as a blocking
+    /// call does (backpressure: `apply_async` in a loop cannot queue without limit; Python's
+    /// queues without limit). A call whose chunks alone pass the bound waits until the
+    /// backlog is empty. [`Pool::terminate`] ends the wait ([`Error::Terminated`]).
+    pub fn max_backlog(mut self, chunks: usize) -> Self {
+        self.max_backlog = Some(chunks);
+        self
+    }
+
     /// The number of worker processes (default: [`mp_process::cpu_count`]). 0 is an error.
     pub fn processes(mut self, n: usize) -> Self {
         self.processes = Some(n);
@@ -228,8 +305,11 @@ impl PoolBuilder {
     }
 
     /// A function every worker runs once, with its own copy of `args`, before its first
-    /// task (Python's `initializer` and `initargs`). If it panics the pool is broken: pending
-    /// and new work fail with [`Error::Initializer`] (Python restarts workers forever).
+    /// task (Python's `initializer` and `initargs`). A worker whose initializer fails (it
+    /// panics, or the worker dies in it) is replaced; when it fails in 3 workers in a row,
+    /// with no initializer completing in between, the pool is broken: pending and new work
+    /// fail with [`Error::Initializer`], naming the last failure (Python restarts such
+    /// workers forever).
     pub fn initializer<I: Message + Send + Sync + 'static>(mut self, f: fn(I), args: I) -> Self {
         let cfg = (|| {
             let args: EncodeInit = Arc::new(move || encode(&args));
@@ -278,6 +358,9 @@ impl PoolBuilder {
                 "max_tasks_per_child must be at least 1 (leave it unset for no limit)".into(),
             ));
         }
+        if self.max_backlog == Some(0) {
+            return Err(Error::Config("max_backlog must be at least 1 chunk".into()));
+        }
         let init = self.init.transpose()?;
         worker::install_task_hook();
         let cfg = Config {
@@ -286,8 +369,8 @@ impl PoolBuilder {
             init,
             max_tasks: self.max_tasks.unwrap_or(0) as u64,
             image_id: mp_process::symbol::image_id().to_vec(),
+            max_backlog: self.max_backlog.unwrap_or(DEFAULT_MAX_BACKLOG),
         };
-        let (tx, rx) = mpsc::channel::<Feed>();
         let inner = Arc::new(Inner {
             tasks: Queue::new()?,
             results: Queue::new()?,
@@ -304,14 +387,22 @@ impl PoolBuilder {
                 list: Vec::new(),
                 replace: true,
                 started: 0,
+                stops: 0,
             }),
             cfg,
-            feeder: Mutex::new(Some(tx)),
+            feeds: Mutex::new(Feeds {
+                queue: VecDeque::new(),
+                closed: false,
+            }),
+            feeds_cv: Condvar::new(),
+            room_cv: Condvar::new(),
+            backlog: AtomicUsize::new(0),
             threads: Mutex::new(Vec::new()),
             supervisor: OnceLock::new(),
             stopping: AtomicBool::new(false),
-            terminated: AtomicBool::new(false),
-            init_deaths: AtomicU32::new(0),
+            halted: AtomicBool::new(false),
+            init_failures: AtomicU32::new(0),
+            init_failed: Mutex::new(Vec::new()),
         });
         let pool = Pool {
             inner: inner.clone(),
@@ -338,7 +429,7 @@ impl PoolBuilder {
         let feed = inner.clone();
         let f = std::thread::Builder::new()
             .name("mp-pool-feeder".into())
-            .spawn(move || feed.guarded("feeder", move |i| i.run_feeder(rx)))
+            .spawn(move || feed.guarded("feeder", Inner::run_feeder))
             .map_err(|e| Error::Start(format!("the feeder thread: {e}")))?;
         lock(&inner.threads).extend([s, f]);
         Ok(pool)
@@ -413,6 +504,15 @@ impl Inner {
         Ok(id)
     }
 
+    /// Why puts stop: the error that broke the pool, or `Terminated`.
+    fn halt_error(&self) -> Error {
+        let t = lock(&self.table);
+        match (t.state, &t.broken) {
+            (State::Broken, Some(e)) => e.duplicate(),
+            _ => Error::Terminated,
+        }
+    }
+
     fn check_open(&self) -> Result<(), Error> {
         let t = lock(&self.table);
         match t.state {
@@ -434,49 +534,83 @@ impl Inner {
         }
     }
 
+    /// Job `id` needs nothing more: it leaves the table, then its callbacks run (they may
+    /// close and join the pool) and its outcome becomes ready.
+    fn finished(&self, id: u64, job: &dyn Job) {
+        self.unregister(id);
+        job.publish();
+    }
+
+    /// This pool's id, for [`on_pool_thread`].
+    pub(crate) fn id(&self) -> usize {
+        self as *const Inner as usize
+    }
+
     fn job(&self, id: u64) -> Option<Arc<dyn Job>> {
         lock(&self.table).jobs.get(&id).cloned()
     }
 
-    /// Puts a task, waiting for room, until the pool is terminated: `attempt` puts with the
-    /// timeout it is given and says whether it did.
+    /// Puts a task, waiting for room, until the pool is terminated or broken (then the error
+    /// is the pool's): `attempt` puts with the timeout it is given and says whether it did.
+    /// With a `deadline`, [`Error::Timeout`] once it passed.
     fn put_waiting(
         &self,
+        deadline: Option<Instant>,
         mut attempt: impl FnMut(Duration) -> Result<bool, Error>,
     ) -> Result<(), Error> {
         // First without waiting (no clock read: with chunksize 1 this runs once per item);
         // when the queue is full, in slices of PUT_SLICE so that terminate is noticed.
         let mut timeout = Duration::ZERO;
         loop {
-            if self.terminated.load(Ordering::Relaxed) {
-                return Err(Error::Terminated);
+            if self.halted.load(Ordering::Relaxed) {
+                return Err(self.halt_error());
             }
             if attempt(timeout)? {
                 self.task_bell.ring();
                 return Ok(());
             }
-            timeout = PUT_SLICE;
+            timeout = match deadline {
+                None => PUT_SLICE,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(Error::Timeout);
+                    }
+                    left.min(PUT_SLICE)
+                }
+            };
         }
     }
 
-    /// Puts the next chunk of `chunks`, waiting for room, until the pool is terminated. On
-    /// an error the chunk is dropped from `chunks` (the caller fails it).
-    fn put_next_blocking(&self, chunks: &mut (dyn ChunkSource + '_)) -> Result<(), Error> {
-        let r = self.put_waiting(|t| chunks.put_next(&self.tasks, t));
-        if r.is_err() {
+    /// Puts the next chunk of `chunks`, waiting for room, until the pool is halted or
+    /// `deadline` passed. On an error the chunk is dropped from `chunks` (the caller fails
+    /// it), except on [`Error::Timeout`]: then it is still the next one.
+    fn put_next_blocking(
+        &self,
+        chunks: &mut (dyn ChunkSource + '_),
+        deadline: Option<Instant>,
+    ) -> Result<(), Error> {
+        let r = self.put_waiting(deadline, |t| chunks.put_next(&self.tasks, t));
+        if matches!(r, Err(ref e) if !matches!(e, Error::Timeout)) {
             chunks.skip();
         }
         r
     }
 
     /// Puts a job's chunks: all of them when `wait`; otherwise as many as fit now, the rest
-    /// through the feeder thread.
-    fn feed(&self, id: u64, job: Arc<dyn Job>, mut chunks: Chunks<'static>, wait: bool) {
+    /// through the feeder thread. Behind a backlog (chunks of earlier calls still waiting
+    /// for room), everything goes through the feeder, after them.
+    fn feed(&self, id: u64, job: &Arc<dyn Job>, mut chunks: Chunks<'static>, wait: bool) {
         let fail = |c: u64, e: Error| {
             if job.fail(c, e) {
-                self.unregister(id);
+                self.finished(id, &**job);
             }
         };
+        // Acquire pairs with the Release increment in `enqueue`: a call that follows one that
+        // left a backlog sees it.
+        if self.backlog.load(Ordering::Acquire) != 0 {
+            return self.enqueue(id, job, chunks);
+        }
         let mut n = 0u32;
         while let Some(c) = chunks.peek() {
             // A failed job needs no more chunks (checked now and then: it takes a lock).
@@ -485,28 +619,14 @@ impl Inner {
             }
             n = n.wrapping_add(1);
             if wait {
-                if let Err(e) = self.put_next_blocking(&mut *chunks) {
+                if let Err(e) = self.put_next_blocking(&mut *chunks, None) {
                     return fail(c, e);
                 }
                 continue;
             }
             match chunks.put_next(&self.tasks, Duration::ZERO) {
                 Ok(true) => self.task_bell.ring(),
-                Ok(false) => {
-                    let feed = Feed {
-                        id,
-                        job: job.clone(),
-                        chunks,
-                    };
-                    let sent = lock(&self.feeder)
-                        .as_ref()
-                        .map(|tx| tx.send(feed).is_ok())
-                        .unwrap_or(false);
-                    if !sent {
-                        fail(c, Error::Terminated);
-                    }
-                    return;
-                }
+                Ok(false) => return self.enqueue(id, job, chunks),
                 Err(e) => return fail(c, e),
             }
         }
@@ -515,40 +635,106 @@ impl Inner {
     /// Runs a pool thread's body; should it panic (a bug), the pool is broken rather than
     /// left with callers waiting forever.
     fn guarded(self: Arc<Self>, what: &str, body: impl FnOnce(Arc<Self>)) {
+        POOL_THREAD.with(|t| t.set(self.id()));
         let me = self.clone();
-        if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || body(me))) {
-            let msg = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+        if let Err(p) = catch_unwind(AssertUnwindSafe(move || body(me))) {
+            let msg = panic_text(&*p);
             self.break_pool(Error::Start(format!(
                 "the pool's {what} thread panicked ({msg}); the pool cannot go on"
             )));
         }
     }
 
-    fn run_feeder(self: Arc<Self>, rx: mpsc::Receiver<Feed>) {
-        for feed in rx {
+    /// Hands a job's remaining chunks to the feeder, behind the work already there. When
+    /// the backlog would pass `max_backlog` chunks, waits for room first (backpressure), but
+    /// never on the pool's own threads (a callback), which the feeder may be waiting for;
+    /// a backlog that is empty takes any number.
+    fn enqueue(&self, id: u64, job: &Arc<dyn Job>, mut chunks: Chunks<'static>) {
+        let n = chunks.remaining();
+        let Some(c) = chunks.peek() else {
+            return;
+        };
+        let mut f = lock(&self.feeds);
+        loop {
+            if f.closed || self.halted.load(Ordering::Relaxed) {
+                drop(f);
+                let e = self.halt_error();
+                if job.fail(c, e) {
+                    self.finished(id, &**job);
+                }
+                return;
+            }
+            let b = self.backlog.load(Ordering::Acquire);
+            if b == 0 || b.saturating_add(n) <= self.cfg.max_backlog || on_pool_thread(self.id()) {
+                break;
+            }
+            // Woken by the feeder as the backlog shrinks; the slice notices terminate.
+            f = self
+                .room_cv
+                .wait_timeout(f, PUT_SLICE)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        // Release pairs with the Acquire load in `feed`.
+        self.backlog.fetch_add(n, Ordering::Release);
+        f.queue.push_back(Feed {
+            id,
+            job: job.clone(),
+            chunks,
+            count: n,
+        });
+        drop(f);
+        self.feeds_cv.notify_one();
+    }
+
+    fn run_feeder(self: Arc<Self>) {
+        loop {
+            let feed = {
+                let mut f = lock(&self.feeds);
+                loop {
+                    if let Some(feed) = f.queue.pop_front() {
+                        break feed;
+                    }
+                    if f.closed {
+                        return;
+                    }
+                    f = self.feeds_cv.wait(f).unwrap_or_else(|p| p.into_inner());
+                }
+            };
             let Feed {
                 id,
                 job,
                 mut chunks,
+                count,
             } = feed;
-            while let Some(c) = chunks.peek() {
-                if job.is_done() {
-                    break;
-                }
-                if let Err(e) = self.put_next_blocking(&mut *chunks) {
-                    if job.fail(c, e) {
-                        self.unregister(id);
+            let mut put = 0usize;
+            // A panic in the items' `Serialize` fails this job only (the pool goes on).
+            let fed = catch_unwind(AssertUnwindSafe(|| {
+                while let Some(c) = chunks.peek() {
+                    if job.is_done() {
+                        break;
                     }
-                    break;
+                    if let Err(e) = self.put_next_blocking(&mut *chunks, None) {
+                        if job.fail(c, e) {
+                            self.finished(id, &*job);
+                        }
+                        break;
+                    }
+                    self.backlog.fetch_sub(1, Ordering::Release);
+                    put += 1;
+                    if put % 256 == 0 {
+                        self.room_cv.notify_all();
+                    }
                 }
+            }));
+            if let Err(p) = fed {
+                job.abort(serialize_panicked(&*p));
+                self.finished(id, &*job);
             }
-            if self.terminated.load(Ordering::Relaxed) {
-                return;
-            }
+            // What was not put (the job failed, the pool halted) leaves the backlog too.
+            self.backlog
+                .fetch_sub(count.saturating_sub(put), Ordering::Release);
+            self.room_cv.notify_all();
         }
     }
 
@@ -586,12 +772,22 @@ impl Inner {
 
     /// The next result if there is one now. The supervisor is the only reader of the result
     /// queue, so a queue that is not empty stays so until it reads: `get_ref` returns at once
-    /// (and, unlike a zero timeout, reads no clock).
+    /// (and, unlike a zero timeout, reads no clock). A record the queue cannot read (it
+    /// skips it) fails the pending work, and the next one is read.
     fn next_result(&self) -> Option<mp_queue::Received<'_, ResultMsg>> {
-        if self.results.empty() {
-            return None;
+        loop {
+            if self.results.empty() {
+                return None;
+            }
+            match self.results.get_ref() {
+                Ok(g) => return Some(g),
+                Err(mp_queue::Error::Empty | mp_queue::Error::Closed) => return None,
+                Err(e) => self.fail_pending(Error::QueueRead {
+                    what: "result",
+                    message: e.to_string(),
+                }),
+            }
         }
-        self.results.get_ref().ok()
     }
 
     /// Handles one result. `cache` keeps the last job looked up (results of one job come in
@@ -601,11 +797,20 @@ impl Inner {
         let pid = m.pid.to_native();
         match k {
             kind::WAKE => return,
+            kind::INIT_OK => {
+                self.init_failures.store(0, Ordering::Relaxed);
+                return;
+            }
+            kind::TASK_UNREADABLE => {
+                self.fail_pending(Error::QueueRead {
+                    what: "task",
+                    message: format!("worker pid {pid}: {}", m.message.as_str()),
+                });
+                return;
+            }
             kind::INIT_FAILED => {
-                self.break_pool(Error::Initializer(format!(
-                    "worker pid {pid}: {}",
-                    m.message.as_str()
-                )));
+                // Counted when the worker is seen dead (it exits now), like a crash.
+                lock(&self.init_failed).push((pid, m.message.as_str().to_string()));
                 return;
             }
             _ => {}
@@ -634,6 +839,13 @@ impl Inner {
                 },
             ),
             kind::FAILED => job.fail(chunk, Error::Failed { message: message() }),
+            kind::RESULT_NO_SPACE => job.fail(
+                chunk,
+                Error::SharedMemory {
+                    what: "result",
+                    message: message(),
+                },
+            ),
             kind::RESULT_UNSERIALIZABLE => job.fail(
                 chunk,
                 Error::Unserializable {
@@ -651,7 +863,23 @@ impl Inner {
         };
         if finished {
             *cache = None;
-            self.unregister(id);
+            self.finished(id, &*job);
+        }
+    }
+
+    /// A task or a result was lost in a queue, and whose it was is unknown: every job
+    /// pending now fails with `err` (rather than one of them waiting forever); the pool
+    /// goes on.
+    fn fail_pending(&self, err: Error) {
+        let jobs: Vec<Arc<dyn Job>> = {
+            let mut t = lock(&self.table);
+            let jobs = t.jobs.drain().map(|(_, j)| j).collect();
+            self.idle.notify_all();
+            jobs
+        };
+        for j in jobs {
+            j.abort(err.duplicate());
+            j.publish();
         }
     }
 
@@ -669,9 +897,12 @@ impl Inner {
             self.idle.notify_all();
             jobs
         };
+        // Waiting puts give up: no task may ever be taken again.
+        self.halted.store(true, Ordering::Relaxed);
         lock(&self.workers).replace = false;
         for j in jobs {
             j.abort(err.duplicate());
+            j.publish();
         }
     }
 
@@ -728,21 +959,30 @@ impl Inner {
             // Read after the worker died (its pidfd became readable), which orders its
             // SeqCst store in `worker_main` before this load.
             if self.cfg.init.is_some() && slot.ready.load(Ordering::SeqCst) == 0 {
-                // Died in its initializer (a crash: a panic is reported as INIT_FAILED).
-                // Python restarts such workers forever; a few in a row break the pool.
-                let n = self.init_deaths.fetch_add(1, Ordering::Relaxed) + 1;
-                if n >= INIT_DEATHS {
-                    self.break_pool(Error::Initializer(format!(
-                        "{n} workers in a row died in the initializer (the last, pid {pid}, {})",
-                        match (signal, exitcode) {
+                // Its initializer failed: it panicked (reported as INIT_FAILED, handled
+                // above since the result queue was drained first) or the worker died in it.
+                // Python restarts such workers forever; INIT_FAILURES in a row, with no
+                // initializer completing in between (INIT_OK resets the count), break the
+                // pool.
+                let n = self.init_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                let reported = {
+                    let mut r = lock(&self.init_failed);
+                    let i = r.iter().position(|(p, _)| *p == pid);
+                    i.map(|i| r.swap_remove(i).1)
+                };
+                if n >= INIT_FAILURES {
+                    let how = match reported {
+                        Some(msg) => msg,
+                        None => match (signal, exitcode) {
                             (Some(s), _) => format!("killed by signal {s}"),
                             (None, Some(c)) => format!("exited with code {c}"),
                             _ => "ended".into(),
-                        }
+                        },
+                    };
+                    self.break_pool(Error::Initializer(format!(
+                        "{n} workers in a row failed in the initializer (the last, pid {pid}: {how})"
                     )));
                 }
-            } else {
-                self.init_deaths.store(0, Ordering::Relaxed);
             }
             if let Some(Claim { job, chunk }) = slot.running() {
                 if let Some(j) = self.job(job) {
@@ -752,7 +992,7 @@ impl Inner {
                         exitcode,
                     };
                     if j.fail(chunk, lost) {
-                        self.unregister(job);
+                        self.finished(job, &*j);
                     }
                 }
             }
@@ -797,7 +1037,9 @@ impl Inner {
         };
         let _ = self.results.put_nowait(wake);
         self.bell.ring_all();
-        lock(&self.feeder).take();
+        lock(&self.feeds).closed = true;
+        self.feeds_cv.notify_all();
+        self.room_cv.notify_all();
         let threads: Vec<JoinHandle<()>> = std::mem::take(&mut *lock(&self.threads));
         let me = std::thread::current().id();
         for t in threads {
@@ -818,7 +1060,7 @@ impl Inner {
             self.idle.notify_all();
             jobs
         };
-        self.terminated.store(true, Ordering::Relaxed);
+        self.halted.store(true, Ordering::Relaxed);
         let children: Vec<Child<()>> = {
             let mut w = lock(&self.workers);
             w.replace = false;
@@ -829,6 +1071,7 @@ impl Inner {
         }
         for j in jobs {
             j.abort(Error::Terminated);
+            j.publish();
         }
         for mut c in children {
             let _ = c.join_timeout(Duration::from_secs(5));
@@ -836,7 +1079,12 @@ impl Inner {
         self.stop_threads();
     }
 
-    fn join(&self) -> Result<(), Error> {
+    /// Python's `join`, with an optional deadline ([`Error::Timeout`] when it passes; what
+    /// was done so far is kept, and a later call goes on from there).
+    fn join(&self, deadline: Option<Instant>) -> Result<(), Error> {
+        if on_pool_thread(self.id()) {
+            return Err(Error::InCallback);
+        }
         {
             let mut t = lock(&self.table);
             match t.state {
@@ -849,7 +1097,17 @@ impl Inner {
                 State::Closed | State::Broken => {}
             }
             while !t.jobs.is_empty() && matches!(t.state, State::Closed | State::Broken) {
-                t = self.idle.wait(t).unwrap_or_else(|p| p.into_inner());
+                t = match deadline {
+                    None => self.idle.wait(t).unwrap_or_else(|p| p.into_inner()),
+                    Some(d) => {
+                        let left = d.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            return Err(Error::Timeout);
+                        }
+                        let waited = self.idle.wait_timeout(t, left);
+                        waited.unwrap_or_else(|p| p.into_inner()).0
+                    }
+                };
             }
             if matches!(t.state, State::Terminated | State::Joined) {
                 drop(t);
@@ -857,25 +1115,64 @@ impl Inner {
                 return Ok(());
             }
         }
-        let live = {
+        let broken = lock(&self.table).state == State::Broken;
+        let (live, stops) = {
             let mut w = lock(&self.workers);
             w.replace = false;
-            w.list.iter().filter(|e| e.child.is_some()).count()
+            let live = w.list.iter().filter(|e| e.child.is_some()).count();
+            (live, w.stops)
         };
-        for _ in 0..live {
-            let stop = TaskMsg::stop();
-            let put = self.put_waiting(|t| put_outcome(self.tasks.put_as(&stop, Some(t))));
-            if put.is_err() {
-                break;
+        if broken {
+            // Every job was failed and no task will be taken from a full queue: a stop
+            // message might never fit, so the workers left are killed.
+            for e in lock(&self.workers).list.iter() {
+                if let Some(c) = &e.child {
+                    let _ = c.kill();
+                }
+            }
+        } else {
+            // One stop message per live worker, counted so that a join that timed out does
+            // not send them again.
+            for _ in stops..live {
+                let stop = TaskMsg::stop();
+                let put =
+                    self.put_waiting(deadline, |t| put_outcome(self.tasks.put_as(&stop, Some(t))));
+                match put {
+                    Ok(()) => lock(&self.workers).stops += 1,
+                    Err(Error::Timeout) => return Err(Error::Timeout),
+                    Err(_) => break,
+                }
             }
         }
-        let children: Vec<Child<()>> = lock(&self.workers)
+        let children: Vec<(usize, Child<()>)> = lock(&self.workers)
             .list
             .iter_mut()
-            .filter_map(|e| e.child.take())
+            .enumerate()
+            .filter_map(|(i, e)| e.child.take().map(|c| (i, c)))
             .collect();
-        for mut c in children {
-            let _ = c.join();
+        let mut left = Vec::new();
+        for (i, mut c) in children {
+            let done = match deadline {
+                None => {
+                    let _ = c.join();
+                    true
+                }
+                Some(d) => {
+                    let wait = d.saturating_duration_since(Instant::now());
+                    !matches!(c.join_timeout(wait), Ok(None))
+                }
+            };
+            if !done {
+                left.push((i, c));
+            }
+        }
+        if !left.is_empty() {
+            // Timed out: the workers still running go back on the books.
+            let mut w = lock(&self.workers);
+            for (i, c) in left {
+                w.list[i].child = Some(c);
+            }
+            return Err(Error::Timeout);
         }
         lock(&self.table).state = State::Joined;
         self.stop_threads();
@@ -889,6 +1186,11 @@ fn put_outcome<U>(put: Result<(), PutError<U>>) -> Result<bool, Error> {
         Ok(()) => Ok(true),
         Err(PutError::Full(_)) => Ok(false),
         Err(PutError::Closed(_)) => Err(Error::Terminated),
+        // A system call failed: the queue's shared memory could not grow or be mapped.
+        Err(PutError::Failed(_, e @ mp_core::Error::Io { .. })) => Err(Error::SharedMemory {
+            what: "arguments",
+            message: e.to_string(),
+        }),
         Err(PutError::Failed(_, e)) => Err(Error::Unserializable {
             what: "arguments",
             message: e.to_string(),
@@ -907,6 +1209,9 @@ pub(crate) trait ChunkSource: Send {
     fn put_next(&mut self, tasks: &Queue<TaskMsg>, timeout: Duration) -> Result<bool, Error>;
     /// Drops the next chunk (it was failed).
     fn skip(&mut self);
+    /// How many chunks are left (0 when unknown: a lazy source, which is never handed to
+    /// the feeder).
+    fn remaining(&self) -> usize;
 }
 
 /// What every chunk of a job says besides its items.
@@ -973,6 +1278,10 @@ impl<T: Message + Send, I: Iterator<Item = T> + Send> ChunkSource for ChunkIter<
             self.next += 1;
         }
     }
+
+    fn remaining(&self) -> usize {
+        0
+    }
 }
 
 /// Cuts a `Vec` of items into chunks, encoding each straight from the `Vec`.
@@ -1014,6 +1323,10 @@ impl<T: Message + Send> ChunkSource for SliceChunks<T> {
             self.pos = self.end();
             self.next += 1;
         }
+    }
+
+    fn remaining(&self) -> usize {
+        (self.items.len() - self.pos.min(self.items.len())).div_ceil(self.chunksize.max(1))
     }
 }
 
@@ -1099,7 +1412,10 @@ impl<'p> Tasks<'p> {
         C::Out: Send,
     {
         let inner = &self.pool.inner;
-        let outcome = Outcome::<Out>::new();
+        if wait && on_pool_thread(inner.id()) {
+            return Err(Error::InCallback);
+        }
+        let outcome = Outcome::<Out>::new(inner.id());
         let len = items.len();
         if len == 0 {
             inner.check_open()?;
@@ -1132,7 +1448,16 @@ impl<'p> Tasks<'p> {
                 target,
             },
         };
-        inner.feed(id, job, Box::new(chunks), wait);
+        // A panic in the items' `Serialize` (the caller's code) reaches the caller, and the
+        // job is failed and dropped first so that nothing waits for it (`join` would).
+        let fed = catch_unwind(AssertUnwindSafe(|| {
+            inner.feed(id, &job, Box::new(chunks), wait)
+        }));
+        if let Err(p) = fed {
+            job.abort(serialize_panicked(&*p));
+            inner.finished(id, &*job);
+            resume_unwind(p);
+        }
         Ok(AsyncResult::new(outcome))
     }
 
@@ -1183,6 +1508,7 @@ impl<'p> Tasks<'p> {
                 buf: Vec::new(),
             }),
             exhausted: false,
+            cut: false,
             in_flight: 0,
             limit,
             next_out: 0,
@@ -1340,6 +1666,7 @@ impl Pool {
             init: None,
             max_tasks: None,
             method: None,
+            max_backlog: None,
         }
     }
 
@@ -1572,11 +1899,35 @@ impl Pool {
     }
 
     /// Python's `join`: after [`close`](Self::close), waits for the submitted work to finish
-    /// and the workers to exit; after [`terminate`](Self::terminate), returns at once.
-    /// [`Error::StillRunning`] before either. An `imap` iterator that is still alive counts
-    /// as unfinished work.
+    /// (running tasks included: as in Python, a task that never ends makes `join` wait
+    /// forever; see [`join_timeout`](Self::join_timeout)) and the workers to exit; after
+    /// [`terminate`](Self::terminate), returns at once; on a pool broken by its initializer,
+    /// kills the workers left and returns. [`Error::StillRunning`] before `close` or
+    /// `terminate`. An `imap` iterator that is still alive counts as unfinished work.
     pub fn join(&self) -> Result<(), Error> {
-        self.inner.join()
+        self.inner.join(None)
+    }
+
+    /// [`join`](Self::join), waiting at most `timeout`: [`Error::Timeout`] when the work or
+    /// the workers are not done by then. Nothing is lost: the work goes on, and a later
+    /// `join`, `join_timeout` or [`terminate`](Self::terminate) takes over from there.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    ///
+    /// let pool = mp_pool::Pool::new(1)?;
+    /// let r = pool.apply_async(nap, 60_000)?;
+    /// pool.close();
+    /// assert!(matches!(pool.join_timeout(Duration::from_millis(10)), Err(mp_pool::Error::Timeout)));
+    /// pool.terminate(); // the task is stuck: give up on it
+    /// pool.join()?;
+    /// assert!(matches!(r.get(), Err(mp_pool::Error::Terminated)));
+    /// # Ok::<(), mp_pool::Error>(())
+    /// ```
+    pub fn join_timeout(&self, timeout: Duration) -> Result<(), Error> {
+        // A timeout too large for the clock waits without a deadline.
+        self.inner.join(Instant::now().checked_add(timeout))
     }
 }
 
@@ -1590,12 +1941,18 @@ impl Drop for Pool {
 
 /// The iterator returned by [`Pool::imap`] and [`Pool::imap_unordered`]: yields each
 /// result (`Err` for a failed chunk), reading the input lazily.
+///
+/// When the pool is terminated (or broken) while the iterator runs, it reads no more
+/// input: it yields the results that had already come, then one `Err`
+/// ([`Error::Terminated`], or the error that broke the pool), then ends.
 pub struct IMap<'a, R> {
     inner: Arc<Inner>,
     job: Arc<IMapJob<R>>,
     id: u64,
     source: Chunks<'a>,
     exhausted: bool,
+    /// The input was cut short by the job's abort: the iteration ends with its error.
+    cut: bool,
     in_flight: usize,
     limit: usize,
     next_out: u64,
@@ -1615,19 +1972,45 @@ impl<R> std::fmt::Debug for IMap<'_, R> {
 }
 
 impl<R: Message + Send + 'static> IMap<'_, R> {
-    fn top_up(&mut self) {
+    /// Submits chunks up to the limit, waiting for room in the task queue until `deadline`:
+    /// `Err(Timeout)` when it passed first (the chunk that did not fit is still the next).
+    fn top_up(&mut self, deadline: Option<Instant>) -> Result<(), Error> {
         while !self.exhausted && self.in_flight < self.limit {
             match self.source.peek() {
                 None => self.exhausted = true,
                 Some(c) => {
-                    self.job.submitted(c);
+                    if !self.job.submitted(c) {
+                        // Aborted (terminate, a broken pool): submit nothing more, and end
+                        // with the abort's error, not as if the input had ended.
+                        self.exhausted = true;
+                        self.cut = true;
+                        return Ok(());
+                    }
                     self.in_flight += 1;
-                    if let Err(e) = self.inner.put_next_blocking(&mut *self.source) {
-                        self.job.answer(c, Err(e));
+                    let put = catch_unwind(AssertUnwindSafe(|| {
+                        self.inner.put_next_blocking(&mut *self.source, deadline)
+                    }));
+                    match put {
+                        Ok(Ok(())) => {}
+                        Ok(Err(Error::Timeout)) => {
+                            // Not submitted: it goes again on the next call.
+                            self.job.unsubmitted(c);
+                            self.in_flight -= 1;
+                            return Err(Error::Timeout);
+                        }
+                        Ok(Err(e)) => self.job.answer(c, Err(e)),
+                        Err(p) => {
+                            // The items' `Serialize` panicked: the panic reaches the caller,
+                            // and the chunk is an error in its place (nothing waits for it).
+                            self.source.skip();
+                            self.job.answer(c, Err(serialize_panicked(&*p)));
+                            resume_unwind(p);
+                        }
                     }
                 }
             }
         }
+        Ok(())
     }
 
     fn next_until(&mut self, deadline: Option<Instant>) -> Option<Result<R, Error>> {
@@ -1638,8 +2021,13 @@ impl<R: Message + Send + 'static> IMap<'_, R> {
             if self.finished {
                 return None;
             }
-            self.top_up();
-            if self.in_flight == 0 {
+            if on_pool_thread(self.inner.id()) {
+                return Some(Err(Error::InCallback));
+            }
+            if let Err(e) = self.top_up(deadline) {
+                return Some(Err(e));
+            }
+            if self.in_flight == 0 && !self.cut {
                 self.finished = true;
                 return None;
             }
@@ -1652,7 +2040,9 @@ impl<R: Message + Send + 'static> IMap<'_, R> {
                 Next::Chunk(r) => {
                     self.in_flight -= 1;
                     self.next_out += 1;
-                    self.top_up();
+                    // A chunk came: it is returned now, and what did not fit by the deadline
+                    // is submitted on the next call.
+                    let _ = self.top_up(deadline);
                     match r {
                         Ok(v) => self.current = v.into_iter(),
                         Err(e) => return Some(Err(e)),

@@ -1,5 +1,6 @@
 //! [`AsyncResult`]: the handle on work submitted with `*_async`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -9,6 +10,10 @@ type OnOk<R> = Box<dyn FnOnce(&R) + Send>;
 type OnErr = Box<dyn FnOnce(&Error) + Send>;
 
 struct State<R> {
+    /// The value is decided (`decide`); `ready` comes once the callbacks ran (`publish`).
+    decided: bool,
+    /// A thread is running the callbacks, with the value taken out of the lock meanwhile.
+    publishing: bool,
     ready: bool,
     successful: bool,
     value: Option<Result<R, Error>>,
@@ -23,6 +28,12 @@ struct State<R> {
 pub(crate) struct Outcome<R> {
     state: Mutex<State<R>>,
     cv: Condvar,
+    /// The pool's id (see `crate::pool::on_pool_thread`): waiting on one of its own threads
+    /// is refused.
+    pool: usize,
+    /// Decided with callbacks to run: `publish` has work (without callbacks, `decide` makes
+    /// the outcome ready itself, and `publish` takes no lock).
+    to_publish: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -36,9 +47,11 @@ fn run_callback(f: impl FnOnce()) {
 }
 
 impl<R> Outcome<R> {
-    pub(crate) fn new() -> Arc<Outcome<R>> {
+    pub(crate) fn new(pool: usize) -> Arc<Outcome<R>> {
         Arc::new(Outcome {
             state: Mutex::new(State {
+                decided: false,
+                publishing: false,
                 ready: false,
                 successful: false,
                 value: None,
@@ -47,32 +60,76 @@ impl<R> Outcome<R> {
                 waiters: 0,
             }),
             cv: Condvar::new(),
+            pool,
+            to_publish: AtomicBool::new(false),
         })
     }
 
-    /// Sets the outcome once (later calls are ignored), running the callbacks first, as
-    /// Python does: `get` returns after they ran.
+    /// Decides and publishes the outcome at once (see [`decide`](Self::decide)).
     pub(crate) fn set(&self, v: Result<R, Error>) {
+        if self.decide(v) {
+            self.publish();
+        }
+    }
+
+    /// Decides the outcome once (false, and `v` dropped, when it was decided already). With
+    /// callbacks, it is not ready before [`publish`](Self::publish) ran them: the job calls
+    /// this under its own lock, and the pool publishes once the job left its table. Without
+    /// callbacks it is ready at once (nothing runs, so nothing can see the job still there).
+    pub(crate) fn decide(&self, v: Result<R, Error>) -> bool {
         let mut st = lock(&self.state);
-        if st.ready {
-            return;
+        if st.decided {
+            return false;
         }
-        match &v {
-            Ok(x) => {
-                st.on_err.clear();
-                for f in std::mem::take(&mut st.on_ok) {
-                    run_callback(|| f(x));
-                }
-            }
-            Err(e) => {
-                st.on_ok.clear();
-                for f in std::mem::take(&mut st.on_err) {
-                    run_callback(|| f(e));
-                }
-            }
-        }
+        st.decided = true;
         st.successful = v.is_ok();
         st.value = Some(v);
+        if !st.on_ok.is_empty() || !st.on_err.is_empty() {
+            // Release pairs with the Acquire load in `publish` (which then locks anyway).
+            self.to_publish.store(true, Ordering::Release);
+            return true;
+        }
+        st.ready = true;
+        let waiters = st.waiters;
+        drop(st);
+        if waiters > 0 {
+            self.cv.notify_all();
+        }
+        true
+    }
+
+    /// Runs the callbacks of a decided outcome, without holding its lock (other threads'
+    /// `ready`, `successful` and timed `get` do not wait for them), then makes it ready, as
+    /// Python does: `ready` and `get` come after the callbacks. Does nothing when not
+    /// decided, already ready, or being published by another thread.
+    pub(crate) fn publish(&self) {
+        // Acquire pairs with the Release store in `decide`.
+        if !self.to_publish.load(Ordering::Acquire) {
+            return;
+        }
+        let mut st = lock(&self.state);
+        if st.ready || !st.decided || st.publishing {
+            return;
+        }
+        st.publishing = true;
+        let v = st.value.take();
+        // Callbacks added while these run (from other threads) run in the next round.
+        loop {
+            let on_ok = std::mem::take(&mut st.on_ok);
+            let on_err = std::mem::take(&mut st.on_err);
+            if on_ok.is_empty() && on_err.is_empty() {
+                break;
+            }
+            drop(st);
+            match &v {
+                Some(Ok(x)) => on_ok.into_iter().for_each(|f| run_callback(|| f(x))),
+                Some(Err(e)) => on_err.into_iter().for_each(|f| run_callback(|| f(e))),
+                None => {}
+            }
+            st = lock(&self.state);
+        }
+        st.value = v;
+        st.publishing = false;
         st.ready = true;
         let waiters = st.waiters;
         drop(st);
@@ -121,8 +178,13 @@ impl<R> AsyncResult<R> {
         AsyncResult { outcome }
     }
 
+    /// Waits until ready or `deadline`; on one of the pool's own threads (a callback) it does
+    /// not wait: nothing would be delivered meanwhile.
     fn wait_until(&self, deadline: Option<Instant>) -> MutexGuard<'_, State<R>> {
         let mut st = lock(&self.outcome.state);
+        if !st.ready && crate::pool::on_pool_thread(self.outcome.pool) {
+            return st;
+        }
         while !st.ready {
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
@@ -144,25 +206,29 @@ impl<R> AsyncResult<R> {
         st
     }
 
-    fn take(mut st: MutexGuard<'_, State<R>>) -> Result<R, Error> {
+    fn take(&self, mut st: MutexGuard<'_, State<R>>) -> Result<R, Error> {
         if !st.ready {
+            if crate::pool::on_pool_thread(self.outcome.pool) {
+                return Err(Error::InCallback);
+            }
             return Err(Error::Timeout);
         }
         st.value.take().unwrap_or(Err(Error::AlreadyTaken))
     }
 
-    /// Waits for the result and returns it (or the task's error).
+    /// Waits for the result and returns it (or the task's error). In a callback of the same
+    /// pool (on its own thread) a result that is not ready is [`Error::InCallback`], at once.
     pub fn get(&self) -> Result<R, Error> {
-        Self::take(self.wait_until(None))
+        self.take(self.wait_until(None))
     }
 
     /// Waits at most `timeout`; [`Error::Timeout`] when the result is not ready by then (the
     /// work goes on and a later `get` can still have it).
     pub fn get_timeout(&self, timeout: Duration) -> Result<R, Error> {
-        Self::take(self.wait_until(Instant::now().checked_add(timeout)))
+        self.take(self.wait_until(Instant::now().checked_add(timeout)))
     }
 
-    /// Waits until the result is ready.
+    /// Waits until the result is ready (in a callback of the same pool: returns at once).
     pub fn wait(&self) {
         drop(self.wait_until(None));
     }
@@ -189,11 +255,15 @@ impl<R> AsyncResult<R> {
     }
 
     /// Python's `callback`: `f` runs in this (the parent) process with the result once it is
-    /// there, on the pool's supervisor thread before `get` returns; if the result is already
-    /// there, it runs at once on this thread. It does not run when the work fails. Keep it
-    /// short: the pool's results wait while it runs; and it must not wait for this pool's
-    /// work (a blocking `map` or `get` inside it would wait for the very thread that runs
-    /// it), as in Python.
+    /// there, before the result is [`ready`](Self::ready) and `get` returns; if the result is
+    /// already there, it runs at once on this thread. It does not run when the work fails.
+    /// It usually runs on the pool's supervisor thread (on the thread of `terminate` for
+    /// work it cancels), after the work left the pool's books and with no lock held: other
+    /// threads' `ready`, `successful` and timed `get` do not wait for it. Keep it short (the
+    /// pool's results wait while it runs). It may submit work (`apply_async`, `map_async`),
+    /// but a call that waits for this pool (a blocking `map` or `apply`, `get` on a result
+    /// that is not ready, an `imap`'s `next`, `join`) would wait for the thread that runs it:
+    /// there it fails at once with [`Error::InCallback`].
     pub fn on_success(self, f: impl FnOnce(&R) + Send + 'static) -> Self {
         let mut st = lock(&self.outcome.state);
         if st.ready {

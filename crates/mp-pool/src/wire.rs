@@ -141,6 +141,13 @@ pub(crate) mod kind {
     pub(crate) const INIT_FAILED: u32 = 5;
     /// Put by the parent itself to wake the supervisor.
     pub(crate) const WAKE: u32 = 6;
+    /// The worker's initializer completed (sent only when there is one).
+    pub(crate) const INIT_OK: u32 = 7;
+    /// The worker could not read a task from the task queue (it was skipped); `message`
+    /// says why.
+    pub(crate) const TASK_UNREADABLE: u32 = 8;
+    /// The result could not be stored: the result queue's shared memory could not grow.
+    pub(crate) const RESULT_NO_SPACE: u32 = 9;
 }
 
 /// A chunk's outcome, from a worker to the supervisor.

@@ -201,12 +201,21 @@ impl Sink<'_> {
             // The results could not be serialized, or the oversized-message area could not
             // grow: the chunk fails with that reason.
             Err(PutError::Failed(_, e)) => Err(TaskFail::new(
-                kind::RESULT_UNSERIALIZABLE,
+                failed_kind(&e),
                 format!("the result could not be sent: {e}"),
             )),
             // Nobody closes a worker's handle; should it happen, this is a lost worker.
             Err(_) => std::process::exit(3),
         }
+    }
+}
+
+/// The kind of a result that could not be put: a system call of the queue failed (its
+/// shared memory could not grow or be mapped), or the value could not be serialized.
+fn failed_kind(e: &mp_core::Error) -> u32 {
+    match e {
+        mp_core::Error::Io { .. } => kind::RESULT_NO_SPACE,
+        _ => kind::RESULT_UNSERIALIZABLE,
     }
 }
 
@@ -396,7 +405,7 @@ fn put_only(results: &Queue<ResultMsg>, msg: ResultMsg) {
                 payload: Payload::default(),
                 job: m.job,
                 chunk: m.chunk,
-                kind: kind::RESULT_UNSERIALIZABLE,
+                kind: failed_kind(&e),
                 pid: m.pid,
                 message: format!("the result could not be sent: {e}"),
                 location: String::new(),
@@ -409,8 +418,37 @@ fn put_only(results: &Queue<ResultMsg>, msg: ResultMsg) {
     }
 }
 
+/// Gives this worker the signal state a re-executed (spawn) worker has: the termination
+/// signals a parent program catches (SIGINT, SIGTERM, SIGHUP, SIGQUIT) back to their default
+/// action, and no signal blocked. A forked worker inherits the parent's handlers and mask;
+/// exec (`posix_spawn` with an empty mask) resets them. So Ctrl-C ends the workers under
+/// every start method, and the pool fails the tasks they ran with `WorkerLost` even when the
+/// program itself catches SIGINT. An ignored signal stays ignored, as across exec.
+fn reset_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+        let mut old = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
+        // SAFETY: sigaction with a null new action only reads the disposition into `old`,
+        // a zeroed `sigaction` it may overwrite.
+        let read = unsafe { libc::sigaction(sig, std::ptr::null(), old.as_mut_ptr()) };
+        // SAFETY: zero-initialized, then filled by the successful call above.
+        let handler = unsafe { old.assume_init() }.sa_sigaction;
+        if read == 0 && handler != libc::SIG_DFL && handler != libc::SIG_IGN {
+            // SAFETY: SIG_DFL is always a valid disposition; no handler of ours is involved.
+            unsafe { libc::signal(sig, libc::SIG_DFL) };
+        }
+    }
+    // SAFETY: an empty set, initialized by sigemptyset before use, installed as this (the
+    // only) thread's mask.
+    unsafe {
+        let mut none = std::mem::MaybeUninit::<libc::sigset_t>::zeroed();
+        libc::sigemptyset(none.as_mut_ptr());
+        libc::pthread_sigmask(libc::SIG_SETMASK, none.as_ptr(), std::ptr::null_mut());
+    }
+}
+
 /// The body of every worker process.
 pub(crate) fn worker_main(args: WorkerArgs) {
+    reset_signals();
     install_task_hook();
     // A worker allocates and frees a few buffers of a chunk's size per chunk. glibc serves
     // large ones with mmap and gives them back at once, so every chunk would fault its
@@ -462,6 +500,22 @@ pub(crate) fn worker_main(args: WorkerArgs) {
     }
     // The parent reads it after this process died (ordered by the death itself).
     slot.ready.store(1, std::sync::atomic::Ordering::SeqCst);
+    if args.init.is_some() {
+        // Resets the parent's count of initializer failures in a row.
+        put_result(
+            &args.results,
+            &args.bell,
+            ResultMsg {
+                payload: Payload::default(),
+                job: 0,
+                chunk: 0,
+                kind: kind::INIT_OK,
+                pid,
+                message: String::new(),
+                location: String::new(),
+            },
+        );
+    }
     set_claim_slot(slot);
     let mut done = 0u64;
     let mut spin = Spin::new();
@@ -480,8 +534,25 @@ pub(crate) fn worker_main(args: WorkerArgs) {
                     .wait(|| args.tasks.empty(), &mut spin, IDLE_NAP);
                 continue;
             }
-            // A corrupted record was skipped by the queue; go on with the next one.
-            Err(mp_queue::Error::Corrupted(_)) | Err(mp_queue::Error::Core(_)) => continue,
+            // A record the queue could not read (damaged, or an oversized one that could
+            // not be mapped) was skipped: its task is lost, and whose it was is unknown.
+            // Tell the parent, which fails the pending work, and go on with the next one.
+            Err(e @ (mp_queue::Error::Corrupted(_) | mp_queue::Error::Core(_))) => {
+                put_result(
+                    &args.results,
+                    &args.bell,
+                    ResultMsg {
+                        payload: Payload::default(),
+                        job: 0,
+                        chunk: 0,
+                        kind: kind::TASK_UNREADABLE,
+                        pid,
+                        message: e.to_string(),
+                        location: String::new(),
+                    },
+                );
+                continue;
+            }
             Err(_) => return,
         };
         if task.claim.job == 0 {

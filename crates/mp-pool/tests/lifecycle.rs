@@ -287,8 +287,11 @@ fn read_pids(dir: &Path) -> Vec<u32> {
 
 #[test]
 fn ctrl_c_during_map_returns_promptly_and_leaves_no_orphans() {
-    watchdog(80, || {
-        for (spawn_workers, handler) in [(false, false), (true, false), (true, true)] {
+    watchdog(120, || {
+        // Every start method behaves the same (issue 13 item 11): with a handler in the
+        // program, fork workers do not keep it (they die of SIGINT, as spawn workers do).
+        for (spawn_workers, handler) in [(false, false), (true, false), (false, true), (true, true)]
+        {
             let dir = std::env::temp_dir().join(format!(
                 "mp-pool-ctrlc-{}-{spawn_workers}-{handler}",
                 std::process::id()
@@ -337,6 +340,178 @@ fn ctrl_c_during_map_returns_promptly_and_leaves_no_orphans() {
                 pids.iter().all(|p| !alive(*p))
             });
             let _ = std::fs::remove_dir_all(&dir);
+        }
+    });
+}
+
+/// After `terminate`, an `imap` over an endless input yields what had already come, then
+/// one `Err(Terminated)`, then ends; it reads no more input (issue 20 F1, issue 13 item 12).
+#[test]
+fn imap_after_terminate_ends_after_one_terminated() {
+    watchdog(60, || {
+        for m in METHODS {
+            for ordered in [true, false] {
+                let pool = Pool::builder()
+                    .processes(2)
+                    .start_method(m)
+                    .build()
+                    .unwrap();
+                let pulled = Arc::new(AtomicU64::new(0));
+                let p2 = pulled.clone();
+                let endless = (0u64..).inspect(move |_| {
+                    p2.fetch_add(1, Ordering::Relaxed);
+                });
+                let mut it = if ordered {
+                    pool.in_flight(4).imap(square, endless).unwrap()
+                } else {
+                    pool.in_flight(4).imap_unordered(square, endless).unwrap()
+                };
+                assert!(it.next().unwrap().is_ok());
+                pool.terminate();
+                let read = pulled.load(Ordering::Relaxed);
+                let mut terminated = 0;
+                for step in 0.. {
+                    assert!(step < 100, "the iterator goes on after terminate");
+                    match it.next() {
+                        Some(Ok(_)) => assert_eq!(terminated, 0, "a value after Terminated"),
+                        Some(Err(Error::Terminated)) => terminated += 1,
+                        Some(Err(e)) => panic!("{e:?}"),
+                        None => break,
+                    }
+                }
+                assert_eq!(terminated, 1);
+                assert!(it.next().is_none(), "ended for good");
+                assert!(
+                    pulled.load(Ordering::Relaxed) <= read + 1,
+                    "input read after terminate"
+                );
+            }
+        }
+    });
+}
+
+/// Waits (at most 20 s) for `go` to be set, then crashes the worker.
+fn crash_on_go(go: Shared<AtomicU64>) {
+    let t0 = Instant::now();
+    while go.load(Ordering::SeqCst) == 0 && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // SAFETY: kill(2) on ourselves; no memory is involved (SIGKILL: no core dump).
+    unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+}
+
+/// A pool broken by its initializer (a crash in every worker) while it holds far more
+/// chunks than the task queue does: the blocking map returns the initializer's error, the
+/// feeder of an `_async` map stops, and `join` returns (issue 20 F2).
+#[test]
+fn broken_pool_does_not_hang_a_big_map_the_feeder_or_join() {
+    watchdog(90, || {
+        for m in METHODS {
+            let go = Shared::new(AtomicU64::new(0)).unwrap();
+            let pool = Pool::builder()
+                .processes(2)
+                .start_method(m)
+                .initializer(crash_on_go, go.clone())
+                .build()
+                .unwrap();
+            // Fills the task queue (nobody takes a task: the workers are in their
+            // initializer); the rest waits in the feeder.
+            let pending = pool.chunksize(1).map_async(square, 0..400_000u64).unwrap();
+            // The workers crash while the blocking map below waits for room.
+            let trigger = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                go.store(1, Ordering::SeqCst);
+            });
+            match pool.chunksize(1).map(square, 0..400_000u64) {
+                Err(Error::Initializer(msg)) => assert!(msg.contains("signal 9"), "{msg}"),
+                other => panic!("{other:?}"),
+            }
+            trigger.join().unwrap();
+            assert!(matches!(pending.get(), Err(Error::Initializer(_))));
+            pool.close();
+            pool.join().unwrap();
+        }
+    });
+}
+
+/// The start number of this worker's initializer (see `flaky_init`).
+static INIT_N: AtomicU64 = AtomicU64::new(u64::MAX);
+/// `flaky_init`'s `go` flag, kept by the worker for `signal_go`.
+static GO: std::sync::OnceLock<Shared<AtomicU64>> = std::sync::OnceLock::new();
+
+/// Panics in the first worker only.
+fn panics_first(counter: Shared<AtomicU64>) {
+    if counter.fetch_add(1, Ordering::SeqCst) == 0 {
+        panic!("the first worker's initializer panics");
+    }
+}
+
+/// Starts number 1 and 2 crash; start 3 succeeds; start 4 waits for `go` (set by a task of
+/// start 3, after it completed its initializer), then crashes; the others succeed.
+fn flaky_init(st: (Shared<AtomicU64>, Shared<AtomicU64>)) {
+    let (counter, go) = st;
+    let n = counter.fetch_add(1, Ordering::SeqCst);
+    INIT_N.store(n, Ordering::SeqCst);
+    let go = GO.get_or_init(|| go);
+    if n == 4 {
+        let t0 = Instant::now();
+        while go.load(Ordering::SeqCst) == 0 && t0.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    if matches!(n, 1 | 2 | 4) {
+        // SAFETY: kill(2) on ourselves; no memory is involved.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+}
+
+fn signal_go(_: u64) -> u64 {
+    let n = INIT_N.load(Ordering::SeqCst);
+    if let (3, Some(go)) = (n, GO.get()) {
+        go.store(1, Ordering::SeqCst);
+    }
+    n
+}
+
+/// One rule for initializer failures, panics and crashes alike: the pool breaks after
+/// three in a row, and an initializer that completes resets the count (issue 20 F10).
+#[test]
+fn initializer_failures_follow_one_rule() {
+    watchdog(90, || {
+        for m in METHODS {
+            // One panic among successes does not break the pool (a crash did not either).
+            let counter = Shared::new(AtomicU64::new(0)).unwrap();
+            let pool = Pool::builder()
+                .processes(2)
+                .start_method(m)
+                .initializer(panics_first, counter.clone())
+                .build()
+                .unwrap();
+            assert_eq!(pool.chunksize(1).map(square, 0..20).unwrap().len(), 20);
+            pool.close();
+            pool.join().unwrap();
+
+            // Crashes 1, 2 and 4 are not three in a row: start 3 succeeded in between.
+            let counter = Shared::new(AtomicU64::new(0)).unwrap();
+            let go = Shared::new(AtomicU64::new(0)).unwrap();
+            let pool = Pool::builder()
+                .processes(3)
+                .start_method(m)
+                .initializer(flaky_init, (counter.clone(), go.clone()))
+                .build()
+                .unwrap();
+            let mut rounds = 0;
+            while counter.load(Ordering::SeqCst) < 6 {
+                rounds += 1;
+                assert!(rounds < 5_000, "start 5 never came");
+                if let Err(e) = pool.chunksize(1).map(signal_go, [0, 1, 2]) {
+                    panic!("round {rounds}: {e:?}");
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            assert_eq!(pool.map(square, [5]).unwrap(), [25]);
+            pool.close();
+            pool.join().unwrap();
         }
     });
 }
