@@ -72,6 +72,12 @@
 //! # Ok::<(), mp_queue::Error>(())
 //! ```
 //!
+//! The view reads shared memory in place, so it trusts the queue's other processes to keep the
+//! queue's protocol (see [`Queue::get_ref`]). `get`, `get_many` and
+//! [`Received::deserialize`] do not: they copy each message into a private buffer of the
+//! calling thread first (one `memcpy`, into a buffer reused from message to message) and check
+//! and decode that copy.
+//!
 //! The other way round, [`Queue::put_as`] sends a borrowed value that archives as `T` does
 //! (a slice as [`SliceAsVec`](mp_core::message::SliceAsVec) into a `Queue<Vec<_>>`),
 //! serialized straight into the ring without building an owned `T` first.
@@ -112,8 +118,9 @@
 //! commit, so the process taking over finishes or undoes it: the item count stays exact and no
 //! ring space or oversized-message page leaks.
 //!
-//! Received bytes are always validated, and so is every position read back from the shared
-//! ring: a corrupted or hostile peer gives [`Error::Corrupted`] (or a `put` that fails with the
+//! Received bytes are always validated (the owned-value receives validate a private copy, so
+//! no process can change them between the check and the use), and so is every position read
+//! back from the shared ring: a corrupted or hostile peer gives [`Error::Corrupted`] (or a `put` that fails with the
 //! item given back), never a read or write outside the ring, and the queue stays usable when
 //! the damage can be skipped.
 //!

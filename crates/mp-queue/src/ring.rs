@@ -34,6 +34,7 @@
 //! only when it must. Waiting uses futex words with a waiter count, so that the other side makes
 //! a system call only when someone sleeps.
 
+use std::cell::Cell;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -42,6 +43,7 @@ use memmap2::{MmapOptions, MmapRaw};
 use mp_core::futex::{self, Deadline};
 use mp_core::message::{self, Encoded, ALIGN};
 use mp_core::region::HEADER_SIZE;
+use mp_core::rkyv::util::AlignedVec;
 use mp_core::{ident, Encode, Message, Region};
 use static_assertions::const_assert_eq;
 
@@ -64,6 +66,16 @@ const DONE: u32 = 3;
 const KIND_INLINE: u32 = 0;
 const KIND_BIG: u32 = 1;
 const KIND_PAD: u32 = 2;
+
+/// The largest private receive buffer a thread keeps between messages (see
+/// [`Ring::private_copy`]); a larger message gets a buffer of its own, freed after it.
+const SCRATCH_KEEP: usize = 4 << 20;
+
+thread_local! {
+    /// The calling thread's private receive buffer: every owned-value receive copies the
+    /// message here (one `memcpy`) and checks and decodes this copy, never the shared bytes.
+    static SCRATCH: Cell<AlignedVec<ALIGN>> = Cell::new(AlignedVec::new());
+}
 
 /// The shared state of one queue. Every field is an atomic or a constant written before the
 /// region is shared.
@@ -152,6 +164,37 @@ pub(crate) enum Payload {
     /// punched out of the file when `reclaim` passes its record, not before: a consumer killed
     /// in between leaves the message intact for the next one.
     Big(MmapRaw, usize),
+}
+
+/// The calling thread's private receive buffer, taken out of its thread-local for one get
+/// (or one batch) and put back when dropped, unless it grew past [`SCRATCH_KEEP`]. Taken out
+/// rather than borrowed, so that a deserializer that itself receives from a queue finds an
+/// empty buffer and uses its own.
+pub(crate) struct Scratch(AlignedVec<ALIGN>);
+
+impl Scratch {
+    pub(crate) fn take() -> Scratch {
+        Scratch(SCRATCH.try_with(Cell::take).unwrap_or_default())
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if self.0.capacity() <= SCRATCH_KEEP {
+            let buf = std::mem::take(&mut self.0);
+            let _ = SCRATCH.try_with(|cell| cell.set(buf));
+        }
+    }
+}
+
+impl Payload {
+    /// Where the payload's bytes are, and how many.
+    fn raw(&self) -> (*const u8, usize) {
+        match self {
+            Payload::Inline(ptr, len) => (*ptr, *len),
+            Payload::Big(map, len) => (map.as_ptr(), *len),
+        }
+    }
 }
 
 /// What `put` could not do.
@@ -297,7 +340,7 @@ impl Ring {
     /// Puts `value`, waiting for room until `deadline`.
     pub(crate) fn put<T: Encode>(&self, value: &T, deadline: Deadline) -> Result<(), PutFail> {
         let m = self.meta();
-        let mut spilled: Option<mp_core::rkyv::util::AlignedVec<ALIGN>> = None;
+        let mut spilled: Option<AlignedVec<ALIGN>> = None;
         let mut spins = 0u32;
         loop {
             {
@@ -360,7 +403,7 @@ impl Ring {
     fn try_put_locked<T: Encode>(
         &self,
         value: &T,
-        spilled: &mut Option<mp_core::rkyv::util::AlignedVec<ALIGN>>,
+        spilled: &mut Option<AlignedVec<ALIGN>>,
         guard: &Locked<'_>,
         fresh: bool,
     ) -> Result<bool, PutFail> {
@@ -794,8 +837,8 @@ impl Ring {
 
     // ---------------------------------------------------------------- consumer side
 
-    /// Takes the next message: `f` gets its payload while the consumer lock is held and the
-    /// record is still at `head`; the record is consumed only when `f` returns.
+    /// Takes the next message: `f` gets a private copy of its payload while the consumer lock
+    /// is held and the record is still at `head`; the record is consumed only when `f` returns.
     pub(crate) fn get_with<R>(
         &self,
         deadline: Deadline,
@@ -804,8 +847,11 @@ impl Ring {
         let mut f = Some(f);
         self.wait_for_data(deadline, |ring, guard| {
             let (payload, used, _) = ring.peek_locked(guard)?;
-            let bytes = ring.payload_bytes(&payload);
-            let r = (f.take().expect("called once"))(bytes);
+            let Some(f) = f.take() else {
+                return Err(Error::Corrupted("a get took two messages".into()));
+            };
+            let mut scratch = Scratch::take();
+            let r = f(ring.private_copy(&payload, &mut scratch));
             let simple = matches!(payload, Payload::Inline(..));
             drop(payload);
             ring.consume_locked(guard, used, false, simple);
@@ -814,7 +860,8 @@ impl Ring {
     }
 
     /// Takes up to `max` messages (at least one, waiting until `deadline`) under one hold of
-    /// the consumer lock: `f` gets each payload while its record is at `head`, and the record
+    /// the consumer lock: `f` gets a private copy of each payload while its record is at
+    /// `head`, and the record
     /// is consumed when `f` returns. An error of `f` (the record is consumed all the same) or
     /// of the ring ends the batch and is returned; the messages before it went to `f`.
     pub(crate) fn get_batch(
@@ -824,13 +871,14 @@ impl Ring {
         mut f: impl FnMut(&[u8]) -> Result<(), Error>,
     ) -> Result<usize, GetFail> {
         self.wait_for_data(deadline, |ring, guard| {
+            let mut scratch = Scratch::take();
             let mut taken = 0;
             while taken < max {
                 if taken > 0 && !ring.has_data_locked() {
                     break;
                 }
                 let (payload, used, _) = ring.peek_locked(guard)?;
-                let r = f(ring.payload_bytes(&payload));
+                let r = f(ring.private_copy(&payload, &mut scratch));
                 let simple = matches!(payload, Payload::Inline(..));
                 drop(payload);
                 ring.consume_locked(guard, used, false, simple);
@@ -1037,16 +1085,38 @@ impl Ring {
         (start >= base && start % PAGE == 0 && end <= top).then_some((start, end))
     }
 
-    /// The bytes of a payload.
+    /// The bytes of a payload, in shared memory: only for the zero-copy view of `get_ref`,
+    /// which trusts the queue's other processes (see `Queue::get_ref`). Every owned-value
+    /// receive goes through [`private_copy`](Self::private_copy) instead.
     pub(crate) fn payload_bytes<'p>(&self, p: &'p Payload) -> &'p [u8] {
-        match p {
-            // SAFETY: the pointer and length were validated by `peek_locked` and the record
-            // stays ours (consumer lock held, or claimed READING) while `p` lives.
-            Payload::Inline(ptr, len) => unsafe { std::slice::from_raw_parts(*ptr, *len) },
-            // SAFETY: the mapping is at least `len` bytes long and the range belongs to this
-            // message alone until `reclaim` passes its record, after the payload is dropped.
-            Payload::Big(map, len) => unsafe { std::slice::from_raw_parts(map.as_ptr(), *len) },
+        let (ptr, len) = p.raw();
+        // SAFETY: the pointer and length were validated by `peek_locked` (or the mapping made
+        // by `map_big` is `len` bytes long), and the record stays ours (consumer lock held, or
+        // claimed READING) while `p` lives. A process that breaks the protocol may still write
+        // the bytes: the callers say so.
+        unsafe { std::slice::from_raw_parts(ptr, len) }
+    }
+
+    /// Copies a payload out of shared memory into `scratch`, a private, 16-aligned buffer
+    /// (one `memcpy`; no allocation once the buffer has grown to the messages' size), and
+    /// returns the copy. The copy is what the caller checks and decodes, so a process that
+    /// rewrites the shared bytes after the copy (between the check and the use, say) changes
+    /// nothing: DESIGN decision 9, as mp-pipe does it.
+    pub(crate) fn private_copy<'s>(&self, p: &Payload, scratch: &'s mut Scratch) -> &'s [u8] {
+        let (src, len) = p.raw();
+        let buf = &mut scratch.0;
+        buf.clear();
+        buf.reserve(len);
+        // SAFETY: `src..src + len` is the payload, valid for reads while `p` lives (see
+        // `payload_bytes`); `reserve` made room for `len` bytes in our own buffer, and `set_len`
+        // covers exactly the bytes copied. A process that breaks the protocol by writing the
+        // shared bytes meanwhile can only make the copy hold wrong bytes, which the caller
+        // checks before use.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), len);
+            buf.set_len(len);
         }
+        buf.as_slice()
     }
 
     /// Advances `head` over `used` bytes (a record and the padding record before it, if any). When `claimed`, the record stays until its guard releases it.

@@ -1030,3 +1030,121 @@ fn hostile_positions_are_refused_without_touching_memory_outside_the_ring() {
     q.put(3).unwrap();
     assert_eq!(q.get().unwrap(), 3);
 }
+
+/// Where [`Scribble`] writes when it is deserialized: the address of an `i32` in a second
+/// mapping of a queue's region (0: nowhere).
+static SCRIBBLE_AT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A `u32` field whose deserialization rewrites 4 bytes of the message in shared memory, as a
+/// hostile peer would between the receiver's check and its use of the bytes.
+struct Scribble;
+
+impl mp_core::rkyv::with::ArchiveWith<u32> for Scribble {
+    type Archived = mp_core::rkyv::Archived<u32>;
+    type Resolver = ();
+
+    fn resolve_with(field: &u32, _: (), out: mp_core::rkyv::Place<Self::Archived>) {
+        mp_core::rkyv::Archive::resolve(field, (), out);
+    }
+}
+
+impl<S: mp_core::rkyv::rancor::Fallible + ?Sized> mp_core::rkyv::with::SerializeWith<u32, S>
+    for Scribble
+{
+    fn serialize_with(_: &u32, _: &mut S) -> Result<(), S::Error> {
+        Ok(())
+    }
+}
+
+impl<D: mp_core::rkyv::rancor::Fallible + ?Sized>
+    mp_core::rkyv::with::DeserializeWith<mp_core::rkyv::Archived<u32>, u32, D> for Scribble
+{
+    fn deserialize_with(field: &mp_core::rkyv::Archived<u32>, _: &mut D) -> Result<u32, D::Error> {
+        let at = SCRIBBLE_AT.swap(0, Ordering::SeqCst);
+        if at != 0 {
+            // SAFETY: test-only: `at` is the address of the relative offset of a message's
+            // `data` vector inside a mapping of the queue's region that the test keeps alive
+            // (4 bytes, aligned).
+            unsafe { (at as *mut i32).write_volatile(0x3fff_fff0) };
+        }
+        Ok(field.to_native())
+    }
+}
+
+/// Deserializes `trigger` first (fields go in order), then `data`, whose offset `trigger`
+/// rewrote in shared memory to point 1 GiB away.
+#[derive(mp_core::rkyv::Archive, mp_core::rkyv::Serialize, mp_core::rkyv::Deserialize)]
+#[rkyv(crate = mp_core::rkyv)]
+struct Tampered {
+    #[rkyv(with = Scribble)]
+    trigger: u32,
+    data: Vec<u8>,
+}
+
+/// A queue holding one `Tampered` message in its first record, a second mapping of its region
+/// (kept alive by the caller), and the address of that message's `data` offset there.
+fn tampered_queue() -> (Queue<Tampered>, mp_core::Region, usize) {
+    let q: Queue<Tampered> = Queue::builder().capacity_bytes(4096).build().unwrap();
+    q.put(Tampered {
+        trigger: 7,
+        data: vec![42; 100],
+    })
+    .unwrap();
+    let (bytes, fds) = handle::collect(|| encode(&q));
+    let _ = bytes.unwrap();
+    let region = mp_core::Region::from_fd(fds.into_iter().next().unwrap(), None).unwrap();
+    // The first record is at 320 (after the metadata block): a 16-byte header whose third
+    // word is the payload's length, then the payload, whose root (the archived struct) ends it.
+    // SAFETY: test-only read of a region this test owns.
+    let len = unsafe { region.as_ptr().add(320 + 8).cast::<u32>().read_volatile() } as usize;
+    let root = 320 + 16 + len - std::mem::size_of::<ArchivedTampered>();
+    // The archived Vec starts with its relative pointer (an i32 offset).
+    let at = region.as_ptr() as usize + root + std::mem::offset_of!(ArchivedTampered, data);
+    (q, region, at)
+}
+
+#[test]
+fn owned_gets_decode_a_private_copy_that_peers_cannot_rewrite() {
+    // Each owned-value path (`get`, `get_many`, and `deserialize` of a zero-copy guard) gets
+    // a message whose bytes are rewritten in shared memory in the middle of its
+    // deserialization: an offset is pointed 1 GiB out of the message. Decoded from a private
+    // copy, the value is intact; decoded in place, the reader follows the new offset (out of
+    // bounds: SIGSEGV, or garbage). In a child, so that a crash fails the test, not the run.
+    for path in ["get", "get_many", "get_ref+deserialize"] {
+        let (q, region, at) = tampered_queue();
+        let qc = q.clone();
+        let pid = fork_child(move || {
+            SCRIBBLE_AT.store(at, Ordering::SeqCst);
+            let got = match path {
+                "get" => qc.get_nowait().map(|t| (t.trigger, t.data)),
+                "get_many" => {
+                    let mut out = Vec::new();
+                    qc.get_many(&mut out, 4, Some(Duration::ZERO)).map(|_| {
+                        let t = out.pop().unwrap();
+                        (t.trigger, t.data)
+                    })
+                }
+                _ => qc
+                    .get_ref_timeout(Duration::ZERO)
+                    .and_then(|g| g.deserialize())
+                    .map(|t| (t.trigger, t.data)),
+            };
+            match got {
+                Ok((7, data)) if data == vec![42; 100] => 0,
+                _ => 2,
+            }
+        });
+        wait_ok(pid);
+        // The rewrite did happen (in shared memory), and the queue goes on.
+        // SAFETY: test-only read of the mapping kept in `region`.
+        assert_eq!(unsafe { (at as *const i32).read_volatile() }, 0x3fff_fff0);
+        drop(region);
+        assert!(q.empty(), "{path}");
+        q.put(Tampered {
+            trigger: 1,
+            data: vec![1],
+        })
+        .unwrap();
+        assert_eq!(q.get().unwrap().data, vec![1], "{path}");
+    }
+}
