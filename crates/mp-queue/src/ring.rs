@@ -6,7 +6,7 @@
 //! region payload: [ Meta (320 bytes: constants, producer, consumer, sleep, join lines) ]
 //!                 [ ring: capacity bytes of records                                          ]
 //! file beyond the region: oversized messages, one page-aligned range each (sparse)
-//! record: [ state u32 | pid u32 | len u32 | kind u32 ][ payload, padded to 16 ]
+//! record: [ state | kind << 16 (u32) | len u32 | holder token u64 ][ payload, padded to 16 ]
 //! ```
 //!
 //! Positions `tail`, `head` and `reclaim` are byte counts that only grow; a record's offset is
@@ -25,9 +25,11 @@
 //! **Consumers** hold the consumer lock while they check and decode the record at `head`, and
 //! advance `head` only after: a consumer killed while decoding leaves the message where it was
 //! for the next consumer, so every completed message is delivered exactly once. A zero-copy
-//! guard instead claims the record (`READING` + its pid), advances `head`, and marks the record
-//! `DONE` when dropped; `reclaim` then moves over `DONE` records in order. A guard whose process
-//! died is treated as `DONE` when producers run short of space.
+//! guard instead claims the record (`READING` + its process's identity token, pid and start
+//! time), advances `head`, and marks the record `DONE` when dropped; `reclaim` then moves over
+//! `DONE` records in order. A guard whose process died is treated as `DONE` when producers run
+//! short of space; the token's start time keeps a process that was given the dead one's pid
+//! from passing for it.
 //!
 //! Each side keeps a cached copy of the other side's position on its own cache line and reloads
 //! the real one only when the cache says "full" or "empty", so a 1->1 pair shares a cache line
@@ -87,10 +89,12 @@ pub(crate) struct Meta {
     big_base: AtomicU64,
     _c: [u64; 5],
     // Producer line: written by producers on every put.
-    p_lock: AtomicU32,
+    /// The producer lock's futex word (a wake sequence, see `lock`).
+    p_wake: AtomicU32,
     /// Producer journal: how many records the commit in progress publishes.
     pending_count: AtomicU32,
-    p_start: AtomicU64,
+    /// The producer lock: its holder's token (0: free).
+    p_lock: AtomicU64,
     tail: AtomicU64,
     enqueued: AtomicU64,
     p_cached_reclaim: AtomicU64,
@@ -101,9 +105,11 @@ pub(crate) struct Meta {
     pending_tail: AtomicU64,
     pending_enq: AtomicU64,
     // Consumer line: written by consumers on every get.
-    c_lock: AtomicU32,
+    /// The consumer lock's futex word.
+    c_wake: AtomicU32,
     _c0: u32,
-    c_start: AtomicU64,
+    /// The consumer lock: its holder's token (0: free).
+    c_lock: AtomicU64,
     head: AtomicU64,
     reclaim: AtomicU64,
     dequeued: AtomicU64,
@@ -137,13 +143,42 @@ const_assert_eq!(std::mem::align_of::<Meta>(), 64);
 /// A record header in the ring.
 #[repr(C)]
 struct RecHdr {
-    state: AtomicU32,
-    pid: AtomicU32,
+    /// The state (low 16 bits) and the kind (high 16 bits), in one word so that the header
+    /// has room for a whole token.
+    word: AtomicU32,
     len: AtomicU32,
-    kind: AtomicU32,
+    /// The token (`mp_core::ident`, pid + start time) of the process whose zero-copy guard
+    /// claimed the record (`READING`); 0 otherwise.
+    holder: AtomicU64,
 }
 const_assert_eq!(std::mem::size_of::<RecHdr>(), REC_HDR);
-const_assert_eq!(std::mem::align_of::<RecHdr>(), 4);
+const_assert_eq!(std::mem::align_of::<RecHdr>(), 8);
+
+const KIND_SHIFT: u32 = 16;
+const STATE_MASK: u32 = (1 << KIND_SHIFT) - 1;
+
+impl RecHdr {
+    /// The record's state and kind, from one load of its word.
+    fn state_kind(&self, order: Ordering) -> (u32, u32) {
+        let w = self.word.load(order);
+        (w & STATE_MASK, w >> KIND_SHIFT)
+    }
+
+    /// Sets the state, keeping the kind. Only for the record's owner of the moment (the
+    /// consumer-lock holder, or the process whose guard claimed it), so the load and the
+    /// store cannot race with another writer.
+    fn set_state(&self, state: u32, order: Ordering) {
+        let w = self.word.load(Ordering::Relaxed);
+        self.word.store((w & !STATE_MASK) | state, order);
+    }
+
+    fn init(&self, state: u32, kind: u32, len: u32) {
+        self.len.store(len, Ordering::Relaxed);
+        self.holder.store(0, Ordering::Relaxed);
+        self.word
+            .store((kind << KIND_SHIFT) | state, Ordering::Relaxed);
+    }
+}
 
 fn round16(n: u64) -> u64 {
     (n + 15) & !15
@@ -285,7 +320,8 @@ impl Ring {
     fn rec(&self, off: u64) -> &RecHdr {
         debug_assert!(off % 16 == 0 && off + REC_HDR as u64 <= self.capacity);
         // SAFETY: `off` is a multiple of 16 below capacity (positions are multiples of 16 and
-        // taken modulo capacity, itself a multiple of 16), so a 16-byte header fits, aligned.
+        // taken modulo capacity, itself a multiple of 16), so a 16-byte header fits, 8-aligned
+        // (the ring starts at META_SIZE, a multiple of 64, in a 64-aligned payload).
         // RecHdr is made of atomics: sound to share.
         unsafe { &*self.data().add(off as usize).cast::<RecHdr>() }
     }
@@ -309,7 +345,7 @@ impl Ring {
     /// Takes the producer lock, repairing what a producer killed while holding it left.
     fn lock_producer(&self) -> Locked<'_> {
         let m = self.meta();
-        let guard = lock::lock(&m.p_lock, &m.p_start);
+        let guard = lock::lock(&m.p_lock, &m.p_wake);
         if guard.recovered {
             self.repair_producer();
         }
@@ -319,7 +355,7 @@ impl Ring {
     /// Takes the consumer lock, repairing what a consumer killed while holding it left.
     fn lock_consumer(&self) -> Locked<'_> {
         let m = self.meta();
-        let guard = lock::lock(&m.c_lock, &m.c_start);
+        let guard = lock::lock(&m.c_lock, &m.c_wake);
         if guard.recovered {
             self.repair_consumer();
         }
@@ -729,20 +765,12 @@ impl Ring {
     }
 
     fn write_rec(&self, off: u64, len: u32, kind: u32) {
-        let r = self.rec(off);
-        r.len.store(len, Ordering::Relaxed);
-        r.kind.store(kind, Ordering::Relaxed);
-        r.pid.store(0, Ordering::Relaxed);
-        r.state.store(READY, Ordering::Relaxed);
+        self.rec(off).init(READY, kind, len);
     }
 
     fn write_pad(&self, off: u64, span: u64) {
-        let r = self.rec(off);
-        r.len
-            .store((span - REC_HDR as u64) as u32, Ordering::Relaxed);
-        r.kind.store(KIND_PAD, Ordering::Relaxed);
-        r.pid.store(0, Ordering::Relaxed);
-        r.state.store(DONE, Ordering::Relaxed);
+        self.rec(off)
+            .init(DONE, KIND_PAD, (span - REC_HDR as u64) as u32);
     }
 
     fn copy_in(&self, off: u64, bytes: &[u8]) {
@@ -890,16 +918,15 @@ impl Ring {
     }
 
     /// Claims the next message for a zero-copy guard: returns its payload and the ring offset
-    /// of its record, marked `READING` by this process.
+    /// of its record, marked `READING` by this process (its token: pid and start time).
     pub(crate) fn claim(&self, deadline: Deadline) -> Result<(Payload, u64), GetFail> {
         self.wait_for_data(deadline, |ring, guard| {
             let (payload, used, rec_off) = ring.peek_locked(guard)?;
             let r = ring.rec(rec_off);
-            r.pid
-                .store(ident::id_of(ident::process_token()), Ordering::Relaxed);
-            // Release: the pid is in place before the claim is seen (by a process that finds
-            // this record after we are killed).
-            r.state.store(READING, Ordering::Release);
+            r.holder.store(ident::process_token(), Ordering::Relaxed);
+            // Release: the token is in place before the claim is seen (by a process that
+            // finds this record after we are killed; it loads the state with Acquire).
+            r.set_state(READING, Ordering::Release);
             ring.consume_locked(guard, used, true, false);
             Ok((payload, rec_off))
         })
@@ -909,9 +936,9 @@ impl Ring {
     pub(crate) fn release(&self, off: u64) {
         // Release: our reads of the payload happen before a producer reuses the space (it
         // loads `reclaim` with Acquire after we advance it over this record).
-        self.rec(off).state.store(DONE, Ordering::Release);
+        self.rec(off).set_state(DONE, Ordering::Release);
         let m = self.meta();
-        if let Some(g) = lock::try_lock(&m.c_lock, &m.c_start) {
+        if let Some(g) = lock::try_lock(&m.c_lock, &m.c_wake) {
             self.advance_reclaim(&g, false);
         }
         // Even when another consumer holds the lock (it moves `reclaim` on its next get),
@@ -1002,7 +1029,7 @@ impl Ring {
         let mut off = head & (cap - 1);
         let mut used = 0u64;
         let r = self.rec(off);
-        if r.kind.load(Ordering::Relaxed) == KIND_PAD {
+        if r.state_kind(Ordering::Relaxed).1 == KIND_PAD {
             let span = REC_HDR as u64 + u64::from(r.len.load(Ordering::Relaxed));
             if span != cap - off || head + span >= tail {
                 return Err(self.corrupt(
@@ -1016,12 +1043,11 @@ impl Ring {
         }
         let r = self.rec(off);
         let len = u64::from(r.len.load(Ordering::Relaxed));
-        let kind = r.kind.load(Ordering::Relaxed);
         let span = REC_HDR as u64 + round16(len);
         // Under the consumer lock, a record at `head` is READY, or READING when a consumer was
         // killed between marking its claim and advancing `head`: the claim never completed, so
         // the message is still there to deliver.
-        let state = r.state.load(Ordering::Acquire);
+        let (state, kind) = r.state_kind(Ordering::Acquire);
         if span > cap - off || span > tail - head - used || (state != READY && state != READING) {
             return Err(self.corrupt(
                 head,
@@ -1178,10 +1204,12 @@ impl Ring {
             let r = self.rec(off);
             // Acquire pairs with the Release store of DONE in `release` (the guard's reads of
             // the payload happen before we hand the space back).
-            let st = r.state.load(Ordering::Acquire);
+            let (st, kind) = r.state_kind(Ordering::Acquire);
             if st == READING {
-                let pid = r.pid.load(Ordering::Relaxed);
-                if !dead_too || ident::is_alive(u64::from(pid) << 32) {
+                // The whole token, pid and start time: a process that was given the dead
+                // holder's pid since is not taken for it.
+                let holder = r.holder.load(Ordering::Relaxed);
+                if !dead_too || ident::is_alive(holder) {
                     break;
                 }
             }
@@ -1190,7 +1218,7 @@ impl Ring {
             if span > cap - off || span > head - reclaim {
                 break;
             }
-            if r.kind.load(Ordering::Relaxed) == KIND_BIG && len == 16 {
+            if kind == KIND_BIG && len == 16 {
                 self.punch_big(off);
             }
             reclaim += span;
@@ -1220,7 +1248,7 @@ impl Ring {
         if m.reclaim.load(Ordering::Relaxed) == m.head.load(Ordering::Relaxed) {
             return;
         }
-        if let Some(g) = lock::try_lock(&m.c_lock, &m.c_start) {
+        if let Some(g) = lock::try_lock(&m.c_lock, &m.c_wake) {
             self.advance_reclaim(&g, false);
         }
     }

@@ -46,16 +46,21 @@ const WATCHDOG: Duration = Duration::from_secs(60);
 
 /// Waits for a forked child to exit with 0; kills it and fails the test after [`WATCHDOG`].
 fn wait_ok(pid: Pid) {
+    wait_ok_within(pid, WATCHDOG)
+}
+
+/// [`wait_ok`] with another watchdog.
+fn wait_ok_within(pid: Pid, watchdog: Duration) {
     let t0 = Instant::now();
     loop {
         match waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)).expect("waitpid") {
-            WaitStatus::StillAlive if t0.elapsed() < WATCHDOG => {
+            WaitStatus::StillAlive if t0.elapsed() < watchdog => {
                 std::thread::sleep(Duration::from_millis(5))
             }
             WaitStatus::StillAlive => {
                 let _ = kill(pid, Signal::SIGKILL);
                 let _ = waitpid(pid, None);
-                panic!("watchdog: child {pid} still running after {WATCHDOG:?}");
+                panic!("watchdog: child {pid} still running after {watchdog:?}");
             }
             WaitStatus::Exited(_, 0) => return,
             other => panic!("child {pid} failed: {other:?}"),
@@ -762,11 +767,11 @@ fn corrupted_ring_is_an_error_and_the_queue_stays_usable() {
     let fd = fds.into_iter().next().unwrap();
     let region = mp_core::Region::from_fd(fd, None).unwrap();
     // SAFETY: test-only corruption of a region this test owns; offset 320 is the first record
-    // (after the 320-byte metadata block); we overwrite its `len` field.
+    // (after the 320-byte metadata block); we overwrite its `len` field (its second word).
     unsafe {
         region
             .as_ptr()
-            .add(320 + 8)
+            .add(320 + 4)
             .cast::<u32>()
             .write_volatile(0xFFFF_FFF0)
     };
@@ -1010,8 +1015,8 @@ fn hostile_positions_are_refused_without_touching_memory_outside_the_ring() {
     let (bytes, fds) = handle::collect(|| encode(&q));
     let _ = bytes.unwrap();
     let region = mp_core::Region::from_fd(fds.into_iter().next().unwrap(), None).unwrap();
-    // Meta's producer line starts at 64; `tail` is its third field (after the lock word and
-    // the holder's token), at 64 + 16.
+    // Meta's producer line starts at 64; `tail` follows the lock's futex word, the journal's
+    // count and the lock word (the holder's token), at 64 + 16.
     // SAFETY: test-only corruption of a region this test owns.
     let tail = unsafe { &*region.as_ptr().add(64 + 16).cast::<AtomicU64>() };
     let good = tail.load(Ordering::SeqCst);
@@ -1093,10 +1098,10 @@ fn tampered_queue() -> (Queue<Tampered>, mp_core::Region, usize) {
     let (bytes, fds) = handle::collect(|| encode(&q));
     let _ = bytes.unwrap();
     let region = mp_core::Region::from_fd(fds.into_iter().next().unwrap(), None).unwrap();
-    // The first record is at 320 (after the metadata block): a 16-byte header whose third
+    // The first record is at 320 (after the metadata block): a 16-byte header whose second
     // word is the payload's length, then the payload, whose root (the archived struct) ends it.
     // SAFETY: test-only read of a region this test owns.
-    let len = unsafe { region.as_ptr().add(320 + 8).cast::<u32>().read_volatile() } as usize;
+    let len = unsafe { region.as_ptr().add(320 + 4).cast::<u32>().read_volatile() } as usize;
     let root = 320 + 16 + len - std::mem::size_of::<ArchivedTampered>();
     // The archived Vec starts with its relative pointer (an i32 offset).
     let at = region.as_ptr() as usize + root + std::mem::offset_of!(ArchivedTampered, data);
@@ -1147,4 +1152,158 @@ fn owned_gets_decode_a_private_copy_that_peers_cannot_rewrite() {
         .unwrap();
         assert_eq!(q.get().unwrap().data, vec![1], "{path}");
     }
+}
+
+/// Makes a process with the pid `pid`, just freed (as a recycled pid would be), that waits
+/// until it is killed (or its parent thread dies); `None` if the pid was taken meanwhile.
+/// Uses `clone3` with `set_tid` (the tests run as root).
+fn process_with_pid(pid: Pid) -> Option<Pid> {
+    /// `struct clone_args` of linux/sched.h, up to `set_tid_size` (CLONE_ARGS_SIZE_VER1).
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+    }
+    let tid = [pid.as_raw()];
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: tid.as_ptr() as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    // SAFETY: clone3 without CLONE_VM and without a stack behaves like fork; the child only
+    // makes async-signal-safe calls (prctl, pause) and never returns from this block.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match r {
+        0 => {
+            // SAFETY: the child: prctl with integer arguments, then pause until killed.
+            unsafe {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                loop {
+                    libc::pause();
+                }
+            }
+        }
+        -1 => {
+            let e = std::io::Error::last_os_error();
+            assert_eq!(
+                e.raw_os_error(),
+                Some(libc::EEXIST),
+                "clone3 with set_tid failed ({e}): this test needs CAP_SYS_ADMIN or \
+                 CAP_CHECKPOINT_RESTORE"
+            );
+            None
+        }
+        p => Some(Pid::from_raw(p as i32)),
+    }
+}
+
+#[test]
+fn guard_of_a_dead_process_whose_pid_is_reused_does_not_stall_the_queue() {
+    // A child takes a message with `get_ref` and exits holding the guard: its record stays
+    // claimed (READING) under its identity. Its pid then goes to a new, live process, as pids
+    // are recycled. Producers that need the record's space must see that its holder is dead
+    // (the recorded start time is not the new process's) and reclaim it.
+    let q: Queue<u64> = Queue::builder().capacity_bytes(1024).build().unwrap();
+    let tokens: Queue<u64> = Queue::new().unwrap();
+    for _attempt in 0..5 {
+        q.put(1000).unwrap();
+        let (qc, tc) = (q.clone(), tokens.clone());
+        let a = fork_child(move || {
+            let Ok(guard) = qc.get_ref() else { return 1 };
+            if guard.to_native() != 1000 {
+                return 1;
+            }
+            std::mem::forget(guard);
+            match tc.put(mp_core::ident::process_token()) {
+                Ok(()) => 0,
+                Err(_) => 1,
+            }
+        });
+        wait_ok(a);
+        let a_token = tokens.get_nowait().unwrap();
+        // More than a clock tick (10 ms at 100 Hz) between the two starts, so that the start
+        // times differ.
+        std::thread::sleep(Duration::from_millis(50));
+        let Some(b) = process_with_pid(a) else {
+            continue;
+        };
+        let reused = mp_core::ident::is_alive(u64::from(a.as_raw() as u32) << 32)
+            && !mp_core::ident::is_alive(a_token);
+        // The ring (1 KiB of 32-byte records) wraps many times over the dead guard's record.
+        let mut stalled = None;
+        for i in 0..200u64 {
+            if q.put_timeout(i, Duration::from_secs(3)).is_err() {
+                stalled = Some(i);
+                break;
+            }
+            assert_eq!(q.get_timeout(Duration::from_secs(3)).unwrap(), i);
+        }
+        kill(b, Signal::SIGKILL).unwrap();
+        waitpid(b, None).unwrap();
+        assert!(
+            reused,
+            "the setup must give the dead holder's pid to a live process"
+        );
+        assert_eq!(
+            stalled,
+            None,
+            "puts stalled behind the dead guard's record: {}",
+            q.debug_state()
+        );
+        return;
+    }
+    panic!("the freed pid was taken by someone else five times");
+}
+
+#[test]
+fn lock_recorded_for_a_reused_pid_is_taken_over() {
+    // The queue's two locks are recorded as held by an earlier process of this test's pid:
+    // the same pid, another start time, as a holder that died and whose pid went to us. A
+    // put and a get must take them over (a holder-pid check alone would wait forever, the
+    // pid being alive). In a child, so that a hang is caught by the watchdog.
+    let q: Queue<u64> = Queue::new().unwrap();
+    let (bytes, fds) = handle::collect(|| encode(&q));
+    let _ = bytes.unwrap();
+    let region = mp_core::Region::from_fd(fds.into_iter().next().unwrap(), None).unwrap();
+    let me = mp_core::ident::process_token();
+    let earlier = (me & !0xffff_ffff) | u64::from((me as u32).wrapping_add(7919) | 1);
+    assert!(mp_core::ident::is_alive(
+        u64::from(std::process::id()) << 32
+    ));
+    assert!(!mp_core::ident::is_alive(earlier));
+    // Meta: the producer lock's word (the holder's token) is at 64 + 8, after the lock's futex
+    // word and the journal's count; the consumer lock's at 128 + 8.
+    for at in [64 + 8, 128 + 8] {
+        // SAFETY: test-only write of a region this test owns, 8-aligned.
+        unsafe { &*region.as_ptr().add(at).cast::<AtomicU64>() }.store(earlier, Ordering::SeqCst);
+    }
+    let qc = q.clone();
+    let pid = fork_child(move || {
+        if qc.put(5).is_err() {
+            return 1;
+        }
+        match qc.get() {
+            Ok(5) => 0,
+            _ => 2,
+        }
+    });
+    wait_ok_within(pid, Duration::from_secs(20));
+    q.put(6).unwrap();
+    assert_eq!(q.get().unwrap(), 6);
 }
