@@ -124,7 +124,9 @@ pub(crate) struct Meta {
     space_seq: AtomicU32,
     c_waiters: AtomicU32,
     p_waiters: AtomicU32,
-    _w: [u32; 12],
+    /// Diagnostics: how many sleeping consumers producers have woken, in all.
+    woken: AtomicU32,
+    _w: [u32; 11],
     // Rarely written line.
     /// JoinableQueue: puts not yet matched by `task_done`.
     pub(crate) unfinished: AtomicU32,
@@ -383,7 +385,7 @@ impl Ring {
                 let guard = self.lock_producer();
                 if self.try_put_locked(value, &mut spilled, &guard, false)? {
                     drop(guard);
-                    self.wake_consumers();
+                    self.wake_consumers(1);
                     return Ok(());
                 }
             }
@@ -415,7 +417,7 @@ impl Ring {
             if !matches!(put, Ok(false)) {
                 m.p_waiters.fetch_sub(1, Ordering::SeqCst);
                 put?;
-                self.wake_consumers();
+                self.wake_consumers(1);
                 return Ok(());
             }
             let nap = deadline.remaining().map_or(NAP, |r| r.min(NAP));
@@ -646,7 +648,7 @@ impl Ring {
         }
         drop(guard);
         if count > 0 {
-            self.wake_consumers();
+            self.wake_consumers(count);
         }
         Ok(count as usize)
     }
@@ -748,7 +750,7 @@ impl Ring {
     pub(crate) fn debug_state(&self) -> String {
         let m = self.meta();
         format!(
-            "capacity={} tail={} head={} reclaim={} p_cached_reclaim={} c_cached_tail={} enqueued={} dequeued={} p_lock={:#x} c_lock={:#x} p_waiters={} c_waiters={}",
+            "capacity={} tail={} head={} reclaim={} p_cached_reclaim={} c_cached_tail={} enqueued={} dequeued={} p_lock={:#x} c_lock={:#x} p_waiters={} c_waiters={} consumers_woken={}",
             self.capacity,
             m.tail.load(Ordering::SeqCst),
             m.head.load(Ordering::SeqCst),
@@ -761,6 +763,7 @@ impl Ring {
             m.c_lock.load(Ordering::SeqCst),
             m.p_waiters.load(Ordering::SeqCst),
             m.c_waiters.load(Ordering::SeqCst),
+            m.woken.load(Ordering::SeqCst),
         )
     }
 
@@ -824,7 +827,9 @@ impl Ring {
         Ok(())
     }
 
-    fn wake_consumers(&self) {
+    /// Wakes up to `n` sleeping consumers, one per message just published (a batch of `n`
+    /// items has work for `n` of them; waking fewer would leave the rest to their next nap).
+    fn wake_consumers(&self, n: u32) {
         let m = self.meta();
         // Dekker handshake, all four operations SeqCst: we swapped `tail` (in `commit`), then
         // load `c_waiters`; a consumer going to sleep increments `c_waiters`, then loads
@@ -833,7 +838,11 @@ impl Ring {
         // and wake it).
         if m.c_waiters.load(Ordering::SeqCst) > 0 {
             m.data_seq.fetch_add(1, Ordering::SeqCst);
-            futex::wake(&m.data_seq, 1);
+            let woken = futex::wake(&m.data_seq, n);
+            if woken > 0 {
+                m.woken
+                    .fetch_add(woken.min(u32::MAX as usize) as u32, Ordering::Relaxed);
+            }
         }
     }
 
@@ -987,7 +996,8 @@ impl Ring {
                 continue;
             }
             m.c_waiters.fetch_add(1, Ordering::SeqCst);
-            // Pairs with the SeqCst fence in `wake_consumers`.
+            // Pairs with the SeqCst swap of `tail` in `publish` and the SeqCst load of
+            // `c_waiters` in `wake_consumers` (the Dekker handshake described there).
             if m.tail.load(Ordering::SeqCst) == m.head.load(Ordering::SeqCst)
                 && m.data_seq.load(Ordering::SeqCst) == seq
             {

@@ -10,7 +10,7 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use mp_core::handle::{self, ENV_FDS};
@@ -1306,4 +1306,80 @@ fn lock_recorded_for_a_reused_pid_is_taken_over() {
     wait_ok_within(pid, Duration::from_secs(20));
     q.put(6).unwrap();
     assert_eq!(q.get().unwrap(), 6);
+}
+
+/// True when `pid` is blocked in the futex system call (per `/proc/<pid>/syscall`).
+fn in_futex_wait(pid: Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+        .is_ok_and(|s| s.split(' ').next() == Some(libc::SYS_futex.to_string().as_str()))
+}
+
+#[test]
+fn put_many_wakes_a_sleeping_consumer_per_item() {
+    // K consumers asleep in `get`; one `put_many` of K items must wake them all (counted by
+    // the queue's tally of consumers woken), not one, leaving the others to their next nap.
+    const K: usize = 4;
+    let q: Queue<u64> = Queue::new().unwrap();
+    let done: Queue<u64> = Queue::new().unwrap();
+    let (bytes, fds) = handle::collect(|| encode(&q));
+    let _ = bytes.unwrap();
+    let region = mp_core::Region::from_fd(fds.into_iter().next().unwrap(), None).unwrap();
+    // Meta's sleep line is at 192: data_seq, space_seq, c_waiters (200), p_waiters, then the
+    // tally of consumers woken (208).
+    // SAFETY: test-only reads of atomics in a region this test owns, 4-aligned.
+    let (c_waiters, woken) = unsafe {
+        (
+            &*region.as_ptr().add(200).cast::<AtomicU32>(),
+            &*region.as_ptr().add(208).cast::<AtomicU32>(),
+        )
+    };
+    let kids: Vec<Pid> = (0..K)
+        .map(|_| {
+            let (q, done) = (q.clone(), done.clone());
+            fork_child(move || match q.get() {
+                Ok(v) if done.put(v).is_ok() => 0,
+                _ => 1,
+            })
+        })
+        .collect();
+    let kill_all = |why: String| -> ! {
+        for &k in &kids {
+            let _ = kill(k, Signal::SIGKILL);
+            let _ = waitpid(k, None);
+        }
+        panic!("{why}");
+    };
+    // Until every consumer is asleep: counted as a waiter and blocked in FUTEX_WAIT.
+    let t0 = Instant::now();
+    while c_waiters.load(Ordering::SeqCst) as usize != K || !kids.iter().all(|&k| in_futex_wait(k))
+    {
+        if t0.elapsed() > Duration::from_secs(20) {
+            kill_all(format!(
+                "the consumers did not fall asleep: {}",
+                q.debug_state()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let before = woken.load(Ordering::SeqCst);
+    assert_eq!(q.put_many(&[10, 11, 12, 13], None).unwrap(), K);
+    let mut got = Vec::new();
+    for _ in 0..K {
+        match done.get_timeout(Duration::from_secs(20)) {
+            Ok(v) => got.push(v),
+            Err(e) => kill_all(format!("a consumer got nothing: {e}")),
+        }
+    }
+    let woken = woken.load(Ordering::SeqCst) - before;
+    for k in kids {
+        wait_ok(k);
+    }
+    got.sort_unstable();
+    assert_eq!(got, [10, 11, 12, 13]);
+    // All K were asleep just before the put; one of them may have woken from its nap in the
+    // microseconds between the check and the wake, so allow one short.
+    assert!(
+        woken as usize >= K - 1,
+        "one put_many of {K} items woke {woken} of {K} sleeping consumers"
+    );
 }
