@@ -31,6 +31,12 @@
 //! short of space; the token's start time keeps a process that was given the dead one's pid
 //! from passing for it.
 //!
+//! **Damage** found at `head` (a record no mp producer writes) is skipped so that the queue
+//! stays usable: `head` moves to `tail`, and a `KIND_SKIP` record written over the damaged
+//! header tells `reclaim` to jump the span without reading it. Each span has its own marker,
+//! so the records between two damaged spans (zero-copy guards still reading them, say) are
+//! still visited in order.
+//!
 //! Each side keeps a cached copy of the other side's position on its own cache line and reloads
 //! the real one only when the cache says "full" or "empty", so a 1->1 pair shares a cache line
 //! only when it must. Waiting uses futex words with a waiter count, so that the other side makes
@@ -68,6 +74,9 @@ const DONE: u32 = 3;
 const KIND_INLINE: u32 = 0;
 const KIND_BIG: u32 = 1;
 const KIND_PAD: u32 = 2;
+/// A damaged span `[pos, pos + extra)` that `corrupt` marked (state `DONE`): `reclaim` jumps
+/// it without reading what is inside.
+const KIND_SKIP: u32 = 3;
 
 /// The largest private receive buffer a thread keeps between messages (see
 /// [`Ring::private_copy`]); a larger message gets a buffer of its own, freed after it.
@@ -131,10 +140,10 @@ pub(crate) struct Meta {
     /// JoinableQueue: puts not yet matched by `task_done`.
     pub(crate) unfinished: AtomicU32,
     pub(crate) join_waiters: AtomicU32,
-    /// A span `[discard_from, discard_to)` of corrupted records that `reclaim` jumps over
-    /// without reading it (`discard_to == 0`: none).
-    discard_from: AtomicU64,
-    discard_to: AtomicU64,
+    /// Unused (was a single pending span of corrupted records; those are now marked in the
+    /// ring itself, by a `KIND_SKIP` record each, so that any number of them keep their order
+    /// with the live records between them).
+    _d: [u64; 2],
     /// Producer journal for an oversized message: `big_tail` before it was allocated (0: none).
     pending_big: AtomicU64,
     _j: [u64; 3],
@@ -150,8 +159,9 @@ struct RecHdr {
     word: AtomicU32,
     len: AtomicU32,
     /// The token (`mp_core::ident`, pid + start time) of the process whose zero-copy guard
-    /// claimed the record (`READING`); 0 otherwise.
-    holder: AtomicU64,
+    /// claimed the record (`READING`); for a `KIND_SKIP` record, the length of the damaged
+    /// span it covers; 0 otherwise.
+    extra: AtomicU64,
 }
 const_assert_eq!(std::mem::size_of::<RecHdr>(), REC_HDR);
 const_assert_eq!(std::mem::align_of::<RecHdr>(), 8);
@@ -176,7 +186,7 @@ impl RecHdr {
 
     fn init(&self, state: u32, kind: u32, len: u32) {
         self.len.store(len, Ordering::Relaxed);
-        self.holder.store(0, Ordering::Relaxed);
+        self.extra.store(0, Ordering::Relaxed);
         self.word
             .store((kind << KIND_SHIFT) | state, Ordering::Relaxed);
     }
@@ -932,7 +942,7 @@ impl Ring {
         self.wait_for_data(deadline, |ring, guard| {
             let (payload, used, rec_off) = ring.peek_locked(guard)?;
             let r = ring.rec(rec_off);
-            r.holder.store(ident::process_token(), Ordering::Relaxed);
+            r.extra.store(ident::process_token(), Ordering::Relaxed);
             // Release: the token is in place before the claim is seen (by a process that
             // finds this record after we are killed; it loads the state with Acquire).
             r.set_state(READING, Ordering::Release);
@@ -1033,7 +1043,7 @@ impl Ring {
             m.c_cached_tail.store(tail, Ordering::Relaxed);
         }
         if !self.span_ok(head, tail) || !self.span_ok(m.reclaim.load(Ordering::Relaxed), head) {
-            return Err(self.corrupt(head, tail, "positions out of order or misaligned"));
+            return Err(self.corrupt(guard, head, tail, "positions out of order or misaligned"));
         }
         // `head` is a multiple of 16 and `cap` too, so `off` is a record boundary in the ring.
         let mut off = head & (cap - 1);
@@ -1043,6 +1053,7 @@ impl Ring {
             let span = REC_HDR as u64 + u64::from(r.len.load(Ordering::Relaxed));
             if span != cap - off || head + span >= tail {
                 return Err(self.corrupt(
+                    guard,
                     head,
                     tail,
                     "a padding record that does not end the ring",
@@ -1060,6 +1071,7 @@ impl Ring {
         let (state, kind) = r.state_kind(Ordering::Acquire);
         if span > cap - off || span > tail - head - used || (state != READY && state != READING) {
             return Err(self.corrupt(
+                guard,
                 head,
                 tail,
                 "a record that overruns the ring or is not ready",
@@ -1080,7 +1092,7 @@ impl Ring {
                     return Err(e);
                 }
             },
-            _ => return Err(self.corrupt(head, tail, "a record of unknown kind")),
+            _ => return Err(self.corrupt(guard, head, tail, "a record of unknown kind")),
         };
         Ok((payload, used, off))
     }
@@ -1175,7 +1187,7 @@ impl Ring {
         if claimed {
             return;
         }
-        if simple && reclaim == head && m.discard_to.load(Ordering::Relaxed) == 0 {
+        if simple && reclaim == head {
             // Nothing outstanding before us and nothing to free: the space is free at once.
             // (A consumer killed before this store leaves consumed records behind `head`,
             // which `advance_reclaim` passes later.) Release pairs with the producers' Acquire
@@ -1200,25 +1212,25 @@ impl Ring {
         }
         let mut reclaim = start;
         while reclaim < head {
-            let to = m.discard_to.load(Ordering::Relaxed);
-            if to != 0 && reclaim == m.discard_from.load(Ordering::Relaxed) {
-                // A corrupted span: jump it without reading it.
-                if !self.span_ok(reclaim, to) || to > head {
-                    break;
-                }
-                reclaim = to;
-                m.discard_to.store(0, Ordering::Relaxed);
-                continue;
-            }
             let off = reclaim & (cap - 1);
             let r = self.rec(off);
             // Acquire pairs with the Release store of DONE in `release` (the guard's reads of
             // the payload happen before we hand the space back).
             let (st, kind) = r.state_kind(Ordering::Acquire);
+            if kind == KIND_SKIP && st == DONE {
+                // A damaged span marked by `corrupt`: jump it without reading it (it may wrap
+                // around the ring's end). It ends where the next record starts.
+                let span = r.extra.load(Ordering::Relaxed);
+                if span == 0 || span % 16 != 0 || span > head - reclaim {
+                    break;
+                }
+                reclaim += span;
+                continue;
+            }
             if st == READING {
                 // The whole token, pid and start time: a process that was given the dead
                 // holder's pid since is not taken for it.
-                let holder = r.holder.load(Ordering::Relaxed);
+                let holder = r.extra.load(Ordering::Relaxed);
                 if !dead_too || ident::is_alive(holder) {
                     break;
                 }
@@ -1276,9 +1288,12 @@ impl Ring {
     }
 
     /// Skips damage at `head` so that the queue stays usable: `head` moves to `tail` and the
-    /// span is marked for `reclaim` to jump without reading it (records before `head` that
-    /// zero-copy guards still read are left alone).
-    fn corrupt(&self, head: u64, tail: u64, what: &str) -> Error {
+    /// span `[head, tail)` is marked, by a `KIND_SKIP` record written over the damaged header
+    /// at `head`, for `reclaim` to jump without reading it. Records before `head` that
+    /// zero-copy guards still read are left alone, and stay in order with every span marked
+    /// so (another damaged span later gets a marker of its own), so `reclaim` still stops at
+    /// each of them.
+    fn corrupt(&self, _guard: &Locked<'_>, head: u64, tail: u64, what: &str) -> Error {
         let m = self.meta();
         if !self.span_ok(head, tail) {
             return Error::Corrupted(format!(
@@ -1286,10 +1301,18 @@ impl Ring {
             ));
         }
         let lost = tail - head;
-        if m.discard_to.load(Ordering::Relaxed) == 0 {
-            m.discard_from.store(head, Ordering::Relaxed);
+        if lost > 0 {
+            // `[head, tail)` holds published records that only the consumer-lock holder (us)
+            // reads and no producer writes before `reclaim` passes them; a consumer killed
+            // before the store of `head` leaves a marker that the next one writes again.
+            let r = self.rec(head & (self.capacity - 1));
+            r.len.store(0, Ordering::Relaxed);
+            r.extra.store(lost, Ordering::Relaxed);
+            r.word
+                .store((KIND_SKIP << KIND_SHIFT) | DONE, Ordering::Relaxed);
         }
-        m.discard_to.store(tail, Ordering::Relaxed);
+        // Release: the marker is in place before `head` passes it (for `advance_reclaim`,
+        // which reads records below `head`).
         m.head.store(tail, Ordering::Release);
         // How many messages were dropped is unknown: count the queue as empty.
         m.dequeued

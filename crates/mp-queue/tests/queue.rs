@@ -1383,3 +1383,56 @@ fn put_many_wakes_a_sleeping_consumer_per_item() {
         "one put_many of {K} items woke {woken} of {K} sleeping consumers"
     );
 }
+
+#[test]
+fn a_second_corruption_does_not_hand_a_live_guards_record_to_producers() {
+    // Two damaged spans with a message between them that a zero-copy guard holds: when
+    // `reclaim` jumps the damage, it must stop at that guard's record, or producers write
+    // over the bytes the guard is reading.
+    let q: Queue<u64> = Queue::builder().capacity_bytes(1024).build().unwrap();
+    let (bytes, fds) = handle::collect(|| encode(&q));
+    let _ = bytes.unwrap();
+    let region = mp_core::Region::from_fd(fds.into_iter().next().unwrap(), None).unwrap();
+    // Records of a u64 are 32 bytes (16 of header, 16 of payload), from 320 on; `len` is the
+    // header's second word.
+    let damage = |record: usize| {
+        // SAFETY: test-only corruption of a region this test owns.
+        unsafe {
+            region
+                .as_ptr()
+                .add(320 + 32 * record + 4)
+                .cast::<u32>()
+                .write_volatile(0xFFFF_FFF0)
+        };
+    };
+    q.put(1).unwrap();
+    let first = q.get_ref().unwrap(); // record 0, held: `reclaim` waits for it
+    q.put(2).unwrap();
+    damage(1);
+    assert!(matches!(q.get_nowait(), Err(Error::Corrupted(_))));
+    q.put(3).unwrap();
+    let second = q.get_ref().unwrap(); // record 2, held
+    assert_eq!(second.to_native(), 3);
+    q.put(4).unwrap();
+    damage(3);
+    assert!(matches!(q.get_nowait(), Err(Error::Corrupted(_))));
+    drop(first);
+    // Fill the ring: producers may use all the space up to the second guard's record, no more.
+    let mut put = 0u64;
+    while q.put_nowait(100 + put).is_ok() {
+        put += 1;
+    }
+    assert_eq!(
+        second.to_native(),
+        3,
+        "producers overwrote a live guard's message ({put} puts): {}",
+        q.debug_state()
+    );
+    drop(second);
+    for i in 0..put {
+        assert_eq!(q.get_nowait().unwrap(), 100 + i);
+    }
+    assert!(q.empty());
+    q.put(7).unwrap();
+    assert_eq!(q.get().unwrap(), 7);
+}
