@@ -1436,3 +1436,96 @@ fn a_second_corruption_does_not_hand_a_live_guards_record_to_producers() {
     q.put(7).unwrap();
     assert_eq!(q.get().unwrap(), 7);
 }
+
+/// Set in a child that must stall inside a queue operation: [`Stall`] says so on this queue,
+/// then blocks forever, holding whatever lock the operation holds.
+static STALL_SIGNAL: std::sync::OnceLock<Queue<u8>> = std::sync::OnceLock::new();
+
+/// A serde type whose serialization (of 1) or deserialization (of 2) stalls forever in a
+/// process that set [`STALL_SIGNAL`], and is plain everywhere else.
+#[derive(Debug, PartialEq)]
+struct Stall(u32);
+
+fn stall_here(what: u8) {
+    if let Some(signal) = STALL_SIGNAL.get() {
+        let _ = signal.put(what);
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+}
+
+impl serde::Serialize for Stall {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 == 1 {
+            stall_here(1);
+        }
+        s.serialize_u32(self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Stall {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = u32::deserialize(d)?;
+        if v == 2 {
+            stall_here(2);
+        }
+        Ok(Stall(v))
+    }
+}
+
+#[test]
+fn locks_of_holders_killed_inside_are_taken_over_when_their_pids_are_reused() {
+    // A child is killed while it holds the producer lock (inside a put's serialization), then
+    // another while it holds the consumer lock (inside a get's decoding); each time its pid
+    // goes to a new, live process before anyone else uses the queue. The lock words name the
+    // dead holders (pid and start time), so a put and a get must take them over.
+    let q: Queue<mp_core::Serde<Stall>> = Queue::new().unwrap();
+    let inside: Queue<u8> = Queue::new().unwrap();
+    q.put(mp_core::Serde(Stall(2))).unwrap();
+    for side in [1u8, 2] {
+        let (qc, signal) = (q.clone(), inside.clone());
+        let holder = fork_child(move || {
+            let _ = STALL_SIGNAL.set(signal);
+            let _ = if side == 1 {
+                qc.put(mp_core::Serde(Stall(1))).is_ok()
+            } else {
+                qc.get().is_ok()
+            };
+            3
+        });
+        let got = inside.get_timeout(Duration::from_secs(20));
+        kill(holder, Signal::SIGKILL).unwrap();
+        waitpid(holder, None).unwrap();
+        assert_eq!(
+            got.unwrap(),
+            side,
+            "the holder did not stall where expected"
+        );
+        // More than a clock tick between the two starts (see the guard test above).
+        std::thread::sleep(Duration::from_millis(50));
+        let reused = process_with_pid(holder);
+        let qc = q.clone();
+        let user = fork_child(move || {
+            if qc.put(mp_core::Serde(Stall(5))).is_err() {
+                return 1;
+            }
+            // The message the killed consumer was decoding is still there, then ours.
+            match (qc.get(), qc.get()) {
+                (Ok(a), Ok(b)) if a.0 == Stall(2) && b.0 == Stall(5) => 0,
+                _ => 2,
+            }
+        });
+        let r = std::panic::catch_unwind(|| wait_ok_within(user, Duration::from_secs(20)));
+        if let Some(b) = reused {
+            kill(b, Signal::SIGKILL).unwrap();
+            waitpid(b, None).unwrap();
+        }
+        if let Err(e) = r {
+            std::panic::resume_unwind(e);
+        }
+        q.put(mp_core::Serde(Stall(2))).unwrap();
+    }
+    assert_eq!(q.get().unwrap().0, Stall(2));
+    assert!(q.empty());
+}
