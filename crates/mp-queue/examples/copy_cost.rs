@@ -6,7 +6,9 @@
 //! * `1mib`:  `M` messages of 1 MiB (`Vec<u8>`), `put` / `get` (the `queue_1mib` workload).
 //!
 //! `cargo run --release -p mp-queue --example copy_cost [ROUNDS]` prints the best and the
-//! median of `ROUNDS` (default 5) runs of each. It uses only the public API, so the same file
+//! median of `ROUNDS` (default 5) runs of each; with `SOLO=1`, the gets alone in one process
+//! (from a queue filled beforehand), the receive path's own cost without cross-core noise.
+//! `N` and `M` set the message counts. It uses only the public API, so the same file
 //! builds against an older mp-queue for a before/after comparison. A developer's probe: the
 //! numbers that count come from `cargo xtask bench`.
 
@@ -91,6 +93,41 @@ fn one_mib(m: u64) -> Result<Duration, Box<dyn std::error::Error>> {
     Ok(dt)
 }
 
+/// One process, the gets alone: `n` u64 with `get`, `n` with `get_many`, `m` of 1 MiB with
+/// `get`, from a queue filled beforehand (no other process, so no cross-core noise: the
+/// receive path's own cost).
+fn solo(n: u64, m: u64) -> Result<[Duration; 3], Box<dyn std::error::Error>> {
+    let q: Queue<u64> = Queue::builder().capacity_bytes(64 << 20).build()?;
+    let items: Vec<u64> = (0..n).collect();
+    q.put_many(&items, None)?;
+    let t0 = Instant::now();
+    for i in 0..n {
+        assert_eq!(q.get()?, i);
+    }
+    let get = t0.elapsed();
+    q.put_many(&items, None)?;
+    let mut out = Vec::with_capacity(256);
+    let t0 = Instant::now();
+    let mut next = 0;
+    while next < n {
+        out.clear();
+        q.get_many(&mut out, 256, None)?;
+        next += out.len() as u64;
+    }
+    let many = t0.elapsed();
+    let big: Queue<Vec<u8>> = Queue::builder().capacity_bytes(8 << 20).build()?;
+    let template = vec![0x5au8; MIB];
+    let mut mib = Duration::ZERO;
+    for _ in 0..m {
+        big.put(template.clone()).expect("put");
+        let t0 = Instant::now();
+        let v = big.get()?;
+        mib += t0.elapsed();
+        assert_eq!(v.len(), MIB);
+    }
+    Ok([get, many, mib])
+}
+
 fn report(name: &str, per: u64, unit: &str, mut runs: Vec<Duration>) {
     runs.sort();
     let ns = |d: Duration| d.as_nanos() as f64 / per as f64;
@@ -116,6 +153,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
     pin(0);
+    if std::env::var_os("SOLO").is_some() {
+        let (mut s, mut b, mut g) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let [x, y, z] = solo(n, m)?;
+            s.push(x);
+            b.push(y);
+            g.push(z);
+        }
+        report("get", n, "msg", s);
+        report("many", n, "msg", b);
+        report("1mib", m, "msg", g);
+        return Ok(());
+    }
     let (mut s, mut b, mut g) = (Vec::new(), Vec::new(), Vec::new());
     // Interleaved, so that a burst of load from elsewhere spreads over all three.
     for _ in 0..rounds {

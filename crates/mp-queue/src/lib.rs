@@ -74,9 +74,9 @@
 //!
 //! The view reads shared memory in place, so it trusts the queue's other processes to keep the
 //! queue's protocol (see [`Queue::get_ref`]). `get`, `get_many` and
-//! [`Received::deserialize`] do not: they copy each message into a private buffer of the
-//! calling thread first (one `memcpy`, into a buffer reused from message to message) and check
-//! and decode that copy.
+//! [`Received::deserialize`] do not: they copy each message into a private buffer first (on
+//! the stack for a small message, else a buffer of the calling thread reused from message to
+//! message: no allocation) and check and decode that copy.
 //!
 //! The other way round, [`Queue::put_as`] sends a borrowed value that archives as `T` does
 //! (a slice as [`SliceAsVec`](mp_core::message::SliceAsVec) into a `Queue<Vec<_>>`),

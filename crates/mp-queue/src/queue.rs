@@ -295,8 +295,9 @@ impl<T: Message> Queue<T> {
 
     /// Takes the oldest item, waiting as long as the queue is empty.
     ///
-    /// The message is copied out of shared memory into a private, aligned buffer of this
-    /// thread (reused from one message to the next) and checked and decoded there, so no
+    /// The message is copied out of shared memory into a private, aligned buffer (on the
+    /// stack when it is small, else a buffer of this thread reused from one message to the
+    /// next) and checked and decoded there, so no
     /// other process can change it under the check. The same holds for every `get_*` and
     /// [`get_many`](Self::get_many).
     pub fn get(&self) -> Result<T, Error> {
@@ -417,7 +418,7 @@ impl<T: Message> Received<'_, T> {
     /// again), as [`Queue::get`] does: unlike the zero-copy view, the result does not depend on
     /// trusting the queue's other processes.
     pub fn deserialize(&self) -> Result<T, Error> {
-        let mut scratch = ring::Scratch::take();
+        let mut scratch = ring::Scratch::new();
         ring::decode::<T>(self.queue.ring.private_copy(&self.payload, &mut scratch))
     }
 }

@@ -83,8 +83,9 @@ const KIND_SKIP: u32 = 3;
 const SCRATCH_KEEP: usize = 4 << 20;
 
 thread_local! {
-    /// The calling thread's private receive buffer: every owned-value receive copies the
-    /// message here (one `memcpy`) and checks and decodes this copy, never the shared bytes.
+    /// The calling thread's private receive buffer: every owned-value receive of a message
+    /// larger than [`SMALL_COPY`] copies it here (one `memcpy`) and checks and decodes this
+    /// copy, never the shared bytes.
     static SCRATCH: Cell<AlignedVec<ALIGN>> = Cell::new(AlignedVec::new());
 }
 
@@ -213,23 +214,36 @@ pub(crate) enum Payload {
     Big(MmapRaw, usize),
 }
 
-/// The calling thread's private receive buffer, taken out of its thread-local for one get
-/// (or one batch) and put back when dropped, unless it grew past [`SCRATCH_KEEP`]. Taken out
-/// rather than borrowed, so that a deserializer that itself receives from a queue finds an
-/// empty buffer and uses its own.
-pub(crate) struct Scratch(AlignedVec<ALIGN>);
+/// Messages up to this size are copied into a buffer on the receiver's stack, larger ones
+/// into the thread's receive buffer.
+const SMALL_COPY: usize = 256;
+
+/// Where a receive copies its message (see [`Ring::private_copy`]): a 16-aligned buffer on
+/// the stack for small messages, else the calling thread's receive buffer, taken out of its
+/// thread-local on first use (once for a whole batch) and put back when this is dropped,
+/// unless it grew past [`SCRATCH_KEEP`]. Taken out rather than borrowed, so that a
+/// deserializer that itself receives from a queue finds an empty buffer and uses its own.
+#[repr(C, align(16))]
+pub(crate) struct Scratch {
+    small: [std::mem::MaybeUninit<u8>; SMALL_COPY],
+    big: Option<AlignedVec<ALIGN>>,
+}
 
 impl Scratch {
-    pub(crate) fn take() -> Scratch {
-        Scratch(SCRATCH.try_with(Cell::take).unwrap_or_default())
+    pub(crate) fn new() -> Scratch {
+        Scratch {
+            small: [std::mem::MaybeUninit::uninit(); SMALL_COPY],
+            big: None,
+        }
     }
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        if self.0.capacity() <= SCRATCH_KEEP {
-            let buf = std::mem::take(&mut self.0);
-            let _ = SCRATCH.try_with(|cell| cell.set(buf));
+        if let Some(buf) = self.big.take() {
+            if buf.capacity() <= SCRATCH_KEEP {
+                let _ = SCRATCH.try_with(|cell| cell.set(buf));
+            }
         }
     }
 }
@@ -897,7 +911,7 @@ impl Ring {
             let Some(f) = f.take() else {
                 return Err(Error::Corrupted("a get took two messages".into()));
             };
-            let mut scratch = Scratch::take();
+            let mut scratch = Scratch::new();
             let r = f(ring.private_copy(&payload, &mut scratch));
             let simple = matches!(payload, Payload::Inline(..));
             drop(payload);
@@ -918,7 +932,7 @@ impl Ring {
         mut f: impl FnMut(&[u8]) -> Result<(), Error>,
     ) -> Result<usize, GetFail> {
         self.wait_for_data(deadline, |ring, guard| {
-            let mut scratch = Scratch::take();
+            let mut scratch = Scratch::new();
             let mut taken = 0;
             while taken < max {
                 if taken > 0 && !ring.has_data_locked() {
@@ -1145,21 +1159,45 @@ impl Ring {
         unsafe { std::slice::from_raw_parts(ptr, len) }
     }
 
-    /// Copies a payload out of shared memory into `scratch`, a private, 16-aligned buffer
-    /// (one `memcpy`; no allocation once the buffer has grown to the messages' size), and
-    /// returns the copy. The copy is what the caller checks and decodes, so a process that
-    /// rewrites the shared bytes after the copy (between the check and the use, say) changes
-    /// nothing: DESIGN decision 9, as mp-pipe does it.
+    /// Copies a payload out of shared memory into `scratch`, private and 16-aligned (no
+    /// allocation once the thread's buffer has grown to the messages' size), and returns the
+    /// copy. The copy is what the caller checks and decodes, so a process that rewrites the
+    /// shared bytes after the copy (between the check and the use, say) changes nothing:
+    /// DESIGN decision 9, as mp-pipe does it.
+    ///
+    /// A small payload is copied in relaxed 8-byte atomic loads (no formal data race even
+    /// with a peer that writes it meanwhile), a larger one with one `memcpy`.
     pub(crate) fn private_copy<'s>(&self, p: &Payload, scratch: &'s mut Scratch) -> &'s [u8] {
         let (src, len) = p.raw();
-        let buf = &mut scratch.0;
+        if len <= SMALL_COPY {
+            let dst = scratch.small.as_mut_ptr().cast::<u8>();
+            let words = len.div_ceil(8);
+            // SAFETY: the payload starts 8-aligned (16 bytes into a record at a multiple of 16,
+            // or at the page-aligned start of a mapping) and is valid for reads while `p`
+            // lives (see `payload_bytes`); rounded up to 8 bytes it stays inside memory of
+            // ours: the record's payload is padded to 16 bytes inside the ring, a mapping to
+            // a page. An `AtomicU64` over shared memory is sound to read. `small` is our own
+            // 16-aligned buffer (first field of an `align(16)` struct) of SMALL_COPY bytes,
+            // at least `8 * words`, and the slice covers the `len` bytes copied.
+            return unsafe {
+                let s = src.cast::<AtomicU64>();
+                let d = dst.cast::<u64>();
+                for i in 0..words {
+                    d.add(i).write((*s.add(i)).load(Ordering::Relaxed));
+                }
+                std::slice::from_raw_parts(dst, len)
+            };
+        }
+        let buf = scratch
+            .big
+            .get_or_insert_with(|| SCRATCH.try_with(Cell::take).unwrap_or_default());
         buf.clear();
         buf.reserve(len);
         // SAFETY: `src..src + len` is the payload, valid for reads while `p` lives (see
-        // `payload_bytes`); `reserve` made room for `len` bytes in our own buffer, and `set_len`
-        // covers exactly the bytes copied. A process that breaks the protocol by writing the
-        // shared bytes meanwhile can only make the copy hold wrong bytes, which the caller
-        // checks before use.
+        // `payload_bytes`); `reserve` made room for `len` bytes in our own buffer, and
+        // `set_len` covers exactly the bytes copied. A process that breaks the protocol by
+        // writing the shared bytes meanwhile can only make the copy hold wrong bytes, which
+        // the caller checks before use.
         unsafe {
             std::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), len);
             buf.set_len(len);

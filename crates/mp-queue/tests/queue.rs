@@ -1086,13 +1086,14 @@ struct Tampered {
     data: Vec<u8>,
 }
 
-/// A queue holding one `Tampered` message in its first record, a second mapping of its region
-/// (kept alive by the caller), and the address of that message's `data` offset there.
-fn tampered_queue() -> (Queue<Tampered>, mp_core::Region, usize) {
+/// A queue holding one `Tampered` message with `len` data bytes in its first record, a second
+/// mapping of its region (kept alive by the caller), and the address of that message's `data`
+/// offset there.
+fn tampered_queue(len: usize) -> (Queue<Tampered>, mp_core::Region, usize) {
     let q: Queue<Tampered> = Queue::builder().capacity_bytes(4096).build().unwrap();
     q.put(Tampered {
         trigger: 7,
-        data: vec![42; 100],
+        data: vec![42; len],
     })
     .unwrap();
     let (bytes, fds) = handle::collect(|| encode(&q));
@@ -1115,8 +1116,10 @@ fn owned_gets_decode_a_private_copy_that_peers_cannot_rewrite() {
     // deserialization: an offset is pointed 1 GiB out of the message. Decoded from a private
     // copy, the value is intact; decoded in place, the reader follows the new offset (out of
     // bounds: SIGSEGV, or garbage). In a child, so that a crash fails the test, not the run.
-    for path in ["get", "get_many", "get_ref+deserialize"] {
-        let (q, region, at) = tampered_queue();
+    // Small messages and larger ones (copied by different means) alike.
+    let paths = ["get", "get_many", "get_ref+deserialize"];
+    for (path, len) in paths.iter().flat_map(|&p| [(p, 100), (p, 1500)]) {
+        let (q, region, at) = tampered_queue(len);
         let qc = q.clone();
         let pid = fork_child(move || {
             SCRIBBLE_AT.store(at, Ordering::SeqCst);
@@ -1135,7 +1138,7 @@ fn owned_gets_decode_a_private_copy_that_peers_cannot_rewrite() {
                     .map(|t| (t.trigger, t.data)),
             };
             match got {
-                Ok((7, data)) if data == vec![42; 100] => 0,
+                Ok((7, data)) if data == vec![42; len] => 0,
                 _ => 2,
             }
         });
@@ -1144,13 +1147,13 @@ fn owned_gets_decode_a_private_copy_that_peers_cannot_rewrite() {
         // SAFETY: test-only read of the mapping kept in `region`.
         assert_eq!(unsafe { (at as *const i32).read_volatile() }, 0x3fff_fff0);
         drop(region);
-        assert!(q.empty(), "{path}");
+        assert!(q.empty(), "{path} {len}");
         q.put(Tampered {
             trigger: 1,
             data: vec![1],
         })
         .unwrap();
-        assert_eq!(q.get().unwrap().data, vec![1], "{path}");
+        assert_eq!(q.get().unwrap().data, vec![1], "{path} {len}");
     }
 }
 
