@@ -116,15 +116,15 @@
 //! it); its space is reclaimed once producers need it. The queue's internal locks and the
 //! zero-copy claims record their holder's identity (pid and start time, in one word, so that a
 //! process given a dead holder's recycled pid is not taken for it); a lock is taken over when
-//! its holder dies, and each side keeps a one-entry journal of its last
-//! commit, so the process taking over finishes or undoes it: the item count stays exact and no
-//! ring space or oversized-message page leaks.
+//! its holder dies, and each side keeps a one-entry journal of its last commit, so the process
+//! taking over finishes or undoes it: the item count stays exact and no ring space or
+//! oversized-message page leaks.
 //!
 //! Received bytes are always validated (the owned-value receives validate a private copy, so
 //! no process can change them between the check and the use), and so is every position read
-//! back from the shared ring: a corrupted or hostile peer gives [`Error::Corrupted`] (or a `put` that fails with the
-//! item given back), never a read or write outside the ring, and the queue stays usable when
-//! the damage can be skipped.
+//! back from the shared ring: a corrupted or hostile peer gives [`Error::Corrupted`] (or a
+//! `put` that fails with the item given back), never a read or write outside the ring, and the
+//! queue stays usable when the damage can be skipped.
 //!
 //! The layout and algorithm are described in the `ring` module's source.
 

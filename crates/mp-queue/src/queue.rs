@@ -297,9 +297,8 @@ impl<T: Message> Queue<T> {
     ///
     /// The message is copied out of shared memory into a private, aligned buffer (on the
     /// stack when it is small, else a buffer of this thread reused from one message to the
-    /// next) and checked and decoded there, so no
-    /// other process can change it under the check. The same holds for every `get_*` and
-    /// [`get_many`](Self::get_many).
+    /// next) and checked and decoded there, so no other process can change it under the
+    /// check. The same holds for every `get_*` and [`get_many`](Self::get_many).
     pub fn get(&self) -> Result<T, Error> {
         self.get_until(Deadline::never())
     }

@@ -922,9 +922,9 @@ impl Ring {
 
     /// Takes up to `max` messages (at least one, waiting until `deadline`) under one hold of
     /// the consumer lock: `f` gets a private copy of each payload while its record is at
-    /// `head`, and the record
-    /// is consumed when `f` returns. An error of `f` (the record is consumed all the same) or
-    /// of the ring ends the batch and is returned; the messages before it went to `f`.
+    /// `head`, and the record is consumed when `f` returns. An error of `f` (the record is
+    /// consumed all the same) or of the ring ends the batch and is returned; the messages
+    /// before it went to `f`.
     pub(crate) fn get_batch(
         &self,
         deadline: Deadline,
@@ -1205,7 +1205,8 @@ impl Ring {
         buf.as_slice()
     }
 
-    /// Advances `head` over `used` bytes (a record and the padding record before it, if any). When `claimed`, the record stays until its guard releases it.
+    /// Advances `head` over `used` bytes (a record and the padding record before it, if
+    /// any). When `claimed`, the record stays until its guard releases it.
     ///
     /// `simple` says the record is an inline message (no oversized range to free).
     fn consume_locked(&self, guard: &Locked<'_>, used: u64, claimed: bool, simple: bool) {
