@@ -97,7 +97,10 @@ fn one_mib(m: u64) -> Result<Duration, Box<dyn std::error::Error>> {
 /// `get`, from a queue filled beforehand (no other process, so no cross-core noise: the
 /// receive path's own cost).
 fn solo(n: u64, m: u64) -> Result<[Duration; 3], Box<dyn std::error::Error>> {
-    let q: Queue<u64> = Queue::builder().capacity_bytes(64 << 20).build()?;
+    // Room for all `n` (32 bytes each in the ring), or the puts would wait for a consumer.
+    let q: Queue<u64> = Queue::builder()
+        .capacity_bytes((32 * n).clamp(64, 1 << 32))
+        .build()?;
     let items: Vec<u64> = (0..n).collect();
     q.put_many(&items, None)?;
     let t0 = Instant::now();

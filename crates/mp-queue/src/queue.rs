@@ -299,6 +299,11 @@ impl<T: Message> Queue<T> {
     /// stack when it is small, else a buffer of this thread reused from one message to the
     /// next) and checked and decoded there, so no other process can change it under the
     /// check. The same holds for every `get_*` and [`get_many`](Self::get_many).
+    ///
+    /// For a large message that copy is one more pass over its bytes. Between processes that
+    /// trust each other, [`get_ref`](Self::get_ref) followed by
+    /// [`mp_core::message::deserialize`] on the guard decodes in place without it (and
+    /// trusts the peers as the zero-copy view does).
     pub fn get(&self) -> Result<T, Error> {
         self.get_until(Deadline::never())
     }
