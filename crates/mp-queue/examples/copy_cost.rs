@@ -9,7 +9,9 @@
 //! median of `ROUNDS` (default 5) runs of each; with `SOLO=1`, the gets alone in one process
 //! (from a queue filled beforehand), the receive path's own cost without cross-core noise.
 //! `N` and `M` set the message counts. It uses only the public API, so the same file
-//! builds against an older mp-queue for a before/after comparison. A developer's probe: the
+//! builds against an older mp-queue for a before/after comparison: `git archive <commit> |
+//! tar -x -C /tmp/old`, copy this file to `/tmp/old/crates/mp-queue/examples/`, build it there
+//! (with its own `CARGO_TARGET_DIR`) and run the two binaries in turn. A developer's probe: the
 //! numbers that count come from `cargo xtask bench`.
 
 use std::time::{Duration, Instant};
