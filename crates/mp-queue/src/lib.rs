@@ -72,6 +72,12 @@
 //! # Ok::<(), mp_queue::Error>(())
 //! ```
 //!
+//! The view reads shared memory in place, so it trusts the queue's other processes to keep the
+//! queue's protocol (see [`Queue::get_ref`]). `get`, `get_many` and
+//! [`Received::deserialize`] do not: they copy each message into a private buffer first (on
+//! the stack for a small message, else a buffer of the calling thread reused from message to
+//! message: no allocation) and check and decode that copy.
+//!
 //! The other way round, [`Queue::put_as`] sends a borrowed value that archives as `T` does
 //! (a slice as [`SliceAsVec`](mp_core::message::SliceAsVec) into a `Queue<Vec<_>>`),
 //! serialized straight into the ring without building an owned `T` first.
@@ -107,15 +113,18 @@
 //! message becomes visible only once complete). A consumer killed while it decodes leaves the
 //! message for the next consumer, so every complete message is delivered exactly once. A
 //! process killed while it holds a zero-copy guard loses that one message (it was delivered to
-//! it); its space is reclaimed once producers need it. The queue's internal locks record their
-//! holder and are taken over when it dies, and each side keeps a one-entry journal of its last
-//! commit, so the process taking over finishes or undoes it: the item count stays exact and no
-//! ring space or oversized-message page leaks.
+//! it); its space is reclaimed once producers need it. The queue's internal locks and the
+//! zero-copy claims record their holder's identity (pid and start time, in one word, so that a
+//! process given a dead holder's recycled pid is not taken for it); a lock is taken over when
+//! its holder dies, and each side keeps a one-entry journal of its last commit, so the process
+//! taking over finishes or undoes it: the item count stays exact and no ring space or
+//! oversized-message page leaks.
 //!
-//! Received bytes are always validated, and so is every position read back from the shared
-//! ring: a corrupted or hostile peer gives [`Error::Corrupted`] (or a `put` that fails with the
-//! item given back), never a read or write outside the ring, and the queue stays usable when
-//! the damage can be skipped.
+//! Received bytes are always validated (the owned-value receives validate a private copy, so
+//! no process can change them between the check and the use), and so is every position read
+//! back from the shared ring: a corrupted or hostile peer gives [`Error::Corrupted`] (or a
+//! `put` that fails with the item given back), never a read or write outside the ring, and the
+//! queue stays usable when the damage can be skipped.
 //!
 //! The layout and algorithm are described in the `ring` module's source.
 

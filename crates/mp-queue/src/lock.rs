@@ -1,83 +1,93 @@
-//! The queue's internal robust lock: a futex word holding the holder's pid, so that a holder
-//! killed inside a critical section does not hang the others.
+//! The queue's internal robust lock: a 64-bit word holding the holder's identity token, so
+//! that a holder killed inside a critical section does not hang the others.
 //!
-//! Word states: `0` free; `pid` held; `pid | CONTENDED` held with (possible) sleepers. This is
-//! Drepper's "mutex2" ("Futexes Are Tricky", 2011) with the pid in place of the constant 1.
-//! A waiter sleeps with a timeout; each time the timeout runs out it checks that the holder is
-//! alive (its token, pid plus start time, see `mp_core::ident`). A dead holder's lock is taken over with
-//! a compare-exchange on the exact word it observed, and the new holder is told
-//! ([`Locked::recovered`]) so it can repair what the dead one left (see `ring`).
+//! Word states: `0` free; `token` held; `token | CONTENDED` held with (possible) sleepers,
+//! where `token` is the holder process's [`ident`] token (pid plus start time: a recycled pid
+//! is not taken for the holder) and `CONTENDED` is its free top bit. This is Drepper's
+//! "mutex2" ("Futexes Are Tricky", 2011) with the state word widened so that it *is* the
+//! holder's identity, as mp-sync's `RawLock` does: taking the lock and recording the holder is
+//! one compare-exchange, so there is no moment at which the lock is held by an unrecorded
+//! holder. Sleepers wait on a separate 32-bit futex word, a wake sequence that a release which
+//! saw `CONTENDED` bumps before it wakes one.
+//!
+//! A waiter sleeps with a timeout; each time the timeout runs out it asks
+//! [`ident::is_alive`] about the token in the word. A dead holder's lock is taken over with a
+//! compare-exchange on the exact word it observed (so only one waiter wins, and only while the
+//! dead holder still holds it), and the new holder is told ([`Locked::recovered`]) so it can
+//! repair what the dead one left (see `ring`).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use mp_core::{futex, ident};
+use mp_core::futex;
+use mp_core::ident::{self, CONTENDED};
 
-const CONTENDED: u32 = 1 << 31;
 /// How long a waiter sleeps before it checks that the holder is alive.
 const LIVENESS_PERIOD: Duration = Duration::from_millis(20);
 
 /// Proof of holding the lock; releases it when dropped.
 pub(crate) struct Locked<'a> {
-    word: &'a AtomicU32,
-    start: &'a AtomicU64,
+    word: &'a AtomicU64,
+    wake: &'a AtomicU32,
     /// The previous holder died holding the lock.
     pub(crate) recovered: bool,
 }
 
-/// This process's pid and token, from the identity cache (no system call once cached).
-fn me() -> (u32, u64) {
-    let token = ident::process_token();
-    (ident::id_of(token) & !CONTENDED, token)
+/// This process's token, from the identity cache (no system call once cached). Never 0 (a
+/// pid is never 0) and never with `CONTENDED` (`ident` keeps bit 63 free).
+fn me() -> u64 {
+    ident::process_token() & !CONTENDED
 }
 
-/// Takes the lock. Blocks until it is free or its holder is found dead.
-pub(crate) fn lock<'a>(word: &'a AtomicU32, start: &'a AtomicU64) -> Locked<'a> {
-    let (pid, token) = me();
+fn locked<'a>(word: &'a AtomicU64, wake: &'a AtomicU32, recovered: bool) -> Locked<'a> {
+    Locked {
+        word,
+        wake,
+        recovered,
+    }
+}
+
+/// Takes the lock whose state is `word` and whose sleepers wait on `wake`. Blocks until it is
+/// free or its holder is found dead.
+pub(crate) fn lock<'a>(word: &'a AtomicU64, wake: &'a AtomicU32) -> Locked<'a> {
+    let me = me();
     // Acquire pairs with the Release swap in `Locked::drop`: the previous holder's writes are
     // visible once we hold the word.
     if word
-        .compare_exchange(0, pid, Ordering::Acquire, Ordering::Relaxed)
+        .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
         .is_err()
     {
-        return lock_slow(word, start, pid, token);
+        return lock_slow(word, wake, me);
     }
-    start.store(token, Ordering::Relaxed);
-    Locked {
-        word,
-        start,
-        recovered: false,
-    }
+    locked(word, wake, false)
 }
 
 #[cold]
-fn lock_slow<'a>(word: &'a AtomicU32, start: &'a AtomicU64, pid: u32, token: u64) -> Locked<'a> {
+fn lock_slow<'a>(word: &'a AtomicU64, wake: &'a AtomicU32, me: u64) -> Locked<'a> {
     // A short spin first: critical sections are a handful of stores, or one serialization.
     for _ in 0..200 {
         std::hint::spin_loop();
         if word.load(Ordering::Relaxed) == 0
             && word
-                .compare_exchange(0, pid, Ordering::Acquire, Ordering::Relaxed)
+                .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
         {
-            start.store(token, Ordering::Relaxed);
-            return Locked {
-                word,
-                start,
-                recovered: false,
-            };
+            return locked(word, wake, false);
         }
     }
-    let mut recovered = false;
     loop {
+        // Read the wake sequence before announcing ourselves: a release after our CAS below
+        // bumps it, so the futex wait cannot miss that release. Acquire pairs with the
+        // Release `fetch_add` in `Locked::drop`.
+        let seq = wake.load(Ordering::Acquire);
         let v = word.load(Ordering::Relaxed);
         if v == 0 {
-            // Take it marked CONTENDED: other sleepers may remain. Acquire as above.
+            // Take it marked CONTENDED: other sleepers may remain. Acquire as in `lock`.
             if word
-                .compare_exchange(0, pid | CONTENDED, Ordering::Acquire, Ordering::Relaxed)
+                .compare_exchange(0, me | CONTENDED, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
             {
-                break;
+                return locked(word, wake, false);
             }
             continue;
         }
@@ -88,60 +98,39 @@ fn lock_slow<'a>(word: &'a AtomicU32, start: &'a AtomicU64, pid: u32, token: u64
         {
             continue;
         }
-        if futex::wait(word, v | CONTENDED, Some(LIVENESS_PERIOD)) == futex::Wake::TimedOut {
-            let holder = v & !CONTENDED;
-            // The holder's token, if it has stored it yet (and it is this holder's): a token
-            // also checks the start time, so a reused pid is not taken for the holder.
-            let t = start.load(Ordering::Relaxed);
-            let holder_token = if t != 0 && ident::id_of(t) == holder {
-                t
-            } else {
-                u64::from(holder) << 32
-            };
-            if !ident::is_alive(holder_token)
+        if futex::wait(wake, seq, Some(LIVENESS_PERIOD)) == futex::Wake::TimedOut {
+            // Acquire, as the CAS below: pairs with the Release swap of the last clean release
+            // (the RMWs on the word since then continue its release sequence). The token in
+            // the word is the holder's whole identity, pid and start time: a pid recycled
+            // since the holder died names another task, and `is_alive` says so.
+            let cur = word.load(Ordering::Acquire);
+            if cur != 0
+                && !ident::is_alive(cur & !CONTENDED)
                 && word
-                    .compare_exchange(
-                        v | CONTENDED,
-                        pid | CONTENDED,
-                        Ordering::Acquire,
-                        Ordering::Relaxed,
-                    )
+                    .compare_exchange(cur, me | CONTENDED, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
             {
-                recovered = true;
-                break;
+                return locked(word, wake, true);
             }
         }
-    }
-    start.store(token, Ordering::Relaxed);
-    Locked {
-        word,
-        start,
-        recovered,
     }
 }
 
 /// Takes the lock if it is free.
-pub(crate) fn try_lock<'a>(word: &'a AtomicU32, start: &'a AtomicU64) -> Option<Locked<'a>> {
-    let (pid, token) = me();
+pub(crate) fn try_lock<'a>(word: &'a AtomicU64, wake: &'a AtomicU32) -> Option<Locked<'a>> {
     // Acquire as in `lock`.
-    word.compare_exchange(0, pid, Ordering::Acquire, Ordering::Relaxed)
+    word.compare_exchange(0, me(), Ordering::Acquire, Ordering::Relaxed)
         .ok()?;
-    start.store(token, Ordering::Relaxed);
-    Some(Locked {
-        word,
-        start,
-        recovered: false,
-    })
+    Some(locked(word, wake, false))
 }
 
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
-        // Cleared before release, so that a later holder never shows a stale start time.
-        self.start.store(0, Ordering::Relaxed);
         // Release pairs with the Acquire of the next holder.
         if self.word.swap(0, Ordering::Release) & CONTENDED != 0 {
-            futex::wake(self.word, 1);
+            // Release pairs with the Acquire load of the sequence by sleepers.
+            self.wake.fetch_add(1, Ordering::Release);
+            futex::wake(self.wake, 1);
         }
     }
 }

@@ -294,6 +294,16 @@ impl<T: Message> Queue<T> {
     }
 
     /// Takes the oldest item, waiting as long as the queue is empty.
+    ///
+    /// The message is copied out of shared memory into a private, aligned buffer (on the
+    /// stack when it is small, else a buffer of this thread reused from one message to the
+    /// next) and checked and decoded there, so no other process can change it under the
+    /// check. The same holds for every `get_*` and [`get_many`](Self::get_many).
+    ///
+    /// For a large message that copy is one more pass over its bytes. Between processes that
+    /// trust each other, [`get_ref`](Self::get_ref) followed by
+    /// [`mp_core::message::deserialize`] on the guard decodes in place without it (and
+    /// trusts the peers as the zero-copy view does).
     pub fn get(&self) -> Result<T, Error> {
         self.get_until(Deadline::never())
     }
@@ -332,6 +342,17 @@ impl<T: Message> Queue<T> {
     /// Takes the oldest item without copying it: the guard derefs to the archived value inside
     /// the shared ring (checked), and frees its space when dropped. Waits while the queue is
     /// empty.
+    ///
+    /// # Trust
+    ///
+    /// The view reads the shared ring in place. Its bytes are checked once, when the guard is
+    /// made, and read again on every access after that, so the view **trusts every process
+    /// that holds this queue** to keep the queue's protocol (never to write a record it does
+    /// not own). A process that breaks it, by rewriting an offset inside the message after the
+    /// check, can make a read through the view go out of bounds. Between the processes of one
+    /// program that is not a concern; with a peer you do not trust, use [`get`](Self::get) or
+    /// [`Received::deserialize`], which copy the message out of shared memory first and check
+    /// and decode the private copy.
     pub fn get_ref(&self) -> Result<Received<'_, T>, Error> {
         self.get_ref_until(Deadline::never())
     }
@@ -386,7 +407,9 @@ impl<T: Message> Queue<T> {
 }
 
 /// A message received without copying: derefs to `T`'s archived form inside the shared ring
-/// (already checked), and frees its space in the ring when dropped.
+/// (already checked), and frees its space in the ring when dropped. The view trusts the
+/// queue's other processes (see [`Queue::get_ref`]); [`deserialize`](Self::deserialize) does
+/// not.
 pub struct Received<'q, T: Message> {
     queue: &'q Queue<T>,
     payload: Payload,
@@ -395,9 +418,12 @@ pub struct Received<'q, T: Message> {
 }
 
 impl<T: Message> Received<'_, T> {
-    /// Deserializes the message to an owned `T`.
+    /// Deserializes the message to an owned `T`, from a private copy of its bytes (checked
+    /// again), as [`Queue::get`] does: unlike the zero-copy view, the result does not depend on
+    /// trusting the queue's other processes.
     pub fn deserialize(&self) -> Result<T, Error> {
-        message::deserialize::<T>(self).map_err(Error::Core)
+        let mut scratch = ring::Scratch::new();
+        ring::decode::<T>(self.queue.ring.private_copy(&self.payload, &mut scratch))
     }
 }
 
@@ -406,8 +432,10 @@ impl<T: Message> Deref for Received<'_, T> {
 
     fn deref(&self) -> &T::Archived {
         // SAFETY: `archived` was returned by a checked `access` over the payload bytes, which
-        // stay valid and unchanged while this guard lives: the record is claimed (READING) so
-        // no producer reuses it until `release`, and big messages stay mapped in `payload`.
+        // stay mapped and unchanged while this guard lives under the queue's protocol: the
+        // record is claimed (READING) so no producer reuses it until `release`, and big
+        // messages stay mapped in `payload`. A process that breaks the protocol could change
+        // them after the check; `get_ref` documents that its view trusts the queue's peers.
         unsafe { &*self.archived }
     }
 }

@@ -6,7 +6,7 @@
 //! region payload: [ Meta (320 bytes: constants, producer, consumer, sleep, join lines) ]
 //!                 [ ring: capacity bytes of records                                          ]
 //! file beyond the region: oversized messages, one page-aligned range each (sparse)
-//! record: [ state u32 | pid u32 | len u32 | kind u32 ][ payload, padded to 16 ]
+//! record: [ state | kind << 16 (u32) | len u32 | holder token u64 ][ payload, padded to 16 ]
 //! ```
 //!
 //! Positions `tail`, `head` and `reclaim` are byte counts that only grow; a record's offset is
@@ -25,15 +25,24 @@
 //! **Consumers** hold the consumer lock while they check and decode the record at `head`, and
 //! advance `head` only after: a consumer killed while decoding leaves the message where it was
 //! for the next consumer, so every completed message is delivered exactly once. A zero-copy
-//! guard instead claims the record (`READING` + its pid), advances `head`, and marks the record
-//! `DONE` when dropped; `reclaim` then moves over `DONE` records in order. A guard whose process
-//! died is treated as `DONE` when producers run short of space.
+//! guard instead claims the record (`READING` + its process's identity token, pid and start
+//! time), advances `head`, and marks the record `DONE` when dropped; `reclaim` then moves over
+//! `DONE` records in order. A guard whose process died is treated as `DONE` when producers run
+//! short of space; the token's start time keeps a process that was given the dead one's pid
+//! from passing for it.
+//!
+//! **Damage** found at `head` (a record no mp producer writes) is skipped so that the queue
+//! stays usable: `head` moves to `tail`, and a `KIND_SKIP` record written over the damaged
+//! header tells `reclaim` to jump the span without reading it. Each span has its own marker,
+//! so the records between two damaged spans (zero-copy guards still reading them, say) are
+//! still visited in order.
 //!
 //! Each side keeps a cached copy of the other side's position on its own cache line and reloads
 //! the real one only when the cache says "full" or "empty", so a 1->1 pair shares a cache line
 //! only when it must. Waiting uses futex words with a waiter count, so that the other side makes
 //! a system call only when someone sleeps.
 
+use std::cell::Cell;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -42,6 +51,7 @@ use memmap2::{MmapOptions, MmapRaw};
 use mp_core::futex::{self, Deadline};
 use mp_core::message::{self, Encoded, ALIGN};
 use mp_core::region::HEADER_SIZE;
+use mp_core::rkyv::util::AlignedVec;
 use mp_core::{ident, Encode, Message, Region};
 use static_assertions::const_assert_eq;
 
@@ -64,6 +74,20 @@ const DONE: u32 = 3;
 const KIND_INLINE: u32 = 0;
 const KIND_BIG: u32 = 1;
 const KIND_PAD: u32 = 2;
+/// A damaged span `[pos, pos + extra)` that `corrupt` marked (state `DONE`): `reclaim` jumps
+/// it without reading what is inside.
+const KIND_SKIP: u32 = 3;
+
+/// The largest private receive buffer a thread keeps between messages (see
+/// [`Ring::private_copy`]); a larger message gets a buffer of its own, freed after it.
+const SCRATCH_KEEP: usize = 4 << 20;
+
+thread_local! {
+    /// The calling thread's private receive buffer: every owned-value receive of a message
+    /// larger than [`SMALL_COPY`] copies it here (one `memcpy`) and checks and decodes this
+    /// copy, never the shared bytes.
+    static SCRATCH: Cell<AlignedVec<ALIGN>> = Cell::new(AlignedVec::new());
+}
 
 /// The shared state of one queue. Every field is an atomic or a constant written before the
 /// region is shared.
@@ -75,10 +99,12 @@ pub(crate) struct Meta {
     big_base: AtomicU64,
     _c: [u64; 5],
     // Producer line: written by producers on every put.
-    p_lock: AtomicU32,
+    /// The producer lock's futex word (a wake sequence, see `lock`).
+    p_wake: AtomicU32,
     /// Producer journal: how many records the commit in progress publishes.
     pending_count: AtomicU32,
-    p_start: AtomicU64,
+    /// The producer lock: its holder's token (0: free).
+    p_lock: AtomicU64,
     tail: AtomicU64,
     enqueued: AtomicU64,
     p_cached_reclaim: AtomicU64,
@@ -89,9 +115,11 @@ pub(crate) struct Meta {
     pending_tail: AtomicU64,
     pending_enq: AtomicU64,
     // Consumer line: written by consumers on every get.
-    c_lock: AtomicU32,
+    /// The consumer lock's futex word.
+    c_wake: AtomicU32,
     _c0: u32,
-    c_start: AtomicU64,
+    /// The consumer lock: its holder's token (0: free).
+    c_lock: AtomicU64,
     head: AtomicU64,
     reclaim: AtomicU64,
     dequeued: AtomicU64,
@@ -106,15 +134,17 @@ pub(crate) struct Meta {
     space_seq: AtomicU32,
     c_waiters: AtomicU32,
     p_waiters: AtomicU32,
-    _w: [u32; 12],
+    /// Diagnostics: how many sleeping consumers producers have woken, in all.
+    woken: AtomicU32,
+    _w: [u32; 11],
     // Rarely written line.
     /// JoinableQueue: puts not yet matched by `task_done`.
     pub(crate) unfinished: AtomicU32,
     pub(crate) join_waiters: AtomicU32,
-    /// A span `[discard_from, discard_to)` of corrupted records that `reclaim` jumps over
-    /// without reading it (`discard_to == 0`: none).
-    discard_from: AtomicU64,
-    discard_to: AtomicU64,
+    /// Unused (was a single pending span of corrupted records; those are now marked in the
+    /// ring itself, by a `KIND_SKIP` record each, so that any number of them keep their order
+    /// with the live records between them).
+    _d: [u64; 2],
     /// Producer journal for an oversized message: `big_tail` before it was allocated (0: none).
     pending_big: AtomicU64,
     _j: [u64; 3],
@@ -125,13 +155,43 @@ const_assert_eq!(std::mem::align_of::<Meta>(), 64);
 /// A record header in the ring.
 #[repr(C)]
 struct RecHdr {
-    state: AtomicU32,
-    pid: AtomicU32,
+    /// The state (low 16 bits) and the kind (high 16 bits), in one word so that the header
+    /// has room for a whole token.
+    word: AtomicU32,
     len: AtomicU32,
-    kind: AtomicU32,
+    /// The token (`mp_core::ident`, pid + start time) of the process whose zero-copy guard
+    /// claimed the record (`READING`); for a `KIND_SKIP` record, the length of the damaged
+    /// span it covers; 0 otherwise.
+    extra: AtomicU64,
 }
 const_assert_eq!(std::mem::size_of::<RecHdr>(), REC_HDR);
-const_assert_eq!(std::mem::align_of::<RecHdr>(), 4);
+const_assert_eq!(std::mem::align_of::<RecHdr>(), 8);
+
+const KIND_SHIFT: u32 = 16;
+const STATE_MASK: u32 = (1 << KIND_SHIFT) - 1;
+
+impl RecHdr {
+    /// The record's state and kind, from one load of its word.
+    fn state_kind(&self, order: Ordering) -> (u32, u32) {
+        let w = self.word.load(order);
+        (w & STATE_MASK, w >> KIND_SHIFT)
+    }
+
+    /// Sets the state, keeping the kind. Only for the record's owner of the moment (the
+    /// consumer-lock holder, or the process whose guard claimed it), so the load and the
+    /// store cannot race with another writer.
+    fn set_state(&self, state: u32, order: Ordering) {
+        let w = self.word.load(Ordering::Relaxed);
+        self.word.store((w & !STATE_MASK) | state, order);
+    }
+
+    fn init(&self, state: u32, kind: u32, len: u32) {
+        self.len.store(len, Ordering::Relaxed);
+        self.extra.store(0, Ordering::Relaxed);
+        self.word
+            .store((kind << KIND_SHIFT) | state, Ordering::Relaxed);
+    }
+}
 
 fn round16(n: u64) -> u64 {
     (n + 15) & !15
@@ -152,6 +212,50 @@ pub(crate) enum Payload {
     /// punched out of the file when `reclaim` passes its record, not before: a consumer killed
     /// in between leaves the message intact for the next one.
     Big(MmapRaw, usize),
+}
+
+/// Messages up to this size are copied into a buffer on the receiver's stack, larger ones
+/// into the thread's receive buffer.
+const SMALL_COPY: usize = 256;
+
+/// Where a receive copies its message (see [`Ring::private_copy`]): a 16-aligned buffer on
+/// the stack for small messages, else the calling thread's receive buffer, taken out of its
+/// thread-local on first use (once for a whole batch) and put back when this is dropped,
+/// unless it grew past [`SCRATCH_KEEP`]. Taken out rather than borrowed, so that a
+/// deserializer that itself receives from a queue finds an empty buffer and uses its own.
+#[repr(C, align(16))]
+pub(crate) struct Scratch {
+    small: [std::mem::MaybeUninit<u8>; SMALL_COPY],
+    big: Option<AlignedVec<ALIGN>>,
+}
+
+impl Scratch {
+    pub(crate) fn new() -> Scratch {
+        Scratch {
+            small: [std::mem::MaybeUninit::uninit(); SMALL_COPY],
+            big: None,
+        }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Some(buf) = self.big.take() {
+            if buf.capacity() <= SCRATCH_KEEP {
+                let _ = SCRATCH.try_with(|cell| cell.set(buf));
+            }
+        }
+    }
+}
+
+impl Payload {
+    /// Where the payload's bytes are, and how many.
+    fn raw(&self) -> (*const u8, usize) {
+        match self {
+            Payload::Inline(ptr, len) => (*ptr, *len),
+            Payload::Big(map, len) => (map.as_ptr(), *len),
+        }
+    }
 }
 
 /// What `put` could not do.
@@ -242,7 +346,8 @@ impl Ring {
     fn rec(&self, off: u64) -> &RecHdr {
         debug_assert!(off % 16 == 0 && off + REC_HDR as u64 <= self.capacity);
         // SAFETY: `off` is a multiple of 16 below capacity (positions are multiples of 16 and
-        // taken modulo capacity, itself a multiple of 16), so a 16-byte header fits, aligned.
+        // taken modulo capacity, itself a multiple of 16), so a 16-byte header fits, 8-aligned
+        // (the ring starts at META_SIZE, a multiple of 64, in a 64-aligned payload).
         // RecHdr is made of atomics: sound to share.
         unsafe { &*self.data().add(off as usize).cast::<RecHdr>() }
     }
@@ -266,7 +371,7 @@ impl Ring {
     /// Takes the producer lock, repairing what a producer killed while holding it left.
     fn lock_producer(&self) -> Locked<'_> {
         let m = self.meta();
-        let guard = lock::lock(&m.p_lock, &m.p_start);
+        let guard = lock::lock(&m.p_lock, &m.p_wake);
         if guard.recovered {
             self.repair_producer();
         }
@@ -276,7 +381,7 @@ impl Ring {
     /// Takes the consumer lock, repairing what a consumer killed while holding it left.
     fn lock_consumer(&self) -> Locked<'_> {
         let m = self.meta();
-        let guard = lock::lock(&m.c_lock, &m.c_start);
+        let guard = lock::lock(&m.c_lock, &m.c_wake);
         if guard.recovered {
             self.repair_consumer();
         }
@@ -297,14 +402,14 @@ impl Ring {
     /// Puts `value`, waiting for room until `deadline`.
     pub(crate) fn put<T: Encode>(&self, value: &T, deadline: Deadline) -> Result<(), PutFail> {
         let m = self.meta();
-        let mut spilled: Option<mp_core::rkyv::util::AlignedVec<ALIGN>> = None;
+        let mut spilled: Option<AlignedVec<ALIGN>> = None;
         let mut spins = 0u32;
         loop {
             {
                 let guard = self.lock_producer();
                 if self.try_put_locked(value, &mut spilled, &guard, false)? {
                     drop(guard);
-                    self.wake_consumers();
+                    self.wake_consumers(1);
                     return Ok(());
                 }
             }
@@ -336,7 +441,7 @@ impl Ring {
             if !matches!(put, Ok(false)) {
                 m.p_waiters.fetch_sub(1, Ordering::SeqCst);
                 put?;
-                self.wake_consumers();
+                self.wake_consumers(1);
                 return Ok(());
             }
             let nap = deadline.remaining().map_or(NAP, |r| r.min(NAP));
@@ -360,7 +465,7 @@ impl Ring {
     fn try_put_locked<T: Encode>(
         &self,
         value: &T,
-        spilled: &mut Option<mp_core::rkyv::util::AlignedVec<ALIGN>>,
+        spilled: &mut Option<AlignedVec<ALIGN>>,
         guard: &Locked<'_>,
         fresh: bool,
     ) -> Result<bool, PutFail> {
@@ -567,7 +672,7 @@ impl Ring {
         }
         drop(guard);
         if count > 0 {
-            self.wake_consumers();
+            self.wake_consumers(count);
         }
         Ok(count as usize)
     }
@@ -669,7 +774,7 @@ impl Ring {
     pub(crate) fn debug_state(&self) -> String {
         let m = self.meta();
         format!(
-            "capacity={} tail={} head={} reclaim={} p_cached_reclaim={} c_cached_tail={} enqueued={} dequeued={} p_lock={:#x} c_lock={:#x} p_waiters={} c_waiters={}",
+            "capacity={} tail={} head={} reclaim={} p_cached_reclaim={} c_cached_tail={} enqueued={} dequeued={} p_lock={:#x} c_lock={:#x} p_waiters={} c_waiters={} consumers_woken={}",
             self.capacity,
             m.tail.load(Ordering::SeqCst),
             m.head.load(Ordering::SeqCst),
@@ -682,24 +787,17 @@ impl Ring {
             m.c_lock.load(Ordering::SeqCst),
             m.p_waiters.load(Ordering::SeqCst),
             m.c_waiters.load(Ordering::SeqCst),
+            m.woken.load(Ordering::SeqCst),
         )
     }
 
     fn write_rec(&self, off: u64, len: u32, kind: u32) {
-        let r = self.rec(off);
-        r.len.store(len, Ordering::Relaxed);
-        r.kind.store(kind, Ordering::Relaxed);
-        r.pid.store(0, Ordering::Relaxed);
-        r.state.store(READY, Ordering::Relaxed);
+        self.rec(off).init(READY, kind, len);
     }
 
     fn write_pad(&self, off: u64, span: u64) {
-        let r = self.rec(off);
-        r.len
-            .store((span - REC_HDR as u64) as u32, Ordering::Relaxed);
-        r.kind.store(KIND_PAD, Ordering::Relaxed);
-        r.pid.store(0, Ordering::Relaxed);
-        r.state.store(DONE, Ordering::Relaxed);
+        self.rec(off)
+            .init(DONE, KIND_PAD, (span - REC_HDR as u64) as u32);
     }
 
     fn copy_in(&self, off: u64, bytes: &[u8]) {
@@ -753,7 +851,9 @@ impl Ring {
         Ok(())
     }
 
-    fn wake_consumers(&self) {
+    /// Wakes up to `n` sleeping consumers, one per message just published (a batch of `n`
+    /// items has work for `n` of them; waking fewer would leave the rest to their next nap).
+    fn wake_consumers(&self, n: u32) {
         let m = self.meta();
         // Dekker handshake, all four operations SeqCst: we swapped `tail` (in `commit`), then
         // load `c_waiters`; a consumer going to sleep increments `c_waiters`, then loads
@@ -762,7 +862,11 @@ impl Ring {
         // and wake it).
         if m.c_waiters.load(Ordering::SeqCst) > 0 {
             m.data_seq.fetch_add(1, Ordering::SeqCst);
-            futex::wake(&m.data_seq, 1);
+            let woken = futex::wake(&m.data_seq, n);
+            if woken > 0 {
+                m.woken
+                    .fetch_add(woken.min(u32::MAX as usize) as u32, Ordering::Relaxed);
+            }
         }
     }
 
@@ -794,8 +898,8 @@ impl Ring {
 
     // ---------------------------------------------------------------- consumer side
 
-    /// Takes the next message: `f` gets its payload while the consumer lock is held and the
-    /// record is still at `head`; the record is consumed only when `f` returns.
+    /// Takes the next message: `f` gets a private copy of its payload while the consumer lock
+    /// is held and the record is still at `head`; the record is consumed only when `f` returns.
     pub(crate) fn get_with<R>(
         &self,
         deadline: Deadline,
@@ -804,8 +908,11 @@ impl Ring {
         let mut f = Some(f);
         self.wait_for_data(deadline, |ring, guard| {
             let (payload, used, _) = ring.peek_locked(guard)?;
-            let bytes = ring.payload_bytes(&payload);
-            let r = (f.take().expect("called once"))(bytes);
+            let Some(f) = f.take() else {
+                return Err(Error::Corrupted("a get took two messages".into()));
+            };
+            let mut scratch = Scratch::new();
+            let r = f(ring.private_copy(&payload, &mut scratch));
             let simple = matches!(payload, Payload::Inline(..));
             drop(payload);
             ring.consume_locked(guard, used, false, simple);
@@ -814,9 +921,10 @@ impl Ring {
     }
 
     /// Takes up to `max` messages (at least one, waiting until `deadline`) under one hold of
-    /// the consumer lock: `f` gets each payload while its record is at `head`, and the record
-    /// is consumed when `f` returns. An error of `f` (the record is consumed all the same) or
-    /// of the ring ends the batch and is returned; the messages before it went to `f`.
+    /// the consumer lock: `f` gets a private copy of each payload while its record is at
+    /// `head`, and the record is consumed when `f` returns. An error of `f` (the record is
+    /// consumed all the same) or of the ring ends the batch and is returned; the messages
+    /// before it went to `f`.
     pub(crate) fn get_batch(
         &self,
         deadline: Deadline,
@@ -824,13 +932,14 @@ impl Ring {
         mut f: impl FnMut(&[u8]) -> Result<(), Error>,
     ) -> Result<usize, GetFail> {
         self.wait_for_data(deadline, |ring, guard| {
+            let mut scratch = Scratch::new();
             let mut taken = 0;
             while taken < max {
                 if taken > 0 && !ring.has_data_locked() {
                     break;
                 }
                 let (payload, used, _) = ring.peek_locked(guard)?;
-                let r = f(ring.payload_bytes(&payload));
+                let r = f(ring.private_copy(&payload, &mut scratch));
                 let simple = matches!(payload, Payload::Inline(..));
                 drop(payload);
                 ring.consume_locked(guard, used, false, simple);
@@ -842,16 +951,15 @@ impl Ring {
     }
 
     /// Claims the next message for a zero-copy guard: returns its payload and the ring offset
-    /// of its record, marked `READING` by this process.
+    /// of its record, marked `READING` by this process (its token: pid and start time).
     pub(crate) fn claim(&self, deadline: Deadline) -> Result<(Payload, u64), GetFail> {
         self.wait_for_data(deadline, |ring, guard| {
             let (payload, used, rec_off) = ring.peek_locked(guard)?;
             let r = ring.rec(rec_off);
-            r.pid
-                .store(ident::id_of(ident::process_token()), Ordering::Relaxed);
-            // Release: the pid is in place before the claim is seen (by a process that finds
-            // this record after we are killed).
-            r.state.store(READING, Ordering::Release);
+            r.extra.store(ident::process_token(), Ordering::Relaxed);
+            // Release: the token is in place before the claim is seen (by a process that
+            // finds this record after we are killed; it loads the state with Acquire).
+            r.set_state(READING, Ordering::Release);
             ring.consume_locked(guard, used, true, false);
             Ok((payload, rec_off))
         })
@@ -861,9 +969,9 @@ impl Ring {
     pub(crate) fn release(&self, off: u64) {
         // Release: our reads of the payload happen before a producer reuses the space (it
         // loads `reclaim` with Acquire after we advance it over this record).
-        self.rec(off).state.store(DONE, Ordering::Release);
+        self.rec(off).set_state(DONE, Ordering::Release);
         let m = self.meta();
-        if let Some(g) = lock::try_lock(&m.c_lock, &m.c_start) {
+        if let Some(g) = lock::try_lock(&m.c_lock, &m.c_wake) {
             self.advance_reclaim(&g, false);
         }
         // Even when another consumer holds the lock (it moves `reclaim` on its next get),
@@ -912,7 +1020,8 @@ impl Ring {
                 continue;
             }
             m.c_waiters.fetch_add(1, Ordering::SeqCst);
-            // Pairs with the SeqCst fence in `wake_consumers`.
+            // Pairs with the SeqCst swap of `tail` in `publish` and the SeqCst load of
+            // `c_waiters` in `wake_consumers` (the Dekker handshake described there).
             if m.tail.load(Ordering::SeqCst) == m.head.load(Ordering::SeqCst)
                 && m.data_seq.load(Ordering::SeqCst) == seq
             {
@@ -948,16 +1057,17 @@ impl Ring {
             m.c_cached_tail.store(tail, Ordering::Relaxed);
         }
         if !self.span_ok(head, tail) || !self.span_ok(m.reclaim.load(Ordering::Relaxed), head) {
-            return Err(self.corrupt(head, tail, "positions out of order or misaligned"));
+            return Err(self.corrupt(guard, head, tail, "positions out of order or misaligned"));
         }
         // `head` is a multiple of 16 and `cap` too, so `off` is a record boundary in the ring.
         let mut off = head & (cap - 1);
         let mut used = 0u64;
         let r = self.rec(off);
-        if r.kind.load(Ordering::Relaxed) == KIND_PAD {
+        if r.state_kind(Ordering::Relaxed).1 == KIND_PAD {
             let span = REC_HDR as u64 + u64::from(r.len.load(Ordering::Relaxed));
             if span != cap - off || head + span >= tail {
                 return Err(self.corrupt(
+                    guard,
                     head,
                     tail,
                     "a padding record that does not end the ring",
@@ -968,14 +1078,14 @@ impl Ring {
         }
         let r = self.rec(off);
         let len = u64::from(r.len.load(Ordering::Relaxed));
-        let kind = r.kind.load(Ordering::Relaxed);
         let span = REC_HDR as u64 + round16(len);
         // Under the consumer lock, a record at `head` is READY, or READING when a consumer was
         // killed between marking its claim and advancing `head`: the claim never completed, so
         // the message is still there to deliver.
-        let state = r.state.load(Ordering::Acquire);
+        let (state, kind) = r.state_kind(Ordering::Acquire);
         if span > cap - off || span > tail - head - used || (state != READY && state != READING) {
             return Err(self.corrupt(
+                guard,
                 head,
                 tail,
                 "a record that overruns the ring or is not ready",
@@ -996,7 +1106,7 @@ impl Ring {
                     return Err(e);
                 }
             },
-            _ => return Err(self.corrupt(head, tail, "a record of unknown kind")),
+            _ => return Err(self.corrupt(guard, head, tail, "a record of unknown kind")),
         };
         Ok((payload, used, off))
     }
@@ -1037,19 +1147,66 @@ impl Ring {
         (start >= base && start % PAGE == 0 && end <= top).then_some((start, end))
     }
 
-    /// The bytes of a payload.
+    /// The bytes of a payload, in shared memory: only for the zero-copy view of `get_ref`,
+    /// which trusts the queue's other processes (see `Queue::get_ref`). Every owned-value
+    /// receive goes through [`private_copy`](Self::private_copy) instead.
     pub(crate) fn payload_bytes<'p>(&self, p: &'p Payload) -> &'p [u8] {
-        match p {
-            // SAFETY: the pointer and length were validated by `peek_locked` and the record
-            // stays ours (consumer lock held, or claimed READING) while `p` lives.
-            Payload::Inline(ptr, len) => unsafe { std::slice::from_raw_parts(*ptr, *len) },
-            // SAFETY: the mapping is at least `len` bytes long and the range belongs to this
-            // message alone until `reclaim` passes its record, after the payload is dropped.
-            Payload::Big(map, len) => unsafe { std::slice::from_raw_parts(map.as_ptr(), *len) },
-        }
+        let (ptr, len) = p.raw();
+        // SAFETY: the pointer and length were validated by `peek_locked` (or the mapping made
+        // by `map_big` is `len` bytes long), and the record stays ours (consumer lock held, or
+        // claimed READING) while `p` lives. A process that breaks the protocol may still write
+        // the bytes: the callers say so.
+        unsafe { std::slice::from_raw_parts(ptr, len) }
     }
 
-    /// Advances `head` over `used` bytes (a record and the padding record before it, if any). When `claimed`, the record stays until its guard releases it.
+    /// Copies a payload out of shared memory into `scratch`, private and 16-aligned (no
+    /// allocation once the thread's buffer has grown to the messages' size), and returns the
+    /// copy. The copy is what the caller checks and decodes, so a process that rewrites the
+    /// shared bytes after the copy (between the check and the use, say) changes nothing:
+    /// DESIGN decision 9, as mp-pipe does it.
+    ///
+    /// A small payload is copied in relaxed 8-byte atomic loads (no formal data race even
+    /// with a peer that writes it meanwhile), a larger one with one `memcpy`.
+    pub(crate) fn private_copy<'s>(&self, p: &Payload, scratch: &'s mut Scratch) -> &'s [u8] {
+        let (src, len) = p.raw();
+        if len <= SMALL_COPY {
+            let dst = scratch.small.as_mut_ptr().cast::<u8>();
+            let words = len.div_ceil(8);
+            // SAFETY: the payload starts 8-aligned (16 bytes into a record at a multiple of 16,
+            // or at the page-aligned start of a mapping) and is valid for reads while `p`
+            // lives (see `payload_bytes`); rounded up to 8 bytes it stays inside memory of
+            // ours: the record's payload is padded to 16 bytes inside the ring, a mapping to
+            // a page. An `AtomicU64` over shared memory is sound to read. `small` is our own
+            // 16-aligned buffer (first field of an `align(16)` struct) of SMALL_COPY bytes,
+            // at least `8 * words`, and the slice covers the `len` bytes copied.
+            return unsafe {
+                let s = src.cast::<AtomicU64>();
+                let d = dst.cast::<u64>();
+                for i in 0..words {
+                    d.add(i).write((*s.add(i)).load(Ordering::Relaxed));
+                }
+                std::slice::from_raw_parts(dst, len)
+            };
+        }
+        let buf = scratch
+            .big
+            .get_or_insert_with(|| SCRATCH.try_with(Cell::take).unwrap_or_default());
+        buf.clear();
+        buf.reserve(len);
+        // SAFETY: `src..src + len` is the payload, valid for reads while `p` lives (see
+        // `payload_bytes`); `reserve` made room for `len` bytes in our own buffer, and
+        // `set_len` covers exactly the bytes copied. A process that breaks the protocol by
+        // writing the shared bytes meanwhile can only make the copy hold wrong bytes, which
+        // the caller checks before use.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), len);
+            buf.set_len(len);
+        }
+        buf.as_slice()
+    }
+
+    /// Advances `head` over `used` bytes (a record and the padding record before it, if
+    /// any). When `claimed`, the record stays until its guard releases it.
     ///
     /// `simple` says the record is an inline message (no oversized range to free).
     fn consume_locked(&self, guard: &Locked<'_>, used: u64, claimed: bool, simple: bool) {
@@ -1069,7 +1226,7 @@ impl Ring {
         if claimed {
             return;
         }
-        if simple && reclaim == head && m.discard_to.load(Ordering::Relaxed) == 0 {
+        if simple && reclaim == head {
             // Nothing outstanding before us and nothing to free: the space is free at once.
             // (A consumer killed before this store leaves consumed records behind `head`,
             // which `advance_reclaim` passes later.) Release pairs with the producers' Acquire
@@ -1094,24 +1251,26 @@ impl Ring {
         }
         let mut reclaim = start;
         while reclaim < head {
-            let to = m.discard_to.load(Ordering::Relaxed);
-            if to != 0 && reclaim == m.discard_from.load(Ordering::Relaxed) {
-                // A corrupted span: jump it without reading it.
-                if !self.span_ok(reclaim, to) || to > head {
-                    break;
-                }
-                reclaim = to;
-                m.discard_to.store(0, Ordering::Relaxed);
-                continue;
-            }
             let off = reclaim & (cap - 1);
             let r = self.rec(off);
             // Acquire pairs with the Release store of DONE in `release` (the guard's reads of
             // the payload happen before we hand the space back).
-            let st = r.state.load(Ordering::Acquire);
+            let (st, kind) = r.state_kind(Ordering::Acquire);
+            if kind == KIND_SKIP && st == DONE {
+                // A damaged span marked by `corrupt`: jump it without reading it (it may wrap
+                // around the ring's end). It ends where the next record starts.
+                let span = r.extra.load(Ordering::Relaxed);
+                if span == 0 || span % 16 != 0 || span > head - reclaim {
+                    break;
+                }
+                reclaim += span;
+                continue;
+            }
             if st == READING {
-                let pid = r.pid.load(Ordering::Relaxed);
-                if !dead_too || ident::is_alive(u64::from(pid) << 32) {
+                // The whole token, pid and start time: a process that was given the dead
+                // holder's pid since is not taken for it.
+                let holder = r.extra.load(Ordering::Relaxed);
+                if !dead_too || ident::is_alive(holder) {
                     break;
                 }
             }
@@ -1120,7 +1279,7 @@ impl Ring {
             if span > cap - off || span > head - reclaim {
                 break;
             }
-            if r.kind.load(Ordering::Relaxed) == KIND_BIG && len == 16 {
+            if kind == KIND_BIG && len == 16 {
                 self.punch_big(off);
             }
             reclaim += span;
@@ -1150,7 +1309,7 @@ impl Ring {
         if m.reclaim.load(Ordering::Relaxed) == m.head.load(Ordering::Relaxed) {
             return;
         }
-        if let Some(g) = lock::try_lock(&m.c_lock, &m.c_start) {
+        if let Some(g) = lock::try_lock(&m.c_lock, &m.c_wake) {
             self.advance_reclaim(&g, false);
         }
     }
@@ -1168,9 +1327,12 @@ impl Ring {
     }
 
     /// Skips damage at `head` so that the queue stays usable: `head` moves to `tail` and the
-    /// span is marked for `reclaim` to jump without reading it (records before `head` that
-    /// zero-copy guards still read are left alone).
-    fn corrupt(&self, head: u64, tail: u64, what: &str) -> Error {
+    /// span `[head, tail)` is marked, by a `KIND_SKIP` record written over the damaged header
+    /// at `head`, for `reclaim` to jump without reading it. Records before `head` that
+    /// zero-copy guards still read are left alone, and stay in order with every span marked
+    /// so (another damaged span later gets a marker of its own), so `reclaim` still stops at
+    /// each of them.
+    fn corrupt(&self, _guard: &Locked<'_>, head: u64, tail: u64, what: &str) -> Error {
         let m = self.meta();
         if !self.span_ok(head, tail) {
             return Error::Corrupted(format!(
@@ -1178,10 +1340,18 @@ impl Ring {
             ));
         }
         let lost = tail - head;
-        if m.discard_to.load(Ordering::Relaxed) == 0 {
-            m.discard_from.store(head, Ordering::Relaxed);
+        if lost > 0 {
+            // `[head, tail)` holds published records that only the consumer-lock holder (us)
+            // reads and no producer writes before `reclaim` passes them; a consumer killed
+            // before the store of `head` leaves a marker that the next one writes again.
+            let r = self.rec(head & (self.capacity - 1));
+            r.len.store(0, Ordering::Relaxed);
+            r.extra.store(lost, Ordering::Relaxed);
+            r.word
+                .store((KIND_SKIP << KIND_SHIFT) | DONE, Ordering::Relaxed);
         }
-        m.discard_to.store(tail, Ordering::Relaxed);
+        // Release: the marker is in place before `head` passes it (for `advance_reclaim`,
+        // which reads records below `head`).
         m.head.store(tail, Ordering::Release);
         // How many messages were dropped is unknown: count the queue as empty.
         m.dequeued

@@ -10,7 +10,7 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use mp_core::handle::{self, ENV_FDS};
@@ -46,16 +46,21 @@ const WATCHDOG: Duration = Duration::from_secs(60);
 
 /// Waits for a forked child to exit with 0; kills it and fails the test after [`WATCHDOG`].
 fn wait_ok(pid: Pid) {
+    wait_ok_within(pid, WATCHDOG)
+}
+
+/// [`wait_ok`] with another watchdog.
+fn wait_ok_within(pid: Pid, watchdog: Duration) {
     let t0 = Instant::now();
     loop {
         match waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)).expect("waitpid") {
-            WaitStatus::StillAlive if t0.elapsed() < WATCHDOG => {
+            WaitStatus::StillAlive if t0.elapsed() < watchdog => {
                 std::thread::sleep(Duration::from_millis(5))
             }
             WaitStatus::StillAlive => {
                 let _ = kill(pid, Signal::SIGKILL);
                 let _ = waitpid(pid, None);
-                panic!("watchdog: child {pid} still running after {WATCHDOG:?}");
+                panic!("watchdog: child {pid} still running after {watchdog:?}");
             }
             WaitStatus::Exited(_, 0) => return,
             other => panic!("child {pid} failed: {other:?}"),
@@ -762,11 +767,11 @@ fn corrupted_ring_is_an_error_and_the_queue_stays_usable() {
     let fd = fds.into_iter().next().unwrap();
     let region = mp_core::Region::from_fd(fd, None).unwrap();
     // SAFETY: test-only corruption of a region this test owns; offset 320 is the first record
-    // (after the 320-byte metadata block); we overwrite its `len` field.
+    // (after the 320-byte metadata block); we overwrite its `len` field (its second word).
     unsafe {
         region
             .as_ptr()
-            .add(320 + 8)
+            .add(320 + 4)
             .cast::<u32>()
             .write_volatile(0xFFFF_FFF0)
     };
@@ -1010,8 +1015,8 @@ fn hostile_positions_are_refused_without_touching_memory_outside_the_ring() {
     let (bytes, fds) = handle::collect(|| encode(&q));
     let _ = bytes.unwrap();
     let region = mp_core::Region::from_fd(fds.into_iter().next().unwrap(), None).unwrap();
-    // Meta's producer line starts at 64; `tail` is its third field (after the lock word and
-    // the holder's token), at 64 + 16.
+    // Meta's producer line starts at 64; `tail` follows the lock's futex word, the journal's
+    // count and the lock word (the holder's token), at 64 + 16.
     // SAFETY: test-only corruption of a region this test owns.
     let tail = unsafe { &*region.as_ptr().add(64 + 16).cast::<AtomicU64>() };
     let good = tail.load(Ordering::SeqCst);
@@ -1029,4 +1034,501 @@ fn hostile_positions_are_refused_without_touching_memory_outside_the_ring() {
     assert_eq!(q.get_nowait().unwrap(), 1);
     q.put(3).unwrap();
     assert_eq!(q.get().unwrap(), 3);
+}
+
+/// Where [`Scribble`] writes when it is deserialized: the address of an `i32` in a second
+/// mapping of a queue's region (0: nowhere).
+static SCRIBBLE_AT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A `u32` field whose deserialization rewrites 4 bytes of the message in shared memory, as a
+/// hostile peer would between the receiver's check and its use of the bytes.
+struct Scribble;
+
+impl mp_core::rkyv::with::ArchiveWith<u32> for Scribble {
+    type Archived = mp_core::rkyv::Archived<u32>;
+    type Resolver = ();
+
+    fn resolve_with(field: &u32, _: (), out: mp_core::rkyv::Place<Self::Archived>) {
+        mp_core::rkyv::Archive::resolve(field, (), out);
+    }
+}
+
+impl<S: mp_core::rkyv::rancor::Fallible + ?Sized> mp_core::rkyv::with::SerializeWith<u32, S>
+    for Scribble
+{
+    fn serialize_with(_: &u32, _: &mut S) -> Result<(), S::Error> {
+        Ok(())
+    }
+}
+
+impl<D: mp_core::rkyv::rancor::Fallible + ?Sized>
+    mp_core::rkyv::with::DeserializeWith<mp_core::rkyv::Archived<u32>, u32, D> for Scribble
+{
+    fn deserialize_with(field: &mp_core::rkyv::Archived<u32>, _: &mut D) -> Result<u32, D::Error> {
+        let at = SCRIBBLE_AT.swap(0, Ordering::SeqCst);
+        if at != 0 {
+            // SAFETY: test-only: `at` is the address of the relative offset of a message's
+            // `data` vector inside a mapping of the queue's region that the test keeps alive
+            // (4 bytes, aligned).
+            unsafe { (at as *mut i32).write_volatile(0x3fff_fff0) };
+        }
+        Ok(field.to_native())
+    }
+}
+
+/// Deserializes `trigger` first (fields go in order), then `data`, whose offset `trigger`
+/// rewrote in shared memory to point 1 GiB away.
+#[derive(mp_core::rkyv::Archive, mp_core::rkyv::Serialize, mp_core::rkyv::Deserialize)]
+#[rkyv(crate = mp_core::rkyv)]
+struct Tampered {
+    #[rkyv(with = Scribble)]
+    trigger: u32,
+    data: Vec<u8>,
+}
+
+/// A queue holding one `Tampered` message with `len` data bytes in its first record, a second
+/// mapping of its region (kept alive by the caller), and the address of that message's `data`
+/// offset there.
+fn tampered_queue(len: usize) -> (Queue<Tampered>, mp_core::Region, usize) {
+    let q: Queue<Tampered> = Queue::builder().capacity_bytes(4096).build().unwrap();
+    q.put(Tampered {
+        trigger: 7,
+        data: vec![42; len],
+    })
+    .unwrap();
+    let (bytes, fds) = handle::collect(|| encode(&q));
+    let _ = bytes.unwrap();
+    let region = mp_core::Region::from_fd(fds.into_iter().next().unwrap(), None).unwrap();
+    // The first record is at 320 (after the metadata block): a 16-byte header whose second
+    // word is the payload's length, then the payload, whose root (the archived struct) ends it.
+    // SAFETY: test-only read of a region this test owns.
+    let len = unsafe { region.as_ptr().add(320 + 4).cast::<u32>().read_volatile() } as usize;
+    let root = 320 + 16 + len - std::mem::size_of::<ArchivedTampered>();
+    // The archived Vec starts with its relative pointer (an i32 offset).
+    let at = region.as_ptr() as usize + root + std::mem::offset_of!(ArchivedTampered, data);
+    (q, region, at)
+}
+
+#[test]
+fn owned_gets_decode_a_private_copy_that_peers_cannot_rewrite() {
+    // Each owned-value path (`get`, `get_many`, and `deserialize` of a zero-copy guard) gets
+    // a message whose bytes are rewritten in shared memory in the middle of its
+    // deserialization: an offset is pointed 1 GiB out of the message. Decoded from a private
+    // copy, the value is intact; decoded in place, the reader follows the new offset (out of
+    // bounds: SIGSEGV, or garbage). In a child, so that a crash fails the test, not the run.
+    // Small messages and larger ones (copied by different means) alike.
+    let paths = ["get", "get_many", "get_ref+deserialize"];
+    for (path, len) in paths.iter().flat_map(|&p| [(p, 100), (p, 1500)]) {
+        let (q, region, at) = tampered_queue(len);
+        let qc = q.clone();
+        let pid = fork_child(move || {
+            SCRIBBLE_AT.store(at, Ordering::SeqCst);
+            let got = match path {
+                "get" => qc.get_nowait().map(|t| (t.trigger, t.data)),
+                "get_many" => {
+                    let mut out = Vec::new();
+                    qc.get_many(&mut out, 4, Some(Duration::ZERO)).map(|_| {
+                        let t = out.pop().unwrap();
+                        (t.trigger, t.data)
+                    })
+                }
+                _ => qc
+                    .get_ref_timeout(Duration::ZERO)
+                    .and_then(|g| g.deserialize())
+                    .map(|t| (t.trigger, t.data)),
+            };
+            match got {
+                Ok((7, data)) if data == vec![42; len] => 0,
+                _ => 2,
+            }
+        });
+        wait_ok(pid);
+        // The rewrite did happen (in shared memory), and the queue goes on.
+        // SAFETY: test-only read of the mapping kept in `region`.
+        assert_eq!(unsafe { (at as *const i32).read_volatile() }, 0x3fff_fff0);
+        drop(region);
+        assert!(q.empty(), "{path} {len}");
+        q.put(Tampered {
+            trigger: 1,
+            data: vec![1],
+        })
+        .unwrap();
+        assert_eq!(q.get().unwrap().data, vec![1], "{path} {len}");
+    }
+}
+
+/// Makes a process with the pid `pid`, just freed (as a recycled pid would be), that waits
+/// until it is killed (or its parent thread dies); `None` if the pid was taken meanwhile.
+/// Uses `clone3` with `set_tid` (the tests run as root).
+fn process_with_pid(pid: Pid) -> Option<Pid> {
+    /// `struct clone_args` of linux/sched.h, up to `set_tid_size` (CLONE_ARGS_SIZE_VER1).
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+    }
+    let tid = [pid.as_raw()];
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: tid.as_ptr() as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    // SAFETY: clone3 without CLONE_VM and without a stack behaves like fork; the child only
+    // makes async-signal-safe calls (prctl, pause) and never returns from this block.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match r {
+        0 => {
+            // SAFETY: the child: prctl with integer arguments, then pause until killed.
+            unsafe {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                loop {
+                    libc::pause();
+                }
+            }
+        }
+        -1 => {
+            let e = std::io::Error::last_os_error();
+            assert_eq!(
+                e.raw_os_error(),
+                Some(libc::EEXIST),
+                "clone3 with set_tid failed ({e}): this test needs CAP_SYS_ADMIN or \
+                 CAP_CHECKPOINT_RESTORE"
+            );
+            None
+        }
+        p => Some(Pid::from_raw(p as i32)),
+    }
+}
+
+#[test]
+fn guard_of_a_dead_process_whose_pid_is_reused_does_not_stall_the_queue() {
+    // A child takes a message with `get_ref` and exits holding the guard: its record stays
+    // claimed (READING) under its identity. Its pid then goes to a new, live process, as pids
+    // are recycled. Producers that need the record's space must see that its holder is dead
+    // (the recorded start time is not the new process's) and reclaim it.
+    let q: Queue<u64> = Queue::builder().capacity_bytes(1024).build().unwrap();
+    let tokens: Queue<u64> = Queue::new().unwrap();
+    for _attempt in 0..5 {
+        q.put(1000).unwrap();
+        let (qc, tc) = (q.clone(), tokens.clone());
+        let a = fork_child(move || {
+            let Ok(guard) = qc.get_ref() else { return 1 };
+            if guard.to_native() != 1000 {
+                return 1;
+            }
+            std::mem::forget(guard);
+            match tc.put(mp_core::ident::process_token()) {
+                Ok(()) => 0,
+                Err(_) => 1,
+            }
+        });
+        wait_ok(a);
+        let a_token = tokens.get_nowait().unwrap();
+        // More than a clock tick (10 ms at 100 Hz) between the two starts, so that the start
+        // times differ.
+        std::thread::sleep(Duration::from_millis(50));
+        let Some(b) = process_with_pid(a) else {
+            continue;
+        };
+        let reused = mp_core::ident::is_alive(u64::from(a.as_raw() as u32) << 32)
+            && !mp_core::ident::is_alive(a_token);
+        // The ring (1 KiB of 32-byte records) wraps many times over the dead guard's record.
+        let mut stalled = None;
+        for i in 0..200u64 {
+            if q.put_timeout(i, Duration::from_secs(3)).is_err() {
+                stalled = Some(i);
+                break;
+            }
+            assert_eq!(q.get_timeout(Duration::from_secs(3)).unwrap(), i);
+        }
+        kill(b, Signal::SIGKILL).unwrap();
+        waitpid(b, None).unwrap();
+        assert!(
+            reused,
+            "the setup must give the dead holder's pid to a live process"
+        );
+        assert_eq!(
+            stalled,
+            None,
+            "puts stalled behind the dead guard's record: {}",
+            q.debug_state()
+        );
+        return;
+    }
+    panic!("the freed pid was taken by someone else five times");
+}
+
+#[test]
+fn lock_recorded_for_a_reused_pid_is_taken_over() {
+    // The queue's two locks are recorded as held by an earlier process of this test's pid:
+    // the same pid, another start time, as a holder that died and whose pid went to us. A
+    // put and a get must take them over (a holder-pid check alone would wait forever, the
+    // pid being alive). In a child, so that a hang is caught by the watchdog.
+    let q: Queue<u64> = Queue::new().unwrap();
+    let (bytes, fds) = handle::collect(|| encode(&q));
+    let _ = bytes.unwrap();
+    let region = mp_core::Region::from_fd(fds.into_iter().next().unwrap(), None).unwrap();
+    let me = mp_core::ident::process_token();
+    let earlier = (me & !0xffff_ffff) | u64::from((me as u32).wrapping_add(7919) | 1);
+    assert!(mp_core::ident::is_alive(
+        u64::from(std::process::id()) << 32
+    ));
+    assert!(!mp_core::ident::is_alive(earlier));
+    // Meta: the producer lock's word (the holder's token) is at 64 + 8, after the lock's futex
+    // word and the journal's count; the consumer lock's at 128 + 8.
+    for at in [64 + 8, 128 + 8] {
+        // SAFETY: test-only write of a region this test owns, 8-aligned.
+        unsafe { &*region.as_ptr().add(at).cast::<AtomicU64>() }.store(earlier, Ordering::SeqCst);
+    }
+    let qc = q.clone();
+    let pid = fork_child(move || {
+        if qc.put(5).is_err() {
+            return 1;
+        }
+        match qc.get() {
+            Ok(5) => 0,
+            _ => 2,
+        }
+    });
+    wait_ok_within(pid, Duration::from_secs(20));
+    q.put(6).unwrap();
+    assert_eq!(q.get().unwrap(), 6);
+}
+
+/// True when `pid` is blocked in the futex system call (per `/proc/<pid>/syscall`).
+fn in_futex_wait(pid: Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+        .is_ok_and(|s| s.split(' ').next() == Some(libc::SYS_futex.to_string().as_str()))
+}
+
+#[test]
+fn put_many_wakes_a_sleeping_consumer_per_item() {
+    // K consumers asleep in `get`; one `put_many` of K items must wake them all (counted by
+    // the queue's tally of consumers woken), not one, leaving the others to their next nap.
+    const K: usize = 4;
+    let q: Queue<u64> = Queue::new().unwrap();
+    let done: Queue<u64> = Queue::new().unwrap();
+    let (bytes, fds) = handle::collect(|| encode(&q));
+    let _ = bytes.unwrap();
+    let region = mp_core::Region::from_fd(fds.into_iter().next().unwrap(), None).unwrap();
+    // Meta's sleep line is at 192: data_seq, space_seq, c_waiters (200), p_waiters, then the
+    // tally of consumers woken (208).
+    // SAFETY: test-only reads of atomics in a region this test owns, 4-aligned.
+    let (c_waiters, woken) = unsafe {
+        (
+            &*region.as_ptr().add(200).cast::<AtomicU32>(),
+            &*region.as_ptr().add(208).cast::<AtomicU32>(),
+        )
+    };
+    let kids: Vec<Pid> = (0..K)
+        .map(|_| {
+            let (q, done) = (q.clone(), done.clone());
+            fork_child(move || match q.get() {
+                Ok(v) if done.put(v).is_ok() => 0,
+                _ => 1,
+            })
+        })
+        .collect();
+    let kill_all = |why: String| -> ! {
+        for &k in &kids {
+            let _ = kill(k, Signal::SIGKILL);
+            let _ = waitpid(k, None);
+        }
+        panic!("{why}");
+    };
+    // Until every consumer is asleep: counted as a waiter and blocked in FUTEX_WAIT.
+    let t0 = Instant::now();
+    while c_waiters.load(Ordering::SeqCst) as usize != K || !kids.iter().all(|&k| in_futex_wait(k))
+    {
+        if t0.elapsed() > Duration::from_secs(20) {
+            kill_all(format!(
+                "the consumers did not fall asleep: {}",
+                q.debug_state()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let before = woken.load(Ordering::SeqCst);
+    assert_eq!(q.put_many(&[10, 11, 12, 13], None).unwrap(), K);
+    let mut got = Vec::new();
+    for _ in 0..K {
+        match done.get_timeout(Duration::from_secs(20)) {
+            Ok(v) => got.push(v),
+            Err(e) => kill_all(format!("a consumer got nothing: {e}")),
+        }
+    }
+    let woken = woken.load(Ordering::SeqCst) - before;
+    for k in kids {
+        wait_ok(k);
+    }
+    got.sort_unstable();
+    assert_eq!(got, [10, 11, 12, 13]);
+    // All K were asleep just before the put; one of them may have woken from its nap in the
+    // microseconds between the check and the wake, so allow one short.
+    assert!(
+        woken as usize >= K - 1,
+        "one put_many of {K} items woke {woken} of {K} sleeping consumers"
+    );
+}
+
+#[test]
+fn a_second_corruption_does_not_hand_a_live_guards_record_to_producers() {
+    // Two damaged spans with a message between them that a zero-copy guard holds: when
+    // `reclaim` jumps the damage, it must stop at that guard's record, or producers write
+    // over the bytes the guard is reading.
+    let q: Queue<u64> = Queue::builder().capacity_bytes(1024).build().unwrap();
+    let (bytes, fds) = handle::collect(|| encode(&q));
+    let _ = bytes.unwrap();
+    let region = mp_core::Region::from_fd(fds.into_iter().next().unwrap(), None).unwrap();
+    // Records of a u64 are 32 bytes (16 of header, 16 of payload), from 320 on; `len` is the
+    // header's second word.
+    let damage = |record: usize| {
+        // SAFETY: test-only corruption of a region this test owns.
+        unsafe {
+            region
+                .as_ptr()
+                .add(320 + 32 * record + 4)
+                .cast::<u32>()
+                .write_volatile(0xFFFF_FFF0)
+        };
+    };
+    q.put(1).unwrap();
+    let first = q.get_ref().unwrap(); // record 0, held: `reclaim` waits for it
+    q.put(2).unwrap();
+    damage(1);
+    assert!(matches!(q.get_nowait(), Err(Error::Corrupted(_))));
+    q.put(3).unwrap();
+    let second = q.get_ref().unwrap(); // record 2, held
+    assert_eq!(second.to_native(), 3);
+    q.put(4).unwrap();
+    damage(3);
+    assert!(matches!(q.get_nowait(), Err(Error::Corrupted(_))));
+    drop(first);
+    // Fill the ring: producers may use all the space up to the second guard's record, no more.
+    let mut put = 0u64;
+    while q.put_nowait(100 + put).is_ok() {
+        put += 1;
+    }
+    assert_eq!(
+        second.to_native(),
+        3,
+        "producers overwrote a live guard's message ({put} puts): {}",
+        q.debug_state()
+    );
+    drop(second);
+    for i in 0..put {
+        assert_eq!(q.get_nowait().unwrap(), 100 + i);
+    }
+    assert!(q.empty());
+    q.put(7).unwrap();
+    assert_eq!(q.get().unwrap(), 7);
+}
+
+/// Set in a child that must stall inside a queue operation: [`Stall`] says so on this queue,
+/// then blocks forever, holding whatever lock the operation holds.
+static STALL_SIGNAL: std::sync::OnceLock<Queue<u8>> = std::sync::OnceLock::new();
+
+/// A serde type whose serialization (of 1) or deserialization (of 2) stalls forever in a
+/// process that set [`STALL_SIGNAL`], and is plain everywhere else.
+#[derive(Debug, PartialEq)]
+struct Stall(u32);
+
+fn stall_here(what: u8) {
+    if let Some(signal) = STALL_SIGNAL.get() {
+        let _ = signal.put(what);
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+}
+
+impl serde::Serialize for Stall {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 == 1 {
+            stall_here(1);
+        }
+        s.serialize_u32(self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Stall {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = u32::deserialize(d)?;
+        if v == 2 {
+            stall_here(2);
+        }
+        Ok(Stall(v))
+    }
+}
+
+#[test]
+fn locks_of_holders_killed_inside_are_taken_over_when_their_pids_are_reused() {
+    // A child is killed while it holds the producer lock (inside a put's serialization), then
+    // another while it holds the consumer lock (inside a get's decoding); each time its pid
+    // goes to a new, live process before anyone else uses the queue. The lock words name the
+    // dead holders (pid and start time), so a put and a get must take them over.
+    let q: Queue<mp_core::Serde<Stall>> = Queue::new().unwrap();
+    let inside: Queue<u8> = Queue::new().unwrap();
+    q.put(mp_core::Serde(Stall(2))).unwrap();
+    for side in [1u8, 2] {
+        let (qc, signal) = (q.clone(), inside.clone());
+        let holder = fork_child(move || {
+            let _ = STALL_SIGNAL.set(signal);
+            let _ = if side == 1 {
+                qc.put(mp_core::Serde(Stall(1))).is_ok()
+            } else {
+                qc.get().is_ok()
+            };
+            3
+        });
+        let got = inside.get_timeout(Duration::from_secs(20));
+        kill(holder, Signal::SIGKILL).unwrap();
+        waitpid(holder, None).unwrap();
+        assert_eq!(
+            got.unwrap(),
+            side,
+            "the holder did not stall where expected"
+        );
+        // More than a clock tick between the two starts (see the guard test above).
+        std::thread::sleep(Duration::from_millis(50));
+        let reused = process_with_pid(holder);
+        let qc = q.clone();
+        let user = fork_child(move || {
+            if qc.put(mp_core::Serde(Stall(5))).is_err() {
+                return 1;
+            }
+            // The message the killed consumer was decoding is still there, then ours.
+            match (qc.get(), qc.get()) {
+                (Ok(a), Ok(b)) if a.0 == Stall(2) && b.0 == Stall(5) => 0,
+                _ => 2,
+            }
+        });
+        let r = std::panic::catch_unwind(|| wait_ok_within(user, Duration::from_secs(20)));
+        if let Some(b) = reused {
+            kill(b, Signal::SIGKILL).unwrap();
+            waitpid(b, None).unwrap();
+        }
+        if let Err(e) = r {
+            std::panic::resume_unwind(e);
+        }
+        q.put(mp_core::Serde(Stall(2))).unwrap();
+    }
+    assert_eq!(q.get().unwrap().0, Stall(2));
+    assert!(q.empty());
 }
