@@ -19,8 +19,8 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use mp_core::futex;
 use mp_core::ident::{self, CONTENDED};
+use mp_core::{futex, Deadline};
 
 /// How long a waiter sleeps before it checks that the holder is alive.
 const LIVENESS_PERIOD: Duration = Duration::from_millis(20);
@@ -48,8 +48,14 @@ fn locked<'a>(word: &'a AtomicU64, wake: &'a AtomicU32, recovered: bool) -> Lock
 }
 
 /// Takes the lock whose state is `word` and whose sleepers wait on `wake`. Blocks until it is
-/// free or its holder is found dead.
-pub(crate) fn lock<'a>(word: &'a AtomicU64, wake: &'a AtomicU32) -> Locked<'a> {
+/// free or its holder is found dead, or until `deadline`: then `None`. (A live holder keeps
+/// the lock for as long as it lives, and so does a word that another process scribbled into
+/// naming some live process: the deadline is what bounds a timed `get` or `put` then.)
+pub(crate) fn lock_until<'a>(
+    word: &'a AtomicU64,
+    wake: &'a AtomicU32,
+    deadline: Deadline,
+) -> Option<Locked<'a>> {
     let me = me();
     // Acquire pairs with the Release swap in `Locked::drop`: the previous holder's writes are
     // visible once we hold the word.
@@ -57,13 +63,18 @@ pub(crate) fn lock<'a>(word: &'a AtomicU64, wake: &'a AtomicU32) -> Locked<'a> {
         .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
         .is_err()
     {
-        return lock_slow(word, wake, me);
+        return lock_slow(word, wake, me, deadline);
     }
-    locked(word, wake, false)
+    Some(locked(word, wake, false))
 }
 
 #[cold]
-fn lock_slow<'a>(word: &'a AtomicU64, wake: &'a AtomicU32, me: u64) -> Locked<'a> {
+fn lock_slow<'a>(
+    word: &'a AtomicU64,
+    wake: &'a AtomicU32,
+    me: u64,
+    deadline: Deadline,
+) -> Option<Locked<'a>> {
     // A short spin first: critical sections are a handful of stores, or one serialization.
     for _ in 0..200 {
         std::hint::spin_loop();
@@ -72,7 +83,7 @@ fn lock_slow<'a>(word: &'a AtomicU64, wake: &'a AtomicU32, me: u64) -> Locked<'a
                 .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
         {
-            return locked(word, wake, false);
+            return Some(locked(word, wake, false));
         }
     }
     loop {
@@ -87,10 +98,15 @@ fn lock_slow<'a>(word: &'a AtomicU64, wake: &'a AtomicU32, me: u64) -> Locked<'a
                 .compare_exchange(0, me | CONTENDED, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
             {
-                return locked(word, wake, false);
+                return Some(locked(word, wake, false));
             }
             continue;
         }
+        let slice = match deadline.remaining() {
+            None => LIVENESS_PERIOD,
+            Some(left) if left.is_zero() => return None,
+            Some(left) => left.min(LIVENESS_PERIOD),
+        };
         if v & CONTENDED == 0
             && word
                 .compare_exchange(v, v | CONTENDED, Ordering::Relaxed, Ordering::Relaxed)
@@ -98,7 +114,7 @@ fn lock_slow<'a>(word: &'a AtomicU64, wake: &'a AtomicU32, me: u64) -> Locked<'a
         {
             continue;
         }
-        if futex::wait(wake, seq, Some(LIVENESS_PERIOD)) == futex::Wake::TimedOut {
+        if futex::wait(wake, seq, Some(slice)) == futex::Wake::TimedOut {
             // Acquire, as the CAS below: pairs with the Release swap of the last clean release
             // (the RMWs on the word since then continue its release sequence). The token in
             // the word is the holder's whole identity, pid and start time: a pid recycled
@@ -110,7 +126,7 @@ fn lock_slow<'a>(word: &'a AtomicU64, wake: &'a AtomicU32, me: u64) -> Locked<'a
                     .compare_exchange(cur, me | CONTENDED, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
             {
-                return locked(word, wake, true);
+                return Some(locked(word, wake, true));
             }
         }
     }

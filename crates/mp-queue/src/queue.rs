@@ -232,7 +232,7 @@ impl<T: Message> Queue<T> {
         let deadline = Deadline::after(timeout);
         let mut done = 0;
         while done < items.len() {
-            match self.ring.put_batch(&items[done..]) {
+            match self.ring.put_batch(&items[done..], deadline) {
                 Ok(0) => {}
                 Ok(n) => {
                     done += n;

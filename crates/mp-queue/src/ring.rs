@@ -368,24 +368,26 @@ impl Ring {
         lo <= hi && hi - lo <= self.capacity && lo % 16 == 0 && hi % 16 == 0
     }
 
-    /// Takes the producer lock, repairing what a producer killed while holding it left.
-    fn lock_producer(&self) -> Locked<'_> {
+    /// Takes the producer lock (waiting until `deadline`: then `None`), repairing what a
+    /// producer killed while holding it left.
+    fn lock_producer(&self, deadline: Deadline) -> Option<Locked<'_>> {
         let m = self.meta();
-        let guard = lock::lock(&m.p_lock, &m.p_wake);
+        let guard = lock::lock_until(&m.p_lock, &m.p_wake, deadline)?;
         if guard.recovered {
             self.repair_producer();
         }
-        guard
+        Some(guard)
     }
 
-    /// Takes the consumer lock, repairing what a consumer killed while holding it left.
-    fn lock_consumer(&self) -> Locked<'_> {
+    /// Takes the consumer lock (waiting until `deadline`: then `None`), repairing what a
+    /// consumer killed while holding it left.
+    fn lock_consumer(&self, deadline: Deadline) -> Option<Locked<'_>> {
         let m = self.meta();
-        let guard = lock::lock(&m.c_lock, &m.c_wake);
+        let guard = lock::lock_until(&m.c_lock, &m.c_wake, deadline)?;
         if guard.recovered {
             self.repair_consumer();
         }
-        guard
+        Some(guard)
     }
 
     /// Items put and not yet taken.
@@ -406,7 +408,9 @@ impl Ring {
         let mut spins = 0u32;
         loop {
             {
-                let guard = self.lock_producer();
+                let Some(guard) = self.lock_producer(deadline) else {
+                    return Err(PutFail::Full);
+                };
                 if self.try_put_locked(value, &mut spilled, &guard, false)? {
                     drop(guard);
                     self.wake_consumers(1);
@@ -434,9 +438,9 @@ impl Ring {
             let space_seq = m.space_seq.load(Ordering::SeqCst);
             m.p_waiters.fetch_add(1, Ordering::SeqCst);
             fence(Ordering::SeqCst);
-            let put = {
-                let guard = self.lock_producer();
-                self.try_put_locked(value, &mut spilled, &guard, false)
+            let put = match self.lock_producer(deadline) {
+                Some(guard) => self.try_put_locked(value, &mut spilled, &guard, false),
+                None => Err(PutFail::Full),
             };
             if !matches!(put, Ok(false)) {
                 m.p_waiters.fetch_sub(1, Ordering::SeqCst);
@@ -448,7 +452,7 @@ impl Ring {
             futex::wait(&m.space_seq, space_seq, Some(nap));
             m.p_waiters.fetch_sub(1, Ordering::SeqCst);
             // A guard whose process died may be what holds the space: check on every nap.
-            self.reclaim_dead();
+            self.reclaim_dead(deadline);
         }
     }
 
@@ -580,9 +584,15 @@ impl Ring {
     /// Stops at the first item that does not fit in the ring now, would exceed `maxsize`, or
     /// is too large to be written in place (those go through [`put`](Self::put)). Returns how
     /// many were put.
-    pub(crate) fn put_batch<T: Encode>(&self, values: &[T]) -> Result<usize, PutFail> {
+    pub(crate) fn put_batch<T: Encode>(
+        &self,
+        values: &[T],
+        deadline: Deadline,
+    ) -> Result<usize, PutFail> {
         let m = self.meta();
-        let guard = self.lock_producer();
+        let Some(guard) = self.lock_producer(deadline) else {
+            return Ok(0);
+        };
         let cap = self.capacity;
         let hdr = REC_HDR as u64;
         let maxsize = m.maxsize.load(Ordering::Relaxed);
@@ -990,7 +1000,9 @@ impl Ring {
         loop {
             let seq = m.data_seq.load(Ordering::Acquire);
             {
-                let guard = self.lock_consumer();
+                let Some(guard) = self.lock_consumer(deadline) else {
+                    return Err(GetFail::Empty);
+                };
                 if self.has_data_locked() {
                     let r = take(self, &guard);
                     drop(guard);
@@ -1314,13 +1326,16 @@ impl Ring {
         }
     }
 
-    /// Slow path for producers short of space: release the records of dead guard holders.
-    fn reclaim_dead(&self) {
+    /// Slow path for producers short of space: release the records of dead guard holders
+    /// (waiting for the consumer lock until `deadline` at most).
+    fn reclaim_dead(&self, deadline: Deadline) {
         let m = self.meta();
         if m.reclaim.load(Ordering::Relaxed) == m.head.load(Ordering::Relaxed) {
             return;
         }
-        let g = self.lock_consumer();
+        let Some(g) = self.lock_consumer(deadline) else {
+            return;
+        };
         self.advance_reclaim(&g, true);
         drop(g);
         self.wake_producers();

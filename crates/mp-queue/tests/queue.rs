@@ -1311,6 +1311,47 @@ fn lock_recorded_for_a_reused_pid_is_taken_over() {
     assert_eq!(q.get().unwrap(), 6);
 }
 
+#[test]
+fn timed_calls_keep_their_timeout_when_a_live_process_holds_the_locks() {
+    // Found by the fault campaign (`queue_garbage`): a peer's stray write left the consumer
+    // lock's word naming a live process (here pid 1, start time unknown), so the lock is
+    // never taken over; `get_timeout` then waited in the internal lock forever. Every timed
+    // call must give up at its deadline (`Full`, `Empty`, a short `put_many`). In a child,
+    // so that a hang is caught by the watchdog.
+    let q: Queue<u64> = Queue::new().unwrap();
+    let (bytes, fds) = handle::collect(|| encode(&q));
+    let _ = bytes.unwrap();
+    let region = mp_core::Region::from_fd(fds.into_iter().next().unwrap(), None).unwrap();
+    let init = 1u64 << 32;
+    assert!(mp_core::ident::is_alive(init));
+    let words = [64 + 8, 128 + 8];
+    for at in words {
+        // SAFETY: test-only write of a region this test owns, 8-aligned.
+        unsafe { &*region.as_ptr().add(at).cast::<AtomicU64>() }.store(init, Ordering::SeqCst);
+    }
+    let qc = q.clone();
+    let pid = fork_child(move || {
+        let t = Duration::from_millis(100);
+        if !matches!(qc.put_timeout(5, t), Err(PutError::Full(5))) {
+            return 1;
+        }
+        if !matches!(qc.get_timeout(t), Err(Error::Empty)) {
+            return 2;
+        }
+        match qc.put_many(&[1, 2, 3], Some(t)) {
+            Ok(0) => 0,
+            _ => 3,
+        }
+    });
+    wait_ok_within(pid, Duration::from_secs(20));
+    for at in words {
+        // SAFETY: as above; the holder "leaves".
+        unsafe { &*region.as_ptr().add(at).cast::<AtomicU64>() }.store(0, Ordering::SeqCst);
+    }
+    q.put(6).unwrap();
+    assert_eq!(q.get().unwrap(), 6);
+}
+
 /// True when `pid` is blocked in the futex system call (per `/proc/<pid>/syscall`).
 fn in_futex_wait(pid: Pid) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/syscall"))
