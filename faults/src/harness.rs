@@ -54,6 +54,8 @@ pub(crate) enum Fault {
     Stop,
     /// A peer that writes random bytes into the shared memory the others use.
     Garbage,
+    /// A process that runs out of a resource (here: file descriptors).
+    Exhaustion,
 }
 
 impl Fault {
@@ -63,6 +65,7 @@ impl Fault {
             Fault::Kill => "SIGKILL",
             Fault::Stop => "SIGSTOP/SIGCONT",
             Fault::Garbage => "random bytes",
+            Fault::Exhaustion => "RLIMIT_NOFILE",
         }
     }
 }

@@ -13,6 +13,7 @@
 mod common;
 mod garbage;
 mod harness;
+mod more;
 mod others;
 mod queue;
 mod sync;
@@ -134,6 +135,31 @@ const SCENARIOS: &[Scenario] = &[
         name: "forkserver",
         fault: Fault::Kill,
         run: others::forkserver,
+    },
+    Scenario {
+        name: "joinable_task_done",
+        fault: Fault::Kill,
+        run: more::joinable_task_done,
+    },
+    Scenario {
+        name: "manager_client",
+        fault: Fault::Kill,
+        run: more::manager_client,
+    },
+    Scenario {
+        name: "listener_handshake",
+        fault: Fault::Kill,
+        run: more::listener_handshake,
+    },
+    Scenario {
+        name: "spawn_child_early",
+        fault: Fault::Kill,
+        run: more::spawn_child_early,
+    },
+    Scenario {
+        name: "fd_exhaustion",
+        fault: Fault::Exhaustion,
+        run: more::fd_exhaustion,
     },
     Scenario {
         name: "queue_garbage",
