@@ -187,7 +187,7 @@ pub(crate) fn spawn_child_early(r: &mut Round<'_>, _f: Fault) -> Result<(), Stri
     std::thread::sleep(r.rng.micros(0, 4000));
     kill(c.pid());
     match c.join_timeout(Duration::from_secs(5)) {
-        Ok(Some(v)) if v == 199_990_000 => {}
+        Ok(Some(199_990_000)) => {}
         Ok(Some(v)) => r.torn(format!("the child returned {v}")),
         Err(ProcessError::Signaled { signal: 9, .. }) => {}
         Ok(None) => {
