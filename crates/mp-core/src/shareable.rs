@@ -256,15 +256,16 @@ fn areas(count: usize, data_len: usize) -> Option<(usize, usize, usize, usize)> 
 }
 
 enum Backing {
-    Anonymous(Region),
+    /// An anonymous list, or a clone of a named one (which does not own the name).
+    Region(Region),
     Named(SharedMemory),
 }
 
 /// A fixed-length list of [`Item`]s in shared memory, readable and writable from every
 /// process that holds it (Python's `shared_memory.ShareableList`).
 ///
-/// Make one anonymous ([`new`](Self::new): passed to children as an argument, freed with its
-/// last user) or named ([`create`](Self::create), [`attach`](Self::attach) from any process
+/// Make one anonymous ([`new`](Self::new): passed to children as an argument, a
+/// [`clone`](Clone::clone) of it under every start method; freed with its last user) or named ([`create`](Self::create), [`attach`](Self::attach) from any process
 /// of the same user). Indices are Python's: `-1` is the last item.
 ///
 /// ```
@@ -305,6 +306,21 @@ impl std::fmt::Debug for ShareableList {
     }
 }
 
+impl Clone for ShareableList {
+    /// Another handle to the same list (for passing to a child). A clone of a named list does
+    /// not own the name: only the original unlinks it on drop.
+    fn clone(&self) -> Self {
+        ShareableList {
+            backing: Backing::Region(self.region().clone()),
+            count: self.count,
+            offsets: self.offsets.clone(),
+            descs: self.descs,
+            data: self.data,
+            name: self.name.clone(),
+        }
+    }
+}
+
 impl ShareableList {
     /// Makes an anonymous list holding `items` (a sealed memfd: it is freed by the kernel
     /// when the last process holding it lets go). Pass it to children as an argument.
@@ -317,7 +333,7 @@ impl ShareableList {
         let (size, offsets) = Self::plan(&items)?;
         let region = Region::anonymous(KIND_SHAREABLE_LIST, size as u64, MAX_ALIGN as u64)?;
         Self::fill(&region, &items, &offsets);
-        Self::open(Backing::Anonymous(region), None)
+        Self::open(Backing::Region(region), None)
     }
 
     /// Makes a named list holding `items` in `/dev/shm/mp-<name>` (mode 0600); this handle
@@ -352,7 +368,7 @@ impl ShareableList {
                 ),
             });
         }
-        Self::open(Backing::Anonymous(region), None)
+        Self::open(Backing::Region(region), None)
     }
 
     /// Gives up ownership of a named list (dropping it no longer unlinks the name), for a
@@ -439,7 +455,7 @@ impl ShareableList {
     /// Reads and checks the list header and offsets table, once, into the handle.
     fn open(backing: Backing, name: Option<String>) -> Result<ShareableList> {
         let region = match &backing {
-            Backing::Anonymous(r) => r,
+            Backing::Region(r) => r,
             Backing::Named(s) => s.region(),
         };
         let len = region.len();
@@ -514,7 +530,7 @@ impl ShareableList {
     /// The region behind the list.
     pub fn region(&self) -> &Region {
         match &self.backing {
-            Backing::Anonymous(r) => r,
+            Backing::Region(r) => r,
             Backing::Named(s) => s.region(),
         }
     }
@@ -523,7 +539,7 @@ impl ShareableList {
     pub fn shm(&self) -> Option<&SharedMemory> {
         match &self.backing {
             Backing::Named(s) => Some(s),
-            Backing::Anonymous(_) => None,
+            Backing::Region(_) => None,
         }
     }
 
@@ -533,11 +549,14 @@ impl ShareableList {
     }
 
     /// Removes the name of a named list (mappings stay valid). An anonymous list has no
-    /// name to remove: [`Error::NotFound`].
+    /// name to remove: [`Error::NotFound`], as for a second unlink.
     pub fn unlink(&self) -> Result<()> {
-        match &self.backing {
-            Backing::Named(s) => s.unlink(),
-            Backing::Anonymous(_) => Err(Error::NotFound {
+        match (&self.backing, &self.name) {
+            (Backing::Named(s), _) => s.unlink(),
+            (Backing::Region(_), Some(name)) => {
+                SharedMemory::attach_with_kind(name, KIND_SHAREABLE_LIST)?.unlink()
+            }
+            (Backing::Region(_), None) => Err(Error::NotFound {
                 name: "(anonymous ShareableList)".into(),
             }),
         }
