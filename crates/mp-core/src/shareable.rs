@@ -510,7 +510,8 @@ impl ShareableList {
             let prev = offsets.last().copied().unwrap_or(0);
             let ok = o <= data_len
                 && o % SLOT_ALIGN == 0
-                && (i == 0 && o == 0 || i > 0 && o >= prev + SLOT_ALIGN)
+                && (i == 0 && o == 0
+                    || i > 0 && o >= prev + SLOT_ALIGN && o - prev <= MAX_ITEM_LEN + SLOT_ALIGN)
                 && (i < count || o == data_len);
             if !ok {
                 return Err(bad(format!("slot offset {i} ({w}) is out of order")));

@@ -10,6 +10,9 @@ pub enum Error {
     /// The manager's cleaner process could not be started.
     #[error("could not start the shared memory manager's cleaner process: {0}")]
     Process(#[from] mp_process::Error),
+    /// The cleaner process started but did not get ready to watch the starter.
+    #[error("the shared memory manager's cleaner process failed: {0}")]
+    CleanerFailed(String),
     /// A system call failed.
     #[error("{op} failed: {source}")]
     Io {

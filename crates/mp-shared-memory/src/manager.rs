@@ -7,8 +7,8 @@
 //! `mp-smm-<starter pid>-<random>-` (its *prefix*): nothing has to be told to the cleaner when a
 //! block is made, and a block made an instant before a crash is cleaned like any other.
 //!
-//! [`start`](SharedMemoryManager::start) starts one small non-daemon child, the *cleaner*.
-//! It opens a pidfd of the starting process (and checks, with the starter's pid-and-start-time
+//! [`start`](SharedMemoryManager::start) starts one small non-daemon child, the *cleaner*,
+//! and returns once the cleaner says it is watching (so no block exists before it is). It opens a pidfd of the starting process (and checks, with the starter's pid-and-start-time
 //! token, that the pid still names it), ignores SIGINT and SIGHUP (a Ctrl-C at the terminal
 //! reaches the whole process group: the cleaner must survive it to clean up), and sleeps in
 //! `poll` until the pidfd says the starter ended, however it ended, SIGKILL included. Then it
@@ -19,11 +19,11 @@
 //! only) unlinks the names itself, then stops the cleaner with SIGTERM and reaps it.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use mp_core::{Item, ShareableList, SharedMemory};
+use mp_core::{Item, ShareableList, Shared, SharedMemory};
 use mp_process::{Child, Process, StartMethod};
 
 use crate::error::{Error, Result};
@@ -32,6 +32,8 @@ use crate::error::{Error, Result};
 const SHM_DIR: &str = "/dev/shm";
 /// How long `shutdown` waits for the cleaner to end after SIGTERM before it sends SIGKILL.
 const CLEANER_STOP: Duration = Duration::from_secs(5);
+/// How long `start` waits for the cleaner to arm its wait on the starter.
+const CLEANER_READY: Duration = Duration::from_secs(30);
 
 /// Python's `multiprocessing.managers.SharedMemoryManager`: makes named [`SharedMemory`]
 /// blocks and [`ShareableList`]s, and unlinks every one of them at
@@ -122,7 +124,14 @@ fn existing(prefix: &str) -> std::io::Result<Vec<String>> {
 }
 
 /// Waits until the process named by `token` has ended. Never returns early while it lives.
-fn wait_for_end(token: u64) {
+/// Stores 1 in `ready` (and wakes its waiters) once the wait is armed: from then on, no end
+/// of the starter can be missed.
+fn wait_for_end(token: u64, ready: &AtomicU32) {
+    let arm = || {
+        // Release pairs with the Acquire load in `start_with`.
+        ready.store(1, Ordering::Release);
+        mp_core::futex::wake_all(ready);
+    };
     let pid = mp_core::ident::id_of(token);
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
@@ -132,8 +141,10 @@ fn wait_for_end(token: u64) {
         // The pidfd names whatever process had the pid when it was opened: when the token
         // (pid and start time) still names a live process now, that is the starter.
         if !mp_core::ident::is_alive(token) {
+            arm();
             return;
         }
+        arm();
         loop {
             let mut p = libc::pollfd {
                 fd: fd.as_raw_fd(),
@@ -151,19 +162,20 @@ fn wait_for_end(token: u64) {
         }
     }
     // No pidfd (kernel before 5.3): ask every 100 ms.
+    arm();
     while mp_core::ident::is_alive(token) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 /// The cleaner's body: wait for the starter to end, unlink its blocks, exit.
-fn cleaner((starter, prefix): (u64, String)) {
+fn cleaner((starter, prefix, ready): (u64, String, Shared<AtomicU32>)) {
     // SAFETY: setting signal dispositions to SIG_IGN has no preconditions.
     unsafe {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
-    wait_for_end(starter);
+    wait_for_end(starter, &ready);
     let _ = sweep(&prefix);
 }
 
@@ -179,11 +191,30 @@ impl SharedMemoryManager {
         let starter = std::process::id();
         let prefix = format!("smm-{starter}-{:016x}-", random_u64()?);
         let token = mp_core::ident::process_token();
-        let child = Process::new(cleaner, (token, prefix.clone()))
+        let ready = Shared::new(AtomicU32::new(0))?;
+        let mut child = Process::new(cleaner, (token, prefix.clone(), ready.clone()))
             .name("mp-shared-memory-cleaner")
             .daemon(false)
             .start_method(method)
             .start()?;
+        // No block may exist before the cleaner watches the starter: a spawned child whose
+        // parent dies before it boots refuses to run, and would clean nothing.
+        let deadline = Instant::now() + CLEANER_READY;
+        // Acquire pairs with the Release store in `wait_for_end`.
+        while ready.load(Ordering::Acquire) == 0 {
+            let now = Instant::now();
+            if now >= deadline || !child.is_alive() {
+                let _ = child.kill();
+                let how = match child.join_timeout(CLEANER_STOP) {
+                    Ok(Some(())) => "it returned before it was ready".to_string(),
+                    Ok(None) => format!("it was not ready within {CLEANER_READY:?}"),
+                    Err(e) => e.to_string(),
+                };
+                return Err(Error::CleanerFailed(how));
+            }
+            let slice = (deadline - now).min(Duration::from_millis(100));
+            mp_core::futex::wait(&ready, 0, Some(slice));
+        }
         Ok(SharedMemoryManager {
             prefix,
             starter,
