@@ -7,13 +7,16 @@
 //! `mp-smm-<starter pid>-<random>-` (its *prefix*): nothing has to be told to the cleaner when a
 //! block is made, and a block made an instant before a crash is cleaned like any other.
 //!
-//! [`start`](SharedMemoryManager::start) starts one small non-daemon child, the *cleaner*,
-//! and returns once the cleaner says it is watching (so no block exists before it is). It opens a pidfd of the starting process (and checks, with the starter's pid-and-start-time
-//! token, that the pid still names it), ignores SIGINT and SIGHUP (a Ctrl-C at the terminal
-//! reaches the whole process group: the cleaner must survive it to clean up), and sleeps in
-//! `poll` until the pidfd says the starter ended, however it ended, SIGKILL included. Then it
-//! unlinks every name of the prefix and exits: it is reparented to init (or the nearest
-//! subreaper) and reaped there, never left running.
+//! [`start`](SharedMemoryManager::start) starts one small non-daemon child, the *cleaner*.
+//! The cleaner ignores SIGINT and SIGHUP (a Ctrl-C at the terminal reaches the whole process
+//! group: the cleaner must survive it to clean up), opens a pidfd of the starting process
+//! (checking, with the starter's pid-and-start-time token, that the pid still names it) and
+//! says it is ready: `start` returns only then, so no block exists before the cleaner watches.
+//! It then lets go of every descriptor it inherited (stdio goes to /dev/null: a forked cleaner
+//! must not keep the starter's pipes and sockets open) and sleeps in `poll` until the pidfd
+//! says the starter ended, however it ended, SIGKILL included. Then it unlinks every name of
+//! the prefix and exits at once: it is reparented to init (or the nearest subreaper) and
+//! reaped there, never left running.
 //!
 //! [`shutdown`](SharedMemoryManager::shutdown) (also run on drop, in the starting process
 //! only) unlinks the names itself, then stops the cleaner with SIGTERM and reaps it.
@@ -123,28 +126,67 @@ fn existing(prefix: &str) -> std::io::Result<Vec<String>> {
     Ok(names)
 }
 
-/// Waits until the process named by `token` has ended. Never returns early while it lives.
-/// Stores 1 in `ready` (and wakes its waiters) once the wait is armed: from then on, no end
-/// of the starter can be missed.
-fn wait_for_end(token: u64, ready: &AtomicU32) {
-    let arm = || {
-        // Release pairs with the Acquire load in `start_with`.
-        ready.store(1, Ordering::Release);
-        mp_core::futex::wake_all(ready);
-    };
+/// Opens a pidfd of the process named by `token`: `Some(fd)` when the starter still lives and
+/// the fd is its own, `None` when it is already gone, `Err(())` when pidfds are not available.
+fn open_starter(token: u64) -> Result<Option<OwnedFd>, ()> {
     let pid = mp_core::ident::id_of(token);
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd >= 0 {
-        // SAFETY: the syscall returned a new descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        // The pidfd names whatever process had the pid when it was opened: when the token
-        // (pid and start time) still names a live process now, that is the starter.
-        if !mp_core::ident::is_alive(token) {
-            arm();
-            return;
+    if fd < 0 {
+        return match std::io::Error::last_os_error().raw_os_error() {
+            Some(libc::ESRCH) => Ok(None),
+            _ => Err(()),
+        };
+    }
+    // SAFETY: the syscall returned a new descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // The pidfd names whatever process had the pid when it was opened: when the token (pid
+    // and start time) still names a live process now, that process is the starter.
+    Ok(mp_core::ident::is_alive(token).then_some(fd))
+}
+
+/// Points stdin, stdout and stderr at /dev/null and closes every other descriptor but
+/// `keep`: a forked cleaner must not hold the starter's pipes and sockets open (a peer
+/// waiting for end-of-file on one would wait for the cleaner too).
+fn drop_inherited_fds(keep: Option<i32>) {
+    // SAFETY: open of a NUL-terminated path; dup2 and close of descriptor numbers, which
+    // cannot violate memory safety. The cleaner owns every descriptor of its process (the
+    // code that opened them in the parent does not run here).
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            for std_fd in 0..3 {
+                libc::dup2(null, std_fd);
+            }
+            if null > 2 {
+                libc::close(null);
+            }
         }
-        arm();
+        let close = |from: u32, to: u32| {
+            if from > to {
+                return;
+            }
+            if libc::syscall(libc::SYS_close_range, from, to, 0) != 0 {
+                // No close_range (before Linux 5.9): one by one, up to a bound.
+                for fd in from..=to.min(65_535) {
+                    libc::close(fd as i32);
+                }
+            }
+        };
+        match keep.and_then(|k| u32::try_from(k).ok()).filter(|&k| k >= 3) {
+            Some(k) => {
+                close(3, k - 1);
+                close(k + 1, u32::MAX);
+            }
+            None => close(3, u32::MAX),
+        }
+    }
+}
+
+/// Waits until `fd` (a pidfd of the starter) is readable, or, without one, until `token` is
+/// no longer alive (asking every 100 ms).
+fn wait_for_end(fd: Option<&OwnedFd>, token: u64) {
+    if let Some(fd) = fd {
         loop {
             let mut p = libc::pollfd {
                 fd: fd.as_raw_fd(),
@@ -157,26 +199,44 @@ fn wait_for_end(token: u64, ready: &AtomicU32) {
                 return;
             }
             if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-                break; // fall back to polling the token
+                break;
             }
         }
     }
-    // No pidfd (kernel before 5.3): ask every 100 ms.
-    arm();
     while mp_core::ident::is_alive(token) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
-/// The cleaner's body: wait for the starter to end, unlink its blocks, exit.
+/// The cleaner's body: arm a wait on the starter, tell `start` it is ready, let go of
+/// everything inherited, wait for the starter to end, unlink its blocks, exit. It never
+/// returns into mp-process (nobody is left to receive a result).
 fn cleaner((starter, prefix, ready): (u64, String, Shared<AtomicU32>)) {
     // SAFETY: setting signal dispositions to SIG_IGN has no preconditions.
     unsafe {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
-    wait_for_end(starter, &ready);
+    let pidfd = open_starter(starter);
+    // Release pairs with the Acquire load in `start_with`: from here on, no end of the
+    // starter can be missed.
+    ready.store(1, Ordering::Release);
+    mp_core::futex::wake_all(&ready);
+    drop(ready); // the mapping goes; its descriptor is closed below anyway
+    match pidfd {
+        Ok(Some(fd)) => {
+            drop_inherited_fds(Some(fd.as_raw_fd()));
+            wait_for_end(Some(&fd), starter);
+        }
+        Ok(None) => drop_inherited_fds(None),
+        Err(()) => {
+            drop_inherited_fds(None);
+            wait_for_end(None, starter);
+        }
+    }
     let _ = sweep(&prefix);
+    // SAFETY: _exit ends the process at once; nothing of this process needs to run after it.
+    unsafe { libc::_exit(0) }
 }
 
 impl SharedMemoryManager {
@@ -206,7 +266,7 @@ impl SharedMemoryManager {
             if now >= deadline || !child.is_alive() {
                 let _ = child.kill();
                 let how = match child.join_timeout(CLEANER_STOP) {
-                    Ok(Some(())) => "it returned before it was ready".to_string(),
+                    Ok(Some(())) => "it ended before it was ready".to_string(),
                     Ok(None) => format!("it was not ready within {CLEANER_READY:?}"),
                     Err(e) => e.to_string(),
                 };

@@ -40,15 +40,16 @@ fn join<R: mp_core::Message + std::fmt::Debug>(c: &mut Child<R>) -> Result<R, Pr
 fn method_code(m: StartMethod) -> u8 {
     match m {
         StartMethod::Fork => 0,
-        _ => 1,
+        StartMethod::Spawn => 1,
+        _ => 2,
     }
 }
 
 fn method_of(code: u8) -> StartMethod {
-    if code == 0 {
-        StartMethod::Fork
-    } else {
-        StartMethod::Spawn
+    match code {
+        0 => StartMethod::Fork,
+        1 => StartMethod::Spawn,
+        _ => StartMethod::ForkServer,
     }
 }
 
@@ -471,7 +472,11 @@ fn victim((code, out): (u8, Shared<AtomicU64>)) -> Result<(), String> {
 #[test]
 fn manager_blocks_gone_after_starter_is_sigkilled() {
     for victim_method in METHODS {
-        for cleaner_method in METHODS {
+        for cleaner_method in [
+            StartMethod::Fork,
+            StartMethod::Spawn,
+            StartMethod::ForkServer,
+        ] {
             let out = Shared::new(AtomicU64::new(0)).unwrap();
             let mut v = Process::new(victim, (method_code(cleaner_method), out.clone()))
                 .start_method(victim_method)
@@ -551,4 +556,26 @@ fn written_by_several_processes_under_a_lock() {
         sl.get(1).unwrap().as_str(),
         Some("odd" | "even-even-even")
     ));
+}
+
+/// A forked cleaner keeps none of the starter's descriptors: the read end of a pipe whose
+/// write end the starter closes sees end-of-file although the cleaner was forked while the
+/// write end was open.
+#[test]
+fn the_cleaner_holds_no_inherited_descriptor() {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    let smm = SharedMemoryManager::start_with(StartMethod::Fork).unwrap();
+    drop(w);
+    let mut p = libc::pollfd {
+        fd: r.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // Other tests' forked children may hold the write end for a moment; the cleaner would
+    // hold it until the end of the test.
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut p, 1, WATCHDOG.as_millis() as i32) };
+    assert_eq!(n, 1, "the write end is still open somewhere");
+    assert!(p.revents & libc::POLLHUP != 0);
+    smm.shutdown().unwrap();
 }
