@@ -579,3 +579,106 @@ fn the_cleaner_holds_no_inherited_descriptor() {
     assert!(p.revents & libc::POLLHUP != 0);
     smm.shutdown().unwrap();
 }
+
+/// A forked child holding a copy of the manager: its blocks are the manager's (swept at the
+/// starter's shutdown), it may not shut the manager down, and dropping its copy unlinks
+/// nothing and leaves the cleaner running.
+#[test]
+fn a_forked_copy_of_the_manager() {
+    let smm = std::sync::Arc::new(SharedMemoryManager::start_with(StartMethod::Fork).unwrap());
+    let cleaner = pidfd(smm.cleaner_pid());
+    let copy = smm.clone();
+    let mut c = Process::fork(move || -> Result<String, String> {
+        let block = copy.shared_memory(16).map_err(|e| e.to_string())?;
+        let refused = matches!(
+            copy.shutdown(),
+            Err(mp_shared_memory::Error::NotStarter { .. })
+        );
+        let name = block.name().to_string();
+        drop(block);
+        drop(copy);
+        if refused {
+            Ok(name)
+        } else {
+            Err("a forked copy could shut the manager down".into())
+        }
+    })
+    .unwrap();
+    let name = join(&mut c).unwrap().unwrap();
+    assert!(name.starts_with(smm.prefix()));
+    assert_eq!(SharedMemory::attach(&name).unwrap().size(), 16);
+    assert!(!ends_within(&cleaner, Duration::ZERO), "the cleaner ended");
+    smm.shutdown().unwrap();
+    assert!(matches!(
+        SharedMemory::attach(&name),
+        Err(mp_core::Error::NotFound { .. })
+    ));
+    assert!(ends_within(&cleaner, WATCHDOG));
+}
+
+/// A hostile peer rewrites the descriptors and data of a list with random bytes in a loop
+/// while this process reads it: every read is a value or `Corrupt`, never a panic or another
+/// error.
+fn hammer((sl, rounds, seed): (ShareableList, u32, u64)) {
+    let region = sl.region();
+    let start = 64 + 8 * (sl.len() + 1);
+    let len = region.len() - start;
+    let mut x = seed | 1;
+    let mut buf = vec![0u8; len];
+    for _ in 0..rounds {
+        for b in buf.iter_mut() {
+            // xorshift64
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        // Keep some descriptors plausible, so that reads get past the tag check.
+        for i in 0..sl.len() {
+            if x % 3 == 0 {
+                let tag = [1u8, 2, 3, 4, 5, 6][(x as usize >> 8) % 6];
+                buf[8 * i] = tag;
+                buf[8 * i + 1] = (x >> 16) as u8 % 24;
+                buf[8 * i + 2..8 * i + 8].fill(0);
+            }
+            x = x.rotate_left(7);
+        }
+        // SAFETY: `start + len` is the end of the payload; the copy is atomic.
+        unsafe { mp_core::shared::copy_to_shared(&buf, region.as_ptr().add(start)) };
+    }
+}
+
+#[test]
+fn reads_racing_a_hostile_writer_never_panic() {
+    for m in METHODS {
+        let sl = ShareableList::new([
+            Item::from("0123456789abcdef"),
+            1.into(),
+            true.into(),
+            b"bytes".as_slice().into(),
+            Item::None,
+        ])
+        .unwrap();
+        let mut c = Process::new(hammer, (sl.clone(), 20_000, 0x9e37_79b9_7f4a_7c15))
+            .start_method(m)
+            .start()
+            .unwrap();
+        let mut values = 0u64;
+        let mut refused = 0u64;
+        let t0 = Instant::now();
+        while c.is_alive() && t0.elapsed() < WATCHDOG {
+            for i in 0..sl.len() as isize {
+                match sl.get(i) {
+                    Ok(_) => values += 1,
+                    Err(mp_core::Error::Corrupt { .. }) => refused += 1,
+                    Err(e) => panic!("{m}: slot {i}: {e:?}"),
+                }
+            }
+        }
+        join(&mut c).unwrap();
+        assert!(values + refused > 0);
+        // The writer is gone: a valid value written now reads back.
+        sl.set(0, "repaired").unwrap();
+        assert_eq!(sl.get(0).unwrap(), Item::Str("repaired".into()));
+    }
+}
