@@ -50,6 +50,32 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # How the manager cleans up
+//!
+//! Every block the manager makes is named `smm-<starter pid>-<64 random bits>-<creator
+//! pid>-<n>`, so the set of its blocks is exactly the names in `/dev/shm` that start with
+//! `mp-smm-<starter pid>-<random>-` (its *prefix*): nothing has to be told to the cleaner when a
+//! block is made, and a block made an instant before a crash is cleaned like any other.
+//!
+//! [`start`](SharedMemoryManager::start) starts one small non-daemon child, the *cleaner*.
+//! The cleaner moves to a session of its own and ignores SIGINT and SIGHUP (a Ctrl-C at the
+//! terminal, or a `kill` of the starter's process group, must not take it down before it
+//! cleans up), opens a pidfd of the starting process
+//! (checking, with the starter's pid-and-start-time token, that the pid still names it) and
+//! says it is ready: `start` returns only then, so no block exists before the cleaner watches.
+//! It then lets go of every descriptor it inherited (stdio goes to /dev/null: a forked cleaner
+//! must not keep the starter's pipes and sockets open) and sleeps in `poll` until the pidfd
+//! says the starter ended, however it ended, SIGKILL included. Then it unlinks every name of
+//! the prefix and exits at once: it is reparented to init (or the nearest subreaper) and
+//! reaped there, never left running.
+//!
+//! [`shutdown`](SharedMemoryManager::shutdown) (also run on drop, in the starting process
+//! only) unlinks the names itself, then stops the cleaner with SIGTERM and reaps it.
+//!
+//! Limits: a cleaner that is itself SIGKILLed (by hand, or by the OOM killer) cleans nothing;
+//! the starter's own shutdown still does. Blocks are found by name in `/dev/shm`, so a block
+//! renamed there by hand is not found.
+//!
 //! # Python names
 //!
 //! | Python | mp |

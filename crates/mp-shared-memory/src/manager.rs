@@ -1,25 +1,6 @@
 //! [`SharedMemoryManager`]: named blocks that never outlive the process that started it.
 //!
-//! # How the blocks are found and cleaned
-//!
-//! Every block the manager makes is named `smm-<starter pid>-<64 random bits>-<creator
-//! pid>-<n>`, so the set of its blocks is exactly the names in `/dev/shm` that start with
-//! `mp-smm-<starter pid>-<random>-` (its *prefix*): nothing has to be told to the cleaner when a
-//! block is made, and a block made an instant before a crash is cleaned like any other.
-//!
-//! [`start`](SharedMemoryManager::start) starts one small non-daemon child, the *cleaner*.
-//! The cleaner ignores SIGINT and SIGHUP (a Ctrl-C at the terminal reaches the whole process
-//! group: the cleaner must survive it to clean up), opens a pidfd of the starting process
-//! (checking, with the starter's pid-and-start-time token, that the pid still names it) and
-//! says it is ready: `start` returns only then, so no block exists before the cleaner watches.
-//! It then lets go of every descriptor it inherited (stdio goes to /dev/null: a forked cleaner
-//! must not keep the starter's pipes and sockets open) and sleeps in `poll` until the pidfd
-//! says the starter ended, however it ended, SIGKILL included. Then it unlinks every name of
-//! the prefix and exits at once: it is reparented to init (or the nearest subreaper) and
-//! reaped there, never left running.
-//!
-//! [`shutdown`](SharedMemoryManager::shutdown) (also run on drop, in the starting process
-//! only) unlinks the names itself, then stops the cleaner with SIGTERM and reaps it.
+//! See the crate docs, "How the manager cleans up", for the design.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -41,7 +22,7 @@ const CLEANER_READY: Duration = Duration::from_secs(30);
 /// Python's `multiprocessing.managers.SharedMemoryManager`: makes named [`SharedMemory`]
 /// blocks and [`ShareableList`]s, and unlinks every one of them at
 /// [`shutdown`](Self::shutdown), on drop, and when the process that started it dies (even by
-/// SIGKILL), through a small cleaner process (see the [module docs](self)).
+/// SIGKILL), through a small cleaner process (see the [crate docs](crate#how-the-manager-cleans-up)).
 ///
 /// The handles it returns do not unlink on drop (the manager does); other processes attach
 /// to them by [`SharedMemory::name`] / [`ShareableList::name`].
@@ -212,8 +193,11 @@ fn wait_for_end(fd: Option<&OwnedFd>, token: u64) {
 /// everything inherited, wait for the starter to end, unlink its blocks, exit. It never
 /// returns into mp-process (nobody is left to receive a result).
 fn cleaner((starter, prefix, ready): (u64, String, Shared<AtomicU32>)) {
-    // SAFETY: setting signal dispositions to SIG_IGN has no preconditions.
+    // SAFETY: setsid and setting signal dispositions to SIG_IGN have no preconditions.
+    // A session of its own keeps signals sent to the starter's process group (`kill --
+    // -pgid`, a terminal's SIGINT and SIGHUP) from killing the cleaner before it cleans up.
     unsafe {
+        libc::setsid();
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }

@@ -430,8 +430,8 @@ fn manager_blocks_gone_after_shutdown_and_drop() {
             smm.shared_memory(8),
             Err(mp_shared_memory::Error::ShutDown)
         ));
-        smm.shutdown().unwrap(); // a second shutdown does nothing
-                                 // The mapping stays valid after the unlink.
+        // A second shutdown does nothing; the mapping stays valid after the unlink.
+        smm.shutdown().unwrap();
         let mut buf = [0u8; 5];
         block.read_at(0, &mut buf).unwrap();
         assert_eq!(&buf, b"hello");
@@ -453,7 +453,13 @@ fn manager_blocks_gone_after_shutdown_and_drop() {
 
 /// The victim: starts a manager, makes blocks, reports the cleaner's pid, and sleeps until it
 /// is killed (bounded).
-fn victim((code, out): (u8, Shared<AtomicU64>)) -> Result<(), String> {
+fn victim((code, out, own_group): (u8, Shared<AtomicU64>, bool)) -> Result<(), String> {
+    if own_group {
+        // SAFETY: setpgid(0, 0) makes this process the leader of a new group.
+        if unsafe { libc::setpgid(0, 0) } != 0 {
+            return Err("setpgid failed".into());
+        }
+    }
     let smm = SharedMemoryManager::start_with(method_of(code)).map_err(|e| e.to_string())?;
     let _a = smm.shared_memory(4096).map_err(|e| e.to_string())?;
     let _b = smm
@@ -471,14 +477,23 @@ fn victim((code, out): (u8, Shared<AtomicU64>)) -> Result<(), String> {
 /// a bound, then exits (no orphan left).
 #[test]
 fn manager_blocks_gone_after_starter_is_sigkilled() {
+    let mut cases = Vec::new();
     for victim_method in METHODS {
         for cleaner_method in [
             StartMethod::Fork,
             StartMethod::Spawn,
             StartMethod::ForkServer,
         ] {
+            cases.push((victim_method, cleaner_method, false));
+        }
+    }
+    // SIGKILL of the victim's whole process group: the cleaner is in a session of its own.
+    cases.push((StartMethod::Fork, StartMethod::Fork, true));
+    cases.push((StartMethod::Fork, StartMethod::Spawn, true));
+    for (victim_method, cleaner_method, group) in cases {
+        {
             let out = Shared::new(AtomicU64::new(0)).unwrap();
-            let mut v = Process::new(victim, (method_code(cleaner_method), out.clone()))
+            let mut v = Process::new(victim, (method_code(cleaner_method), out.clone(), group))
                 .start_method(victim_method)
                 .start()
                 .unwrap();
@@ -496,7 +511,12 @@ fn manager_blocks_gone_after_starter_is_sigkilled() {
                 3,
                 "{victim_method}/{cleaner_method}"
             );
-            v.kill().unwrap();
+            if group {
+                // SAFETY: kill of the victim's own group (it made it, and it is our child).
+                assert_eq!(unsafe { libc::kill(-(v.pid() as i32), libc::SIGKILL) }, 0);
+            } else {
+                v.kill().unwrap();
+            }
             match v.join_timeout(WATCHDOG) {
                 Err(ProcessError::Signaled { signal, .. }) => assert_eq!(signal, libc::SIGKILL),
                 other => panic!("{other:?}"),
