@@ -87,6 +87,39 @@ pub enum Error {
     /// start, or names a descriptor that this process was not given.
     #[error("shared handle not transferable: {0}")]
     Handle(String),
+    /// A list index outside the list (Python's `IndexError`).
+    #[error("index {index} out of range for a list of {len} items (valid: -{len}..{len})")]
+    IndexOutOfRange {
+        /// The index asked for (negative counts from the end).
+        index: i64,
+        /// The list's length.
+        len: usize,
+    },
+    /// A string or bytes value longer than the slot it would go into (Python's `ValueError:
+    /// bytes/str item exceeds available storage`). Slot sizes are fixed when the list is made.
+    #[error(
+        "bytes/str item exceeds available storage: {len} bytes do not fit slot {index} of \
+         {capacity} bytes (slot sizes are fixed when the list is made: make it with a longer \
+         value there)"
+    )]
+    ValueTooLong {
+        /// The slot.
+        index: usize,
+        /// The value's length in bytes (UTF-8 for strings).
+        len: usize,
+        /// The slot's size in bytes.
+        capacity: usize,
+    },
+    /// `index` of a value that the list does not hold (Python's `ValueError`).
+    #[error("value not in this list")]
+    ValueNotInList,
+    /// Shared bytes that do not hold a valid value: another process wrote garbage there (or
+    /// wrote them while this one read, without a lock).
+    #[error("shared data refused: {what}")]
+    Corrupt {
+        /// What was wrong, and where.
+        what: String,
+    },
     /// A blocking call ran out of time.
     #[error("timed out")]
     Timeout,

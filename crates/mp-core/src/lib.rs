@@ -33,6 +33,8 @@
 //! * [`region`] holds anonymous ([`Region::anonymous`], a sealed memfd that dies with its last user)
 //!   and named ([`SharedMemory`], `/dev/shm/mp-<name>`) regions, each starting with a checked
 //!   header; [`Shared<T>`] puts one value made of atomics in a region.
+//! * [`shareable`] has [`ShareableList`], Python's fixed-length list of scalars and short
+//!   strings in shared memory.
 //! * [`futex`] waits and wakes on 32-bit words in shared memory, across processes, with
 //!   timeouts and [`Deadline`]s.
 //! * [`message`] has the [`Message`] bound (rkyv archives with validation), serialization straight
@@ -46,12 +48,14 @@ pub mod handle;
 pub mod ident;
 pub mod message;
 pub mod region;
+pub mod shareable;
 pub mod shared;
 
 pub use error::{Error, Result};
 pub use futex::Deadline;
 pub use message::{Encode, Message, Serde};
 pub use region::{Region, SharedMemory};
+pub use shareable::{Item, ShareableList};
 pub use shared::{Shared, ShmSafe};
 
 /// Re-exported so that users derive message traits with the same rkyv version as mp.

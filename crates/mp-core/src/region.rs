@@ -477,6 +477,14 @@ impl SharedMemory {
     /// Creates a new named block of `size` zeroed bytes. Errors: [`Error::InvalidSize`] for 0,
     /// [`Error::Exists`] when the name is taken, [`Error::InvalidName`].
     pub fn create(name: &str, size: u64) -> Result<SharedMemory> {
+        Self::create_with_kind(name, size, KIND_BYTES)
+    }
+
+    /// Like [`create`](Self::create), with a content kind of the caller's in the header
+    /// (for a named block that holds a structure, such as a
+    /// [`ShareableList`](crate::shareable::ShareableList)): [`attach`](Self::attach) refuses
+    /// it, [`attach_with_kind`](Self::attach_with_kind) with the same kind accepts it.
+    pub fn create_with_kind(name: &str, size: u64, kind: u32) -> Result<SharedMemory> {
         check_size(size)?;
         let path = shm_path(name)?;
         let fd = nix::sys::mman::shm_open(
@@ -494,7 +502,7 @@ impl SharedMemory {
             Region::init(
                 fd,
                 Layout {
-                    kind: KIND_BYTES,
+                    kind,
                     size,
                     align: MAX_ALIGN as u64,
                 },
@@ -519,6 +527,13 @@ impl SharedMemory {
     /// that group or others may open (its reason says which: anyone can make a name in
     /// `/dev/shm` first, to read or change what would be shared).
     pub fn attach(name: &str) -> Result<SharedMemory> {
+        Self::attach_with_kind(name, KIND_BYTES)
+    }
+
+    /// Like [`attach`](Self::attach), for a block made by
+    /// [`create_with_kind`](Self::create_with_kind) with this `kind` (any other kind is
+    /// [`Error::BadHeader`]).
+    pub fn attach_with_kind(name: &str, kind: u32) -> Result<SharedMemory> {
         let path = shm_path(name)?;
         let fd = nix::sys::mman::shm_open(
             path.as_c_str(),
@@ -554,7 +569,7 @@ impl SharedMemory {
         let region = Region::from_fd(
             fd,
             Some(Layout {
-                kind: KIND_BYTES,
+                kind,
                 size: 1,
                 align: 1,
             }),
@@ -578,6 +593,19 @@ impl SharedMemory {
             },
             e => Error::nix("shm_unlink", e),
         })
+    }
+
+    /// Gives up ownership: dropping the returned handle no longer unlinks the name (whoever
+    /// manages the block, such as a `SharedMemoryManager`, unlinks it).
+    pub fn into_unowned(mut self) -> SharedMemory {
+        self.owner_pid = 0;
+        self
+    }
+
+    /// True when dropping this handle unlinks the name (it created the block, in this process,
+    /// and has not given ownership up).
+    pub fn is_owner(&self) -> bool {
+        self.owner_pid == std::process::id()
     }
 
     /// The name given at creation (without the `mp-` prefix).

@@ -52,6 +52,10 @@
 //!   machine (`mp_redis::Cluster`; docs/scale-out.md).
 //! * Shared memory and messages, [`core`]: [`SharedMemory`], [`Shared`], [`Message`],
 //!   [`Serde`].
+//! * Python's `multiprocessing.shared_memory`, [`shared_memory`]: [`SharedMemory`],
+//!   [`ShareableList`] (a fixed-length list of scalars and short strings in shared memory) and
+//!   [`SharedMemoryManager`] (blocks unlinked at shutdown, and when its process dies, even by
+//!   SIGKILL).
 //!
 //! Every crate's error converts into [`Error`], so `?` works across them.
 
@@ -63,6 +67,7 @@ pub use mp_process as process;
 pub use mp_queue as queue;
 #[cfg(feature = "redis")]
 pub use mp_redis as redis;
+pub use mp_shared_memory as shared_memory;
 pub use mp_sync as sync;
 
 pub use mp_core::{Message, Serde, Shared, SharedMemory};
@@ -74,6 +79,7 @@ pub use mp_process::{
     get_start_method, init, parent_process, set_start_method, Child, Process, StartMethod,
 };
 pub use mp_queue::{JoinableQueue, Queue, SimpleQueue};
+pub use mp_shared_memory::{ShareableList, SharedMemoryManager};
 pub use mp_sync::{
     Array, Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, RawArray, RawValue, Semaphore,
     Value,
@@ -107,6 +113,9 @@ pub enum Error {
     /// Managers and their proxies.
     #[error(transparent)]
     Manager(#[from] mp_manager::Error),
+    /// The shared memory manager.
+    #[error(transparent)]
+    SharedMemory(#[from] mp_shared_memory::Error),
     /// Across machines, on Redis (feature `redis`).
     #[cfg(feature = "redis")]
     #[error(transparent)]

@@ -13,6 +13,9 @@ assert_impl_all!(mp::Queue<u64>: Send, Sync, Clone);
 assert_impl_all!(mp::JoinableQueue<u64>: Send, Sync, Clone);
 assert_impl_all!(mp::Connection<u64>: Send);
 assert_impl_all!(mp::StartMethod: Send, Sync, Copy);
+assert_impl_all!(mp::ShareableList: Send, Sync, Clone);
+assert_impl_all!(mp::SharedMemoryManager: Send, Sync);
+assert_impl_all!(mp::shared_memory::Item: Send, Sync, Clone);
 
 #[test]
 fn every_path_names_its_item() {
@@ -30,6 +33,12 @@ fn every_path_names_its_item() {
     let _ = mp::cpu_count;
     let _ = mp::wait;
     assert!(mp::get_all_start_methods().len() >= 3);
+    let _ = mp::shared_memory::ShareableList::new::<Vec<mp::shared_memory::Item>>;
+    let _ = mp::ShareableList::attach;
+    let _ = mp::core::ShareableList::create::<[i64; 1]>;
+    let _: fn() -> Result<mp::SharedMemoryManager, mp::shared_memory::Error> =
+        mp::shared_memory::SharedMemoryManager::start;
+    let _ = mp::shared_memory::SharedMemory::create;
 }
 
 #[test]
@@ -44,6 +53,10 @@ fn every_crate_error_converts_into_mp_error() {
     assert!(matches!(
         convert(mp::queue::Error::Empty),
         mp::Error::Queue(_)
+    ));
+    assert!(matches!(
+        convert(mp::shared_memory::Error::ShutDown),
+        mp::Error::SharedMemory(_)
     ));
     let full: mp::queue::PutError<u8> = mp::queue::PutError::Full(1);
     assert!(convert(full).to_string().contains("full"));

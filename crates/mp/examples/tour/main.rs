@@ -11,6 +11,7 @@ mod pipe_part;
 mod pool_part;
 mod process_part;
 mod queue_part;
+mod shared_memory_part;
 mod sync_part;
 
 fn main() -> Result<(), Box<dyn Error>> {
@@ -18,6 +19,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     mp::init();
     println!("mp tour: Python's multiprocessing, in Rust, with real processes\n");
     core_part::run()?;
+    shared_memory_part::run()?;
     process_part::run()?;
     sync_part::run()?;
     queue_part::run()?;
