@@ -35,6 +35,8 @@ use crate::{project_root, target_dir};
 struct Options {
     quick: bool,
     filter: Option<String>,
+    /// Run everything beside one CPU-bound process pinned on each core (`--load`).
+    load: bool,
 }
 
 /// `/proc/loadavg` as it reads now (empty where there is none).
@@ -49,11 +51,13 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
     let mut o = Options {
         quick: false,
         filter: None,
+        load: false,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--quick" => o.quick = true,
+            "--load" => o.load = true,
             "--filter" => {
                 o.filter = Some(it.next().ok_or("--filter needs a workload name")?.clone());
             }
@@ -63,8 +67,10 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
                 let limits: Vec<&str> = LIMITS.iter().map(|l| l.0).collect();
                 println!(
                     concat!(
-                        "usage: cargo xtask bench [--quick] [--filter NAME]\n\n",
+                        "usage: cargo xtask bench [--quick] [--load] [--filter NAME]\n\n",
                         "  --quick        every workload briefly (smoke run)\n",
+                        "  --load         beside one CPU-bound process pinned on each core (a busy\n",
+                        "                 machine); the report goes to target/bench/loaded/\n",
                         "  --filter NAME  only the workloads (and limits) whose name contains NAME\n\n",
                         "workloads: {}\nlimits: {}\n\nSee docs/benchmarks.md."
                     ),
@@ -85,7 +91,11 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         return Ok(());
     };
     let root = project_root();
-    let out_dir = target_dir(&root).join("bench");
+    let out_dir = if opts.load {
+        target_dir(&root).join("bench").join("loaded")
+    } else {
+        target_dir(&root).join("bench")
+    };
     let crit_home = out_dir.join("criterion");
     let specs: Vec<&Spec> = SPECS
         .iter()
@@ -122,6 +132,12 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     eprintln!("bench: building mp-benches (release profile)...");
     let exe = build(&root)?;
     let listed = list(&exe, &root)?;
+    // The busy loops run from here to the end of the run (and die with the guard).
+    let _load = if opts.load {
+        Some(run::BusyLoops::start()?)
+    } else {
+        None
+    };
 
     // Criterion, one group at a time.
     let mut groups: Vec<&str> = limit_filter.iter().map(|l| l.0).collect();
@@ -155,6 +171,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     }
     let mut env = environment(&root, python.as_deref(), opts.quick, opts.filter.as_deref());
     env.load_start = load_start;
+    env.busy_loops = opts.load;
     let md = markdown(&env, &rows, &limits);
     println!("\n{md}");
     std::fs::write(out_dir.join("report.md"), &md).map_err(|e| format!("write report.md: {e}"))?;

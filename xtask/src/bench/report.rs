@@ -240,6 +240,8 @@ pub(super) struct Env {
     pub(super) date: String,
     pub(super) quick: bool,
     pub(super) filter: Option<String>,
+    /// The run had one CPU-bound process pinned on each core beside it (`--load`).
+    pub(super) busy_loops: bool,
     /// `/proc/loadavg` (1, 5, 15 minutes) when the run began and when it ended: other work on
     /// the machine during the run shows here.
     pub(super) load_start: String,
@@ -303,6 +305,7 @@ pub(super) fn environment(
         date: utc_now(),
         quick,
         filter: filter.map(str::to_string),
+        busy_loops: false,
         load_start: String::new(),
         load_end: loadavg(),
     }
@@ -336,7 +339,7 @@ pub(super) fn markdown(env: &Env, rows: &[Row], limits: &[LimitRow]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "mp benchmarks: {} ({} CPUs), Linux {}, {}, {}, git {}, {}{}; load average {} at the start, {} at the end\n",
+        "mp benchmarks: {} ({} CPUs), Linux {}, {}, {}, git {}, {}{}{}; load average {} at the start, {} at the end\n",
         env.cpu,
         env.cpus,
         env.kernel,
@@ -346,6 +349,11 @@ pub(super) fn markdown(env: &Env, rows: &[Row], limits: &[LimitRow]) -> String {
         env.date,
         if env.quick {
             ", --quick (smoke run: few samples, small batches)"
+        } else {
+            ""
+        },
+        if env.busy_loops {
+            ", --load (one CPU-bound process pinned on each core, mp and CPython alike)"
         } else {
             ""
         },
@@ -492,6 +500,7 @@ pub(super) fn json(env: &Env, rows: &[Row], limits: &[LimitRow]) -> String {
     }
     let _ = writeln!(s, "  \"cpus\": {},", env.cpus);
     let _ = writeln!(s, "  \"quick\": {},", env.quick);
+    let _ = writeln!(s, "  \"busy_loops\": {},", env.busy_loops);
     let _ = writeln!(
         s,
         "  \"filter\": {},",

@@ -222,3 +222,36 @@ pub(super) fn last_lines(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+/// One CPU-bound process pinned on each core (`sh -c 'while :; do :; done'` under `taskset`),
+/// for a run on a busy machine; killed when dropped.
+pub(super) struct BusyLoops(Vec<std::process::Child>);
+
+impl BusyLoops {
+    /// Starts one loop per CPU this process may run on.
+    pub(super) fn start() -> Result<BusyLoops, String> {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut loops = BusyLoops(Vec::new());
+        for cpu in 0..cpus {
+            let child = Command::new("taskset")
+                .args(["-c", &cpu.to_string(), "sh", "-c", "while :; do :; done"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("start a busy loop with taskset: {e}"))?;
+            loops.0.push(child);
+        }
+        eprintln!("bench: {cpus} busy loops running, one pinned on each CPU");
+        Ok(loops)
+    }
+}
+
+impl Drop for BusyLoops {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
