@@ -39,6 +39,8 @@
 //!   into a shared slot, checked zero-copy access, and the [`Serde`] adapter.
 //! * [`handle`] says how regions (and so every primitive) travel to a child under fork, exec and a
 //!   fork server.
+//! * [`util`] holds the chores every crate shares: locking a `std` mutex whose holder
+//!   panicked, the text of a panic payload.
 
 pub mod error;
 pub mod futex;
@@ -47,6 +49,7 @@ pub mod ident;
 pub mod message;
 pub mod region;
 pub mod shared;
+pub mod util;
 
 pub use error::{Error, Result};
 pub use futex::Deadline;

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use indexmap::IndexMap;
 use mp_core::message::{decode, encode};
 use mp_core::rkyv::{Archive, Deserialize, Serialize};
+use mp_core::util::unpoisoned;
 use mp_pipe::{Connection, Listener};
 
 use crate::custom::{Ctor, Erased};
@@ -205,11 +206,9 @@ impl Obj {
     }
 }
 
-/// Locks ignoring poison: a panicking request thread cannot leave an object half-changed (each
-/// change is one call on a std collection), so the data stays valid.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+// Locks ignoring poison: a panicking request thread cannot leave an object half-changed (each
+// change is one call on a std collection), so the data stays valid.
+use mp_core::util::lock_unpoisoned as lock;
 
 fn deadline(ms: Millis) -> Option<Instant> {
     ms.and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms)))
@@ -227,16 +226,13 @@ fn wait_until<'a, T>(
             return (g, true);
         }
         match until {
-            None => g = cv.wait(g).unwrap_or_else(|p| p.into_inner()),
+            None => g = unpoisoned(cv.wait(g)),
             Some(t) => {
                 let left = t.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     return (g, false);
                 }
-                g = cv
-                    .wait_timeout(g, left)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
+                g = unpoisoned(cv.wait_timeout(g, left)).0;
             }
         }
     }

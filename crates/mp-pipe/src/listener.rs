@@ -9,10 +9,11 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use mp_core::util::unpoisoned;
 use mp_core::Deadline;
 
 use crate::auth;
@@ -279,11 +280,7 @@ impl Listener {
             if self.shared.stopped.load(Ordering::Acquire) {
                 return Err(Error::Closed);
             }
-            ready = self
-                .shared
-                .changed
-                .wait(ready)
-                .unwrap_or_else(|p| p.into_inner());
+            ready = unpoisoned(self.shared.changed.wait(ready));
         }
     }
 
@@ -439,9 +436,7 @@ struct Shared {
     max_per_peer: AtomicUsize,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use mp_core::util::lock_unpoisoned as lock;
 
 fn eventfd() -> Result<OwnedFd> {
     // SAFETY: eventfd has no memory-safety preconditions.

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use mp_core::message::decode;
+use mp_core::util::lock_unpoisoned;
 use mp_core::Message;
 
 use crate::error::ProcessError;
@@ -97,7 +98,7 @@ impl ChildState {
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<Status>> {
-        self.status.lock().unwrap_or_else(|p| p.into_inner())
+        lock_unpoisoned(&self.status)
     }
 
     fn status(&self) -> Option<Status> {
@@ -272,21 +273,17 @@ pub(crate) fn reset_registry() {
 }
 
 pub(crate) fn register(state: &Arc<ChildState>) {
-    let mut r = registry().lock().unwrap_or_else(|p| p.into_inner());
+    let mut r = lock_unpoisoned(registry());
     r.children.push(state.clone());
 }
 
 fn unregister(state: &ChildState) {
-    let mut r = registry().lock().unwrap_or_else(|p| p.into_inner());
+    let mut r = lock_unpoisoned(registry());
     r.children.retain(|c| !std::ptr::eq(&**c, state));
 }
 
 fn snapshot() -> Vec<Arc<ChildState>> {
-    registry()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .children
-        .clone()
+    lock_unpoisoned(registry()).children.clone()
 }
 
 /// How many children in the registry have no `Child` handle any more (so that `start` skips
@@ -574,7 +571,7 @@ impl<R> Drop for Child<R> {
     fn drop(&mut self) {
         // The status lock orders this with a concurrent reap, so DETACHED counts each
         // detached, unreaped child exactly once.
-        let st = self.state.status.lock().unwrap_or_else(|p| p.into_inner());
+        let st = lock_unpoisoned(&self.state.status);
         if st.is_none() {
             self.state.detached.store(true, Ordering::Relaxed);
             DETACHED.fetch_add(1, Ordering::Relaxed);

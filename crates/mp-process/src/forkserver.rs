@@ -16,6 +16,7 @@
 //! every second, in case a forked child of the parent keeps the socket open).
 
 use crate::forkcell::ForkCell;
+use mp_core::util::lock_unpoisoned;
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
@@ -55,11 +56,7 @@ pub(crate) fn reset_after_fork() {
 
 /// The pid of this process's fork server, if one is running.
 pub fn server_pid() -> Option<u32> {
-    server_cell()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .as_ref()
-        .map(|s| s.pid)
+    lock_unpoisoned(server_cell()).as_ref().map(|s| s.pid)
 }
 
 fn start_server() -> Result<Server, Error> {
@@ -109,7 +106,7 @@ pub(crate) fn start<R>(p: Prepared) -> Result<Child<R>, Error> {
     req[4..8].copy_from_slice(&std::process::id().to_le_bytes());
 
     let cell = server_cell();
-    let mut guard = cell.lock().unwrap_or_else(|e| e.into_inner());
+    let mut guard = lock_unpoisoned(cell);
     let mut attempts = 0;
     let (pid, parent_end) = loop {
         attempts += 1;

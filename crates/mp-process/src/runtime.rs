@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU8, Ordering};
 use std::sync::Once;
 
 use mp_core::message::{decode, encode, encode_into, Encoded};
+use mp_core::util::panic_message;
 use mp_core::Message;
 
 use crate::frame::{self, Tag};
@@ -178,7 +179,7 @@ pub(crate) fn install_panic_hook() {
             if !IN_TARGET.with(|t| t.get()) {
                 return previous(info);
             }
-            let message = payload_message(info.payload());
+            let message = panic_message(info.payload());
             let location = info
                 .location()
                 .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
@@ -207,16 +208,6 @@ pub(crate) fn install_panic_hook() {
             LAST_PANIC.with(|p| *p.borrow_mut() = Some((message, location)));
         }));
     });
-}
-
-fn payload_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "Box<dyn Any> (a panic payload that is not a string)".into()
-    }
 }
 
 /// Ends this process at once, like `_exit`, without running atexit handlers or destructors.
@@ -291,7 +282,7 @@ pub(crate) fn run_target<R: Message>(chan: BorrowedFd<'_>, f: impl FnOnce() -> R
         Err(payload) => {
             let (message, location) = LAST_PANIC
                 .with(|p| p.borrow_mut().take())
-                .unwrap_or_else(|| (payload_message(&*payload), "<unknown>".into()));
+                .unwrap_or_else(|| (panic_message(&*payload), "<unknown>".into()));
             std::mem::forget(payload);
             if let Ok(bytes) = encode(&(message, location)) {
                 let _ = frame::send_final(chan, Tag::Panicked, &bytes);
