@@ -15,7 +15,7 @@ use std::ffi::c_void;
 use std::sync::OnceLock;
 
 use crate::error::Error;
-use crate::StartMethod;
+use crate::method::StartMethod;
 
 /// The landmark offsets are measured from. Never inlined, so that it has one address.
 #[inline(never)]
@@ -118,7 +118,7 @@ extern "C" {
 #[link_section = "mp_trampolines"]
 #[inline(never)]
 fn no_trampoline(_target: usize, _args: &[u8], chan: std::os::fd::BorrowedFd<'_>) -> i32 {
-    crate::runtime::fail_start(chan, "not a trampoline".into())
+    crate::boot::fail_start(chan, "not a trampoline".into())
 }
 
 /// The address range of the trampoline section.

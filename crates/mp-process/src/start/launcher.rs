@@ -88,7 +88,7 @@ pub(crate) unsafe fn fork(child_main: &mut dyn FnMut() -> i32) -> std::io::Resul
             0 => {
                 // SAFETY: see `ptr` above; this is the child's private copy of the closure.
                 let code = unsafe { (*p.0)() };
-                crate::runtime::exit_now(code)
+                crate::sys::exit_now(code)
             }
             -1 => Err(std::io::Error::last_os_error()),
             pid => Ok(pid),

@@ -29,9 +29,7 @@ use mp_core::Message;
 
 use crate::error::ProcessError;
 use crate::frame::{Inbox, Tag};
-use crate::StartMethod;
-
-pub(crate) use crate::runtime::PANIC_EXIT_CODE;
+use crate::method::StartMethod;
 
 /// How a process ended, as the kernel reported it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
