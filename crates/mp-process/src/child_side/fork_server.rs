@@ -19,25 +19,7 @@ pub(crate) fn server_main(parked_stdout: Option<RawFd>) -> ! {
             nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
         );
     }
-    let ctrl = match std::env::var(ENV_CHAN)
-        .ok()
-        .and_then(|v| v.parse::<RawFd>().ok())
-    {
-        Some(raw) if nix::fcntl::fcntl(raw, nix::fcntl::FcntlArg::F_GETFD).is_ok() => {
-            // SAFETY: the parent kept `raw` open across exec for the server only; nothing else
-            // here owns it.
-            unsafe { OwnedFd::from_raw_fd(raw) }
-        }
-        _ => {
-            write_stderr(b"mp fork server: no control socket\n");
-            std::process::exit(START_FAILED_EXIT_CODE)
-        }
-    };
-    std::env::remove_var(ENV_CHAN);
-    let _ = nix::fcntl::fcntl(
-        ctrl.as_raw_fd(),
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-    );
+    let ctrl = take_ctrl();
     // SAFETY: getppid has no preconditions.
     let parent = unsafe { libc::getppid() };
     if sendmsg::<()>(
@@ -70,27 +52,8 @@ pub(crate) fn server_main(parked_stdout: Option<RawFd>) -> ! {
             continue;
         }
         let mut req = [0u8; 8];
-        let mut iov = [IoSliceMut::new(&mut req)];
-        let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
-        let (n, fds) = match recvmsg::<()>(
-            ctrl.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
-            Ok(m) => {
-                let mut fds = Vec::new();
-                if let Ok(cmsgs) = m.cmsgs() {
-                    for c in cmsgs {
-                        if let ControlMessageOwned::ScmRights(v) = c {
-                            // SAFETY: the kernel just installed these descriptors in this
-                            // process for us; nothing else owns them.
-                            fds.extend(v.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
-                        }
-                    }
-                }
-                (m.bytes, fds)
-            }
+        let (n, fds) = match recv_request(&ctrl, &mut req) {
+            Ok(r) => r,
             Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => std::process::exit(0),
         };
@@ -122,20 +85,7 @@ pub(crate) fn server_main(parked_stdout: Option<RawFd>) -> ! {
             )
         };
         if pid == 0 {
-            drop(ctrl);
-            restore_stdout(parked_stdout);
-            let mut fds = fds.into_iter();
-            let chan = match fds.next() {
-                Some(c) => c,
-                None => exit_now(START_FAILED_EXIT_CODE),
-            };
-            if daemon && !die_with_parent(client) {
-                exit_now(START_FAILED_EXIT_CODE)
-            }
-            mp_core::handle::install(fds.collect());
-            let code = run_boot(chan.as_fd());
-            drop(chan);
-            std::process::exit(code);
+            run_cloned_child(ctrl, fds, daemon, client, parked_stdout);
         }
         drop(fds);
         if pid > 0 && die_after_clone {
@@ -153,6 +103,79 @@ pub(crate) fn server_main(parked_stdout: Option<RawFd>) -> ! {
             let _ = reply(&ctrl, 0, pid as u32);
         }
     }
+}
+
+/// Takes the control socket the parent kept open across exec (exits when there is none).
+fn take_ctrl() -> OwnedFd {
+    let ctrl = match std::env::var(ENV_CHAN)
+        .ok()
+        .and_then(|v| v.parse::<RawFd>().ok())
+    {
+        Some(raw) if nix::fcntl::fcntl(raw, nix::fcntl::FcntlArg::F_GETFD).is_ok() => {
+            // SAFETY: the parent kept `raw` open across exec for the server only; nothing else
+            // here owns it.
+            unsafe { OwnedFd::from_raw_fd(raw) }
+        }
+        _ => {
+            write_stderr(b"mp fork server: no control socket\n");
+            std::process::exit(START_FAILED_EXIT_CODE)
+        }
+    };
+    std::env::remove_var(ENV_CHAN);
+    let _ = nix::fcntl::fcntl(
+        ctrl.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
+    ctrl
+}
+
+/// Reads one request (8 bytes into `req`) and the descriptors that came with it; the byte
+/// count is 0 when the parent closed its end.
+fn recv_request(ctrl: &OwnedFd, req: &mut [u8; 8]) -> nix::Result<(usize, Vec<OwnedFd>)> {
+    let mut iov = [IoSliceMut::new(req)];
+    let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let m = recvmsg::<()>(
+        ctrl.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let mut fds = Vec::new();
+    if let Ok(cmsgs) = m.cmsgs() {
+        for c in cmsgs {
+            if let ControlMessageOwned::ScmRights(v) = c {
+                // SAFETY: the kernel just installed these descriptors in this process for us;
+                // nothing else owns them.
+                fds.extend(v.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+            }
+        }
+    }
+    Ok((m.bytes, fds))
+}
+
+/// In a child the server just cloned: the first descriptor is its channel to the parent, the
+/// others the shared objects of its arguments; boot from the channel and exit.
+fn run_cloned_child(
+    ctrl: OwnedFd,
+    fds: Vec<OwnedFd>,
+    daemon: bool,
+    client: libc::pid_t,
+    parked_stdout: Option<RawFd>,
+) -> ! {
+    drop(ctrl);
+    restore_stdout(parked_stdout);
+    let mut fds = fds.into_iter();
+    let chan = match fds.next() {
+        Some(c) => c,
+        None => exit_now(START_FAILED_EXIT_CODE),
+    };
+    if daemon && !die_with_parent(client) {
+        exit_now(START_FAILED_EXIT_CODE)
+    }
+    mp_core::handle::install(fds.collect());
+    let code = run_boot(chan.as_fd());
+    drop(chan);
+    std::process::exit(code);
 }
 
 fn test_hook_die_after_clone() -> bool {
