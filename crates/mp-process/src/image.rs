@@ -105,7 +105,7 @@ pub(crate) fn resolve(offset: isize, parent_id: &[u8]) -> Result<usize, String> 
 }
 
 // The bounds of the `mp_trampolines` section, which the linker defines for a section whose
-// name is a C identifier. It holds every instantiation of `process::trampoline` and
+// name is a C identifier. It holds every instantiation of `child_side::run::trampoline` and
 // `no_trampoline` (which keeps the section, and so the symbols, present in a program that
 // starts no process).
 extern "C" {

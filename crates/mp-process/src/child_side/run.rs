@@ -192,10 +192,11 @@ pub(crate) fn run_boot(chan: BorrowedFd<'_>) -> i32 {
         Ok(None) => return fail_start(chan, "the parent closed the channel before booting".into()),
         Err(e) => return fail_start(chan, format!("reading the boot message: {e}")),
     };
-    let tramp = match crate::image::resolve_trampoline(boot.trampoline as isize, &boot.image_id) {
-        Ok(a) => a,
-        Err(e) => return fail_start(chan, e),
-    };
+    let trampoline_addr =
+        match crate::image::resolve_trampoline(boot.trampoline as isize, &boot.image_id) {
+            Ok(a) => a,
+            Err(e) => return fail_start(chan, e),
+        };
     let target = match crate::image::resolve(boot.target as isize, &boot.image_id) {
         Ok(a) => a,
         Err(e) => return fail_start(chan, e),
@@ -211,15 +212,15 @@ pub(crate) fn run_boot(chan: BorrowedFd<'_>) -> i32 {
         // The parent is gone or dropped the child: nobody wants the result.
         return START_FAILED_EXIT_CODE;
     }
-    // SAFETY: `tramp` is the address of `crate::child_side::trampoline::<A, R>` in this very
+    // SAFETY: `trampoline_addr` is the address of `trampoline::<A, R>` (above) in this very
     // executable: the parent computed its offset from the anchor in an image with the same
     // build id, and `resolve_trampoline` checked that identity and that the address lies in
     // the section that holds only trampolines (and `no_trampoline`, which refuses). The
     // channel is the parent's own socket (`check_chan`, or the fork server's).
-    let tramp: Trampoline = unsafe { std::mem::transmute(tramp) };
+    let trampoline_fn: Trampoline = unsafe { std::mem::transmute(trampoline_addr) };
     // SAFETY: `target` is the target's address computed the same way, and the trampoline was
     // instantiated for the target's exact type by the parent (`Process::<A, R>::start`).
-    unsafe { tramp(target, &boot.args, chan) }
+    unsafe { trampoline_fn(target, &boot.args, chan) }
 }
 
 #[cfg(test)]

@@ -54,7 +54,7 @@ pub(crate) fn start<R: Message, F: FnOnce() -> R>(opts: Options, f: F) -> Result
     };
     let pid = if opts.daemon {
         // SAFETY: `child_main` only does what a forked child may (module doc of
-        // `crate::launcher`, crate doc "Fork and threads") and returns an exit code.
+        // `crate::start::launcher`, crate doc "Fork and threads") and returns an exit code.
         unsafe { super::launcher::fork(&mut child_main) }
             .map_err(|e| Error::io("fork (on the launcher thread)", e))?
     } else {

@@ -71,14 +71,14 @@ pub(crate) fn prepare<A: Message, R: Message>(
         return Err(Error::NotInitialized { method });
     }
     crate::handle::reap_detached();
-    let tramp = trampoline::<A, R> as Trampoline as usize;
+    let trampoline_addr = trampoline::<A, R> as Trampoline as usize;
     let (encoded, fds) = mp_core::handle::collect(|| encode(args));
     let encoded = encoded?;
     let identity = child_identity(opts);
     let (parent_pid, parent_name) = parent_identity();
     let boot = Boot {
         image_id: crate::image::image_id().0.clone(),
-        trampoline: crate::image::offset_of(tramp, method)? as i64,
+        trampoline: crate::image::offset_of(trampoline_addr, method)? as i64,
         target: crate::image::offset_of(target as usize, method)? as i64,
         name: identity.name,
         ident: identity.ident,

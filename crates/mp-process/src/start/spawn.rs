@@ -26,7 +26,7 @@ fn current_exe() -> &'static std::path::Path {
 ///
 /// Children are made with `posix_spawn` (glibc's `clone(CLONE_VM | CLONE_VFORK)`: no copy
 /// of the parent's page tables, so the cost does not grow with the parent's memory), on the
-/// launcher thread for a daemon (see `crate::launcher`) or when `on_launcher`.
+/// launcher thread for a daemon (see `crate::start::launcher`) or when `on_launcher`.
 pub(crate) fn launch(
     role: &str,
     chan: RawFd,
