@@ -108,7 +108,7 @@
 //!
 //! # Waiting for several children
 //!
-//! [`Child::sentinel`] is a pidfd: it becomes readable when the child ends, so it can be
+//! [`Child::sentinel`](ActiveChild::sentinel) is a pidfd: it becomes readable when the child ends, so it can be
 //! polled together with connections and other children (Python's `connection.wait`). It is
 //! opened on first call, so a start that never needs it does not pay for it.
 //! [`Child::join_timeout`] waits with a timeout; [`active_children`] lists (and reaps)
@@ -266,7 +266,7 @@ pub use context::{
 pub use error::{Error, ProcessError};
 pub use handle::{ActiveChild, Child};
 pub use method::{get_all_start_methods, get_start_method, StartMethod, DEFAULT_START_METHOD};
-pub use process::{ClosureProcess, Process};
+pub use process::{ClosureProcess, ClosureTarget, FnTarget, Process, ProcessBuilder};
 pub use start::forkserver::server_pid as forkserver_pid;
 
 /// Call first thing in `main`. In the root process it returns at once. In a process that mp

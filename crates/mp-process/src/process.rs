@@ -8,6 +8,23 @@ use crate::handle::Child;
 use crate::method::StartMethod;
 use crate::start::{self, Options};
 
+/// A child to start and its options: the one builder behind [`Process`] (a `fn` target with
+/// message arguments, any start method) and [`ClosureProcess`] (a closure, under fork). The
+/// options both have (`name`, `daemon`) are set here; `T` is what the child runs.
+pub struct ProcessBuilder<T> {
+    target: T,
+    opts: Options,
+}
+
+/// What a [`Process`] runs: a plain `fn(A) -> R` and its arguments.
+pub struct FnTarget<A, R> {
+    target: fn(A) -> R,
+    args: A,
+}
+
+/// What a [`ClosureProcess`] runs: a closure.
+pub struct ClosureTarget<F>(F);
+
 /// A process to start: Python's `Process(target=f, args=a, name=.., daemon=..)`.
 ///
 /// The target is a plain `fn(A) -> R` (a closure that captures nothing coerces to one), so
@@ -23,32 +40,23 @@ use crate::start::{self, Options};
 /// assert_eq!(child.join()?, 144);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub struct Process<A, R> {
-    target: fn(A) -> R,
-    args: A,
-    opts: Options,
-}
+pub type Process<A, R> = ProcessBuilder<FnTarget<A, R>>;
 
-impl<A, R> std::fmt::Debug for Process<A, R> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Process")
-            .field("name", &self.opts.name)
-            .field("daemon", &self.opts.daemon)
-            .field("start_method", &self.opts.method)
-            .finish_non_exhaustive()
-    }
-}
+/// A process that runs a closure, under the fork start method: the builder behind
+/// [`Process::fork`], for when the child needs a name or the daemon flag.
+///
+/// ```
+/// use mp_process::ClosureProcess;
+/// let greeting = String::from("hello");
+/// let mut child = ClosureProcess::new(move || format!("{greeting} from a child"))
+///     .name("greeter")
+///     .start()?;
+/// assert_eq!(child.join()?, "hello from a child");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub type ClosureProcess<F> = ProcessBuilder<ClosureTarget<F>>;
 
-impl<A: Message, R: Message> Process<A, R> {
-    /// A process that will run `target(args)`.
-    pub fn new(target: fn(A) -> R, args: A) -> Self {
-        Process {
-            target,
-            args,
-            opts: Options::default(),
-        }
-    }
-
+impl<T> ProcessBuilder<T> {
     /// Sets the name (Python's default is `Process-N`, N counting this process's children,
     /// `Process-1:2` for the second child of the first child).
     pub fn name(mut self, name: impl Into<String>) -> Self {
@@ -60,6 +68,28 @@ impl<A: Message, R: Message> Process<A, R> {
     pub fn daemon(mut self, yes: bool) -> Self {
         self.opts.daemon = yes;
         self
+    }
+}
+
+impl<A, R> std::fmt::Debug for Process<A, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.opts.debug(f, "Process", true)
+    }
+}
+
+impl<F> std::fmt::Debug for ClosureProcess<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.opts.debug(f, "ClosureProcess", false)
+    }
+}
+
+impl<A: Message, R: Message> Process<A, R> {
+    /// A process that will run `target(args)`.
+    pub fn new(target: fn(A) -> R, args: A) -> Self {
+        ProcessBuilder {
+            target: FnTarget { target, args },
+            opts: Options::default(),
+        }
     }
 
     /// Chooses the start method for this process (the default is the one of
@@ -77,11 +107,16 @@ impl<A: Message, R: Message> Process<A, R> {
             .unwrap_or_else(crate::method::get_start_method);
         match method {
             StartMethod::Fork => {
-                let (target, args) = (self.target, self.args);
+                let FnTarget { target, args } = self.target;
                 start::fork::start(self.opts, move || target(args))
             }
             StartMethod::Spawn | StartMethod::ForkServer => {
-                let boot = start::prepare::<A, R>(self.target, &self.args, &self.opts, method)?;
+                let boot = start::prepare::<A, R>(
+                    self.target.target,
+                    &self.target.args,
+                    &self.opts,
+                    method,
+                )?;
                 if method == StartMethod::Spawn {
                     start::spawn::start(boot)
                 } else {
@@ -104,55 +139,17 @@ impl Process<(), ()> {
     }
 }
 
-/// A process that runs a closure, under the fork start method: the builder behind
-/// [`Process::fork`], for when the child needs a name or the daemon flag.
-///
-/// ```
-/// use mp_process::ClosureProcess;
-/// let greeting = String::from("hello");
-/// let mut child = ClosureProcess::new(move || format!("{greeting} from a child"))
-///     .name("greeter")
-///     .start()?;
-/// assert_eq!(child.join()?, "hello from a child");
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-pub struct ClosureProcess<F> {
-    f: F,
-    opts: Options,
-}
-
-impl<F> std::fmt::Debug for ClosureProcess<F> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClosureProcess")
-            .field("name", &self.opts.name)
-            .field("daemon", &self.opts.daemon)
-            .finish_non_exhaustive()
-    }
-}
-
 impl<R: Message, F: FnOnce() -> R + Send + 'static> ClosureProcess<F> {
     /// A process that will run `f` in a forked child.
     pub fn new(f: F) -> Self {
-        ClosureProcess {
-            f,
+        ProcessBuilder {
+            target: ClosureTarget(f),
             opts: Options::default(),
         }
     }
 
-    /// Sets the name.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.opts.name = Some(name.into());
-        self
-    }
-
-    /// A daemon child dies with its parent.
-    pub fn daemon(mut self, yes: bool) -> Self {
-        self.opts.daemon = yes;
-        self
-    }
-
     /// Forks the child.
     pub fn start(self) -> Result<Child<R>, Error> {
-        start::fork::start(self.opts, self.f)
+        start::fork::start(self.opts, self.target.0)
     }
 }

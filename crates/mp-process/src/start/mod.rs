@@ -37,6 +37,23 @@ pub(crate) struct Options {
     pub(crate) method: Option<StartMethod>,
 }
 
+impl Options {
+    /// The `Debug` of a builder named `builder` (with the start method when it has one).
+    pub(crate) fn debug(
+        &self,
+        f: &mut std::fmt::Formatter<'_>,
+        builder: &str,
+        with_method: bool,
+    ) -> std::fmt::Result {
+        let mut d = f.debug_struct(builder);
+        d.field("name", &self.name).field("daemon", &self.daemon);
+        if with_method {
+            d.field("start_method", &self.method);
+        }
+        d.finish_non_exhaustive()
+    }
+}
+
 fn parent_identity() -> (u32, String) {
     let name = identity::identity()
         .map(|i| i.name.clone())
