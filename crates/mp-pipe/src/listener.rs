@@ -499,29 +499,9 @@ enum Peer {
 /// The uid of the process at the other end of a Unix socket (`SO_PEERCRED`, recorded by the
 /// kernel when it connected).
 fn peer_uid(fd: BorrowedFd<'_>) -> Result<u32> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into the live `cred`, and `len` back.
-    let r = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if r != 0 {
-        return Err(Error::io(
-            "getsockopt(SO_PEERCRED)",
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(cred.uid)
+    mp_core::util::peer_cred(fd)
+        .map(|cred| cred.uid)
+        .map_err(|e| Error::io("getsockopt(SO_PEERCRED)", e))
 }
 
 /// Where a server-side handshake is.

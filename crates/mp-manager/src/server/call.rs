@@ -220,22 +220,40 @@ fn event(set: &Mutex<bool>, changed: &Condvar, op: Op) -> Result<Reply, Refused>
 
 fn rlock(state: &Mutex<Owned>, released: &Condvar, conn: u64, op: Op) -> Result<Reply, Refused> {
     Ok(match op {
-        Op::Acquire(ms) => {
-            let (mut st, ok) =
-                wait_until(released, lock(state), deadline(ms), |s| s.free_for(conn));
-            if ok {
-                st.take(conn)?;
-            }
-            Reply::Bool(ok)
-        }
-        Op::Release => {
-            if lock(state).release(conn)? {
-                released.notify_one();
-            }
-            Reply::Unit
-        }
+        Op::Acquire(ms) => acquire_reentrant(state, released, conn, ms)?,
+        Op::Release => release_reentrant(state, released, conn, Condvar::notify_one)?,
         op => return Err(not_an_operation(&op, Kind::RLock)),
     })
+}
+
+/// `acquire(timeout)` of a re-entrant lock (an `RLock`, or a `Condition`'s own lock): waits
+/// until it is free or held by `conn`, then takes it once more.
+fn acquire_reentrant<T: AsRef<Owned> + AsMut<Owned>>(
+    state: &Mutex<T>,
+    changed: &Condvar,
+    conn: u64,
+    ms: Millis,
+) -> Result<Reply, Refused> {
+    let (mut st, ok) = wait_until(changed, lock(state), deadline(ms), |s| {
+        s.as_ref().free_for(conn)
+    });
+    if ok {
+        st.as_mut().take(conn)?;
+    }
+    Ok(Reply::Bool(ok))
+}
+
+/// `release()` of a re-entrant lock; `wake` tells the waiters when it became free.
+fn release_reentrant<T: AsMut<Owned>>(
+    state: &Mutex<T>,
+    changed: &Condvar,
+    conn: u64,
+    wake: fn(&Condvar),
+) -> Result<Reply, Refused> {
+    if lock(state).as_mut().release(conn)? {
+        wake(changed);
+    }
+    Ok(Reply::Unit)
 }
 
 /// A `Semaphore`, or (`bound` set to its initial value) a `BoundedSemaphore`.
@@ -281,21 +299,8 @@ fn condition(
     op: Op,
 ) -> Result<Reply, Refused> {
     Ok(match op {
-        Op::Acquire(ms) => {
-            let (mut st, ok) = wait_until(changed, lock(state), deadline(ms), |s| {
-                s.lock.free_for(conn)
-            });
-            if ok {
-                st.lock.take(conn)?;
-            }
-            Reply::Bool(ok)
-        }
-        Op::Release => {
-            if lock(state).lock.release(conn)? {
-                changed.notify_all();
-            }
-            Reply::Unit
-        }
+        Op::Acquire(ms) => acquire_reentrant(state, changed, conn, ms)?,
+        Op::Release => release_reentrant(state, changed, conn, Condvar::notify_all)?,
         Op::CondWait(ms) => condition_wait(state, changed, conn, ms)?,
         Op::CondNotify(n) => {
             let mut st = lock(state);

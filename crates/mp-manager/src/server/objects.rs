@@ -105,6 +105,31 @@ pub(super) struct CondState {
     pub(super) notified: HashSet<u64>,
 }
 
+impl AsRef<Owned> for Owned {
+    fn as_ref(&self) -> &Owned {
+        self
+    }
+}
+
+impl AsMut<Owned> for Owned {
+    fn as_mut(&mut self) -> &mut Owned {
+        self
+    }
+}
+
+/// A condition's lock is a re-entrant lock like an `RLock`'s.
+impl AsRef<Owned> for CondState {
+    fn as_ref(&self) -> &Owned {
+        &self.lock
+    }
+}
+
+impl AsMut<Owned> for CondState {
+    fn as_mut(&mut self) -> &mut Owned {
+        &mut self.lock
+    }
+}
+
 pub(super) struct BarrierState {
     pub(super) parties: u64,
     pub(super) count: u64,

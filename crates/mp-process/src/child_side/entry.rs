@@ -1,7 +1,7 @@
 //! [`init`]: the entry of a re-executed child (spawn) and of the fork server, and the checks
 //! that a process which claims to be an mp child really was started by its parent.
 
-use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::fork_server::server_main;
@@ -161,29 +161,11 @@ fn check_chan(raw: RawFd) -> Result<(), String> {
             "{ENV_CHAN} names descriptor {raw}, which is not a socket: this process was not started by mp"
         ));
     }
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into the live `cred`, and `len` back;
-    // `raw` was checked to be an open socket.
-    let r = unsafe {
-        libc::getsockopt(
-            raw,
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if r != 0 {
-        return Err(format!(
-            "getsockopt({ENV_CHAN}, SO_PEERCRED): {}",
-            std::io::Error::last_os_error()
-        ));
-    }
+    // SAFETY: `raw` was checked to be an open socket, which this process owns and does not
+    // close during the call.
+    let chan = unsafe { BorrowedFd::borrow_raw(raw) };
+    let cred = mp_core::util::peer_cred(chan)
+        .map_err(|e| format!("getsockopt({ENV_CHAN}, SO_PEERCRED): {e}"))?;
     // SAFETY: getppid has no preconditions and cannot fail.
     let parent = unsafe { libc::getppid() };
     if cred.pid != parent {
