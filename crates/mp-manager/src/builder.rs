@@ -10,7 +10,8 @@ use crate::client::{Addr, Endpoint};
 use crate::custom::{self, Served};
 use crate::error::{Error, Result};
 use crate::manager::{Manager, STOP_TIMEOUT};
-use crate::server::{self, bind, resolve_types, server_main, Ready, Server, ServerArgs};
+use crate::server;
+use crate::server::entry::{bind, resolve_types, server_main, Ready, Server, ServerArgs};
 
 /// How long [`ManagerBuilder::start`] waits for the server to listen.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -36,6 +37,19 @@ impl std::fmt::Debug for ManagerBuilder {
             .field("types", &self.types)
             .field("limits", &self.limits)
             .finish()
+    }
+}
+
+impl Manager {
+    /// Python's `Manager()`: starts a server with the default options and waits until it
+    /// listens.
+    pub fn start() -> Result<Manager> {
+        ManagerBuilder::default().start()
+    }
+
+    /// Options for the server (address, authkey, start method).
+    pub fn builder() -> ManagerBuilder {
+        ManagerBuilder::default()
     }
 }
 

@@ -95,5 +95,5 @@ pub use proxy::{
     Array, Barrier, BoundedSemaphore, Condition, Dict, Event, List, Lock, Namespace, Queue, RLock,
     Semaphore, Shareable, Value,
 };
-pub use server::Server;
+pub use server::entry::Server;
 pub use wire::Kind;

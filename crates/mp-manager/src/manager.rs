@@ -1,12 +1,12 @@
 //! [`Manager`], the handle on a server: it makes proxies, finds named objects and stops the
-//! server it started.
+//! server it started. (`Manager::start` and `Manager::builder` are in `builder.rs`, beside
+//! what they start.)
 
 use std::time::Duration;
 
 use mp_pipe::Address;
 use mp_process::Child;
 
-use crate::builder::ManagerBuilder;
 use crate::client::{self, request, Addr, Endpoint};
 use crate::custom::{Custom, Served};
 use crate::error::{Error, Result};
@@ -30,17 +30,6 @@ pub struct Manager {
 }
 
 impl Manager {
-    /// Python's `Manager()`: starts a server with the default options and waits until it
-    /// listens.
-    pub fn start() -> Result<Manager> {
-        ManagerBuilder::default().start()
-    }
-
-    /// Options for the server (address, authkey, start method).
-    pub fn builder() -> ManagerBuilder {
-        ManagerBuilder::default()
-    }
-
     /// Connects to a server that another process started (Python's `BaseManager(address,
     /// authkey).connect()`). A wrong key is [`Error::Authentication`]; no server there is
     /// [`Error::ServerGone`].

@@ -15,12 +15,10 @@ use mp_core::rkyv::{Archive, Deserialize, Serialize};
 use mp_pipe::{Connection, Listener};
 
 mod call;
-mod entry;
+pub(crate) mod entry;
 mod objects;
 
 use call::{call, lock};
-pub use entry::Server;
-pub(crate) use entry::{bind, resolve_types, server_main, Ready, ServerArgs};
 use objects::{Obj, Owned};
 
 use crate::custom::Ctor;
@@ -429,7 +427,7 @@ mod tests {
         use crate::client::Addr;
         let key = b"write-timeout";
         let addr = Addr::from_address(&mp_pipe::Address::tcp("127.0.0.1", 0).unwrap());
-        let listener = bind(&addr, key).unwrap();
+        let listener = entry::bind(&addr, key).unwrap();
         let address = listener.address().clone();
         let limits = Limits {
             write_timeout_ms: 200,
