@@ -42,6 +42,7 @@
 //! * [`util`] holds the chores every crate shares: locking a `std` mutex whose holder
 //!   panicked, the text of a panic payload.
 
+pub mod atomic_copy;
 pub mod error;
 pub mod futex;
 pub mod handle;
