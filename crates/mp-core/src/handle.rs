@@ -26,6 +26,7 @@ use rkyv::{Archive, Deserialize, Place, Serialize};
 
 use crate::error::{Error, Result};
 use crate::region::{Layout, Region};
+use crate::util::lock_unpoisoned;
 
 /// The environment variable that lists, in slot order, the descriptors an exec'd child was
 /// given.
@@ -81,7 +82,7 @@ pub fn export_fd(fd: BorrowedFd<'_>) -> Result<u32> {
 /// Makes `fds` the descriptors this process was given, slot by slot. Called by the child side
 /// of a start method before it decodes its arguments.
 pub fn install(fds: Vec<OwnedFd>) {
-    let mut table = INCOMING.lock().unwrap_or_else(|p| p.into_inner());
+    let mut table = lock_unpoisoned(&INCOMING);
     *table = fds;
 }
 
@@ -162,7 +163,7 @@ pub fn keep_across_exec(fds: &[RawFd]) -> std::io::Result<()> {
 
 /// A new descriptor for slot `slot` of the installed table.
 pub fn import_fd(slot: u32) -> Result<OwnedFd> {
-    let table = INCOMING.lock().unwrap_or_else(|p| p.into_inner());
+    let table = lock_unpoisoned(&INCOMING);
     let fd = table.get(slot as usize).ok_or_else(|| {
         Error::Handle(format!(
             "the message names descriptor slot {slot}, but this process was given {} \

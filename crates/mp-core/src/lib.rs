@@ -41,7 +41,10 @@
 //!   into a shared slot, checked zero-copy access, and the [`Serde`] adapter.
 //! * [`handle`] says how regions (and so every primitive) travel to a child under fork, exec and a
 //!   fork server.
+//! * [`util`] holds the chores every crate shares: locking a `std` mutex whose holder
+//!   panicked, the text of a panic payload.
 
+pub mod atomic_copy;
 pub mod error;
 pub mod futex;
 pub mod handle;
@@ -50,6 +53,7 @@ pub mod message;
 pub mod region;
 pub mod shareable;
 pub mod shared;
+pub mod util;
 
 pub use error::{Error, Result};
 pub use futex::Deadline;

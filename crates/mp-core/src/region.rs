@@ -629,7 +629,7 @@ impl SharedMemory {
         // SAFETY: the range is inside the payload (checked above), which stays mapped while
         // `self` lives. Other processes may write it concurrently: `copy_from_shared` reads it
         // only through atomic loads, so that is no data race.
-        unsafe { crate::shared::copy_from_shared(self.region.as_ptr().add(offset), buf) };
+        unsafe { crate::atomic_copy::copy_from_shared(self.region.as_ptr().add(offset), buf) };
         Ok(())
     }
 
@@ -640,7 +640,7 @@ impl SharedMemory {
         self.check_range(offset, data.len())?;
         // SAFETY: the range is inside the payload (checked above); `copy_to_shared` writes it
         // only through atomic stores, so concurrent readers and writers are no data race.
-        unsafe { crate::shared::copy_to_shared(data, self.region.as_ptr().add(offset)) };
+        unsafe { crate::atomic_copy::copy_to_shared(data, self.region.as_ptr().add(offset)) };
         Ok(())
     }
 

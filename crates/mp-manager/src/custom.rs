@@ -13,6 +13,7 @@ use std::marker::PhantomData;
 
 use mp_core::message::{decode, encode};
 use mp_core::rkyv::{Archive, Deserialize, Serialize};
+use mp_core::util::panic_message;
 use mp_core::Message;
 
 use crate::error::{Error, Result};
@@ -63,14 +64,7 @@ impl<S: Served> Erased for Holder<S> {
     fn call(&mut self, request: &[u8]) -> Result<Vec<u8>, Refused> {
         let req = decode_bounded::<S::Request>(request)?;
         let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.0.handle(req)))
-            .map_err(|p| {
-            Refused::Raised(
-                p.downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic with a non-string payload".into()),
-            )
-        })?;
+            .map_err(|p| Refused::Raised(panic_message(&*p)))?;
         encode(&reply)
             .map(|b| b.to_vec())
             .map_err(|e| Refused::Malformed(format!("reply: {e}")))

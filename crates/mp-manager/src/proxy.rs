@@ -80,19 +80,20 @@ fn flag_of(r: Reply) -> Result<bool> {
     }
 }
 
-macro_rules! proxy {
-    ($(#[$m:meta])* $name:ident <$($g:ident),*>, $kind:ident) => {
-        $(#[$m])*
-        #[derive(Archive, Serialize, Deserialize)]
-        #[rkyv(crate = mp_core::rkyv)]
-        pub struct $name<$($g),*> {
-            token: Token,
-            _t: PhantomData<fn() -> ($($g,)*)>,
-        }
-
+/// The trait impls and the private `call` that every proxy struct has: `Clone`, a `Debug` that
+/// shows the object's id, [`Shareable`] for `Kind::$kind`. The struct itself is written out
+/// above each use.
+macro_rules! proxy_impls {
+    ($name:ident, $kind:ident) => {
+        proxy_impls!(@ $name<>, $kind, |token| $name { token });
+    };
+    ($name:ident <$($g:ident),+>, $kind:ident) => {
+        proxy_impls!(@ $name<$($g),+>, $kind, |token| $name { token, _t: PhantomData });
+    };
+    (@ $name:ident <$($g:ident),*>, $kind:ident, |$token:ident| $make:expr) => {
         impl<$($g),*> Clone for $name<$($g),*> {
             fn clone(&self) -> Self {
-                $name { token: self.token.clone(), _t: PhantomData }
+                Self::from_token(self.token.clone())
             }
         }
 
@@ -106,8 +107,8 @@ macro_rules! proxy {
 
         impl<$($g),*> Shareable for $name<$($g),*> {
             const KIND: Kind = Kind::$kind;
-            fn from_token(token: Token) -> Self {
-                $name { token, _t: PhantomData }
+            fn from_token($token: Token) -> Self {
+                $make
             }
         }
 
@@ -141,13 +142,18 @@ macro_rules! sized {
     };
 }
 
-proxy!(
-    /// A dict held by the manager (Python's `manager.dict()`), keys of type `K` and values of
-    /// type `V`, in insertion order. Keys are compared by their archived bytes, so two keys
-    /// are the same key when they are equal values of a type whose encoding is canonical
-    /// (integers, strings, tuples and vectors of those: what Python users key dicts with).
-    Dict<K, V>, Dict
-);
+/// A dict held by the manager (Python's `manager.dict()`), keys of type `K` and values of
+/// type `V`, in insertion order. Keys are compared by their archived bytes, so two keys
+/// are the same key when they are equal values of a type whose encoding is canonical
+/// (integers, strings, tuples and vectors of those: what Python users key dicts with).
+#[derive(Archive, Serialize, Deserialize)]
+#[rkyv(crate = mp_core::rkyv)]
+pub struct Dict<K, V> {
+    token: Token,
+    _t: PhantomData<fn() -> (K, V)>,
+}
+
+proxy_impls!(Dict<K, V>, Dict);
 
 impl<K: Message, V: Message> Dict<K, V> {
     /// `d.get(k)`: the value, or `None` when the key is absent.
@@ -204,11 +210,16 @@ fn len(r: Reply) -> Result<usize> {
     }
 }
 
-proxy!(
-    /// A list held by the manager (Python's `manager.list()`). Indices may be negative, as in
-    /// Python (`-1` is the last item).
-    List<T>, List
-);
+/// A list held by the manager (Python's `manager.list()`). Indices may be negative, as in
+/// Python (`-1` is the last item).
+#[derive(Archive, Serialize, Deserialize)]
+#[rkyv(crate = mp_core::rkyv)]
+pub struct List<T> {
+    token: Token,
+    _t: PhantomData<fn() -> (T,)>,
+}
+
+proxy_impls!(List<T>, List);
 
 impl<T: Message> List<T> {
     /// `l.append(v)`.
@@ -248,11 +259,16 @@ impl<T: Message> List<T> {
 
 sized!(List<T>, "l");
 
-proxy!(
-    /// An array held by the manager (Python's `manager.Array(typecode, sequence)`): a list
-    /// whose length is fixed when it is made. Indices may be negative, as in Python.
-    Array<T>, Array
-);
+/// An array held by the manager (Python's `manager.Array(typecode, sequence)`): a list
+/// whose length is fixed when it is made. Indices may be negative, as in Python.
+#[derive(Archive, Serialize, Deserialize)]
+#[rkyv(crate = mp_core::rkyv)]
+pub struct Array<T> {
+    token: Token,
+    _t: PhantomData<fn() -> (T,)>,
+}
+
+proxy_impls!(Array<T>, Array);
 
 impl<T: Message> Array<T> {
     /// `a[i]`, or [`Error::IndexError`].
@@ -284,11 +300,15 @@ impl<T: Message> Array<T> {
     }
 }
 
-proxy!(
-    /// A namespace held by the manager (Python's `manager.Namespace()`): named attributes,
-    /// each of any message type, given at each access.
-    Namespace<>, Namespace
-);
+/// A namespace held by the manager (Python's `manager.Namespace()`): named attributes,
+/// each of any message type, given at each access.
+#[derive(Archive, Serialize, Deserialize)]
+#[rkyv(crate = mp_core::rkyv)]
+pub struct Namespace {
+    token: Token,
+}
+
+proxy_impls!(Namespace, Namespace);
 
 impl Namespace {
     /// `ns.name`, as a `T`, or [`Error::AttributeError`].
@@ -316,11 +336,16 @@ impl Namespace {
     }
 }
 
-proxy!(
-    /// A single value held by the manager (Python's `manager.Value(typecode, value)`; the
-    /// type is `T`).
-    Value<T>, Value
-);
+/// A single value held by the manager (Python's `manager.Value(typecode, value)`; the
+/// type is `T`).
+#[derive(Archive, Serialize, Deserialize)]
+#[rkyv(crate = mp_core::rkyv)]
+pub struct Value<T> {
+    token: Token,
+    _t: PhantomData<fn() -> (T,)>,
+}
+
+proxy_impls!(Value<T>, Value);
 
 impl<T: Message> Value<T> {
     /// `v.value`.
@@ -334,10 +359,15 @@ impl<T: Message> Value<T> {
     }
 }
 
-proxy!(
-    /// A FIFO queue held by the manager (Python's `manager.Queue(maxsize)`).
-    Queue<T>, Queue
-);
+/// A FIFO queue held by the manager (Python's `manager.Queue(maxsize)`).
+#[derive(Archive, Serialize, Deserialize)]
+#[rkyv(crate = mp_core::rkyv)]
+pub struct Queue<T> {
+    token: Token,
+    _t: PhantomData<fn() -> (T,)>,
+}
+
+proxy_impls!(Queue<T>, Queue);
 
 impl<T: Message> Queue<T> {
     /// `q.put(v)`: waits for room in a bounded queue.
@@ -395,19 +425,27 @@ macro_rules! acquire_release {
     };
 }
 
-proxy!(
-    /// A lock held by the manager (Python's `manager.Lock()`). It belongs to the connection
-    /// (thread and process) that acquired it; if that process dies, the server releases it.
-    /// As with Python's `Lock`, any holder of a proxy may release it.
-    Lock<>, Lock
-);
+/// A lock held by the manager (Python's `manager.Lock()`). It belongs to the connection
+/// (thread and process) that acquired it; if that process dies, the server releases it.
+/// As with Python's `Lock`, any holder of a proxy may release it.
+#[derive(Archive, Serialize, Deserialize)]
+#[rkyv(crate = mp_core::rkyv)]
+pub struct Lock {
+    token: Token,
+}
+
+proxy_impls!(Lock, Lock);
 
 acquire_release!(Lock, "lock", "`lock.release()`, or [`Error::NotLocked`].");
 
-proxy!(
-    /// An event held by the manager (Python's `manager.Event()`).
-    Event<>, Event
-);
+/// An event held by the manager (Python's `manager.Event()`).
+#[derive(Archive, Serialize, Deserialize)]
+#[rkyv(crate = mp_core::rkyv)]
+pub struct Event {
+    token: Token,
+}
+
+proxy_impls!(Event, Event);
 
 impl Event {
     /// `e.set()`: wakes every waiter.
@@ -431,12 +469,16 @@ impl Event {
     }
 }
 
-proxy!(
-    /// A re-entrant lock held by the manager (Python's `manager.RLock()`). It belongs to the
-    /// thread (of the process) that acquired it, which may acquire it again and must release
-    /// it as many times; if that process dies, the server releases it.
-    RLock<>, RLock
-);
+/// A re-entrant lock held by the manager (Python's `manager.RLock()`). It belongs to the
+/// thread (of the process) that acquired it, which may acquire it again and must release
+/// it as many times; if that process dies, the server releases it.
+#[derive(Archive, Serialize, Deserialize)]
+#[rkyv(crate = mp_core::rkyv)]
+pub struct RLock {
+    token: Token,
+}
+
+proxy_impls!(RLock, RLock);
 
 acquire_release!(
     RLock,
@@ -444,16 +486,24 @@ acquire_release!(
     "`rlock.release()`; [`Error::NotOwner`] from a thread that does not hold it."
 );
 
-proxy!(
-    /// A semaphore held by the manager (Python's `manager.Semaphore(value)`).
-    Semaphore<>, Semaphore
-);
+/// A semaphore held by the manager (Python's `manager.Semaphore(value)`).
+#[derive(Archive, Serialize, Deserialize)]
+#[rkyv(crate = mp_core::rkyv)]
+pub struct Semaphore {
+    token: Token,
+}
 
-proxy!(
-    /// A bounded semaphore held by the manager (Python's `manager.BoundedSemaphore(value)`):
-    /// releasing it above its initial value is [`Error::TooManyReleases`].
-    BoundedSemaphore<>, BoundedSemaphore
-);
+proxy_impls!(Semaphore, Semaphore);
+
+/// A bounded semaphore held by the manager (Python's `manager.BoundedSemaphore(value)`):
+/// releasing it above its initial value is [`Error::TooManyReleases`].
+#[derive(Archive, Serialize, Deserialize)]
+#[rkyv(crate = mp_core::rkyv)]
+pub struct BoundedSemaphore {
+    token: Token,
+}
+
+proxy_impls!(BoundedSemaphore, BoundedSemaphore);
 
 macro_rules! semaphore_methods {
     ($t:ident) => {
@@ -478,11 +528,15 @@ macro_rules! semaphore_methods {
 semaphore_methods!(Semaphore);
 semaphore_methods!(BoundedSemaphore);
 
-proxy!(
-    /// A condition variable held by the manager, with its own re-entrant lock (Python's
-    /// `manager.Condition()`). `wait` and `notify` need the lock held by the calling thread.
-    Condition<>, Condition
-);
+/// A condition variable held by the manager, with its own re-entrant lock (Python's
+/// `manager.Condition()`). `wait` and `notify` need the lock held by the calling thread.
+#[derive(Archive, Serialize, Deserialize)]
+#[rkyv(crate = mp_core::rkyv)]
+pub struct Condition {
+    token: Token,
+}
+
+proxy_impls!(Condition, Condition);
 
 acquire_release!(
     Condition,
@@ -534,10 +588,14 @@ impl Condition {
     }
 }
 
-proxy!(
-    /// A barrier held by the manager (Python's `manager.Barrier(parties)`).
-    Barrier<>, Barrier
-);
+/// A barrier held by the manager (Python's `manager.Barrier(parties)`).
+#[derive(Archive, Serialize, Deserialize)]
+#[rkyv(crate = mp_core::rkyv)]
+pub struct Barrier {
+    token: Token,
+}
+
+proxy_impls!(Barrier, Barrier);
 
 impl Barrier {
     /// `barrier.wait(timeout)`: waits until `parties` parties have called it and returns

@@ -155,6 +155,7 @@
 //! socket pair under each pipe only carries wake-ups and end-of-file. See `local.rs` and
 //! `ring.rs` for the protocol, and `docs/python-mapping.md` for every Python name.
 
+mod address;
 mod auth;
 mod connection;
 mod error;

@@ -3,18 +3,20 @@
 //! Python `multiprocessing.connection` Listener or Client).
 
 use std::collections::VecDeque;
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use mp_core::util::unpoisoned;
 use mp_core::Deadline;
 
+pub use crate::address::Address;
 use crate::auth;
 use crate::connection::{Connection, Transport};
 use crate::error::{Error, Result};
@@ -35,78 +37,6 @@ const PER_PEER_GRACE: Duration = Duration::from_millis(100);
 /// Connections (and failure reports) that finished their handshake and wait for `accept`; the
 /// listener stops taking new connections from the kernel while this many wait.
 const READY_CAP: usize = 64;
-
-/// Where a [`Listener`] listens and a [`Client`] connects: Python's `address` argument.
-///
-/// Built with `From`: a `SocketAddr` or `(&str, u16)` is TCP (Python's `('127.0.0.1', 0)`
-/// tuple), a `&Path`/`PathBuf` is a Unix socket file (Python's string address).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Address {
-    /// A TCP address. Port 0 asks the system for a free port; [`Listener::address`] tells which.
-    Tcp(SocketAddr),
-    /// A Unix socket file. The [`Listener`] that binds it removes the file when dropped.
-    Unix(PathBuf),
-    /// A Linux abstract Unix socket name (Python's address string starting with `"\0"`).
-    Abstract(Vec<u8>),
-}
-
-impl std::fmt::Display for Address {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Address::Tcp(a) => write!(f, "{a}"),
-            Address::Unix(p) => write!(f, "{}", p.display()),
-            Address::Abstract(n) => write!(f, "@{}", String::from_utf8_lossy(n)),
-        }
-    }
-}
-
-impl From<SocketAddr> for Address {
-    fn from(a: SocketAddr) -> Address {
-        Address::Tcp(a)
-    }
-}
-
-impl From<(std::net::IpAddr, u16)> for Address {
-    fn from(a: (std::net::IpAddr, u16)) -> Address {
-        Address::Tcp(a.into())
-    }
-}
-
-impl From<(std::net::Ipv4Addr, u16)> for Address {
-    fn from(a: (std::net::Ipv4Addr, u16)) -> Address {
-        Address::Tcp(a.into())
-    }
-}
-
-impl From<&Path> for Address {
-    fn from(p: &Path) -> Address {
-        Address::Unix(p.to_path_buf())
-    }
-}
-
-impl From<PathBuf> for Address {
-    fn from(p: PathBuf) -> Address {
-        Address::Unix(p)
-    }
-}
-
-impl From<&PathBuf> for Address {
-    fn from(p: &PathBuf) -> Address {
-        Address::Unix(p.clone())
-    }
-}
-
-impl Address {
-    /// A TCP address from a host name or IP and a port (`("127.0.0.1", 0)`), resolved now.
-    pub fn tcp(host: &str, port: u16) -> Result<Address> {
-        let mut addrs = (host, port)
-            .to_socket_addrs()
-            .map_err(|e| Error::io("resolve address", e))?;
-        addrs.next().map(Address::Tcp).ok_or(Error::InvalidArgument(
-            "the host name resolves to no address",
-        ))
-    }
-}
 
 fn check_key(authkey: Option<&[u8]>) -> Result<Option<Vec<u8>>> {
     match authkey {
@@ -279,11 +209,7 @@ impl Listener {
             if self.shared.stopped.load(Ordering::Acquire) {
                 return Err(Error::Closed);
             }
-            ready = self
-                .shared
-                .changed
-                .wait(ready)
-                .unwrap_or_else(|p| p.into_inner());
+            ready = unpoisoned(self.shared.changed.wait(ready));
         }
     }
 
@@ -439,9 +365,7 @@ struct Shared {
     max_per_peer: AtomicUsize,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use mp_core::util::lock_unpoisoned as lock;
 
 fn eventfd() -> Result<OwnedFd> {
     // SAFETY: eventfd has no memory-safety preconditions.
@@ -504,29 +428,9 @@ enum Peer {
 /// The uid of the process at the other end of a Unix socket (`SO_PEERCRED`, recorded by the
 /// kernel when it connected).
 fn peer_uid(fd: BorrowedFd<'_>) -> Result<u32> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into the live `cred`, and `len` back.
-    let r = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if r != 0 {
-        return Err(Error::io(
-            "getsockopt(SO_PEERCRED)",
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(cred.uid)
+    mp_core::util::peer_cred(fd)
+        .map(|cred| cred.uid)
+        .map_err(|e| Error::io("getsockopt(SO_PEERCRED)", e))
 }
 
 /// Where a server-side handshake is.

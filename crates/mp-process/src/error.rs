@@ -29,7 +29,7 @@ pub enum Error {
     )]
     NotInitialized {
         /// The start method that was asked for.
-        method: crate::StartMethod,
+        method: crate::method::StartMethod,
     },
     /// This process was started as an mp child by spawn or forkserver but its `main` did not
     /// call [`init`](crate::init): starting children from it would re-run the program forever.
@@ -44,7 +44,7 @@ pub enum Error {
     #[error("the target function cannot be started with {method}: {reason}")]
     TargetNotInExecutable {
         /// The start method that was asked for.
-        method: crate::StartMethod,
+        method: crate::method::StartMethod,
         /// Why.
         reason: String,
     },
@@ -56,7 +56,7 @@ pub enum Error {
     )]
     StartMethodAlreadySet {
         /// The method that is in force.
-        current: crate::StartMethod,
+        current: crate::method::StartMethod,
     },
     /// The fork server could not be started or stopped answering.
     #[error("fork server: {0}")]
@@ -137,7 +137,7 @@ impl ProcessError {
         match self {
             ProcessError::Exited { code } => Some(*code),
             ProcessError::Signaled { signal, .. } => Some(-*signal),
-            ProcessError::Panicked { .. } => Some(crate::child::PANIC_EXIT_CODE),
+            ProcessError::Panicked { .. } => Some(crate::consts::PANIC_EXIT_CODE),
             _ => None,
         }
     }

@@ -18,7 +18,7 @@ use rkyv::util::AlignedVec;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub(crate) enum Tag {
-    /// Parent to child: a [`crate::process::Boot`] archive.
+    /// Parent to child: a [`crate::boot::Boot`] archive.
     Boot = 1,
     /// Child to parent: the target was found and is about to run (no payload).
     Started = 2,
@@ -129,7 +129,7 @@ pub(crate) fn send(fd: BorrowedFd<'_>, tag: Tag, payload: &[u8]) -> std::io::Res
             let mut msg: libc::msghdr = std::mem::zeroed();
             msg.msg_iov = iov[first..].as_mut_ptr();
             msg.msg_iovlen = iov.len() - first;
-            // Through `syscall` rather than `sendmsg`: see `crate::runtime::exit_now`.
+            // Through `syscall` rather than `sendmsg`: see `crate::sys::exit_now`.
             libc::syscall(
                 libc::SYS_sendmsg,
                 fd.as_raw_fd(),

@@ -15,7 +15,7 @@ use std::ffi::c_void;
 use std::sync::OnceLock;
 
 use crate::error::Error;
-use crate::StartMethod;
+use crate::method::StartMethod;
 
 /// The landmark offsets are measured from. Never inlined, so that it has one address.
 #[inline(never)]
@@ -105,7 +105,7 @@ pub(crate) fn resolve(offset: isize, parent_id: &[u8]) -> Result<usize, String> 
 }
 
 // The bounds of the `mp_trampolines` section, which the linker defines for a section whose
-// name is a C identifier. It holds every instantiation of `process::trampoline` and
+// name is a C identifier. It holds every instantiation of `child_side::run::trampoline` and
 // `no_trampoline` (which keeps the section, and so the symbols, present in a program that
 // starts no process).
 extern "C" {
@@ -118,7 +118,7 @@ extern "C" {
 #[link_section = "mp_trampolines"]
 #[inline(never)]
 fn no_trampoline(_target: usize, _args: &[u8], chan: std::os::fd::BorrowedFd<'_>) -> i32 {
-    crate::runtime::fail_start(chan, "not a trampoline".into())
+    crate::boot::fail_start(chan, "not a trampoline".into())
 }
 
 /// The address range of the trampoline section.

@@ -108,7 +108,7 @@
 //!
 //! # Waiting for several children
 //!
-//! [`Child::sentinel`] is a pidfd: it becomes readable when the child ends, so it can be
+//! [`Child::sentinel`](ActiveChild::sentinel) is a pidfd: it becomes readable when the child ends, so it can be
 //! polled together with connections and other children (Python's `connection.wait`). It is
 //! opened on first call, so a start that never needs it does not pay for it.
 //! [`Child::join_timeout`] waits with a timeout; [`active_children`] lists (and reaps)
@@ -241,35 +241,39 @@
 //! | `get_context`, `set_start_method`, `get_start_method`, `get_all_start_methods` | same names |
 //! | `current_process`, `parent_process`, `active_children`, `cpu_count` | same names |
 
+mod boot;
 mod chanpool;
-mod child;
+mod child_side;
+mod consts;
 mod context;
 mod error;
 mod forkcell;
-mod forkserver;
 mod frame;
+mod handle;
+mod identity;
 mod image;
-mod launcher;
+mod method;
 mod process;
-mod runtime;
+mod start;
 pub mod symbol;
+mod sys;
 pub mod testing;
 
-pub use child::{ActiveChild, Child};
 pub use context::{
-    active_children, cpu_count, current_process, get_all_start_methods, get_context,
-    get_start_method, parent_process, set_start_method, Context, CurrentProcess, ParentProcess,
-    StartMethod, DEFAULT_START_METHOD,
+    active_children, cpu_count, current_process, get_context, parent_process, set_start_method,
+    Context, CurrentProcess, ParentProcess,
 };
 pub use error::{Error, ProcessError};
-pub use forkserver::server_pid as forkserver_pid;
-pub use process::{ClosureProcess, Process};
+pub use handle::{ActiveChild, Child};
+pub use method::{get_all_start_methods, get_start_method, StartMethod, DEFAULT_START_METHOD};
+pub use process::{ClosureProcess, ClosureTarget, FnTarget, Process, ProcessBuilder};
+pub use start::forkserver::server_pid as forkserver_pid;
 
 /// Call first thing in `main`. In the root process it returns at once. In a process that mp
 /// started with the spawn or forkserver method (a re-executed copy of the program) it plays
 /// the child's role (or the fork server's) and exits: it never returns.
 pub fn init() {
-    runtime::init()
+    child_side::init()
 }
 
 /// Installs mp's panic hook now, in this process (otherwise it is installed when the first
@@ -278,13 +282,13 @@ pub fn init() {
 /// crate that installs a hook of its own around mp's (to handle panics of its own code in
 /// children differently) calls this first, so that its hook is the outer one. Idempotent.
 pub fn install_panic_hook() {
-    runtime::install_panic_hook()
+    child_side::install_panic_hook()
 }
 
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::forkserver::ENV_TEST_DIE_AFTER_CLONE;
-    pub use crate::runtime::mark_test_harness;
+    pub use crate::child_side::mark_test_harness;
+    pub use crate::consts::ENV_TEST_DIE_AFTER_CLONE;
 }
 
 /// Makes an integration test binary able to act as a spawn or forkserver child. Put

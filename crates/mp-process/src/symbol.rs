@@ -23,7 +23,7 @@
 //! ```
 
 use crate::error::Error;
-use crate::StartMethod;
+use crate::method::StartMethod;
 
 /// The identity of the object (normally the executable) that holds mp-process: its GNU build
 /// id, or for an object without one, the executable file's device, inode, size and mtime.

@@ -10,6 +10,7 @@
 //! caller's closure (read from the caller's memory, which the child has a copy of).
 
 use crate::forkcell::ForkCell;
+use mp_core::util::lock_unpoisoned;
 use std::sync::mpsc::{channel, Sender};
 use std::sync::Mutex;
 
@@ -36,7 +37,7 @@ pub(crate) fn run<T: Send + 'static>(
         let _ = tx.send(job());
     });
     {
-        let mut g = cell().lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = lock_unpoisoned(cell());
         let sender = match g.as_ref() {
             Some(s) => s.clone(),
             None => {
@@ -87,7 +88,7 @@ pub(crate) unsafe fn fork(child_main: &mut dyn FnMut() -> i32) -> std::io::Resul
             0 => {
                 // SAFETY: see `ptr` above; this is the child's private copy of the closure.
                 let code = unsafe { (*p.0)() };
-                crate::runtime::exit_now(code)
+                crate::sys::exit_now(code)
             }
             -1 => Err(std::io::Error::last_os_error()),
             pid => Ok(pid),

@@ -9,7 +9,7 @@
 //! `SIGCHLD` set to `SIG_IGN`); mp then reports the lost status (`ECHILD`) instead of
 //! guessing.
 //!
-//! The pidfd ([`Child::sentinel`]) is opened on first need (a sentinel, a wait with a
+//! The pidfd ([`Child::sentinel`](ActiveChild::sentinel)) is opened on first need (a sentinel, a wait with a
 //! timeout): a plain start and `join` do without it, because creating and freeing the
 //! descriptor is a measurable share of a fork start. A child whose handle is dropped before
 //! it was joined stays in the registry and is reaped by the next
@@ -24,13 +24,12 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use mp_core::message::decode;
+use mp_core::util::lock_unpoisoned;
 use mp_core::Message;
 
 use crate::error::ProcessError;
 use crate::frame::{Inbox, Tag};
-use crate::StartMethod;
-
-pub(crate) use crate::runtime::PANIC_EXIT_CODE;
+use crate::method::StartMethod;
 
 /// How a process ended, as the kernel reported it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +96,7 @@ impl ChildState {
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<Status>> {
-        self.status.lock().unwrap_or_else(|p| p.into_inner())
+        lock_unpoisoned(&self.status)
     }
 
     fn status(&self) -> Option<Status> {
@@ -272,21 +271,17 @@ pub(crate) fn reset_registry() {
 }
 
 pub(crate) fn register(state: &Arc<ChildState>) {
-    let mut r = registry().lock().unwrap_or_else(|p| p.into_inner());
+    let mut r = lock_unpoisoned(registry());
     r.children.push(state.clone());
 }
 
 fn unregister(state: &ChildState) {
-    let mut r = registry().lock().unwrap_or_else(|p| p.into_inner());
+    let mut r = lock_unpoisoned(registry());
     r.children.retain(|c| !std::ptr::eq(&**c, state));
 }
 
 fn snapshot() -> Vec<Arc<ChildState>> {
-    registry()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .children
-        .clone()
+    lock_unpoisoned(registry()).children.clone()
 }
 
 /// How many children in the registry have no `Child` handle any more (so that `start` skips
@@ -316,14 +311,19 @@ pub(crate) fn active() -> Vec<Arc<ChildState>> {
 /// A child process: the handle [`Process::start`](crate::Process::start) returns.
 ///
 /// The verbs are Python's: [`join`](Child::join) (which also gives the target's return
-/// value), [`join_timeout`](Child::join_timeout), [`is_alive`](Child::is_alive),
-/// [`exitcode`](Child::exitcode), [`terminate`](Child::terminate), [`kill`](Child::kill),
-/// [`close`](Child::close) and [`sentinel`](Child::sentinel).
+/// value), [`join_timeout`](Child::join_timeout), [`is_alive`](ActiveChild::is_alive),
+/// [`exitcode`](Child::exitcode), [`terminate`](ActiveChild::terminate),
+/// [`kill`](ActiveChild::kill), [`close`](Child::close) and
+/// [`sentinel`](ActiveChild::sentinel).
+///
+/// A `Child` dereferences to an [`ActiveChild`], which has the verbs the two share: `pid`,
+/// `name`, `daemon`, `is_alive`, `terminate`, `kill` and `sentinel`.
 ///
 /// Dropping a `Child` neither waits for nor kills the process (a non-daemon child keeps
 /// running, as in Python); it is reaped in the background once it ends (see the module doc).
 pub struct Child<R> {
-    state: Arc<ChildState>,
+    /// The verbs a `Child` shares with [`ActiveChild`] (through `Deref`).
+    child: ActiveChild,
     chan: Option<OwnedFd>,
     /// Under fork: the child's end of the socket pair, kept so that the pair can be used
     /// again once the child has been joined (see [`crate::chanpool`]).
@@ -337,11 +337,11 @@ pub struct Child<R> {
 impl<R> std::fmt::Debug for Child<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Child")
-            .field("pid", &self.state.pid)
-            .field("name", &self.state.name)
-            .field("daemon", &self.state.daemon)
+            .field("pid", &self.child.state.pid)
+            .field("name", &self.child.state.name)
+            .field("daemon", &self.child.state.daemon)
             .field("start_method", &self.method)
-            .field("status", &self.state.status())
+            .field("status", &self.child.state.status())
             .finish()
     }
 }
@@ -355,7 +355,7 @@ impl<R> Child<R> {
     ) -> Child<R> {
         register(&state);
         Child {
-            state,
+            child: ActiveChild::new(state),
             chan: Some(chan),
             spare,
             inbox: Inbox {
@@ -369,62 +369,21 @@ impl<R> Child<R> {
         }
     }
 
-    /// The child's process id.
-    pub fn pid(&self) -> u32 {
-        self.state.pid
-    }
-
-    /// The child's name (given with [`Process::name`](crate::Process::name), or Python's
-    /// default `Process-N`).
-    pub fn name(&self) -> &str {
-        &self.state.name
-    }
-
-    /// Whether the child was started as a daemon (it dies with its parent).
-    pub fn daemon(&self) -> bool {
-        self.state.daemon
-    }
-
     /// The start method that made this child.
     pub fn start_method(&self) -> StartMethod {
         self.method
     }
 
-    /// Whether the child is still running. Never blocks; reaps the child if it has ended.
-    pub fn is_alive(&self) -> bool {
-        matches!(self.state.reap(), Ok(None))
-    }
-
     /// Python's `exitcode`: `None` while the child runs, then its exit code, or minus the
-    /// signal that killed it (`-15` after [`terminate`](Child::terminate)). A panicked target
+    /// signal that killed it (`-15` after [`terminate`](ActiveChild::terminate)). A panicked target
     /// exits with code 1. Never blocks.
     pub fn exitcode(&self) -> Option<i32> {
-        self.state.reap().ok().flatten().map(Status::exitcode)
-    }
-
-    /// Sends SIGTERM (Python's `terminate`). A no-op once the child has ended.
-    pub fn terminate(&self) -> Result<(), ProcessError> {
-        self.state.signal(libc::SIGTERM)
-    }
-
-    /// Sends SIGKILL (Python's `kill`). A no-op once the child has ended.
-    pub fn kill(&self) -> Result<(), ProcessError> {
-        self.state.signal(libc::SIGKILL)
+        self.child.state.reap().ok().flatten().map(Status::exitcode)
     }
 
     /// Sends any signal. A no-op once the child has been reaped.
     pub fn send_signal(&self, signal: i32) -> Result<(), ProcessError> {
-        self.state.signal(signal)
-    }
-
-    /// A descriptor that becomes readable when the child ends: a pidfd, usable with
-    /// `poll`/`epoll` and in a multi-object wait together with connections (Python's
-    /// `sentinel`). It is opened on the first call (a start does without it) and then stays
-    /// the same descriptor for the life of the handle; the call fails only if a descriptor
-    /// cannot be created (`EMFILE`). Asked for after the child was reaped, it is an
-    /// already-readable descriptor.
-    pub fn sentinel(&self) -> Result<BorrowedFd<'_>, ProcessError> {
-        self.state.sentinel()
+        self.child.state.signal(signal)
     }
 
     /// Waits until the child ends or `deadline` passes; true when it ended. A child never
@@ -435,17 +394,17 @@ impl<R> Child<R> {
         let Some(deadline) = deadline else {
             // No timeout: sleep in waitid(WNOWAIT), then reap.
             loop {
-                if self.state.status().is_none() {
-                    self.state.wait_ended()?;
+                if self.child.state.status().is_none() {
+                    self.child.state.wait_ended()?;
                 }
-                if self.state.reap()?.is_some() {
+                if self.child.state.reap()?.is_some() {
                     self.drain()?;
                     return Ok(true);
                 }
             }
         };
         loop {
-            if self.state.reap()?.is_some() {
+            if self.child.state.reap()?.is_some() {
                 self.drain()?;
                 return Ok(true);
             }
@@ -455,7 +414,7 @@ impl<R> Child<R> {
             }
             let ms = left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
             let mut fd = libc::pollfd {
-                fd: self.state.sentinel()?.as_raw_fd(),
+                fd: self.child.state.sentinel()?.as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             };
@@ -495,7 +454,7 @@ impl<R: Message> Child<R> {
     /// Waits for the child to end and returns its target's return value, or how it ended
     /// otherwise (exit code, signal, panic, start failure). The value can be taken once;
     /// later calls return [`ProcessError::AlreadyJoined`], while
-    /// [`exitcode`](Child::exitcode) and [`is_alive`](Child::is_alive) keep working.
+    /// [`exitcode`](Child::exitcode) and [`is_alive`](ActiveChild::is_alive) keep working.
     pub fn join(&mut self) -> Result<R, ProcessError> {
         self.wait(None)?;
         self.take()
@@ -570,21 +529,30 @@ impl<R: Message> Child<R> {
     }
 }
 
+impl<R> std::ops::Deref for Child<R> {
+    type Target = ActiveChild;
+
+    fn deref(&self) -> &ActiveChild {
+        &self.child
+    }
+}
+
 impl<R> Drop for Child<R> {
     fn drop(&mut self) {
         // The status lock orders this with a concurrent reap, so DETACHED counts each
         // detached, unreaped child exactly once.
-        let st = self.state.status.lock().unwrap_or_else(|p| p.into_inner());
+        let st = lock_unpoisoned(&self.child.state.status);
         if st.is_none() {
-            self.state.detached.store(true, Ordering::Relaxed);
+            self.child.state.detached.store(true, Ordering::Relaxed);
             DETACHED.fetch_add(1, Ordering::Relaxed);
         }
         drop(st);
-        let _ = self.state.reap();
+        let _ = self.child.state.reap();
     }
 }
 
-/// A live child of this process, as listed by [`active_children`](crate::active_children).
+/// A live child of this process, as listed by [`active_children`](crate::active_children),
+/// and the verbs every handle on a child has (a [`Child`] dereferences to one).
 #[derive(Clone)]
 pub struct ActiveChild {
     state: Arc<ChildState>,
@@ -609,32 +577,38 @@ impl ActiveChild {
         self.state.pid
     }
 
-    /// The child's name.
+    /// The child's name (given with [`Process::name`](crate::Process::name), or Python's
+    /// default `Process-N`).
     pub fn name(&self) -> &str {
         &self.state.name
     }
 
-    /// Whether it was started as a daemon.
+    /// Whether the child was started as a daemon (it dies with its parent).
     pub fn daemon(&self) -> bool {
         self.state.daemon
     }
 
-    /// Whether it is still running (reaps it if it ended).
+    /// Whether the child is still running. Never blocks; reaps the child if it has ended.
     pub fn is_alive(&self) -> bool {
         matches!(self.state.reap(), Ok(None))
     }
 
-    /// Sends SIGTERM.
+    /// Sends SIGTERM (Python's `terminate`). A no-op once the child has ended.
     pub fn terminate(&self) -> Result<(), ProcessError> {
         self.state.signal(libc::SIGTERM)
     }
 
-    /// Sends SIGKILL.
+    /// Sends SIGKILL (Python's `kill`). A no-op once the child has ended.
     pub fn kill(&self) -> Result<(), ProcessError> {
         self.state.signal(libc::SIGKILL)
     }
 
-    /// Its sentinel, readable once it ends (see [`Child::sentinel`]).
+    /// A descriptor that becomes readable when the child ends: a pidfd, usable with
+    /// `poll`/`epoll` and in a multi-object wait together with connections (Python's
+    /// `sentinel`). It is opened on the first call (a start does without it) and then stays
+    /// the same descriptor for the life of the handle; the call fails only if a descriptor
+    /// cannot be created (`EMFILE`). Asked for after the child was reaped, it is an
+    /// already-readable descriptor.
     pub fn sentinel(&self) -> Result<BorrowedFd<'_>, ProcessError> {
         self.state.sentinel()
     }
