@@ -4,9 +4,9 @@
 //!
 //! ```sh
 //! redis-server --port 6379 --save '' --appendonly no &
-//! cargo run --release -p mp-redis --example throughput -- --mp-worker redis://127.0.0.1:6379 --mp-workers 1 &
-//! cargo run --release -p mp-redis --example throughput -- --mp-worker redis://127.0.0.1:6379 --mp-workers 1 &
-//! cargo run --release -p mp-redis --example throughput -- redis://127.0.0.1:6379
+//! cargo run --release -p mp-redis --example redis_throughput -- --mp-worker redis://127.0.0.1:6379 --mp-workers 1 &
+//! cargo run --release -p mp-redis --example redis_throughput -- --mp-worker redis://127.0.0.1:6379 --mp-workers 1 &
+//! cargo run --release -p mp-redis --example redis_throughput -- redis://127.0.0.1:6379
 //! ```
 
 use std::time::Instant;
