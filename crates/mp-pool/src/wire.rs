@@ -125,29 +125,61 @@ impl TaskMsg {
     }
 }
 
-/// What a [`ResultMsg`] reports.
-pub(crate) mod kind {
+/// What a [`ResultMsg`] reports: its `kind` field, as a `u32` on the wire.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
     /// `payload` is the encoded `Vec<R>`.
-    pub(crate) const OK: u32 = 0;
+    Ok = 0,
     /// A task panicked; `message` is the panic message.
-    pub(crate) const PANICKED: u32 = 1;
+    Panicked = 1,
     /// A fallible task returned `Err`; `message` is its `Display`.
-    pub(crate) const FAILED: u32 = 2;
+    Failed = 2,
     /// The result could not be serialized.
-    pub(crate) const RESULT_UNSERIALIZABLE: u32 = 3;
+    ResultUnserializable = 3,
     /// The arguments could not be decoded (or the function could not be found).
-    pub(crate) const ARGS_UNDECODABLE: u32 = 4;
+    ArgsUndecodable = 4,
     /// The worker's initializer failed; the worker exits.
-    pub(crate) const INIT_FAILED: u32 = 5;
+    InitFailed = 5,
     /// Put by the parent itself to wake the supervisor.
-    pub(crate) const WAKE: u32 = 6;
+    Wake = 6,
     /// The worker's initializer completed (sent only when there is one).
-    pub(crate) const INIT_OK: u32 = 7;
+    InitOk = 7,
     /// The worker could not read a task from the task queue (it was skipped); `message`
     /// says why.
-    pub(crate) const TASK_UNREADABLE: u32 = 8;
+    TaskUnreadable = 8,
     /// The result could not be stored: the result queue's shared memory could not grow.
-    pub(crate) const RESULT_NO_SPACE: u32 = 9;
+    ResultNoSpace = 9,
+}
+
+/// A `kind` code that no [`Kind`] has: the peer is not a worker of this build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct UnknownKind(pub(crate) u32);
+
+impl From<Kind> for u32 {
+    fn from(k: Kind) -> u32 {
+        k as u32
+    }
+}
+
+impl TryFrom<u32> for Kind {
+    type Error = UnknownKind;
+
+    fn try_from(code: u32) -> Result<Kind, UnknownKind> {
+        Ok(match code {
+            0 => Kind::Ok,
+            1 => Kind::Panicked,
+            2 => Kind::Failed,
+            3 => Kind::ResultUnserializable,
+            4 => Kind::ArgsUndecodable,
+            5 => Kind::InitFailed,
+            6 => Kind::Wake,
+            7 => Kind::InitOk,
+            8 => Kind::TaskUnreadable,
+            9 => Kind::ResultNoSpace,
+            _ => return Err(UnknownKind(code)),
+        })
+    }
 }
 
 /// A chunk's outcome, from a worker to the supervisor.
@@ -157,6 +189,7 @@ pub(crate) struct ResultMsg {
     pub(crate) payload: Payload,
     pub(crate) job: u64,
     pub(crate) chunk: u64,
+    /// A [`Kind`] code.
     pub(crate) kind: u32,
     pub(crate) pid: u32,
     pub(crate) message: String,
@@ -433,7 +466,7 @@ where
 }
 
 /// A chunk's successful results written straight from the worker's `Vec<R>`: archives
-/// exactly as a [`ResultMsg`] of kind [`kind::OK`] with empty message and location.
+/// exactly as a [`ResultMsg`] of kind [`Kind::Ok`] with empty message and location.
 pub(crate) struct OkRef<'a, R> {
     pub(crate) results: Nested<'a, R>,
     pub(crate) job: u64,
@@ -450,7 +483,7 @@ impl<R> Archive for OkRef<'_, R> {
         self.results.resolve(items, payload);
         self.job.resolve((), job);
         self.chunk.resolve((), chunk);
-        kind::OK.resolve((), kind);
+        u32::from(Kind::Ok).resolve((), kind);
         self.pid.resolve((), pid);
         ArchivedString::resolve_from_str("", m, message);
         ArchivedString::resolve_from_str("", l, location);
@@ -475,6 +508,17 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every kind goes through its code and back; a code no kind has is an error.
+    #[test]
+    fn kinds_round_trip_through_their_codes() {
+        for code in 0..10 {
+            let k = Kind::try_from(code).unwrap();
+            assert_eq!(u32::from(k), code);
+        }
+        assert_eq!(Kind::try_from(10), Err(UnknownKind(10)));
+        assert_eq!(Kind::try_from(u32::MAX), Err(UnknownKind(u32::MAX)));
+    }
 
     /// A `TaskRef` is received as a `TaskMsg` whose payload is a standalone archive of the
     /// items, 16-aligned in place (items with out-of-line data too, and none at all).
@@ -511,7 +555,10 @@ mod tests {
             let bytes = encode(&r).unwrap();
             let a = access::<ResultMsg>(&bytes).unwrap();
             assert_eq!((a.job.to_native(), a.chunk.to_native()), (5, 6));
-            assert_eq!((a.kind.to_native(), a.pid.to_native()), (kind::OK, 42));
+            assert_eq!(
+                (a.kind.to_native(), a.pid.to_native()),
+                (u32::from(Kind::Ok), 42)
+            );
             assert!(a.message.is_empty() && a.location.is_empty());
             assert_eq!(a.payload.as_slice().as_ptr() as usize % ALIGN, 0);
             assert_eq!(decode::<Vec<T>>(a.payload.as_slice()).unwrap(), items);

@@ -17,7 +17,7 @@ use rkyv::vec::{ArchivedVec, VecResolver};
 use rkyv::{Archive, Deserialize, Place, Serialize};
 
 use crate::wire::{
-    kind, set_claim_slot, Doorbell, Nested, OkRef, Payload, ResultMsg, Slot, Spin, TaskMsg,
+    set_claim_slot, Doorbell, Kind, Nested, OkRef, Payload, ResultMsg, Slot, Spin, TaskMsg,
 };
 
 /// How long an idle worker sleeps before it looks at the task queue again (a safety net: the
@@ -26,14 +26,14 @@ const IDLE_NAP: Duration = Duration::from_millis(200);
 
 /// Why a chunk failed in the worker.
 pub(crate) struct TaskFail {
-    pub(crate) kind: u32,
+    pub(crate) kind: Kind,
     pub(crate) message: String,
     /// Where a panic happened (`file:line:column`), or empty.
     pub(crate) location: String,
 }
 
 impl TaskFail {
-    fn new(kind: u32, message: String) -> TaskFail {
+    fn new(kind: Kind, message: String) -> TaskFail {
         TaskFail {
             kind,
             message,
@@ -107,7 +107,7 @@ fn catch<R>(f: impl FnOnce() -> Result<R, TaskFail>) -> Result<R, TaskFail> {
     match r {
         Ok(r) => r,
         Err(p) => Err(TaskFail {
-            kind: kind::PANICKED,
+            kind: Kind::Panicked,
             message: panic_message(p),
             location: PANIC_AT.with(|a| a.borrow_mut().take()).unwrap_or_default(),
         }),
@@ -141,7 +141,7 @@ impl<T: Message + 'static, R: Message + 'static, E: std::fmt::Display + 'static>
     unsafe fn call(addr: usize, x: T) -> Result<R, TaskFail> {
         // SAFETY: by this function's contract `addr` is a `fn(T) -> Result<R, E>`.
         let f = unsafe { std::mem::transmute::<usize, fn(T) -> Result<R, E>>(addr) };
-        catch(move || f(x).map_err(|e| TaskFail::new(kind::FAILED, e.to_string())))
+        catch(move || f(x).map_err(|e| TaskFail::new(Kind::Failed, e.to_string())))
     }
 }
 
@@ -212,10 +212,10 @@ impl Sink<'_> {
 
 /// The kind of a result that could not be put: a system call of the queue failed (its
 /// shared memory could not grow or be mapped), or the value could not be serialized.
-fn failed_kind(e: &mp_core::Error) -> u32 {
+fn failed_kind(e: &mp_core::Error) -> Kind {
     match e {
-        mp_core::Error::Io { .. } => kind::RESULT_NO_SPACE,
-        _ => kind::RESULT_UNSERIALIZABLE,
+        mp_core::Error::Io { .. } => Kind::ResultNoSpace,
+        _ => Kind::ResultUnserializable,
     }
 }
 
@@ -233,7 +233,7 @@ pub(crate) unsafe fn run_chunk<C: Call>(
     payload: &[u8],
     sink: &Sink<'_>,
 ) -> Result<(), TaskFail> {
-    let undecodable = |e: mp_core::Error| TaskFail::new(kind::ARGS_UNDECODABLE, e.to_string());
+    let undecodable = |e: mp_core::Error| TaskFail::new(Kind::ArgsUndecodable, e.to_string());
     let archived = access::<Vec<C::In>>(payload).map_err(undecodable)?;
     let mut out: Vec<C::Out> = Vec::with_capacity(archived.len());
     for x in deserialize_each::<C::In>(archived.as_slice()) {
@@ -405,7 +405,7 @@ fn put_only(results: &Queue<ResultMsg>, msg: ResultMsg) {
                 payload: Payload::default(),
                 job: m.job,
                 chunk: m.chunk,
-                kind: failed_kind(&e),
+                kind: failed_kind(&e).into(),
                 pid: m.pid,
                 message: format!("the result could not be sent: {e}"),
                 location: String::new(),
@@ -489,7 +489,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
                     payload: Payload::default(),
                     job: 0,
                     chunk: 0,
-                    kind: kind::INIT_FAILED,
+                    kind: Kind::InitFailed.into(),
                     pid,
                     message,
                     location: String::new(),
@@ -509,7 +509,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
                 payload: Payload::default(),
                 job: 0,
                 chunk: 0,
-                kind: kind::INIT_OK,
+                kind: Kind::InitOk.into(),
                 pid,
                 message: String::new(),
                 location: String::new(),
@@ -545,7 +545,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
                         payload: Payload::default(),
                         job: 0,
                         chunk: 0,
-                        kind: kind::TASK_UNREADABLE,
+                        kind: Kind::TaskUnreadable.into(),
                         pid,
                         message: e.to_string(),
                         location: String::new(),
@@ -565,7 +565,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
             pid,
         };
         let outcome = (|| {
-            let unknown = |message| TaskFail::new(kind::ARGS_UNDECODABLE, message);
+            let unknown = |message| TaskFail::new(Kind::ArgsUndecodable, message);
             let tramp = resolved.get(task.tramp).map_err(unknown)?;
             let target = if task.raw {
                 if !args.forked {
@@ -598,7 +598,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
                     payload: Payload::default(),
                     job: task.claim.job,
                     chunk: task.claim.chunk,
-                    kind: f.kind,
+                    kind: f.kind.into(),
                     pid,
                     message: f.message,
                     location: f.location,

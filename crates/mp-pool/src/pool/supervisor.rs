@@ -16,7 +16,9 @@ use super::feed::put_outcome;
 use super::{on_pool_thread, panic_text, Inner, JobCache, State, POOL_THREAD};
 use crate::error::Error;
 use crate::job::{lock, Job};
-use crate::wire::{kind, ArchivedResultMsg, Claim, Payload, ResultMsg, Slot, Spin, TaskMsg};
+use crate::wire::{
+    ArchivedResultMsg, Claim, Kind, Payload, ResultMsg, Slot, Spin, TaskMsg, UnknownKind,
+};
 use crate::worker::{self, InitArgs, InitSpec, WorkerArgs};
 
 /// How long the supervisor sleeps on an empty result queue before it looks at the workers.
@@ -209,28 +211,56 @@ impl Inner {
     /// Handles one result. `cache` keeps the last job looked up (results of one job come in
     /// runs), sparing the table lock and the hash per result.
     pub(super) fn handle(&self, m: &ArchivedResultMsg, cache: &mut JobCache) {
-        let k = m.kind.to_native();
         let pid = m.pid.to_native();
-        match k {
-            kind::WAKE => return,
-            kind::INIT_OK => {
+        let message = || m.message.as_str().to_string();
+        // The chunk's error, or `None` when its results are in the payload.
+        let err = match Kind::try_from(m.kind.to_native()) {
+            Ok(Kind::Wake) => return,
+            Ok(Kind::InitOk) => {
                 self.init_failures.store(0, Ordering::Relaxed);
                 return;
             }
-            kind::TASK_UNREADABLE => {
+            Ok(Kind::TaskUnreadable) => {
                 self.fail_pending(Error::QueueRead {
                     what: "task",
                     message: format!("worker pid {pid}: {}", m.message.as_str()),
                 });
                 return;
             }
-            kind::INIT_FAILED => {
+            Ok(Kind::InitFailed) => {
                 // Counted when the worker is seen dead (it exits now), like a crash.
-                lock(&self.init_failed).push((pid, m.message.as_str().to_string()));
+                lock(&self.init_failed).push((pid, message()));
                 return;
             }
-            _ => {}
-        }
+            Ok(Kind::Ok) => None,
+            Ok(Kind::Panicked) => Some(Error::Panicked {
+                pid,
+                message: message(),
+                location: m.location.as_str().to_string(),
+            }),
+            Ok(Kind::Failed) => Some(Error::Failed { message: message() }),
+            Ok(Kind::ResultNoSpace) => Some(Error::SharedMemory {
+                what: "result",
+                message: message(),
+            }),
+            Ok(Kind::ResultUnserializable) => Some(Error::Unserializable {
+                what: "result",
+                message: message(),
+            }),
+            Ok(Kind::ArgsUndecodable) => Some(Error::Unserializable {
+                what: "arguments",
+                message: message(),
+            }),
+            Err(UnknownKind(code)) => {
+                // Not from a worker of this build: whose record it is cannot be trusted
+                // either, so it is an unreadable record (as in `next_result`).
+                self.fail_pending(Error::QueueRead {
+                    what: "result",
+                    message: format!("worker pid {pid}: a result of unknown kind {code}"),
+                });
+                return;
+            }
+        };
         let id = m.job.to_native();
         let chunk = m.chunk.to_native();
         let job = match cache {
@@ -243,39 +273,9 @@ impl Inner {
                 j
             }
         };
-        let message = || m.message.as_str().to_string();
-        let finished = match k {
-            kind::OK => job.deliver(chunk, m.payload.as_slice()),
-            kind::PANICKED => job.fail(
-                chunk,
-                Error::Panicked {
-                    pid,
-                    message: message(),
-                    location: m.location.as_str().to_string(),
-                },
-            ),
-            kind::FAILED => job.fail(chunk, Error::Failed { message: message() }),
-            kind::RESULT_NO_SPACE => job.fail(
-                chunk,
-                Error::SharedMemory {
-                    what: "result",
-                    message: message(),
-                },
-            ),
-            kind::RESULT_UNSERIALIZABLE => job.fail(
-                chunk,
-                Error::Unserializable {
-                    what: "result",
-                    message: message(),
-                },
-            ),
-            _ => job.fail(
-                chunk,
-                Error::Unserializable {
-                    what: "arguments",
-                    message: message(),
-                },
-            ),
+        let finished = match err {
+            None => job.deliver(chunk, m.payload.as_slice()),
+            Some(e) => job.fail(chunk, e),
         };
         if finished {
             *cache = None;
@@ -446,7 +446,7 @@ impl Inner {
             payload: Payload::default(),
             job: 0,
             chunk: 0,
-            kind: kind::WAKE,
+            kind: Kind::Wake.into(),
             pid: std::process::id(),
             message: String::new(),
             location: String::new(),
