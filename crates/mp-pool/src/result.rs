@@ -66,24 +66,24 @@ impl<R> Outcome<R> {
     }
 
     /// Decides and publishes the outcome at once (see [`decide`](Self::decide)).
-    pub(crate) fn set(&self, v: Result<R, Error>) {
-        if self.decide(v) {
+    pub(crate) fn set(&self, value: Result<R, Error>) {
+        if self.decide(value) {
             self.publish();
         }
     }
 
-    /// Decides the outcome once (false, and `v` dropped, when it was decided already). With
+    /// Decides the outcome once (false, and `value` dropped, when it was decided already). With
     /// callbacks, it is not ready before [`publish`](Self::publish) ran them: the job calls
     /// this under its own lock, and the pool publishes once the job left its table. Without
     /// callbacks it is ready at once (nothing runs, so nothing can see the job still there).
-    pub(crate) fn decide(&self, v: Result<R, Error>) -> bool {
+    pub(crate) fn decide(&self, value: Result<R, Error>) -> bool {
         let mut st = lock(&self.state);
         if st.decided {
             return false;
         }
         st.decided = true;
-        st.successful = v.is_ok();
-        st.value = Some(v);
+        st.successful = value.is_ok();
+        st.value = Some(value);
         if !st.on_ok.is_empty() || !st.on_err.is_empty() {
             // Release pairs with the Acquire load in `publish` (which then locks anyway).
             self.to_publish.store(true, Ordering::Release);

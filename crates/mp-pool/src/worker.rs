@@ -17,7 +17,8 @@ use rkyv::vec::{ArchivedVec, VecResolver};
 use rkyv::{Archive, Deserialize, Place, Serialize};
 
 use crate::wire::{
-    set_claim_slot, Doorbell, Kind, Nested, OkRef, Payload, ResultMsg, Slot, Spin, TaskMsg,
+    set_claim_slot, Doorbell, Kind, NestedArchive, OkRef, Payload, ResultMsg, Slot, SpinBudget,
+    TaskMsg,
 };
 
 /// How long an idle worker sleeps before it looks at the task queue again (a safety net: the
@@ -166,9 +167,9 @@ where
 }
 
 /// `fn(A, B) -> R` called with a pair (starmap).
-pub(crate) struct Star2<A, B, R>(PhantomData<fn(A, B) -> R>);
+pub(crate) struct StarPair<A, B, R>(PhantomData<fn(A, B) -> R>);
 
-impl<A: Message + 'static, B: Message + 'static, R: Message + 'static> Call for Star2<A, B, R> {
+impl<A: Message + 'static, B: Message + 'static, R: Message + 'static> Call for StarPair<A, B, R> {
     type In = (A, B);
     type Out = R;
 
@@ -191,7 +192,7 @@ impl Sink<'_> {
     /// Puts the chunk's results, serialized straight into the result queue.
     fn put_ok<R: Message>(&self, results: &[R]) -> Result<(), TaskFail> {
         let msg = OkRef {
-            results: Nested(results),
+            results: NestedArchive(results),
             job: self.job,
             chunk: self.chunk,
             pid: self.pid,
@@ -347,7 +348,7 @@ impl InitArgs {
 #[derive(Debug, Archive, Serialize, Deserialize)]
 pub(crate) struct InitSpec {
     pub(crate) args: InitArgs,
-    pub(crate) tramp: i64,
+    pub(crate) trampoline: i64,
     pub(crate) target: i64,
 }
 
@@ -471,15 +472,15 @@ pub(crate) fn worker_main(args: WorkerArgs) {
     };
     if let Some(init) = &args.init {
         let r = (|| {
-            let tramp = resolved.get(init.tramp)?;
+            let trampoline = resolved.get(init.trampoline)?;
             let target = resolved.get(init.target)?;
-            // SAFETY: `tramp` is `run_init::<I>` of this very executable (the parent computed
+            // SAFETY: `trampoline` is `run_init::<I>` of this very executable (the parent computed
             // its offset in an image with the same build id, checked by `resolve`), and
             // `target` is the initializer of type `fn(I)` the parent instantiated it for.
-            let tramp = unsafe { std::mem::transmute::<usize, RunInit>(tramp) };
+            let trampoline = unsafe { std::mem::transmute::<usize, RunInit>(trampoline) };
             let bytes = init.args.bytes()?;
             // SAFETY: as above: `target` is a `fn(I)`.
-            unsafe { tramp(target, &bytes) }
+            unsafe { trampoline(target, &bytes) }
         })();
         if let Err(message) = r {
             put_result(
@@ -518,7 +519,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
     }
     set_claim_slot(slot);
     let mut done = 0u64;
-    let mut spin = Spin::new();
+    let mut spin = SpinBudget::new();
     loop {
         // Another worker may take the last task between the check and the get: then this
         // one waits in the queue's own `get` (the next put wakes it), which is rare.
@@ -566,7 +567,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
         };
         let outcome = (|| {
             let unknown = |message| TaskFail::new(Kind::ArgsUndecodable, message);
-            let tramp = resolved.get(task.tramp).map_err(unknown)?;
+            let trampoline = resolved.get(task.trampoline).map_err(unknown)?;
             let target = if task.raw {
                 if !args.forked {
                     return Err(unknown(
@@ -577,17 +578,17 @@ pub(crate) fn worker_main(args: WorkerArgs) {
             } else {
                 resolved.get(task.target).map_err(unknown)?
             };
-            // SAFETY: `tramp` is `run_chunk::<C>` of this very executable (offset computed by
+            // SAFETY: `trampoline` is `run_chunk::<C>` of this very executable (offset computed by
             // the parent in an image with the same build id, checked by `resolve`), called
             // through its exact type.
-            let tramp = unsafe { std::mem::transmute::<usize, RunChunk>(tramp) };
+            let trampoline = unsafe { std::mem::transmute::<usize, RunChunk>(trampoline) };
             // SAFETY: `target` is the task's function, of the type the parent instantiated
             // `run_chunk::<C>` for (both come from the same `TaskMsg`). A raw target is the
             // address of the closure a `FnPool` holds in the parent for as long as its
             // workers live; this worker was forked from that parent, so its copy of the
             // closure sits at the same address.
             // The results went to the result queue, unless it failed.
-            unsafe { tramp(target, &task.payload.0, &sink) }
+            unsafe { trampoline(target, &task.payload.0, &sink) }
         })();
         match outcome {
             Ok(()) => args.bell.ring(),

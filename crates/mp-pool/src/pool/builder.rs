@@ -102,7 +102,7 @@ impl PoolBuilder {
             let args: EncodeInit = Arc::new(move || encode(&args));
             Ok(InitCfg {
                 args,
-                tramp: offset_of(worker::run_init::<I> as RunInit as usize)?,
+                trampoline: offset_of(worker::run_init::<I> as RunInit as usize)?,
                 target: offset_of(f as usize)?,
             })
         })();
@@ -125,8 +125,8 @@ impl PoolBuilder {
 
     /// The start method of the workers (default: [`mp_process::get_start_method`]).
     /// Spawn and forkserver need `mp::init()` first thing in `main`.
-    pub fn start_method(mut self, m: StartMethod) -> Self {
-        self.method = Some(m);
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.method = Some(method);
         self
     }
 

@@ -14,7 +14,7 @@ use mp_queue::{PutError, Queue};
 use super::{on_pool_thread, Feed, Inner};
 use crate::error::Error;
 use crate::job::{lock, Job};
-use crate::wire::{Claim, Nested, TaskMsg, TaskRef};
+use crate::wire::{Claim, NestedArchive, TaskMsg, TaskRef};
 
 /// How long a blocking put waits before it checks whether the pool was terminated or broken.
 const PUT_SLICE: Duration = Duration::from_millis(20);
@@ -250,7 +250,7 @@ pub(super) trait ChunkSource: Send {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct ChunkHead {
     pub(super) job: u64,
-    pub(super) tramp: i64,
+    pub(super) trampoline: i64,
     pub(super) target: (i64, bool),
 }
 
@@ -263,12 +263,12 @@ impl ChunkHead {
         timeout: Duration,
     ) -> Result<bool, Error> {
         let msg = TaskRef {
-            items: Nested(items),
+            items: NestedArchive(items),
             claim: Claim {
                 job: self.job,
                 chunk,
             },
-            tramp: self.tramp,
+            trampoline: self.trampoline,
             target: self.target.0,
             raw: self.target.1,
         };

@@ -10,7 +10,7 @@ use super::feed::{serialize_panicked, Chunks};
 use super::{on_pool_thread, Inner};
 use crate::error::Error;
 use crate::job::{IMapJob, Next};
-use crate::wire::Spin;
+use crate::wire::SpinBudget;
 
 /// The iterator returned by [`Pool::imap`] and [`Pool::imap_unordered`]: yields each
 /// result (`Err` for a failed chunk), reading the input lazily.
@@ -31,7 +31,7 @@ pub struct IMap<'a, R> {
     next_out: u64,
     current: std::vec::IntoIter<R>,
     finished: bool,
-    spin: Spin,
+    spin: SpinBudget,
 }
 
 impl<R> std::fmt::Debug for IMap<'_, R> {
@@ -66,7 +66,7 @@ impl<'a, R> IMap<'a, R> {
             next_out: 0,
             current: Vec::new().into_iter(),
             finished: false,
-            spin: Spin::new(),
+            spin: SpinBudget::new(),
         }
     }
 }

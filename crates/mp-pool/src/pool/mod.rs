@@ -167,7 +167,7 @@ struct InitCfg {
     /// Encodes the initializer's argument (again for every worker started).
     args: EncodeInit,
     /// The offset of the trampoline `worker::run_init::<I>`.
-    tramp: i64,
+    trampoline: i64,
     /// The offset of the user's initializer function.
     target: i64,
 }

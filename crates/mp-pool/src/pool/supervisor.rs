@@ -17,7 +17,7 @@ use super::{on_pool_thread, panic_text, Inner, JobCache, State, POOL_THREAD};
 use crate::error::Error;
 use crate::job::{lock, Job};
 use crate::wire::{
-    ArchivedResultMsg, Claim, Kind, Payload, ResultMsg, Slot, Spin, TaskMsg, UnknownKind,
+    ArchivedResultMsg, Claim, Kind, Payload, ResultMsg, Slot, SpinBudget, TaskMsg, UnknownKind,
 };
 use crate::worker::{self, InitArgs, InitSpec, WorkerArgs};
 
@@ -29,8 +29,8 @@ const INIT_FAILURES: u32 = 3;
 /// How often a busy supervisor looks at the workers.
 const CHECK_EVERY: Duration = Duration::from_millis(20);
 
-fn exit_of(r: &Result<Option<()>, ProcessError>) -> (Option<i32>, Option<i32>) {
-    match r {
+fn exit_of(status: &Result<Option<()>, ProcessError>) -> (Option<i32>, Option<i32>) {
+    match status {
         Ok(_) => (None, Some(0)),
         Err(e @ ProcessError::Signaled { signal, .. }) => (Some(*signal), e.exitcode()),
         Err(e) => (None, e.exitcode()),
@@ -45,7 +45,7 @@ impl Inner {
                 encode: Some(i.args.clone()),
                 bytes: None,
             },
-            tramp: i.tramp,
+            trampoline: i.trampoline,
             target: i.target,
         });
         let args = WorkerArgs {
@@ -158,7 +158,7 @@ impl Inner {
 
     pub(super) fn supervise(self: Arc<Self>) {
         let mut last_check = Instant::now();
-        let mut spin = Spin::new();
+        let mut spin = SpinBudget::new();
         let mut cache: JobCache = None;
         loop {
             let mut got = 0u32;
@@ -210,11 +210,11 @@ impl Inner {
 
     /// Handles one result. `cache` keeps the last job looked up (results of one job come in
     /// runs), sparing the table lock and the hash per result.
-    pub(super) fn handle(&self, m: &ArchivedResultMsg, cache: &mut JobCache) {
-        let pid = m.pid.to_native();
-        let message = || m.message.as_str().to_string();
+    pub(super) fn handle(&self, msg: &ArchivedResultMsg, cache: &mut JobCache) {
+        let pid = msg.pid.to_native();
+        let message = || msg.message.as_str().to_string();
         // The chunk's error, or `None` when its results are in the payload.
-        let err = match Kind::try_from(m.kind.to_native()) {
+        let err = match Kind::try_from(msg.kind.to_native()) {
             Ok(Kind::Wake) => return,
             Ok(Kind::InitOk) => {
                 self.init_failures.store(0, Ordering::Relaxed);
@@ -223,7 +223,7 @@ impl Inner {
             Ok(Kind::TaskUnreadable) => {
                 self.fail_pending(Error::QueueRead {
                     what: "task",
-                    message: format!("worker pid {pid}: {}", m.message.as_str()),
+                    message: format!("worker pid {pid}: {}", msg.message.as_str()),
                 });
                 return;
             }
@@ -236,7 +236,7 @@ impl Inner {
             Ok(Kind::Panicked) => Some(Error::Panicked {
                 pid,
                 message: message(),
-                location: m.location.as_str().to_string(),
+                location: msg.location.as_str().to_string(),
             }),
             Ok(Kind::Failed) => Some(Error::Failed { message: message() }),
             Ok(Kind::ResultNoSpace) => Some(Error::SharedMemory {
@@ -261,8 +261,8 @@ impl Inner {
                 return;
             }
         };
-        let id = m.job.to_native();
-        let chunk = m.chunk.to_native();
+        let id = msg.job.to_native();
+        let chunk = msg.chunk.to_native();
         let job = match cache {
             Some((cid, j)) if *cid == id => j.clone(),
             _ => {
@@ -274,7 +274,7 @@ impl Inner {
             }
         };
         let finished = match err {
-            None => job.deliver(chunk, m.payload.as_slice()),
+            None => job.deliver(chunk, msg.payload.as_slice()),
             Some(e) => job.fail(chunk, e),
         };
         if finished {
@@ -416,7 +416,7 @@ impl Inner {
         }
     }
 
-    pub(super) fn replace(&self, i: usize) {
+    pub(super) fn replace(&self, place: usize) {
         let mut w = lock(&self.workers);
         // Acquire pairs with the Release store in `stop_threads`.
         if !w.replace || self.stopping.load(Ordering::Acquire) {
@@ -424,11 +424,11 @@ impl Inner {
         }
         w.started += 1;
         let n = w.started;
-        let slot = w.list[i].slot.clone();
+        let slot = w.list[place].slot.clone();
         match self.start_worker(&slot, n) {
             Ok(c) => {
-                w.list[i].pid = c.pid();
-                w.list[i].child = Some(c);
+                w.list[place].pid = c.pid();
+                w.list[place].child = Some(c);
             }
             Err(e) => {
                 drop(w);

@@ -10,7 +10,7 @@ use super::{default_chunksize, offset_of, on_pool_thread, IMap, Pool, Target};
 use crate::error::Error;
 use crate::job::{CollectJob, IMapJob, Job};
 use crate::result::{AsyncResult, Outcome};
-use crate::worker::{self, Call, Fallible, Plain, RunChunk, Star2};
+use crate::worker::{self, Call, Fallible, Plain, RunChunk, StarPair};
 
 fn identity<R>(v: Vec<R>) -> Result<Vec<R>, Error> {
     Ok(v)
@@ -109,7 +109,7 @@ impl<'p> Tasks<'p> {
             Some(n) => n,
             None => default_chunksize(len, inner.cfg.processes),
         };
-        let tramp = offset_of(worker::run_chunk::<C> as RunChunk as usize)?;
+        let trampoline = offset_of(worker::run_chunk::<C> as RunChunk as usize)?;
         let target = target.encode()?;
         #[allow(unused_mut)]
         let mut job = CollectJob::<C::Out, Out>::new(outcome.clone(), len, chunksize, finish);
@@ -126,7 +126,7 @@ impl<'p> Tasks<'p> {
             next: 0,
             head: ChunkHead {
                 job: id,
-                tramp,
+                trampoline,
                 target,
             },
         };
@@ -164,7 +164,7 @@ impl<'p> Tasks<'p> {
             Some(n) => n,
             None => (16 * inner.cfg.processes).max(64),
         };
-        let tramp = offset_of(worker::run_chunk::<C> as RunChunk as usize)?;
+        let trampoline = offset_of(worker::run_chunk::<C> as RunChunk as usize)?;
         let target = target.encode()?;
         #[allow(unused_mut)]
         let mut job = IMapJob::<C::Out>::new(ordered);
@@ -180,7 +180,7 @@ impl<'p> Tasks<'p> {
             next: 0,
             head: ChunkHead {
                 job: id,
-                tramp,
+                trampoline,
                 target,
             },
             buf: Vec::new(),
@@ -274,8 +274,13 @@ impl<'p> Tasks<'p> {
         R: Message + Send + 'static,
     {
         let items: Vec<(A, B)> = items.into_iter().collect();
-        self.collect_async::<Star2<A, B, R>, Vec<R>>(Target::Fn(f as usize), items, identity, true)?
-            .get()
+        self.collect_async::<StarPair<A, B, R>, Vec<R>>(
+            Target::Fn(f as usize),
+            items,
+            identity,
+            true,
+        )?
+        .get()
     }
 
     /// Python's `starmap_async`.
@@ -290,7 +295,12 @@ impl<'p> Tasks<'p> {
         R: Message + Send + 'static,
     {
         let items: Vec<(A, B)> = items.into_iter().collect();
-        self.collect_async::<Star2<A, B, R>, Vec<R>>(Target::Fn(f as usize), items, identity, false)
+        self.collect_async::<StarPair<A, B, R>, Vec<R>>(
+            Target::Fn(f as usize),
+            items,
+            identity,
+            false,
+        )
     }
 
     /// Python's `imap`: a lazy iterator of results in input order. The input is read only
