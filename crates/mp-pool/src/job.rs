@@ -12,12 +12,9 @@ use mp_core::Message;
 use rkyv::util::AlignedVec;
 
 use crate::error::Error;
+use crate::helpers::{lock, wait, wait_timeout};
 use crate::result::Outcome;
 use crate::wire::SpinBudget;
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// What the supervisor does with a job's chunks. Every method returns true when the job
 /// needs nothing more (it is then dropped from the pool's table).
@@ -422,18 +419,14 @@ impl<R: Message + Send> IMapJob<R> {
             }
             st.sleeping = true;
             match deadline {
-                None => st = spin.sleep(|| self.cv.wait(st).unwrap_or_else(|p| p.into_inner())),
+                None => st = spin.sleep(|| wait(&self.cv, st)),
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
                         st.sleeping = false;
                         return Next::Timeout;
                     }
-                    st = self
-                        .cv
-                        .wait_timeout(st, d - now)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
+                    st = wait_timeout(&self.cv, st, d - now);
                 }
             }
             st.sleeping = false;

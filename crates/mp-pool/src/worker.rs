@@ -16,6 +16,7 @@ use rkyv::util::AlignedVec;
 use rkyv::vec::{ArchivedVec, VecResolver};
 use rkyv::{Archive, Deserialize, Place, Serialize};
 
+use crate::helpers::panic_text;
 use crate::wire::{
     set_claim_slot, Doorbell, Kind, NestedArchive, OkRef, Payload, ResultMsg, Slot, SpinBudget,
     TaskMsg,
@@ -58,13 +59,9 @@ pub(crate) trait Call: 'static {
 }
 
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
-    let m = if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "Box<dyn Any> (a panic payload that is not a string)".into()
-    };
+    let m = panic_text(&*payload)
+        .unwrap_or("Box<dyn Any> (a panic payload that is not a string)")
+        .to_string();
     // A payload whose destructor panics would abort the worker: leak it (as mp-process does).
     std::mem::forget(payload);
     m

@@ -12,7 +12,7 @@ use mp_queue::Queue;
 
 use super::{offset_of, Config, Feeds, InitCfg, Inner, Pool, State, Table, WorkerEntry, Workers};
 use crate::error::Error;
-use crate::job::lock;
+use crate::helpers::lock;
 use crate::wire::{Doorbell, Slot};
 use crate::worker::{self, EncodeInit, RunInit};
 

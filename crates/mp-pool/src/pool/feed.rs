@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use mp_core::Message;
 use mp_queue::{PutError, Queue};
 
-use super::{on_pool_thread, Feed, Inner};
+use super::{Feed, Inner};
 use crate::error::Error;
-use crate::job::{lock, Job};
+use crate::helpers::{lock, on_pool_thread, panic_text, wait, wait_timeout};
+use crate::job::Job;
 use crate::wire::{Claim, NestedArchive, TaskMsg, TaskRef};
 
 /// How long a blocking put waits before it checks whether the pool was terminated or broken.
@@ -25,7 +26,10 @@ pub(super) type Chunks<'a> = Box<dyn ChunkSource + 'a>;
 pub(super) fn serialize_panicked(p: &(dyn Any + Send)) -> Error {
     Error::Unserializable {
         what: "arguments",
-        message: format!("serializing them panicked: {}", super::panic_text(p)),
+        message: format!(
+            "serializing them panicked: {}",
+            panic_text(p).unwrap_or_default()
+        ),
     }
 }
 
@@ -142,11 +146,7 @@ impl Inner {
                 break;
             }
             // Woken by the feeder as the backlog shrinks; the slice notices terminate.
-            f = self
-                .room_cv
-                .wait_timeout(f, PUT_SLICE)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            f = wait_timeout(&self.room_cv, f, PUT_SLICE);
         }
         // Release pairs with the Acquire load in `feed`.
         self.backlog.fetch_add(n, Ordering::Release);
@@ -171,7 +171,7 @@ impl Inner {
                     if f.closed {
                         return;
                     }
-                    f = self.feeds_cv.wait(f).unwrap_or_else(|p| p.into_inner());
+                    f = wait(&self.feeds_cv, f);
                 }
             };
             let Feed {

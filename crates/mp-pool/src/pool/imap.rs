@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use mp_core::Message;
 
 use super::feed::{serialize_panicked, Chunks};
-use super::{on_pool_thread, Inner};
+use super::Inner;
 use crate::error::Error;
+use crate::helpers::on_pool_thread;
 use crate::job::{IMapJob, Next};
 use crate::wire::SpinBudget;
 

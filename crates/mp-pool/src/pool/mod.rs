@@ -34,8 +34,7 @@ mod imap;
 mod supervisor;
 mod tasks;
 
-use std::any::Any;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
 use std::sync::{Arc, Condvar, Mutex};
@@ -47,7 +46,8 @@ use mp_process::{Child, StartMethod};
 use mp_queue::Queue;
 
 use crate::error::Error;
-use crate::job::{lock, Job};
+use crate::helpers::lock;
+use crate::job::Job;
 use crate::result::AsyncResult;
 use crate::wire::{Doorbell, ResultMsg, Slot, TaskMsg};
 use crate::worker::{EncodeInit, Fallible, Plain};
@@ -87,25 +87,6 @@ impl Target {
             Target::Raw(a) => Ok((a as i64, true)),
         }
     }
-}
-
-thread_local! {
-    /// On a pool's supervisor and feeder threads: the pool's id ([`Inner::id`]), else 0.
-    static POOL_THREAD: Cell<usize> = const { Cell::new(0) };
-}
-
-/// True on a thread of pool `id` (its supervisor or feeder, where callbacks run): a call
-/// that waits for that pool would wait for this very thread.
-pub(crate) fn on_pool_thread(id: usize) -> bool {
-    id != 0 && POOL_THREAD.with(|t| t.get()) == id
-}
-
-/// The message of a panic payload.
-fn panic_text(p: &(dyn Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_default()
 }
 
 /// Python's default chunksize for `map`: `ceil(len / (4 × workers))`.

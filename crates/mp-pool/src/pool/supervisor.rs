@@ -13,9 +13,10 @@ use mp_core::Shared;
 use mp_process::{Child, Process, ProcessError, StartMethod};
 
 use super::feed::put_outcome;
-use super::{on_pool_thread, panic_text, Inner, JobCache, State, POOL_THREAD};
+use super::{Inner, JobCache, State};
 use crate::error::Error;
-use crate::job::{lock, Job};
+use crate::helpers::{lock, on_pool_thread, panic_text, set_pool_thread, wait, wait_timeout};
+use crate::job::Job;
 use crate::wire::{
     ArchivedResultMsg, Claim, Kind, Payload, ResultMsg, Slot, SpinBudget, TaskMsg, UnknownKind,
 };
@@ -146,10 +147,10 @@ impl Inner {
     /// Runs a pool thread's body; should it panic (a bug), the pool is broken rather than
     /// left with callers waiting forever.
     pub(super) fn guarded(self: Arc<Self>, what: &str, body: impl FnOnce(Arc<Self>)) {
-        POOL_THREAD.with(|t| t.set(self.id()));
+        set_pool_thread(self.id());
         let me = self.clone();
         if let Err(p) = catch_unwind(AssertUnwindSafe(move || body(me))) {
-            let msg = panic_text(&*p);
+            let msg = panic_text(&*p).unwrap_or_default();
             self.break_pool(Error::Start(format!(
                 "the pool's {what} thread panicked ({msg}); the pool cannot go on"
             )));
@@ -514,14 +515,13 @@ impl Inner {
             }
             while !t.jobs.is_empty() && matches!(t.state, State::Closed | State::Broken) {
                 t = match deadline {
-                    None => self.idle.wait(t).unwrap_or_else(|p| p.into_inner()),
+                    None => wait(&self.idle, t),
                     Some(d) => {
                         let left = d.saturating_duration_since(Instant::now());
                         if left.is_zero() {
                             return Err(Error::Timeout);
                         }
-                        let waited = self.idle.wait_timeout(t, left);
-                        waited.unwrap_or_else(|p| p.into_inner()).0
+                        wait_timeout(&self.idle, t, left)
                     }
                 };
             }

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use mp_core::Message;
 
 use super::feed::{serialize_panicked, ChunkHead, ChunkIter, SliceChunks};
-use super::{default_chunksize, offset_of, on_pool_thread, IMap, Pool, Target};
+use super::{default_chunksize, offset_of, IMap, Pool, Target};
 use crate::error::Error;
+use crate::helpers::on_pool_thread;
 use crate::job::{CollectJob, IMapJob, Job};
 use crate::result::{AsyncResult, Outcome};
 use crate::worker::{self, Call, Fallible, Plain, RunChunk, StarPair};
