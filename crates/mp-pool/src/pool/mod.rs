@@ -55,7 +55,6 @@ use crate::worker::{EncodeInit, Fallible, Plain};
 pub use builder::{PoolBuilder, DEFAULT_MAX_BACKLOG};
 use feed::Chunks;
 pub use imap::IMap;
-pub(crate) use tasks::single;
 pub use tasks::Tasks;
 
 /// `fn` offsets computed on this thread (`dladdr` is not free).
@@ -429,7 +428,7 @@ impl Pool {
         R: Message + Send + 'static,
     {
         self.tasks()
-            .collect_async::<Plain<T, R>, R>(Target::Fn(f as usize), vec![arg], single, true)?
+            .apply_with::<Plain<T, R>>(Target::Fn(f as usize), arg, true)?
             .get()
     }
 
@@ -439,12 +438,8 @@ impl Pool {
         T: Message + Send + 'static,
         R: Message + Send + 'static,
     {
-        self.tasks().collect_async::<Plain<T, R>, R>(
-            Target::Fn(f as usize),
-            vec![arg],
-            single,
-            false,
-        )
+        self.tasks()
+            .apply_with::<Plain<T, R>>(Target::Fn(f as usize), arg, false)
     }
 
     /// `apply` for a fallible function: an `Err` becomes [`Error::Failed`].
@@ -455,7 +450,7 @@ impl Pool {
         E: std::fmt::Display + 'static,
     {
         self.tasks()
-            .collect_async::<Fallible<T, R, E>, R>(Target::Fn(f as usize), vec![arg], single, true)?
+            .apply_with::<Fallible<T, R, E>>(Target::Fn(f as usize), arg, true)?
             .get()
     }
 
@@ -470,12 +465,8 @@ impl Pool {
         R: Message + Send + 'static,
         E: std::fmt::Display + 'static,
     {
-        self.tasks().collect_async::<Fallible<T, R, E>, R>(
-            Target::Fn(f as usize),
-            vec![arg],
-            single,
-            false,
-        )
+        self.tasks()
+            .apply_with::<Fallible<T, R, E>>(Target::Fn(f as usize), arg, false)
     }
 
     /// Python's `close`: no new work is accepted; the work already submitted goes on, and

@@ -13,12 +13,8 @@ use crate::job::{CollectJob, IMapJob, Job};
 use crate::result::{AsyncResult, Outcome};
 use crate::worker::{self, Call, Fallible, Plain, RunChunk, StarPair};
 
-fn identity<R>(v: Vec<R>) -> Result<Vec<R>, Error> {
-    Ok(v)
-}
-
 /// The one result of an `apply`.
-pub(crate) fn single<R>(v: Vec<R>) -> Result<R, Error> {
+fn single<R>(v: Vec<R>) -> Result<R, Error> {
     v.into_iter().next().ok_or_else(|| Error::Unserializable {
         what: "result",
         message: "the task's result is missing".into(),
@@ -83,7 +79,10 @@ impl<'p> Tasks<'p> {
         self
     }
 
-    pub(crate) fn collect_async<C: Call, Out: Send + 'static>(
+    /// Submits task kind `C` on `items` as one job whose outcome is `finish` of the
+    /// results in order; waits until every chunk is put when `wait`, else leaves what does
+    /// not fit to the feeder.
+    fn collect_async<C: Call, Out: Send + 'static>(
         self,
         target: Target,
         items: Vec<C::In>,
@@ -144,7 +143,9 @@ impl<'p> Tasks<'p> {
         Ok(AsyncResult::new(outcome))
     }
 
-    pub(crate) fn imap_impl<'a, C: Call>(
+    /// The body of every `imap`-like verb: task kind `C` on every item, lazily; results in
+    /// input order when `ordered`, else in completion order.
+    pub(crate) fn imap_with<'a, C: Call>(
         self,
         target: Target,
         items: impl IntoIterator<Item = C::In, IntoIter: Send + 'a>,
@@ -189,6 +190,36 @@ impl<'p> Tasks<'p> {
         Ok(IMap::new(inner.clone(), job, id, source, limit))
     }
 
+    /// The body of every `map`-like verb: task kind `C` on every item, results in input
+    /// order; waits for them when `wait` (the caller then calls `get`).
+    pub(crate) fn map_with<C: Call>(
+        self,
+        target: Target,
+        items: impl IntoIterator<Item = C::In>,
+        wait: bool,
+    ) -> Result<AsyncResult<Vec<C::Out>>, Error>
+    where
+        C::In: Send,
+        C::Out: Send,
+    {
+        let items: Vec<C::In> = items.into_iter().collect();
+        self.collect_async::<C, Vec<C::Out>>(target, items, Ok, wait)
+    }
+
+    /// The body of every `apply`-like verb: task kind `C` on one argument.
+    pub(crate) fn apply_with<C: Call>(
+        self,
+        target: Target,
+        arg: C::In,
+        wait: bool,
+    ) -> Result<AsyncResult<C::Out>, Error>
+    where
+        C::In: Send,
+        C::Out: Send,
+    {
+        self.collect_async::<C, C::Out>(target, vec![arg], single, wait)
+    }
+
     /// Python's `map`: `f` applied to every item, results in input order. The first task
     /// error (a panic, an unserializable result, a lost worker) fails the call, and the pool
     /// stays usable.
@@ -201,8 +232,7 @@ impl<'p> Tasks<'p> {
         T: Message + Send + 'static,
         R: Message + Send + 'static,
     {
-        let items: Vec<T> = items.into_iter().collect();
-        self.collect_async::<Plain<T, R>, Vec<R>>(Target::Fn(f as usize), items, identity, true)?
+        self.map_with::<Plain<T, R>>(Target::Fn(f as usize), items, true)?
             .get()
     }
 
@@ -217,8 +247,7 @@ impl<'p> Tasks<'p> {
         T: Message + Send + 'static,
         R: Message + Send + 'static,
     {
-        let items: Vec<T> = items.into_iter().collect();
-        self.collect_async::<Plain<T, R>, Vec<R>>(Target::Fn(f as usize), items, identity, false)
+        self.map_with::<Plain<T, R>>(Target::Fn(f as usize), items, false)
     }
 
     /// `map` for a fallible function: an `Err` returned by a task fails the call with
@@ -233,14 +262,8 @@ impl<'p> Tasks<'p> {
         R: Message + Send + 'static,
         E: std::fmt::Display + 'static,
     {
-        let items: Vec<T> = items.into_iter().collect();
-        self.collect_async::<Fallible<T, R, E>, Vec<R>>(
-            Target::Fn(f as usize),
-            items,
-            identity,
-            true,
-        )?
-        .get()
+        self.map_with::<Fallible<T, R, E>>(Target::Fn(f as usize), items, true)?
+            .get()
     }
 
     /// `map_async` for a fallible function.
@@ -254,13 +277,7 @@ impl<'p> Tasks<'p> {
         R: Message + Send + 'static,
         E: std::fmt::Display + 'static,
     {
-        let items: Vec<T> = items.into_iter().collect();
-        self.collect_async::<Fallible<T, R, E>, Vec<R>>(
-            Target::Fn(f as usize),
-            items,
-            identity,
-            false,
-        )
+        self.map_with::<Fallible<T, R, E>>(Target::Fn(f as usize), items, false)
     }
 
     /// Python's `starmap`: `f(a, b)` for every pair, results in input order.
@@ -274,14 +291,8 @@ impl<'p> Tasks<'p> {
         B: Message + Send + 'static,
         R: Message + Send + 'static,
     {
-        let items: Vec<(A, B)> = items.into_iter().collect();
-        self.collect_async::<StarPair<A, B, R>, Vec<R>>(
-            Target::Fn(f as usize),
-            items,
-            identity,
-            true,
-        )?
-        .get()
+        self.map_with::<StarPair<A, B, R>>(Target::Fn(f as usize), items, true)?
+            .get()
     }
 
     /// Python's `starmap_async`.
@@ -295,13 +306,7 @@ impl<'p> Tasks<'p> {
         B: Message + Send + 'static,
         R: Message + Send + 'static,
     {
-        let items: Vec<(A, B)> = items.into_iter().collect();
-        self.collect_async::<StarPair<A, B, R>, Vec<R>>(
-            Target::Fn(f as usize),
-            items,
-            identity,
-            false,
-        )
+        self.map_with::<StarPair<A, B, R>>(Target::Fn(f as usize), items, false)
     }
 
     /// Python's `imap`: a lazy iterator of results in input order. The input is read only
@@ -316,7 +321,7 @@ impl<'p> Tasks<'p> {
         T: Message + Send + 'static,
         R: Message + Send + 'static,
     {
-        self.imap_impl::<Plain<T, R>>(Target::Fn(f as usize), items, true)
+        self.imap_with::<Plain<T, R>>(Target::Fn(f as usize), items, true)
     }
 
     /// Python's `imap_unordered`: like [`imap`](Self::imap), results in completion order
@@ -330,6 +335,6 @@ impl<'p> Tasks<'p> {
         T: Message + Send + 'static,
         R: Message + Send + 'static,
     {
-        self.imap_impl::<Plain<T, R>>(Target::Fn(f as usize), items, false)
+        self.imap_with::<Plain<T, R>>(Target::Fn(f as usize), items, false)
     }
 }
