@@ -448,16 +448,7 @@ fn reset_signals() {
 pub(crate) fn worker_main(args: WorkerArgs) {
     reset_signals();
     install_task_hook();
-    // A worker allocates and frees a few buffers of a chunk's size per chunk. glibc serves
-    // large ones with mmap and gives them back at once, so every chunk would fault its
-    // pages in again (zeroed by the kernel): keep them in the heap instead. This process
-    // only runs tasks, so holding on to that memory is what it should do.
-    // SAFETY: mallopt only changes this process's allocator settings (glibc's allocator
-    // locks were reset by fork, and a re-executed worker has one thread here).
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
-    }
+    keep_freed_memory();
     let pid = std::process::id();
     // The slot's mapping must outlive every use by the claim hook: keep it for the life of
     // the process.
@@ -468,31 +459,9 @@ pub(crate) fn worker_main(args: WorkerArgs) {
         known: Vec::new(),
     };
     if let Some(init) = &args.init {
-        let r = (|| {
-            let trampoline = resolved.get(init.trampoline)?;
-            let target = resolved.get(init.target)?;
-            // SAFETY: `trampoline` is `run_init::<I>` of this very executable (the parent computed
-            // its offset in an image with the same build id, checked by `resolve`), and
-            // `target` is the initializer of type `fn(I)` the parent instantiated it for.
-            let trampoline = unsafe { std::mem::transmute::<usize, RunInit>(trampoline) };
-            let bytes = init.args.bytes()?;
-            // SAFETY: as above: `target` is a `fn(I)`.
-            unsafe { trampoline(target, &bytes) }
-        })();
-        if let Err(message) = r {
-            put_result(
-                &args.results,
-                &args.bell,
-                ResultMsg {
-                    payload: Payload::default(),
-                    job: 0,
-                    chunk: 0,
-                    kind: Kind::InitFailed.into(),
-                    pid,
-                    message,
-                    location: String::new(),
-                },
-            );
+        if let Err(message) = run_initializer(init, &mut resolved) {
+            let failed = control_msg(Kind::InitFailed, pid, message);
+            put_result(&args.results, &args.bell, failed);
             return;
         }
     }
@@ -500,19 +469,8 @@ pub(crate) fn worker_main(args: WorkerArgs) {
     slot.ready.store(1, std::sync::atomic::Ordering::SeqCst);
     if args.init.is_some() {
         // Resets the parent's count of initializer failures in a row.
-        put_result(
-            &args.results,
-            &args.bell,
-            ResultMsg {
-                payload: Payload::default(),
-                job: 0,
-                chunk: 0,
-                kind: Kind::InitOk.into(),
-                pid,
-                message: String::new(),
-                location: String::new(),
-            },
-        );
+        let ok = control_msg(Kind::InitOk, pid, String::new());
+        put_result(&args.results, &args.bell, ok);
     }
     set_claim_slot(slot);
     let mut done = 0u64;
@@ -536,19 +494,8 @@ pub(crate) fn worker_main(args: WorkerArgs) {
             // not be mapped) was skipped: its task is lost, and whose it was is unknown.
             // Tell the parent, which fails the pending work, and go on with the next one.
             Err(e @ (mp_queue::Error::Corrupted(_) | mp_queue::Error::Core(_))) => {
-                put_result(
-                    &args.results,
-                    &args.bell,
-                    ResultMsg {
-                        payload: Payload::default(),
-                        job: 0,
-                        chunk: 0,
-                        kind: Kind::TaskUnreadable.into(),
-                        pid,
-                        message: e.to_string(),
-                        location: String::new(),
-                    },
-                );
+                let unreadable = control_msg(Kind::TaskUnreadable, pid, e.to_string());
+                put_result(&args.results, &args.bell, unreadable);
                 continue;
             }
             Err(_) => return,
@@ -562,32 +509,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
             chunk: task.claim.chunk,
             pid,
         };
-        let outcome = (|| {
-            let unknown = |message| TaskFail::new(Kind::ArgsUndecodable, message);
-            let trampoline = resolved.get(task.trampoline).map_err(unknown)?;
-            let target = if task.raw {
-                if !args.forked {
-                    return Err(unknown(
-                        "a closure task reached a worker that was not forked".into(),
-                    ));
-                }
-                task.target as usize
-            } else {
-                resolved.get(task.target).map_err(unknown)?
-            };
-            // SAFETY: `trampoline` is `run_chunk::<C>` of this very executable (offset computed by
-            // the parent in an image with the same build id, checked by `resolve`), called
-            // through its exact type.
-            let trampoline = unsafe { std::mem::transmute::<usize, RunChunk>(trampoline) };
-            // SAFETY: `target` is the task's function, of the type the parent instantiated
-            // `run_chunk::<C>` for (both come from the same `TaskMsg`). A raw target is the
-            // address of the closure a `FnPool` holds in the parent for as long as its
-            // workers live; this worker was forked from that parent, so its copy of the
-            // closure sits at the same address.
-            // The results went to the result queue, unless it failed.
-            unsafe { trampoline(target, &task.payload.0, &sink) }
-        })();
-        match outcome {
+        match run_task(&task, &mut resolved, args.forked, &sink) {
             Ok(()) => args.bell.ring(),
             Err(f) => put_result(
                 &args.results,
@@ -610,4 +532,75 @@ pub(crate) fn worker_main(args: WorkerArgs) {
             return;
         }
     }
+}
+
+/// A worker allocates and frees a few buffers of a chunk's size per chunk. glibc serves
+/// large ones with mmap and gives them back at once, so every chunk would fault its pages in
+/// again (zeroed by the kernel): keep them in the heap instead. A worker only runs tasks, so
+/// holding on to that memory is what it should do.
+fn keep_freed_memory() {
+    // SAFETY: mallopt only changes this process's allocator settings (glibc's allocator
+    // locks were reset by fork, and a re-executed worker has one thread here).
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+    }
+}
+
+/// A message about the worker itself (no job's chunk): its initializer, an unreadable task.
+fn control_msg(kind: Kind, pid: u32, message: String) -> ResultMsg {
+    ResultMsg {
+        payload: Payload::default(),
+        job: 0,
+        chunk: 0,
+        kind: kind.into(),
+        pid,
+        message,
+        location: String::new(),
+    }
+}
+
+/// Runs the pool's initializer in this worker: `Err` with the failure's message.
+fn run_initializer(init: &InitSpec, resolved: &mut Resolved) -> Result<(), String> {
+    let trampoline = resolved.get(init.trampoline)?;
+    let target = resolved.get(init.target)?;
+    // SAFETY: `trampoline` is `run_init::<I>` of this very executable (the parent computed
+    // its offset in an image with the same build id, checked by `resolve`), and `target` is
+    // the initializer of type `fn(I)` the parent instantiated it for.
+    let trampoline = unsafe { std::mem::transmute::<usize, RunInit>(trampoline) };
+    let bytes = init.args.bytes()?;
+    // SAFETY: as above: `target` is a `fn(I)`.
+    unsafe { trampoline(target, &bytes) }
+}
+
+/// Runs one chunk: its results go to the result queue through `sink`, unless it failed.
+/// `forked`: this worker was forked from the parent (a closure task may run here).
+fn run_task(
+    task: &TaskMsg,
+    resolved: &mut Resolved,
+    forked: bool,
+    sink: &Sink<'_>,
+) -> Result<(), TaskFail> {
+    let unknown = |message| TaskFail::new(Kind::ArgsUndecodable, message);
+    let trampoline = resolved.get(task.trampoline).map_err(unknown)?;
+    let target = if task.raw {
+        if !forked {
+            return Err(unknown(
+                "a closure task reached a worker that was not forked".into(),
+            ));
+        }
+        task.target as usize
+    } else {
+        resolved.get(task.target).map_err(unknown)?
+    };
+    // SAFETY: `trampoline` is `run_chunk::<C>` of this very executable (offset computed by
+    // the parent in an image with the same build id, checked by `resolve`), called through
+    // its exact type.
+    let trampoline = unsafe { std::mem::transmute::<usize, RunChunk>(trampoline) };
+    // SAFETY: `target` is the task's function, of the type the parent instantiated
+    // `run_chunk::<C>` for (both come from the same `TaskMsg`). A raw target is the address
+    // of the closure a `FnPool` holds in the parent for as long as its workers live; this
+    // worker was forked from that parent, so its copy of the closure sits at the same
+    // address.
+    unsafe { trampoline(target, &task.payload.0, sink) }
 }
