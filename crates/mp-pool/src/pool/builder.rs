@@ -10,7 +10,8 @@ use mp_core::{Message, Shared};
 use mp_process::{Context, StartMethod};
 use mp_queue::Queue;
 
-use super::{offset_of, Config, Feeds, InitCfg, Inner, Pool, State, Table, WorkerEntry, Workers};
+use super::feed::Feeds;
+use super::{offset_of, Config, InitCfg, Inner, Pool, State, Table, WorkerEntry, Workers};
 use crate::error::Error;
 use crate::helpers::lock;
 use crate::wire::{Doorbell, Slot};

@@ -3,6 +3,7 @@
 //! sources encode each chunk straight from the caller's items.
 
 use std::any::Any;
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use mp_core::Message;
 use mp_queue::{PutError, Queue};
 
-use super::{Feed, Inner};
+use super::Inner;
 use crate::error::Error;
 use crate::helpers::{lock, on_pool_thread, panic_text, wait, wait_timeout};
 use crate::job::Job;
@@ -21,6 +22,26 @@ use crate::wire::{Claim, NestedArchive, TaskMsg, TaskRef};
 const PUT_SLICE: Duration = Duration::from_millis(20);
 
 pub(super) type Chunks<'a> = Box<dyn ChunkSource + 'a>;
+
+/// The work waiting for the feeder thread, in submission order.
+pub(super) struct Feeds {
+    /// The work, oldest first.
+    pub(super) queue: VecDeque<Feed>,
+    /// Set by `stop_threads`: the feeder ends once the queue is empty.
+    pub(super) closed: bool,
+}
+
+/// A job's chunks that did not fit in the task queue, for the feeder thread.
+pub(super) struct Feed {
+    /// The job's id.
+    pub(super) id: u64,
+    /// The job, to fail it should a chunk not go.
+    pub(super) job: Arc<dyn Job>,
+    /// The chunks left to put.
+    pub(super) chunks: Chunks<'static>,
+    /// The chunks it added to the backlog.
+    pub(super) count: usize,
+}
 
 /// The error of a chunk whose items' `Serialize` panicked.
 pub(super) fn serialize_panicked(p: &(dyn Any + Send)) -> Error {

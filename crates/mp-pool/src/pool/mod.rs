@@ -35,7 +35,7 @@ mod supervisor;
 mod tasks;
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -53,7 +53,7 @@ use crate::wire::{Doorbell, ResultMsg, Slot, TaskMsg};
 use crate::worker::{EncodeInit, Fallible, Plain};
 
 pub use builder::{PoolBuilder, DEFAULT_MAX_BACKLOG};
-use feed::Chunks;
+use feed::Feeds;
 pub use imap::IMap;
 pub use tasks::Tasks;
 
@@ -170,26 +170,6 @@ struct Config {
 
 /// The supervisor's last looked-up job.
 type JobCache = Option<(u64, Arc<dyn Job>)>;
-
-/// The work waiting for the feeder thread, in submission order.
-struct Feeds {
-    /// The work, oldest first.
-    queue: VecDeque<Feed>,
-    /// Set by `stop_threads`: the feeder ends once the queue is empty.
-    closed: bool,
-}
-
-/// A job's chunks that did not fit in the task queue, for the feeder thread.
-struct Feed {
-    /// The job's id.
-    id: u64,
-    /// The job, to fail it should a chunk not go.
-    job: Arc<dyn Job>,
-    /// The chunks left to put.
-    chunks: Chunks<'static>,
-    /// The chunks it added to the backlog.
-    count: usize,
-}
 
 /// The state shared by the pool handle, its threads and its iterators.
 pub(crate) struct Inner {
