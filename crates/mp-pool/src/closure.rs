@@ -8,7 +8,7 @@ use mp_core::Message;
 use mp_process::StartMethod;
 
 use crate::error::Error;
-use crate::pool::{single, Pool, PoolBuilder, Target, Tasks};
+use crate::pool::{Pool, PoolBuilder, Target, Tasks};
 use crate::result::AsyncResult;
 use crate::worker::Closure;
 use crate::IMap;
@@ -115,10 +115,9 @@ where
 
     /// The closure applied to every item, results in order.
     pub fn map(self, items: impl IntoIterator<Item = T>) -> Result<Vec<R>, Error> {
-        let items: Vec<T> = items.into_iter().collect();
-        let t = self.target();
+        let target = self.target();
         self.tasks
-            .collect_async::<Closure<F, T, R>, Vec<R>>(t, items, Ok, true)?
+            .map_with::<Closure<F, T, R>>(target, items, true)?
             .get()
     }
 
@@ -127,25 +126,24 @@ where
         self,
         items: impl IntoIterator<Item = T>,
     ) -> Result<AsyncResult<Vec<R>>, Error> {
-        let items: Vec<T> = items.into_iter().collect();
-        let t = self.target();
+        let target = self.target();
         self.tasks
-            .collect_async::<Closure<F, T, R>, Vec<R>>(t, items, Ok, false)
+            .map_with::<Closure<F, T, R>>(target, items, false)
     }
 
     /// The closure on one argument.
     pub fn apply(self, arg: T) -> Result<R, Error> {
-        let t = self.target();
+        let target = self.target();
         self.tasks
-            .collect_async::<Closure<F, T, R>, R>(t, vec![arg], single, true)?
+            .apply_with::<Closure<F, T, R>>(target, arg, true)?
             .get()
     }
 
     /// [`apply`](Self::apply), returning at once.
     pub fn apply_async(self, arg: T) -> Result<AsyncResult<R>, Error> {
-        let t = self.target();
+        let target = self.target();
         self.tasks
-            .collect_async::<Closure<F, T, R>, R>(t, vec![arg], single, false)
+            .apply_with::<Closure<F, T, R>>(target, arg, false)
     }
 
     /// A lazy iterator of results in order (see [`Tasks::imap`]).
@@ -153,8 +151,9 @@ where
         self,
         items: impl IntoIterator<Item = T, IntoIter: Send + 'a>,
     ) -> Result<IMap<'a, R>, Error> {
-        let t = self.target();
-        self.tasks.imap_impl::<Closure<F, T, R>>(t, items, true)
+        let target = self.target();
+        self.tasks
+            .imap_with::<Closure<F, T, R>>(target, items, true)
     }
 
     /// A lazy iterator of results in completion order.
@@ -162,8 +161,9 @@ where
         self,
         items: impl IntoIterator<Item = T, IntoIter: Send + 'a>,
     ) -> Result<IMap<'a, R>, Error> {
-        let t = self.target();
-        self.tasks.imap_impl::<Closure<F, T, R>>(t, items, false)
+        let target = self.target();
+        self.tasks
+            .imap_with::<Closure<F, T, R>>(target, items, false)
     }
 }
 

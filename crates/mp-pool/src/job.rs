@@ -12,12 +12,9 @@ use mp_core::Message;
 use rkyv::util::AlignedVec;
 
 use crate::error::Error;
+use crate::helpers::{lock, wait, wait_timeout};
 use crate::result::Outcome;
-use crate::wire::Spin;
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::wire::SpinBudget;
 
 /// What the supervisor does with a job's chunks. Every method returns true when the job
 /// needs nothing more (it is then dropped from the pool's table).
@@ -262,15 +259,15 @@ struct Window {
 }
 
 impl Window {
-    fn insert(&mut self, c: u64) {
-        // Empty: the window starts at `c` (also when `c` is below the old base: a chunk
+    fn insert(&mut self, chunk: u64) {
+        // Empty: the window starts at `chunk` (also when `chunk` is below the old base: a chunk
         // removed by `unsubmitted` and submitted again).
         if self.flags.is_empty() {
-            self.base = c;
+            self.base = chunk;
             self.flags.push_back(true);
             return;
         }
-        let Some(i) = c.checked_sub(self.base) else {
+        let Some(i) = chunk.checked_sub(self.base) else {
             return;
         };
         let i = i as usize;
@@ -280,9 +277,9 @@ impl Window {
         self.flags[i] = true;
     }
 
-    /// True when `c` was outstanding (it is not any more).
-    fn remove(&mut self, c: u64) -> bool {
-        let Some(i) = c.checked_sub(self.base) else {
+    /// True when `chunk` was outstanding (it is not any more).
+    fn remove(&mut self, chunk: u64) -> bool {
+        let Some(i) = chunk.checked_sub(self.base) else {
             return false;
         };
         match self.flags.get_mut(i as usize) {
@@ -353,31 +350,31 @@ impl<R: Message + Send> IMapJob<R> {
         }
     }
 
-    /// Records that chunk `c` is about to be submitted; false (and nothing recorded) once
+    /// Records that `chunk` is about to be submitted; false (and nothing recorded) once
     /// the job was aborted: an aborted job takes no more chunks.
-    pub(crate) fn submitted(&self, c: u64) -> bool {
+    pub(crate) fn submitted(&self, chunk: u64) -> bool {
         let mut st = lock(&self.st);
         if st.aborted.is_some() {
             return false;
         }
-        st.outstanding.insert(c);
+        st.outstanding.insert(chunk);
         true
     }
 
-    /// Forgets chunk `c`, recorded by [`submitted`](Self::submitted) but not put after all
+    /// Forgets `chunk`, recorded by [`submitted`](Self::submitted) but not put after all
     /// (the deadline passed first): it will be submitted again.
-    pub(crate) fn unsubmitted(&self, c: u64) {
-        lock(&self.st).outstanding.remove(c);
+    pub(crate) fn unsubmitted(&self, chunk: u64) {
+        lock(&self.st).outstanding.remove(chunk);
     }
 
     /// Records an answer produced in the parent (a chunk whose items could not be encoded).
-    pub(crate) fn answer(&self, c: u64, r: Result<Vec<R>, Error>) {
+    pub(crate) fn answer(&self, chunk: u64, result: Result<Vec<R>, Error>) {
         let mut st = lock(&self.st);
-        if st.outstanding.remove(c) {
+        if st.outstanding.remove(chunk) {
             if self.ordered {
-                st.by_chunk.insert(c, r);
+                st.by_chunk.insert(chunk, result);
             } else {
-                st.arrived.push_back(r);
+                st.arrived.push_back(result);
             }
         }
         // Release pairs with the Acquire load of the spinning consumer in `next`.
@@ -390,7 +387,12 @@ impl<R: Message + Send> IMapJob<R> {
     }
 
     /// Waits for the next answer: chunk `want` when ordered, any when unordered.
-    pub(crate) fn next(&self, want: u64, deadline: Option<Instant>, spin: &mut Spin) -> Next<R> {
+    pub(crate) fn next(
+        &self,
+        want: u64,
+        deadline: Option<Instant>,
+        spin: &mut SpinBudget,
+    ) -> Next<R> {
         let mut st = lock(&self.st);
         let mut spun = false;
         loop {
@@ -417,18 +419,14 @@ impl<R: Message + Send> IMapJob<R> {
             }
             st.sleeping = true;
             match deadline {
-                None => st = spin.sleep(|| self.cv.wait(st).unwrap_or_else(|p| p.into_inner())),
+                None => st = spin.sleep(|| wait(&self.cv, st)),
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
                         st.sleeping = false;
                         return Next::Timeout;
                     }
-                    st = self
-                        .cv
-                        .wait_timeout(st, d - now)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
+                    st = wait_timeout(&self.cv, st, d - now);
                 }
             }
             st.sleeping = false;

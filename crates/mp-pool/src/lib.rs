@@ -276,6 +276,7 @@
 
 mod closure;
 mod error;
+mod helpers;
 mod job;
 mod pool;
 #[cfg(feature = "progress")]

@@ -5,6 +5,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
+use crate::helpers::{lock, on_pool_thread, wait, wait_timeout};
 
 type OnOk<R> = Box<dyn FnOnce(&R) + Send>;
 type OnErr = Box<dyn FnOnce(&Error) + Send>;
@@ -28,16 +29,12 @@ struct State<R> {
 pub(crate) struct Outcome<R> {
     state: Mutex<State<R>>,
     cv: Condvar,
-    /// The pool's id (see `crate::pool::on_pool_thread`): waiting on one of its own threads
+    /// The pool's id (see `crate::helpers::on_pool_thread`): waiting on one of its own threads
     /// is refused.
     pool: usize,
     /// Decided with callbacks to run: `publish` has work (without callbacks, `decide` makes
     /// the outcome ready itself, and `publish` takes no lock).
     to_publish: AtomicBool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn run_callback(f: impl FnOnce()) {
@@ -66,24 +63,24 @@ impl<R> Outcome<R> {
     }
 
     /// Decides and publishes the outcome at once (see [`decide`](Self::decide)).
-    pub(crate) fn set(&self, v: Result<R, Error>) {
-        if self.decide(v) {
+    pub(crate) fn set(&self, value: Result<R, Error>) {
+        if self.decide(value) {
             self.publish();
         }
     }
 
-    /// Decides the outcome once (false, and `v` dropped, when it was decided already). With
+    /// Decides the outcome once (false, and `value` dropped, when it was decided already). With
     /// callbacks, it is not ready before [`publish`](Self::publish) ran them: the job calls
     /// this under its own lock, and the pool publishes once the job left its table. Without
     /// callbacks it is ready at once (nothing runs, so nothing can see the job still there).
-    pub(crate) fn decide(&self, v: Result<R, Error>) -> bool {
+    pub(crate) fn decide(&self, value: Result<R, Error>) -> bool {
         let mut st = lock(&self.state);
         if st.decided {
             return false;
         }
         st.decided = true;
-        st.successful = v.is_ok();
-        st.value = Some(v);
+        st.successful = value.is_ok();
+        st.value = Some(value);
         if !st.on_ok.is_empty() || !st.on_err.is_empty() {
             // Release pairs with the Acquire load in `publish` (which then locks anyway).
             self.to_publish.store(true, Ordering::Release);
@@ -182,7 +179,7 @@ impl<R> AsyncResult<R> {
     /// not wait: nothing would be delivered meanwhile.
     fn wait_until(&self, deadline: Option<Instant>) -> MutexGuard<'_, State<R>> {
         let mut st = lock(&self.outcome.state);
-        if !st.ready && crate::pool::on_pool_thread(self.outcome.pool) {
+        if !st.ready && on_pool_thread(self.outcome.pool) {
             return st;
         }
         while !st.ready {
@@ -192,14 +189,8 @@ impl<R> AsyncResult<R> {
             }
             st.waiters += 1;
             st = match deadline {
-                None => self.outcome.cv.wait(st).unwrap_or_else(|p| p.into_inner()),
-                Some(d) => {
-                    self.outcome
-                        .cv
-                        .wait_timeout(st, d - now)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
+                None => wait(&self.outcome.cv, st),
+                Some(d) => wait_timeout(&self.outcome.cv, st, d - now),
             };
             st.waiters -= 1;
         }
@@ -208,7 +199,7 @@ impl<R> AsyncResult<R> {
 
     fn take(&self, mut st: MutexGuard<'_, State<R>>) -> Result<R, Error> {
         if !st.ready {
-            if crate::pool::on_pool_thread(self.outcome.pool) {
+            if on_pool_thread(self.outcome.pool) {
                 return Err(Error::InCallback);
             }
             return Err(Error::Timeout);

@@ -105,7 +105,7 @@ pub(crate) struct TaskMsg {
     pub(crate) payload: Payload,
     pub(crate) claim: Claim,
     /// Offset of the trampoline (`worker::run_chunk::<C>`).
-    pub(crate) tramp: i64,
+    pub(crate) trampoline: i64,
     /// Offset of the user's function, or with `raw`, the address of a closure in a forked
     /// worker's copy of the parent's memory.
     pub(crate) target: i64,
@@ -118,36 +118,68 @@ impl TaskMsg {
         TaskMsg {
             payload: Payload::default(),
             claim: Claim { job: 0, chunk: 0 },
-            tramp: 0,
+            trampoline: 0,
             target: 0,
             raw: false,
         }
     }
 }
 
-/// What a [`ResultMsg`] reports.
-pub(crate) mod kind {
+/// What a [`ResultMsg`] reports: its `kind` field, as a `u32` on the wire.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
     /// `payload` is the encoded `Vec<R>`.
-    pub(crate) const OK: u32 = 0;
+    Ok = 0,
     /// A task panicked; `message` is the panic message.
-    pub(crate) const PANICKED: u32 = 1;
+    Panicked = 1,
     /// A fallible task returned `Err`; `message` is its `Display`.
-    pub(crate) const FAILED: u32 = 2;
+    Failed = 2,
     /// The result could not be serialized.
-    pub(crate) const RESULT_UNSERIALIZABLE: u32 = 3;
+    ResultUnserializable = 3,
     /// The arguments could not be decoded (or the function could not be found).
-    pub(crate) const ARGS_UNDECODABLE: u32 = 4;
+    ArgsUndecodable = 4,
     /// The worker's initializer failed; the worker exits.
-    pub(crate) const INIT_FAILED: u32 = 5;
+    InitFailed = 5,
     /// Put by the parent itself to wake the supervisor.
-    pub(crate) const WAKE: u32 = 6;
+    Wake = 6,
     /// The worker's initializer completed (sent only when there is one).
-    pub(crate) const INIT_OK: u32 = 7;
+    InitOk = 7,
     /// The worker could not read a task from the task queue (it was skipped); `message`
     /// says why.
-    pub(crate) const TASK_UNREADABLE: u32 = 8;
+    TaskUnreadable = 8,
     /// The result could not be stored: the result queue's shared memory could not grow.
-    pub(crate) const RESULT_NO_SPACE: u32 = 9;
+    ResultNoSpace = 9,
+}
+
+/// A `kind` code that no [`Kind`] has: the peer is not a worker of this build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct UnknownKind(pub(crate) u32);
+
+impl From<Kind> for u32 {
+    fn from(k: Kind) -> u32 {
+        k as u32
+    }
+}
+
+impl TryFrom<u32> for Kind {
+    type Error = UnknownKind;
+
+    fn try_from(code: u32) -> Result<Kind, UnknownKind> {
+        Ok(match code {
+            0 => Kind::Ok,
+            1 => Kind::Panicked,
+            2 => Kind::Failed,
+            3 => Kind::ResultUnserializable,
+            4 => Kind::ArgsUndecodable,
+            5 => Kind::InitFailed,
+            6 => Kind::Wake,
+            7 => Kind::InitOk,
+            8 => Kind::TaskUnreadable,
+            9 => Kind::ResultNoSpace,
+            _ => return Err(UnknownKind(code)),
+        })
+    }
 }
 
 /// A chunk's outcome, from a worker to the supervisor.
@@ -157,6 +189,7 @@ pub(crate) struct ResultMsg {
     pub(crate) payload: Payload,
     pub(crate) job: u64,
     pub(crate) chunk: u64,
+    /// A [`Kind`] code.
     pub(crate) kind: u32,
     pub(crate) pid: u32,
     pub(crate) message: String,
@@ -208,13 +241,13 @@ impl Slot {
     }
 
     /// In the worker, while the task message is decoded under the queue's consumer lock.
-    fn begin(&self, c: Claim) {
+    fn begin(&self, claim: Claim) {
         // The parent reads the slot only after the worker died (its pidfd became readable),
         // which orders every store of the worker before the read; SeqCst keeps the three
         // stores in program order for that reader without a partner of their own.
         self.state.store(CLAIMING, Ordering::SeqCst);
-        self.job.store(c.job, Ordering::SeqCst);
-        self.chunk.store(c.chunk, Ordering::SeqCst);
+        self.job.store(claim.job, Ordering::SeqCst);
+        self.chunk.store(claim.chunk, Ordering::SeqCst);
         self.state.store(RUNNING, Ordering::SeqCst);
     }
 
@@ -249,18 +282,18 @@ impl Slot {
 /// cores, yielding every round beat pause-spinning by 2-4x with pinned processes and matched
 /// it without.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Spin {
+pub(crate) struct SpinBudget {
     budget: u32,
 }
 
-impl Spin {
+impl SpinBudget {
     const MAX: u32 = 256;
     const MIN_GROW: u32 = 16;
     /// A sleep shorter than this would have been a spin.
     const SHORT_SLEEP: std::time::Duration = std::time::Duration::from_micros(100);
 
-    pub(crate) fn new() -> Spin {
-        Spin { budget: 128 }
+    pub(crate) fn new() -> SpinBudget {
+        SpinBudget { budget: 128 }
     }
 
     /// Spins until `done()` or the budget is spent; true when `done()` came true.
@@ -341,7 +374,7 @@ impl Doorbell {
     pub(crate) fn wait(
         &self,
         empty: impl Fn() -> bool,
-        spin: &mut Spin,
+        spin: &mut SpinBudget,
         timeout: std::time::Duration,
     ) {
         // Acquire pairs with the SeqCst increment in `ring`.
@@ -366,24 +399,24 @@ impl Doorbell {
 /// The nested archive starts at a 16-aligned position of the message, which starts 16-aligned
 /// itself: read in place, it is aligned as a standalone archive would be (and its relative
 /// pointers do not depend on where it starts). It ends with its root, as `access` expects.
-pub(crate) struct Nested<'a, T>(pub(crate) &'a [T]);
+pub(crate) struct NestedArchive<'a, T>(pub(crate) &'a [T]);
 
-/// Where a [`Nested`] archive was written: its start and length.
-pub(crate) struct NestedResolver {
+/// Where a [`NestedArchive`] archive was written: its start and length.
+pub(crate) struct NestedArchiveResolver {
     pos: usize,
     len: usize,
 }
 
-impl<T> Archive for Nested<'_, T> {
+impl<T> Archive for NestedArchive<'_, T> {
     type Archived = ArchivedVec<u8>;
-    type Resolver = NestedResolver;
+    type Resolver = NestedArchiveResolver;
 
     fn resolve(&self, r: Self::Resolver, out: Place<Self::Archived>) {
         ArchivedVec::<u8>::resolve_from_len(r.len, VecResolver::from_pos(r.pos), out);
     }
 }
 
-impl<T, S> Serialize<S> for Nested<'_, T>
+impl<T, S> Serialize<S> for NestedArchive<'_, T>
 where
     T: Serialize<S>,
     S: Fallible + Allocator + Writer + ?Sized,
@@ -391,7 +424,7 @@ where
     fn serialize(&self, s: &mut S) -> Result<Self::Resolver, S::Error> {
         let pos = s.align(ALIGN)?;
         SliceAsVec(self.0).serialize_unsized(s)?;
-        Ok(NestedResolver {
+        Ok(NestedArchiveResolver {
             pos,
             len: s.pos() - pos,
         })
@@ -401,22 +434,22 @@ where
 /// A chunk of work written straight from the caller's items: archives exactly as
 /// [`TaskMsg`] (the workers receive a `TaskMsg`).
 pub(crate) struct TaskRef<'a, T> {
-    pub(crate) items: Nested<'a, T>,
+    pub(crate) items: NestedArchive<'a, T>,
     pub(crate) claim: Claim,
-    pub(crate) tramp: i64,
+    pub(crate) trampoline: i64,
     pub(crate) target: i64,
     pub(crate) raw: bool,
 }
 
 impl<T> Archive for TaskRef<'_, T> {
     type Archived = ArchivedTaskMsg;
-    type Resolver = (NestedResolver, ClaimResolver);
+    type Resolver = (NestedArchiveResolver, ClaimResolver);
 
     fn resolve(&self, (items, c): Self::Resolver, out: Place<Self::Archived>) {
-        munge!(let ArchivedTaskMsg { payload, claim, tramp, target, raw } = out);
+        munge!(let ArchivedTaskMsg { payload, claim, trampoline, target, raw } = out);
         self.items.resolve(items, payload);
         self.claim.resolve(c, claim);
-        self.tramp.resolve((), tramp);
+        self.trampoline.resolve((), trampoline);
         self.target.resolve((), target);
         self.raw.resolve((), raw);
     }
@@ -433,9 +466,9 @@ where
 }
 
 /// A chunk's successful results written straight from the worker's `Vec<R>`: archives
-/// exactly as a [`ResultMsg`] of kind [`kind::OK`] with empty message and location.
+/// exactly as a [`ResultMsg`] of kind [`Kind::Ok`] with empty message and location.
 pub(crate) struct OkRef<'a, R> {
-    pub(crate) results: Nested<'a, R>,
+    pub(crate) results: NestedArchive<'a, R>,
     pub(crate) job: u64,
     pub(crate) chunk: u64,
     pub(crate) pid: u32,
@@ -443,14 +476,14 @@ pub(crate) struct OkRef<'a, R> {
 
 impl<R> Archive for OkRef<'_, R> {
     type Archived = ArchivedResultMsg;
-    type Resolver = (NestedResolver, StringResolver, StringResolver);
+    type Resolver = (NestedArchiveResolver, StringResolver, StringResolver);
 
     fn resolve(&self, (items, m, l): Self::Resolver, out: Place<Self::Archived>) {
         munge!(let ArchivedResultMsg { payload, job, chunk, kind, pid, message, location } = out);
         self.results.resolve(items, payload);
         self.job.resolve((), job);
         self.chunk.resolve((), chunk);
-        kind::OK.resolve((), kind);
+        u32::from(Kind::Ok).resolve((), kind);
         self.pid.resolve((), pid);
         ArchivedString::resolve_from_str("", m, message);
         ArchivedString::resolve_from_str("", l, location);
@@ -476,6 +509,17 @@ where
 mod tests {
     use super::*;
 
+    /// Every kind goes through its code and back; a code no kind has is an error.
+    #[test]
+    fn kinds_round_trip_through_their_codes() {
+        for code in 0..10 {
+            let k = Kind::try_from(code).unwrap();
+            assert_eq!(u32::from(k), code);
+        }
+        assert_eq!(Kind::try_from(10), Err(UnknownKind(10)));
+        assert_eq!(Kind::try_from(u32::MAX), Err(UnknownKind(u32::MAX)));
+    }
+
     /// A `TaskRef` is received as a `TaskMsg` whose payload is a standalone archive of the
     /// items, 16-aligned in place (items with out-of-line data too, and none at all).
     #[test]
@@ -483,9 +527,9 @@ mod tests {
         use mp_core::message::{access, decode, encode};
         fn check<T: mp_core::Message + PartialEq + std::fmt::Debug>(items: &[T]) {
             let t = TaskRef {
-                items: Nested(items),
+                items: NestedArchive(items),
                 claim: Claim { job: 7, chunk: 9 },
-                tramp: -3,
+                trampoline: -3,
                 target: 1 << 40,
                 raw: true,
             };
@@ -493,7 +537,7 @@ mod tests {
             let a = access::<TaskMsg>(&bytes).unwrap();
             assert_eq!((a.claim.job.to_native(), a.claim.chunk.to_native()), (7, 9));
             assert_eq!(
-                (a.tramp.to_native(), a.target.to_native(), a.raw),
+                (a.trampoline.to_native(), a.target.to_native(), a.raw),
                 (-3, 1 << 40, true)
             );
             let p = a.payload.as_slice();
@@ -503,7 +547,7 @@ mod tests {
             assert_eq!(decode::<Vec<T>>(&m.payload.0).unwrap(), items);
 
             let r = OkRef {
-                results: Nested(items),
+                results: NestedArchive(items),
                 job: 5,
                 chunk: 6,
                 pid: 42,
@@ -511,7 +555,10 @@ mod tests {
             let bytes = encode(&r).unwrap();
             let a = access::<ResultMsg>(&bytes).unwrap();
             assert_eq!((a.job.to_native(), a.chunk.to_native()), (5, 6));
-            assert_eq!((a.kind.to_native(), a.pid.to_native()), (kind::OK, 42));
+            assert_eq!(
+                (a.kind.to_native(), a.pid.to_native()),
+                (u32::from(Kind::Ok), 42)
+            );
             assert!(a.message.is_empty() && a.location.is_empty());
             assert_eq!(a.payload.as_slice().as_ptr() as usize % ALIGN, 0);
             assert_eq!(decode::<Vec<T>>(a.payload.as_slice()).unwrap(), items);
@@ -527,7 +574,7 @@ mod tests {
 
     #[test]
     fn spin_budget_adapts() {
-        let mut s = Spin::new();
+        let mut s = SpinBudget::new();
         assert!(s.spin(|| true));
         let grown = s.budget;
         assert!(grown >= 128);
@@ -539,6 +586,6 @@ mod tests {
         assert_eq!(s.budget, 0);
         assert!(!s.spin(|| false));
         s.sleep(|| ());
-        assert!(s.budget >= Spin::MIN_GROW);
+        assert!(s.budget >= SpinBudget::MIN_GROW);
     }
 }

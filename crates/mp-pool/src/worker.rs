@@ -16,8 +16,10 @@ use rkyv::util::AlignedVec;
 use rkyv::vec::{ArchivedVec, VecResolver};
 use rkyv::{Archive, Deserialize, Place, Serialize};
 
+use crate::helpers::panic_text;
 use crate::wire::{
-    kind, set_claim_slot, Doorbell, Nested, OkRef, Payload, ResultMsg, Slot, Spin, TaskMsg,
+    set_claim_slot, Doorbell, Kind, NestedArchive, OkRef, Payload, ResultMsg, Slot, SpinBudget,
+    TaskMsg,
 };
 
 /// How long an idle worker sleeps before it looks at the task queue again (a safety net: the
@@ -26,14 +28,14 @@ const IDLE_NAP: Duration = Duration::from_millis(200);
 
 /// Why a chunk failed in the worker.
 pub(crate) struct TaskFail {
-    pub(crate) kind: u32,
+    pub(crate) kind: Kind,
     pub(crate) message: String,
     /// Where a panic happened (`file:line:column`), or empty.
     pub(crate) location: String,
 }
 
 impl TaskFail {
-    fn new(kind: u32, message: String) -> TaskFail {
+    fn new(kind: Kind, message: String) -> TaskFail {
         TaskFail {
             kind,
             message,
@@ -57,13 +59,9 @@ pub(crate) trait Call: 'static {
 }
 
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
-    let m = if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "Box<dyn Any> (a panic payload that is not a string)".into()
-    };
+    let m = panic_text(&*payload)
+        .unwrap_or("Box<dyn Any> (a panic payload that is not a string)")
+        .to_string();
     // A payload whose destructor panics would abort the worker: leak it (as mp-process does).
     std::mem::forget(payload);
     m
@@ -107,7 +105,7 @@ fn catch<R>(f: impl FnOnce() -> Result<R, TaskFail>) -> Result<R, TaskFail> {
     match r {
         Ok(r) => r,
         Err(p) => Err(TaskFail {
-            kind: kind::PANICKED,
+            kind: Kind::Panicked,
             message: panic_message(p),
             location: PANIC_AT.with(|a| a.borrow_mut().take()).unwrap_or_default(),
         }),
@@ -141,7 +139,7 @@ impl<T: Message + 'static, R: Message + 'static, E: std::fmt::Display + 'static>
     unsafe fn call(addr: usize, x: T) -> Result<R, TaskFail> {
         // SAFETY: by this function's contract `addr` is a `fn(T) -> Result<R, E>`.
         let f = unsafe { std::mem::transmute::<usize, fn(T) -> Result<R, E>>(addr) };
-        catch(move || f(x).map_err(|e| TaskFail::new(kind::FAILED, e.to_string())))
+        catch(move || f(x).map_err(|e| TaskFail::new(Kind::Failed, e.to_string())))
     }
 }
 
@@ -166,9 +164,9 @@ where
 }
 
 /// `fn(A, B) -> R` called with a pair (starmap).
-pub(crate) struct Star2<A, B, R>(PhantomData<fn(A, B) -> R>);
+pub(crate) struct StarPair<A, B, R>(PhantomData<fn(A, B) -> R>);
 
-impl<A: Message + 'static, B: Message + 'static, R: Message + 'static> Call for Star2<A, B, R> {
+impl<A: Message + 'static, B: Message + 'static, R: Message + 'static> Call for StarPair<A, B, R> {
     type In = (A, B);
     type Out = R;
 
@@ -191,7 +189,7 @@ impl Sink<'_> {
     /// Puts the chunk's results, serialized straight into the result queue.
     fn put_ok<R: Message>(&self, results: &[R]) -> Result<(), TaskFail> {
         let msg = OkRef {
-            results: Nested(results),
+            results: NestedArchive(results),
             job: self.job,
             chunk: self.chunk,
             pid: self.pid,
@@ -212,10 +210,10 @@ impl Sink<'_> {
 
 /// The kind of a result that could not be put: a system call of the queue failed (its
 /// shared memory could not grow or be mapped), or the value could not be serialized.
-fn failed_kind(e: &mp_core::Error) -> u32 {
+fn failed_kind(e: &mp_core::Error) -> Kind {
     match e {
-        mp_core::Error::Io { .. } => kind::RESULT_NO_SPACE,
-        _ => kind::RESULT_UNSERIALIZABLE,
+        mp_core::Error::Io { .. } => Kind::ResultNoSpace,
+        _ => Kind::ResultUnserializable,
     }
 }
 
@@ -233,7 +231,7 @@ pub(crate) unsafe fn run_chunk<C: Call>(
     payload: &[u8],
     sink: &Sink<'_>,
 ) -> Result<(), TaskFail> {
-    let undecodable = |e: mp_core::Error| TaskFail::new(kind::ARGS_UNDECODABLE, e.to_string());
+    let undecodable = |e: mp_core::Error| TaskFail::new(Kind::ArgsUndecodable, e.to_string());
     let archived = access::<Vec<C::In>>(payload).map_err(undecodable)?;
     let mut out: Vec<C::Out> = Vec::with_capacity(archived.len());
     for x in deserialize_each::<C::In>(archived.as_slice()) {
@@ -347,7 +345,7 @@ impl InitArgs {
 #[derive(Debug, Archive, Serialize, Deserialize)]
 pub(crate) struct InitSpec {
     pub(crate) args: InitArgs,
-    pub(crate) tramp: i64,
+    pub(crate) trampoline: i64,
     pub(crate) target: i64,
 }
 
@@ -405,7 +403,7 @@ fn put_only(results: &Queue<ResultMsg>, msg: ResultMsg) {
                 payload: Payload::default(),
                 job: m.job,
                 chunk: m.chunk,
-                kind: failed_kind(&e),
+                kind: failed_kind(&e).into(),
                 pid: m.pid,
                 message: format!("the result could not be sent: {e}"),
                 location: String::new(),
@@ -450,16 +448,7 @@ fn reset_signals() {
 pub(crate) fn worker_main(args: WorkerArgs) {
     reset_signals();
     install_task_hook();
-    // A worker allocates and frees a few buffers of a chunk's size per chunk. glibc serves
-    // large ones with mmap and gives them back at once, so every chunk would fault its
-    // pages in again (zeroed by the kernel): keep them in the heap instead. This process
-    // only runs tasks, so holding on to that memory is what it should do.
-    // SAFETY: mallopt only changes this process's allocator settings (glibc's allocator
-    // locks were reset by fork, and a re-executed worker has one thread here).
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
-    }
+    keep_freed_memory();
     let pid = std::process::id();
     // The slot's mapping must outlive every use by the claim hook: keep it for the life of
     // the process.
@@ -470,31 +459,9 @@ pub(crate) fn worker_main(args: WorkerArgs) {
         known: Vec::new(),
     };
     if let Some(init) = &args.init {
-        let r = (|| {
-            let tramp = resolved.get(init.tramp)?;
-            let target = resolved.get(init.target)?;
-            // SAFETY: `tramp` is `run_init::<I>` of this very executable (the parent computed
-            // its offset in an image with the same build id, checked by `resolve`), and
-            // `target` is the initializer of type `fn(I)` the parent instantiated it for.
-            let tramp = unsafe { std::mem::transmute::<usize, RunInit>(tramp) };
-            let bytes = init.args.bytes()?;
-            // SAFETY: as above: `target` is a `fn(I)`.
-            unsafe { tramp(target, &bytes) }
-        })();
-        if let Err(message) = r {
-            put_result(
-                &args.results,
-                &args.bell,
-                ResultMsg {
-                    payload: Payload::default(),
-                    job: 0,
-                    chunk: 0,
-                    kind: kind::INIT_FAILED,
-                    pid,
-                    message,
-                    location: String::new(),
-                },
-            );
+        if let Err(message) = run_initializer(init, &mut resolved) {
+            let failed = control_msg(Kind::InitFailed, pid, message);
+            put_result(&args.results, &args.bell, failed);
             return;
         }
     }
@@ -502,23 +469,12 @@ pub(crate) fn worker_main(args: WorkerArgs) {
     slot.ready.store(1, std::sync::atomic::Ordering::SeqCst);
     if args.init.is_some() {
         // Resets the parent's count of initializer failures in a row.
-        put_result(
-            &args.results,
-            &args.bell,
-            ResultMsg {
-                payload: Payload::default(),
-                job: 0,
-                chunk: 0,
-                kind: kind::INIT_OK,
-                pid,
-                message: String::new(),
-                location: String::new(),
-            },
-        );
+        let ok = control_msg(Kind::InitOk, pid, String::new());
+        put_result(&args.results, &args.bell, ok);
     }
     set_claim_slot(slot);
     let mut done = 0u64;
-    let mut spin = Spin::new();
+    let mut spin = SpinBudget::new();
     loop {
         // Another worker may take the last task between the check and the get: then this
         // one waits in the queue's own `get` (the next put wakes it), which is rare.
@@ -538,19 +494,8 @@ pub(crate) fn worker_main(args: WorkerArgs) {
             // not be mapped) was skipped: its task is lost, and whose it was is unknown.
             // Tell the parent, which fails the pending work, and go on with the next one.
             Err(e @ (mp_queue::Error::Corrupted(_) | mp_queue::Error::Core(_))) => {
-                put_result(
-                    &args.results,
-                    &args.bell,
-                    ResultMsg {
-                        payload: Payload::default(),
-                        job: 0,
-                        chunk: 0,
-                        kind: kind::TASK_UNREADABLE,
-                        pid,
-                        message: e.to_string(),
-                        location: String::new(),
-                    },
-                );
+                let unreadable = control_msg(Kind::TaskUnreadable, pid, e.to_string());
+                put_result(&args.results, &args.bell, unreadable);
                 continue;
             }
             Err(_) => return,
@@ -564,32 +509,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
             chunk: task.claim.chunk,
             pid,
         };
-        let outcome = (|| {
-            let unknown = |message| TaskFail::new(kind::ARGS_UNDECODABLE, message);
-            let tramp = resolved.get(task.tramp).map_err(unknown)?;
-            let target = if task.raw {
-                if !args.forked {
-                    return Err(unknown(
-                        "a closure task reached a worker that was not forked".into(),
-                    ));
-                }
-                task.target as usize
-            } else {
-                resolved.get(task.target).map_err(unknown)?
-            };
-            // SAFETY: `tramp` is `run_chunk::<C>` of this very executable (offset computed by
-            // the parent in an image with the same build id, checked by `resolve`), called
-            // through its exact type.
-            let tramp = unsafe { std::mem::transmute::<usize, RunChunk>(tramp) };
-            // SAFETY: `target` is the task's function, of the type the parent instantiated
-            // `run_chunk::<C>` for (both come from the same `TaskMsg`). A raw target is the
-            // address of the closure a `FnPool` holds in the parent for as long as its
-            // workers live; this worker was forked from that parent, so its copy of the
-            // closure sits at the same address.
-            // The results went to the result queue, unless it failed.
-            unsafe { tramp(target, &task.payload.0, &sink) }
-        })();
-        match outcome {
+        match run_task(&task, &mut resolved, args.forked, &sink) {
             Ok(()) => args.bell.ring(),
             Err(f) => put_result(
                 &args.results,
@@ -598,7 +518,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
                     payload: Payload::default(),
                     job: task.claim.job,
                     chunk: task.claim.chunk,
-                    kind: f.kind,
+                    kind: f.kind.into(),
                     pid,
                     message: f.message,
                     location: f.location,
@@ -612,4 +532,75 @@ pub(crate) fn worker_main(args: WorkerArgs) {
             return;
         }
     }
+}
+
+/// A worker allocates and frees a few buffers of a chunk's size per chunk. glibc serves
+/// large ones with mmap and gives them back at once, so every chunk would fault its pages in
+/// again (zeroed by the kernel): keep them in the heap instead. A worker only runs tasks, so
+/// holding on to that memory is what it should do.
+fn keep_freed_memory() {
+    // SAFETY: mallopt only changes this process's allocator settings (glibc's allocator
+    // locks were reset by fork, and a re-executed worker has one thread here).
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+    }
+}
+
+/// A message about the worker itself (no job's chunk): its initializer, an unreadable task.
+fn control_msg(kind: Kind, pid: u32, message: String) -> ResultMsg {
+    ResultMsg {
+        payload: Payload::default(),
+        job: 0,
+        chunk: 0,
+        kind: kind.into(),
+        pid,
+        message,
+        location: String::new(),
+    }
+}
+
+/// Runs the pool's initializer in this worker: `Err` with the failure's message.
+fn run_initializer(init: &InitSpec, resolved: &mut Resolved) -> Result<(), String> {
+    let trampoline = resolved.get(init.trampoline)?;
+    let target = resolved.get(init.target)?;
+    // SAFETY: `trampoline` is `run_init::<I>` of this very executable (the parent computed
+    // its offset in an image with the same build id, checked by `resolve`), and `target` is
+    // the initializer of type `fn(I)` the parent instantiated it for.
+    let trampoline = unsafe { std::mem::transmute::<usize, RunInit>(trampoline) };
+    let bytes = init.args.bytes()?;
+    // SAFETY: as above: `target` is a `fn(I)`.
+    unsafe { trampoline(target, &bytes) }
+}
+
+/// Runs one chunk: its results go to the result queue through `sink`, unless it failed.
+/// `forked`: this worker was forked from the parent (a closure task may run here).
+fn run_task(
+    task: &TaskMsg,
+    resolved: &mut Resolved,
+    forked: bool,
+    sink: &Sink<'_>,
+) -> Result<(), TaskFail> {
+    let unknown = |message| TaskFail::new(Kind::ArgsUndecodable, message);
+    let trampoline = resolved.get(task.trampoline).map_err(unknown)?;
+    let target = if task.raw {
+        if !forked {
+            return Err(unknown(
+                "a closure task reached a worker that was not forked".into(),
+            ));
+        }
+        task.target as usize
+    } else {
+        resolved.get(task.target).map_err(unknown)?
+    };
+    // SAFETY: `trampoline` is `run_chunk::<C>` of this very executable (offset computed by
+    // the parent in an image with the same build id, checked by `resolve`), called through
+    // its exact type.
+    let trampoline = unsafe { std::mem::transmute::<usize, RunChunk>(trampoline) };
+    // SAFETY: `target` is the task's function, of the type the parent instantiated
+    // `run_chunk::<C>` for (both come from the same `TaskMsg`). A raw target is the address
+    // of the closure a `FnPool` holds in the parent for as long as its workers live; this
+    // worker was forked from that parent, so its copy of the closure sits at the same
+    // address.
+    unsafe { trampoline(target, &task.payload.0, sink) }
 }

@@ -1,0 +1,179 @@
+//! [`IMap`]: the lazy iterator of `imap` and `imap_unordered`.
+
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mp_core::Message;
+
+use super::feed::{serialize_panicked, Chunks};
+use super::Inner;
+use crate::error::Error;
+use crate::helpers::on_pool_thread;
+use crate::job::{IMapJob, Next};
+use crate::wire::SpinBudget;
+
+/// The iterator returned by [`Pool::imap`] and [`Pool::imap_unordered`]: yields each
+/// result (`Err` for a failed chunk), reading the input lazily.
+///
+/// When the pool is terminated (or broken) while the iterator runs, it reads no more
+/// input: it yields the results that had already come, then one `Err`
+/// ([`Error::Terminated`], or the error that broke the pool), then ends.
+pub struct IMap<'a, R> {
+    inner: Arc<Inner>,
+    job: Arc<IMapJob<R>>,
+    id: u64,
+    source: Chunks<'a>,
+    exhausted: bool,
+    /// The input was cut short by the job's abort: the iteration ends with its error.
+    cut: bool,
+    in_flight: usize,
+    limit: usize,
+    next_out: u64,
+    current: std::vec::IntoIter<R>,
+    finished: bool,
+    spin: SpinBudget,
+}
+
+impl<R> std::fmt::Debug for IMap<'_, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IMap")
+            .field("in_flight", &self.in_flight)
+            .field("limit", &self.limit)
+            .field("exhausted", &self.exhausted)
+            .finish()
+    }
+}
+
+impl<'a, R> IMap<'a, R> {
+    /// The iterator over job `id`'s results, which submits the chunks of `source`, at most
+    /// `limit` of them in flight.
+    pub(super) fn new(
+        inner: Arc<Inner>,
+        job: Arc<IMapJob<R>>,
+        id: u64,
+        source: Chunks<'a>,
+        limit: usize,
+    ) -> IMap<'a, R> {
+        IMap {
+            inner,
+            job,
+            id,
+            source,
+            exhausted: false,
+            cut: false,
+            in_flight: 0,
+            limit,
+            next_out: 0,
+            current: Vec::new().into_iter(),
+            finished: false,
+            spin: SpinBudget::new(),
+        }
+    }
+}
+
+impl<R: Message + Send + 'static> IMap<'_, R> {
+    /// Submits chunks up to the limit, waiting for room in the task queue until `deadline`:
+    /// `Err(Timeout)` when it passed first (the chunk that did not fit is still the next).
+    fn top_up(&mut self, deadline: Option<Instant>) -> Result<(), Error> {
+        while !self.exhausted && self.in_flight < self.limit {
+            match self.source.peek() {
+                None => self.exhausted = true,
+                Some(c) => {
+                    if !self.job.submitted(c) {
+                        // Aborted (terminate, a broken pool): submit nothing more, and end
+                        // with the abort's error, not as if the input had ended.
+                        self.exhausted = true;
+                        self.cut = true;
+                        return Ok(());
+                    }
+                    self.in_flight += 1;
+                    let put = catch_unwind(AssertUnwindSafe(|| {
+                        self.inner.put_next_blocking(&mut *self.source, deadline)
+                    }));
+                    match put {
+                        Ok(Ok(())) => {}
+                        Ok(Err(Error::Timeout)) => {
+                            // Not submitted: it goes again on the next call.
+                            self.job.unsubmitted(c);
+                            self.in_flight -= 1;
+                            return Err(Error::Timeout);
+                        }
+                        Ok(Err(e)) => self.job.answer(c, Err(e)),
+                        Err(p) => {
+                            // The items' `Serialize` panicked: the panic reaches the caller,
+                            // and the chunk is an error in its place (nothing waits for it).
+                            self.source.skip();
+                            self.job.answer(c, Err(serialize_panicked(&*p)));
+                            resume_unwind(p);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn next_until(&mut self, deadline: Option<Instant>) -> Option<Result<R, Error>> {
+        loop {
+            if let Some(x) = self.current.next() {
+                return Some(Ok(x));
+            }
+            if self.finished {
+                return None;
+            }
+            if on_pool_thread(self.inner.id()) {
+                return Some(Err(Error::InCallback));
+            }
+            if let Err(e) = self.top_up(deadline) {
+                return Some(Err(e));
+            }
+            if self.in_flight == 0 && !self.cut {
+                self.finished = true;
+                return None;
+            }
+            match self.job.next(self.next_out, deadline, &mut self.spin) {
+                Next::Timeout => return Some(Err(Error::Timeout)),
+                Next::Aborted(e) => {
+                    self.finished = true;
+                    return Some(Err(e));
+                }
+                Next::Chunk(r) => {
+                    self.in_flight -= 1;
+                    self.next_out += 1;
+                    // A chunk came: it is returned now, and what did not fit by the deadline
+                    // is submitted on the next call.
+                    let _ = self.top_up(deadline);
+                    match r {
+                        Ok(v) => self.current = v.into_iter(),
+                        Err(e) => return Some(Err(e)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next result, waiting at most `timeout`: `Some(Err(Error::Timeout))` when none
+    /// came in time (nothing is lost: call again), `None` at the end.
+    pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<R, Error>> {
+        self.next_until(Instant::now().checked_add(timeout))
+    }
+}
+
+impl<R: Message + Send + 'static> Iterator for IMap<'_, R> {
+    type Item = Result<R, Error>;
+
+    fn next(&mut self) -> Option<Result<R, Error>> {
+        self.next_until(None)
+    }
+}
+
+impl<R> Drop for IMap<'_, R> {
+    fn drop(&mut self) {
+        #[cfg(feature = "progress")]
+        if let Some(bar) = &self.job.bar {
+            bar.finish_and_clear();
+        }
+        self.inner.unregister(self.id);
+    }
+}

@@ -1,0 +1,340 @@
+//! [`Tasks`]: the settings of one call, and the verbs (`map`, `imap`, `starmap`, ...).
+
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use mp_core::Message;
+
+use super::feed::{serialize_panicked, ChunkHead, ChunkIter, SliceChunks};
+use super::{default_chunksize, offset_of, IMap, Pool, Target};
+use crate::error::Error;
+use crate::helpers::on_pool_thread;
+use crate::job::{CollectJob, IMapJob, Job};
+use crate::result::{AsyncResult, Outcome};
+use crate::worker::{self, Call, Fallible, Plain, RunChunk, StarPair};
+
+/// The one result of an `apply`.
+fn single<R>(v: Vec<R>) -> Result<R, Error> {
+    v.into_iter().next().ok_or_else(|| Error::Unserializable {
+        what: "result",
+        message: "the task's result is missing".into(),
+    })
+}
+
+/// Settings for the next call on a pool: the chunksize, how many chunks an `imap` keeps in
+/// flight, and (with the `progress` feature) a progress bar. Made by [`Pool::chunksize`],
+/// [`Pool::in_flight`] and (feature `progress`) `Pool::progress`; it has the pool's methods.
+///
+/// ```
+/// fn square(x: u64) -> u64 { x * x }
+/// let pool = mp_pool::Pool::new(2)?;
+/// let v = pool.chunksize(20).map(square, 0..100)?;
+/// assert_eq!(v[99], 9801);
+/// let first: Vec<u64> = pool.chunksize(1).in_flight(4).imap(square, 0..)?.take(5)
+///     .collect::<Result<_, _>>()?;
+/// assert_eq!(first, [0, 1, 4, 9, 16]);
+/// # Ok::<(), mp_pool::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Tasks<'p> {
+    pool: &'p Pool,
+    chunksize: Option<usize>,
+    in_flight: Option<usize>,
+    #[cfg(feature = "progress")]
+    progress: bool,
+}
+
+impl<'p> Tasks<'p> {
+    pub(super) fn new(pool: &'p Pool) -> Tasks<'p> {
+        Tasks {
+            pool,
+            chunksize: None,
+            in_flight: None,
+            #[cfg(feature = "progress")]
+            progress: false,
+        }
+    }
+
+    /// Items per task (Python's `chunksize`). Default for `map`-like calls: CPython's
+    /// `ceil(len / (4 × processes))`; for `imap`: 1.
+    pub fn chunksize(mut self, n: usize) -> Self {
+        self.chunksize = Some(n);
+        self
+    }
+
+    /// For `imap`/`imap_unordered`: at most `n` chunks submitted and not yet consumed
+    /// (default: 16 × processes, at least 64: enough to keep the workers busy while the
+    /// consumer sleeps and wakes). The input is read only as results are consumed, so an
+    /// endless iterator works with bounded memory (`in_flight × chunksize` items).
+    pub fn in_flight(mut self, n: usize) -> Self {
+        self.in_flight = Some(n);
+        self
+    }
+
+    /// Shows an `indicatif` progress bar on stderr for this `map`/`imap` (cargo feature
+    /// `progress`).
+    #[cfg(feature = "progress")]
+    pub fn progress(mut self) -> Self {
+        self.progress = true;
+        self
+    }
+
+    /// Submits task kind `C` on `items` as one job whose outcome is `finish` of the
+    /// results in order; waits until every chunk is put when `wait`, else leaves what does
+    /// not fit to the feeder.
+    fn collect_async<C: Call, Out: Send + 'static>(
+        self,
+        target: Target,
+        items: Vec<C::In>,
+        finish: fn(Vec<C::Out>) -> Result<Out, Error>,
+        wait: bool,
+    ) -> Result<AsyncResult<Out>, Error>
+    where
+        C::In: Send,
+        C::Out: Send,
+    {
+        let inner = &self.pool.inner;
+        if wait && on_pool_thread(inner.id()) {
+            return Err(Error::InCallback);
+        }
+        let outcome = Outcome::<Out>::new(inner.id());
+        let len = items.len();
+        if len == 0 {
+            inner.check_open()?;
+            outcome.set(finish(Vec::new()));
+            return Ok(AsyncResult::new(outcome));
+        }
+        let chunksize = match self.chunksize {
+            Some(0) => return Err(Error::Config("chunksize must be at least 1".into())),
+            Some(n) => n,
+            None => default_chunksize(len, inner.cfg.processes),
+        };
+        let trampoline = offset_of(worker::run_chunk::<C> as RunChunk as usize)?;
+        let target = target.encode()?;
+        #[allow(unused_mut)]
+        let mut job = CollectJob::<C::Out, Out>::new(outcome.clone(), len, chunksize, finish);
+        #[cfg(feature = "progress")]
+        if self.progress {
+            job.bar = Some(crate::progress::bar(Some(len as u64)));
+        }
+        let job: Arc<dyn Job> = Arc::new(job);
+        let id = inner.register(job.clone())?;
+        let chunks = SliceChunks {
+            items,
+            pos: 0,
+            chunksize,
+            next: 0,
+            head: ChunkHead {
+                job: id,
+                trampoline,
+                target,
+            },
+        };
+        // A panic in the items' `Serialize` (the caller's code) reaches the caller, and the
+        // job is failed and dropped first so that nothing waits for it (`join` would).
+        let fed = catch_unwind(AssertUnwindSafe(|| {
+            inner.feed(id, &job, Box::new(chunks), wait)
+        }));
+        if let Err(p) = fed {
+            job.abort(serialize_panicked(&*p));
+            inner.finished(id, &*job);
+            resume_unwind(p);
+        }
+        Ok(AsyncResult::new(outcome))
+    }
+
+    /// The body of every `imap`-like verb: task kind `C` on every item, lazily; results in
+    /// input order when `ordered`, else in completion order.
+    pub(crate) fn imap_with<'a, C: Call>(
+        self,
+        target: Target,
+        items: impl IntoIterator<Item = C::In, IntoIter: Send + 'a>,
+        ordered: bool,
+    ) -> Result<IMap<'a, C::Out>, Error>
+    where
+        C::In: Send,
+        C::Out: Send,
+    {
+        let inner = &self.pool.inner;
+        let chunksize = match self.chunksize {
+            Some(0) => return Err(Error::Config("chunksize must be at least 1".into())),
+            Some(n) => n,
+            None => 1,
+        };
+        let limit = match self.in_flight {
+            Some(0) => return Err(Error::Config("in_flight must be at least 1".into())),
+            Some(n) => n,
+            None => (16 * inner.cfg.processes).max(64),
+        };
+        let trampoline = offset_of(worker::run_chunk::<C> as RunChunk as usize)?;
+        let target = target.encode()?;
+        #[allow(unused_mut)]
+        let mut job = IMapJob::<C::Out>::new(ordered);
+        #[cfg(feature = "progress")]
+        if self.progress {
+            job.bar = Some(crate::progress::bar(None));
+        }
+        let job = Arc::new(job);
+        let id = inner.register(job.clone())?;
+        let source = Box::new(ChunkIter {
+            items: items.into_iter(),
+            chunksize,
+            next: 0,
+            head: ChunkHead {
+                job: id,
+                trampoline,
+                target,
+            },
+            buf: Vec::new(),
+        });
+        Ok(IMap::new(inner.clone(), job, id, source, limit))
+    }
+
+    /// The body of every `map`-like verb: task kind `C` on every item, results in input
+    /// order; waits for them when `wait` (the caller then calls `get`).
+    pub(crate) fn map_with<C: Call>(
+        self,
+        target: Target,
+        items: impl IntoIterator<Item = C::In>,
+        wait: bool,
+    ) -> Result<AsyncResult<Vec<C::Out>>, Error>
+    where
+        C::In: Send,
+        C::Out: Send,
+    {
+        let items: Vec<C::In> = items.into_iter().collect();
+        self.collect_async::<C, Vec<C::Out>>(target, items, Ok, wait)
+    }
+
+    /// The body of every `apply`-like verb: task kind `C` on one argument.
+    pub(crate) fn apply_with<C: Call>(
+        self,
+        target: Target,
+        arg: C::In,
+        wait: bool,
+    ) -> Result<AsyncResult<C::Out>, Error>
+    where
+        C::In: Send,
+        C::Out: Send,
+    {
+        self.collect_async::<C, C::Out>(target, vec![arg], single, wait)
+    }
+
+    /// Python's `map`: `f` applied to every item, results in input order. The first task
+    /// error (a panic, an unserializable result, a lost worker) fails the call, and the pool
+    /// stays usable.
+    pub fn map<T, R>(
+        self,
+        f: fn(T) -> R,
+        items: impl IntoIterator<Item = T>,
+    ) -> Result<Vec<R>, Error>
+    where
+        T: Message + Send + 'static,
+        R: Message + Send + 'static,
+    {
+        self.map_with::<Plain<T, R>>(Target::Fn(f as usize), items, true)?
+            .get()
+    }
+
+    /// Python's `map_async`: returns at once; attach callbacks with
+    /// [`AsyncResult::on_success`] / [`on_error`](AsyncResult::on_error).
+    pub fn map_async<T, R>(
+        self,
+        f: fn(T) -> R,
+        items: impl IntoIterator<Item = T>,
+    ) -> Result<AsyncResult<Vec<R>>, Error>
+    where
+        T: Message + Send + 'static,
+        R: Message + Send + 'static,
+    {
+        self.map_with::<Plain<T, R>>(Target::Fn(f as usize), items, false)
+    }
+
+    /// `map` for a fallible function: an `Err` returned by a task fails the call with
+    /// [`Error::Failed`] carrying the error's message.
+    pub fn try_map<T, R, E>(
+        self,
+        f: fn(T) -> Result<R, E>,
+        items: impl IntoIterator<Item = T>,
+    ) -> Result<Vec<R>, Error>
+    where
+        T: Message + Send + 'static,
+        R: Message + Send + 'static,
+        E: std::fmt::Display + 'static,
+    {
+        self.map_with::<Fallible<T, R, E>>(Target::Fn(f as usize), items, true)?
+            .get()
+    }
+
+    /// `map_async` for a fallible function.
+    pub fn try_map_async<T, R, E>(
+        self,
+        f: fn(T) -> Result<R, E>,
+        items: impl IntoIterator<Item = T>,
+    ) -> Result<AsyncResult<Vec<R>>, Error>
+    where
+        T: Message + Send + 'static,
+        R: Message + Send + 'static,
+        E: std::fmt::Display + 'static,
+    {
+        self.map_with::<Fallible<T, R, E>>(Target::Fn(f as usize), items, false)
+    }
+
+    /// Python's `starmap`: `f(a, b)` for every pair, results in input order.
+    pub fn starmap<A, B, R>(
+        self,
+        f: fn(A, B) -> R,
+        items: impl IntoIterator<Item = (A, B)>,
+    ) -> Result<Vec<R>, Error>
+    where
+        A: Message + Send + 'static,
+        B: Message + Send + 'static,
+        R: Message + Send + 'static,
+    {
+        self.map_with::<StarPair<A, B, R>>(Target::Fn(f as usize), items, true)?
+            .get()
+    }
+
+    /// Python's `starmap_async`.
+    pub fn starmap_async<A, B, R>(
+        self,
+        f: fn(A, B) -> R,
+        items: impl IntoIterator<Item = (A, B)>,
+    ) -> Result<AsyncResult<Vec<R>>, Error>
+    where
+        A: Message + Send + 'static,
+        B: Message + Send + 'static,
+        R: Message + Send + 'static,
+    {
+        self.map_with::<StarPair<A, B, R>>(Target::Fn(f as usize), items, false)
+    }
+
+    /// Python's `imap`: a lazy iterator of results in input order. The input is read only
+    /// as results are consumed (at most [`in_flight`](Self::in_flight) chunks ahead). A
+    /// failed chunk yields one `Err` in its place and the iteration goes on.
+    pub fn imap<'a, T, R>(
+        self,
+        f: fn(T) -> R,
+        items: impl IntoIterator<Item = T, IntoIter: Send + 'a>,
+    ) -> Result<IMap<'a, R>, Error>
+    where
+        T: Message + Send + 'static,
+        R: Message + Send + 'static,
+    {
+        self.imap_with::<Plain<T, R>>(Target::Fn(f as usize), items, true)
+    }
+
+    /// Python's `imap_unordered`: like [`imap`](Self::imap), results in completion order
+    /// (by chunk).
+    pub fn imap_unordered<'a, T, R>(
+        self,
+        f: fn(T) -> R,
+        items: impl IntoIterator<Item = T, IntoIter: Send + 'a>,
+    ) -> Result<IMap<'a, R>, Error>
+    where
+        T: Message + Send + 'static,
+        R: Message + Send + 'static,
+    {
+        self.imap_with::<Plain<T, R>>(Target::Fn(f as usize), items, false)
+    }
+}
