@@ -3,19 +3,20 @@
 //! under these locks stays consistent at every unlock), read the text of a panic payload, and
 //! tell whether this thread is one of a pool's own.
 
-use std::any::Any;
 use std::cell::Cell;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, MutexGuard};
 use std::time::Duration;
 
-/// Locks `m`, ignoring poison.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use mp_core::util::unpoisoned;
+
+/// Locks a mutex, ignoring poison (mp-core's one helper for it).
+pub(crate) use mp_core::util::lock_unpoisoned as lock;
+/// The text of a panic payload (mp-core's one helper for it).
+pub(crate) use mp_core::util::panic_message as panic_text;
 
 /// Waits on `cv` with `guard`, ignoring poison.
 pub(crate) fn wait<'a, T>(cv: &Condvar, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
-    cv.wait(guard).unwrap_or_else(|p| p.into_inner())
+    unpoisoned(cv.wait(guard))
 }
 
 /// Waits on `cv` with `guard` at most `timeout`, ignoring poison.
@@ -24,18 +25,7 @@ pub(crate) fn wait_timeout<'a, T>(
     guard: MutexGuard<'a, T>,
     timeout: Duration,
 ) -> MutexGuard<'a, T> {
-    cv.wait_timeout(guard, timeout)
-        .unwrap_or_else(|p| p.into_inner())
-        .0
-}
-
-/// The message of a panic payload, when it is a string (`panic!` with a message makes a
-/// `&str` or a `String`).
-pub(crate) fn panic_text(payload: &(dyn Any + Send)) -> Option<&str> {
-    payload
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+    unpoisoned(cv.wait_timeout(guard, timeout)).0
 }
 
 thread_local! {

@@ -408,7 +408,10 @@ impl<R: Message + Send> IMapJob<R> {
             if let Some(e) = &st.aborted {
                 return Next::Aborted(e.duplicate());
             }
-            if !spun {
+            // Spin only while time is left: after a timed wait, a spin of many yields on a busy
+            // machine could outlast the deadline (`next_timeout` returned a late answer
+            // instead of timing out).
+            if !spun && deadline.is_none_or(|d| Instant::now() < d) {
                 spun = true;
                 // Acquire pairs with the Release increment in `answer`.
                 let seen = self.answers.load(Ordering::Acquire);

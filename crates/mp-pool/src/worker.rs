@@ -59,9 +59,7 @@ pub(crate) trait Call: 'static {
 }
 
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
-    let m = panic_text(&*payload)
-        .unwrap_or("Box<dyn Any> (a panic payload that is not a string)")
-        .to_string();
+    let m = panic_text(&*payload);
     // A payload whose destructor panics would abort the worker: leak it (as mp-process does).
     std::mem::forget(payload);
     m

@@ -47,10 +47,7 @@ pub(super) struct Feed {
 pub(super) fn serialize_panicked(p: &(dyn Any + Send)) -> Error {
     Error::Unserializable {
         what: "arguments",
-        message: format!(
-            "serializing them panicked: {}",
-            panic_text(p).unwrap_or_default()
-        ),
+        message: format!("serializing them panicked: {}", panic_text(p)),
     }
 }
 

@@ -150,7 +150,7 @@ impl Inner {
         set_pool_thread(self.id());
         let me = self.clone();
         if let Err(p) = catch_unwind(AssertUnwindSafe(move || body(me))) {
-            let msg = panic_text(&*p).unwrap_or_default();
+            let msg = panic_text(&*p);
             self.break_pool(Error::Start(format!(
                 "the pool's {what} thread panicked ({msg}); the pool cannot go on"
             )));
