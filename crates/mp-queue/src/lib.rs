@@ -103,8 +103,8 @@
 //! `EFBIG` from a file-size limit), each with the item given back in [`PutError::Failed`] and a
 //! [`SpillError`] that says which ([`PutError::spill_error`]). A producer killed in the middle
 //! of a put, or a process killed holding a [`get_ref`](Queue::get_ref) guard, does not keep
-//! its share: it is given back when the queue recovers (the next put after the first,
-//! the next time producers run short after the second).
+//! its share: a dead producer's is given back by the next put (which takes its lock over), a
+//! dead guard holder's as soon as a producer runs short of room.
 //!
 //! ```
 //! use std::time::Duration;

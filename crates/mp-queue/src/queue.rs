@@ -27,7 +27,7 @@ pub const DEFAULT_CAPACITY: u64 = 4 << 20;
 /// consumers far below what `/dev/shm` and the machine's memory usually hold (`/dev/shm` is
 /// half of the memory by default, the queue's pages come from the same place), so a runaway
 /// producer waits for its consumers instead of filling the memory and failing late; and it is
-/// large enough that ordinary traffic never notices it: eight messages of 100 MiB fit at once,
+/// large enough that ordinary traffic never notices it: ten messages of 100 MiB fit at once,
 /// so consumers always have the next one ready. A message larger than the whole budget is
 /// refused at once ([`SpillError::TooLarge`](crate::SpillError::TooLarge)).
 pub const DEFAULT_MAX_SPILL_BYTES: u64 = 1 << 30;
@@ -111,9 +111,10 @@ impl<T: Message> QueueBuilder<T> {
         self
     }
 
-    /// The side channel's budget: at most `bytes` of messages larger than half the ring
-    /// are held beside it at once, counted in whole pages (4 KiB) per message, across every
-    /// process that uses the queue (default [`DEFAULT_MAX_SPILL_BYTES`], 1 GiB).
+    /// The side channel's budget: at most `bytes` of the messages put beside the ring (those
+    /// larger than half of it that do not fit in its free space at once) are held there at
+    /// once, counted in whole pages (4 KiB) per message, across every process that uses the
+    /// queue (default [`DEFAULT_MAX_SPILL_BYTES`], 1 GiB).
     ///
     /// A put that would go over it waits for consumers to free room, as for a full ring (its
     /// timeout applies, then [`PutError::Full`] gives the item back); a message that needs
