@@ -918,11 +918,14 @@ fn batch_errors_say_how_far_they_got_and_lose_nothing_else() {
 fn consumers_sigkilled_taking_oversized_messages_leave_exact_counts() {
     // maxsize 1 makes any drift of the item count visible at once (a queue that thinks it
     // holds an item it does not would block every put), and 3 KiB messages in a 4 KiB ring
-    // take the oversized path, whose pages are freed only once a message is consumed.
+    // take the oversized path, whose pages are freed only once a message is consumed. A
+    // side-channel budget of 16 pages makes any drift of its count visible too.
     const N: u64 = 300;
+    const BUDGET: u64 = 16 * 4096;
     let q: Queue<Chunk> = Queue::builder()
         .capacity_bytes(4096)
         .maxsize(1)
+        .max_spill_bytes(BUDGET)
         .build()
         .unwrap();
     let producer = {
@@ -993,6 +996,13 @@ fn consumers_sigkilled_taking_oversized_messages_leave_exact_counts() {
         seen.count() as u64 >= N - 8,
         "lost more than one message per killed consumer"
     );
+    // The whole budget is free again (the pages of messages that killed consumers held in
+    // zero-copy guards are freed once a producer runs short): a message of exactly the
+    // budget goes.
+    q.put_timeout(spill_chunk(9, BUDGET as usize - 64), WATCHDOG)
+        .unwrap_or_else(|e| panic!("{e:?}: {}", q.debug_state()));
+    assert_eq!(q.get().unwrap().body.len(), BUDGET as usize - 64);
+    assert_eq!(q.spill_bytes(), 0, "{}", q.debug_state());
     // The count is exact: an empty queue of maxsize 1 takes exactly one item.
     assert_eq!(q.qsize(), 0, "{}", q.debug_state());
     q.put_nowait(Chunk {
