@@ -31,6 +31,80 @@ pub enum Error {
     Core(#[from] mp_core::Error),
 }
 
+/// Why a message could not go beside the ring (the side channel for messages larger than
+/// half of it). It reaches the caller inside [`PutError::Failed`] as the source of an
+/// [`mp_core::Error::Io`] (so code that treats every `Io` failure of a put as "the shared
+/// memory could not take it", as mp-pool does, keeps working); [`PutError::spill_error`] and
+/// [`Error::spill_error`] find it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpillError {
+    /// The message needs more side-channel memory than the queue's whole budget
+    /// ([`QueueBuilder::max_spill_bytes`](crate::QueueBuilder::max_spill_bytes)): it could
+    /// never be put, so it is refused at once instead of waiting forever.
+    #[error(
+        "a message of {size} bytes needs {needed} bytes beside the queue's ring, more than its          whole budget (max_spill_bytes = {budget}): raise max_spill_bytes or send smaller items"
+    )]
+    TooLarge {
+        /// The message's encoded size.
+        size: u64,
+        /// The side-channel memory it needs (its size rounded up to whole pages).
+        needed: u64,
+        /// The queue's budget.
+        budget: u64,
+    },
+    /// The system could not give the side channel the memory for the message: the shared
+    /// memory is full (`ENOSPC`: `/dev/shm`'s or the machine's memory; `ENOMEM`), or a limit
+    /// on file sizes was reached (`EFBIG`: `RLIMIT_FSIZE`). Nothing was put; the queue is
+    /// unchanged and works for smaller messages.
+    #[error(
+        "the queue's shared memory is full: {needed} bytes for a message beside the ring could          not be allocated ({}): free some memory, or send smaller items",
+        std::io::Error::from_raw_os_error(*errno)
+    )]
+    SharedMemoryFull {
+        /// The side-channel memory the message needed.
+        needed: u64,
+        /// The system's error number (`ENOSPC`, `ENOMEM` or `EFBIG`).
+        errno: i32,
+    },
+}
+
+impl SpillError {
+    /// The error as a put returns it: an `mp_core::Error::Io` whose source is this.
+    pub(crate) fn into_core(self) -> mp_core::Error {
+        let kind = match self {
+            SpillError::TooLarge { .. } => std::io::ErrorKind::FileTooLarge,
+            SpillError::SharedMemoryFull { errno, .. } if errno == libc::EFBIG => {
+                std::io::ErrorKind::FileTooLarge
+            }
+            SpillError::SharedMemoryFull { .. } => std::io::ErrorKind::StorageFull,
+        };
+        mp_core::Error::Io {
+            op: "putting a message beside the queue's ring",
+            source: std::io::Error::new(kind, self),
+        }
+    }
+
+    /// The `SpillError` inside `e`, if it holds one.
+    fn find(e: &mp_core::Error) -> Option<&SpillError> {
+        match e {
+            mp_core::Error::Io { source, .. } => source.get_ref()?.downcast_ref::<SpillError>(),
+            _ => None,
+        }
+    }
+}
+
+impl Error {
+    /// The side-channel failure behind this error (a message larger than the budget, or
+    /// shared memory that is full), if that is what it is; for example a [`BatchError`]'s.
+    pub fn spill_error(&self) -> Option<&SpillError> {
+        match self {
+            Error::Core(e) => SpillError::find(e),
+            _ => None,
+        }
+    }
+}
+
 /// A failed `put`, with the item given back (`into_inner`). Python's `queue.Full`, without
 /// losing the item.
 pub enum PutError<T> {
@@ -38,7 +112,10 @@ pub enum PutError<T> {
     Full(T),
     /// This handle was closed with `close()`.
     Closed(T),
-    /// The item could not be serialized, or the oversized-message area could not be grown.
+    /// The item could not be serialized, or could not go beside the ring: an
+    /// [`mp_core::Error::Io`] whose source is a [`SpillError`] (see
+    /// [`spill_error`](Self::spill_error)) when it exceeds the queue's whole side-channel
+    /// budget or the shared memory is full.
     Failed(T, mp_core::Error),
 }
 
@@ -53,6 +130,16 @@ impl<T> PutError<T> {
     /// True for [`PutError::Full`].
     pub fn is_full(&self) -> bool {
         matches!(self, PutError::Full(_))
+    }
+
+    /// The side-channel failure behind a [`PutError::Failed`], if that is what it is:
+    /// [`SpillError::TooLarge`] (the message exceeds the queue's whole budget) or
+    /// [`SpillError::SharedMemoryFull`] (`ENOSPC`, `ENOMEM`, `EFBIG`).
+    pub fn spill_error(&self) -> Option<&SpillError> {
+        match self {
+            PutError::Failed(_, e) => SpillError::find(e),
+            _ => None,
+        }
     }
 }
 

@@ -94,6 +94,41 @@
 //! the same shared file (beside the ring, freed once read), so a message larger than the ring is
 //! neither an error nor a deadlock, and a zero-byte message (`()`) works too.
 //!
+//! What is beside the ring has a budget, shared by every process that uses the queue:
+//! [`QueueBuilder::max_spill_bytes`], by default [`DEFAULT_MAX_SPILL_BYTES`] (1 GiB), counted
+//! in whole pages per message. A put that would go over it waits for consumers to free room,
+//! exactly as when the ring is full (so its timeout applies, and `put_nowait` or
+//! `put_timeout` give the item back in [`PutError::Full`]); a message that needs more than the
+//! whole budget is refused at once, and so is one the system has no memory for (`ENOSPC`, or
+//! `EFBIG` from a file-size limit), each with the item given back in [`PutError::Failed`] and a
+//! [`SpillError`] that says which ([`PutError::spill_error`]). A producer killed in the middle
+//! of a put, or a process killed holding a [`get_ref`](Queue::get_ref) guard, does not keep
+//! its share: a dead producer's is given back by the next put (which takes its lock over), a
+//! dead guard holder's as soon as a producer runs short of room.
+//!
+//! ```
+//! use std::time::Duration;
+//! use mp_queue::{PutError, Queue, SpillError};
+//!
+//! let q: Queue<Vec<u8>> = Queue::builder()
+//!     .capacity_bytes(64 << 10)
+//!     .max_spill_bytes(1 << 20)
+//!     .build()?;
+//! q.put(vec![1; 600 << 10]).unwrap(); // beside the ring: 600 KiB of the 1 MiB budget
+//! assert!(q.spill_bytes() >= 600 << 10);
+//! // No room for another 600 KiB until the first is taken.
+//! let second = match q.put_timeout(vec![2; 600 << 10], Duration::from_millis(10)) {
+//!     Err(PutError::Full(item)) => item,
+//!     other => panic!("{other:?}"),
+//! };
+//! // More than the whole budget can never fit: refused at once, even by a blocking put.
+//! let err = q.put(vec![3; 2 << 20]).unwrap_err();
+//! assert!(matches!(err.spill_error(), Some(SpillError::TooLarge { .. })));
+//! assert_eq!(q.get()?[0], 1);
+//! q.put_nowait(second).unwrap();
+//! # Ok::<(), mp_queue::Error>(())
+//! ```
+//!
 //! # JoinableQueue
 //!
 //! ```
@@ -133,5 +168,8 @@ mod lock;
 mod queue;
 mod ring;
 
-pub use error::{BatchError, Error, PutError};
-pub use queue::{JoinableQueue, Queue, QueueBuilder, Received, SimpleQueue, DEFAULT_CAPACITY};
+pub use error::{BatchError, Error, PutError, SpillError};
+pub use queue::{
+    JoinableQueue, Queue, QueueBuilder, Received, SimpleQueue, DEFAULT_CAPACITY,
+    DEFAULT_MAX_SPILL_BYTES,
+};

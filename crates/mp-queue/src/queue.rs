@@ -20,6 +20,18 @@ use crate::ring::{self, GetFail, Payload, PutFail, Ring};
 /// it are written into the ring; larger ones go to their own range beside it.
 pub const DEFAULT_CAPACITY: u64 = 4 << 20;
 
+/// The side-channel budget of a queue that does not set one
+/// ([`QueueBuilder::max_spill_bytes`]): 1 GiB of oversized messages beside the ring at once.
+///
+/// Why this much: it bounds what a producer can copy into shared memory ahead of its
+/// consumers far below what `/dev/shm` and the machine's memory usually hold (`/dev/shm` is
+/// half of the memory by default, the queue's pages come from the same place), so a runaway
+/// producer waits for its consumers instead of filling the memory and failing late; and it is
+/// large enough that ordinary traffic never notices it: ten messages of 100 MiB fit at once,
+/// so consumers always have the next one ready. A message larger than the whole budget is
+/// refused at once ([`SpillError::TooLarge`](crate::SpillError::TooLarge)).
+pub const DEFAULT_MAX_SPILL_BYTES: u64 = 1 << 30;
+
 fn kind<T>() -> u32 {
     mp_core::shared::kind_of::<(ring::Meta, T)>()
 }
@@ -59,14 +71,18 @@ impl<T> std::fmt::Debug for Queue<T> {
             .field("qsize", &self.ring.len())
             .field("maxsize", &self.ring.maxsize())
             .field("capacity", &self.ring.capacity())
+            .field("max_spill_bytes", &self.ring.max_spill())
+            .field("spill_bytes", &self.ring.spill_in_use())
             .finish()
     }
 }
 
-/// Builds a [`Queue`] with a maximum number of items and a ring size.
+/// Builds a [`Queue`] (or, with [`build_joinable`](Self::build_joinable), a
+/// [`JoinableQueue`]) with a maximum number of items, a ring size and a side-channel budget.
 pub struct QueueBuilder<T> {
     maxsize: u64,
     capacity: u64,
+    max_spill: u64,
     _t: PhantomData<fn(T) -> T>,
 }
 
@@ -75,6 +91,7 @@ impl<T> std::fmt::Debug for QueueBuilder<T> {
         f.debug_struct("QueueBuilder")
             .field("maxsize", &self.maxsize)
             .field("capacity", &self.capacity)
+            .field("max_spill_bytes", &self.max_spill)
             .finish()
     }
 }
@@ -94,19 +111,42 @@ impl<T: Message> QueueBuilder<T> {
         self
     }
 
-    /// Makes the queue.
-    pub fn build(self) -> Result<Queue<T>, Error> {
+    /// The side channel's budget: at most `bytes` of the messages put beside the ring (those
+    /// larger than half of it that do not fit in its free space at once) are held there at
+    /// once, counted in whole pages (4 KiB) per message, across every process that uses the
+    /// queue (default [`DEFAULT_MAX_SPILL_BYTES`], 1 GiB).
+    ///
+    /// A put that would go over it waits for consumers to free room, as for a full ring (its
+    /// timeout applies, then [`PutError::Full`] gives the item back); a message that needs
+    /// more than the whole budget is refused at once with [`PutError::Failed`] carrying
+    /// [`SpillError::TooLarge`](crate::SpillError::TooLarge). A message taken with
+    /// [`get_ref`](Queue::get_ref) holds its share until the guard is dropped (or its process
+    /// dies). `0` allows no message beside the ring at all; `u64::MAX` is no limit.
+    pub fn max_spill_bytes(mut self, bytes: u64) -> Self {
+        self.max_spill = bytes;
+        self
+    }
+
+    fn ring(&self) -> Result<Ring, Error> {
         if self.capacity < 64 || self.capacity > (1 << 32) {
             return Err(Error::Config(format!(
                 "capacity_bytes({}) must be between 64 bytes and 4 GiB",
                 self.capacity
             )));
         }
-        Ok(Queue::from_ring(Ring::new(
-            kind::<T>(),
-            self.capacity,
-            self.maxsize,
-        )?))
+        Ring::new(kind::<T>(), self.capacity, self.maxsize, self.max_spill)
+    }
+
+    /// Makes the queue.
+    pub fn build(self) -> Result<Queue<T>, Error> {
+        Ok(Queue::from_ring(self.ring()?))
+    }
+
+    /// Makes a [`JoinableQueue`] with these settings.
+    pub fn build_joinable(self) -> Result<JoinableQueue<T>, Error> {
+        Ok(JoinableQueue {
+            inner: self.build()?,
+        })
     }
 }
 
@@ -127,6 +167,7 @@ impl<T: Message> Queue<T> {
         QueueBuilder {
             maxsize: 0,
             capacity: DEFAULT_CAPACITY,
+            max_spill: DEFAULT_MAX_SPILL_BYTES,
             _t: PhantomData,
         }
     }
@@ -383,6 +424,20 @@ impl<T: Message> Queue<T> {
         self.ring.maxsize() as usize
     }
 
+    /// The side-channel budget, in bytes (see [`QueueBuilder::max_spill_bytes`]).
+    pub fn max_spill_bytes(&self) -> u64 {
+        self.ring.max_spill()
+    }
+
+    /// The bytes of the side channel that messages larger than half the ring hold now, in
+    /// whole pages: those queued and those taken by [`get_ref`](Self::get_ref) guards not yet
+    /// dropped. At most [`max_spill_bytes`](Self::max_spill_bytes). A snapshot; after a
+    /// producer was killed in the middle of a put, the range it was writing counts until the
+    /// next put takes over its lock and gives the range back.
+    pub fn spill_bytes(&self) -> u64 {
+        self.ring.spill_in_use()
+    }
+
     /// Closes this handle (and its clones in this process): later `put`s and `get`s through it
     /// fail with `Closed`. Other processes' handles are not affected, as in Python, where
     /// `close()` says "this process will put no more".
@@ -556,6 +611,20 @@ impl<T: Message> JoinableQueue<T> {
         Ok(JoinableQueue {
             inner: Queue::with_maxsize(maxsize)?,
         })
+    }
+
+    /// A builder for the other settings (ring size, side-channel budget): the same as
+    /// [`Queue::builder`], finished with [`QueueBuilder::build_joinable`].
+    ///
+    /// ```
+    /// let q = mp_queue::JoinableQueue::<Vec<u8>>::builder()
+    ///     .max_spill_bytes(64 << 20)
+    ///     .build_joinable()?;
+    /// assert_eq!(q.max_spill_bytes(), 64 << 20);
+    /// # Ok::<(), mp_queue::Error>(())
+    /// ```
+    pub fn builder() -> QueueBuilder<T> {
+        Queue::builder()
     }
 
     fn unfinished(&self) -> &std::sync::atomic::AtomicU32 {

@@ -5,7 +5,9 @@
 //! ```text
 //! region payload: [ Meta (320 bytes: constants, producer, consumer, sleep, join lines) ]
 //!                 [ ring: capacity bytes of records                                          ]
-//! file beyond the region: oversized messages, one page-aligned range each (sparse)
+//! file beyond the region: oversized messages, one page-aligned range each (sparse), handed
+//!                         out at `big_tail`, freed up to `big_head`; at most `max_spill` bytes
+//!                         (the budget) between the two
 //! record: [ state | kind << 16 (u32) | len u32 | holder token u64 ][ payload, padded to 16 ]
 //! ```
 //!
@@ -21,6 +23,10 @@
 //! space; one larger than the whole ring goes to its own page-aligned range of the same file past
 //! the region (grown with `ftruncate`, so no new descriptor has to reach anyone), and the ring
 //! record only names that range. The consumer punches the range out of the file when done.
+//! Those ranges have a budget: a producer whose range would take `big_tail - big_head` past
+//! `max_spill` waits as for a full ring (the consumer that frees a range wakes it); the pages
+//! are allocated with `fallocate` before they are written, so shared memory that is full is
+//! an `ENOSPC` error for the put, not a `SIGBUS` on a write.
 //!
 //! **Consumers** hold the consumer lock while they check and decode the record at `head`, and
 //! advance `head` only after: a consumer killed while decoding leaves the message where it was
@@ -55,7 +61,7 @@ use mp_core::rkyv::util::AlignedVec;
 use mp_core::{ident, Encode, Message, Region};
 use static_assertions::const_assert_eq;
 
-use crate::error::Error;
+use crate::error::{Error, SpillError};
 use crate::lock::{self, Locked};
 
 /// Size of [`Meta`], where the ring starts in the payload.
@@ -97,7 +103,10 @@ pub(crate) struct Meta {
     capacity: AtomicU64,
     maxsize: AtomicU64,
     big_base: AtomicU64,
-    _c: [u64; 5],
+    /// The side channel's budget (`max_spill_bytes`): at most this many bytes of the file past
+    /// the region hold oversized messages at once (`big_tail - big_head`, in whole pages).
+    max_spill: AtomicU64,
+    _c: [u64; 4],
     // Producer line: written by producers on every put.
     /// The producer lock's futex word (a wake sequence, see `lock`).
     p_wake: AtomicU32,
@@ -141,10 +150,17 @@ pub(crate) struct Meta {
     /// JoinableQueue: puts not yet matched by `task_done`.
     pub(crate) unfinished: AtomicU32,
     pub(crate) join_waiters: AtomicU32,
+    /// The end of the oversized area freed so far (written by consumers under the consumer
+    /// lock, only when `reclaim` passes an oversized record): every page of the file below it
+    /// has been punched out, so `big_tail - big_head` is the side channel in use, the figure
+    /// the budget `max_spill` bounds. A position, not a counter: a consumer killed before
+    /// storing it leaves the record it was freeing behind `reclaim`, and the next one frees
+    /// it again (idempotent); the producer side's `big_tail` is put right by its journal.
+    big_head: AtomicU64,
     /// Unused (was a single pending span of corrupted records; those are now marked in the
     /// ring itself, by a `KIND_SKIP` record each, so that any number of them keep their order
     /// with the live records between them).
-    _d: [u64; 2],
+    _d: u64,
     /// Producer journal for an oversized message: `big_tail` before it was allocated (0: none).
     pending_big: AtomicU64,
     _j: [u64; 3],
@@ -195,6 +211,12 @@ impl RecHdr {
 
 fn round16(n: u64) -> u64 {
     (n + 15) & !15
+}
+
+/// The side-channel bytes an oversized message of `len` bytes takes: whole pages, at least
+/// one (what the file's pages cost, and what the budget counts).
+pub(crate) fn spill_span(len: u64) -> u64 {
+    len.max(1).div_ceil(PAGE).saturating_mul(PAGE)
 }
 
 /// The ring, mapped in this process.
@@ -279,8 +301,14 @@ pub(crate) enum GetFail {
 
 impl Ring {
     /// A new ring of `capacity` bytes (rounded up to a power of two) holding at most `maxsize` items
-    /// (0: no limit), in a region of content kind `kind`.
-    pub(crate) fn new(kind: u32, capacity: u64, maxsize: u64) -> Result<Ring, Error> {
+    /// (0: no limit), with at most `max_spill` bytes of oversized messages beside it, in a region
+    /// of content kind `kind`.
+    pub(crate) fn new(
+        kind: u32,
+        capacity: u64,
+        maxsize: u64,
+        max_spill: u64,
+    ) -> Result<Ring, Error> {
         // A power of two, so that a position's offset is a mask rather than a division.
         let capacity = capacity.max(64).next_power_of_two();
         let size = META_SIZE as u64 + capacity;
@@ -292,6 +320,8 @@ impl Ring {
         m.maxsize.store(maxsize, Ordering::Relaxed);
         m.big_base.store(big_base, Ordering::Relaxed);
         m.big_tail.store(big_base, Ordering::Relaxed);
+        m.big_head.store(big_base, Ordering::Relaxed);
+        m.max_spill.store(max_spill, Ordering::Relaxed);
         Ok(ring)
     }
 
@@ -358,6 +388,23 @@ impl Ring {
 
     pub(crate) fn capacity(&self) -> u64 {
         self.capacity
+    }
+
+    /// The side channel's budget in bytes.
+    pub(crate) fn max_spill(&self) -> u64 {
+        self.meta().max_spill.load(Ordering::Relaxed)
+    }
+
+    /// The bytes of the side channel that oversized messages hold now (whole pages), including
+    /// those of messages taken by zero-copy guards not yet dropped. A lock-free snapshot:
+    /// `big_head` first, then `big_tail` (`big_head <= big_tail` at every instant, and both
+    /// only grow, except that a producer taking over from a dead one moves `big_tail` back
+    /// over a range never published).
+    pub(crate) fn spill_in_use(&self) -> u64 {
+        let m = self.meta();
+        // Acquire pairs with the Release store of `big_head` in `free_big`.
+        let head = m.big_head.load(Ordering::Acquire);
+        m.big_tail.load(Ordering::Acquire).saturating_sub(head)
     }
 
     /// True when `lo..hi` can be a span of the ring: ordered, at most the capacity apart, and
@@ -569,7 +616,31 @@ impl Ring {
             self.commit(tail, enq, off, pad, need);
         } else {
             // Larger: its own range past the region; the ring holds a 32-byte record naming it.
-            let Some((rec_off, pad)) = place(2 * hdr) else {
+            // The range counts against the side channel's budget, in whole pages.
+            let size = v.len() as u64;
+            let needed = spill_span(size);
+            let budget = m.max_spill.load(Ordering::Relaxed);
+            if needed > budget {
+                return Err(PutFail::Io(
+                    SpillError::TooLarge {
+                        size,
+                        needed,
+                        budget,
+                    }
+                    .into_core(),
+                ));
+            }
+            // Acquire pairs with the Release store of `big_head` in `free_big`: the pages
+            // below it have been punched out. Only producers grow `big_tail`, and we hold
+            // their lock, so the budget cannot be overrun between this check and the put.
+            let in_use = m
+                .big_tail
+                .load(Ordering::Relaxed)
+                .saturating_sub(m.big_head.load(Ordering::Acquire));
+            let fits = in_use
+                .checked_add(needed)
+                .is_some_and(|total| total <= budget);
+            let Some((rec_off, pad)) = place(2 * hdr).filter(|_| fits) else {
                 *spilled = Some(v);
                 return no_room(spilled);
             };
@@ -742,11 +813,20 @@ impl Ring {
         }
         let big = m.pending_big.load(Ordering::Acquire);
         if big != 0 && !published {
-            let end = m.big_tail.load(Ordering::Relaxed);
-            if big % PAGE == 0 && big >= m.big_base.load(Ordering::Relaxed) && end > big {
-                self.punch(big, end - big);
+            // Everything from the dead producer's range on is unused (no record names it):
+            // free it up to the end of the file (which also covers pages allocated by a
+            // `fallocate` it was killed in) and take `big_tail` back, so the budget in use
+            // (`big_tail - big_head`) is again that of the published messages.
+            let base = m.big_base.load(Ordering::Relaxed);
+            if big % PAGE == 0 && big >= base && big <= m.big_tail.load(Ordering::Relaxed) {
+                let file_len = nix::sys::stat::fstat(self.region.fd().as_raw_fd())
+                    .map(|st| u64::try_from(st.st_size).unwrap_or(0))
+                    .unwrap_or(0);
+                if file_len > big {
+                    self.punch(big, file_len - big);
+                }
+                m.big_tail.store(big, Ordering::Release);
             }
-            m.big_tail.store(big, Ordering::Relaxed);
         }
         m.pending_big.store(0, Ordering::Relaxed);
         m.pending_tail.store(0, Ordering::Release);
@@ -784,7 +864,7 @@ impl Ring {
     pub(crate) fn debug_state(&self) -> String {
         let m = self.meta();
         format!(
-            "capacity={} tail={} head={} reclaim={} p_cached_reclaim={} c_cached_tail={} enqueued={} dequeued={} p_lock={:#x} c_lock={:#x} p_waiters={} c_waiters={} consumers_woken={}",
+            "capacity={} tail={} head={} reclaim={} p_cached_reclaim={} c_cached_tail={} enqueued={} dequeued={} p_lock={:#x} c_lock={:#x} p_waiters={} c_waiters={} consumers_woken={} big_tail={} big_head={} max_spill={}",
             self.capacity,
             m.tail.load(Ordering::SeqCst),
             m.head.load(Ordering::SeqCst),
@@ -798,6 +878,9 @@ impl Ring {
             m.p_waiters.load(Ordering::SeqCst),
             m.c_waiters.load(Ordering::SeqCst),
             m.woken.load(Ordering::SeqCst),
+            m.big_tail.load(Ordering::SeqCst),
+            m.big_head.load(Ordering::SeqCst),
+            m.max_spill.load(Ordering::SeqCst),
         )
     }
 
@@ -827,7 +910,7 @@ impl Ring {
         let m = self.meta();
         let start = m.big_tail.load(Ordering::Relaxed);
         let len = bytes.len().max(1) as u64;
-        let span = len.div_ceil(PAGE) * PAGE;
+        let span = spill_span(len);
         let end = start
             .checked_add(span)
             .filter(|_| start % PAGE == 0 && start >= m.big_base.load(Ordering::Relaxed));
@@ -838,17 +921,32 @@ impl Ring {
         };
         // Journal: if we die before publishing, the next producer frees the range.
         m.pending_big.store(start, Ordering::Release);
-        self.region.grow_file(end)?;
-        let map = MmapOptions::new()
-            .offset(start)
-            .len(len as usize)
-            .map_raw(self.region.fd().as_raw_fd())
-            .map_err(|source| mp_core::Error::Io { op: "mmap", source })?;
-        // SAFETY: the range `[start, start + len)` was just allocated to this message (under
-        // the producer lock, `big_tail` only grows), so nobody else maps or writes it.
+        let map = self.allocate(start, span).and_then(|()| {
+            // The pages are ours now and count against the budget from here on (a producer
+            // killed while it copies holds them until the next one repairs: `pending_big`).
+            m.big_tail.store(end, Ordering::Release);
+            MmapOptions::new()
+                .offset(start)
+                .len(len as usize)
+                .map_raw(self.region.fd().as_raw_fd())
+                .map_err(|source| mp_core::Error::Io { op: "mmap", source })
+        });
+        let map = match map {
+            Ok(map) => map,
+            Err(e) => {
+                // Nothing was published: give back whatever pages were allocated, the range
+                // and the journal entry.
+                self.punch(start, span);
+                m.big_tail.store(start, Ordering::Release);
+                m.pending_big.store(0, Ordering::Release);
+                return Err(e);
+            }
+        };
+        // SAFETY: the range `[start, start + len)` was just allocated to this message under
+        // the producer lock, past every range a published record names, so no consumer maps
+        // it and no other producer writes it.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), map.as_mut_ptr(), bytes.len()) };
         drop(map);
-        m.big_tail.store(end, Ordering::Release);
         // The ring record names the range: offset and length.
         // SAFETY: the caller checked that 32 bytes at `off` are free ring space, ours to write
         // under the producer lock.
@@ -859,6 +957,50 @@ impl Ring {
         }
         self.write_rec(off, 16, KIND_BIG);
         Ok(())
+    }
+
+    /// Allocates the pages `[start, start + span)` of the file (growing it), so that writing
+    /// them cannot fail later: a page of a shared-memory file that the system cannot provide
+    /// at the time it is first written is a `SIGBUS`, where `fallocate` returns `ENOSPC`.
+    /// Running out (`ENOSPC`, `ENOMEM`, `EFBIG`) is [`SpillError::SharedMemoryFull`].
+    fn allocate(&self, start: u64, span: u64) -> Result<(), mp_core::Error> {
+        let fd = self.region.fd().as_raw_fd();
+        let full = |errno: i32| SpillError::SharedMemoryFull {
+            needed: span,
+            errno,
+        };
+        let (Ok(off), Ok(len)) = (libc::off_t::try_from(start), libc::off_t::try_from(span)) else {
+            return Err(full(libc::EFBIG).into_core());
+        };
+        // SAFETY: fallocate on our own descriptor, over a range past the region that no
+        // mapping of ours reads or writes: it changes the file, not our memory.
+        if unsafe { libc::fallocate(fd, 0, off, len) } == 0 {
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(e @ (libc::ENOSPC | libc::ENOMEM | libc::EFBIG)) => Err(full(e).into_core()),
+            // A file system without fallocate: grow the file; its pages come on first write.
+            Some(libc::EOPNOTSUPP) => {
+                self.region
+                    .grow_file(start.saturating_add(span))
+                    .map_err(|e| match e {
+                        mp_core::Error::Io { source, .. }
+                            if matches!(
+                                source.raw_os_error(),
+                                Some(libc::ENOSPC | libc::ENOMEM | libc::EFBIG)
+                            ) =>
+                        {
+                            full(source.raw_os_error().unwrap_or(libc::ENOSPC)).into_core()
+                        }
+                        other => other,
+                    })
+            }
+            _ => Err(mp_core::Error::Io {
+                op: "fallocate",
+                source: err,
+            }),
+        }
     }
 
     /// Wakes up to `n` sleeping consumers, one per message just published (a batch of `n`
@@ -1262,6 +1404,7 @@ impl Ring {
             return;
         }
         let mut reclaim = start;
+        let mut freed_big = false;
         while reclaim < head {
             let off = reclaim & (cap - 1);
             let r = self.rec(off);
@@ -1292,7 +1435,7 @@ impl Ring {
                 break;
             }
             if kind == KIND_BIG && len == 16 {
-                self.punch_big(off);
+                freed_big |= self.free_big(off);
             }
             reclaim += span;
         }
@@ -1300,18 +1443,47 @@ impl Ring {
             // Release pairs with the producers' Acquire load of `reclaim`.
             m.reclaim.store(reclaim, Ordering::Release);
         }
+        if freed_big {
+            // Side-channel budget came free: wake the producers that wait, whatever the ring's
+            // fill (the hysteresis of `worth_waking_producers` is about ring space). One wake
+            // per oversized message at most, next to its page-sized copy. The SeqCst fence
+            // pairs with the one a producer makes between counting itself in `p_waiters` and
+            // its last try (see `put`), so either it sees the new `big_head` or we see it.
+            fence(Ordering::SeqCst);
+            if m.p_waiters.load(Ordering::SeqCst) > 0 {
+                m.space_seq.fetch_add(1, Ordering::SeqCst);
+                futex::wake_all(&m.space_seq);
+            }
+        }
     }
 
-    fn punch_big(&self, off: u64) {
+    /// Frees the range of the oversized record at `off`, which `reclaim` is passing, and
+    /// every page below it not freed yet (ranges are handed out in record order, so those
+    /// belong to records already passed, or dropped as damage), then moves `big_head` to its
+    /// end. Punching comes first: a consumer killed in between leaves `big_head` behind, and
+    /// the record behind `reclaim`, so the next consumer does both again. True when
+    /// `big_head` moved.
+    fn free_big(&self, off: u64) -> bool {
+        let m = self.meta();
         // SAFETY: a KIND_BIG record's 16 payload bytes are two u64 (written by its producer),
         // inside the ring (the caller checked the record's span).
         let (start, len) = unsafe {
             let p = self.data().add(off as usize + REC_HDR).cast::<u64>();
             (p.read(), p.add(1).read())
         };
-        if let Some((start, end)) = self.big_range(start, len) {
-            self.punch(start, end - start);
+        let Some((start, end)) = self.big_range(start, len) else {
+            return false;
+        };
+        let base = m.big_base.load(Ordering::Relaxed);
+        let head = m.big_head.load(Ordering::Relaxed);
+        let from = head.max(base).min(start);
+        self.punch(from, end - from);
+        if end > head {
+            // Release: pairs with the producers' Acquire load (the pages are freed first).
+            m.big_head.store(end, Ordering::Release);
+            return true;
         }
+        false
     }
 
     /// Moves `reclaim` over released records if the consumer lock is free (producers short of

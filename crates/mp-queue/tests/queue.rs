@@ -918,11 +918,14 @@ fn batch_errors_say_how_far_they_got_and_lose_nothing_else() {
 fn consumers_sigkilled_taking_oversized_messages_leave_exact_counts() {
     // maxsize 1 makes any drift of the item count visible at once (a queue that thinks it
     // holds an item it does not would block every put), and 3 KiB messages in a 4 KiB ring
-    // take the oversized path, whose pages are freed only once a message is consumed.
+    // take the oversized path, whose pages are freed only once a message is consumed. A
+    // side-channel budget of 16 pages makes any drift of its count visible too.
     const N: u64 = 300;
+    const BUDGET: u64 = 16 * 4096;
     let q: Queue<Chunk> = Queue::builder()
         .capacity_bytes(4096)
         .maxsize(1)
+        .max_spill_bytes(BUDGET)
         .build()
         .unwrap();
     let producer = {
@@ -993,6 +996,13 @@ fn consumers_sigkilled_taking_oversized_messages_leave_exact_counts() {
         seen.count() as u64 >= N - 8,
         "lost more than one message per killed consumer"
     );
+    // The whole budget is free again (the pages of messages that killed consumers held in
+    // zero-copy guards are freed once a producer runs short): a message of exactly the
+    // budget goes.
+    q.put_timeout(spill_chunk(9, BUDGET as usize - 64), WATCHDOG)
+        .unwrap_or_else(|e| panic!("{e:?}: {}", q.debug_state()));
+    assert_eq!(q.get().unwrap().body.len(), BUDGET as usize - 64);
+    assert_eq!(q.spill_bytes(), 0, "{}", q.debug_state());
     // The count is exact: an empty queue of maxsize 1 takes exactly one item.
     assert_eq!(q.qsize(), 0, "{}", q.debug_state());
     q.put_nowait(Chunk {
@@ -1572,4 +1582,344 @@ fn locks_of_holders_killed_inside_are_taken_over_when_their_pids_are_reused() {
     }
     assert_eq!(q.get().unwrap().0, Stall(2));
     assert!(q.empty());
+}
+
+// ------------------------------------------------ the side channel's budget (issue 20, F6)
+
+/// A chunk whose body says who put it and which one it is: `seq` and `len` decide every byte.
+fn spill_chunk(seq: u64, len: usize) -> Chunk {
+    Chunk {
+        seq,
+        body: vec![(seq % 251) as u8; len],
+    }
+}
+
+fn spill_chunk_ok(c: &Chunk) -> bool {
+    c.body.iter().all(|&b| b == (c.seq % 251) as u8)
+}
+
+/// Every message of this body size goes beside a 4 KiB ring and takes 16 pages (64 KiB) of
+/// the budget: 60 KiB of bytes plus rkyv's few bytes of framing.
+const SPILL_BODY: usize = 60 << 10;
+const SPILL_SPAN: u64 = 64 << 10;
+
+fn spill_queue(budget: u64) -> Queue<Chunk> {
+    Queue::builder()
+        .capacity_bytes(4096)
+        .max_spill_bytes(budget)
+        .build()
+        .unwrap()
+}
+
+/// Waits (polling, bounded by the watchdog) until `cond` holds.
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(
+            t0.elapsed() < WATCHDOG,
+            "watchdog: still waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The bytes of the queue's shared file that hold pages now (tmpfs allocates on write and
+/// frees on punch), through a second descriptor of its region.
+fn allocated_bytes<T: mp_core::Message>(q: &Queue<T>) -> u64 {
+    let (bytes, fds) = handle::collect(|| encode(q));
+    let _ = bytes.unwrap();
+    let fd = fds.into_iter().next().unwrap();
+    let st = nix::sys::stat::fstat(fd.as_raw_fd()).unwrap();
+    st.st_blocks as u64 * 512
+}
+
+#[test]
+fn default_spill_budget_is_one_gib_and_builders_set_it() {
+    assert_eq!(mp_queue::DEFAULT_MAX_SPILL_BYTES, 1 << 30);
+    assert_eq!(Queue::<u8>::new().unwrap().max_spill_bytes(), 1 << 30);
+    let j = JoinableQueue::<u8>::builder()
+        .max_spill_bytes(12345)
+        .maxsize(3)
+        .build_joinable()
+        .unwrap();
+    assert_eq!((j.max_spill_bytes(), j.maxsize()), (12345, 3));
+    assert_eq!(j.spill_bytes(), 0);
+}
+
+#[test]
+fn spill_budget_holds_across_two_producer_processes() {
+    // Two producer processes put 12 oversized messages each into a budget of 4: they fill it,
+    // then wait for the consumer, which never finds more than 4 messages' pages beside the ring.
+    const PER: u64 = 12;
+    const BUDGET: u64 = 4 * SPILL_SPAN;
+    let q = spill_queue(BUDGET);
+    let producers: Vec<Pid> = (1..=2u64)
+        .map(|p| {
+            let q = q.clone();
+            fork_child(move || {
+                for i in 0..PER {
+                    if q.put(spill_chunk((p << 32) | i, SPILL_BODY)).is_err() {
+                        return 1;
+                    }
+                }
+                0
+            })
+        })
+        .collect();
+    wait_until("the producers to fill the budget", || {
+        q.spill_bytes() == BUDGET
+    });
+    // Full for everyone, this process too, and the item comes back.
+    match q.put_nowait(spill_chunk(7, SPILL_BODY)) {
+        Err(PutError::Full(c)) => assert!(c.seq == 7 && spill_chunk_ok(&c)),
+        other => panic!("{other:?}: {}", q.debug_state()),
+    }
+    let mut next = [0u64; 2];
+    for _ in 0..2 * PER {
+        let in_use = q.spill_bytes();
+        assert!(in_use <= BUDGET, "over budget: {}", q.debug_state());
+        let c = q.get_timeout(WATCHDOG).unwrap();
+        assert!(
+            spill_chunk_ok(&c) && c.body.len() == SPILL_BODY,
+            "torn message"
+        );
+        let p = (c.seq >> 32) as usize - 1;
+        assert_eq!(c.seq & 0xffff_ffff, next[p], "lost or reordered");
+        next[p] += 1;
+    }
+    for pid in producers {
+        wait_ok(pid);
+    }
+    assert_eq!(q.spill_bytes(), 0, "{}", q.debug_state());
+}
+
+#[test]
+fn put_waiting_for_spill_budget_completes_when_a_consumer_frees_it() {
+    let q = spill_queue(4 * SPILL_SPAN);
+    for seq in 0..4 {
+        q.put_nowait(spill_chunk(seq, SPILL_BODY)).unwrap();
+    }
+    // Over budget: a timed put waits its timeout, then gives the item back.
+    match q.put_timeout(spill_chunk(50, SPILL_BODY), Duration::from_millis(20)) {
+        Err(PutError::Full(c)) => assert!(c.seq == 50 && spill_chunk_ok(&c)),
+        other => panic!("{other:?}"),
+    }
+    // A blocking put in another process sleeps until this one takes a message.
+    let qc = q.clone();
+    let pid = fork_child(move || match qc.put(spill_chunk(99, SPILL_BODY)) {
+        Ok(()) => 0,
+        Err(_) => 1,
+    });
+    wait_until("the producer to sleep", || in_futex_wait(pid));
+    assert!(matches!(
+        waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)).unwrap(),
+        WaitStatus::StillAlive
+    ));
+    assert_eq!(q.qsize(), 4);
+    assert_eq!(q.get().unwrap().seq, 0);
+    wait_ok(pid);
+    let seqs: Vec<u64> = (0..4).map(|_| q.get_nowait().unwrap().seq).collect();
+    assert_eq!(seqs, [1, 2, 3, 99]);
+    assert_eq!(q.spill_bytes(), 0);
+}
+
+#[test]
+fn guard_holder_killed_gives_its_spill_budget_back() {
+    // A process takes an oversized message with `get_ref` and is killed holding the guard:
+    // its pages count until producers run short, then are freed like a dropped guard's.
+    let q = spill_queue(2 * SPILL_SPAN);
+    let ready: Queue<u8> = Queue::new().unwrap();
+    q.put_nowait(spill_chunk(0, SPILL_BODY)).unwrap();
+    q.put_nowait(spill_chunk(1, SPILL_BODY)).unwrap();
+    let (qc, rc) = (q.clone(), ready.clone());
+    let pid = fork_child(move || {
+        let Ok(guard) = qc.get_ref() else {
+            return 1;
+        };
+        if guard.seq != 0 || rc.put(1).is_err() {
+            return 2;
+        }
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+    assert_eq!(ready.get_timeout(WATCHDOG).unwrap(), 1);
+    assert_eq!(q.spill_bytes(), 2 * SPILL_SPAN);
+    kill(pid, Signal::SIGKILL).unwrap();
+    waitpid(pid, None).unwrap();
+    q.put_timeout(spill_chunk(2, SPILL_BODY), WATCHDOG)
+        .expect("the dead guard's pages were not given back");
+    assert_eq!(q.get().unwrap().seq, 1);
+    assert_eq!(q.get().unwrap().seq, 2);
+    assert_eq!(q.spill_bytes(), 0, "{}", q.debug_state());
+}
+
+#[test]
+fn message_larger_than_the_whole_spill_budget_is_refused_at_once() {
+    // In a child, under the watchdog: a blocking put that waited for room that can never come
+    // would hang there instead of failing.
+    let q = spill_queue(4 * SPILL_SPAN);
+    let qc = q.clone();
+    let pid = fork_child(move || {
+        let chunk = spill_chunk(5, 4 * SPILL_SPAN as usize);
+        let err = match qc.put(chunk) {
+            Err(e) => e,
+            Ok(()) => return 1,
+        };
+        if !matches!(
+            err.spill_error(),
+            Some(mp_queue::SpillError::TooLarge { needed, budget, .. })
+                if *needed > *budget && *budget == 4 * SPILL_SPAN
+        ) {
+            return 2;
+        }
+        // The error is an `Io` failure, which mp-pool reports as "shared memory", and the
+        // item comes back whole.
+        match err {
+            PutError::Failed(c, mp_core::Error::Io { .. }) if c.seq == 5 && spill_chunk_ok(&c) => {}
+            _ => return 3,
+        }
+        // put_many stops there too, saying why.
+        let batch = [spill_chunk(6, 8), spill_chunk(7, 1 << 20)];
+        match qc.put_many(&batch, None) {
+            Err(e) if e.put == 1 && e.error.spill_error().is_some() => {}
+            _ => return 4,
+        }
+        // A message that fits the budget still goes.
+        match qc.put(spill_chunk(8, SPILL_BODY)) {
+            Ok(()) => 0,
+            Err(_) => 5,
+        }
+    });
+    wait_ok(pid);
+    assert_eq!(q.get().unwrap().seq, 6);
+    assert_eq!(q.get().unwrap().seq, 8);
+    assert_eq!(q.spill_bytes(), 0);
+    // A budget of 0 allows nothing beside the ring, and says so at once.
+    let none = spill_queue(0);
+    let err = none.put(spill_chunk(1, 5000)).unwrap_err();
+    assert!(matches!(
+        err.spill_error(),
+        Some(mp_queue::SpillError::TooLarge { budget: 0, .. })
+    ));
+    none.put(spill_chunk(2, 100)).unwrap();
+    assert_eq!(none.get().unwrap().seq, 2);
+}
+
+#[test]
+fn producer_killed_mid_oversized_put_leaves_the_spill_budget_whole() {
+    // A producer of oversized messages of many sizes is killed inside an oversized put: as
+    // soon as its journal says it has taken a range beside the ring (and so, most often,
+    // while it copies the message there). After each, once the queue is drained and
+    // recovered, the whole budget is free: a message of exactly the budget goes at once, and
+    // no page of the file beside the ring stays allocated.
+    const BUDGET: u64 = 16 * SPILL_SPAN;
+    let q = spill_queue(BUDGET);
+    let (bytes, fds) = handle::collect(|| encode(&q));
+    let _ = bytes.unwrap();
+    let region = mp_core::Region::from_fd(fds.into_iter().next().unwrap(), None).unwrap();
+    // Meta's producer journal for an oversized message, `pending_big` (at 280 on its rarely
+    // written line): the start of the range a producer is filling, 0 when none.
+    // SAFETY: a test-only read of an atomic in a region this test owns, 8-aligned.
+    let pending_big = unsafe { &*region.as_ptr().add(280).cast::<AtomicU64>() };
+    // The region itself: a 64-byte header, the 320-byte Meta and the 4 KiB ring, in 2 pages.
+    let ring_pages = 8192;
+    assert!(allocated_bytes(&q) <= ring_pages);
+    let whole = BUDGET as usize - 64; // plus rkyv's framing: exactly the budget in pages
+    for round in 0..8u64 {
+        let qc = q.clone();
+        let base = round << 32;
+        let pid = fork_child(move || {
+            let mut i = 0u64;
+            loop {
+                let seq = base + i;
+                let len = 3000 + ((seq * 7919) % (200 << 10)) as usize;
+                if qc.put(spill_chunk(seq, len)).is_err() {
+                    return 1;
+                }
+                i += 1;
+            }
+        });
+        // Take messages until the producer, given room, takes its next range (for some
+        // microseconds: look without sleeping, bounded by the watchdog).
+        let t0 = Instant::now();
+        let mut looks = 0u32;
+        while pending_big.load(Ordering::Relaxed) == 0 {
+            assert!(t0.elapsed() < WATCHDOG, "watchdog: no oversized put");
+            looks += 1;
+            if looks % (20 + round as u32 % 7) == 0 {
+                if let Ok(c) = q.get_nowait() {
+                    assert!(spill_chunk_ok(&c), "torn message");
+                }
+            }
+            std::thread::yield_now();
+        }
+        kill(pid, Signal::SIGKILL).unwrap();
+        waitpid(pid, None).unwrap();
+        while let Ok(c) = q.get_nowait() {
+            assert!(spill_chunk_ok(&c), "torn message");
+        }
+        // The next put takes over the dead producer's lock and gives its range back.
+        q.put_nowait(spill_chunk(1, whole))
+            .unwrap_or_else(|e| panic!("round {round}: {e:?}: {}", q.debug_state()));
+        let c = q.get_nowait().unwrap();
+        assert!(c.body.len() == whole && spill_chunk_ok(&c));
+        assert_eq!(q.spill_bytes(), 0, "round {round}: {}", q.debug_state());
+        let allocated = allocated_bytes(&q);
+        assert!(
+            allocated <= ring_pages,
+            "round {round}: pages beside the ring leaked: {allocated} bytes allocated"
+        );
+    }
+}
+
+#[test]
+fn full_shared_memory_is_a_typed_error_and_the_queue_goes_on() {
+    // A child whose file-size limit the queue's file reaches (EFBIG, with SIGXFSZ ignored, as
+    // when /dev/shm or the memory is full): its put fails with `SharedMemoryFull`, gives the
+    // item back, keeps no budget, and the queue takes smaller messages.
+    let q = spill_queue(1 << 30);
+    let qc = q.clone();
+    let pid = fork_child(move || {
+        let limit = libc::rlimit {
+            rlim_cur: 1 << 20,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        // SAFETY: signal(2) with SIG_IGN and setrlimit on the struct given, in this child only.
+        unsafe {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return 9;
+            }
+        }
+        let err = match qc.put(spill_chunk(3, 4 << 20)) {
+            Err(e) => e,
+            Ok(()) => return 1,
+        };
+        if !matches!(
+            err.spill_error(),
+            Some(mp_queue::SpillError::SharedMemoryFull { errno, .. }) if *errno == libc::EFBIG
+        ) {
+            return 2;
+        }
+        if !err.to_string().contains("shared memory is full") {
+            return 3;
+        }
+        match err {
+            PutError::Failed(c, mp_core::Error::Io { .. }) if c.seq == 3 && spill_chunk_ok(&c) => {}
+            _ => return 4,
+        }
+        if qc.spill_bytes() != 0 {
+            return 5;
+        }
+        match qc.put(spill_chunk(4, SPILL_BODY)) {
+            Ok(()) => 0,
+            Err(_) => 6,
+        }
+    });
+    wait_ok(pid);
+    assert_eq!(q.spill_bytes(), SPILL_SPAN);
+    let c = q.get().unwrap();
+    assert!(c.seq == 4 && spill_chunk_ok(&c));
+    assert_eq!(q.spill_bytes(), 0);
 }
