@@ -239,7 +239,9 @@
 //!   submission order (a later call goes behind it, FIFO); past
 //!   [`PoolBuilder::max_backlog`] chunks, the next call waits for room. The task queue
 //!   itself holds 4 MiB of small chunks; a chunk larger than half of it goes beside the
-//!   queue, in shared memory that is not budgeted yet. [`IMap::next_timeout`]'s timeout
+//!   queue, in shared memory bounded by [`PoolBuilder::max_in_flight_bytes`] (1 GiB by
+//!   default): past it, submitting waits for the workers, and a chunk larger than the whole
+//!   budget fails with [`Error::SharedMemory`] at once. [`IMap::next_timeout`]'s timeout
 //!   covers waiting for room to submit the next chunks.
 //! - **Callbacks** that call back into the pool: see above ([`Error::InCallback`]).
 //! - **Ctrl-C**: see "When a worker dies".

@@ -588,3 +588,38 @@ fn async_submission_is_bounded() {
         });
     });
 }
+
+fn len_of(v: Vec<u8>) -> u64 {
+    v.len() as u64
+}
+
+/// Issue 20 F6: the bytes of large task chunks waiting in shared memory are bounded by
+/// `max_in_flight_bytes`. A map over items larger than half the ring (they travel beside it)
+/// goes on with the budget far below its whole input (puts wait for the workers, as for a full
+/// ring), and one chunk larger than the whole budget fails at once with `SharedMemory` instead
+/// of being copied into /dev/shm.
+#[test]
+fn large_items_stay_within_the_in_flight_budget() {
+    watchdog(120, || {
+        for m in METHODS {
+            let p = Pool::builder()
+                .processes(2)
+                .start_method(m)
+                .max_in_flight_bytes(2 << 20)
+                .build()
+                .unwrap();
+            // 40 items of 512 KiB: 20 MiB of input through a 2 MiB budget.
+            let items: Vec<Vec<u8>> = (0..40).map(|i| vec![i as u8; 512 << 10]).collect();
+            let lens = p.chunksize(1).map(len_of, items).unwrap();
+            assert_eq!(lens, vec![512 << 10; 40], "{m}");
+            match p.apply(len_of, vec![7u8; 4 << 20]) {
+                Err(Error::SharedMemory { .. }) => {}
+                other => panic!("{m}: a 4 MiB chunk through a 2 MiB budget gave {other:?}"),
+            }
+            // The pool goes on.
+            assert_eq!(p.apply(square, 9).unwrap(), 81);
+            p.close();
+            p.join().unwrap();
+        }
+    });
+}

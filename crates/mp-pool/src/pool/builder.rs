@@ -48,6 +48,8 @@ pub struct PoolBuilder {
     method: Option<StartMethod>,
     /// See [`max_backlog`](Self::max_backlog).
     max_backlog: Option<usize>,
+    /// See [`max_in_flight_bytes`](Self::max_in_flight_bytes).
+    max_in_flight_bytes: Option<u64>,
 }
 
 impl std::fmt::Debug for PoolBuilder {
@@ -58,6 +60,7 @@ impl std::fmt::Debug for PoolBuilder {
             .field("max_tasks_per_child", &self.max_tasks)
             .field("start_method", &self.method)
             .field("max_backlog", &self.max_backlog)
+            .field("max_in_flight_bytes", &self.max_in_flight_bytes)
             .finish()
     }
 }
@@ -71,6 +74,7 @@ impl PoolBuilder {
             max_tasks: None,
             method: None,
             max_backlog: None,
+            max_in_flight_bytes: None,
         }
     }
 
@@ -83,6 +87,18 @@ impl PoolBuilder {
     /// backlog is empty. [`Pool::terminate`] ends the wait ([`Error::Terminated`]).
     pub fn max_backlog(mut self, chunks: usize) -> Self {
         self.max_backlog = Some(chunks);
+        self
+    }
+
+    /// How many bytes of large messages (task chunks and results larger than half a queue's
+    /// ring, which travel beside it in shared memory) may wait in each of the pool's two queues
+    /// at once (default [`mp_queue::DEFAULT_MAX_SPILL_BYTES`], 1 GiB). Past it, submitting
+    /// waits for the workers to take what is there, as when the ring is full; a chunk larger
+    /// than the whole budget fails with [`Error::SharedMemory`] at once. So a `map` over large
+    /// items cannot copy its whole input into shared memory, and a full `/dev/shm` is reported
+    /// as such ([`Error::SharedMemory`]) when the pages are reserved, not as a crash later.
+    pub fn max_in_flight_bytes(mut self, bytes: u64) -> Self {
+        self.max_in_flight_bytes = Some(bytes);
         self
     }
 
@@ -150,6 +166,9 @@ impl PoolBuilder {
             return Err(Error::Config("max_backlog must be at least 1 chunk".into()));
         }
         let init = self.init.transpose()?;
+        let spill = self
+            .max_in_flight_bytes
+            .unwrap_or(mp_queue::DEFAULT_MAX_SPILL_BYTES);
         worker::install_task_hook();
         let cfg = Config {
             processes,
@@ -160,8 +179,8 @@ impl PoolBuilder {
             max_backlog: self.max_backlog.unwrap_or(DEFAULT_MAX_BACKLOG),
         };
         let inner = Arc::new(Inner {
-            tasks: Queue::new()?,
-            results: Queue::new()?,
+            tasks: Queue::builder().max_spill_bytes(spill).build()?,
+            results: Queue::builder().max_spill_bytes(spill).build()?,
             bell: Shared::new(Doorbell::new())?,
             task_bell: Shared::new(Doorbell::new())?,
             table: Mutex::new(Table {
