@@ -17,13 +17,18 @@
 //! repair what the dead one left (see `ring`).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mp_core::ident::{self, CONTENDED};
 use mp_core::{futex, Deadline};
 
 /// How long a waiter sleeps before it checks that the holder is alive.
 const LIVENESS_PERIOD: Duration = Duration::from_millis(20);
+/// The least a timed caller waits for the lock, whatever its own deadline: critical sections
+/// are short, so a `put_nowait` or a `get_timeout(0)` that finds the lock held waits for it
+/// briefly (and for the liveness check that takes over a dead holder's lock) rather than
+/// failing because another process was inside for a microsecond.
+const LOCK_GRACE: Duration = Duration::from_millis(50);
 
 /// Proof of holding the lock; releases it when dropped.
 pub(crate) struct Locked<'a> {
@@ -48,9 +53,10 @@ fn locked<'a>(word: &'a AtomicU64, wake: &'a AtomicU32, recovered: bool) -> Lock
 }
 
 /// Takes the lock whose state is `word` and whose sleepers wait on `wake`. Blocks until it is
-/// free or its holder is found dead, or until `deadline`: then `None`. (A live holder keeps
-/// the lock for as long as it lives, and so does a word that another process scribbled into
-/// naming some live process: the deadline is what bounds a timed `get` or `put` then.)
+/// free or its holder is found dead, or until `deadline` (but at least [`LOCK_GRACE`]): then
+/// `None`. (A live holder keeps the lock for as long as it lives, and so does a word that
+/// another process scribbled into naming some live process: the deadline is what bounds a
+/// timed `get` or `put` then.)
 pub(crate) fn lock_until<'a>(
     word: &'a AtomicU64,
     wake: &'a AtomicU32,
@@ -75,6 +81,9 @@ fn lock_slow<'a>(
     me: u64,
     deadline: Deadline,
 ) -> Option<Locked<'a>> {
+    let bound = deadline
+        .remaining()
+        .map(|left| Instant::now() + left.max(LOCK_GRACE));
     // A short spin first: critical sections are a handful of stores, or one serialization.
     for _ in 0..200 {
         std::hint::spin_loop();
@@ -102,10 +111,15 @@ fn lock_slow<'a>(
             }
             continue;
         }
-        let slice = match deadline.remaining() {
+        let slice = match bound {
             None => LIVENESS_PERIOD,
-            Some(left) if left.is_zero() => return None,
-            Some(left) => left.min(LIVENESS_PERIOD),
+            Some(b) => {
+                let left = b.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return None;
+                }
+                left.min(LIVENESS_PERIOD)
+            }
         };
         if v & CONTENDED == 0
             && word
