@@ -419,6 +419,12 @@ fn watch<R>(futs: &[&Future<R>]) -> Arc<Waiter> {
     w
 }
 
+/// True on the thread of an executor one of `futs` belongs to (in a done callback): waiting
+/// there would wait for the thread that completes them.
+fn in_callback<R>(futs: &[&Future<R>]) -> bool {
+    futs.iter().any(|f| f.core.on_manager())
+}
+
 fn unwatch<R>(futs: &[&Future<R>], w: &Arc<Waiter>) {
     for f in futs {
         f.core.unregister(w);
@@ -456,7 +462,8 @@ pub struct DoneAndNotDone<'a, R> {
 
 /// Python's `concurrent.futures.wait(fs, timeout, return_when)`: waits (at most `timeout`;
 /// `None`: no limit) until `return_when` holds, then returns the futures done and not done.
-/// Running out of time is not an error (as in Python): look at `not_done`.
+/// Running out of time is not an error (as in Python): look at `not_done`. In a done
+/// callback, on the executor's thread, it does not wait (that thread completes the futures).
 ///
 /// ```
 /// use std::time::Duration;
@@ -485,7 +492,7 @@ pub fn wait<'a, R: 'a>(
             ReturnWhen::FirstException => st.failed || n == futs.len(),
             ReturnWhen::AllCompleted => n == futs.len(),
         };
-        if enough {
+        if enough || in_callback(&futs) {
             break;
         }
         let (s, more) = w.sleep(st, deadline);
@@ -503,7 +510,9 @@ pub fn wait<'a, R: 'a>(
 /// Python's `concurrent.futures.as_completed(fs, timeout)`: an iterator over the futures as
 /// they complete (those done already first), each once. When the futures are not all done
 /// by the deadline (`timeout` from this call; `None`: no limit), it yields one
-/// `Err(Error::Timeout)` and ends (Python raises `TimeoutError`); the futures go on.
+/// `Err(Error::Timeout)` and ends (Python raises `TimeoutError`); the futures go on. In a
+/// done callback, on the executor's thread, it yields `Err(Error::InCallback)` instead of
+/// waiting (that thread completes the futures).
 ///
 /// ```
 /// use mp_futures::{as_completed, ProcessPoolExecutor};
@@ -565,6 +574,10 @@ impl<'a, R> Iterator for AsCompleted<'a, R> {
             if let Some(&i) = st.done.get(self.next) {
                 self.next += 1;
                 return Some(Ok(self.futs[i]));
+            }
+            if in_callback(&self.futs) {
+                self.ended = true;
+                return Some(Err(Error::InCallback));
             }
             let (s, more) = self.waiter.sleep(st, self.deadline);
             st = s;

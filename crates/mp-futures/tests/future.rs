@@ -84,6 +84,13 @@ fn done_callbacks_run_once_outside_the_locks() {
                 let pid = fut.result(None).unwrap();
                 // Waiting for another unfinished future here is refused, not a deadlock.
                 let waited = other.result(None);
+                // So are as_completed and wait (wait returns at once, as if timed out).
+                let ac = matches!(
+                    as_completed([&other], None).next(),
+                    Some(Err(Error::InCallback))
+                );
+                let w = wait([&other], None, ALL_COMPLETED).not_done.len() == 1;
+                assert!(ac && w, "as_completed: {ac}, wait: {w}");
                 // Submitting from a callback works.
                 let more = ex.submit(square, 6).unwrap();
                 tx.send((pid, waited.map_err(|e| e.to_string()), more))

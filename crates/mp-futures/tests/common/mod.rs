@@ -85,7 +85,7 @@ impl Drop for Gate {
 /// The gated task (see [`Gate`]): returns its worker's pid.
 pub(crate) fn gated((started, gate): (String, String)) -> u64 {
     let pid = std::process::id();
-    let tmp = format!("{started}.tmp");
+    let tmp = format!("{started}.{pid}.tmp");
     std::fs::write(&tmp, pid.to_string()).unwrap();
     std::fs::rename(&tmp, &started).unwrap();
     let t0 = std::time::Instant::now();
