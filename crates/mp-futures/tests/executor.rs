@@ -29,11 +29,13 @@ fn parse(s: String) -> Result<u64, std::num::ParseIntError> {
 static_assertions::assert_impl_all!(ProcessPoolExecutor: Send, Sync);
 static_assertions::assert_impl_all!(mp_futures::Future<u64>: Send, Sync, Clone, Unpin);
 static_assertions::assert_impl_all!(Error: Send, Sync, Clone, std::error::Error);
+static_assertions::assert_impl_all!(mp_futures::Map<u64>: Send, Sync);
+static_assertions::assert_impl_all!(mp_futures::AsCompleted<'static, u64>: Send, Sync);
 
 #[test]
 fn submit_and_result() {
     watchdog(120, || {
-        for m in METHODS {
+        for m in [StartMethod::Fork, StartMethod::Spawn, StartMethod::ForkServer] {
             let ex = executor(m, 2);
             let f = ex.submit(square, 12).unwrap();
             assert_eq!(f.result(LONG).unwrap(), 144);
