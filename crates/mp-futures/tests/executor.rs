@@ -35,7 +35,11 @@ static_assertions::assert_impl_all!(mp_futures::AsCompleted<'static, u64>: Send,
 #[test]
 fn submit_and_result() {
     watchdog(120, || {
-        for m in [StartMethod::Fork, StartMethod::Spawn, StartMethod::ForkServer] {
+        for m in [
+            StartMethod::Fork,
+            StartMethod::Spawn,
+            StartMethod::ForkServer,
+        ] {
             let ex = executor(m, 2);
             let f = ex.submit(square, 12).unwrap();
             assert_eq!(f.result(LONG).unwrap(), 144);
