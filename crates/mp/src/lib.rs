@@ -45,6 +45,8 @@
 //! * Pipes and connections, [`pipe`]: [`Pipe`], [`Connection`], [`wait`], [`Listener`],
 //!   [`Client`] (CPython's wire format and authkey handshake).
 //! * Pools, [`pool`]: [`Pool`], [`AsyncResult`].
+//! * Python's `concurrent.futures`, [`futures`]: [`ProcessPoolExecutor`], [`Future`],
+//!   [`futures::as_completed`], [`futures::wait`] (a killed worker fails only its future).
 //! * Managers, [`manager`]: [`Manager`], a server process holding dicts, lists, namespaces,
 //!   values, queues, locks and events, reached through typed proxies (locally or over TCP).
 //! * Across machines (cargo feature `redis`, off by default), `mp::redis`: the same pool,
@@ -60,6 +62,7 @@
 //! Every crate's error converts into [`Error`], so `?` works across them.
 
 pub use mp_core as core;
+pub use mp_futures as futures;
 pub use mp_manager as manager;
 pub use mp_pipe as pipe;
 pub use mp_pool as pool;
@@ -71,6 +74,7 @@ pub use mp_shared_memory as shared_memory;
 pub use mp_sync as sync;
 
 pub use mp_core::{Message, Serde, Shared, SharedMemory};
+pub use mp_futures::{Future, ProcessPoolExecutor};
 pub use mp_manager::Manager;
 pub use mp_pipe::{wait, Client, Connection, Duplex, Listener, OneWay, Pipe};
 pub use mp_pool::{AsyncResult, Pool};
@@ -110,6 +114,9 @@ pub enum Error {
     /// Pools.
     #[error(transparent)]
     Pool(#[from] mp_pool::Error),
+    /// Executors and their futures.
+    #[error(transparent)]
+    Futures(#[from] mp_futures::Error),
     /// Managers and their proxies.
     #[error(transparent)]
     Manager(#[from] mp_manager::Error),

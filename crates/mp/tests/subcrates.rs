@@ -16,6 +16,8 @@ assert_impl_all!(mp::StartMethod: Send, Sync, Copy);
 assert_impl_all!(mp::ShareableList: Send, Sync, Clone);
 assert_impl_all!(mp::SharedMemoryManager: Send, Sync);
 assert_impl_all!(mp::shared_memory::Item: Send, Sync, Clone);
+assert_impl_all!(mp::ProcessPoolExecutor: Send, Sync);
+assert_impl_all!(mp::Future<u64>: Send, Sync, Clone, Unpin);
 
 #[test]
 fn every_path_names_its_item() {
@@ -39,6 +41,12 @@ fn every_path_names_its_item() {
     let _: fn() -> Result<mp::SharedMemoryManager, mp::shared_memory::Error> =
         mp::shared_memory::SharedMemoryManager::start;
     let _ = mp::shared_memory::SharedMemory::create;
+    let _ = mp::futures::ProcessPoolExecutor::new;
+    let _ = mp::ProcessPoolExecutor::builder;
+    let none: Vec<mp::Future<u64>> = Vec::new();
+    assert_eq!(mp::futures::as_completed(&none, None).count(), 0);
+    let r = mp::futures::wait(&none, None, mp::futures::FIRST_COMPLETED);
+    assert!(r.done.is_empty() && r.not_done.is_empty());
 }
 
 #[test]
@@ -57,6 +65,10 @@ fn every_crate_error_converts_into_mp_error() {
     assert!(matches!(
         convert(mp::shared_memory::Error::ShutDown),
         mp::Error::SharedMemory(_)
+    ));
+    assert!(matches!(
+        convert(mp::futures::Error::Cancelled),
+        mp::Error::Futures(mp::futures::Error::Cancelled)
     ));
     let full: mp::queue::PutError<u8> = mp::queue::PutError::Full(1);
     assert!(convert(full).to_string().contains("full"));
