@@ -37,6 +37,8 @@
 //!   timeouts and [`Deadline`]s.
 //! * [`message`] has the [`Message`] bound (rkyv archives with validation), serialization straight
 //!   into a shared slot, checked zero-copy access, and the [`Serde`] adapter.
+//! * [`sync`] names the atomics and futex calls of the protocols checked by the loom models
+//!   (plain re-exports of `std` and [`futex`] in the normal build).
 //! * [`handle`] says how regions (and so every primitive) travel to a child under fork, exec and a
 //!   fork server.
 
@@ -47,6 +49,7 @@ pub mod ident;
 pub mod message;
 pub mod region;
 pub mod shared;
+pub mod sync;
 
 pub use error::{Error, Result};
 pub use futex::Deadline;
