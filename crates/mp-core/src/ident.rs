@@ -207,6 +207,7 @@ enum Start {
 
 /// Asks the kernel whether any task has the id `id`, without `/proc`: `kill(id, 0)` sends no
 /// signal but checks existence. `EPERM` (the task belongs to another user) is alive too.
+#[cfg(not(loom))]
 fn kernel_knows(id: u32) -> bool {
     let Ok(pid) = libc::pid_t::try_from(id) else {
         return false;
@@ -239,6 +240,40 @@ pub fn pid_namespace() -> u64 {
 /// kernel itself knows no task of that id (the caller then keeps waiting, as it would for a
 /// live holder).
 pub fn is_alive(token: u64) -> bool {
+    #[cfg(loom)]
+    return !loom_dead::is_dead(token & !CONTENDED);
+    #[cfg(not(loom))]
+    is_alive_now(token)
+}
+
+/// The loom models' hook for [`is_alive`]: a model decides which of its tokens are dead (a
+/// holder "dies" by marking its token and ending its thread without releasing).
+#[cfg(loom)]
+pub mod loom_dead {
+    // A loom mutex, not std's: a task's death orders its writes before whatever sees it dead
+    // (the kernel reaps it before /proc says so), and loom must know that ordering.
+    use loom::sync::Mutex;
+
+    loom::lazy_static! {
+        /// The tokens marked dead in this execution (one set per execution).
+        static ref DEAD: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+    }
+
+    /// Marks `token` dead: from now on [`is_alive`](super::is_alive) says false for it.
+    /// Its sleepers' slices then end (see `mp_core::sync::futex`).
+    pub fn mark_dead(token: u64) {
+        DEAD.lock().unwrap().push(token & !super::CONTENDED);
+        crate::sync::futex::expire_timed_waits();
+    }
+
+    /// True when a model marked `token` (without its contention flag) dead.
+    pub fn is_dead(token: u64) -> bool {
+        DEAD.lock().unwrap().contains(&token)
+    }
+}
+
+#[cfg(not(loom))]
+fn is_alive_now(token: u64) -> bool {
     let token = token & !CONTENDED;
     let id = id_of(token);
     if id == 0 {

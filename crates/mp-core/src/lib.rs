@@ -39,6 +39,8 @@
 //!   timeouts and [`Deadline`]s.
 //! * [`message`] has the [`Message`] bound (rkyv archives with validation), serialization straight
 //!   into a shared slot, checked zero-copy access, and the [`Serde`] adapter.
+//! * [`sync`] names the atomics and futex calls of the protocols checked by the loom models
+//!   (plain re-exports of `std` and [`futex`] in the normal build).
 //! * [`handle`] says how regions (and so every primitive) travel to a child under fork, exec and a
 //!   fork server.
 //! * [`util`] holds the chores every crate shares: locking a `std` mutex whose holder
@@ -53,6 +55,7 @@ pub mod message;
 pub mod region;
 pub mod shareable;
 pub mod shared;
+pub mod sync;
 pub mod util;
 
 pub use error::{Error, Result};

@@ -17,9 +17,9 @@
 //!   readable when a message arrives *while the end is armed*, which [`wait`](crate::wait) and
 //!   [`poll`](crate::Connection::poll) do (see [`Waitable`](crate::Waitable)).
 
+use mp_core::sync::atomic::{AtomicU32, Ordering};
 use std::cell::{Cell, RefCell, RefMut};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use mp_core::message::{self, Encoded};

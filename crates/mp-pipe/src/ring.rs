@@ -34,8 +34,11 @@
 
 use std::cell::Cell;
 use std::ptr::NonNull;
-use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
+// The loom shim: std's atomics in the normal build, loom's under `cfg(loom)` (the ring model
+// at the end of this file).
+use mp_core::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+#[cfg(not(loom))]
 use static_assertions::assert_eq_size;
 
 use crate::error::{Error, Result};
@@ -71,8 +74,28 @@ pub(crate) struct RingCtl {
     tx_armed: AtomicU32,
     _pad3: [u8; 60],
 }
+// Loom's atomics are larger: the layout is pinned for the real ones.
+#[cfg(not(loom))]
 assert_eq_size!(RingCtl, [u8; 256]);
 const _: () = assert!(std::mem::align_of::<RingCtl>() == 64);
+
+#[cfg(loom)]
+impl RingCtl {
+    /// A control block in ordinary memory, for the loom model (the real ones are zeroed
+    /// shared memory).
+    pub(crate) fn new() -> RingCtl {
+        RingCtl {
+            tail: AtomicU64::new(0),
+            _pad0: [0; 56],
+            head: AtomicU64::new(0),
+            _pad1: [0; 56],
+            rx_armed: AtomicU32::new(0),
+            _pad2: [0; 60],
+            tx_armed: AtomicU32::new(0),
+            _pad3: [0; 60],
+        }
+    }
+}
 
 /// Size of a control block.
 pub(crate) const CTL_SIZE: usize = std::mem::size_of::<RingCtl>();
@@ -409,6 +432,11 @@ impl Ring {
         // `head` in `slot`) and is the first half of the consumer's Dekker handshake with
         // `tx_armed`.
         c.head.store(next, Ordering::SeqCst);
+        // Loom treats SeqCst loads and stores as AcqRel (its README, "Limitations") and only
+        // SeqCst fences as SeqCst; in the C++ model a SeqCst store then a SeqCst load forbid
+        // the outcome this fence forbids, so the model checks the same handshake.
+        #[cfg(loom)]
+        fence(Ordering::SeqCst);
         // SeqCst: pairs with the producer's SeqCst store of 1 before it re-checks for room.
         c.tx_armed.load(Ordering::SeqCst) != 0 && c.tx_armed.swap(0, Ordering::SeqCst) != 0
     }
@@ -424,4 +452,157 @@ pub(crate) unsafe fn copy_out(rec: &Record, dst: *mut u8) {
     // producer does not write published, unconsumed bytes (a misbehaving one can only make us
     // copy wrong bytes, which the caller validates).
     unsafe { std::ptr::copy_nonoverlapping(rec.ptr, dst, rec.len) }
+}
+
+/// The loom model of the ring's publish and wake-up (docs/reliability.md, "Model checking").
+/// Run with `RUSTFLAGS="--cfg loom" cargo test -p mp-pipe --lib --release loom_`.
+#[cfg(all(test, loom))]
+mod loom_model {
+    use super::*;
+    use loom::sync::Arc;
+    use mp_core::sync::futex;
+
+    const CAP: usize = 256;
+    /// Payload size: a record takes 96 bytes, so the third message waits for room and then
+    /// wraps behind a `PAD` record.
+    const LEN: usize = 80;
+    const MESSAGES: u8 = 3;
+
+    /// The socket of one end, as far as wake-ups go: tokens written by the peer.
+    struct Socket {
+        tokens: AtomicU32,
+    }
+
+    impl Socket {
+        /// `sys::send_token`.
+        fn send_token(&self) {
+            self.tokens.fetch_add(1, Ordering::Release);
+            futex::wake(&self.tokens, 1);
+        }
+
+        /// `sys::drain_tokens`.
+        fn drain(&self) {
+            self.tokens.swap(0, Ordering::AcqRel);
+        }
+
+        /// `sys::wait_readable` without a deadline: sleeps until a token is there.
+        fn wait_readable(&self) {
+            while self.tokens.load(Ordering::Acquire) == 0 {
+                futex::wait(&self.tokens, 0, None);
+            }
+        }
+    }
+
+    #[repr(C, align(64))]
+    struct Data(std::cell::UnsafeCell<[u8; CAP]>);
+
+    /// The shared region: a control block, a data area, and each end's socket.
+    struct Shm {
+        ctl: RingCtl,
+        data: Data,
+        /// The consumer's socket (the producer writes tokens to it).
+        rx_sock: Socket,
+        /// The producer's socket.
+        tx_sock: Socket,
+    }
+
+    // SAFETY: the data area is written by the producer only in free space and read by the
+    // consumer only below `tail`, the ring protocol under model.
+    unsafe impl Sync for Shm {}
+
+    impl Shm {
+        fn ring(&self) -> Ring {
+            // SAFETY: both parts are 64-aligned and live as long as the `Arc` the caller holds;
+            // CAP is a power of two of at least 256; one producer and one consumer.
+            unsafe {
+                Ring::new(
+                    &self.ctl as *const RingCtl as *mut RingCtl,
+                    self.data.0.get().cast(),
+                    CAP,
+                )
+            }
+        }
+    }
+
+    /// `LocalEnd::block` without the spin and the peer-gone checks: arm, re-check, sleep on
+    /// the socket, as many times as it takes.
+    fn block(sock: &Socket, armed: &AtomicU32, cond: &dyn Fn() -> bool) {
+        loop {
+            sock.drain();
+            armed.store(1, Ordering::SeqCst);
+            // As in `consume`: loom models the SeqCst store-then-load only through a fence.
+            fence(Ordering::SeqCst);
+            if cond() {
+                armed.swap(0, Ordering::SeqCst);
+                return;
+            }
+            sock.wait_readable();
+        }
+    }
+
+    /// A producer sends three messages through a ring with room for two (the third waits for
+    /// room and wraps behind a padding record) and a consumer takes them, both sleeping when
+    /// they cannot go on, as `LocalEnd` does. The sleeps end only by a token, so a lost
+    /// wake-up on either side is a deadlock. Proves: every message is received once, whole
+    /// and in order; neither side sleeps through the other's progress (the Dekker handshake
+    /// of `publish`/`has_data` and `consume`/`has_room`); the ring ends empty.
+    #[test]
+    fn loom_ring_publish_and_wakeup() {
+        loom::model(|| {
+            let shm = Arc::new(Shm {
+                ctl: RingCtl::new(),
+                data: Data(std::cell::UnsafeCell::new([0; CAP])),
+                rx_sock: Socket {
+                    tokens: AtomicU32::new(0),
+                },
+                tx_sock: Socket {
+                    tokens: AtomicU32::new(0),
+                },
+            });
+            let producer = {
+                let shm = shm.clone();
+                loom::thread::spawn(move || {
+                    let ring = shm.ring();
+                    for i in 0..MESSAGES {
+                        let slot = loop {
+                            if let Some(s) = ring.slot(LEN).unwrap() {
+                                break s;
+                            }
+                            block(&shm.tx_sock, ring.tx_armed(), &|| ring.has_room(LEN));
+                        };
+                        assert!(slot.cap >= LEN);
+                        // SAFETY: the slot is free space of the ring, ours until published.
+                        unsafe { std::ptr::write_bytes(slot.ptr, b'a' + i, LEN) };
+                        // SAFETY: `slot` came from `ring.slot` just above, LEN <= slot.cap.
+                        if unsafe { ring.publish(&slot, TAG_WHOLE, LEN, LEN as u64) } {
+                            shm.rx_sock.send_token();
+                        }
+                    }
+                })
+            };
+            let ring = shm.ring();
+            for i in 0..MESSAGES {
+                let rec = loop {
+                    if let Some(r) = ring.peek().unwrap() {
+                        break r;
+                    }
+                    block(&shm.rx_sock, ring.rx_armed(), &|| ring.has_data());
+                };
+                assert_eq!((rec.tag, rec.len, rec.total), (TAG_WHOLE, LEN, LEN as u64));
+                let mut buf = [0u8; LEN];
+                // SAFETY: `rec` came from `peek` and is not consumed yet; `buf` holds LEN.
+                unsafe { copy_out(&rec, buf.as_mut_ptr()) };
+                assert!(buf.iter().all(|&b| b == b'a' + i), "message {i}: {buf:?}");
+                if ring.consume(rec.next) {
+                    shm.tx_sock.send_token();
+                }
+            }
+            producer.join().unwrap();
+            assert!(ring.peek().unwrap().is_none());
+            assert_eq!(
+                shm.ctl.tail.load(Ordering::Relaxed),
+                shm.ctl.head.load(Ordering::Relaxed)
+            );
+        });
+    }
 }

@@ -40,13 +40,16 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use mp_core::futex;
+// The loom shim: std's atomics and mp_core::futex in the normal build, loom's under
+// `cfg(loom)` (the Condition model at the end of this file).
+use mp_core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use mp_core::sync::futex;
 use mp_core::{Deadline, Shared, ShmSafe};
 use rkyv::{Archive, Deserialize, Serialize};
+#[cfg(not(loom))]
 use static_assertions::{assert_eq_align, assert_eq_size};
 
 use crate::error::{Error, LockResult, OwnerDied, Result, TryLockResult};
@@ -100,7 +103,10 @@ pub(crate) struct RawCondition {
     /// The futex words: `wake[e & 1]` is bumped whenever group `e` is notified.
     wake: [AtomicU32; 2],
 }
+// Loom's atomics are larger: the layout is pinned for the real ones.
+#[cfg(not(loom))]
 assert_eq_size!(RawCondition, [u64; 2]);
+#[cfg(not(loom))]
 assert_eq_align!(RawCondition, u64);
 
 // SAFETY: only atomics (1); every bit pattern is a valid state: four 16-bit counts, at worst
@@ -256,9 +262,96 @@ impl RawCondition {
     /// Bumps the futex word of group `epoch` and wakes `n` of its sleepers.
     fn wake(&self, epoch: u16, n: u32) {
         let word = &self.wake[usize::from(epoch & 1)];
-        // Release pairs with the Acquire load of the word in `wait_until`.
+        // Release pairs with the Acquire load of the word in `wait`.
         word.fetch_add(1, Ordering::Release);
         futex::wake(word, n);
+    }
+
+    /// The waiter's side, called with the lock held: registers, lets `unlock` release every
+    /// level of the lock (it returns the depth to restore), sleeps until notified or
+    /// `deadline`, lets `relock(depth)` take the lock back (`Err(pid)` when from a dead
+    /// holder), and settles under it. Returns whether it was notified and `relock`'s result;
+    /// when the newer group is full it returns `(false, Ok(()))` at once, the lock still held.
+    fn wait(
+        &self,
+        deadline: Deadline,
+        unlock: impl FnOnce() -> u32,
+        relock: impl FnOnce(u32) -> Result<(), u32>,
+    ) -> (bool, Result<(), u32>) {
+        // Under the lock: the lock's release below publishes it to the next notifier.
+        let Some(mine) = self.register() else {
+            // The newer group is full: return at once, as from a spurious wake-up, with
+            // the lock still held.
+            return (false, Ok(()));
+        };
+        let depth = unlock();
+        let word = &self.wake[usize::from(mine & 1)];
+        let mut slice = SLICE;
+        let mut notified = loop {
+            // Read the word before the counts: a notify after the check below bumps it, so
+            // the futex wait cannot miss that notify. Acquire pairs with the Release bump
+            // in `RawCondition::wake`.
+            let w = word.load(Ordering::Acquire);
+            if self.try_consume(mine) {
+                break true;
+            }
+            let left = deadline.remaining();
+            if left == Some(Duration::ZERO) {
+                break false;
+            }
+            // In slices even without a deadline: a notifier killed between its count update
+            // and its wake-up leaves the signal to be found here.
+            let nap = left.map_or(slice, |l| l.min(slice));
+            if futex::wait(word, w, Some(nap)) == futex::Wake::TimedOut {
+                slice = (slice * 2).min(MAX_SLICE);
+            }
+        };
+        let reacquired = relock(depth);
+        if !notified {
+            // Back under the lock: either a notify counted us (take its signal), or we are
+            // still counted as a waiter (take ourselves out).
+            notified = self.settle(mine);
+        }
+        (notified, reacquired)
+    }
+
+    /// The notifier's side, called with the lock held: notifies up to `n` of the waiters
+    /// registered now and wakes them; returns how many it notified.
+    fn notify(&self, n: u32) -> u32 {
+        let mut v = self.state.load(Ordering::Relaxed);
+        let (old, new, k, switched) = loop {
+            let old = State::unpack(v);
+            let (new, k, switched) = old.notify(n);
+            if k == 0 {
+                break (old, new, k, switched);
+            }
+            // The one step that notifies: a notifier killed before it notified nobody, one
+            // killed after it notified `k` (the sleepers' slices find the signals).
+            // Release pairs with the Acquire loads and CASes of `state` by waiters.
+            match self.state.compare_exchange_weak(
+                v,
+                new.pack(),
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break (old, new, k, switched),
+                Err(x) => v = x,
+            }
+        };
+        if new.signals == 0 {
+            // Nobody to wake (and nothing left unwoken by a dead notifier).
+            return k;
+        }
+        notify_fault();
+        if switched && (old.signals > 0 || old.pending > 0) {
+            // The replaced group's members that have not taken their signal are notified:
+            // wake them all.
+            self.wake(old.epoch, u32::MAX);
+        }
+        // Wakes the current group: the `k` just notified, plus any left unwoken by a notifier
+        // killed before its wake-up.
+        self.wake(new.epoch, u32::from(new.signals));
+        k
     }
 }
 
@@ -433,54 +526,27 @@ impl Condition {
         // The lock is released below by hand, level by level; the guard must not release it
         // again when dropped.
         std::mem::forget(guard);
-        // Under the lock: the lock's release below publishes it to the next notifier.
-        let Some(mine) = self.raw.register() else {
-            // The newer group is full: return at once, as from a spurious wake-up, with
-            // the lock still held.
-            return (false, Ok(()));
-        };
-        let depth = match &self.lock {
-            CondLock::Lock(l) => {
-                l.raw().unlock();
-                1
-            }
-            CondLock::RLock(l) => l.release_all(),
-        };
-        let word = &self.raw.wake[usize::from(mine & 1)];
-        let mut slice = SLICE;
-        let mut notified = loop {
-            // Read the word before the counts: a notify after the check below bumps it, so
-            // the futex wait cannot miss that notify. Acquire pairs with the Release bump
-            // in `RawCondition::wake`.
-            let w = word.load(Ordering::Acquire);
-            if self.raw.try_consume(mine) {
-                break true;
-            }
-            let left = deadline.remaining();
-            if left == Some(Duration::ZERO) {
-                break false;
-            }
-            // In slices even without a deadline: a notifier killed between its count update
-            // and its wake-up leaves the signal to be found here.
-            let nap = left.map_or(slice, |l| l.min(slice));
-            if futex::wait(word, w, Some(nap)) == futex::Wake::TimedOut {
-                slice = (slice * 2).min(MAX_SLICE);
-            }
-        };
-        let reacquired = match &self.lock {
-            CondLock::Lock(l) => l.acquire(),
-            CondLock::RLock(l) => {
-                let r = l.acquire();
-                l.restore(depth);
-                r
-            }
-        };
-        if !notified {
-            // Back under the lock: either a notify counted us (take its signal), or we are
-            // still counted as a waiter (take ourselves out).
-            notified = self.raw.settle(mine);
-        }
-        (notified, reacquired.map_err(|e| e.pid()))
+        self.raw.wait(
+            deadline,
+            || match &self.lock {
+                CondLock::Lock(l) => {
+                    l.raw().unlock();
+                    1
+                }
+                CondLock::RLock(l) => l.release_all(),
+            },
+            |depth| {
+                match &self.lock {
+                    CondLock::Lock(l) => l.acquire(),
+                    CondLock::RLock(l) => {
+                        let r = l.acquire();
+                        l.restore(depth);
+                        r
+                    }
+                }
+                .map_err(|e| e.pid())
+            },
+        )
     }
 
     /// Wakes `n` of the waiters that are waiting now (fewer if fewer wait); returns how many.
@@ -490,40 +556,7 @@ impl Condition {
         if !self.is_held() {
             return Err(Error::NotOwner);
         }
-        let mut v = self.raw.state.load(Ordering::Relaxed);
-        let (old, new, k, switched) = loop {
-            let old = State::unpack(v);
-            let (new, k, switched) = old.notify(n);
-            if k == 0 {
-                break (old, new, k, switched);
-            }
-            // The one step that notifies: a notifier killed before it notified nobody, one
-            // killed after it notified `k` (the sleepers' slices find the signals).
-            // Release pairs with the Acquire loads and CASes of `state` by waiters.
-            match self.raw.state.compare_exchange_weak(
-                v,
-                new.pack(),
-                Ordering::Release,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => break (old, new, k, switched),
-                Err(x) => v = x,
-            }
-        };
-        if new.signals == 0 {
-            // Nobody to wake (and nothing left unwoken by a dead notifier).
-            return Ok(k);
-        }
-        notify_fault();
-        if switched && (old.signals > 0 || old.pending > 0) {
-            // The replaced group's members that have not taken their signal are notified:
-            // wake them all.
-            self.raw.wake(old.epoch, u32::MAX);
-        }
-        // Wakes the current group: the `k` just notified, plus any left unwoken by a notifier
-        // killed before its wake-up.
-        self.raw.wake(new.epoch, u32::from(new.signals));
-        Ok(k)
+        Ok(self.raw.notify(n))
     }
 
     /// Wakes every waiter; returns how many.
@@ -565,7 +598,7 @@ impl fmt::Debug for CondGuard<'_> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 
@@ -646,5 +679,196 @@ mod tests {
         );
         assert_eq!(r.register(), None);
         assert_eq!(notify(&r, u32::MAX), u32::from(u16::MAX));
+    }
+}
+
+/// The loom model of Condition's counts (docs/reliability.md, "Model checking"). Run with
+/// `RUSTFLAGS="--cfg loom" cargo test -p mp-sync --lib --release loom_`.
+#[cfg(all(test, loom))]
+mod loom_model {
+    use super::*;
+    use crate::raw::{Acquire, RawLock};
+    use loom::cell::UnsafeCell;
+    use loom::sync::Arc;
+
+    fn token(id: u32) -> u64 {
+        (u64::from(id) << 32) | 7
+    }
+
+    /// What the model knows, kept under the condition's lock: the reference the real counts
+    /// are checked against.
+    #[derive(Default)]
+    struct Book {
+        /// Waiters registered and neither notified nor returned.
+        waiting: u32,
+        /// Notifications handed out (the sum of what `notify` returned).
+        notified: u32,
+        /// Waits that returned `true`.
+        woke: u32,
+        /// Waiters that returned.
+        done: u32,
+    }
+
+    struct Model {
+        lock: RawLock,
+        cond: RawCondition,
+        book: UnsafeCell<Book>,
+    }
+
+    // SAFETY: `book` is touched only under `lock` (loom's cell checks that the lock orders
+    // every access).
+    unsafe impl Sync for Model {}
+
+    impl Model {
+        fn new() -> Model {
+            Model {
+                lock: RawLock::new(),
+                cond: RawCondition {
+                    state: AtomicU64::new(0),
+                    wake: [AtomicU32::new(0), AtomicU32::new(0)],
+                },
+                book: UnsafeCell::new(Book::default()),
+            }
+        }
+
+        fn lock(&self, id: u32) {
+            assert_eq!(self.lock.lock(token(id), Deadline::never()), Acquire::Clean);
+        }
+
+        /// Runs `f` on the book; only the lock's holder calls this.
+        fn book<R>(&self, f: impl FnOnce(&mut Book) -> R) -> R {
+            // SAFETY: the caller holds the lock (what loom's cell checks).
+            self.book.with_mut(|b| f(unsafe { &mut *b }))
+        }
+
+        /// One `wait` as `Condition::wait_until` makes it, over the raw lock.
+        fn wait(&self, id: u32, deadline: Deadline) -> bool {
+            self.lock(id);
+            self.book(|b| b.waiting += 1);
+            let (notified, r) = self.cond.wait(
+                deadline,
+                || {
+                    self.lock.unlock();
+                    1
+                },
+                |_| {
+                    self.lock(id);
+                    Ok(())
+                },
+            );
+            assert_eq!(r, Ok(()));
+            self.book(|b| {
+                if notified {
+                    b.woke += 1;
+                } else {
+                    // Not notified: it was still counted as waiting, and no longer is.
+                    assert!(
+                        b.waiting > 0,
+                        "a waiter left out was not counted as waiting"
+                    );
+                    b.waiting -= 1;
+                }
+                b.done += 1;
+            });
+            self.lock.unlock();
+            notified
+        }
+
+        /// One `notify(1)` under the lock, checked against the book: it notifies exactly one
+        /// of the waiters registered and not yet notified or returned, or none when there is
+        /// none. Returns what it notified.
+        fn notify_one(&self, id: u32) -> u32 {
+            self.lock(id);
+            let k = self.cond.notify(1);
+            self.book(|b| {
+                assert_eq!(
+                    k,
+                    b.waiting.min(1),
+                    "notify(1) notified {k} of {}",
+                    b.waiting
+                );
+                b.waiting -= k;
+                b.notified += k;
+            });
+            self.lock.unlock();
+            k
+        }
+
+        fn end(&self) {
+            let b = self.book(|b| std::mem::take(b));
+            assert_eq!(b.woke, b.notified, "exactly the notified waits return true");
+            assert_eq!(b.waiting, 0);
+            let s = self.cond.load();
+            assert_eq!((s.pending, s.signals, s.newer), (0, 0, 0), "{s:?}");
+        }
+    }
+
+    /// Two waiters without timeout, and a notifier that notifies one at a time whenever a
+    /// registered waiter is left, until both are notified. The sleepers' slices never end in
+    /// the model, so a notify whose wake-up misses its sleeper is a deadlock. Proves: no
+    /// wake-up is lost, each notify counts exactly one registered waiter, both waits return
+    /// notified, and the counts end at zero.
+    #[test]
+    fn loom_condition_no_lost_wakeup() {
+        loom::model(|| {
+            let m = Arc::new(Model::new());
+            let waiters: Vec<_> = (1..=2)
+                .map(|id| {
+                    let m = m.clone();
+                    loom::thread::spawn(move || assert!(m.wait(id, Deadline::never())))
+                })
+                .collect();
+            let mut notified = 0;
+            while notified < 2 {
+                m.lock(3);
+                let waiting = m.book(|b| b.waiting);
+                m.lock.unlock();
+                if waiting > 0 {
+                    notified += m.notify_one(3);
+                } else {
+                    loom::thread::yield_now();
+                }
+            }
+            for w in waiters {
+                w.join().unwrap();
+            }
+            m.lock(3);
+            m.end();
+        });
+    }
+
+    /// A waiter without timeout, a waiter whose timeout runs out at once, and a notifier that
+    /// keeps calling `notify(1)` until the first is done (also when nobody waits). Proves:
+    /// a notify goes only to a waiter registered before it (a notify that found nobody is
+    /// taken by nobody: the counts match the book), a timed-out waiter that was notified
+    /// before it took the lock back returns notified and one that was not takes itself out,
+    /// and exactly the notified waits return true.
+    #[test]
+    fn loom_condition_notify_only_registered() {
+        loom::model(|| {
+            let m = Arc::new(Model::new());
+            let patient = {
+                let m = m.clone();
+                loom::thread::spawn(move || assert!(m.wait(1, Deadline::never())))
+            };
+            let hasty = {
+                let m = m.clone();
+                loom::thread::spawn(move || m.wait(2, Deadline::after(Some(Duration::ZERO))))
+            };
+            loop {
+                m.lock(3);
+                let done = m.book(|b| b.done);
+                m.lock.unlock();
+                if done == 2 {
+                    break;
+                }
+                m.notify_one(3);
+                loom::thread::yield_now();
+            }
+            patient.join().unwrap();
+            hasty.join().unwrap();
+            m.lock(3);
+            m.end();
+        });
     }
 }
