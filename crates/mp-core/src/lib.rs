@@ -48,6 +48,12 @@ pub mod message;
 pub mod region;
 pub mod shared;
 
+/// Fuzzing entry points (`fuzz/`, `tests/fuzz_corpus.rs`). Not API: hidden, may change in any
+/// release.
+#[doc(hidden)]
+#[path = "fuzz.rs"]
+pub mod __fuzz;
+
 pub use error::{Error, Result};
 pub use futex::Deadline;
 pub use message::{Encode, Message, Serde};
