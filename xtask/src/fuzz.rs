@@ -6,7 +6,8 @@
 //! Installs `cargo-fuzz` (`cargo install cargo-fuzz`) when it is missing. The full output of
 //! each run goes to `target/fuzz/<target>.log`; a crash is saved by libFuzzer under
 //! `fuzz/artifacts/<target>/`, named in the table, and makes the command fail. `--cmin`
-//! minimizes each corpus afterwards (`cargo fuzz cmin`). The corpus replay on stable is an
+//! minimizes each corpus afterwards (`cargo fuzz cmin` with a set cover over edges, which
+//! keeps the corpus small enough for the repository). The corpus replay on stable is an
 //! ordinary test (`tests/fuzz_corpus.rs` of mp-core and mp-pipe). See `docs/reliability.md`.
 
 use std::io::{BufRead, BufReader, Write};
@@ -101,6 +102,8 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
                 .args(["fuzz", "cmin", "--target-dir"])
                 .arg(logs.join("build"))
                 .arg(t)
+                // A set cover over edges (not hit counts) keeps the corpus small.
+                .args(["--", "-set_cover_merge=1", "-use_counters=0"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
@@ -235,7 +238,7 @@ fn run_one(root: &Path, logs: &Path, target: &str, seconds: u64) -> Result<Outco
                 "SUMMARY",
                 "Test unit written",
                 "DONE",
-                "error:",
+                "error: ",
             ];
             if loud.iter().any(|w| line.contains(w)) {
                 eprintln!("  {line}");

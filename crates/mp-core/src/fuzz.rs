@@ -233,8 +233,11 @@ pub fn message(bytes: &[u8]) {
             both::<Option<Region>>(body, &aligned);
         }
         _ => {
+            // Not `Vec<Region>`: rkyv 0.8's `Vec` deserializer leaks the elements already made
+            // when a later one fails (docs/reliability.md, "Fuzzing"); tuples and options drop
+            // them.
             install_handle_table();
-            both::<(u8, crate::handle::RegionHandle, Vec<Region>)>(body, &aligned);
+            both::<(u8, crate::handle::RegionHandle, Option<Region>)>(body, &aligned);
         }
     }
 }
@@ -344,11 +347,14 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         10,
         message::encode(&Some(handle(0, HANDLE_KIND, 4096, 64))).ok(),
     );
-    let hs = vec![
-        handle(0, HANDLE_KIND, 4096, 64),
-        handle(1, HANDLE_KIND, 4096, 64),
-        handle(3, 0, 1, 1),
-    ];
-    msg(11, message::encode(&(1u8, handle(2, 1, 1, 1), hs)).ok());
+    msg(
+        11,
+        message::encode(&(
+            1u8,
+            handle(2, 1, 1, 1),
+            Some(handle(0, HANDLE_KIND, 4096, 64)),
+        ))
+        .ok(),
+    );
     out
 }

@@ -9,6 +9,11 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering::SeqCst};
+
+use mp_core::message::{access, encode};
+use mp_core::rkyv::rancor::{Fallible, Source};
+use mp_core::rkyv::{Archive, Deserialize, Serialize};
 
 /// A harness: runs one input.
 type Harness = fn(&[u8]);
@@ -118,4 +123,55 @@ fn region_seeds_are_accepted() {
     assert!(!mp_core::__fuzz::region_header(&corrupt));
     corrupt[0] = 8; // ... unless the check is recomputed (then the size is out of the file)
     assert!(!mp_core::__fuzz::region_header(&corrupt));
+}
+
+/// Counts its live values; refuses to deserialize 13 (as a handle whose descriptor is gone, or
+/// a `Serde` value whose postcard bytes are bad, fails after the archive was checked).
+#[derive(Archive, Serialize)]
+#[rkyv(crate = mp_core::rkyv)]
+struct Picky(u32);
+
+static LIVE: AtomicI32 = AtomicI32::new(0);
+
+impl Drop for Picky {
+    fn drop(&mut self) {
+        LIVE.fetch_sub(1, SeqCst);
+    }
+}
+
+impl<D: Fallible + ?Sized> Deserialize<Picky, D> for ArchivedPicky
+where
+    D::Error: Source,
+{
+    fn deserialize(&self, _: &mut D) -> Result<Picky, D::Error> {
+        if self.0 == 13 {
+            return Err(D::Error::new(std::io::Error::other("13")));
+        }
+        LIVE.fetch_add(1, SeqCst);
+        Ok(Picky(self.0.to_native()))
+    }
+}
+
+#[test]
+fn upstream_vec_deserialize_leaks_the_elements_made_before_a_failure() {
+    // The fuzzer's finding in rkyv 0.8 (docs/reliability.md, "Fuzzing"): `Vec<T>`'s
+    // deserializer writes the elements into a raw allocation and returns on the first error
+    // without dropping the ones already written, nor freeing the allocation. When this test
+    // fails, rkyv drops them: remove the note and this test, and put `Vec<Region>` back in the
+    // message harness.
+    let bytes = encode(&vec![Picky(1), Picky(2), Picky(13)]).expect("encode");
+    LIVE.store(0, SeqCst); // the values encoded were dropped without having been counted
+    let archived = access::<Vec<Picky>>(&bytes).expect("a valid archive");
+    assert!(mp_core::message::deserialize::<Vec<Picky>>(archived).is_err());
+    assert_eq!(
+        LIVE.load(SeqCst),
+        2,
+        "the two made before 13 were never dropped"
+    );
+    // A tuple and an option drop what they made (the harness uses those for handles).
+    let bytes = encode(&(Picky(1), Some(Picky(13)))).expect("encode");
+    LIVE.store(0, SeqCst);
+    let archived = access::<(Picky, Option<Picky>)>(&bytes).expect("a valid archive");
+    assert!(mp_core::message::deserialize::<(Picky, Option<Picky>)>(archived).is_err());
+    assert_eq!(LIVE.load(SeqCst), 0);
 }
