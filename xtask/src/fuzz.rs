@@ -7,7 +7,8 @@
 //! each run goes to `target/fuzz/<target>.log`; a crash is saved by libFuzzer under
 //! `fuzz/artifacts/<target>/`, named in the table, and makes the command fail. `--cmin`
 //! minimizes each corpus afterwards (`cargo fuzz cmin` with a set cover over edges, which
-//! keeps the corpus small enough for the repository). The corpus replay on stable is an
+//! keeps the corpus small enough for the repository), keeping the files people named
+//! (`seed-NN`, `regression-...`). The corpus replay on stable is an
 //! ordinary test (`tests/fuzz_corpus.rs` of mp-core and mp-pipe). See `docs/reliability.md`.
 
 use std::io::{BufRead, BufReader, Write};
@@ -98,6 +99,8 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         let o = run_one(&root, &logs, t, seconds)?;
         if cmin && o.finding.is_none() {
             eprintln!("fuzz: minimizing the corpus of {t}...");
+            let dir = root.join("fuzz/corpus").join(t);
+            let named = named_files(&dir);
             let status = nightly_cargo(&root)
                 .args(["fuzz", "cmin", "--target-dir"])
                 .arg(logs.join("build"))
@@ -110,6 +113,11 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
                 .map_err(|e| format!("cargo fuzz cmin: {e}"))?;
             if !status.success() {
                 return Err(format!("cargo fuzz cmin {t} failed: {status}"));
+            }
+            // The seeds and the regression inputs stay, whatever their coverage.
+            for (name, bytes) in named {
+                std::fs::write(dir.join(&name), bytes)
+                    .map_err(|e| format!("restore {name}: {e}"))?;
             }
         }
         outcomes.push(o);
@@ -149,6 +157,24 @@ fn targets(root: &Path) -> Result<Vec<String>, String> {
         .collect();
     v.sort();
     Ok(v)
+}
+
+/// The files of a corpus that people named (`seed-NN`, `regression-...`), not libFuzzer (which
+/// names them by the SHA-1 of their bytes), with their bytes.
+fn named_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let hashed = name.len() == 40 && name.bytes().all(|b| b.is_ascii_hexdigit());
+            if hashed {
+                return None;
+            }
+            Some((name, std::fs::read(e.path()).ok()?))
+        })
+        .collect()
 }
 
 fn count_files(dir: &Path) -> Option<usize> {

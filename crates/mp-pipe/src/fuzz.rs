@@ -11,15 +11,17 @@ use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Once;
 use std::time::Duration;
 
+use mp_core::rkyv::util::AlignedVec;
 use mp_core::Deadline;
 
 use crate::error::Error;
 use crate::local::{LocalEnd, Msg, MIN_RING_CAPACITY};
 use crate::ring::{RECORD_HEADER, TAG_FIRST, TAG_LAST, TAG_MORE, TAG_PAD, TAG_WHOLE};
 use crate::stream::StreamEnd;
-use crate::{auth, Connection};
+use crate::{auth, Connection, ReadOnly, WriteOnly};
 
 /// The largest input a harness looks at (the corpus keeps files below this too).
 pub const MAX_INPUT: usize = 64 * 1024;
@@ -274,6 +276,54 @@ pub fn handshake_client(bytes: &[u8]) -> bool {
         .is_ok()
 }
 
+/// Connection handles, as a child decodes its arguments: `bytes` is an archive decoded as a
+/// `Connection<u32>` of each direction, against a descriptor table installed once per process
+/// (slot 0 the socket of a real pipe end, slot 1 that pipe's region, slot 2 a region of another
+/// kind, slot 3 a memfd of garbage). A connection that decodes is polled once. True when one
+/// decoded.
+pub fn connection_handle(bytes: &[u8]) -> bool {
+    install_handle_table();
+    let bytes = &bytes[..bytes.len().min(MAX_INPUT)];
+    let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
+    aligned.extend_from_slice(bytes);
+    let mut any = false;
+    if let Ok(c) = mp_core::message::decode::<Connection<u32>>(&aligned) {
+        let _ = c.poll(Some(Duration::ZERO));
+        any = true;
+    }
+    if let Ok(c) = mp_core::message::decode::<Connection<u32, ReadOnly>>(&aligned) {
+        let _ = c.poll(Some(Duration::ZERO));
+        any = true;
+    }
+    any |= mp_core::message::decode::<Connection<u32, WriteOnly>>(&aligned).is_ok();
+    any
+}
+
+/// Installs (once per process) the slots [`connection_handle`] decodes against.
+fn install_handle_table() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let Ok((a, b)) = crate::Pipe::<u32>::new(crate::Duplex) else {
+            return;
+        };
+        let (_, fds) = mp_core::handle::collect(|| mp_core::message::encode(&a).map(drop));
+        let mut fds = fds;
+        if let Ok(r) = mp_core::Region::anonymous(0x0bad_c0de, 2 * (256 + 4096) as u64, 64) {
+            fds.extend(r.dup_fd());
+        }
+        if let Ok(f) =
+            nix::sys::memfd::memfd_create(c"mp-fuzz", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)
+        {
+            let _ = nix::unistd::write(&f, &[0xa5u8; 4096]);
+            fds.push(f);
+        }
+        mp_core::handle::install(fds);
+        // The table holds duplicates: the ends may go (their peer socket then reads
+        // end-of-file, one more path for the poll).
+        drop((a, b));
+    });
+}
+
 /// One frame of CPython's wire format.
 fn frame(payload: &[u8]) -> Vec<u8> {
     let (h, n) = crate::stream::frame_header(payload.len() as u64);
@@ -370,6 +420,23 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         out.push(("handshake_client", client));
     }
     out.push(("handshake_server", frame(b"{md5}0123456789abcdef")));
+
+    // Connection handles, as a parent archives them for a child: a pipe end (slots 0 and 1), a
+    // one-way reader (its region has one ring: the table's slot 1 is refused for its size), a
+    // socket connection (slot 0 only).
+    let archive = |c: &dyn Fn() -> mp_core::Result<AlignedVec<16>>| {
+        mp_core::handle::collect(c).0.map(|b| b.to_vec()).ok()
+    };
+    if let Ok((a, _b)) = crate::Pipe::<u32>::new(crate::Duplex) {
+        out.extend(archive(&|| mp_core::message::encode(&a)).map(|b| ("connection_handle", b)));
+    }
+    if let Ok((r, _w)) = crate::Pipe::<u32>::new(crate::OneWay) {
+        out.extend(archive(&|| mp_core::message::encode(&r)).map(|b| ("connection_handle", b)));
+    }
+    if let Ok((s, _t)) = UnixStream::pair() {
+        let c = Connection::<u32>::from_socket(OwnedFd::from(s));
+        out.extend(archive(&|| mp_core::message::encode(&c)).map(|b| ("connection_handle", b)));
+    }
     out.push(("handshake_client", frame(b"#CHALLENGE#{sha3_384}short")));
     out
 }

@@ -22,6 +22,9 @@ const TARGETS: &[(&str, Harness)] = &[
     ("handshake_client", |b| {
         let _ = mp_pipe::__fuzz::handshake_client(b);
     }),
+    ("connection_handle", |b| {
+        let _ = mp_pipe::__fuzz::connection_handle(b);
+    }),
 ];
 
 fn corpus_dir(target: &str) -> PathBuf {
@@ -124,4 +127,43 @@ fn handshake_seeds_reach_the_end() {
     assert!(mp_pipe::__fuzz::handshake_client(client[0]));
     assert!(mp_pipe::__fuzz::handshake_client(client[1]));
     assert!(!mp_pipe::__fuzz::handshake_client(client[2]));
+}
+
+#[test]
+fn connection_handle_seeds_decode() {
+    // Real archives of a pipe end and a socket connection decode against the harness's table
+    // (slot 0 a duplex pipe end's socket, slot 1 its region); a one-way reader's handle names
+    // a region of one ring, so slot 1 (of two rings) is refused for its size.
+    let seeds: Vec<Vec<u8>> = mp_pipe::__fuzz::seeds()
+        .into_iter()
+        .filter(|(t, _)| *t == "connection_handle")
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(seeds.len(), 3);
+    let decoded: Vec<bool> = seeds
+        .iter()
+        .map(|s| mp_pipe::__fuzz::connection_handle(s))
+        .collect();
+    assert_eq!(decoded, [true, false, true]);
+    assert!(!mp_pipe::__fuzz::connection_handle(
+        &seeds[0][..seeds[0].len() - 1]
+    ));
+}
+
+#[test]
+fn a_connection_handle_whose_socket_slot_is_not_a_socket_is_refused() {
+    // The `connection_handle` fuzzer's finding: a handle naming the pipe's region (slot 1) as
+    // its socket decoded, and the first poll on it, even with a zero timeout, spun for ever (a
+    // memfd is always readable, and never yields a token or an end-of-file). Now refused.
+    let input =
+        std::fs::read(corpus_dir("connection_handle").join("regression-socket-slot-is-a-memfd"))
+            .expect("the regression input is in the corpus");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(mp_pipe::__fuzz::connection_handle(&input));
+    });
+    let decoded = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("decoding and polling the handle hung");
+    assert!(!decoded, "a handle whose socket is a memfd must be refused");
 }
