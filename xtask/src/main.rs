@@ -6,6 +6,8 @@
 //!   machine's limits (see `docs/benchmarks.md`).
 //! * `cargo xtask faults [--rounds N | --long] [--seed S] [--filter NAME] [--round R]`: the
 //!   fault campaign (see `docs/reliability.md`).
+//! * `cargo xtask fuzz [--seconds N] [--target NAME] [--cmin]`: the `cargo fuzz` targets of
+//!   `fuzz/`, on nightly (see `docs/reliability.md`, "Fuzzing").
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -16,9 +18,10 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("bench") => bench(&args[1..]),
         Some("faults") => faults::run(&args[1..]),
+        Some("fuzz") => fuzz::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | bench [--quick] [--filter NAME] | faults [--rounds N | --long] [--seed S] [--filter NAME] [--round R]>"
+                "usage: cargo xtask <ci | bench [--quick] [--filter NAME] | faults [--rounds N | --long] [--seed S] [--filter NAME] [--round R] | fuzz [--seconds N] [--target NAME] [--cmin]>"
             );
             return ExitCode::from(2);
         }
@@ -69,3 +72,4 @@ fn bench(args: &[String]) -> Result<(), String> {
 
 mod bench;
 mod faults;
+mod fuzz;

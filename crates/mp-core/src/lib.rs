@@ -58,6 +58,12 @@ pub mod shared;
 pub mod sync;
 pub mod util;
 
+/// Fuzzing entry points (`fuzz/`, `tests/fuzz_corpus.rs`). Not API: hidden, may change in any
+/// release.
+#[doc(hidden)]
+#[path = "fuzz.rs"]
+pub mod __fuzz;
+
 pub use error::{Error, Result};
 pub use futex::Deadline;
 pub use message::{Encode, Message, Serde};

@@ -90,7 +90,7 @@ pub struct RegionHeader {
 assert_eq_size!(RegionHeader, [u8; HEADER_SIZE]);
 const_assert!(std::mem::align_of::<RegionHeader>() == 64);
 
-fn header_check(version: u32, kind: u32, size: u64, align: u64, pid_ns: u64) -> u64 {
+pub(crate) fn header_check(version: u32, kind: u32, size: u64, align: u64, pid_ns: u64) -> u64 {
     // FNV-1a over the fields: cheap, and enough to catch corruption (this is not security;
     // received message bytes are validated separately).
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;

@@ -122,7 +122,7 @@ fn digest_and_payload(message: &[u8]) -> Result<(Option<Digest>, &[u8])> {
 }
 
 /// CPython's `_create_response`.
-fn create_response(authkey: &[u8], message: &[u8]) -> Result<Vec<u8>> {
+pub(crate) fn create_response(authkey: &[u8], message: &[u8]) -> Result<Vec<u8>> {
     match digest_and_payload(message)?.0 {
         None => Ok(Digest::Md5.mac(authkey, message)),
         Some(d) => {
@@ -186,13 +186,19 @@ fn recv_limited(conn: &StreamEnd, deadline: Deadline) -> Result<Vec<u8>> {
 /// A fresh challenge: the message an answer must authenticate, and the frame that carries it
 /// (`#CHALLENGE#` + the message).
 pub(crate) fn new_challenge() -> Result<(Vec<u8>, Vec<u8>)> {
-    let mut message = b"{sha256}".to_vec();
     let mut random = [0u8; MESSAGE_LENGTH];
     sys::random_bytes(&mut random)?;
-    message.extend_from_slice(&random);
+    Ok(challenge_from(&random))
+}
+
+/// The challenge (message and frame) made of the given random bytes: [`new_challenge`]'s, and
+/// the fixed one the fuzzing harnesses use so that their corpus can hold right answers.
+pub(crate) fn challenge_from(random: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let mut message = b"{sha256}".to_vec();
+    message.extend_from_slice(random);
     let mut challenge = CHALLENGE.to_vec();
     challenge.extend_from_slice(&message);
-    Ok((message, challenge))
+    (message, challenge)
 }
 
 /// Checks the peer's answer to our challenge `message`: the frame to send back (`#WELCOME#`
@@ -241,7 +247,16 @@ pub(crate) fn deliver_challenge(
     authkey: &[u8],
     deadline: Deadline,
 ) -> Result<()> {
-    let (message, challenge) = new_challenge()?;
+    deliver_challenge_with(conn, authkey, new_challenge()?, deadline)
+}
+
+/// [`deliver_challenge`] with a given challenge (`(message, frame)`, from [`challenge_from`]).
+pub(crate) fn deliver_challenge_with(
+    conn: &StreamEnd,
+    authkey: &[u8],
+    (message, challenge): (Vec<u8>, Vec<u8>),
+    deadline: Deadline,
+) -> Result<()> {
     conn.send_raw(&challenge)?;
     let response = recv_limited(conn, deadline)?;
     let (reply, verdict) = judge_answer(authkey, &message, &response);

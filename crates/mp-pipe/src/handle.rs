@@ -7,7 +7,7 @@
 //! holds a descriptor of the same socket. Outside `collect` (through a queue or another
 //! connection, after the child started) serializing fails, as for every handle.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 
 use mp_core::handle;
 use mp_core::rkyv::rancor::{Fallible, Source};
@@ -100,6 +100,17 @@ where
         }
         let repr: ConnectionRepr = Deserialize::<ConnectionRepr, De>::deserialize(self, d)?;
         let sock = handle::import_fd(repr.sock_slot).map_err(De::Error::new)?;
+        // A slot that holds something else (a region's memfd, a file) would poll readable
+        // for ever without a token or an end-of-file: every wait on it would spin without
+        // end, deadlines included (found by the `connection_handle` fuzzer).
+        let is_socket = nix::sys::stat::fstat(sock.as_raw_fd())
+            .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK);
+        if !is_socket {
+            return Err(De::Error::new(Error::Protocol(format!(
+                "the connection handle's slot {} does not hold a socket",
+                repr.sock_slot
+            ))));
+        }
         let t = match repr.local {
             Some(l) => Transport::Local(
                 LocalEnd::from_parts(LocalParts {

@@ -167,6 +167,12 @@ mod stream;
 mod sys;
 mod wait;
 
+/// Fuzzing entry points (`fuzz/`, `tests/fuzz_corpus.rs`). Not API: hidden, may change in any
+/// release.
+#[doc(hidden)]
+#[path = "fuzz.rs"]
+pub mod __fuzz;
+
 pub use connection::{
     CanRecv, CanSend, Connection, Direction, Duplex, Ends, OneWay, Pipe, PipeKind, ReadOnly,
     Reader, Received, WriteOnly, Writer,

@@ -492,7 +492,17 @@ impl Handshake {
         since: Instant,
         deadline: Option<Instant>,
     ) -> Result<Handshake> {
-        let (message, challenge) = auth::new_challenge()?;
+        Handshake::with_challenge(fd, peer, since, deadline, auth::new_challenge()?)
+    }
+
+    /// [`start`](Self::start) with a given challenge (`(message, frame)`).
+    fn with_challenge(
+        fd: OwnedFd,
+        peer: Peer,
+        since: Instant,
+        deadline: Option<Instant>,
+        (message, challenge): (Vec<u8>, Vec<u8>),
+    ) -> Result<Handshake> {
         send_frame(fd.as_fd(), &challenge)?;
         Ok(Handshake {
             fd,
@@ -576,6 +586,25 @@ impl Handshake {
             }
         }
     }
+}
+
+/// Fuzzing (see `crate::__fuzz`): runs the server side of a handshake, with the challenge
+/// `challenge` (`(message, frame)`), on `sock`, whose peer has written everything it will
+/// (and shut its side down), as the handshake thread does; `Ok` when the peer passed.
+pub(crate) fn fuzz_server_handshake(
+    sock: OwnedFd,
+    authkey: &[u8],
+    challenge: (Vec<u8>, Vec<u8>),
+) -> Result<()> {
+    let mut h = Handshake::with_challenge(sock, Peer::Uid(0), Instant::now(), None, challenge)?;
+    // Each advance reads until the bytes run out; a peer that has shut down cannot leave it
+    // waiting, so a few rounds always end it.
+    for _ in 0..8 {
+        if let Progress::Done = h.advance(authkey)? {
+            return Ok(());
+        }
+    }
+    Err(auth::closed_early())
 }
 
 /// Takes one connection from the kernel: the socket and who the peer is, or `None` when none

@@ -1,0 +1,169 @@
+//! Replays the fuzzing corpus of this crate's targets on stable: every file of
+//! `fuzz/corpus/<target>/` (the seeds and what `cargo xtask fuzz` found) goes through the
+//! same entry point the `cargo fuzz` target calls (`mp_pipe::__fuzz`), each under
+//! `catch_unwind`, and the test names every file that panicked. The seeds are also run as
+//! made now, so a change of format cannot leave the stored ones stale unnoticed.
+//!
+//! `MP_WRITE_FUZZ_SEEDS=1 cargo test -p mp-pipe --test fuzz_corpus -- --ignored` (re)writes the
+//! seed files (`seed-NN`) of the corpus.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+
+/// A harness: runs one input.
+type Harness = fn(&[u8]);
+
+const TARGETS: &[(&str, Harness)] = &[
+    ("stream", mp_pipe::__fuzz::stream),
+    ("pipe_ring", mp_pipe::__fuzz::pipe_ring),
+    ("handshake_server", |b| {
+        let _ = mp_pipe::__fuzz::handshake_server(b);
+    }),
+    ("handshake_client", |b| {
+        let _ = mp_pipe::__fuzz::handshake_client(b);
+    }),
+    ("connection_handle", |b| {
+        let _ = mp_pipe::__fuzz::connection_handle(b);
+    }),
+];
+
+fn corpus_dir(target: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/corpus")
+        .join(target)
+}
+
+/// Runs `run` on every input and returns the names of those that panicked.
+fn panics<'a>(run: Harness, inputs: impl Iterator<Item = (String, &'a [u8])>) -> Vec<String> {
+    let mut failed = Vec::new();
+    for (name, bytes) in inputs {
+        if catch_unwind(AssertUnwindSafe(|| run(bytes))).is_err() {
+            failed.push(name);
+        }
+    }
+    failed
+}
+
+#[test]
+fn corpus_replays_without_panics() {
+    for &(target, run) in TARGETS {
+        let dir = corpus_dir(target);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{}: {e} (the corpus lives in the repository)",
+                    dir.display()
+                )
+            })
+            .map(|e| e.expect("read_dir entry").path())
+            .filter(|p| p.is_file())
+            .collect();
+        files.sort();
+        assert!(!files.is_empty(), "{}: no corpus files", dir.display());
+        let inputs: Vec<(String, Vec<u8>)> = files
+            .iter()
+            .map(|p| {
+                (
+                    p.display().to_string(),
+                    std::fs::read(p).expect("read a corpus file"),
+                )
+            })
+            .collect();
+        let failed = panics(run, inputs.iter().map(|(n, b)| (n.clone(), b.as_slice())));
+        assert!(failed.is_empty(), "{target}: panicked on {failed:#?}");
+        eprintln!("{target}: {} corpus files replayed", files.len());
+    }
+}
+
+#[test]
+fn seeds_run_without_panics() {
+    let seeds = mp_pipe::__fuzz::seeds();
+    for &(target, run) in TARGETS {
+        let mine: Vec<(String, &[u8])> = seeds
+            .iter()
+            .enumerate()
+            .filter(|(_, (t, _))| *t == target)
+            .map(|(i, (_, b))| (format!("{target} seed {i}"), b.as_slice()))
+            .collect();
+        assert!(!mine.is_empty(), "{target} has no seeds");
+        let failed = panics(run, mine.into_iter());
+        assert!(failed.is_empty(), "panicked on {failed:?}");
+    }
+}
+
+#[test]
+#[ignore = "writes the seed files of fuzz/corpus; run with MP_WRITE_FUZZ_SEEDS=1"]
+fn write_seeds() {
+    if std::env::var_os("MP_WRITE_FUZZ_SEEDS").is_none() {
+        return;
+    }
+    let mut n = std::collections::HashMap::<&str, usize>::new();
+    for (target, bytes) in mp_pipe::__fuzz::seeds() {
+        let dir = corpus_dir(target);
+        std::fs::create_dir_all(&dir).expect("create the corpus directory");
+        let i = n.entry(target).or_default();
+        std::fs::write(dir.join(format!("seed-{i:02}")), bytes).expect("write a seed");
+        *i += 1;
+    }
+}
+
+#[test]
+fn handshake_seeds_reach_the_end() {
+    // The seeds hold right answers to the harnesses' fixed challenge, so the fuzzer starts from
+    // inputs that get through every step (a modern and a legacy challenge, each side).
+    let seeds = mp_pipe::__fuzz::seeds();
+    let of = |target: &str| -> Vec<&Vec<u8>> {
+        seeds
+            .iter()
+            .filter(|(t, _)| *t == target)
+            .map(|(_, b)| b)
+            .collect()
+    };
+    let server = of("handshake_server");
+    let client = of("handshake_client");
+    assert!(mp_pipe::__fuzz::handshake_server(server[0]));
+    assert!(mp_pipe::__fuzz::handshake_server(server[1]));
+    assert!(!mp_pipe::__fuzz::handshake_server(server[2]));
+    assert!(mp_pipe::__fuzz::handshake_client(client[0]));
+    assert!(mp_pipe::__fuzz::handshake_client(client[1]));
+    assert!(!mp_pipe::__fuzz::handshake_client(client[2]));
+}
+
+#[test]
+fn connection_handle_seeds_decode() {
+    // Real archives of a pipe end and a socket connection decode against the harness's table
+    // (slot 0 a duplex pipe end's socket, slot 1 its region); a one-way reader's handle names
+    // a region of one ring, so slot 1 (of two rings) is refused for its size.
+    let seeds: Vec<Vec<u8>> = mp_pipe::__fuzz::seeds()
+        .into_iter()
+        .filter(|(t, _)| *t == "connection_handle")
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(seeds.len(), 3);
+    let decoded: Vec<bool> = seeds
+        .iter()
+        .map(|s| mp_pipe::__fuzz::connection_handle(s))
+        .collect();
+    assert_eq!(decoded, [true, false, true]);
+    assert!(!mp_pipe::__fuzz::connection_handle(
+        &seeds[0][..seeds[0].len() - 1]
+    ));
+}
+
+#[test]
+fn a_connection_handle_whose_socket_slot_is_not_a_socket_is_refused() {
+    // The `connection_handle` fuzzer's finding: a handle naming the pipe's region (slot 1) as
+    // its socket decoded, and the first poll on it, even with a zero timeout, spun for ever (a
+    // memfd is always readable, and never yields a token or an end-of-file). Now refused.
+    let input =
+        std::fs::read(corpus_dir("connection_handle").join("regression-socket-slot-is-a-memfd"))
+            .expect("the regression input is in the corpus");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(mp_pipe::__fuzz::connection_handle(&input));
+    });
+    let decoded = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("decoding and polling the handle hung");
+    assert!(!decoded, "a handle whose socket is a memfd must be refused");
+}
