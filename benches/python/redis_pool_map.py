@@ -20,6 +20,8 @@ from _common import measure, now, options, report
 
 N = 100_000
 WORKERS = 2
+# MP_BENCH_RQ_WORKER=rq.worker.Worker measures RQ's default worker (a fork per job) instead.
+WORKER_CLASS = os.environ.get("MP_BENCH_RQ_WORKER", "rq.worker.SimpleWorker")
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -100,7 +102,7 @@ def main():
     rq_bin = os.path.join(os.path.dirname(sys.executable), "rq")
     workers = [
         subprocess.Popen(
-            [rq_bin, "worker", "-q", "-u", url, "-w", "rq.worker.SimpleWorker", "-P", HERE,
+            [rq_bin, "worker", "-q", "-u", url, "-w", WORKER_CLASS, "-P", HERE,
              "--results-ttl", "600", qname],
             cwd=HERE, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, preexec_fn=_unpin)
         for _ in range(WORKERS)
