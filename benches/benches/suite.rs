@@ -47,6 +47,8 @@ fn main() {
     // Children started with the spawn and forkserver methods re-run this binary: let them play
     // their part before criterion parses the command line.
     mp_process::init();
+    // `suite --mp-worker URL ...`: a worker of the redis workload (never returns).
+    mp_redis::init();
     group::benches();
     Criterion::default().configure_from_args().final_summary();
 }

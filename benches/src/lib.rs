@@ -39,6 +39,7 @@ pub mod mp;
 pub mod peers;
 pub mod placement;
 pub mod proc;
+pub mod redis;
 
 pub use placement::Placement;
 
@@ -375,6 +376,22 @@ pub fn workloads() -> Vec<Workload> {
             MULTI,
             mp::scaling_pair()
                 .map_or_else(Vec::new, |(one, two)| vec![("mp_1w", one), ("mp_2w", two)]),
+        ),
+        // mp-redis on a real redis-server (registered only when one is at hand), beside the
+        // local backend on the same items (`local`); CPython's peer is RQ.
+        w(
+            "redis_pool_map",
+            Elements(redis::REDIS_MAP_ITEMS),
+            true,
+            SINGLE,
+            if redis::available() {
+                vec![
+                    ("mp", redis::redis_pool_map as Measure),
+                    ("local", redis::local_pool_map as Measure),
+                ]
+            } else {
+                vec![]
+            },
         ),
     ]
 }

@@ -89,6 +89,20 @@ pub fn pin_current(cpu: usize) {
     }
 }
 
+/// Lets the calling thread run on every online CPU again (undoes an inherited pin: the helpers
+/// of the workloads whose children are left to the scheduler). Async-signal-safe (one
+/// system call), so it may run between fork and exec.
+pub fn unpin_current() {
+    // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for cpu in 0..cpus().min(1024) {
+        // SAFETY: CPU_SET writes a bit inside `set`; `cpu` is below CPU_SETSIZE.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the size we pass.
+    unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+}
+
 /// Pins another process (its main thread) to `cpu`, like `os.sched_setaffinity(pid, {cpu})`.
 pub fn pin_pid(pid: i32, cpu: usize) {
     let cpu = if cpu < cpus() { cpu } else { 0 };

@@ -131,6 +131,25 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
 
     eprintln!("bench: building mp-benches (release profile)...");
     let exe = build(&root)?;
+    // One redis-server for mp-redis and RQ alike, before the listing (which registers the
+    // workload only when a server is at hand).
+    let _redis = if specs.iter().any(|s| s.krate == "mp-redis") {
+        let server = run::RedisServer::start()?;
+        match &server {
+            Some(s) => {
+                eprintln!(
+                    "bench: {} on {} for the redis workloads",
+                    run::RedisServer::version().unwrap_or_else(|| "redis-server".into()),
+                    s.url
+                );
+                std::env::set_var("MP_BENCH_REDIS_URL", &s.url);
+            }
+            None => eprintln!("bench: no redis-server on PATH: the redis workloads are skipped"),
+        }
+        server
+    } else {
+        None
+    };
     let listed = list(&exe, &root)?;
     // The busy loops run from here to the end of the run (and die with the guard).
     let _load = if opts.load {

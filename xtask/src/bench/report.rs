@@ -392,6 +392,14 @@ pub(super) fn markdown(env: &Env, rows: &[Row], limits: &[LimitRow]) -> String {
          the machine's limit that mp reaches. spread: parent on CPU 0, children on CPU 1, 0, ...; \
          packed: everyone on CPU 0.\n",
     );
+    if rows.iter().any(|r| r.spec.krate == "mp-redis") {
+        s.push_str(
+            "\nredis_pool_map: mp is mp-redis's cluster Pool on a redis-server of this run \
+             (loopback, persistence off, 2 worker processes); CPython is RQ (2 `rq worker`s, \
+             SimpleWorker) on the same server, so mp/CPython is mp/RQ; the `local` peer is mp's \
+             local Pool on the same items. \"not built\" there means no redis-server on PATH.\n",
+        );
+    }
     if !limits.is_empty() {
         s.push_str("\nMachine limits (same run):\n\n");
         let mut t: Vec<Vec<String>> = vec![["limit", "what", "placement", "value", "unit"]

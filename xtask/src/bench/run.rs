@@ -255,3 +255,70 @@ impl Drop for BusyLoops {
         }
     }
 }
+
+/// The redis-server of the workloads on Redis (mp-redis and its Python peer, RQ): one child on
+/// a free loopback port with persistence off, shared by both sides through
+/// `MP_BENCH_REDIS_URL`, killed by its pid when dropped.
+pub(super) struct RedisServer {
+    child: std::process::Child,
+    pub(super) url: String,
+}
+
+impl RedisServer {
+    /// Starts the server; `Ok(None)` when `redis-server` is not installed (the workloads then
+    /// report "not built" and CPython's side fails with the reason).
+    pub(super) fn start() -> Result<Option<RedisServer>, String> {
+        let Some(bin) = std::env::var_os("PATH").and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("redis-server"))
+                .find(|p| p.is_file())
+        }) else {
+            return Ok(None);
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .map_err(|e| format!("no free loopback port: {e}"))?;
+        let child = Command::new(&bin)
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(["--loglevel", "warning"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("start {}: {e}", bin.display()))?;
+        let server = RedisServer {
+            child,
+            url: format!("redis://127.0.0.1:{port}/0"),
+        };
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if t0.elapsed() > Duration::from_secs(20) {
+                return Err(format!(
+                    "redis-server did not listen on port {port} in 20 s"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(Some(server))
+    }
+
+    /// `redis-server --version`, for the report.
+    pub(super) fn version() -> Option<String> {
+        let out = Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .ok()?;
+        let s = String::from_utf8_lossy(&out.stdout);
+        s.split_whitespace()
+            .find_map(|w| w.strip_prefix("v="))
+            .map(|v| format!("Redis {v}"))
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill(); // by its pid: our own unreaped child
+        let _ = self.child.wait();
+    }
+}

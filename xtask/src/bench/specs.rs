@@ -213,6 +213,15 @@ pub(super) const SPECS: &[Spec] = &[
         limit: &[("limit_cpu", "bare processes")],
         peers: &[],
     },
+    Spec {
+        name: "redis_pool_map",
+        krate: "mp-redis",
+        unit: Unit::Items,
+        single: true,
+        limit: &[],
+        // mp's local backend (mp-pool) on the same items; CPython's column is RQ.
+        peers: &["local"],
+    },
 ];
 
 /// The machine limits, in the order of their table: (criterion group, label, unit).
