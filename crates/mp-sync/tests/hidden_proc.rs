@@ -65,6 +65,19 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// In the hidden-`/proc` child, a timed take of a lock this (root) process holds must time
+/// out: "the holder is alive", never `OwnerDied`.
+fn assert_not_taken_over(take: impl FnOnce(Duration) -> Result<(), TryLockError>) {
+    // Long enough for several liveness checks (the first after 5 ms, then doubling).
+    let code = in_hidden_proc_child(|| {
+        matches!(take(Duration::from_millis(400)), Err(TryLockError::Timeout))
+    });
+    assert_eq!(
+        code, 0,
+        "1: the live holder was taken over; 10-14: setup failed"
+    );
+}
+
 #[test]
 fn lock_held_by_a_hidden_live_process_is_not_taken_over() {
     if !is_root() {
@@ -73,17 +86,7 @@ fn lock_held_by_a_hidden_live_process_is_not_taken_over() {
     }
     let lock = Lock::new().unwrap();
     lock.acquire().unwrap();
-    // Long enough for several liveness checks (the first after 5 ms, then doubling).
-    let code = in_hidden_proc_child(|| {
-        matches!(
-            lock.acquire_timeout(Duration::from_millis(400)),
-            Err(TryLockError::Timeout)
-        )
-    });
-    assert_eq!(
-        code, 0,
-        "1: the live holder was taken over; 10-14: setup failed"
-    );
+    assert_not_taken_over(|t| lock.acquire_timeout(t));
     assert!(lock.is_locked());
     lock.release().unwrap();
 }
@@ -96,15 +99,6 @@ fn rlock_held_by_a_hidden_live_thread_is_not_taken_over() {
     }
     let lock = RLock::new().unwrap();
     lock.acquire().unwrap();
-    let code = in_hidden_proc_child(|| {
-        matches!(
-            lock.acquire_timeout(Duration::from_millis(400)),
-            Err(TryLockError::Timeout)
-        )
-    });
-    assert_eq!(
-        code, 0,
-        "1: the live holder was taken over; 10-14: setup failed"
-    );
+    assert_not_taken_over(|t| lock.acquire_timeout(t));
     lock.release().unwrap();
 }
