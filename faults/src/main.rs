@@ -307,6 +307,16 @@ fn main() {
     }
     let table = table(&results);
     println!("{table}");
+    // The findings again after the table, a few per scenario: a log cut in the middle (as CI's
+    // is) still shows what went wrong.
+    for (s, t) in &results {
+        for f in t.failures.iter().take(3) {
+            println!("finding: {}: {f}", s.name);
+        }
+        if t.failures.len() > 3 {
+            println!("finding: {}: and {} more", s.name, t.failures.len() - 3);
+        }
+    }
     if let Some(path) = &opts.json {
         if let Err(e) = std::fs::write(path, json(&results, opts.seed)) {
             eprintln!("mp-faults: write {path}: {e}");

@@ -200,12 +200,20 @@ pub(crate) fn spawn_child_early(r: &mut Round<'_>, _f: Fault) -> Result<(), Stri
     Ok(())
 }
 
-/// In a child limited to a few file descriptors (`RLIMIT_NOFILE`), primitives are made until
-/// the limit: each failure is a typed error, never a panic; after dropping them, making one
-/// works again.
+/// In a child limited to a few free file descriptors (`RLIMIT_NOFILE`), primitives are made
+/// until the limit: each failure is a typed error, never a panic; after dropping them, making
+/// one works again.
+///
+/// The limit is set a few dozen above the highest descriptor the child already holds: a
+/// campaign started with many inherited descriptors (as CI may start it) would otherwise have
+/// no free one below a fixed limit.
 pub(crate) fn fd_exhaustion(r: &mut Round<'_>, _f: Fault) -> Result<(), String> {
-    let limit = 24 + r.rng.below(24);
+    let margin = 24 + r.rng.below(24);
     let mut child = fork(move || {
+        let Some(highest) = highest_open_fd() else {
+            return 13u32;
+        };
+        let limit = highest + 1 + margin;
         let lim = libc::rlimit {
             rlim_cur: limit,
             rlim_max: limit,
@@ -250,8 +258,17 @@ pub(crate) fn fd_exhaustion(r: &mut Round<'_>, _f: Fault) -> Result<(), String> 
         Some(10) => return Err("setrlimit failed".into()),
         Some(11) => r.wrong("no primitive failed at a descriptor limit of a few dozen"),
         Some(12) => r.wrong("a primitive could not be made after the others were dropped"),
+        Some(13) => return Err("/proc/self/fd could not be read".into()),
         Some(c) => r.wrong(format!("exit code {c}")),
         None => {}
     }
     Ok(())
+}
+
+/// The highest file descriptor this process holds, from `/proc/self/fd`.
+fn highest_open_fd() -> Option<u64> {
+    std::fs::read_dir("/proc/self/fd")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .max()
 }
