@@ -299,6 +299,60 @@ pub(crate) enum GetFail {
     Bad(Error),
 }
 
+/// The ring's free space for a record at `tail`: contiguous at `tail`, or after a padding
+/// record at the ring's start. One placement rule for a single put and for a batch.
+#[derive(Clone, Copy)]
+struct Space {
+    /// `tail`'s offset in the ring.
+    off: u64,
+    /// Bytes from `off` to the ring's end (a padding record there takes this much).
+    contig: u64,
+    /// Free bytes usable at `off`.
+    at_tail: u64,
+    /// Free bytes usable at the ring's start, after the padding record.
+    at_start: u64,
+}
+
+impl Space {
+    /// The space of a ring of `cap` bytes whose records between `reclaim` and `tail` are in
+    /// use (a span already checked with `span_ok`).
+    fn new(cap: u64, tail: u64, reclaim: u64) -> Space {
+        let free = cap - (tail - reclaim);
+        let off = tail & (cap - 1);
+        let contig = cap - off;
+        Space {
+            off,
+            contig,
+            at_tail: free.min(contig),
+            at_start: free.saturating_sub(contig),
+        }
+    }
+
+    /// Where a record of `need` bytes goes: `(offset, padding before it)`.
+    fn place(&self, need: u64) -> Option<(u64, u64)> {
+        if need <= self.at_tail {
+            Some((self.off, 0))
+        } else if need <= self.at_start {
+            Some((0, self.contig))
+        } else {
+            None
+        }
+    }
+
+    /// Where a record of a size not known yet goes: the larger of the two places that holds
+    /// a header and 16 bytes, as `(offset, padding before it, room)`.
+    fn place_any(&self) -> Option<(u64, u64, u64)> {
+        let min = 2 * REC_HDR as u64;
+        if self.at_tail >= min && self.at_tail >= self.at_start {
+            Some((self.off, 0, self.at_tail))
+        } else if self.at_start >= min {
+            Some((0, self.contig, self.at_start))
+        } else {
+            None
+        }
+    }
+}
+
 impl Ring {
     /// A new ring of `capacity` bytes (rounded up to a power of two) holding at most `maxsize` items
     /// (0: no limit), with at most `max_spill` bytes of oversized messages beside it, in a region
@@ -458,7 +512,7 @@ impl Ring {
                 let Some(guard) = self.lock_producer(deadline) else {
                     return Err(PutFail::Full);
                 };
-                if self.try_put_locked(value, &mut spilled, &guard, false)? {
+                if self.try_put_locked(value, &mut spilled, &guard)? {
                     drop(guard);
                     self.wake_consumers(1);
                     return Ok(());
@@ -486,7 +540,7 @@ impl Ring {
             m.p_waiters.fetch_add(1, Ordering::SeqCst);
             fence(Ordering::SeqCst);
             let put = match self.lock_producer(deadline) {
-                Some(guard) => self.try_put_locked(value, &mut spilled, &guard, false),
+                Some(guard) => self.try_put_locked(value, &mut spilled, &guard),
                 None => Err(PutFail::Full),
             };
             if !matches!(put, Ok(false)) {
@@ -506,19 +560,14 @@ impl Ring {
     /// One attempt under the producer lock. `Ok(true)`: published; `Ok(false)`: no room (the
     /// encoded bytes are kept in `spilled` for the next attempt).
     ///
-    /// With `fresh`, `reclaim` is read from the consumers' line rather than from the producers'
-    /// cached copy; a failed placement on a cached value is always retried fresh, because the
-    /// cache may say "no room" for a ring that consumers have emptied.
-    #[expect(
-        clippy::only_used_in_recursion,
-        reason = "the guard is the proof that the producer lock is held"
-    )]
+    /// `reclaim` is first read from the producers' cached copy; a placement that fails on the
+    /// cached value is tried once more with the consumers' real one, because the cache may say
+    /// "no room" for a ring that consumers have emptied.
     fn try_put_locked<T: Encode>(
         &self,
         value: &T,
         spilled: &mut Option<AlignedVec<ALIGN>>,
-        guard: &Locked<'_>,
-        fresh: bool,
+        _guard: &Locked<'_>,
     ) -> Result<bool, PutFail> {
         let m = self.meta();
         let maxsize = m.maxsize.load(Ordering::Relaxed);
@@ -537,50 +586,55 @@ impl Ring {
         let want = spilled
             .as_ref()
             .map_or(2 * hdr, |v| (hdr + round16(v.len() as u64)).min(cap));
-        if fresh || !self.span_ok(reclaim, tail) || cap - (tail - reclaim) < want {
-            // Acquire pairs with the Release stores of `reclaim` by consumers: the records
-            // before it are no longer read.
-            reclaim = m.reclaim.load(Ordering::Acquire);
-            m.p_cached_reclaim.store(reclaim, Ordering::Relaxed);
+        let mut fresh = false;
+        if !self.span_ok(reclaim, tail) || cap - (tail - reclaim) < want {
+            reclaim = self.fresh_reclaim();
+            fresh = true;
         }
-        if !self.span_ok(reclaim, tail) {
-            return Err(corrupted("its positions are out of order or misaligned"));
-        }
-        let free = cap - (tail - reclaim);
-        let off = tail & (cap - 1);
-        let contig = cap - off;
-        // Two places a record can go: at `tail`, or after a padding record at the ring's start.
-        let at_tail = free.min(contig);
-        let at_start = free.saturating_sub(contig);
-        let no_room = |spilled: &mut Option<_>| {
+        loop {
+            if !self.span_ok(reclaim, tail) {
+                return Err(corrupted("its positions are out of order or misaligned"));
+            }
+            let space = Space::new(cap, tail, reclaim);
+            if self.place_one(value, spilled, space, tail, enq)? {
+                return Ok(true);
+            }
             if fresh {
-                Ok(false)
-            } else {
-                self.try_put_locked(value, spilled, guard, true)
+                return Ok(false);
             }
-        };
-        let place = |need: u64| -> Option<(u64, u64)> {
-            if need <= at_tail {
-                Some((off, 0))
-            } else if need <= at_start {
-                Some((0, contig))
-            } else {
-                None
-            }
-        };
+            reclaim = self.fresh_reclaim();
+            fresh = true;
+        }
+    }
 
+    /// Reads `reclaim` from the consumers' line and refreshes the producers' cached copy.
+    fn fresh_reclaim(&self) -> u64 {
+        let m = self.meta();
+        // Acquire pairs with the Release stores of `reclaim` by consumers: the records before
+        // it are no longer read.
+        let reclaim = m.reclaim.load(Ordering::Acquire);
+        m.p_cached_reclaim.store(reclaim, Ordering::Relaxed);
+        reclaim
+    }
+
+    /// Writes and publishes one record in `space` (the ring's free space at `tail`, `enq`
+    /// items queued): in place, as a copy of the already encoded `spilled` bytes, or as a
+    /// record naming an oversized message's own range. `Ok(false)` when it does not fit now.
+    fn place_one<T: Encode>(
+        &self,
+        value: &T,
+        spilled: &mut Option<AlignedVec<ALIGN>>,
+        space: Space,
+        tail: u64,
+        enq: u64,
+    ) -> Result<bool, PutFail> {
+        let m = self.meta();
+        let cap = self.capacity;
+        let hdr = REC_HDR as u64;
         if spilled.is_none() {
-            let Some((rec_off, pad)) = place(2 * hdr).map(|(o, p)| {
-                // Prefer the larger of the two places for a value of unknown size.
-                if p == 0 && at_start > at_tail {
-                    (0, contig)
-                } else {
-                    (o, p)
-                }
-            }) else {
-                return no_room(spilled);
+            let Some((rec_off, pad, room)) = space.place_any() else {
+                return Ok(false);
             };
-            let room = if pad == 0 { at_tail } else { at_start };
             // SAFETY: `[rec_off + 16, rec_off + room)` is free ring space: it lies in
             // `[tail, reclaim + cap)` (after the padding when `pad > 0`), which no consumer reads
             // (they stop at `tail`, not yet moved) and no other producer writes (we hold the
@@ -596,7 +650,7 @@ impl Ring {
             match enc {
                 Encoded::InPlace(n) => {
                     self.write_rec(rec_off, n as u32, KIND_INLINE);
-                    self.commit(tail, enq, off, pad, hdr + round16(n as u64));
+                    self.commit(tail, enq, space.off, pad, hdr + round16(n as u64));
                     return Ok(true);
                 }
                 Encoded::Spilled(v) => *spilled = Some(v),
@@ -608,45 +662,45 @@ impl Ring {
         let need = hdr + round16(v.len() as u64);
         if need <= cap / 2 {
             // Any message up to half the ring fits once the ring drains, wherever `tail` is.
-            let Some((rec_off, pad)) = place(need) else {
+            let Some((rec_off, pad)) = space.place(need) else {
                 *spilled = Some(v);
-                return no_room(spilled);
+                return Ok(false);
             };
             self.copy_in(rec_off, &v);
-            self.commit(tail, enq, off, pad, need);
-        } else {
-            // Larger: its own range past the region; the ring holds a 32-byte record naming it.
-            // The range counts against the side channel's budget, in whole pages.
-            let size = v.len() as u64;
-            let needed = spill_span(size);
-            let budget = m.max_spill.load(Ordering::Relaxed);
-            if needed > budget {
-                return Err(PutFail::Io(
-                    SpillError::TooLarge {
-                        size,
-                        needed,
-                        budget,
-                    }
-                    .into_core(),
-                ));
-            }
-            // Acquire pairs with the Release store of `big_head` in `free_big`: the pages
-            // below it have been punched out. Only producers grow `big_tail`, and we hold
-            // their lock, so the budget cannot be overrun between this check and the put.
-            let in_use = m
-                .big_tail
-                .load(Ordering::Relaxed)
-                .saturating_sub(m.big_head.load(Ordering::Acquire));
-            let fits = in_use
-                .checked_add(needed)
-                .is_some_and(|total| total <= budget);
-            let Some((rec_off, pad)) = place(2 * hdr).filter(|_| fits) else {
-                *spilled = Some(v);
-                return no_room(spilled);
-            };
-            self.put_big(rec_off, &v).map_err(PutFail::Io)?;
-            self.commit(tail, enq, off, pad, 2 * hdr);
+            self.commit(tail, enq, space.off, pad, need);
+            return Ok(true);
         }
+        // Larger: its own range past the region; the ring holds a 32-byte record naming it.
+        // The range counts against the side channel's budget, in whole pages.
+        let size = v.len() as u64;
+        let needed = spill_span(size);
+        let budget = m.max_spill.load(Ordering::Relaxed);
+        if needed > budget {
+            return Err(PutFail::Io(
+                SpillError::TooLarge {
+                    size,
+                    needed,
+                    budget,
+                }
+                .into_core(),
+            ));
+        }
+        // Acquire pairs with the Release store of `big_head` in `free_big`: the pages below
+        // it have been punched out. Only producers grow `big_tail`, and we hold their lock,
+        // so the budget cannot be overrun between this check and the put.
+        let in_use = m
+            .big_tail
+            .load(Ordering::Relaxed)
+            .saturating_sub(m.big_head.load(Ordering::Acquire));
+        let fits = in_use
+            .checked_add(needed)
+            .is_some_and(|total| total <= budget);
+        let Some((rec_off, pad)) = space.place(2 * hdr).filter(|_| fits) else {
+            *spilled = Some(v);
+            return Ok(false);
+        };
+        self.put_big(rec_off, &v).map_err(PutFail::Io)?;
+        self.commit(tail, enq, space.off, pad, 2 * hdr);
         Ok(true)
     }
 
@@ -679,7 +733,7 @@ impl Ring {
         let mut reclaim = m.p_cached_reclaim.load(Ordering::Relaxed);
         let mut fresh = false;
         if !self.span_ok(reclaim, tail0) {
-            reclaim = m.reclaim.load(Ordering::Acquire);
+            reclaim = self.fresh_reclaim();
             fresh = true;
         }
         if !self.span_ok(reclaim, tail0) {
@@ -691,25 +745,15 @@ impl Ring {
             if u64::from(count) >= room_in_items || count == u32::MAX {
                 break;
             }
-            // Where the record goes: at `tail`, or after a padding record at the ring's start
-            // (as in `try_put_locked`), with room for at least a header and 16 bytes.
+            // The same placement as a single put's, for a value of unknown size.
             let place = loop {
-                let free = cap - (tail - reclaim);
-                let off = tail & (cap - 1);
-                let contig = cap - off;
-                let at_tail = free.min(contig);
-                let at_start = free.saturating_sub(contig);
-                if at_tail >= 2 * hdr && at_tail >= at_start {
-                    break Some((off, 0, at_tail));
-                }
-                if at_start >= 2 * hdr {
-                    break Some((0, contig, at_start));
+                if let Some(p) = Space::new(cap, tail, reclaim).place_any() {
+                    break Some(p);
                 }
                 if fresh {
                     break None;
                 }
-                // Acquire pairs with the consumers' Release stores of `reclaim`.
-                reclaim = m.reclaim.load(Ordering::Acquire);
+                reclaim = self.fresh_reclaim();
                 fresh = true;
                 if !self.span_ok(reclaim, tail) {
                     return Err(corrupted("its positions are out of order or misaligned"));
@@ -744,9 +788,6 @@ impl Ring {
             self.write_rec(rec_off, n as u32, KIND_INLINE);
             tail += pad + hdr + round16(n as u64);
             count += 1;
-        }
-        if fresh {
-            m.p_cached_reclaim.store(reclaim, Ordering::Relaxed);
         }
         if count > 0 {
             self.publish(enq, tail, count);
