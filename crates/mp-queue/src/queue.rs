@@ -73,6 +73,7 @@ impl<T> std::fmt::Debug for Queue<T> {
             .field("capacity", &self.ring.capacity())
             .field("max_spill_bytes", &self.ring.max_spill())
             .field("spill_bytes", &self.ring.spill_in_use())
+            .field("ring", &self.ring)
             .finish()
     }
 }
@@ -245,8 +246,8 @@ impl<T: Message> Queue<T> {
 
     /// Puts the items of `items` in order, in batches: the producer lock is taken and the
     /// new messages are published once per batch instead of once per item (for small
-    /// messages, 1.7-2.2 times as fast per item in `docs/benchmarks.md`). Other producers'
-    /// messages may come between two batches, never inside one.
+    /// messages, the faster way to move many; `docs/benchmarks.md` says by how much). Other
+    /// producers' messages may come between two batches, never inside one.
     ///
     /// Waits for room as [`put`](Self::put) does, at most `timeout` in all (`None`: as long
     /// as it takes, `Some(Duration::ZERO)`: not at all). Returns how many items were put, the
@@ -448,12 +449,6 @@ impl<T: Message> Queue<T> {
     /// True after [`close`](Self::close).
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Relaxed)
-    }
-
-    /// The ring's positions and counters, for diagnosing a stuck queue.
-    #[doc(hidden)]
-    pub fn debug_state(&self) -> String {
-        self.ring.debug_state()
     }
 
     pub(crate) fn ring(&self) -> &Ring {
@@ -759,62 +754,38 @@ impl<T: Message> Deref for JoinableQueue<T> {
     }
 }
 
-// SimpleQueue is archived as the handle of the queue it wraps.
-impl<T> Archive for SimpleQueue<T> {
-    type Archived = ArchivedRegionHandle;
-    type Resolver = <Region as Archive>::Resolver;
+/// `SimpleQueue` and `JoinableQueue` are archived as the handle of the [`Queue`] they wrap.
+macro_rules! archived_as_inner_queue {
+    ($($wrapper:ident),+) => {$(
+        impl<T> Archive for $wrapper<T> {
+            type Archived = ArchivedRegionHandle;
+            type Resolver = <Region as Archive>::Resolver;
 
-    fn resolve(&self, resolver: Self::Resolver, out: Place<Self::Archived>) {
-        self.inner.resolve(resolver, out);
-    }
+            fn resolve(&self, resolver: Self::Resolver, out: Place<Self::Archived>) {
+                self.inner.resolve(resolver, out);
+            }
+        }
+
+        impl<T, S: Fallible + ?Sized> Serialize<S> for $wrapper<T>
+        where
+            S::Error: Source,
+        {
+            fn serialize(&self, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
+                self.inner.serialize(serializer)
+            }
+        }
+
+        impl<T: Message, D: Fallible + ?Sized> Deserialize<$wrapper<T>, D> for ArchivedRegionHandle
+        where
+            D::Error: Source,
+        {
+            fn deserialize(&self, d: &mut D) -> Result<$wrapper<T>, D::Error> {
+                Ok($wrapper {
+                    inner: Deserialize::<Queue<T>, D>::deserialize(self, d)?,
+                })
+            }
+        }
+    )+};
 }
 
-impl<T, S: Fallible + ?Sized> Serialize<S> for SimpleQueue<T>
-where
-    S::Error: Source,
-{
-    fn serialize(&self, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
-        self.inner.serialize(serializer)
-    }
-}
-
-impl<T: Message, D: Fallible + ?Sized> Deserialize<SimpleQueue<T>, D> for ArchivedRegionHandle
-where
-    D::Error: Source,
-{
-    fn deserialize(&self, d: &mut D) -> Result<SimpleQueue<T>, D::Error> {
-        Ok(SimpleQueue {
-            inner: Deserialize::<Queue<T>, D>::deserialize(self, d)?,
-        })
-    }
-}
-
-// JoinableQueue is archived as the handle of the queue it wraps.
-impl<T> Archive for JoinableQueue<T> {
-    type Archived = ArchivedRegionHandle;
-    type Resolver = <Region as Archive>::Resolver;
-
-    fn resolve(&self, resolver: Self::Resolver, out: Place<Self::Archived>) {
-        self.inner.resolve(resolver, out);
-    }
-}
-
-impl<T, S: Fallible + ?Sized> Serialize<S> for JoinableQueue<T>
-where
-    S::Error: Source,
-{
-    fn serialize(&self, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
-        self.inner.serialize(serializer)
-    }
-}
-
-impl<T: Message, D: Fallible + ?Sized> Deserialize<JoinableQueue<T>, D> for ArchivedRegionHandle
-where
-    D::Error: Source,
-{
-    fn deserialize(&self, d: &mut D) -> Result<JoinableQueue<T>, D::Error> {
-        Ok(JoinableQueue {
-            inner: Deserialize::<Queue<T>, D>::deserialize(self, d)?,
-        })
-    }
-}
+archived_as_inner_queue!(SimpleQueue, JoinableQueue);

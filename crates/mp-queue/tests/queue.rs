@@ -565,10 +565,7 @@ fn producer_sigkilled_mid_put_never_tears_or_hangs() {
                 drained += 1;
             } else {
                 let _ = kill(pid, Signal::SIGKILL);
-                panic!(
-                    "round {round}: the producer produced nothing: {}",
-                    q.debug_state()
-                );
+                panic!("round {round}: the producer produced nothing: {q:?}");
             }
         }
         std::thread::sleep(Duration::from_micros(200 + (round * 37) % 800));
@@ -637,7 +634,7 @@ fn producer_sigkilled_mid_put_many_never_tears_or_hangs() {
                 }
                 Err(e) => {
                     let _ = kill(pid, Signal::SIGKILL);
-                    panic!("round {round}: {e}: {}", q.debug_state());
+                    panic!("round {round}: {e}: {q:?}");
                 }
             }
         }
@@ -1000,11 +997,11 @@ fn consumers_sigkilled_taking_oversized_messages_leave_exact_counts() {
     // zero-copy guards are freed once a producer runs short): a message of exactly the
     // budget goes.
     q.put_timeout(spill_chunk(9, BUDGET as usize - 64), WATCHDOG)
-        .unwrap_or_else(|e| panic!("{e:?}: {}", q.debug_state()));
+        .unwrap_or_else(|e| panic!("{e:?}: {q:?}"));
     assert_eq!(q.get().unwrap().body.len(), BUDGET as usize - 64);
-    assert_eq!(q.spill_bytes(), 0, "{}", q.debug_state());
+    assert_eq!(q.spill_bytes(), 0, "{q:?}");
     // The count is exact: an empty queue of maxsize 1 takes exactly one item.
-    assert_eq!(q.qsize(), 0, "{}", q.debug_state());
+    assert_eq!(q.qsize(), 0, "{q:?}");
     q.put_nowait(Chunk {
         seq: 0,
         body: vec![],
@@ -1274,10 +1271,8 @@ fn guard_of_a_dead_process_whose_pid_is_reused_does_not_stall_the_queue() {
             "the setup must give the dead holder's pid to a live process"
         );
         assert_eq!(
-            stalled,
-            None,
-            "puts stalled behind the dead guard's record: {}",
-            q.debug_state()
+            stalled, None,
+            "puts stalled behind the dead guard's record: {q:?}"
         );
         return;
     }
@@ -1408,10 +1403,7 @@ fn put_many_wakes_a_sleeping_consumer_per_item() {
     while c_waiters.load(Ordering::SeqCst) as usize != K || !kids.iter().all(|&k| in_futex_wait(k))
     {
         if t0.elapsed() > Duration::from_secs(20) {
-            kill_all(format!(
-                "the consumers did not fall asleep: {}",
-                q.debug_state()
-            ));
+            kill_all(format!("the consumers did not fall asleep: {q:?}"));
         }
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -1479,8 +1471,7 @@ fn a_second_corruption_does_not_hand_a_live_guards_record_to_producers() {
     assert_eq!(
         second.to_native(),
         3,
-        "producers overwrote a live guard's message ({put} puts): {}",
-        q.debug_state()
+        "producers overwrote a live guard's message ({put} puts): {q:?}"
     );
     drop(second);
     for i in 0..put {
@@ -1672,12 +1663,12 @@ fn spill_budget_holds_across_two_producer_processes() {
     // Full for everyone, this process too, and the item comes back.
     match q.put_nowait(spill_chunk(7, SPILL_BODY)) {
         Err(PutError::Full(c)) => assert!(c.seq == 7 && spill_chunk_ok(&c)),
-        other => panic!("{other:?}: {}", q.debug_state()),
+        other => panic!("{other:?}: {q:?}"),
     }
     let mut next = [0u64; 2];
     for _ in 0..2 * PER {
         let in_use = q.spill_bytes();
-        assert!(in_use <= BUDGET, "over budget: {}", q.debug_state());
+        assert!(in_use <= BUDGET, "over budget: {q:?}");
         let c = q.get_timeout(WATCHDOG).unwrap();
         assert!(
             spill_chunk_ok(&c) && c.body.len() == SPILL_BODY,
@@ -1690,7 +1681,7 @@ fn spill_budget_holds_across_two_producer_processes() {
     for pid in producers {
         wait_ok(pid);
     }
-    assert_eq!(q.spill_bytes(), 0, "{}", q.debug_state());
+    assert_eq!(q.spill_bytes(), 0, "{q:?}");
 }
 
 #[test]
@@ -1751,7 +1742,7 @@ fn guard_holder_killed_gives_its_spill_budget_back() {
         .expect("the dead guard's pages were not given back");
     assert_eq!(q.get().unwrap().seq, 1);
     assert_eq!(q.get().unwrap().seq, 2);
-    assert_eq!(q.spill_bytes(), 0, "{}", q.debug_state());
+    assert_eq!(q.spill_bytes(), 0, "{q:?}");
 }
 
 #[test]
@@ -1861,10 +1852,10 @@ fn producer_killed_mid_oversized_put_leaves_the_spill_budget_whole() {
         }
         // The next put takes over the dead producer's lock and gives its range back.
         q.put_nowait(spill_chunk(1, whole))
-            .unwrap_or_else(|e| panic!("round {round}: {e:?}: {}", q.debug_state()));
+            .unwrap_or_else(|e| panic!("round {round}: {e:?}: {q:?}"));
         let c = q.get_nowait().unwrap();
         assert!(c.body.len() == whole && spill_chunk_ok(&c));
-        assert_eq!(q.spill_bytes(), 0, "round {round}: {}", q.debug_state());
+        assert_eq!(q.spill_bytes(), 0, "round {round}: {q:?}");
         let allocated = allocated_bytes(&q);
         assert!(
             allocated <= ring_pages,

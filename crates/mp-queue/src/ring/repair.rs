@@ -186,28 +186,38 @@ impl Ring {
             "{what} at position {head}; {lost} bytes of queued messages were dropped"
         ))
     }
+}
 
-    /// The positions and counters, for diagnostics.
-    pub(crate) fn debug_state(&self) -> String {
+/// The positions and counters, for diagnosing a stuck queue (a `Queue`'s `{:?}` shows them).
+impl std::fmt::Debug for Ring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let m = self.meta();
-        format!(
-            "capacity={} tail={} head={} reclaim={} p_cached_reclaim={} c_cached_tail={} enqueued={} dequeued={} p_lock={:#x} c_lock={:#x} p_waiters={} c_waiters={} consumers_woken={} big_tail={} big_head={} max_spill={}",
-            self.capacity,
-            m.tail.load(Ordering::SeqCst),
-            m.head.load(Ordering::SeqCst),
-            m.reclaim.load(Ordering::SeqCst),
-            m.p_cached_reclaim.load(Ordering::SeqCst),
-            m.c_cached_tail.load(Ordering::SeqCst),
-            m.enqueued.load(Ordering::SeqCst),
-            m.dequeued.load(Ordering::SeqCst),
-            m.p_lock.load(Ordering::SeqCst),
-            m.c_lock.load(Ordering::SeqCst),
-            m.p_waiters.load(Ordering::SeqCst),
-            m.c_waiters.load(Ordering::SeqCst),
-            m.woken.load(Ordering::SeqCst),
-            m.big_tail.load(Ordering::SeqCst),
-            m.big_head.load(Ordering::SeqCst),
-            m.max_spill.load(Ordering::SeqCst),
-        )
+        f.debug_struct("Ring")
+            .field("capacity", &self.capacity)
+            .field("tail", &m.tail.load(Ordering::SeqCst))
+            .field("head", &m.head.load(Ordering::SeqCst))
+            .field("reclaim", &m.reclaim.load(Ordering::SeqCst))
+            .field(
+                "p_cached_reclaim",
+                &m.p_cached_reclaim.load(Ordering::SeqCst),
+            )
+            .field("c_cached_tail", &m.c_cached_tail.load(Ordering::SeqCst))
+            .field("enqueued", &m.enqueued.load(Ordering::SeqCst))
+            .field("dequeued", &m.dequeued.load(Ordering::SeqCst))
+            .field(
+                "p_lock",
+                &format_args!("{:#x}", m.p_lock.load(Ordering::SeqCst)),
+            )
+            .field(
+                "c_lock",
+                &format_args!("{:#x}", m.c_lock.load(Ordering::SeqCst)),
+            )
+            .field("p_waiters", &m.p_waiters.load(Ordering::SeqCst))
+            .field("c_waiters", &m.c_waiters.load(Ordering::SeqCst))
+            .field("woken", &m.woken.load(Ordering::SeqCst))
+            .field("big_tail", &m.big_tail.load(Ordering::SeqCst))
+            .field("big_head", &m.big_head.load(Ordering::SeqCst))
+            .field("max_spill", &m.max_spill.load(Ordering::SeqCst))
+            .finish()
     }
 }
