@@ -152,7 +152,7 @@
 //!
 //! A pipe end serializes straight into a shared-memory ring and the receiver spins briefly
 //! before sleeping, so while both processes are busy a message costs no system call; the
-//! socket pair under each pipe only carries wake-ups and end-of-file. See `local.rs` and
+//! socket pair under each pipe only carries wake-ups and end-of-file. See `local/mod.rs` and
 //! `ring.rs` for the protocol, and `docs/python-mapping.md` for every Python name.
 
 mod address;

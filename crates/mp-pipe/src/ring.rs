@@ -25,7 +25,7 @@
 //! fence) and then loads the armed word. In the single total order of these SeqCst operations
 //! and fences one of the two sees the other's store, so either the sleeper sees the new
 //! position and does not sleep, or the other side sees `armed` and sends a wake-up token
-//! through the socket (see `local.rs`). This is the store-buffering (Dekker) pattern; SeqCst
+//! through the socket (see `local/mod.rs`). This is the store-buffering (Dekker) pattern; SeqCst
 //! on both sides forbids the outcome where both miss.
 //!
 //! A peer that breaks the protocol (a buggy or hostile process mapping the same region) can
