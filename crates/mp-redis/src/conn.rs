@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use redis::{Connection, RedisError, RedisResult};
 
 use crate::error::{Error, Result};
+use mp_core::util::lock_unpoisoned;
 
 /// Settings and state shared by every connection of one cluster handle.
 pub(crate) struct Shared {
@@ -81,7 +82,7 @@ impl Shared {
     }
 
     fn saw_run_id(&self, id: String) {
-        let mut last = self.run_id.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = lock_unpoisoned(&self.run_id);
         match last.as_deref() {
             Some(old) if old != id => {
                 self.epoch.fetch_add(1, Ordering::SeqCst);

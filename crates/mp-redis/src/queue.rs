@@ -12,6 +12,7 @@ use redis::{Direction, Script};
 use crate::conn::{self, Conn, Shared};
 use crate::error::{Error, Result};
 use crate::wire;
+use mp_core::util::lock_unpoisoned;
 
 /// Pushes `ARGV[1]` onto `KEYS[1]` unless the queue holds `ARGV[2]` (> 0) items already.
 const PUT: &str = r"
@@ -114,7 +115,7 @@ impl<T: Message> Queue<T> {
         block: Option<Duration>,
         f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<V>,
     ) -> Result<V> {
-        let mut con = self.con.lock().unwrap_or_else(|p| p.into_inner());
+        let mut con = lock_unpoisoned(&self.con);
         con.run(&self.sh, block, f)
     }
 

@@ -7,6 +7,7 @@ use redis::Script;
 
 use crate::conn::{self, Conn, Shared};
 use crate::error::{Error, Result};
+use mp_core::util::lock_unpoisoned;
 
 /// Deletes lock `KEYS[1]` if it holds token `ARGV[1]`, and wakes one waiter (`KEYS[2]`).
 const RELEASE: &str = r"
@@ -148,7 +149,7 @@ impl Lock {
                     .query(c)
             })?;
             if ok.is_some() {
-                *self.token.lock().unwrap_or_else(|p| p.into_inner()) = Some(token);
+                *lock_unpoisoned(&self.token) = Some(token);
                 return Ok(true);
             }
             // Wait for a release, or at most until the holder's lease runs out.
@@ -175,7 +176,7 @@ impl Lock {
     /// Python's `release()`: [`Error::NotHolder`] when this handle does not hold the lock
     /// (never acquired, released already, or its lease ran out and another took it).
     pub fn release(&self) -> Result<()> {
-        let Some(token) = self.token.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+        let Some(token) = lock_unpoisoned(&self.token).take() else {
             return Err(Error::NotHolder {
                 name: self.name.clone(),
             });
@@ -197,7 +198,7 @@ impl Lock {
     /// Renews the lease of a held lock for another [`lease`](Self::lease);
     /// [`Error::NotHolder`] if it was lost meanwhile.
     pub fn extend(&self) -> Result<()> {
-        let token = self.token.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let token = lock_unpoisoned(&self.token).clone();
         let Some(token) = token else {
             return Err(Error::NotHolder {
                 name: self.name.clone(),

@@ -15,7 +15,7 @@ pub(crate) struct TaskMsg {
     /// The submitter's build id (`mp_process::symbol::image_id`).
     pub(crate) image_id: Vec<u8>,
     /// Offset of the monomorphised trampoline that decodes, calls and encodes.
-    pub(crate) tramp: i64,
+    pub(crate) trampoline: i64,
     /// Offset of the task function.
     pub(crate) target: i64,
     /// The chunk's arguments: an encoded `Vec<T>`.

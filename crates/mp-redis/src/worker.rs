@@ -33,15 +33,15 @@ pub(crate) fn slice(sh: &Shared) -> Duration {
 
 /// The function type every trampoline has: the task function's address and the encoded
 /// `Vec<T>` of a chunk in, the encoded `Vec<R>` out.
-pub(crate) type Tramp = fn(usize, &[u8]) -> std::result::Result<Vec<u8>, String>;
+pub(crate) type Trampoline = fn(usize, &[u8]) -> std::result::Result<Vec<u8>, String>;
 
 /// Decodes a chunk, calls the task on each item, encodes the results.
-pub(crate) fn tramp<T: Message, R: Message>(
+pub(crate) fn trampoline<T: Message, R: Message>(
     target: usize,
     args: &[u8],
 ) -> std::result::Result<Vec<u8>, String> {
     // SAFETY: `target` is this process's address of the function whose offset the pool
-    // computed from a `fn(T) -> R` (Pool::submit pairs it with this very trampoline, `tramp::<T,
+    // computed from a `fn(T) -> R` (Pool::submit pairs it with this very trampoline, `trampoline::<T,
     // R>`), after `symbol::resolve` checked that this process runs the same build as the pool
     // and that the address lies in this executable. The cluster's server and its clients are
     // trusted not to forge task messages (docs/scale-out.md, "Security").
@@ -217,15 +217,15 @@ fn outcome(task: &TaskMsg, worker: &str, kind: u8, payload: Vec<u8>, message: St
 fn run_task(task: &TaskMsg, worker: &str, cap: usize) -> ResultMsg {
     let fail = |m: String| outcome(task, worker, kind::FAILED, Vec::new(), m);
     let resolve = |o| mp_process::symbol::resolve(o, &task.image_id);
-    let (tramp, target) = match (resolve(task.tramp), resolve(task.target)) {
+    let (trampoline, target) = match (resolve(task.trampoline), resolve(task.target)) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => return fail(e.to_string()),
     };
-    // SAFETY: `tramp` is this process's address of the function whose offset the pool took
-    // from a `Tramp` (Pool::submit), checked by `resolve` to be the same build and to lie in
-    // this executable; the server and its clients are trusted (see `tramp`).
-    let tramp = unsafe { std::mem::transmute::<usize, Tramp>(tramp) };
-    match catch_unwind(AssertUnwindSafe(|| tramp(target, &task.args))) {
+    // SAFETY: `trampoline` is this process's address of the function whose offset the pool took
+    // from a `Trampoline` (Pool::submit), checked by `resolve` to be the same build and to lie in
+    // this executable; the server and its clients are trusted (see `trampoline`).
+    let trampoline = unsafe { std::mem::transmute::<usize, Trampoline>(trampoline) };
+    match catch_unwind(AssertUnwindSafe(|| trampoline(target, &task.args))) {
         Ok(Ok(bytes)) if bytes.len() > cap => fail(format!(
             "its results take {} bytes, over the cluster's cap of {cap}",
             bytes.len()
@@ -233,11 +233,7 @@ fn run_task(task: &TaskMsg, worker: &str, cap: usize) -> ResultMsg {
         Ok(Ok(bytes)) => outcome(task, worker, kind::OK, bytes, String::new()),
         Ok(Err(m)) => fail(m),
         Err(payload) => {
-            let message = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic with a non-string payload".into());
+            let message = mp_core::util::panic_message(&*payload);
             outcome(task, worker, kind::PANIC, Vec::new(), message)
         }
     }

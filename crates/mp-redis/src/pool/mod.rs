@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use mp_core::message::{decode, encode, SliceAsVec};
@@ -16,14 +16,22 @@ use mp_core::Message;
 use crate::conn::{self, Conn, Shared};
 use crate::error::{Error, Result};
 use crate::wire::{kind, ResultMsg, TaskMsg};
-use crate::worker::{self, Tramp};
+use crate::worker::{self, Trampoline};
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+mod collector;
+mod imap;
+mod result;
+
+use collector::*;
+pub use imap::IMap;
+use imap::*;
+pub use result::AsyncResult;
+use result::*;
+
+pub(super) use mp_core::util::lock_unpoisoned as lock;
 
 /// Rebuilds an error for every job it concerns (errors are not `Clone`).
-fn dup(e: &Error) -> Error {
+pub(super) fn dup(e: &Error) -> Error {
     match e {
         Error::Unreachable { retried, last } => Error::Unreachable {
             retried: *retried,
@@ -35,7 +43,7 @@ fn dup(e: &Error) -> Error {
 }
 
 /// The error a failed chunk stands for.
-fn chunk_error(msg: &ResultMsg, pool_build: &[u8]) -> Error {
+pub(super) fn chunk_error(msg: &ResultMsg, pool_build: &[u8]) -> Error {
     match msg.kind {
         kind::PANIC => Error::TaskPanicked {
             worker: msg.worker.clone(),
@@ -57,12 +65,12 @@ fn chunk_error(msg: &ResultMsg, pool_build: &[u8]) -> Error {
 }
 
 /// Receives a job's chunk outcomes (typed decoding happens here).
-trait Sink: Send {
+pub(super) trait Sink: Send {
     fn accept(&mut self, id: u64, outcome: Result<&[u8]>);
     fn fail(&mut self, e: Error);
 }
 
-struct Entry {
+pub(super) struct Entry {
     /// Chunk id -> the task message, until its result arrives.
     pending: HashMap<u64, Vec<u8>>,
     sink: Box<dyn Sink>,
@@ -71,19 +79,19 @@ struct Entry {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
+pub(super) enum State {
     Running,
     Closed,
     Terminated,
 }
 
-struct Jobs {
+pub(super) struct Jobs {
     map: HashMap<u64, Entry>,
     next: u64,
     state: State,
 }
 
-struct Inner {
+pub(super) struct Inner {
     sh: Arc<Shared>,
     id: String,
     results: String,
@@ -194,8 +202,8 @@ impl Pool {
         let items: Vec<(A, B)> = items.into_iter().collect();
         let chunk = self.default_chunksize(items.len())?;
         let target = mp_process::symbol::offset_of(f as usize)?;
-        let tramp = mp_process::symbol::offset_of(star::<A, B, R> as Tramp as usize)?;
-        self.collect((tramp, target), &items, chunk, Ok)?.get()
+        let trampoline = mp_process::symbol::offset_of(star::<A, B, R> as Trampoline as usize)?;
+        self.collect((trampoline, target), &items, chunk, Ok)?.get()
     }
 
     /// Python's `apply`: `f(arg)` on a worker.
@@ -370,7 +378,7 @@ impl Pool {
             reply: self.inner.results.clone(),
             id: (job << 32) | (chunk & 0xffff_ffff),
             image_id: lock(&self.inner.image_id).clone(),
-            tramp: fns.0,
+            trampoline: fns.0,
             target: fns.1,
             args,
         };
@@ -466,7 +474,7 @@ impl Drop for Pool {
     }
 }
 
-fn push_tasks(sh: &Shared, con: &mut Conn, payloads: &[Vec<u8>]) -> Result<()> {
+pub(super) fn push_tasks(sh: &Shared, con: &mut Conn, payloads: &[Vec<u8>]) -> Result<()> {
     let tasks = sh.key("tasks");
     for batch in payloads.chunks(512) {
         con.run(sh, None, |c| {
@@ -481,18 +489,19 @@ fn push_tasks(sh: &Shared, con: &mut Conn, payloads: &[Vec<u8>]) -> Result<()> {
 }
 
 /// The offsets of the trampoline and of `f`.
-fn call<T: Message, R: Message>(f: fn(T) -> R) -> Result<(i64, i64)> {
+pub(super) fn call<T: Message, R: Message>(f: fn(T) -> R) -> Result<(i64, i64)> {
     let target = mp_process::symbol::offset_of(f as usize)?;
-    let tramp = mp_process::symbol::offset_of(worker::tramp::<T, R> as Tramp as usize)?;
-    Ok((tramp, target))
+    let trampoline =
+        mp_process::symbol::offset_of(worker::trampoline::<T, R> as Trampoline as usize)?;
+    Ok((trampoline, target))
 }
 
 /// The trampoline of `starmap`: items are pairs, `f` takes two arguments.
-fn star<A: Message, B: Message, R: Message>(
+pub(super) fn star<A: Message, B: Message, R: Message>(
     target: usize,
     args: &[u8],
 ) -> std::result::Result<Vec<u8>, String> {
-    // SAFETY: as in `worker::tramp`: `target` was resolved, after the build check, from the
+    // SAFETY: as in `worker::trampoline`: `target` was resolved, after the build check, from the
     // offset that `Pool::starmap` took from a `fn(A, B) -> R` and paired with `star::<A, B, R>`.
     let f = unsafe { std::mem::transmute::<usize, fn(A, B) -> R>(target) };
     let items: Vec<(A, B)> = decode(args).map_err(|e| format!("decoding the arguments: {e}"))?;
@@ -500,394 +509,4 @@ fn star<A: Message, B: Message, R: Message>(
     encode(&out)
         .map(|v| v.to_vec())
         .map_err(|e| format!("encoding the results: {e}"))
-}
-
-/// The collector thread of a pool (see the module doc); ends within a slice of the pool's
-/// drop.
-fn collector(weak: std::sync::Weak<Inner>) {
-    let Some(first) = weak.upgrade() else { return };
-    let sh = first.sh.clone();
-    let results = first.results.clone();
-    drop(first);
-    let mut con = Conn::new();
-    let slice = worker::slice(&sh);
-    let mut last_reap = Instant::now();
-    let mut epoch = sh.epoch();
-    loop {
-        let Some(inner) = weak.upgrade() else { return };
-        if inner.stop.load(Ordering::Relaxed) {
-            // The pool was dropped: what is still waiting will never be answered here.
-            let entries: Vec<Entry> = lock(&inner.jobs).map.drain().map(|(_, e)| e).collect();
-            for mut en in entries {
-                en.sink.fail(Error::PoolClosed("dropped"));
-            }
-            inner.changed.notify_all();
-            return;
-        }
-        let mut jobs = lock(&inner.jobs);
-        if jobs.map.is_empty() {
-            // Idle: sleep until a job is opened (or the pool is dropped), on this process's
-            // condition variable; the server is not asked anything.
-            jobs = inner
-                .changed
-                .wait_timeout(jobs, slice)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        let idle = jobs.map.is_empty();
-        drop(jobs);
-        drop(inner);
-        let got: Result<Option<(String, Vec<u8>)>> = if idle {
-            Ok(None)
-        } else {
-            con.run(&sh, Some(slice), |c| {
-                redis::cmd("BRPOP")
-                    .arg(&results)
-                    .arg(conn::block_secs(slice))
-                    .query(c)
-            })
-        };
-        let Some(inner) = weak.upgrade() else { return };
-        match got {
-            Ok(Some((_, bytes))) => deliver(&inner, &bytes),
-            Ok(None) => {}
-            Err(e) => {
-                let entries: Vec<Entry> = lock(&inner.jobs).map.drain().map(|(_, e)| e).collect();
-                for mut en in entries {
-                    en.sink.fail(dup(&e));
-                }
-                inner.changed.notify_all();
-            }
-        }
-        if idle {
-            continue;
-        }
-        if sh.epoch() != epoch {
-            // The server restarted: what it held is gone; send every unanswered chunk again
-            // (a chunk that was still running somewhere answers twice, and one is dropped).
-            epoch = sh.epoch();
-            let again: Vec<Vec<u8>> = lock(&inner.jobs)
-                .map
-                .values()
-                .flat_map(|e| e.pending.values().cloned())
-                .collect();
-            if let Err(e) = push_tasks(&sh, &mut con, &again) {
-                eprintln!("mp-redis pool: could not resend tasks after a server restart: {e}");
-            }
-        }
-        if last_reap.elapsed() >= slice {
-            let _ = worker::reap(&sh, &mut con);
-            last_reap = Instant::now();
-        }
-    }
-}
-
-fn deliver(inner: &Inner, bytes: &[u8]) {
-    let Ok(msg) = decode::<ResultMsg>(bytes) else {
-        eprintln!("mp-redis pool: dropped an undecodable result");
-        return;
-    };
-    let job = msg.id >> 32;
-    let mut j = lock(&inner.jobs);
-    let Some(e) = j.map.get_mut(&job) else {
-        return; // a late duplicate of a finished job
-    };
-    if e.pending.remove(&msg.id).is_none() {
-        return; // a duplicate: this chunk was answered already
-    }
-    let chunk = msg.id & 0xffff_ffff;
-    if msg.kind == kind::OK {
-        e.sink.accept(chunk, Ok(&msg.payload));
-    } else {
-        let image_id = lock(&inner.image_id).clone();
-        e.sink.accept(chunk, Err(chunk_error(&msg, &image_id)));
-    }
-    if e.complete && e.pending.is_empty() {
-        j.map.remove(&job);
-    }
-    drop(j);
-    inner.changed.notify_all();
-}
-
-enum Slot<O> {
-    Waiting,
-    Done(Result<O>),
-    Taken,
-}
-
-struct Outcome<O> {
-    m: Mutex<Slot<O>>,
-    cv: Condvar,
-}
-
-struct Collect<R, O> {
-    parts: Vec<Option<Vec<R>>>,
-    left: usize,
-    finish: fn(Vec<R>) -> Result<O>,
-    out: Arc<Outcome<O>>,
-}
-
-impl<R, O> Collect<R, O> {
-    fn set(&mut self, r: Result<O>) {
-        let mut s = lock(&self.out.m);
-        if matches!(*s, Slot::Waiting) {
-            *s = Slot::Done(r);
-        }
-        drop(s);
-        self.out.cv.notify_all();
-    }
-
-    fn done(&mut self) {
-        let all: Vec<R> = self.parts.drain(..).flatten().flatten().collect();
-        let r = (self.finish)(all);
-        self.set(r);
-    }
-}
-
-impl<R: Message + Send, O: Send> Sink for Collect<R, O> {
-    fn accept(&mut self, id: u64, outcome: Result<&[u8]>) {
-        let decoded = outcome.and_then(|b| decode::<Vec<R>>(b).map_err(Error::from));
-        match decoded {
-            Ok(v) => {
-                if let Some(p) = usize::try_from(id).ok().and_then(|i| self.parts.get_mut(i)) {
-                    if p.is_none() {
-                        *p = Some(v);
-                        self.left = self.left.saturating_sub(1);
-                    }
-                }
-                if self.left == 0 {
-                    self.done();
-                }
-            }
-            Err(e) => self.set(Err(e)),
-        }
-    }
-
-    fn fail(&mut self, e: Error) {
-        self.set(Err(e));
-    }
-}
-
-/// The result of an asynchronous call (Python's `AsyncResult`).
-pub struct AsyncResult<O> {
-    out: Arc<Outcome<O>>,
-}
-
-impl<O> std::fmt::Debug for AsyncResult<O> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AsyncResult")
-            .field("ready", &self.ready())
-            .finish()
-    }
-}
-
-impl<O> AsyncResult<O> {
-    /// Waits for the value and takes it (a second `get` is [`Error::ResultTaken`]).
-    pub fn get(&self) -> Result<O> {
-        self.take(None)
-    }
-
-    /// [`get`](Self::get) with a timeout: [`Error::Timeout`] when it runs out (the value can
-    /// still be had later).
-    pub fn get_timeout(&self, timeout: Duration) -> Result<O> {
-        self.take(Some(timeout))
-    }
-
-    /// Waits until the value is there.
-    pub fn wait(&self) {
-        let _ = self.wait_until(None);
-    }
-
-    /// Waits at most `timeout`; true when the value is there.
-    pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        self.wait_until(Instant::now().checked_add(timeout))
-    }
-
-    /// True once the value (or the error) is there.
-    pub fn ready(&self) -> bool {
-        !matches!(*lock(&self.out.m), Slot::Waiting)
-    }
-
-    fn wait_until(&self, deadline: Option<Instant>) -> bool {
-        let mut s = lock(&self.out.m);
-        while matches!(*s, Slot::Waiting) {
-            match deadline {
-                None => s = self.out.cv.wait(s).unwrap_or_else(|p| p.into_inner()),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return false;
-                    }
-                    s = self
-                        .out
-                        .cv
-                        .wait_timeout(s, d - now)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
-                }
-            }
-        }
-        true
-    }
-
-    fn take(&self, timeout: Option<Duration>) -> Result<O> {
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        if timeout.is_some() && !self.wait_until(deadline) {
-            return Err(Error::Timeout);
-        }
-        if timeout.is_none() {
-            self.wait_until(None);
-        }
-        match std::mem::replace(&mut *lock(&self.out.m), Slot::Taken) {
-            Slot::Done(r) => r,
-            Slot::Taken => Err(Error::ResultTaken),
-            Slot::Waiting => Err(Error::Timeout),
-        }
-    }
-}
-
-struct Buf<R> {
-    q: Mutex<VecDeque<(u64, Result<Vec<R>>)>>,
-    cv: Condvar,
-}
-
-struct ImapSink<R> {
-    buf: Arc<Buf<R>>,
-}
-
-impl<R: Message + Send> Sink for ImapSink<R> {
-    fn accept(&mut self, id: u64, outcome: Result<&[u8]>) {
-        let decoded = outcome.and_then(|b| decode::<Vec<R>>(b).map_err(Error::from));
-        lock(&self.buf.q).push_back((id, decoded));
-        self.buf.cv.notify_all();
-    }
-
-    fn fail(&mut self, e: Error) {
-        lock(&self.buf.q).push_back((u64::MAX, Err(e)));
-        self.buf.cv.notify_all();
-    }
-}
-
-type NextArgs<'a> = Box<dyn FnMut() -> Option<Result<Vec<u8>>> + 'a>;
-
-/// The iterator of [`Pool::imap`] and [`Pool::imap_unordered`]: yields each result, or the
-/// error of the chunk it belongs to (once per failed chunk).
-pub struct IMap<'a, R> {
-    pool: &'a Pool,
-    job: u64,
-    fns: (i64, i64),
-    buf: Arc<Buf<R>>,
-    next_args: NextArgs<'a>,
-    exhausted: bool,
-    /// The pool was told that every chunk is out.
-    announced: bool,
-    next_chunk: u64,
-    in_flight: usize,
-    window: usize,
-    ordered: bool,
-    waiting: BTreeMap<u64, Result<Vec<R>>>,
-    ready: VecDeque<Result<R>>,
-    next_out: u64,
-}
-
-impl<R> std::fmt::Debug for IMap<'_, R> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IMap")
-            .field("job", &self.job)
-            .field("in_flight", &self.in_flight)
-            .finish()
-    }
-}
-
-impl<R> IMap<'_, R> {
-    fn fill(&mut self) -> Result<()> {
-        let mut tasks = Vec::new();
-        while !self.exhausted && self.in_flight + tasks.len() < self.window {
-            match (self.next_args)() {
-                None => self.exhausted = true,
-                Some(args) => {
-                    if self.next_chunk > u32::MAX as u64 {
-                        return Err(Error::Config("more than 2^32 chunks in one imap".into()));
-                    }
-                    let c = self.next_chunk;
-                    self.next_chunk += 1;
-                    let bytes = self.pool.task(self.job, c, self.fns, args?)?;
-                    tasks.push(((self.job << 32) | c, bytes));
-                }
-            }
-        }
-        if !tasks.is_empty() || (self.exhausted && !self.announced) {
-            self.announced = self.exhausted;
-            self.in_flight += tasks.len();
-            self.pool.push(self.job, tasks, self.exhausted)?;
-        }
-        Ok(())
-    }
-
-    fn take_ready(&mut self) {
-        if self.ordered {
-            while let Some(r) = self.waiting.remove(&self.next_out) {
-                self.next_out += 1;
-                self.spread(r);
-            }
-        }
-    }
-
-    fn spread(&mut self, r: Result<Vec<R>>) {
-        match r {
-            Ok(v) => self.ready.extend(v.into_iter().map(Ok)),
-            Err(e) => self.ready.push_back(Err(e)),
-        }
-    }
-}
-
-impl<R> Iterator for IMap<'_, R> {
-    type Item = Result<R>;
-
-    fn next(&mut self) -> Option<Result<R>> {
-        loop {
-            if let Some(r) = self.ready.pop_front() {
-                return Some(r);
-            }
-            if let Err(e) = self.fill() {
-                self.exhausted = true;
-                self.announced = true;
-                self.in_flight = 0;
-                return Some(Err(e));
-            }
-            if self.in_flight == 0 && self.exhausted {
-                return None;
-            }
-            let mut q = lock(&self.buf.q);
-            while q.is_empty() {
-                q = self.buf.cv.wait(q).unwrap_or_else(|p| p.into_inner());
-            }
-            let got: Vec<_> = q.drain(..).collect();
-            drop(q);
-            for (id, r) in got {
-                if id == u64::MAX {
-                    // The pool failed the whole job (terminated, server unreachable).
-                    self.exhausted = true;
-                    self.announced = true;
-                    self.in_flight = 0;
-                    self.spread(r);
-                    continue;
-                }
-                self.in_flight = self.in_flight.saturating_sub(1);
-                if self.ordered {
-                    self.waiting.insert(id, r);
-                } else {
-                    self.spread(r);
-                }
-            }
-            self.take_ready();
-        }
-    }
-}
-
-impl<R> Drop for IMap<'_, R> {
-    fn drop(&mut self) {
-        lock(&self.pool.inner.jobs).map.remove(&self.job);
-        self.pool.inner.changed.notify_all();
-    }
 }
