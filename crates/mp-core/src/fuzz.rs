@@ -358,3 +358,90 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     );
     out
 }
+
+/// A harness of a fuzz target: runs one input; a panic is the only failure.
+pub type Harness = fn(&[u8]);
+
+/// `fuzz/corpus/<target>/` of the repository, from a crate's `CARGO_MANIFEST_DIR` (every crate
+/// lives at `crates/<name>`).
+pub fn corpus_dir(manifest_dir: &str, target: &str) -> std::path::PathBuf {
+    std::path::Path::new(manifest_dir)
+        .join("../../fuzz/corpus")
+        .join(target)
+}
+
+/// Runs `run` on every input, each under `catch_unwind`; returns the names of those that
+/// panicked.
+fn panics<'a>(run: Harness, inputs: impl Iterator<Item = (String, &'a [u8])>) -> Vec<String> {
+    let mut failed = Vec::new();
+    for (name, bytes) in inputs {
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(bytes))).is_err() {
+            failed.push(name);
+        }
+    }
+    failed
+}
+
+/// The corpus replay of a crate's `tests/fuzz_corpus.rs`: every file of each target's corpus
+/// directory goes through the target's harness. Panics (failing the test) naming every file
+/// that panicked, or when a target has no corpus.
+pub fn replay_corpus(manifest_dir: &str, targets: &[(&str, Harness)]) {
+    for &(target, run) in targets {
+        let dir = corpus_dir(manifest_dir, target);
+        let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{}: {e} (the corpus lives in the repository)",
+                    dir.display()
+                )
+            })
+            .map(|e| e.expect("read_dir entry").path())
+            .filter(|p| p.is_file())
+            .collect();
+        files.sort();
+        assert!(!files.is_empty(), "{}: no corpus files", dir.display());
+        let inputs: Vec<(String, Vec<u8>)> = files
+            .iter()
+            .map(|p| {
+                let bytes = std::fs::read(p).expect("read a corpus file");
+                (p.display().to_string(), bytes)
+            })
+            .collect();
+        let failed = panics(run, inputs.iter().map(|(n, b)| (n.clone(), b.as_slice())));
+        assert!(failed.is_empty(), "{target}: panicked on {failed:#?}");
+        eprintln!("{target}: {} corpus files replayed", files.len());
+    }
+}
+
+/// Runs the seeds made now (`seeds`, as a crate's `seeds()` returns them) through their
+/// targets' harnesses, so a change of format cannot leave the stored seeds stale unnoticed.
+/// Panics when a target has no seed or a seed panicked.
+pub fn replay_seeds(seeds: &[(&'static str, Vec<u8>)], targets: &[(&str, Harness)]) {
+    for &(target, run) in targets {
+        let mine: Vec<(String, &[u8])> = seeds
+            .iter()
+            .enumerate()
+            .filter(|(_, (t, _))| *t == target)
+            .map(|(i, (_, b))| (format!("{target} seed {i}"), b.as_slice()))
+            .collect();
+        assert!(!mine.is_empty(), "{target} has no seeds");
+        let failed = panics(run, mine.into_iter());
+        assert!(failed.is_empty(), "panicked on {failed:?}");
+    }
+}
+
+/// (Re)writes the seed files (`seed-NN`) of each target's corpus directory when
+/// `MP_WRITE_FUZZ_SEEDS` is set; does nothing otherwise.
+pub fn write_seeds(manifest_dir: &str, seeds: Vec<(&'static str, Vec<u8>)>) {
+    if std::env::var_os("MP_WRITE_FUZZ_SEEDS").is_none() {
+        return;
+    }
+    let mut n = std::collections::HashMap::<&str, usize>::new();
+    for (target, bytes) in seeds {
+        let dir = corpus_dir(manifest_dir, target);
+        std::fs::create_dir_all(&dir).expect("create the corpus directory");
+        let i = n.entry(target).or_default();
+        std::fs::write(dir.join(format!("seed-{i:02}")), bytes).expect("write a seed");
+        *i += 1;
+    }
+}

@@ -56,6 +56,8 @@ pub mod region;
 pub mod shareable;
 pub mod shared;
 pub mod sync;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod util;
 
 /// Fuzzing entry points (`fuzz/`, `tests/fuzz_corpus.rs`). Not API: hidden, may change in any

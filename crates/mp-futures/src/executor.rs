@@ -22,6 +22,7 @@ use mp_process::StartMethod;
 
 use crate::error::Error;
 use crate::future::{lock, Core, Future};
+use mp_core::util::{panic_message, unpoisoned};
 
 type Submit<R> = Box<dyn FnOnce(&Pool) -> Result<AsyncResult<R>, mp_pool::Error> + Send>;
 
@@ -53,16 +54,6 @@ struct Job<R> {
 struct InPool<R> {
     core: Arc<Core<R>>,
     result: AsyncResult<R>,
-}
-
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic".to_string()
-    }
 }
 
 impl<R: Send + 'static> Pending for Job<R> {
@@ -173,7 +164,7 @@ fn manage(shared: Arc<Shared>, pool: Arc<Pool>) {
         if st.shutdown && st.pending.is_empty() && running.is_empty() {
             break;
         }
-        st = shared.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+        st = unpoisoned(shared.cv.wait(st));
     }
     drop(st);
     pool.close();

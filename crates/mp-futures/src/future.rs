@@ -16,12 +16,11 @@ use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
+use mp_core::util::unpoisoned;
 
 type Callback<R> = Box<dyn FnOnce(&Future<R>) + Send>;
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+pub(crate) use mp_core::util::lock_unpoisoned as lock;
 
 fn run_callback(f: impl FnOnce()) {
     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
@@ -156,7 +155,7 @@ impl<R> Core<R> {
             }
             st.sleepers += 1;
             st = match deadline {
-                None => self.cv.wait(st).unwrap_or_else(|p| p.into_inner()),
+                None => unpoisoned(self.cv.wait(st)),
                 Some(d) => {
                     self.cv
                         .wait_timeout(st, d - now)
@@ -380,7 +379,7 @@ impl Waiter {
         deadline: Option<Instant>,
     ) -> (MutexGuard<'a, WaiterState>, bool) {
         match deadline {
-            None => (self.cv.wait(st).unwrap_or_else(|p| p.into_inner()), true),
+            None => (unpoisoned(self.cv.wait(st)), true),
             Some(d) => {
                 let now = Instant::now();
                 if now >= d {

@@ -157,7 +157,6 @@ pub fn pipe_ring(bytes: &[u8]) {
         h
     };
     let mut producer = Some(producer);
-    let zero = || Deadline::after(Some(Duration::ZERO));
     let mut input = Input(&bytes[..bytes.len().min(MAX_INPUT)]);
     let mut steps = 0;
     while !input.0.is_empty() && steps < 4096 {
@@ -193,41 +192,7 @@ pub fn pipe_ring(bytes: &[u8]) {
                 let n = usize::from(input.u8());
                 write(off, input.take(n));
             }
-            5 => {
-                let sel = input.u8();
-                match sel % 3 {
-                    0 => {
-                        if let Ok(b) = receiver.recv_buf(zero()) {
-                            let _ = mp_core::message::decode::<(u32, String)>(b.as_slice());
-                        }
-                    }
-                    1 => {
-                        let limit = u64::from(sel) * 64;
-                        let check = |size: u64| {
-                            if size > limit {
-                                Err(Error::MessageTooLong {
-                                    size,
-                                    max: limit as usize,
-                                })
-                            } else {
-                                Ok(())
-                            }
-                        };
-                        if let Ok(msg) = receiver.next_message(zero(), &check) {
-                            if let Msg::Ring(rec) = &msg {
-                                let start = data as usize;
-                                let p = rec.ptr as usize;
-                                assert!(p >= start && p + rec.len <= start + cap);
-                            }
-                            let mut out = vec![0u8; msg.len()];
-                            receiver.deliver_into(msg, &mut out);
-                        }
-                    }
-                    _ => {
-                        let _ = receiver.poll(zero());
-                    }
-                }
-            }
+            5 => receive_one(&receiver, input.u8(), data as usize, cap),
             6 => producer = None,
             _ => {
                 let n = usize::from(input.u8());
@@ -244,6 +209,43 @@ pub fn pipe_ring(bytes: &[u8]) {
         }
     }
     drop(producer);
+}
+
+/// One receive of [`pipe_ring`]'s receiver, chosen by `sel`: a whole buffer, a message under a
+/// size limit (whose ring record must lie inside ring 0's data area at `start`), or a poll.
+fn receive_one(receiver: &LocalEnd, sel: u8, start: usize, cap: usize) {
+    let zero = || Deadline::after(Some(Duration::ZERO));
+    match sel % 3 {
+        0 => {
+            if let Ok(b) = receiver.recv_buf(zero()) {
+                let _ = mp_core::message::decode::<(u32, String)>(b.as_slice());
+            }
+        }
+        1 => {
+            let limit = u64::from(sel) * 64;
+            let check = |size: u64| {
+                if size > limit {
+                    Err(Error::MessageTooLong {
+                        size,
+                        max: limit as usize,
+                    })
+                } else {
+                    Ok(())
+                }
+            };
+            if let Ok(msg) = receiver.next_message(zero(), &check) {
+                if let Msg::Ring(rec) = &msg {
+                    let p = rec.ptr as usize;
+                    assert!(p >= start && p + rec.len <= start + cap);
+                }
+                let mut out = vec![0u8; msg.len()];
+                receiver.deliver_into(msg, &mut out);
+            }
+        }
+        _ => {
+            let _ = receiver.poll(zero());
+        }
+    }
 }
 
 /// The server side of the authkey handshake (what a [`Listener`](crate::Listener)'s handshake

@@ -7,11 +7,7 @@
 //! `MP_WRITE_FUZZ_SEEDS=1 cargo test -p mp-pipe --test fuzz_corpus -- --ignored` (re)writes the
 //! seed files (`seed-NN`) of the corpus.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
-
-/// A harness: runs one input.
-type Harness = fn(&[u8]);
+use mp_core::__fuzz::Harness;
 
 const TARGETS: &[(&str, Harness)] = &[
     ("stream", mp_pipe::__fuzz::stream),
@@ -27,84 +23,20 @@ const TARGETS: &[(&str, Harness)] = &[
     }),
 ];
 
-fn corpus_dir(target: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/corpus")
-        .join(target)
-}
-
-/// Runs `run` on every input and returns the names of those that panicked.
-fn panics<'a>(run: Harness, inputs: impl Iterator<Item = (String, &'a [u8])>) -> Vec<String> {
-    let mut failed = Vec::new();
-    for (name, bytes) in inputs {
-        if catch_unwind(AssertUnwindSafe(|| run(bytes))).is_err() {
-            failed.push(name);
-        }
-    }
-    failed
-}
-
 #[test]
 fn corpus_replays_without_panics() {
-    for &(target, run) in TARGETS {
-        let dir = corpus_dir(target);
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| {
-                panic!(
-                    "{}: {e} (the corpus lives in the repository)",
-                    dir.display()
-                )
-            })
-            .map(|e| e.expect("read_dir entry").path())
-            .filter(|p| p.is_file())
-            .collect();
-        files.sort();
-        assert!(!files.is_empty(), "{}: no corpus files", dir.display());
-        let inputs: Vec<(String, Vec<u8>)> = files
-            .iter()
-            .map(|p| {
-                (
-                    p.display().to_string(),
-                    std::fs::read(p).expect("read a corpus file"),
-                )
-            })
-            .collect();
-        let failed = panics(run, inputs.iter().map(|(n, b)| (n.clone(), b.as_slice())));
-        assert!(failed.is_empty(), "{target}: panicked on {failed:#?}");
-        eprintln!("{target}: {} corpus files replayed", files.len());
-    }
+    mp_core::__fuzz::replay_corpus(env!("CARGO_MANIFEST_DIR"), TARGETS);
 }
 
 #[test]
 fn seeds_run_without_panics() {
-    let seeds = mp_pipe::__fuzz::seeds();
-    for &(target, run) in TARGETS {
-        let mine: Vec<(String, &[u8])> = seeds
-            .iter()
-            .enumerate()
-            .filter(|(_, (t, _))| *t == target)
-            .map(|(i, (_, b))| (format!("{target} seed {i}"), b.as_slice()))
-            .collect();
-        assert!(!mine.is_empty(), "{target} has no seeds");
-        let failed = panics(run, mine.into_iter());
-        assert!(failed.is_empty(), "panicked on {failed:?}");
-    }
+    mp_core::__fuzz::replay_seeds(&mp_pipe::__fuzz::seeds(), TARGETS);
 }
 
 #[test]
 #[ignore = "writes the seed files of fuzz/corpus; run with MP_WRITE_FUZZ_SEEDS=1"]
 fn write_seeds() {
-    if std::env::var_os("MP_WRITE_FUZZ_SEEDS").is_none() {
-        return;
-    }
-    let mut n = std::collections::HashMap::<&str, usize>::new();
-    for (target, bytes) in mp_pipe::__fuzz::seeds() {
-        let dir = corpus_dir(target);
-        std::fs::create_dir_all(&dir).expect("create the corpus directory");
-        let i = n.entry(target).or_default();
-        std::fs::write(dir.join(format!("seed-{i:02}")), bytes).expect("write a seed");
-        *i += 1;
-    }
+    mp_core::__fuzz::write_seeds(env!("CARGO_MANIFEST_DIR"), mp_pipe::__fuzz::seeds());
 }
 
 #[test]
@@ -155,9 +87,11 @@ fn a_connection_handle_whose_socket_slot_is_not_a_socket_is_refused() {
     // The `connection_handle` fuzzer's finding: a handle naming the pipe's region (slot 1) as
     // its socket decoded, and the first poll on it, even with a zero timeout, spun for ever (a
     // memfd is always readable, and never yields a token or an end-of-file). Now refused.
-    let input =
-        std::fs::read(corpus_dir("connection_handle").join("regression-socket-slot-is-a-memfd"))
-            .expect("the regression input is in the corpus");
+    let input = std::fs::read(
+        mp_core::__fuzz::corpus_dir(env!("CARGO_MANIFEST_DIR"), "connection_handle")
+            .join("regression-socket-slot-is-a-memfd"),
+    )
+    .expect("the regression input is in the corpus");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(mp_pipe::__fuzz::connection_handle(&input));

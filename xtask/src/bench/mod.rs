@@ -133,23 +133,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let exe = build(&root)?;
     // One redis-server for mp-redis and RQ alike, before the listing (which registers the
     // workload only when a server is at hand).
-    let _redis = if specs.iter().any(|s| s.krate == "mp-redis") {
-        let server = run::RedisServer::start()?;
-        match &server {
-            Some(s) => {
-                eprintln!(
-                    "bench: {} on {} for the redis workloads",
-                    run::RedisServer::version().unwrap_or_else(|| "redis-server".into()),
-                    s.url
-                );
-                std::env::set_var("MP_BENCH_REDIS_URL", &s.url);
-            }
-            None => eprintln!("bench: no redis-server on PATH: the redis workloads are skipped"),
-        }
-        server
-    } else {
-        None
-    };
+    let _redis = start_redis(&specs)?;
     let listed = list(&exe, &root)?;
     // The busy loops run from here to the end of the run (and die with the guard).
     let _load = if opts.load {
@@ -175,19 +159,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             rows.push(row(s, p, &crit, &listed, &cpython));
         }
     }
-    let mut limits = Vec::new();
-    for &&(g, label, unit) in &limit_filter {
-        for &p in placements(limit_single(g)) {
-            let v = limit_value(&crit, g, p, unit);
-            limits.push(LimitRow {
-                group: g,
-                label,
-                unit,
-                placement: p,
-                value: v,
-            });
-        }
-    }
+    let limits = limit_rows(&limit_filter, &crit);
     let mut env = environment(&root, python.as_deref(), opts.quick, opts.filter.as_deref());
     env.load_start = load_start;
     env.busy_loops = opts.load;
@@ -210,6 +182,48 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         return Err(format!("{} benchmark group(s) failed", failures.len()));
     }
     Ok(())
+}
+
+/// One redis-server for mp-redis and RQ alike when a redis workload is selected, before the
+/// listing (which registers the workload only when a server is at hand); `None` without one.
+fn start_redis(specs: &[&Spec]) -> Result<Option<run::RedisServer>, String> {
+    if !specs.iter().any(|s| s.krate == "mp-redis") {
+        return Ok(None);
+    }
+    let server = run::RedisServer::start()?;
+    match &server {
+        Some(s) => {
+            eprintln!(
+                "bench: {} on {} for the redis workloads",
+                run::RedisServer::version().unwrap_or_else(|| "redis-server".into()),
+                s.url
+            );
+            std::env::set_var("MP_BENCH_REDIS_URL", &s.url);
+        }
+        None => eprintln!("bench: no redis-server on PATH: the redis workloads are skipped"),
+    }
+    Ok(server)
+}
+
+/// The machine-limit rows of the selected limit groups, one per placement.
+fn limit_rows(
+    limit_filter: &[&(&'static str, &'static str, Unit)],
+    crit: &Criterion<'_>,
+) -> Vec<LimitRow> {
+    let mut limits = Vec::new();
+    for &&(g, label, unit) in limit_filter {
+        for &p in placements(limit_single(g)) {
+            let v = limit_value(crit, g, p, unit);
+            limits.push(LimitRow {
+                group: g,
+                label,
+                unit,
+                placement: p,
+                value: v,
+            });
+        }
+    }
+    limits
 }
 
 /// Runs each criterion group in turn, logging to `criterion.log`; returns the failed groups
