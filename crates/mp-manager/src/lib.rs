@@ -71,8 +71,9 @@
 //!   `RLock`, `Semaphore`, `BoundedSemaphore`, `Condition`, `Barrier` and `Event`, and objects
 //!   of the program's own types ([`Served`], [`ManagerBuilder::register`], [`Custom`]), which
 //!   answer typed requests rather than method calls by name. The `Pool` proxy is not built.
-//! - A call is a round trip to the server (tens of µs). For hot shared state between related
-//!   processes, mp's own `Queue`, `Lock` and `Value` (shared memory) are far faster.
+//! - A call is a round trip to the server (`docs/benchmarks.md` says how long). For hot
+//!   shared state between related processes, mp's own `Queue`, `Lock` and `Value` (shared
+//!   memory) are far faster.
 
 mod builder;
 mod client;

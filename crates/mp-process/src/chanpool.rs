@@ -1,7 +1,8 @@
 //! Socket pairs for forked children, used again after a clean join.
 //!
-//! Creating and freeing an `AF_UNIX` socket pair costs about 10 µs here (two sockets, two
-//! inodes, memory-cgroup accounting, RCU-deferred frees): a measurable share of a fork start.
+//! Creating and freeing an `AF_UNIX` socket pair is not free (two sockets, two inodes,
+//! memory-cgroup accounting, RCU-deferred frees): a measurable share of a fork start
+//! (`docs/benchmarks.md`, "Processes").
 //! Under fork the parent keeps the child's end too, so once the child has been joined, its
 //! frames read up to `EAGAIN` and every byte parsed (nothing can be left: the only writer is
 //! dead), the pair is empty and serves the next child.

@@ -85,8 +85,8 @@
 //! # Batches
 //!
 //! [`Queue::put_many`] and [`Queue::get_many`] move many small items under one hold of the
-//! lock and one publication, 1.7-2.2 times as fast per item as `put` and `get` (numbers in
-//! `docs/benchmarks.md`).
+//! lock and one publication: for small items, faster per item than `put` and `get` (by how
+//! much: `docs/benchmarks.md`).
 //!
 //! # Messages of any size
 //!

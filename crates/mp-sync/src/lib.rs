@@ -222,9 +222,9 @@
 //! # Speed
 //!
 //! An uncontended acquire + release is two atomic instructions (a compare-and-swap that
-//! stores the holder's identity, and a swap), no system call. A waiter spins for up to about
-//! 50 µs (a few `pause` rounds, then `sched_yield`) before it sleeps on a futex, because a
-//! futex wake across cores costs tens of microseconds on small VMs; a release or `set` makes
+//! stores the holder's identity, and a swap), no system call. A waiter spins a bounded while
+//! (a few `pause` rounds, then `sched_yield`) before it sleeps on a futex, because a futex
+//! wake across cores is far slower than a spin that succeeds; a release or `set` makes
 //! the wake system call only when someone sleeps. Liveness checks (reading `/proc`) happen
 //! only after a waiter has slept a few milliseconds.
 //!
