@@ -5,7 +5,7 @@
 //! wrote, and ignores the result: the only failure is a panic, an abort, or undefined behaviour
 //! (which the fuzzers' sanitizers catch). The `cargo fuzz` targets in `fuzz/fuzz_targets/` call
 //! them, and `tests/fuzz_corpus.rs` replays the stored corpus through them on stable, so the
-//! fuzzers and the replay run the same code. [`seeds`] makes valid inputs for the corpus.
+//! fuzzers and the replay run the same code. `seeds` makes valid inputs for the corpus.
 //! See `docs/reliability.md`, "Fuzzing".
 
 use std::collections::{BTreeMap, HashMap};

@@ -1,7 +1,7 @@
 //! The atomics and futex calls of the protocols that the loom models check, behind one name.
 //!
 //! In the normal build this module is nothing but re-exports: [`atomic`] is
-//! `std::sync::atomic` and [`futex`](self::futex) is [`crate::futex`], so the code compiles to
+//! `std::sync::atomic` and [`futex`] is [`crate::futex`], so the code compiles to
 //! exactly what it would with those paths. Built with `RUSTFLAGS="--cfg loom"`, the same names
 //! are [loom](https://docs.rs/loom)'s atomics and a model of the futex calls, and the models
 //! (`loom_*` unit tests of mp-sync and mp-pipe) run the real protocol functions on loom threads,
@@ -29,7 +29,7 @@ pub mod atomic {
 /// the caller in one step with respect to `wake` (the kernel does both under its hash-bucket
 /// lock), and a queued waiter returns only when a `wake` on the same word picks it. A timed
 /// wait also ends with [`Wake::TimedOut`](crate::futex::Wake) once a model task has died
-/// ([`expire_timed_waits`], called by `ident::loom_dead::mark_dead`): the sleep slice after
+/// (`expire_timed_waits`, called by `ident::loom_dead::mark_dead`): the sleep slice after
 /// which a real waiter notices a dead peer. Before any death, timeouts never fire (a slice
 /// that ends while every task lives only makes the waiter look again and sleep again), so a
 /// protocol that loses a wake-up leaves its sleeper blocked for ever, which loom reports as a

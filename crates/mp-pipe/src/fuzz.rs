@@ -4,7 +4,7 @@
 //! Each function feeds untrusted bytes to a part of mp-pipe that reads what a peer wrote and
 //! ignores the outcome: the only failure is a panic, an abort, a hang or undefined behaviour.
 //! The `cargo fuzz` targets in `fuzz/fuzz_targets/` call them, and `tests/fuzz_corpus.rs`
-//! replays the stored corpus through them on stable. [`seeds`] makes valid inputs for the
+//! replays the stored corpus through them on stable. `seeds` makes valid inputs for the
 //! corpus. See `docs/reliability.md`, "Fuzzing".
 
 use std::io::Write;

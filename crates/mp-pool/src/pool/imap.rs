@@ -13,8 +13,9 @@ use crate::helpers::on_pool_thread;
 use crate::job::{IMapJob, Next};
 use crate::wire::SpinBudget;
 
-/// The iterator returned by [`Pool::imap`] and [`Pool::imap_unordered`]: yields each
-/// result (`Err` for a failed chunk), reading the input lazily.
+/// The iterator returned by [`Pool::imap`](super::Pool::imap) and
+/// [`Pool::imap_unordered`](super::Pool::imap_unordered): yields each result (`Err` for a failed
+/// chunk), reading the input lazily.
 ///
 /// When the pool is terminated (or broken) while the iterator runs, it reads no more
 /// input: it yields the results that had already come, then one `Err`
