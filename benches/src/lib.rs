@@ -300,6 +300,13 @@ pub fn workloads() -> Vec<Workload> {
             with_mp("manager_dict_rt", vec![]),
         ),
         w(
+            "shareable_list_rw",
+            Time,
+            false,
+            SINGLE,
+            with_mp("shareable_list_rw", vec![]),
+        ),
+        w(
             "lock_uncontended",
             Time,
             false,

@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant};
 
+use mp_core::shareable::{Item, ShareableList};
 use mp_core::Shared;
 use mp_pipe::{Duplex, OneWay, Pipe};
 use mp_pool::Pool;
@@ -39,6 +40,7 @@ pub fn implementation(workload: &str) -> Option<Measure> {
         "pipe_rt" => pipe_rt,
         "pipe_oneway_small" => pipe_oneway_small,
         "manager_dict_rt" => manager_dict_rt,
+        "shareable_list_rw" => shareable_list_rw,
         _ => return None,
     })
 }
@@ -402,4 +404,23 @@ pub fn manager_dict_rt(iters: u64, placement: Placement) -> Duration {
         }
     }
     start.elapsed()
+}
+
+/// A child reads and writes one item of a `ShareableList` its parent made: `list[0]`, then
+/// `list[0] = i`; one iteration = one get and one set.
+pub fn shareable_list_rw(iters: u64, placement: Placement) -> Duration {
+    let list = ShareableList::new([Item::Int(0), Item::from("a string"), Item::Float(0.5)])
+        .expect("ShareableList::new");
+    let l2 = list.clone();
+    let child = move |g: &Gate| {
+        for i in 0..iters {
+            std::hint::black_box(l2.get(0).expect("get"));
+            l2.set(0, i as i64).expect("set");
+        }
+        g.finish();
+    };
+    timed(placement, vec![child], |g| {
+        g.wait_finished(1);
+        assert_eq!(list.get(0).expect("get"), Item::Int(iters as i64 - 1));
+    })
 }

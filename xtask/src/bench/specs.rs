@@ -122,6 +122,14 @@ pub(super) const SPECS: &[Spec] = &[
         peers: &[],
     },
     Spec {
+        name: "shareable_list_rw",
+        krate: "mp-shared-memory",
+        unit: Unit::Ns,
+        single: true,
+        limit: &[],
+        peers: &[],
+    },
+    Spec {
         name: "lock_uncontended",
         krate: "mp-sync",
         unit: Unit::Ns,
