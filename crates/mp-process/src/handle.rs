@@ -190,6 +190,8 @@ impl ChildState {
             };
             *st = Some(s);
             drop(st);
+            #[cfg(feature = "tracing")]
+            tracing::info!(target: "mp::process", pid = self.pid, name = %self.name, status = ?s, "process ended");
             if self.detached.load(Ordering::Relaxed) {
                 DETACHED.fetch_sub(1, Ordering::Relaxed);
             }
@@ -354,6 +356,15 @@ impl<R> Child<R> {
         method: StartMethod,
     ) -> Child<R> {
         register(&state);
+        #[cfg(feature = "tracing")]
+        tracing::info!(
+            target: "mp::process",
+            pid = state.pid,
+            name = %state.name,
+            daemon = state.daemon,
+            method = %method,
+            "process started"
+        );
         Child {
             child: ActiveChild::new(state),
             chan: Some(chan),

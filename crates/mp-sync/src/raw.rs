@@ -245,10 +245,16 @@ impl RawLock {
         // and only if the lock is still the dead task's. CONTENDED: others may sleep too.
         // Acquire pairs with the Release swap of the last clean release (the dead holder never
         // released, so what it wrote may be half done: that is what OwnerDied tells).
-        self.owner
+        let taken = self
+            .owner
             .compare_exchange(cur, me | CONTENDED, Ordering::Acquire, Ordering::Relaxed)
             .ok()
-            .map(|_| Acquire::OwnerDied(ident::id_of(cur)))
+            .map(|_| Acquire::OwnerDied(ident::id_of(cur)));
+        #[cfg(feature = "tracing")]
+        if taken.is_some() {
+            tracing::warn!(target: "mp::sync", dead_pid = ident::id_of(cur), "a dead holder's lock was taken over");
+        }
+        taken
     }
 
     /// Releases the lock, whoever holds it; returns the previous owner word (0 when it was

@@ -209,6 +209,11 @@ impl Ring {
         let m = self.meta();
         let guard = lock::lock_until(&m.p_lock, &m.p_wake, deadline)?;
         if guard.recovered {
+            #[cfg(feature = "tracing")]
+            tracing::warn!(
+                target: "mp::queue",
+                "a dead producer's lock was taken over; its journal was repaired"
+            );
             self.repair_producer();
         }
         Some(guard)
@@ -220,6 +225,11 @@ impl Ring {
         let m = self.meta();
         let guard = lock::lock_until(&m.c_lock, &m.c_wake, deadline)?;
         if guard.recovered {
+            #[cfg(feature = "tracing")]
+            tracing::warn!(
+                target: "mp::queue",
+                "a dead consumer's lock was taken over; its journal was repaired"
+            );
             self.repair_consumer();
         }
         Some(guard)

@@ -182,6 +182,8 @@ impl Ring {
         // How many messages were dropped is unknown: count the queue as empty.
         m.dequeued
             .store(m.enqueued.load(Ordering::Acquire), Ordering::Release);
+        #[cfg(feature = "tracing")]
+        tracing::warn!(target: "mp::queue", what, head, lost, "a damaged span of the queue was skipped");
         Error::Corrupted(format!(
             "{what} at position {head}; {lost} bytes of queued messages were dropped"
         ))

@@ -1,0 +1,160 @@
+//! With the feature `tracing`, what mp decides or repairs on its own is a `tracing` event:
+//! a process started and ended (fork and spawn), a dead holder's lock taken over, a queue's
+//! journal repaired after a producer died holding its lock. Each test collects the events of
+//! its own thread (`tracing::subscriber::with_default`) and asserts on their fields.
+//!
+//! `cargo test -p mp --features tracing --test tracing` (`.ci/run` runs it).
+
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+use mp::core::rkyv::rancor::Fallible;
+use mp::core::rkyv::{Archive, Place, Serialize};
+use mp::process::StartMethod;
+use tracing::field::{Field, Visit};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::Layer;
+
+mp_process::test_support!();
+
+/// One event: its target and its fields as `name=value` words (the message is `message`).
+#[derive(Debug, Clone)]
+struct Seen {
+    target: String,
+    fields: String,
+}
+
+/// A layer that keeps every event.
+#[derive(Clone, Default)]
+struct Collect(Arc<Mutex<Vec<Seen>>>);
+
+impl<S: tracing::Subscriber> Layer<S> for Collect {
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        struct Fields(String);
+        impl Visit for Fields {
+            fn record_debug(&mut self, f: &Field, v: &dyn std::fmt::Debug) {
+                let _ = write!(self.0, "{}={:?} ", f.name(), v);
+            }
+        }
+        let mut fields = Fields(String::new());
+        event.record(&mut fields);
+        self.0.lock().unwrap().push(Seen {
+            target: event.metadata().target().to_string(),
+            fields: fields.0,
+        });
+    }
+}
+
+/// Runs `f` with a subscriber that collects this thread's events; returns them.
+fn events_of(f: impl FnOnce()) -> Vec<Seen> {
+    let collect = Collect::default();
+    let subscriber = tracing_subscriber::registry().with(collect.clone());
+    tracing::subscriber::with_default(subscriber, f);
+    let seen = collect.0.lock().unwrap().clone();
+    seen
+}
+
+fn double(x: u32) -> u32 {
+    2 * x
+}
+
+#[test]
+fn a_started_and_an_ended_process_are_events_under_fork_and_spawn() {
+    for method in [StartMethod::Fork, StartMethod::Spawn] {
+        let mut pid = 0;
+        let seen = events_of(|| {
+            let mut child = mp::Process::new(double, 21)
+                .name("doubler")
+                .start_method(method)
+                .start()
+                .expect("start");
+            pid = child.pid();
+            assert_eq!(child.join().expect("join"), 42);
+        });
+        let of_child: Vec<&Seen> = seen
+            .iter()
+            .filter(|s| s.target == "mp::process" && s.fields.contains(&format!("pid={pid} ")))
+            .collect();
+        assert_eq!(of_child.len(), 2, "{method}: {seen:#?}");
+        assert!(
+            of_child[0].fields.contains("process started"),
+            "{of_child:?}"
+        );
+        assert!(of_child[0].fields.contains("name=doubler"), "{of_child:?}");
+        assert!(
+            of_child[0].fields.contains(&format!("method={method}")),
+            "{of_child:?}"
+        );
+        assert!(of_child[1].fields.contains("process ended"), "{of_child:?}");
+        assert!(of_child[1].fields.contains("Exited(0)"), "{of_child:?}");
+    }
+}
+
+#[test]
+fn a_dead_holders_lock_taken_over_is_an_event() {
+    let lock = mp::Lock::new().expect("lock");
+    let l2 = lock.clone();
+    // The child takes the lock and ends without releasing it.
+    let mut child = mp::process::Process::fork(move || {
+        l2.acquire().expect("acquire");
+        std::process::id()
+    })
+    .expect("fork");
+    let dead = child.join().expect("join");
+    let seen = events_of(|| {
+        let died = lock.acquire().expect_err("the holder died");
+        assert_eq!(died.pid(), dead);
+    });
+    let takeover: Vec<&Seen> = seen.iter().filter(|s| s.target == "mp::sync").collect();
+    assert_eq!(takeover.len(), 1, "{seen:#?}");
+    assert!(
+        takeover[0].fields.contains(&format!("dead_pid={dead} ")),
+        "{takeover:?}"
+    );
+    assert!(takeover[0].fields.contains("taken over"), "{takeover:?}");
+    lock.release().expect("release");
+}
+
+/// A value that archives as a `u32` and whose serialization ends the process: a producer
+/// that puts one (`put_as`) dies inside `put`, holding the queue's producer lock (values are
+/// serialized straight into the ring under it).
+struct DiesInPut;
+
+impl Archive for DiesInPut {
+    type Archived = mp::core::rkyv::Archived<u32>;
+    type Resolver = ();
+    fn resolve(&self, _: (), _: Place<Self::Archived>) {
+        unreachable!("serialize never returns")
+    }
+}
+
+impl<S: Fallible + ?Sized> Serialize<S> for DiesInPut {
+    fn serialize(&self, _: &mut S) -> Result<(), S::Error> {
+        // SAFETY: ends this (forked, single-threaded) child at once, as a crash would.
+        unsafe { libc::_exit(0) }
+    }
+}
+
+#[test]
+fn a_queue_repaired_after_a_dead_producer_is_an_event() {
+    let q = mp::Queue::<u32>::new().expect("queue");
+    q.put(1).expect("put");
+    let q2 = q.clone();
+    let mut child = mp::process::Process::fork(move || {
+        let _ = q2.put_as(&DiesInPut, None);
+        0u32
+    })
+    .expect("fork");
+    // It ended inside put, by `_exit(0)`, without a result.
+    assert!(child.join().is_err(), "the child died inside put");
+    let seen = events_of(|| {
+        // The next put takes the dead producer's lock over and repairs its journal.
+        q.put(2).expect("put after the takeover");
+    });
+    let repaired: Vec<&Seen> = seen.iter().filter(|s| s.target == "mp::queue").collect();
+    assert_eq!(repaired.len(), 1, "{seen:#?}");
+    assert!(repaired[0].fields.contains("dead producer"), "{repaired:?}");
+    assert_eq!(q.get().expect("get"), 1);
+    assert_eq!(q.get().expect("get"), 2);
+    assert!(q.empty());
+}
