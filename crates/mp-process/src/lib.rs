@@ -285,6 +285,8 @@ pub fn install_panic_hook() {
     child_side::install_panic_hook()
 }
 
+/// What the exported macros (`test_support!`, `isolate!`) expand to call: public because
+/// macro expansions in other crates name it, hidden because it is no API of its own.
 #[doc(hidden)]
 pub mod __private {
     pub use crate::child_side::mark_test_harness;

@@ -258,7 +258,7 @@ fn worker_of_another_build_is_refused() {
         let c = cluster(&s, &pre);
         let mut pool = c.pool().unwrap();
         // As if this pool ran another build than the worker.
-        pool.__claim_build_id(vec![0xab; 20]);
+        pool.claim_build_id(vec![0xab; 20]);
         match pool.apply(square, 2) {
             Err(e @ Error::WrongBuild { .. }) => {
                 let text = e.to_string();

@@ -248,9 +248,14 @@ mod raw;
 pub mod semaphore;
 mod value;
 
+/// Fault hooks for tests (cargo feature `testing`, off by default): they make a primitive
+/// stop at its worst moment so that a test can kill it there. Not for programs.
+#[cfg(feature = "testing")]
+pub mod testing {
+    pub use crate::condition::set_notify_fault;
+}
+
 pub use barrier::{Barrier, BarrierAction};
-#[doc(hidden)]
-pub use condition::__set_notify_fault;
 pub use condition::{CondGuard, CondLock, Condition};
 pub use error::{Error, LockResult, OwnerDied, Result, TryLockError, TryLockResult};
 pub use event::Event;

@@ -296,7 +296,7 @@ fn pause_inside_notify() {
 /// Notifies one waiter, pausing (for good) inside `notify` between its steps.
 fn child_notify_and_stall((cond, paused): (Condition, Event)) -> i32 {
     let _ = PAUSED.set(paused);
-    assert!(mp_sync::__set_notify_fault(pause_inside_notify));
+    assert!(mp_sync::testing::set_notify_fault(pause_inside_notify));
     let g = cond.lock().unwrap_or_else(|e| e.into_inner());
     let _ = cond.notify(1);
     drop(g);

@@ -29,8 +29,7 @@ pub(crate) fn test_harness() -> bool {
 }
 
 /// Marks this program as a test binary able to act as a child (called by `test_support!`
-/// before `main`).
-#[doc(hidden)]
+/// before `main`, through the macro's support module `__private`).
 pub fn mark_test_harness() {
     ENTRY_READY.store(true, Ordering::Relaxed);
     TEST_HARNESS.store(true, Ordering::Relaxed);

@@ -145,10 +145,10 @@ impl Pool {
         Ok(Pool { inner })
     }
 
-    /// For tests: tasks claim another build id than this program's (a worker then refuses
-    /// them with [`Error::WrongBuild`]).
-    #[doc(hidden)]
-    pub fn __claim_build_id(&mut self, id: Vec<u8>) {
+    /// For tests (feature `testing`): tasks claim another build id than this program's (a
+    /// worker then refuses them with [`Error::WrongBuild`]).
+    #[cfg(feature = "testing")]
+    pub fn claim_build_id(&mut self, id: Vec<u8>) {
         *lock(&self.inner.image_id) = id;
     }
 

@@ -40,6 +40,7 @@
 
 use std::fmt;
 use std::marker::PhantomData;
+#[cfg(feature = "testing")]
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -56,19 +57,21 @@ use crate::error::{Error, LockResult, OwnerDied, Result, TryLockResult};
 use crate::lock::{Lock, RLock};
 use crate::raw::{MAX_SLICE, SLICE};
 
+#[cfg(feature = "testing")]
 static NOTIFY_FAULT: OnceLock<fn()> = OnceLock::new();
 
-/// Test support, not part of the API: makes every later [`Condition::notify`] of this
-/// process that signals a waiter call `hook` after it has updated the shared counts and
-/// before it wakes anyone, so that a test can kill a notifier at the worst moment. Returns
-/// false when a hook was set already.
-#[doc(hidden)]
-pub fn __set_notify_fault(hook: fn()) -> bool {
+/// Makes every later [`Condition::notify`] of this process that signals a waiter call `hook`
+/// after it has updated the shared counts and before it wakes anyone, so that a test can kill
+/// a notifier at the worst moment. Returns false when a hook was set already. Only with the
+/// feature `testing` (re-exported as `mp_sync::testing::set_notify_fault`).
+#[cfg(feature = "testing")]
+pub fn set_notify_fault(hook: fn()) -> bool {
     NOTIFY_FAULT.set(hook).is_ok()
 }
 
 #[inline]
 fn notify_fault() {
+    #[cfg(feature = "testing")]
     if let Some(hook) = NOTIFY_FAULT.get() {
         hook();
     }
