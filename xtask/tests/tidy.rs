@@ -30,6 +30,7 @@ const EXCEPTIONS: &[(&str, &str, &str, &str)] = &[
 /// The violations found so far: rule, path, line, item, message.
 #[derive(Default)]
 struct Tidy(Vec<(&'static str, String, usize, String, String)>);
+
 impl Tidy {
     fn report(&mut self, rule: &'static str, path: &str, line: usize, item: &str, message: String) {
         self.0.push((rule, path.into(), line, item.into(), message));
@@ -230,7 +231,8 @@ fn is_ident(c: u8) -> bool {
 }
 
 fn ident_at(s: &str, i: usize) -> &str {
-    &s[i..i + count_while(&s.as_bytes()[i.min(s.len())..], is_ident)]
+    let rest = s.get(i..).unwrap_or("");
+    &rest[..count_while(rest.as_bytes(), is_ident)]
 }
 
 fn skip_ws(s: &str, i: usize) -> usize {
@@ -697,7 +699,7 @@ fn module_refs(code: &str, depth: usize) -> Vec<(String, usize)> {
         let nesting = inline.iter().filter(|&&(s, e)| s < at && at < e).count();
         let up = ident_at(code, at) == "crate" || climbs == depth + nesting;
         let Some(k) = to.filter(|_| up) else { continue };
-        if b[k] != b'{' {
+        if b.get(k) != Some(&b'{') {
             out.push((ident_at(code, k).to_string(), k));
             continue;
         }
