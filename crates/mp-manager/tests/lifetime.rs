@@ -276,3 +276,30 @@ fn proxies_outliving_their_server_drop_quietly() {
     drop(d);
     drop(m);
 }
+
+/// References belong to the process, not the thread: a proxy dropped by another thread
+/// than the one that made it is counted all the same.
+#[test]
+fn proxies_dropped_on_other_threads_count() {
+    mp_process::isolate!(proxies_dropped_on_other_threads_count);
+    let m = manager();
+    let q = m.queue::<u64>(0).unwrap();
+    let copies: Vec<_> = (0..4).map(|_| q.clone()).collect();
+    drop(q);
+    let threads: Vec<_> = copies
+        .into_iter()
+        .map(|c| std::thread::spawn(move || c.put(&1).is_ok()))
+        .collect();
+    for t in threads {
+        assert!(t.join().unwrap());
+    }
+    assert_eq!(m.object_count().unwrap(), 0);
+}
+
+#[test]
+fn proxies_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Dict<String, u64>>();
+    check::<Event>();
+    check::<Custom<Counter>>();
+}
