@@ -18,13 +18,14 @@
 //! after (Python increfs every proxy after a fork in the same way). A ticket that is never
 //! redeemed (its message was never decoded) is held until the process that took it ends.
 //!
-//! All of this is one table behind one lock, taken briefly; a proxy's `Drop` sends at most one
-//! message and never waits for a reply.
+//! All of this is one table behind one lock. A proxy's `Drop` never waits: not for a reply
+//! (a release has none), nor for the lock (held by another thread, maybe for a round trip to
+//! a server, it leaves its release to that thread, which sends it before it unlocks).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, Once};
+use std::sync::{Mutex, MutexGuard, Once, TryLockError};
 
 use mp_core::message::{decode, encode};
 use mp_core::util::lock_unpoisoned;
@@ -50,6 +51,10 @@ struct Session {
 }
 
 static TABLE: Mutex<Vec<Session>> = Mutex::new(Vec::new());
+/// The releases of proxies dropped while another thread held [`TABLE`] (session, id,
+/// generation): a `Drop` never waits for the table; whoever holds it sends these before it
+/// lets go ([`unlock`]).
+static PENDING: Mutex<Vec<(Endpoint, u64, u64)>> = Mutex::new(Vec::new());
 /// The last generation handed out (0 is never one: it marks a proxy that holds nothing).
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 static FORK_HANDLERS: Once = Once::new();
@@ -57,15 +62,59 @@ static FORK_HANDLERS: Once = Once::new();
 thread_local! {
     /// The table, locked by the fork handler that runs before a fork, for the handler that
     /// runs after it (in the parent, or in the child: a copy of this thread).
-    static FORK_GUARD: RefCell<Option<MutexGuard<'static, Vec<Session>>>> =
-        const { RefCell::new(None) };
+    static FORK_GUARD: RefCell<Option<ForkGuard>> = const { RefCell::new(None) };
 }
 
 fn next_generation() -> u64 {
     GENERATION.fetch_add(1, Ordering::Relaxed) + 1
 }
 
-fn table() -> MutexGuard<'static, Vec<Session>> {
+type Guard = MutexGuard<'static, Vec<Session>>;
+
+/// The table and the pending releases, both locked across a fork, so that the child finds
+/// neither held by a thread it does not have.
+struct ForkGuard {
+    table: Guard,
+    pending: MutexGuard<'static, Vec<(Endpoint, u64, u64)>>,
+}
+
+/// Runs `f` on the locked table (after the pending releases: a request goes after every
+/// release of a proxy dropped before it), then unlocks it ([`unlock`]).
+fn with_table<R>(f: impl FnOnce(&mut Vec<Session>) -> R) -> R {
+    let mut t = lock_table();
+    send_pending(&mut t);
+    let r = f(&mut t);
+    unlock(t);
+    r
+}
+
+/// Sends the pending releases, unlocks, and looks again: a `Drop` that found the table
+/// locked pushed its release before it tried the lock, so the holder that made it fail
+/// sees the release after its own unlock, and takes the table back to send it (or another
+/// holder has it, and will do the same).
+fn unlock(mut t: Guard) {
+    loop {
+        send_pending(&mut t);
+        drop(t);
+        if lock_unpoisoned(&PENDING).is_empty() {
+            return;
+        }
+        t = match TABLE.try_lock() {
+            Ok(t) => t,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
+        };
+    }
+}
+
+fn send_pending(t: &mut Vec<Session>) {
+    let pending = std::mem::take(&mut *lock_unpoisoned(&PENDING));
+    for (ep, id, generation) in pending {
+        release(t, &ep, id, generation);
+    }
+}
+
+fn lock_table() -> Guard {
     FORK_HANDLERS.call_once(|| {
         // SAFETY: the three handlers are `extern "C"` functions that never unwind (each
         // catches panics) and live as long as the program. A failure to register (ENOMEM)
@@ -152,20 +201,21 @@ impl Session {
 /// Sends `req` (a `Create` or `CreateCustom`) on the session of `ep`; returns the new
 /// object's id and the generation its proxy holds it under.
 pub(crate) fn create(ep: &Endpoint, req: &Request) -> Result<(u64, u64)> {
-    let mut t = table();
-    let s = session(&mut t, ep);
-    match s.ask(req)? {
-        Reply::Created(id) => {
-            *s.counts.entry(id).or_default() += 1;
-            Ok((id, s.generation))
+    with_table(|t| {
+        let s = session(t, ep);
+        match s.ask(req)? {
+            Reply::Created(id) => {
+                *s.counts.entry(id).or_default() += 1;
+                Ok((id, s.generation))
+            }
+            r => Err(Error::Malformed(format!("unexpected reply {}", r.name()))),
         }
-        r => Err(Error::Malformed(format!("unexpected reply {}", r.name()))),
-    }
+    })
 }
 
 /// Sends `req` on the session of `ep` (after the releases this process sent before it).
 pub(crate) fn ask(ep: &Endpoint, req: &Request) -> Result<Reply> {
-    session(&mut table(), ep).ask(req)
+    with_table(|t| session(t, ep).ask(req))
 }
 
 /// One more proxy of `id` held under `generation`: the generation the clone holds it under
@@ -174,18 +224,19 @@ pub(crate) fn clone_ref(ep: &Endpoint, id: u64, generation: u64) -> u64 {
     if generation == 0 {
         return 0;
     }
-    let mut t = table();
-    let s = session(&mut t, ep);
-    if !s.own() || s.generation != generation {
-        return 0;
-    }
-    match s.counts.get_mut(&id) {
-        Some(c) => {
-            *c = c.saturating_add(1);
-            generation
+    with_table(|t| {
+        let s = session(t, ep);
+        if !s.own() || s.generation != generation {
+            return 0;
         }
-        None => 0,
-    }
+        match s.counts.get_mut(&id) {
+            Some(c) => {
+                *c = c.saturating_add(1);
+                generation
+            }
+            None => 0,
+        }
+    })
 }
 
 /// A proxy of `id` held under `generation` is gone: the last one of this process tells the
@@ -194,8 +245,29 @@ pub(crate) fn drop_ref(ep: &Endpoint, id: u64, generation: u64) {
     if generation == 0 {
         return;
     }
-    let mut t = table();
-    let s = session(&mut t, ep);
+    let t = match TABLE.try_lock() {
+        Ok(t) => t,
+        Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(TryLockError::WouldBlock) => {
+            // Another thread holds the table (maybe for a round trip): leave the release to
+            // it, then try once more, in case it was just letting go (see `unlock`).
+            lock_unpoisoned(&PENDING).push((ep.clone(), id, generation));
+            match TABLE.try_lock() {
+                Ok(t) => unlock(t),
+                Err(TryLockError::Poisoned(p)) => unlock(p.into_inner()),
+                Err(TryLockError::WouldBlock) => {}
+            }
+            return;
+        }
+    };
+    let mut t = t;
+    release(&mut t, ep, id, generation);
+    unlock(t);
+}
+
+/// One proxy fewer of `id` under `generation`; the last one sends the release.
+fn release(t: &mut Vec<Session>, ep: &Endpoint, id: u64, generation: u64) {
+    let s = session(t, ep);
     if !s.own() || s.generation != generation {
         return;
     }
@@ -226,41 +298,45 @@ pub(crate) fn ticket(ep: &Endpoint, id: u64, generation: u64) -> u64 {
     if generation == 0 {
         return 0;
     }
-    let mut t = table();
-    let s = session(&mut t, ep);
-    if !s.own() || s.generation != generation || !s.counts.contains_key(&id) {
-        return 0;
-    }
-    match s.ask(&Request::Ticket { ids: vec![id] }) {
-        Ok(Reply::Ticket(k)) => k,
-        _ => 0,
-    }
+    with_table(|t| {
+        let s = session(t, ep);
+        if !s.own() || s.generation != generation || !s.counts.contains_key(&id) {
+            return 0;
+        }
+        match s.ask(&Request::Ticket { ids: vec![id] }) {
+            Ok(Reply::Ticket(k)) => k,
+            _ => 0,
+        }
+    })
 }
 
 /// Redeems `ticket` for `id` (a proxy decoded here): the generation the new proxy holds the
 /// object under, or 0 when it is gone (the proxy's calls then get [`Error::NoSuchObject`]) or
 /// the server cannot be reached.
 pub(crate) fn redeem(ep: &Endpoint, id: u64, ticket: u64) -> u64 {
-    let mut t = table();
-    let s = session(&mut t, ep);
-    match s.ask(&Request::Redeem {
-        ticket,
-        ids: vec![id],
-    }) {
-        Ok(Reply::Ids(held)) if held.contains(&id) => {
-            *s.counts.entry(id).or_default() += 1;
-            s.generation
+    with_table(|t| {
+        let s = session(t, ep);
+        match s.ask(&Request::Redeem {
+            ticket,
+            ids: vec![id],
+        }) {
+            Ok(Reply::Ids(held)) if held.contains(&id) => {
+                *s.counts.entry(id).or_default() += 1;
+                s.generation
+            }
+            _ => 0,
         }
-        _ => 0,
-    }
+    })
 }
 
-/// Before a fork: locks the table (for the handler after it) and takes, per server, one
-/// ticket for every object this process holds, for the child to redeem.
+/// Before a fork: locks the table (for the handler after it), sends the pending releases,
+/// takes, per server, one ticket for every object this process holds, for the child to
+/// redeem, and locks the pending releases too.
 extern "C" fn before_fork() {
     let _ = std::panic::catch_unwind(|| {
-        let mut t = lock_unpoisoned(&TABLE);
-        for s in t.iter_mut() {
+        let mut table = lock_unpoisoned(&TABLE);
+        send_pending(&mut table);
+        for s in table.iter_mut() {
             s.fork_ticket = None;
             if s.counts.is_empty() || !s.own() {
                 continue;
@@ -270,17 +346,18 @@ extern "C" fn before_fork() {
                 s.fork_ticket = Some(k);
             }
         }
-        // If this thread's locals are gone the guard drops here and the child finds none:
-        // its sessions are then its parent's, which it detects by pid and holds nothing.
+        let pending = lock_unpoisoned(&PENDING);
+        // If this thread's locals are gone the guards drop here and the child finds none:
+        // its sessions are then its parent's, which it detects by pid, and holds nothing.
         let _ = FORK_GUARD.try_with(|g| {
             if let Ok(mut g) = g.try_borrow_mut() {
-                *g = Some(t);
+                *g = Some(ForkGuard { table, pending });
             }
         });
     });
 }
 
-fn take_fork_guard() -> Option<MutexGuard<'static, Vec<Session>>> {
+fn take_fork_guard() -> Option<ForkGuard> {
     FORK_GUARD
         .try_with(|g| g.try_borrow_mut().ok().and_then(|mut g| g.take()))
         .ok()
@@ -290,22 +367,27 @@ fn take_fork_guard() -> Option<MutexGuard<'static, Vec<Session>>> {
 /// After a fork, in the parent: the tickets are the child's now; unlock.
 extern "C" fn after_fork_parent() {
     let _ = std::panic::catch_unwind(|| {
-        if let Some(mut t) = take_fork_guard() {
-            for s in t.iter_mut() {
+        if let Some(ForkGuard { mut table, pending }) = take_fork_guard() {
+            drop(pending);
+            for s in table.iter_mut() {
                 s.fork_ticket = None;
             }
+            unlock(table);
         }
     });
 }
 
 /// After a fork, in the child: a session of its own per server, which redeems the parent's
-/// ticket, so that the copied proxies hold their objects; then unlock.
+/// ticket, so that the copied proxies hold their objects; then unlock (which also sends the
+/// releases of the proxies that the parent's other threads dropped during the fork: the
+/// ticket counted them, and the child has no copy of them).
 extern "C" fn after_fork_child() {
     let _ = std::panic::catch_unwind(|| {
-        let Some(mut t) = take_fork_guard() else {
+        let Some(ForkGuard { mut table, pending }) = take_fork_guard() else {
             return;
         };
-        for s in t.iter_mut() {
+        drop(pending);
+        for s in table.iter_mut() {
             // The parent's connection: closing this process's copy leaves the parent's open.
             s.conn = None;
             let Some(k) = s.fork_ticket.take() else {
@@ -318,5 +400,6 @@ extern "C" fn after_fork_child() {
                 _ => s.reset(),
             }
         }
+        unlock(table);
     });
 }

@@ -24,6 +24,7 @@ fn manager() -> Manager {
         .start_method(StartMethod::Spawn)
         .register_with("Counter", counter_at_100)
         .register_with("Bad", bad_counter)
+        .register_with("Gated", gated_counter)
         .start()
         .unwrap()
 }
@@ -64,6 +65,26 @@ fn counter_at_100() -> Counter {
 
 fn bad_counter() -> Counter {
     panic!("no counter today")
+}
+
+/// A file named for the process that started the server (the test's).
+fn test_file(what: &str, pid: u32) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("mp-manager-lifetime-{what}-{pid}"))
+}
+
+/// A constructor that says it started, then waits for the test's gate: a counter at 0, or
+/// at 1000 when the gate did not open within the watchdog.
+fn gated_counter() -> Counter {
+    let test = std::os::unix::process::parent_id();
+    let _ = std::fs::write(test_file("started", test), b"");
+    let end = Instant::now() + WATCHDOG;
+    while !test_file("gate", test).exists() {
+        if Instant::now() > end {
+            return Counter { n: 1000 };
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Counter { n: 0 }
 }
 
 #[test]
@@ -302,4 +323,42 @@ fn proxies_are_send_and_sync() {
     check::<Dict<String, u64>>();
     check::<Event>();
     check::<Custom<Counter>>();
+}
+
+/// A proxy's `Drop` does not wait for another thread's round trip to the server (here a
+/// create whose constructor waits): it leaves its release to that thread, which sends it.
+#[test]
+fn a_drop_never_waits_for_another_threads_round_trip() {
+    mp_process::isolate!(a_drop_never_waits_for_another_threads_round_trip);
+    let m = manager();
+    let me = std::process::id();
+    let (started, gate) = (test_file("started", me), test_file("gate", me));
+    let _ = std::fs::remove_file(&started);
+    let _ = std::fs::remove_file(&gate);
+    let d = m.dict::<u8, u8>().unwrap();
+    let (address, key) = (m.address().unwrap(), m.authkey().to_vec());
+    let maker = std::thread::spawn(move || {
+        let m = Manager::connect(address, &key)?;
+        m.custom::<Counter>("Gated")?.call(&1)
+    });
+    let end = Instant::now() + WATCHDOG;
+    while !started.exists() {
+        assert!(Instant::now() < end, "the constructor did not start");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // The maker holds the table for its create now; this must not wait for it.
+    drop(d);
+    std::fs::write(&gate, b"").unwrap();
+    assert_eq!(
+        maker.join().unwrap().unwrap(),
+        1,
+        "the drop waited for the create"
+    );
+    assert_eq!(
+        m.object_count().unwrap(),
+        0,
+        "the dict and the counter are both gone"
+    );
+    let _ = std::fs::remove_file(&started);
+    let _ = std::fs::remove_file(&gate);
 }
