@@ -78,9 +78,15 @@
 //! serialized (an argument under spawn or forkserver, an item on a queue) carries a ticket
 //! that holds the object until the receiver decodes it, and a forked child takes over, just
 //! after the fork, a ticket for every object its parent held (so, as in Python, a forked
-//! child keeps the objects that were alive at the fork until it exits). A proxy serialized
+//! child keeps the objects that were alive at the fork until it exits: a long-lived one,
+//! such as a pool worker or mp's fork server, keeps them that long). A proxy serialized
 //! and never decoded holds its object until the process that serialized it ends. A proxy
 //! whose object is gone (decoded too late) gets [`Error::NoSuchObject`] from every call.
+//!
+//! A proxy stored *inside* a manager object (a dict of lists) is bytes to the server, not a
+//! reference: its ticket holds the object until the first read decodes it, and later reads
+//! find the object only while some process holds a proxy to it (Python's server holds
+//! nested proxies itself). Give nested objects a name ([`Manager::named`]), or keep a proxy.
 //!
 //! # Limits
 //!

@@ -362,3 +362,37 @@ fn a_drop_never_waits_for_another_threads_round_trip() {
     let _ = std::fs::remove_file(&started);
     let _ = std::fs::remove_file(&gate);
 }
+
+fn take_from_queue(q: mp_manager::Queue<Dict<String, u64>>) -> u64 {
+    let r = (|| -> mp_manager::Result<u64> {
+        let d = q.get_timeout(Some(WATCHDOG))?;
+        d.set(&"via queue".into(), &5)?;
+        d.get_item(&"via queue".into())
+    })();
+    r.unwrap_or(0)
+}
+
+/// A proxy sent as an item (here on a manager queue) holds its object until the receiver
+/// decodes it, after the sender dropped its own.
+#[test]
+fn a_proxy_sent_on_a_queue_holds_its_object_until_received() {
+    mp_process::isolate!(a_proxy_sent_on_a_queue_holds_its_object_until_received);
+    let m = manager();
+    let q = m.queue::<Dict<String, u64>>(0).unwrap();
+    for method in METHODS {
+        let d = m.dict::<String, u64>().unwrap();
+        q.put(&d).unwrap();
+        drop(d);
+        assert_eq!(
+            m.object_count().unwrap(),
+            2,
+            "the queued proxy holds it ({method})"
+        );
+        let mut c = Process::new(take_from_queue, q.clone())
+            .start_method(method)
+            .start()
+            .unwrap();
+        assert_eq!(c.join_timeout(WATCHDOG).unwrap().unwrap(), 5, "{method}");
+        wait_count(&m, 1);
+    }
+}
