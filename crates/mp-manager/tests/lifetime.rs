@@ -333,8 +333,10 @@ fn a_drop_never_waits_for_another_threads_round_trip() {
     let m = manager();
     let me = std::process::id();
     let (started, gate) = (test_file("started", me), test_file("gate", me));
-    let _ = std::fs::remove_file(&started);
-    let _ = std::fs::remove_file(&gate);
+    // Removed now (a stale gate would open at once) and at the end, also when an assertion
+    // fails.
+    let files = RemoveOnDrop(vec![started.clone(), gate.clone()]);
+    files.remove();
     let d = m.dict::<u8, u8>().unwrap();
     let (address, key) = (m.address().unwrap(), m.authkey().to_vec());
     let maker = std::thread::spawn(move || {
@@ -359,8 +361,22 @@ fn a_drop_never_waits_for_another_threads_round_trip() {
         0,
         "the dict and the counter are both gone"
     );
-    let _ = std::fs::remove_file(&started);
-    let _ = std::fs::remove_file(&gate);
+}
+
+struct RemoveOnDrop(Vec<std::path::PathBuf>);
+
+impl RemoveOnDrop {
+    fn remove(&self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        self.remove();
+    }
 }
 
 fn take_from_queue(q: mp_manager::Queue<Dict<String, u64>>) -> u64 {
