@@ -85,7 +85,8 @@ impl ManagerBuilder {
     }
 
     /// How many connections the server serves at once (default 1024; each proxy-using thread
-    /// of each client process holds one, and the server a thread for each). A connection past
+    /// of each client process holds one, each process one more for its references, and the
+    /// server a thread for each). A connection past
     /// the limit is closed at once and its first call fails with
     /// [`Error::TooManyConnections`].
     pub fn max_connections(mut self, n: usize) -> Self {
@@ -103,11 +104,50 @@ impl ManagerBuilder {
     }
 
     /// Registers the type `S` under `typeid` (Python's `BaseManager.register(typeid,
-    /// callable)`): [`Manager::custom`] then makes objects of it (with `S::default()`) in the
-    /// server. `S` must live in the program's executable (not a shared library), as every
-    /// function that a spawned process calls; otherwise [`start`](Self::start) fails.
-    pub fn register<S: Served + Default>(mut self, typeid: &str) -> Self {
-        match custom::Registration::of::<S>(typeid) {
+    /// callable)` with the class as the callable): [`Manager::custom`] then makes objects of
+    /// it (with `S::default()`) in the server. `S` must live in the program's executable (not
+    /// a shared library), as every function that a spawned process calls; otherwise
+    /// [`start`](Self::start) fails.
+    pub fn register<S: Served + Default>(self, typeid: &str) -> Self {
+        let r = custom::Registration::of::<S>(typeid);
+        self.add(typeid, r)
+    }
+
+    /// Registers `ctor` under `typeid` (Python's `BaseManager.register(typeid, callable)`):
+    /// every [`Manager::custom`] call runs `ctor` in the server and gets a fresh object. A
+    /// `ctor` that panics makes that call fail with [`Error::Raised`] (the panic's message);
+    /// the server goes on. As with [`register`](Self::register), `ctor` must live in the
+    /// program's executable.
+    ///
+    /// ```
+    /// use mp_manager::{Manager, Served};
+    ///
+    /// struct Greeter { greeting: String }
+    ///
+    /// impl Served for Greeter {
+    ///     type Request = String;
+    ///     type Reply = String;
+    ///     fn handle(&mut self, name: String) -> String {
+    ///         format!("{}, {name}", self.greeting)
+    ///     }
+    /// }
+    ///
+    /// fn polite() -> Greeter {
+    ///     Greeter { greeting: "Good morning".into() }
+    /// }
+    ///
+    /// let manager = Manager::builder().register_with("Greeter", polite).start()?;
+    /// let g = manager.custom::<Greeter>("Greeter")?;
+    /// assert_eq!(g.call(&"Ada".into())?, "Good morning, Ada");
+    /// # Ok::<(), mp_manager::Error>(())
+    /// ```
+    pub fn register_with<S: Served>(self, typeid: &str, ctor: fn() -> S) -> Self {
+        let r = custom::Registration::with::<S>(typeid, ctor);
+        self.add(typeid, r)
+    }
+
+    fn add(mut self, typeid: &str, r: Result<custom::Registration>) -> Self {
+        match r {
             Ok(r) => {
                 self.types.retain(|t| t.typeid != typeid);
                 self.types.push(r);

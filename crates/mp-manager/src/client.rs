@@ -72,8 +72,17 @@ thread_local! {
 }
 
 /// Opens a connection to `ep` (checking the authkey both ways).
+///
+/// A server killed in the middle of the handshake looks like a failed authentication to
+/// the handshake (the peer closed the connection before answering); one more attempt tells
+/// the two apart: a dead server refuses it ([`Error::ServerGone`]), a wrong key fails again.
 pub(crate) fn connect(ep: &Endpoint) -> Result<Connection<()>> {
-    Ok(Client::connect(ep.addr.to_address()?, Some(&ep.authkey))?)
+    let address = ep.addr.to_address()?;
+    match Client::connect(address.clone(), Some(&ep.authkey)) {
+        Ok(c) => Ok(c),
+        Err(mp_pipe::Error::Authentication(_)) => Ok(Client::connect(address, Some(&ep.authkey))?),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Sends `req` to the server of `ep` on this thread's connection and returns the reply. A

@@ -102,44 +102,88 @@ fn decode_bounded<T: Message>(bytes: &[u8]) -> Result<T, Refused> {
     mp_core::message::deserialize::<T>(archived).map_err(|e| malformed(&e))
 }
 
-/// Makes a fresh object of a registered type.
-pub(crate) type Ctor = fn() -> Box<dyn Erased>;
+/// Makes a fresh object of a registered type: `make(arg)`, where `arg` is the address of the
+/// registered constructor (0 for a type made with `Default`).
+#[derive(Clone, Copy)]
+pub(crate) struct Ctor {
+    make: fn(usize) -> Box<dyn Erased>,
+    arg: usize,
+}
 
-fn make<S: Served + Default>() -> Box<dyn Erased> {
+impl Ctor {
+    /// A fresh object (the constructor may panic: the caller catches it).
+    pub(crate) fn make(&self) -> Box<dyn Erased> {
+        (self.make)(self.arg)
+    }
+}
+
+fn make_default<S: Served + Default>(_: usize) -> Box<dyn Erased> {
     Box::new(Holder(S::default()))
 }
 
+fn make_with<S: Served>(f: usize) -> Box<dyn Erased> {
+    // SAFETY: `f` comes from `Registration::resolve`, which resolved (and checked: same
+    // build, same object) the offset that `Registration::with` took of a `fn() -> S`, and
+    // pairs it only with `make_with::<S>` for the same `S` (both offsets travel together in
+    // one `Registration`).
+    let f = unsafe { std::mem::transmute::<usize, fn() -> S>(f) };
+    Box::new(Holder(f()))
+}
+
 /// A registered type as it travels to the server: its name, its Rust type's name (checked
-/// against every proxy's) and its constructor's offset.
+/// against every proxy's), the offset of the function that makes one and, for
+/// [`ManagerBuilder::register_with`](crate::ManagerBuilder::register_with), the offset of the
+/// program's constructor.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone)]
 #[rkyv(crate = mp_core::rkyv)]
 pub(crate) struct Registration {
     pub(crate) typeid: String,
     pub(crate) type_name: String,
-    pub(crate) ctor: i64,
+    make: i64,
+    ctor: Option<i64>,
 }
 
 impl Registration {
+    /// A type made with `S::default()`.
     pub(crate) fn of<S: Served + Default>(typeid: &str) -> Result<Registration> {
-        let ctor = make::<S> as Ctor as usize;
+        let make = make_default::<S> as fn(usize) -> Box<dyn Erased> as usize;
+        Self::new::<S>(typeid, make, None)
+    }
+
+    /// A type made by `ctor`, afresh for every object.
+    pub(crate) fn with<S: Served>(typeid: &str, ctor: fn() -> S) -> Result<Registration> {
+        let make = make_with::<S> as fn(usize) -> Box<dyn Erased> as usize;
+        Self::new::<S>(typeid, make, Some(ctor as usize))
+    }
+
+    fn new<S: Served>(typeid: &str, make: usize, ctor: Option<usize>) -> Result<Registration> {
+        let offset = |addr| {
+            mp_process::symbol::offset_of(addr)
+                .map_err(|e| Error::Start(format!("registering {typeid:?}: {e}")))
+        };
         Ok(Registration {
             typeid: typeid.to_string(),
             type_name: std::any::type_name::<S>().to_string(),
-            ctor: mp_process::symbol::offset_of(ctor)
-                .map_err(|e| Error::Start(format!("registering {typeid:?}: {e}")))?,
+            make: offset(make)?,
+            ctor: ctor.map(offset).transpose()?,
         })
     }
 
     /// The constructor, in the server process.
     pub(crate) fn resolve(&self, image_id: &[u8]) -> Result<Ctor, String> {
-        let addr = mp_process::symbol::resolve(self.ctor, image_id).map_err(|e| e.to_string())?;
-        // SAFETY: `ctor` was computed by `Registration::of` from `make::<S> as Ctor` (the only
-        // place that makes a Registration; it reaches the server in the arguments of its own
-        // start, over the private channel of mp-process, the same way as the server's target
-        // does), and `resolve` checked that this process runs the same build and that the
-        // address lies inside the same object: `addr` is the address of a function of type
-        // `Ctor`.
-        Ok(unsafe { std::mem::transmute::<usize, Ctor>(addr) })
+        let resolve =
+            |offset| mp_process::symbol::resolve(offset, image_id).map_err(|e| e.to_string());
+        let make = resolve(self.make)?;
+        let arg = self.ctor.map(resolve).transpose()?.unwrap_or(0);
+        // SAFETY: `make` was computed by `Registration::of` or `Registration::with` from
+        // `make_default::<S>` or `make_with::<S>`, both of type `fn(usize) -> Box<dyn Erased>`
+        // (those are the only places that make a Registration; it reaches the server in the
+        // arguments of its own start, over the private channel of mp-process, the same way as
+        // the server's target does), and `resolve` checked that this process runs the same
+        // build and that the address lies inside the same object. `arg` is what that function
+        // expects: 0 (ignored by `make_default`) or the constructor `make_with` was paired with.
+        let make = unsafe { std::mem::transmute::<usize, fn(usize) -> Box<dyn Erased>>(make) };
+        Ok(Ctor { make, arg })
     }
 }
 

@@ -44,8 +44,9 @@ pub enum Error {
     /// (Python's `threading.BrokenBarrierError`).
     #[error("the barrier is broken")]
     BrokenBarrier,
-    /// The object is not (or no longer) in the server: the proxy belongs to another manager,
-    /// or the server was restarted.
+    /// The object is not (or no longer) in the server: it was freed (the last proxy to it
+    /// went before this one was decoded), the proxy belongs to another manager, or the
+    /// server was restarted.
     #[error("the manager holds no object {0}")]
     NoSuchObject(u64),
     /// A name was first used for an object of another kind.

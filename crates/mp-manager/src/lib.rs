@@ -33,8 +33,9 @@
 //! start each other ([`Manager::connect`]), and [`ManagerBuilder::bind`] makes the server in
 //! this process ([`Server::serve_forever`], Python's `get_server().serve_forever()`). Every connection passes the mutual HMAC
 //! challenge-response of `multiprocessing.connection` ([`mp_pipe::Listener`]). Each thread of
-//! each process has its own connection, and the server one thread per connection, so a call
-//! that waits (a queue `get`, a lock `acquire`) blocks only its caller.
+//! each process has its own connection (and each process one more, which the server counts
+//! its references on), and the server one thread per connection, so a call that waits (a
+//! queue `get`, a lock `acquire`) blocks only its caller.
 //!
 //! The server starts with the process-wide default start method (fork, unless the program
 //! chose another). A forked server starts threads, so under fork start the manager before
@@ -50,6 +51,43 @@
 //! is [`Error::Malformed`], never undefined behaviour. A server that dies makes every call
 //! return [`Error::ServerGone`] instead of hanging.
 //!
+//! # Object lifetime
+//!
+//! As in Python, an object lives while a proxy to it does, in any process: the server counts,
+//! per client connection, the objects each process holds (Python's `incref`/`decref`), and
+//! frees an object when the last proxy to it is dropped. A process that dies, even by
+//! `SIGKILL`, lets go of everything it held (its connection closes). Objects made with
+//! [`Manager::named`] stay until [`Manager::remove_named`]; [`Manager::object_count`] tells
+//! how many the server holds.
+//!
+//! ```
+//! use mp_manager::Manager;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let manager = Manager::start()?;
+//! let scores = manager.dict::<String, u32>()?;
+//! let same = scores.clone();
+//! drop(scores);
+//! assert_eq!(manager.object_count()?, 1, "a clone still holds it");
+//! drop(same);
+//! assert_eq!(manager.object_count()?, 0);
+//! # Ok(()) }
+//! ```
+//!
+//! A proxy passed to a child stays valid after the parent drops its own: a proxy that is
+//! serialized (an argument under spawn or forkserver, an item on a queue) carries a ticket
+//! that holds the object until the receiver decodes it, and a forked child takes over, just
+//! after the fork, a ticket for every object its parent held (so, as in Python, a forked
+//! child keeps the objects that were alive at the fork until it exits: a long-lived one,
+//! such as a pool worker or mp's fork server, keeps them that long). A proxy serialized
+//! and never decoded holds its object until the process that serialized it ends. A proxy
+//! whose object is gone (decoded too late) gets [`Error::NoSuchObject`] from every call.
+//!
+//! A proxy stored *inside* a manager object (a dict of lists) is bytes to the server, not a
+//! reference: its ticket holds the object until the first read decodes it, and later reads
+//! find the object only while some process holds a proxy to it (Python's server holds
+//! nested proxies itself). Give nested objects a name ([`Manager::named`]), or keep a proxy.
+//!
 //! # Limits
 //!
 //! The key admits a client; what one client can then cost the server is bounded: a request
@@ -64,13 +102,11 @@
 //!
 //! # Differences from Python
 //!
-//! - The objects live as long as the manager: the server does not count proxies (Python does,
-//!   with the races that come with it). Make the shared objects once and share them, or use
-//!   [`Manager::named`] to find one by name.
 //! - The proxies cover `dict`, `list`, `Namespace`, `Value`, `Array`, `Queue`, `Lock`,
 //!   `RLock`, `Semaphore`, `BoundedSemaphore`, `Condition`, `Barrier` and `Event`, and objects
-//!   of the program's own types ([`Served`], [`ManagerBuilder::register`], [`Custom`]), which
-//!   answer typed requests rather than method calls by name. The `Pool` proxy is not built.
+//!   of the program's own types ([`Served`], [`ManagerBuilder::register`] or
+//!   [`ManagerBuilder::register_with`] and a constructor, [`Custom`]), which answer typed
+//!   requests rather than method calls by name. The `Pool` proxy is not built.
 //! - A call is a round trip to the server (`docs/benchmarks.md` says how long). For hot
 //!   shared state between related processes, mp's own `Queue`, `Lock` and `Value` (shared
 //!   memory) are far faster.
@@ -81,7 +117,9 @@ mod custom;
 mod error;
 mod manager;
 mod proxy;
+mod refs;
 mod server;
+mod token;
 mod wire;
 
 pub use builder::ManagerBuilder;

@@ -14,6 +14,7 @@ use crate::proxy::{
     Array, Barrier, BoundedSemaphore, Condition, Dict, Event, List, Lock, Namespace, Queue, RLock,
     Semaphore, Shareable, Token, Value,
 };
+use crate::refs;
 use crate::wire::{self, Kind, Request};
 
 /// How long dropping a [`Manager`] waits for its server to exit before killing it.
@@ -64,13 +65,8 @@ impl Manager {
             name: name.map(str::to_string),
             init,
         };
-        match request(&self.ep, &req)? {
-            wire::Reply::Created(id) => Ok(P::from_token(Token {
-                ep: self.ep.clone(),
-                id,
-            })),
-            r => Err(Error::Malformed(format!("unexpected reply {}", r.name()))),
-        }
+        let (id, generation) = refs::create(&self.ep, &req)?;
+        Ok(P::from_token(Token::held(self.ep.clone(), id, generation)))
     }
 
     /// `manager.dict()`: a new, empty dict.
@@ -180,14 +176,35 @@ impl Manager {
             type_name: std::any::type_name::<S>().to_string(),
             name: name.map(str::to_string),
         };
-        match request(&self.ep, &req)? {
-            wire::Reply::Created(id) => Ok(Custom::new(
-                Token {
-                    ep: self.ep.clone(),
-                    id,
-                },
-                typeid.to_string(),
-            )),
+        let (id, generation) = refs::create(&self.ep, &req)?;
+        Ok(Custom::new(
+            Token::held(self.ep.clone(), id, generation),
+            typeid.to_string(),
+        ))
+    }
+
+    /// How many objects the server holds (Python's `manager._number_of_objects()`): an
+    /// object is freed when the last proxy to it, in every process, is dropped (or its
+    /// process dies); a named one stays until [`remove_named`](Self::remove_named). The
+    /// count comes after the releases of this process's dropped proxies; those of other
+    /// processes reach the server in their own time.
+    pub fn object_count(&self) -> Result<usize> {
+        // On the session, after this process's own releases.
+        match refs::ask(&self.ep, &Request::ObjectCount)? {
+            wire::Reply::Len(n) => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+            r => Err(Error::Malformed(format!("unexpected reply {}", r.name()))),
+        }
+    }
+
+    /// Forgets the name `name` (true when there was an object of that name): the object
+    /// then lives as long as its proxies, and the next [`named`](Self::named) call with
+    /// that name makes a new one.
+    pub fn remove_named(&self, name: &str) -> Result<bool> {
+        let req = Request::Unname {
+            name: name.to_string(),
+        };
+        match refs::ask(&self.ep, &req)? {
+            wire::Reply::Bool(b) => Ok(b),
             r => Err(Error::Malformed(format!("unexpected reply {}", r.name()))),
         }
     }

@@ -10,31 +10,9 @@ use mp_core::message::{decode, encode};
 use mp_core::rkyv::{Archive, Deserialize, Serialize};
 use mp_core::Message;
 
-use crate::client::{request, Endpoint};
 use crate::error::{Error, Result};
-use crate::wire::{Bytes, Kind, Millis, Op, Reply, Request};
-
-/// Which object of which server a proxy stands for (inside every proxy; not for direct use).
-#[doc(hidden)]
-#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[rkyv(crate = mp_core::rkyv)]
-pub struct Token {
-    pub(crate) ep: Endpoint,
-    pub(crate) id: u64,
-}
-
-impl Token {
-    pub(crate) fn call(&self, kind: Kind, op: Op) -> Result<Reply> {
-        request(
-            &self.ep,
-            &Request::Call {
-                id: self.id,
-                kind,
-                op,
-            },
-        )
-    }
-}
+pub use crate::token::Token;
+use crate::wire::{Bytes, Kind, Millis, Op, Reply};
 
 /// A proxy kind that [`Manager::named`](crate::Manager::named) can make or find by name.
 pub trait Shareable: Sized + sealed::Sealed {

@@ -74,6 +74,18 @@ pub(crate) enum Request {
     },
     /// Stop the server (its process exits once it has answered).
     Shutdown,
+    /// This connection lets go of object `id` (no reply: a proxy's `Drop` does not wait).
+    Release { id: u64 },
+    /// A ticket holding `ids` for another process (a proxy being serialized, or the proxies
+    /// a forked child copies), owned by this connection until redeemed.
+    Ticket { ids: Vec<u64> },
+    /// This connection takes over ticket `ticket` (0: none) and holds each of `ids` that is
+    /// still alive; the reply lists the ids it now holds.
+    Redeem { ticket: u64, ids: Vec<u64> },
+    /// How many objects the server holds (Python's `_number_of_objects`).
+    ObjectCount,
+    /// The name is forgotten; its object then lives as long as its proxies.
+    Unname { name: String },
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug)]
@@ -176,6 +188,8 @@ pub(crate) enum Reply {
     Pairs(Vec<(Bytes, Bytes)>),
     Names(Vec<String>),
     BarrierState(u64, u64, bool),
+    Ticket(u64),
+    Ids(Vec<u64>),
     Err(Refused),
 }
 
@@ -193,6 +207,8 @@ impl Reply {
             Reply::Pairs(..) => "Pairs",
             Reply::Names(..) => "Names",
             Reply::BarrierState(..) => "BarrierState",
+            Reply::Ticket(..) => "Ticket",
+            Reply::Ids(..) => "Ids",
             Reply::Err(..) => "Err",
         }
     }

@@ -6,7 +6,7 @@
 //! is released, so a dead client cannot block the others for ever.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,12 +17,15 @@ use mp_pipe::{Connection, Listener};
 mod call;
 pub(crate) mod entry;
 mod objects;
+mod refs;
+mod state;
 
 use call::{call, lock};
-use objects::{Obj, Owned};
+use objects::Obj;
+use state::State;
 
 use crate::custom::Ctor;
-use crate::wire::{Bytes, Kind, Op, Refused, Reply, Request};
+use crate::wire::{Op, Refused, Reply, Request};
 
 /// What the server allows its clients ([`ManagerBuilder`](crate::ManagerBuilder) sets them).
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,127 +82,9 @@ fn set_write_timeout(fd: std::os::fd::RawFd, ms: u64) {
 /// The registered types: typeid -> (Rust type name, constructor).
 pub(crate) type Types = HashMap<String, (String, Ctor)>;
 
-#[derive(Default)]
-struct State {
-    objects: Mutex<HashMap<u64, Arc<Obj>>>,
-    names: Mutex<HashMap<String, u64>>,
-    next_id: AtomicU64,
-    next_conn: AtomicU64,
-    types: Types,
-}
-
-impl State {
-    fn create(&self, kind: Kind, name: Option<String>, init: Bytes) -> Result<Reply, Refused> {
-        let Some(name) = name else {
-            return Ok(Reply::Created(self.insert(Obj::new(kind, init)?)));
-        };
-        let mut names = lock(&self.names);
-        if let Some(&id) = names.get(&name) {
-            let found = self.get(id)?.kind();
-            if found != kind {
-                return Err(Refused::WrongKind {
-                    expected: kind,
-                    found,
-                });
-            }
-            return Ok(Reply::Created(id));
-        }
-        let id = self.insert(Obj::new(kind, init)?);
-        names.insert(name, id);
-        Ok(Reply::Created(id))
-    }
-
-    fn create_custom(
-        &self,
-        typeid: String,
-        type_name: String,
-        name: Option<String>,
-    ) -> Result<Reply, Refused> {
-        let Some((registered, ctor)) = self.types.get(&typeid) else {
-            return Err(Refused::UnknownType(typeid));
-        };
-        if *registered != type_name {
-            return Err(Refused::WrongType {
-                expected: type_name,
-                found: registered.clone(),
-            });
-        }
-        let make = || Obj::Custom {
-            typeid: typeid.clone(),
-            type_name: type_name.clone(),
-            obj: Mutex::new(ctor()),
-        };
-        let Some(name) = name else {
-            return Ok(Reply::Created(self.insert(make())));
-        };
-        let mut names = lock(&self.names);
-        if let Some(&id) = names.get(&name) {
-            return match &*self.get(id)? {
-                Obj::Custom { typeid: t, .. } if *t == typeid => Ok(Reply::Created(id)),
-                Obj::Custom {
-                    type_name: found, ..
-                } => Err(Refused::WrongType {
-                    expected: type_name,
-                    found: found.clone(),
-                }),
-                other => Err(Refused::WrongKind {
-                    expected: Kind::Custom,
-                    found: other.kind(),
-                }),
-            };
-        }
-        let id = self.insert(make());
-        names.insert(name, id);
-        Ok(Reply::Created(id))
-    }
-
-    fn insert(&self, obj: Obj) -> u64 {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        lock(&self.objects).insert(id, Arc::new(obj));
-        id
-    }
-
-    fn get(&self, id: u64) -> Result<Arc<Obj>, Refused> {
-        lock(&self.objects)
-            .get(&id)
-            .cloned()
-            .ok_or(Refused::NoSuchObject(id))
-    }
-
-    /// Releases the locks `conn` holds (its client went away).
-    fn release_all(&self, conn: u64) {
-        let objects: Vec<Arc<Obj>> = lock(&self.objects).values().cloned().collect();
-        for o in objects {
-            match &*o {
-                Obj::Lock { holder, released } => {
-                    let mut h = lock(holder);
-                    if *h == Some(conn) {
-                        *h = None;
-                        released.notify_one();
-                    }
-                }
-                Obj::RLock { state, released } => {
-                    let mut st = lock(state);
-                    if st.owner == Some(conn) {
-                        *st = Owned::default();
-                        released.notify_one();
-                    }
-                }
-                Obj::Condition { state, changed } => {
-                    let mut st = lock(state);
-                    if st.lock.owner == Some(conn) {
-                        st.lock = Owned::default();
-                        changed.notify_all();
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-}
-
-/// Releases a connection's locks when dropped: when its loop ends, and also when a request
-/// panics on the way (a panic must never leave a dead connection's locks held).
+/// Releases a connection's locks and references when dropped: when its loop ends, and also
+/// when a request panics on the way (a panic must never leave a dead connection's locks or
+/// objects held).
 struct ReleaseOnDrop<'a> {
     state: &'a State,
     conn: u64,
@@ -207,8 +92,29 @@ struct ReleaseOnDrop<'a> {
 
 impl Drop for ReleaseOnDrop<'_> {
     fn drop(&mut self) {
-        self.state.release_all(self.conn);
+        self.state.drop_conn(self.conn);
     }
+}
+
+/// Answers the requests that make, find, hand on or count objects (`conn` is the asking
+/// connection, which holds what it makes).
+fn answer(state: &State, conn: u64, req: Request) -> Reply {
+    let r = match req {
+        Request::Create { kind, name, init } => state.create(conn, kind, name, init),
+        Request::CreateCustom {
+            typeid,
+            type_name,
+            name,
+        } => state.create_custom(conn, typeid, type_name, name),
+        Request::Ticket { ids } => state.ticket(conn, ids),
+        Request::Redeem { ticket, ids } => Ok(state.redeem(conn, ticket, ids)),
+        Request::ObjectCount => Ok(Reply::Len(state.count())),
+        Request::Unname { name } => Ok(Reply::Bool(state.unname(&name))),
+        Request::Shutdown | Request::Release { .. } | Request::Call { .. } => {
+            Err(Refused::Malformed("a request answered elsewhere".into()))
+        }
+    };
+    r.unwrap_or_else(Reply::Err)
 }
 
 /// Answers one connection until it closes. Returns true when asked to shut down.
@@ -224,20 +130,11 @@ fn serve_connection(state: &State, conn: &Connection<()>) -> bool {
         let (reply, stop) = match decode::<Request>(&bytes) {
             Err(e) => (Reply::Err(Refused::Malformed(e.to_string())), false),
             Ok(Request::Shutdown) => (Reply::Unit, true),
-            Ok(Request::Create { kind, name, init }) => (
-                state.create(kind, name, init).unwrap_or_else(Reply::Err),
-                false,
-            ),
-            Ok(Request::CreateCustom {
-                typeid,
-                type_name,
-                name,
-            }) => (
-                state
-                    .create_custom(typeid, type_name, name)
-                    .unwrap_or_else(Reply::Err),
-                false,
-            ),
+            Ok(Request::Release { id: obj }) => {
+                // One way: the proxy's `Drop` does not wait for an answer.
+                state.release(id, obj);
+                continue;
+            }
             Ok(Request::Call { id: obj, kind, op }) => {
                 let is_get = matches!(op, Op::QueueGet(_));
                 let r = state.get(obj).and_then(|o| {
@@ -254,6 +151,7 @@ fn serve_connection(state: &State, conn: &Connection<()>) -> bool {
                 });
                 (r.unwrap_or_else(Reply::Err), false)
             }
+            Ok(other) => (answer(state, id, other), false),
         };
         let sent = encode(&reply)
             .map_err(|e| e.to_string())
@@ -279,10 +177,7 @@ fn serve_connection(state: &State, conn: &Connection<()>) -> bool {
 /// for shutdown, then stops accepting, closes every connection and returns.
 pub(crate) fn serve(listener: Listener, types: Types, limits: Limits) {
     use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-    let state = Arc::new(State {
-        types,
-        ..State::default()
-    });
+    let state = Arc::new(State::new(types));
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // Written once to wake the acceptor from its poll when the server stops.
     // SAFETY: eventfd has no memory-safety preconditions.
@@ -387,12 +282,13 @@ pub(crate) fn serve(listener: Listener, types: Types, limits: Limits) {
 mod tests {
     use super::call::index;
     use super::*;
+    use crate::wire::Kind;
 
     /// The clean-up of a connection runs even when its thread unwinds from a panic.
     #[test]
     fn a_panicking_connection_releases_its_locks() {
         let state = State::default();
-        let Ok(Reply::Created(id)) = state.create(Kind::Lock, None, Vec::new()) else {
+        let Ok(Reply::Created(id)) = state.create(1, Kind::Lock, None, Vec::new()) else {
             panic!("no lock");
         };
         let l = state.get(id).unwrap();
@@ -446,6 +342,13 @@ mod tests {
         let Reply::Created(lock) = raw(&a, &create(Kind::Lock)) else {
             panic!("no lock")
         };
+        // `b` holds the lock too (else it would go with `a`'s connection).
+        let b: Connection<()> = mp_pipe::Client::connect(address, Some(key)).unwrap();
+        let redeem = Request::Redeem {
+            ticket: 0,
+            ids: vec![lock],
+        };
+        assert!(matches!(raw(&b, &redeem), Reply::Ids(ids) if ids == [lock]));
         let set = Request::Call {
             id: dict,
             kind: Kind::Dict,
@@ -470,7 +373,6 @@ mod tests {
                 break;
             }
         }
-        let b: Connection<()> = mp_pipe::Client::connect(address, Some(key)).unwrap();
         assert!(matches!(raw(&b, &acquire(Some(10_000))), Reply::Bool(true)));
         assert!(matches!(raw(&b, &Request::Shutdown), Reply::Unit));
         serving.join().unwrap();
@@ -500,14 +402,14 @@ mod tests {
     fn requests_that_make_no_sense_are_refused() {
         let state = State::default();
         assert!(matches!(
-            state.create(Kind::Custom, None, Vec::new()),
+            state.create(1, Kind::Custom, None, Vec::new()),
             Err(Refused::Malformed(_))
         ));
         assert!(matches!(
-            state.create_custom("nothing".into(), "T".into(), None),
+            state.create_custom(1, "nothing".into(), "T".into(), None),
             Err(Refused::UnknownType(_))
         ));
-        let Ok(Reply::Created(id)) = state.create(Kind::Dict, None, Vec::new()) else {
+        let Ok(Reply::Created(id)) = state.create(1, Kind::Dict, None, Vec::new()) else {
             panic!("no dict");
         };
         let dict = state.get(id).unwrap();
@@ -527,7 +429,7 @@ mod tests {
             state.get(id + 1000),
             Err(Refused::NoSuchObject(_))
         ));
-        let Ok(Reply::Created(l)) = state.create(Kind::List, None, Vec::new()) else {
+        let Ok(Reply::Created(l)) = state.create(1, Kind::List, None, Vec::new()) else {
             panic!("no list");
         };
         let list = state.get(l).unwrap();
@@ -536,7 +438,8 @@ mod tests {
             Err(Refused::IndexError { .. })
         ));
         // A barrier of "0 parties" sent by a client that skipped the proxy's check has one.
-        let Ok(Reply::Created(b)) = state.create(Kind::Barrier, None, 0u64.to_le_bytes().to_vec())
+        let Ok(Reply::Created(b)) =
+            state.create(1, Kind::Barrier, None, 0u64.to_le_bytes().to_vec())
         else {
             panic!("no barrier");
         };
