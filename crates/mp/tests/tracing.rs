@@ -158,3 +158,37 @@ fn a_queue_repaired_after_a_dead_producer_is_an_event() {
     assert_eq!(q.get().expect("get"), 2);
     assert!(q.empty());
 }
+
+#[test]
+fn a_manager_client_gone_is_an_event_of_the_server() {
+    // The server's connection threads are not this thread: collect through the global
+    // default (the other tests' thread-local subscribers take precedence on their threads).
+    let collect = Collect::default();
+    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(collect.clone()))
+        .expect("the only global subscriber of this binary");
+    let server = mp::Manager::builder()
+        .address(mp::pipe::Address::tcp("127.0.0.1", 0).expect("address"))
+        .authkey(b"tracing")
+        .bind()
+        .expect("bind");
+    let address = server.address().clone();
+    let serving = std::thread::spawn(move || server.serve_forever());
+    let m = mp::Manager::connect(address.clone(), b"tracing").expect("connect");
+    let d = m.dict::<u32, u32>().expect("dict");
+    d.set(&1, &2).expect("set");
+    drop(d);
+    drop(m);
+    // Another client stops the server; its connections end before serve_forever returns.
+    mp::Manager::connect(address, b"tracing")
+        .expect("connect")
+        .shutdown()
+        .expect("shutdown");
+    serving.join().expect("server thread").expect("serve");
+    let seen = collect.0.lock().unwrap().clone();
+    let gone: Vec<&Seen> = seen
+        .iter()
+        .filter(|s| s.target == "mp::manager" && s.fields.contains("client is gone"))
+        .collect();
+    assert!(!gone.is_empty(), "{seen:#?}");
+    assert!(gone.iter().all(|s| s.fields.contains("conn=")), "{gone:?}");
+}

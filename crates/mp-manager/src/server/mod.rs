@@ -121,7 +121,10 @@ fn answer(state: &State, conn: u64, req: Request) -> Reply {
 fn serve_connection(state: &State, conn: &Connection<()>) -> bool {
     let id = state.next_conn.fetch_add(1, Ordering::Relaxed);
     let _release = ReleaseOnDrop { state, conn: id };
-    loop {
+    #[cfg(feature = "tracing")]
+    let _span =
+        tracing::info_span!(target: "mp::manager", "manager connection", conn = id).entered();
+    let stop = loop {
         let Ok(bytes) = conn.recv_bytes(None) else {
             break false;
         };
@@ -170,7 +173,16 @@ fn serve_connection(state: &State, conn: &Connection<()>) -> bool {
             }
             break false;
         }
+    };
+    #[cfg(feature = "tracing")]
+    if !stop {
+        tracing::info!(
+            target: "mp::manager",
+            conn = id,
+            "a manager client is gone: what it held is released"
+        );
     }
+    stop
 }
 
 /// The server loop: accepts connections (authenticated by the listener) until a client asks
