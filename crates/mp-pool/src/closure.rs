@@ -113,6 +113,12 @@ where
         self
     }
 
+    /// The timeout of each task of this call (see [`Tasks::timeout`]).
+    pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.tasks = self.tasks.timeout(timeout);
+        self
+    }
+
     /// The closure applied to every item, results in order.
     pub fn map(self, items: impl IntoIterator<Item = T>) -> Result<Vec<R>, Error> {
         let target = self.target();
@@ -185,6 +191,12 @@ where
     /// Sets the chunksize for one call: `pool.chunksize(10).map(items)`.
     pub fn chunksize(&self, n: usize) -> FnTasks<'_, T, R, F> {
         self.tasks().chunksize(n)
+    }
+
+    /// Sets a task timeout for one call: `pool.timeout(d).map(items)` (see
+    /// [`Tasks::timeout`]).
+    pub fn timeout(&self, timeout: std::time::Duration) -> FnTasks<'_, T, R, F> {
+        self.tasks().timeout(timeout)
     }
 
     /// The closure applied to every item, results in order (Python's `map`).

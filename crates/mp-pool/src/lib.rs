@@ -279,15 +279,19 @@
 mod closure;
 mod error;
 mod helpers;
+mod insights;
 mod job;
+mod meter;
 mod pool;
 #[cfg(feature = "progress")]
 mod progress;
 mod result;
+mod slot;
 mod wire;
 mod worker;
 
 pub use closure::{FnPool, FnTasks};
 pub use error::Error;
+pub use insights::{Insights, SlowTask, WorkerInsights};
 pub use pool::{default_chunksize, IMap, Pool, PoolBuilder, Tasks, DEFAULT_MAX_BACKLOG};
 pub use result::AsyncResult;
