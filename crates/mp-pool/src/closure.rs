@@ -119,6 +119,12 @@ where
         self
     }
 
+    /// Reports this call's progress to `progress` (see [`Tasks::track`]).
+    pub fn track(mut self, progress: &'p crate::Progress) -> Self {
+        self.tasks = self.tasks.track(progress);
+        self
+    }
+
     /// The closure applied to every item, results in order.
     pub fn map(self, items: impl IntoIterator<Item = T>) -> Result<Vec<R>, Error> {
         let target = self.target();
@@ -197,6 +203,11 @@ where
     /// [`Tasks::timeout`]).
     pub fn timeout(&self, timeout: std::time::Duration) -> FnTasks<'_, T, R, F> {
         self.tasks().timeout(timeout)
+    }
+
+    /// Reports one call's progress to `progress` (see [`Tasks::track`]).
+    pub fn track<'p>(&'p self, progress: &'p crate::Progress) -> FnTasks<'p, T, R, F> {
+        self.tasks().track(progress)
     }
 
     /// The closure applied to every item, results in order (Python's `map`).

@@ -14,6 +14,7 @@ use rkyv::util::AlignedVec;
 use crate::error::Error;
 use crate::helpers::{lock, wait, wait_timeout};
 use crate::result::Outcome;
+use crate::track::Progress;
 use crate::wire::SpinBudget;
 
 /// What the supervisor does with a job's chunks. Every method returns true when the job
@@ -117,6 +118,8 @@ pub(crate) struct CollectJob<R, Out> {
     len: usize,
     chunksize: usize,
     finish: fn(Vec<R>) -> Result<Out, Error>,
+    /// Told of every finished item.
+    pub(crate) tracker: Option<Progress>,
     #[cfg(feature = "progress")]
     pub(crate) bar: Option<indicatif::ProgressBar>,
 }
@@ -142,6 +145,7 @@ impl<R, Out> CollectJob<R, Out> {
             len,
             chunksize,
             finish,
+            tracker: None,
             #[cfg(feature = "progress")]
             bar: None,
         }
@@ -158,8 +162,20 @@ impl<R, Out> CollectJob<R, Out> {
             Ok(()) => st.take_all(),
             Err(_) => None,
         };
+        // On failure, the items not answered yet are finished too (they will never be).
+        let lost: u64 = match (&self.tracker, &all) {
+            (Some(_), None) => (0..st.got.len())
+                .filter(|&c| !st.got[c])
+                .filter_map(|c| self.chunk_range(c as u64))
+                .map(|r| r.len() as u64)
+                .sum(),
+            _ => 0,
+        };
         st.clear();
         drop(st);
+        if let Some(t) = &self.tracker {
+            t.finished(lost, lost);
+        }
         #[cfg(feature = "progress")]
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
@@ -218,10 +234,16 @@ impl<R: Message + Send, Out: Send> Job for CollectJob<R, Out> {
             bar.inc(range.len() as u64);
         }
         st.remaining -= 1;
-        if st.remaining == 0 {
-            return self.finish_with(st, Ok(()));
+        let last = st.remaining == 0;
+        if last {
+            self.finish_with(st, Ok(()));
+        } else {
+            drop(st);
         }
-        false
+        if let Some(t) = &self.tracker {
+            t.finished(range.len() as u64, 0);
+        }
+        last
     }
 
     fn fail(&self, chunk: u64, err: Error) -> bool {
@@ -321,6 +343,10 @@ pub(crate) struct IMapJob<R> {
     cv: Condvar,
     /// Answers recorded so far: the consumer spins on it before sleeping.
     answers: AtomicU64,
+    /// Told of every finished item.
+    pub(crate) tracker: Option<Progress>,
+    /// Items per chunk (for the tracker, when a chunk fails).
+    pub(crate) chunksize: u64,
     #[cfg(feature = "progress")]
     pub(crate) bar: Option<indicatif::ProgressBar>,
 }
@@ -345,6 +371,8 @@ impl<R: Message + Send> IMapJob<R> {
             }),
             cv: Condvar::new(),
             answers: AtomicU64::new(0),
+            tracker: None,
+            chunksize: 1,
             #[cfg(feature = "progress")]
             bar: None,
         }
@@ -445,11 +473,22 @@ impl<R: Message + Send> Job for IMapJob<R> {
         if let (Some(bar), Ok(v)) = (&self.bar, &r) {
             bar.inc(v.len() as u64);
         }
+        // Counted before the consumer can see the answer: once it has every result, the
+        // tracker has every one too.
+        if let Some(t) = &self.tracker {
+            match &r {
+                Ok(v) => t.finished(v.len() as u64, 0),
+                Err(_) => t.finished(self.chunksize, self.chunksize),
+            }
+        }
         self.answer(chunk, r);
         false
     }
 
     fn fail(&self, chunk: u64, err: Error) -> bool {
+        if let Some(t) = &self.tracker {
+            t.finished(self.chunksize, self.chunksize);
+        }
         self.answer(chunk, Err(err));
         false
     }

@@ -287,6 +287,7 @@ mod pool;
 mod progress;
 mod result;
 mod slot;
+mod track;
 mod wire;
 mod worker;
 
@@ -295,3 +296,4 @@ pub use error::Error;
 pub use insights::{Insights, SlowTask, WorkerInsights};
 pub use pool::{default_chunksize, IMap, Pool, PoolBuilder, Tasks, DEFAULT_MAX_BACKLOG};
 pub use result::AsyncResult;
+pub use track::{Progress, ProgressState};

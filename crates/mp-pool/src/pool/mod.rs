@@ -51,6 +51,7 @@ use crate::helpers::lock;
 use crate::insights::{gather, Insights, Past};
 use crate::job::Job;
 use crate::result::AsyncResult;
+use crate::track::Progress;
 use crate::wire::{Doorbell, ResultMsg, Slot, TaskMsg};
 use crate::worker::EncodeInit;
 
@@ -294,6 +295,12 @@ impl Pool {
     /// [`Tasks::timeout`].
     pub fn timeout(&self, timeout: Duration) -> Tasks<'_> {
         Tasks::new(self).timeout(timeout)
+    }
+
+    /// Reports one call's progress to `progress`: `pool.track(&p).apply_async(f, x)`; see
+    /// [`Tasks::track`] and [`Progress`].
+    pub fn track<'p>(&'p self, progress: &'p Progress) -> Tasks<'p> {
+        Tasks::new(self).track(progress)
     }
 
     /// What the workers did so far (mpire's `insights`): per worker place, the time spent

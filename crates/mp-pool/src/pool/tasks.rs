@@ -13,6 +13,7 @@ use crate::helpers::on_pool_thread;
 use crate::job::{CollectJob, IMapJob, Job};
 use crate::result::{AsyncResult, Outcome};
 use crate::slot::nanos;
+use crate::track::Progress;
 use crate::worker::{self, Call, Fallible, Plain, RunChunk, StarPair};
 
 /// The one result of an `apply`.
@@ -24,9 +25,9 @@ fn single<R>(v: Vec<R>) -> Result<R, Error> {
 }
 
 /// Settings for the next call on a pool: the chunksize, how many chunks an `imap` keeps in
-/// flight, a task timeout, and (with the `progress` feature) a progress bar. Made by
-/// [`Pool::chunksize`], [`Pool::in_flight`], [`Pool::timeout`] and (feature `progress`)
-/// `Pool::progress`; it has the pool's methods.
+/// flight, a task timeout, a [`Progress`] tracker, and (with the `progress` feature) a
+/// progress bar. Made by [`Pool::chunksize`], [`Pool::in_flight`], [`Pool::timeout`],
+/// [`Pool::track`] and (feature `progress`) `Pool::progress`; it has the pool's methods.
 ///
 /// ```
 /// fn square(x: u64) -> u64 { x * x }
@@ -44,6 +45,7 @@ pub struct Tasks<'p> {
     chunksize: Option<usize>,
     in_flight: Option<usize>,
     timeout: Option<Duration>,
+    tracker: Option<&'p Progress>,
     #[cfg(feature = "progress")]
     progress: bool,
 }
@@ -55,9 +57,18 @@ impl<'p> Tasks<'p> {
             chunksize: None,
             in_flight: None,
             timeout: None,
+            tracker: None,
             #[cfg(feature = "progress")]
             progress: false,
         }
+    }
+
+    /// Reports this call's progress to `progress` (see [`Progress`]): its tasks count in
+    /// the tracker's total when submitted, and in `done` as they finish. Give one tracker
+    /// to several calls (a batch of `apply_async`) to follow them together.
+    pub fn track(mut self, progress: &'p Progress) -> Self {
+        self.tracker = Some(progress);
+        self
     }
 
     /// The timeout of each task of this call (one call of the function on one item),
@@ -153,12 +164,16 @@ impl<'p> Tasks<'p> {
         let target = target.encode()?;
         #[allow(unused_mut)]
         let mut job = CollectJob::<C::Out, Out>::new(outcome.clone(), len, chunksize, finish);
+        job.tracker = self.tracker.cloned();
         #[cfg(feature = "progress")]
         if self.progress {
             job.bar = Some(crate::progress::bar(Some(len as u64)));
         }
         let job: Arc<dyn Job> = Arc::new(job);
         let id = inner.register(job.clone())?;
+        if let Some(t) = self.tracker {
+            t.submitted(Some(len as u64));
+        }
         let chunks = SliceChunks {
             items,
             pos: 0,
@@ -212,15 +227,26 @@ impl<'p> Tasks<'p> {
         let trampoline = offset_of(worker::run_chunk::<C> as RunChunk as usize)?;
         let target = target.encode()?;
         #[allow(unused_mut)]
+        let items = items.into_iter();
+        // The input's length, when the iterator tells it exactly (for the total and ETA).
+        let len = match items.size_hint() {
+            (lo, Some(hi)) if lo == hi => Some(lo as u64),
+            _ => None,
+        };
         let mut job = IMapJob::<C::Out>::new(ordered);
+        job.tracker = self.tracker.cloned();
+        job.chunksize = chunksize as u64;
         #[cfg(feature = "progress")]
         if self.progress {
-            job.bar = Some(crate::progress::bar(None));
+            job.bar = Some(crate::progress::bar(len));
         }
         let job = Arc::new(job);
         let id = inner.register(job.clone())?;
+        if let Some(t) = self.tracker {
+            t.submitted(len);
+        }
         let source = Box::new(ChunkIter {
-            items: items.into_iter(),
+            items,
             chunksize,
             next: 0,
             head: ChunkHead {
