@@ -26,7 +26,8 @@
 //! The parts: [`Pool`] and its state here; the verbs in `tasks` ([`Tasks`]); the builder in
 //! `builder`; the supervisor thread (results, worker loss, replacement, break, terminate,
 //! join) in `supervisor`; the feeding of chunks (the feeder thread, the backlog, the chunk
-//! sources) in `feed`; the `imap` iterator in `imap`.
+//! sources) in `feed`; the `imap` iterator in `imap`; task and initializer timeouts (the
+//! supervisor kills a worker past its deadline) in `deadline`.
 
 mod builder;
 mod deadline;
