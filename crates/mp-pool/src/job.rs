@@ -156,7 +156,14 @@ impl<R, Out> CollectJob<R, Out> {
         (start < self.len).then(|| start..(start + self.chunksize).min(self.len))
     }
 
-    fn finish_with(&self, mut st: MutexGuard<'_, CollectState<R>>, v: Result<(), Error>) -> bool {
+    /// Decides the outcome; `delivered` items came with the chunk that finished the job (for
+    /// the tracker, told before the outcome is decided: `get` may return from then on).
+    fn finish_with(
+        &self,
+        mut st: MutexGuard<'_, CollectState<R>>,
+        v: Result<(), Error>,
+        delivered: u64,
+    ) -> bool {
         st.done = true;
         let all = match v {
             Ok(()) => st.take_all(),
@@ -174,7 +181,7 @@ impl<R, Out> CollectJob<R, Out> {
         st.clear();
         drop(st);
         if let Some(t) = &self.tracker {
-            t.finished(lost, lost);
+            t.finished(delivered + lost, lost);
         }
         #[cfg(feature = "progress")]
         if let Some(bar) = &self.bar {
@@ -216,9 +223,9 @@ impl<R: Message + Send, Out: Send> Job for CollectJob<R, Out> {
                         range.len()
                     ),
                 };
-                return self.finish_with(st, Err(e));
+                return self.finish_with(st, Err(e), 0);
             }
-            Err(e) => return self.finish_with(st, Err(undecodable(e))),
+            Err(e) => return self.finish_with(st, Err(undecodable(e)), 0),
         };
         // Straight into their places: no Vec per chunk, no concatenation at the end.
         if st.values.is_empty() {
@@ -226,7 +233,7 @@ impl<R: Message + Send, Out: Send> Job for CollectJob<R, Out> {
             st.values.resize_with(self.len, MaybeUninit::uninit);
         }
         if let Err(e) = deserialize_into::<R>(archived.as_slice(), &mut st.values[range.clone()]) {
-            return self.finish_with(st, Err(undecodable(e)));
+            return self.finish_with(st, Err(undecodable(e)), 0);
         }
         st.got[chunk as usize] = true;
         #[cfg(feature = "progress")]
@@ -234,16 +241,14 @@ impl<R: Message + Send, Out: Send> Job for CollectJob<R, Out> {
             bar.inc(range.len() as u64);
         }
         st.remaining -= 1;
-        let last = st.remaining == 0;
-        if last {
-            self.finish_with(st, Ok(()));
-        } else {
-            drop(st);
+        if st.remaining == 0 {
+            return self.finish_with(st, Ok(()), range.len() as u64);
         }
+        drop(st);
         if let Some(t) = &self.tracker {
             t.finished(range.len() as u64, 0);
         }
-        last
+        false
     }
 
     fn fail(&self, chunk: u64, err: Error) -> bool {
@@ -251,13 +256,13 @@ impl<R: Message + Send, Out: Send> Job for CollectJob<R, Out> {
         if st.done || st.got.get(chunk as usize).is_none_or(|&g| g) {
             return st.done;
         }
-        self.finish_with(st, Err(err))
+        self.finish_with(st, Err(err), 0)
     }
 
     fn abort(&self, err: Error) {
         let st = lock(&self.st);
         if !st.done {
-            self.finish_with(st, Err(err));
+            self.finish_with(st, Err(err), 0);
         }
     }
 

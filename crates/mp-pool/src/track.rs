@@ -2,6 +2,7 @@
 //! `apply_async`), with an ETA, reported to a callback (and, with the cargo feature
 //! `progress`, drawn as an indicatif bar).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -64,6 +65,12 @@ impl State {
 struct Shared {
     st: Mutex<State>,
     callback: Mutex<Option<Callback>>,
+    /// Held while a state is delivered to the callback (and the bar): deliveries are one at
+    /// a time, each with the latest state, so the callback sees `done` grow and its last
+    /// call has the final state.
+    delivery: Mutex<()>,
+    /// A change not delivered yet.
+    pending: AtomicBool,
     #[cfg(feature = "progress")]
     bar: Mutex<Option<indicatif::ProgressBar>>,
 }
@@ -73,7 +80,11 @@ struct Shared {
 /// `apply_async` calls sharing one tracker. Each finished task calls the
 /// [`on_update`](Self::on_update) callback with a [`ProgressState`] (done, failed, total,
 /// elapsed, ETA). Callbacks run in the parent, on the pool's supervisor thread, as result
-/// callbacks do (the same rules: no waiting on the pool there). Clones share the progress.
+/// callbacks do (the same rules: no waiting on the pool there), one at a time, each with the
+/// latest state, so `done` grows from one call to the next and the last call has the final
+/// state. When a tracked call's result is ready, its tasks are counted in
+/// [`state`](Self::state); the callback may hear of them a moment later, when another
+/// thread was calling it then. Clones share the progress.
 ///
 /// ```
 /// use std::sync::{Arc, Mutex};
@@ -119,6 +130,8 @@ impl Progress {
             shared: Arc::new(Shared {
                 st: Mutex::new(State::default()),
                 callback: Mutex::new(None),
+                delivery: Mutex::new(()),
+                pending: AtomicBool::new(false),
                 #[cfg(feature = "progress")]
                 bar: Mutex::new(None),
             }),
@@ -190,8 +203,33 @@ impl Progress {
         self.redraw();
     }
 
-    /// Tells the callback (and the bar), with no lock held while the callback runs.
+    /// Tells the callback (and the bar) of the latest state. A thread that finds another
+    /// delivering leaves its change to it (it looks at `pending` again after it let go of
+    /// `delivery`); so does a callback that submits tracked work, instead of deadlocking.
     fn redraw(&self) {
+        let sh = &self.shared;
+        // SeqCst: the flag and the lock form a Dekker pair with the deliverer's
+        // `pending.load` after it unlocked.
+        sh.pending.store(true, Ordering::SeqCst);
+        loop {
+            let guard = match sh.delivery.try_lock() {
+                Ok(g) => g,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return,
+            };
+            if !sh.pending.swap(false, Ordering::SeqCst) {
+                return;
+            }
+            self.deliver();
+            drop(guard);
+            if !sh.pending.load(Ordering::SeqCst) {
+                return;
+            }
+        }
+    }
+
+    /// Delivers the latest state (with `delivery` held).
+    fn deliver(&self) {
         let state = self.state();
         #[cfg(feature = "progress")]
         if let Some(bar) = lock(&self.shared.bar).as_ref() {
@@ -203,7 +241,11 @@ impl Progress {
         }
         let cb = lock(&self.shared.callback).clone();
         if let Some(cb) = cb {
-            cb(&state);
+            // A callback that panics must not take the pool's thread with it (as for
+            // result callbacks).
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(&state))).is_err() {
+                eprintln!("mp-pool: a progress callback panicked (ignored)");
+            }
         }
     }
 }

@@ -137,13 +137,13 @@ fn the_pool_default_timeout_applies_and_a_call_can_override_it() {
                 matches!(outs[1], Err(Error::TaskTimeout { .. })),
                 "{outs:?}"
             );
-            // Per item: a chunk of quick items is not stopped, though together they take
-            // longer than one item's timeout would allow... only each item is bounded.
+            // Per item: each item of a chunk has its own deadline, so a chunk whose items
+            // together take longer than the timeout is not stopped (each is far within it).
             let quick = p
-                .timeout(Duration::from_secs(30))
-                .chunksize(4)
-                .map(nap_ms, [1, 1, 1, 1]);
-            assert_eq!(quick.unwrap(), [1, 1, 1, 1]);
+                .timeout(Duration::from_secs(1))
+                .chunksize(12)
+                .map(nap_ms, [100; 12]);
+            assert_eq!(quick.unwrap(), [100; 12]);
             let p2 = p.timeout(Duration::from_millis(300));
             let r = p2.chunksize(3).map(nap_ms, [1, 1, 60_000]);
             assert!(matches!(r, Err(Error::TaskTimeout { .. })), "{m}: {r:?}");
@@ -252,5 +252,68 @@ fn insights_count_the_tasks_of_each_worker() {
             assert_eq!(table.lines().filter(|l| l.contains("total")).count(), 1);
             assert!(table.contains("slowest tasks"), "{table}");
         }
+    });
+}
+
+/// Writes the file `path` (the task has started), then sleeps for a minute.
+fn mark_and_nap(path: String) -> u64 {
+    std::fs::write(&path, b"started").unwrap();
+    nap_ms(60_000)
+}
+
+/// A worker killed by someone else while its task has a (long) timeout is a lost worker,
+/// not a timeout; the insights keep what it did before and go on with its replacement.
+#[test]
+fn a_worker_killed_by_someone_else_is_lost_not_timed_out() {
+    watchdog(120, || {
+        for m in METHODS {
+            let dir =
+                std::env::temp_dir().join(format!("mp-pool-ptime-{}-{m}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let marker = dir.join("started");
+            let p = Pool::builder()
+                .processes(1)
+                .start_method(m)
+                .insights(true)
+                .task_timeout(Duration::from_secs(600))
+                .build()
+                .unwrap();
+            assert_eq!(p.chunksize(1).map(square, 0..10).unwrap().len(), 10);
+            let r = p
+                .apply_async(mark_and_nap, marker.to_string_lossy().into_owned())
+                .unwrap();
+            wait_until("the task to start", 30, || marker.exists());
+            let pid = p.worker_pids()[0];
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            match r.get() {
+                Err(Error::WorkerLost {
+                    pid: lost,
+                    signal: Some(9),
+                    ..
+                }) => assert_eq!(lost, pid),
+                other => panic!("{m}: {other:?}"),
+            }
+            assert_eq!(p.apply(square, 5).unwrap(), 25);
+            let i = p.insights().unwrap();
+            assert_eq!(i.tasks(), 11, "{m}:\n{i}");
+            assert_eq!(i.workers[0].started, 2);
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    });
+}
+
+/// A `FnPool` (a closure under fork) takes a per-call timeout too.
+#[test]
+fn a_closure_pool_task_past_its_timeout_is_stopped() {
+    watchdog(60, || {
+        let extra = 1u64;
+        let p = Pool::builder()
+            .processes(1)
+            .build_with(move |ms: u64| nap_ms(ms) + extra)
+            .unwrap();
+        let r = p.timeout(Duration::from_millis(300)).apply(60_000);
+        assert!(matches!(r, Err(Error::TaskTimeout { .. })), "{r:?}");
+        assert_eq!(p.apply(1).unwrap(), 2);
     });
 }
