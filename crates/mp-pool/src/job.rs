@@ -404,6 +404,18 @@ impl<R: Message + Send> IMapJob<R> {
     pub(crate) fn answer(&self, chunk: u64, result: Result<Vec<R>, Error>) {
         let mut st = lock(&self.st);
         if st.outstanding.remove(chunk) {
+            if let Some(t) = &self.tracker {
+                // Counted before the consumer can see the answer (it is not recorded yet):
+                // once it has every result, the tracker has every one too. A chunk answered
+                // twice (a worker stopped after it sent its result) counts once.
+                let (done, failed) = match &result {
+                    Ok(v) => (v.len() as u64, 0),
+                    Err(_) => (self.chunksize, self.chunksize),
+                };
+                drop(st);
+                t.finished(done, failed);
+                st = lock(&self.st);
+            }
             if self.ordered {
                 st.by_chunk.insert(chunk, result);
             } else {
@@ -478,22 +490,11 @@ impl<R: Message + Send> Job for IMapJob<R> {
         if let (Some(bar), Ok(v)) = (&self.bar, &r) {
             bar.inc(v.len() as u64);
         }
-        // Counted before the consumer can see the answer: once it has every result, the
-        // tracker has every one too.
-        if let Some(t) = &self.tracker {
-            match &r {
-                Ok(v) => t.finished(v.len() as u64, 0),
-                Err(_) => t.finished(self.chunksize, self.chunksize),
-            }
-        }
         self.answer(chunk, r);
         false
     }
 
     fn fail(&self, chunk: u64, err: Error) -> bool {
-        if let Some(t) = &self.tracker {
-            t.finished(self.chunksize, self.chunksize);
-        }
         self.answer(chunk, Err(err));
         false
     }
