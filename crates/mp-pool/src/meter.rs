@@ -85,6 +85,16 @@ pub(crate) fn got_task(job: u64, first: u64) {
     })
 }
 
+/// Whether the running chunk's items need [`before_item`] and [`after_item`]: it has a
+/// timeout, or insights are collected.
+pub(crate) fn per_item() -> bool {
+    METER.with(|m| {
+        m.borrow()
+            .as_ref()
+            .is_some_and(|m| m.on || m.slot.has_timeout())
+    })
+}
+
 /// Item `i` of the running chunk starts. From the second item on, it gets a deadline of
 /// its own; when the supervisor is stopping the task instead, this waits for the SIGKILL.
 pub(crate) fn before_item(i: usize) {

@@ -256,6 +256,11 @@ impl Slot {
         self.state.store(next_running(), Ordering::SeqCst);
     }
 
+    /// In the worker: the running task has a timeout.
+    pub(crate) fn has_timeout(&self) -> bool {
+        self.timeout.load(Ordering::Relaxed) != 0
+    }
+
     /// In the worker, before every item of a chunk but the first: the item gets a deadline
     /// of its own. False when the supervisor is stopping the task (the worker then waits
     /// for its SIGKILL).
