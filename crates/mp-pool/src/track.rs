@@ -75,6 +75,16 @@ struct Shared {
     bar: Mutex<Option<indicatif::ProgressBar>>,
 }
 
+#[cfg(feature = "progress")]
+impl Drop for Shared {
+    /// The bar stays on stderr at its last state (as indicatif's `finish`).
+    fn drop(&mut self) {
+        if let Some(bar) = lock(&self.bar).take() {
+            bar.finish();
+        }
+    }
+}
+
 /// Tracks the progress of the calls it is given to ([`Tasks::track`](crate::Tasks::track),
 /// [`Pool::track`](crate::Pool::track)): one `map`, an `imap_unordered`, or a batch of
 /// `apply_async` calls sharing one tracker. Each finished task calls the

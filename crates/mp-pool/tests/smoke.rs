@@ -75,4 +75,20 @@ fn progress_bar() {
     );
     let n = pool.progress().imap(square, 0..50).unwrap().count();
     assert_eq!(n, 50);
+    let n = pool
+        .progress()
+        .imap_unordered(square, 0..50)
+        .unwrap()
+        .count();
+    assert_eq!(n, 50);
+    // A tracker drawn as a bar, over a batch of apply_async.
+    let tracker = Progress::new().bar();
+    let batch: Vec<_> = (0..20)
+        .map(|x| pool.track(&tracker).apply_async(square, x).unwrap())
+        .collect();
+    for r in &batch {
+        r.wait();
+    }
+    let st = tracker.state();
+    assert_eq!((st.done, st.total), (20, Some(20)));
 }
