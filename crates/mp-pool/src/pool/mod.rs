@@ -307,7 +307,9 @@ impl Pool {
     /// What the workers did so far (mpire's `insights`): per worker place, the time spent
     /// starting, running tasks, waiting for work and sending results, the tasks done, and
     /// the slowest tasks. `None` unless the pool was built with
-    /// [`PoolBuilder::insights`]. `Display` prints a table.
+    /// [`PoolBuilder::insights`]. `Display` prints a table. Workers publish their counters
+    /// after each chunk: a chunk still running is not counted yet, and a worker killed in
+    /// a chunk keeps what it did before it.
     ///
     /// ```
     /// fn square(x: u64) -> u64 { x * x }
