@@ -113,6 +113,18 @@ where
         self
     }
 
+    /// The timeout of each task of this call (see [`Tasks::timeout`]).
+    pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.tasks = self.tasks.timeout(timeout);
+        self
+    }
+
+    /// Reports this call's progress to `progress` (see [`Tasks::track`]).
+    pub fn track(mut self, progress: &'p crate::Progress) -> Self {
+        self.tasks = self.tasks.track(progress);
+        self
+    }
+
     /// The closure applied to every item, results in order.
     pub fn map(self, items: impl IntoIterator<Item = T>) -> Result<Vec<R>, Error> {
         let target = self.target();
@@ -185,6 +197,17 @@ where
     /// Sets the chunksize for one call: `pool.chunksize(10).map(items)`.
     pub fn chunksize(&self, n: usize) -> FnTasks<'_, T, R, F> {
         self.tasks().chunksize(n)
+    }
+
+    /// Sets a task timeout for one call: `pool.timeout(d).map(items)` (see
+    /// [`Tasks::timeout`]).
+    pub fn timeout(&self, timeout: std::time::Duration) -> FnTasks<'_, T, R, F> {
+        self.tasks().timeout(timeout)
+    }
+
+    /// Reports one call's progress to `progress` (see [`Tasks::track`]).
+    pub fn track<'p>(&'p self, progress: &'p crate::Progress) -> FnTasks<'p, T, R, F> {
+        self.tasks().track(progress)
     }
 
     /// The closure applied to every item, results in order (Python's `map`).

@@ -1,5 +1,7 @@
 //! The error type of mp-pool.
 
+use std::time::Duration;
+
 /// What went wrong with a pool or one of its tasks.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -75,6 +77,34 @@ pub enum Error {
     /// ([`Pool::join_timeout`](crate::Pool::join_timeout)). Nothing is lost: wait again.
     #[error("timed out waiting for the pool")]
     Timeout,
+    /// A task ran longer than its timeout ([`PoolBuilder::task_timeout`](crate::PoolBuilder::task_timeout)
+    /// or [`Tasks::timeout`](crate::Tasks::timeout); mpire's `task_timeout`): the worker
+    /// running it was killed (SIGKILL, which a task cannot block or catch) and replaced.
+    /// The task's chunk fails with this error; the other tasks go on.
+    #[error(
+        "a task ran longer than its timeout of {timeout:?}: its worker (pid {pid}) was killed \
+         and replaced"
+    )]
+    TaskTimeout {
+        /// The pid of the worker that was killed.
+        pid: u32,
+        /// The timeout that passed.
+        timeout: Duration,
+    },
+    /// A worker's initializer did not finish within
+    /// [`PoolBuilder::worker_init_timeout`](crate::PoolBuilder::worker_init_timeout): the
+    /// worker was killed and the pool is broken (as by [`Error::Initializer`]): pending and
+    /// new work fail with this error, rather than wait for workers that never start.
+    #[error(
+        "a worker's initializer did not finish within {timeout:?} (pid {pid}, killed): the \
+         pool is broken"
+    )]
+    InitTimeout {
+        /// The pid of the worker that was killed.
+        pid: u32,
+        /// The timeout that passed.
+        timeout: Duration,
+    },
     /// `successful()` was asked before the result was ready (Python's `ValueError`).
     #[error("the result is not ready yet")]
     NotReady,
@@ -167,6 +197,14 @@ impl Error {
             Error::SharedMemory { what, message } => Error::SharedMemory {
                 what,
                 message: message.clone(),
+            },
+            Error::TaskTimeout { pid, timeout } => Error::TaskTimeout {
+                pid: *pid,
+                timeout: *timeout,
+            },
+            Error::InitTimeout { pid, timeout } => Error::InitTimeout {
+                pid: *pid,
+                timeout: *timeout,
             },
             Error::Timeout => Error::Timeout,
             Error::NotReady => Error::NotReady,

@@ -14,6 +14,7 @@ use rkyv::util::AlignedVec;
 use crate::error::Error;
 use crate::helpers::{lock, wait, wait_timeout};
 use crate::result::Outcome;
+use crate::track::Progress;
 use crate::wire::SpinBudget;
 
 /// What the supervisor does with a job's chunks. Every method returns true when the job
@@ -117,6 +118,8 @@ pub(crate) struct CollectJob<R, Out> {
     len: usize,
     chunksize: usize,
     finish: fn(Vec<R>) -> Result<Out, Error>,
+    /// Told of every finished item.
+    pub(crate) tracker: Option<Progress>,
     #[cfg(feature = "progress")]
     pub(crate) bar: Option<indicatif::ProgressBar>,
 }
@@ -142,6 +145,7 @@ impl<R, Out> CollectJob<R, Out> {
             len,
             chunksize,
             finish,
+            tracker: None,
             #[cfg(feature = "progress")]
             bar: None,
         }
@@ -152,14 +156,33 @@ impl<R, Out> CollectJob<R, Out> {
         (start < self.len).then(|| start..(start + self.chunksize).min(self.len))
     }
 
-    fn finish_with(&self, mut st: MutexGuard<'_, CollectState<R>>, v: Result<(), Error>) -> bool {
+    /// Decides the outcome; `delivered` items came with the chunk that finished the job (for
+    /// the tracker, told before the outcome is decided: `get` may return from then on).
+    fn finish_with(
+        &self,
+        mut st: MutexGuard<'_, CollectState<R>>,
+        v: Result<(), Error>,
+        delivered: u64,
+    ) -> bool {
         st.done = true;
         let all = match v {
             Ok(()) => st.take_all(),
             Err(_) => None,
         };
+        // On failure, the items not answered yet are finished too (they will never be).
+        let lost: u64 = match (&self.tracker, &all) {
+            (Some(_), None) => (0..st.got.len())
+                .filter(|&c| !st.got[c])
+                .filter_map(|c| self.chunk_range(c as u64))
+                .map(|r| r.len() as u64)
+                .sum(),
+            _ => 0,
+        };
         st.clear();
         drop(st);
+        if let Some(t) = &self.tracker {
+            t.finished(delivered + lost, lost);
+        }
         #[cfg(feature = "progress")]
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
@@ -200,9 +223,9 @@ impl<R: Message + Send, Out: Send> Job for CollectJob<R, Out> {
                         range.len()
                     ),
                 };
-                return self.finish_with(st, Err(e));
+                return self.finish_with(st, Err(e), 0);
             }
-            Err(e) => return self.finish_with(st, Err(undecodable(e))),
+            Err(e) => return self.finish_with(st, Err(undecodable(e)), 0),
         };
         // Straight into their places: no Vec per chunk, no concatenation at the end.
         if st.values.is_empty() {
@@ -210,7 +233,7 @@ impl<R: Message + Send, Out: Send> Job for CollectJob<R, Out> {
             st.values.resize_with(self.len, MaybeUninit::uninit);
         }
         if let Err(e) = deserialize_into::<R>(archived.as_slice(), &mut st.values[range.clone()]) {
-            return self.finish_with(st, Err(undecodable(e)));
+            return self.finish_with(st, Err(undecodable(e)), 0);
         }
         st.got[chunk as usize] = true;
         #[cfg(feature = "progress")]
@@ -219,7 +242,11 @@ impl<R: Message + Send, Out: Send> Job for CollectJob<R, Out> {
         }
         st.remaining -= 1;
         if st.remaining == 0 {
-            return self.finish_with(st, Ok(()));
+            return self.finish_with(st, Ok(()), range.len() as u64);
+        }
+        drop(st);
+        if let Some(t) = &self.tracker {
+            t.finished(range.len() as u64, 0);
         }
         false
     }
@@ -229,13 +256,13 @@ impl<R: Message + Send, Out: Send> Job for CollectJob<R, Out> {
         if st.done || st.got.get(chunk as usize).is_none_or(|&g| g) {
             return st.done;
         }
-        self.finish_with(st, Err(err))
+        self.finish_with(st, Err(err), 0)
     }
 
     fn abort(&self, err: Error) {
         let st = lock(&self.st);
         if !st.done {
-            self.finish_with(st, Err(err));
+            self.finish_with(st, Err(err), 0);
         }
     }
 
@@ -321,6 +348,10 @@ pub(crate) struct IMapJob<R> {
     cv: Condvar,
     /// Answers recorded so far: the consumer spins on it before sleeping.
     answers: AtomicU64,
+    /// Told of every finished item.
+    pub(crate) tracker: Option<Progress>,
+    /// Items per chunk (for the tracker, when a chunk fails).
+    pub(crate) chunksize: u64,
     #[cfg(feature = "progress")]
     pub(crate) bar: Option<indicatif::ProgressBar>,
 }
@@ -345,6 +376,8 @@ impl<R: Message + Send> IMapJob<R> {
             }),
             cv: Condvar::new(),
             answers: AtomicU64::new(0),
+            tracker: None,
+            chunksize: 1,
             #[cfg(feature = "progress")]
             bar: None,
         }
@@ -371,6 +404,18 @@ impl<R: Message + Send> IMapJob<R> {
     pub(crate) fn answer(&self, chunk: u64, result: Result<Vec<R>, Error>) {
         let mut st = lock(&self.st);
         if st.outstanding.remove(chunk) {
+            if let Some(t) = &self.tracker {
+                // Counted before the consumer can see the answer (it is not recorded yet):
+                // once it has every result, the tracker has every one too. A chunk answered
+                // twice (a worker stopped after it sent its result) counts once.
+                let (done, failed) = match &result {
+                    Ok(v) => (v.len() as u64, 0),
+                    Err(_) => (self.chunksize, self.chunksize),
+                };
+                drop(st);
+                t.finished(done, failed);
+                st = lock(&self.st);
+            }
             if self.ordered {
                 st.by_chunk.insert(chunk, result);
             } else {

@@ -246,10 +246,43 @@
 //! - **Callbacks** that call back into the pool: see above ([`Error::InCallback`]).
 //! - **Ctrl-C**: see "When a worker dies".
 //!
+//! # Timeouts
+//!
+//! A task that may hang (a network call, a solver) can be given a timeout, for the pool
+//! ([`PoolBuilder::task_timeout`]) or for one call ([`Pool::timeout`]): a task (one call of
+//! the function on one item) that runs longer is stopped: its worker is killed with SIGKILL,
+//! which the task cannot block or catch, and replaced; the task's chunk fails with
+//! [`Error::TaskTimeout`] (the worker's pid and the timeout), and the other tasks go on.
+//! [`PoolBuilder::worker_init_timeout`] bounds the initializer: past it, the pool is broken
+//! with [`Error::InitTimeout`], so the calls fail instead of waiting for workers that never
+//! get ready.
+//!
+//! ```
+//! use std::time::Duration;
+//! fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+//!
+//! let pool = mp_pool::Pool::new(2)?;
+//! let r = pool.timeout(Duration::from_millis(200)).chunksize(1).map(nap, [1, 60_000]);
+//! assert!(matches!(r, Err(mp_pool::Error::TaskTimeout { .. })));
+//! assert_eq!(pool.map(nap, [1, 2])?, [1, 2]); // the pool goes on
+//! # Ok::<(), mp_pool::Error>(())
+//! ```
+//!
+//! # Insights
+//!
+//! A pool built with [`PoolBuilder::insights`] measures, in each worker, the time spent
+//! starting, running tasks, waiting for work and sending results, counts the tasks, and
+//! keeps the slowest ones; [`Pool::insights`] returns them ([`Insights`], whose `Display`
+//! is a table). See the example there.
+//!
 //! # Progress
 //!
-//! With the cargo feature `progress`, `pool.progress().map(f, items)` (and `imap`) shows an
-//! [indicatif](https://docs.rs/indicatif) progress bar on stderr.
+//! A [`Progress`] tracker follows one call or several ([`Pool::track`]): a `map`, an
+//! `imap_unordered`, a batch of `apply_async` calls. Its callback gets a [`ProgressState`]
+//! (done, failed, total, elapsed, ETA) after every change; see its example. With the cargo
+//! feature `progress`, `pool.progress().map(f, items)` (and `imap`, `imap_unordered`) shows
+//! an [indicatif](https://docs.rs/indicatif) progress bar on stderr, with the ETA when the
+//! input's length is known, and `Progress::bar` draws a tracker.
 //!
 //! # Performance
 //!
@@ -275,19 +308,28 @@
 //! | `it.next(timeout)` | [`IMap::next_timeout`] |
 //! | `AsyncResult.get(timeout)`, `wait`, `ready`, `successful` | `get`, `get_timeout`, `wait`, `wait_timeout`, `ready`, `successful` |
 //! | `close`, `terminate`, `join`, `with Pool() as p:` | same names; `Drop` terminates; [`Pool::join_timeout`] |
+//! | mpire's `task_timeout`, `worker_init_timeout` | [`PoolBuilder::task_timeout`], [`Pool::timeout`], [`PoolBuilder::worker_init_timeout`] |
+//! | mpire's `enable_insights`, `print_insights` | [`PoolBuilder::insights`], [`Pool::insights`] and `Display` |
+//! | mpire's progress bar | [`Progress`], [`Pool::track`]; feature `progress`: `pool.progress()` |
 
 mod closure;
 mod error;
 mod helpers;
+mod insights;
 mod job;
+mod meter;
 mod pool;
 #[cfg(feature = "progress")]
 mod progress;
 mod result;
+mod slot;
+mod track;
 mod wire;
 mod worker;
 
 pub use closure::{FnPool, FnTasks};
 pub use error::Error;
+pub use insights::{Insights, SlowTask, WorkerInsights};
 pub use pool::{default_chunksize, IMap, Pool, PoolBuilder, Tasks, DEFAULT_MAX_BACKLOG};
 pub use result::AsyncResult;
+pub use track::{Progress, ProgressState};

@@ -17,7 +17,7 @@
 //!   ignored (the task was already answered).
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use mp_core::message::SliceAsVec;
 use mp_core::message::ALIGN;
@@ -30,6 +30,8 @@ use rkyv::util::AlignedVec;
 use rkyv::vec::{ArchivedVec, VecResolver};
 use rkyv::{Archive, Deserialize, Place, Serialize, SerializeUnsized};
 use static_assertions::const_assert_eq;
+
+pub(crate) use crate::slot::Slot;
 
 /// Encoded bytes (an archive) that keep their 16-byte alignment when received: archived as a
 /// byte vector, deserialized into an aligned buffer so that it can be accessed in place.
@@ -69,6 +71,10 @@ impl<D: Fallible + ?Sized> Deserialize<Payload, D> for ArchivedVec<u8> {
 pub(crate) struct Claim {
     pub(crate) job: u64,
     pub(crate) chunk: u64,
+    /// The index of the chunk's first item in its call's input (for insights).
+    pub(crate) first: u64,
+    /// The task timeout in nanoseconds, per item (0: none).
+    pub(crate) timeout_ns: u64,
 }
 
 thread_local! {
@@ -87,6 +93,8 @@ impl<D: Fallible + ?Sized> Deserialize<Claim, D> for ArchivedClaim {
         let c = Claim {
             job: self.job.to_native(),
             chunk: self.chunk.to_native(),
+            first: self.first.to_native(),
+            timeout_ns: self.timeout_ns.to_native(),
         };
         if c.job != 0 {
             if let Some(slot) = SLOT.with(|s| s.get()) {
@@ -117,7 +125,12 @@ impl TaskMsg {
     pub(crate) fn stop() -> TaskMsg {
         TaskMsg {
             payload: Payload::default(),
-            claim: Claim { job: 0, chunk: 0 },
+            claim: Claim {
+                job: 0,
+                chunk: 0,
+                first: 0,
+                timeout_ns: 0,
+            },
             trampoline: 0,
             target: 0,
             raw: false,
@@ -195,82 +208,6 @@ pub(crate) struct ResultMsg {
     pub(crate) message: String,
     /// Where a task panicked (`file:line:column`), or empty.
     pub(crate) location: String,
-}
-
-/// Slot states.
-pub(crate) const IDLE: u32 = 0;
-/// The worker is writing `job` and `chunk` (the message is still in the queue).
-pub(crate) const CLAIMING: u32 = 1;
-/// The worker runs (`job`, `chunk`).
-pub(crate) const RUNNING: u32 = 2;
-
-/// One worker's slot in shared memory: which task it is running.
-#[repr(C, align(64))]
-pub(crate) struct Slot {
-    pub(crate) state: AtomicU32,
-    pub(crate) pid: AtomicU32,
-    pub(crate) job: AtomicU64,
-    pub(crate) chunk: AtomicU64,
-    /// Chunks finished by the worker that holds the slot now.
-    pub(crate) done: AtomicU64,
-    /// 1 once the worker that holds the slot finished its initializer (or had none).
-    pub(crate) ready: AtomicU32,
-    _pad0: u32,
-    _pad: [u64; 3],
-}
-const_assert_eq!(std::mem::size_of::<Slot>(), 64);
-const_assert_eq!(std::mem::align_of::<Slot>(), 64);
-
-// SAFETY: every field is an atomic or padding that is never written; any bit pattern is a
-// valid Slot (states outside the three known are read as IDLE); no Drop; `#[repr(C)]` with
-// size and alignment pinned above.
-unsafe impl ShmSafe for Slot {}
-
-impl Slot {
-    pub(crate) fn new() -> Slot {
-        Slot {
-            state: AtomicU32::new(IDLE),
-            pid: AtomicU32::new(0),
-            job: AtomicU64::new(0),
-            chunk: AtomicU64::new(0),
-            done: AtomicU64::new(0),
-            ready: AtomicU32::new(0),
-            _pad0: 0,
-            _pad: [0; 3],
-        }
-    }
-
-    /// In the worker, while the task message is decoded under the queue's consumer lock.
-    fn begin(&self, claim: Claim) {
-        // The parent reads the slot only after the worker died (its pidfd became readable),
-        // which orders every store of the worker before the read; SeqCst keeps the three
-        // stores in program order for that reader without a partner of their own.
-        self.state.store(CLAIMING, Ordering::SeqCst);
-        self.job.store(claim.job, Ordering::SeqCst);
-        self.chunk.store(claim.chunk, Ordering::SeqCst);
-        self.state.store(RUNNING, Ordering::SeqCst);
-    }
-
-    /// In the worker, once the chunk's result is in the result queue.
-    pub(crate) fn finish(&self) {
-        self.done.fetch_add(1, Ordering::Relaxed);
-        self.state.store(IDLE, Ordering::SeqCst);
-    }
-
-    /// In the parent, after the worker died: the task it was running, if any.
-    pub(crate) fn running(&self) -> Option<Claim> {
-        (self.state.load(Ordering::SeqCst) == RUNNING).then(|| Claim {
-            job: self.job.load(Ordering::SeqCst),
-            chunk: self.chunk.load(Ordering::SeqCst),
-        })
-    }
-
-    /// In the parent, before a new worker takes the slot.
-    pub(crate) fn reset(&self) {
-        self.state.store(IDLE, Ordering::SeqCst);
-        self.ready.store(0, Ordering::SeqCst);
-        self.done.store(0, Ordering::Relaxed);
-    }
 }
 
 /// An adaptive spin budget for one waiter: it grows while waits end during the spin (or
@@ -528,7 +465,12 @@ mod tests {
         fn check<T: mp_core::Message + PartialEq + std::fmt::Debug>(items: &[T]) {
             let t = TaskRef {
                 items: NestedArchive(items),
-                claim: Claim { job: 7, chunk: 9 },
+                claim: Claim {
+                    job: 7,
+                    chunk: 9,
+                    first: 63,
+                    timeout_ns: 5,
+                },
                 trampoline: -3,
                 target: 1 << 40,
                 raw: true,
@@ -536,6 +478,10 @@ mod tests {
             let bytes = encode(&t).unwrap();
             let a = access::<TaskMsg>(&bytes).unwrap();
             assert_eq!((a.claim.job.to_native(), a.claim.chunk.to_native()), (7, 9));
+            assert_eq!(
+                (a.claim.first.to_native(), a.claim.timeout_ns.to_native()),
+                (63, 5)
+            );
             assert_eq!(
                 (a.trampoline.to_native(), a.target.to_native(), a.raw),
                 (-3, 1 << 40, true)

@@ -192,7 +192,10 @@ impl Sink<'_> {
             chunk: self.chunk,
             pid: self.pid,
         };
-        match self.results.put_as(&msg, None) {
+        crate::meter::sending();
+        let put = self.results.put_as(&msg, None);
+        crate::meter::sent();
+        match put {
             Ok(()) => Ok(()),
             // The results could not be serialized, or the oversized-message area could not
             // grow: the chunk fails with that reason.
@@ -232,10 +235,18 @@ pub(crate) unsafe fn run_chunk<C: Call>(
     let undecodable = |e: mp_core::Error| TaskFail::new(Kind::ArgsUndecodable, e.to_string());
     let archived = access::<Vec<C::In>>(payload).map_err(undecodable)?;
     let mut out: Vec<C::Out> = Vec::with_capacity(archived.len());
-    for x in deserialize_each::<C::In>(archived.as_slice()) {
+    // Asked once per chunk: without a timeout or insights, items run as they come.
+    let metered = crate::meter::per_item();
+    for (i, x) in deserialize_each::<C::In>(archived.as_slice()).enumerate() {
         let x = x.map_err(undecodable)?;
+        if metered {
+            crate::meter::before_item(i);
+        }
         // SAFETY: forwarded from this function's contract.
         out.push(unsafe { C::call(target, x) }?);
+        if metered {
+            crate::meter::after_item(i);
+        }
     }
     // Serializing runs the results' own code: a panic there is the task's.
     let sent = catch(|| sink.put_ok(&out));
@@ -364,6 +375,8 @@ pub(crate) struct WorkerArgs {
     pub(crate) max_tasks: u64,
     /// Started with the fork method: closure tasks (raw addresses) are allowed.
     pub(crate) forked: bool,
+    /// Collect insights (see `meter`).
+    pub(crate) insights: bool,
 }
 
 /// Function offsets resolved in this worker, most recent first.
@@ -471,6 +484,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
         put_result(&args.results, &args.bell, ok);
     }
     set_claim_slot(slot);
+    crate::meter::start(slot, args.insights);
     let mut done = 0u64;
     let mut spin = SpinBudget::new();
     loop {
@@ -501,6 +515,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
         if task.claim.job == 0 {
             return;
         }
+        crate::meter::got_task(task.claim.job, task.claim.first);
         let sink = Sink {
             results: &args.results,
             job: task.claim.job,
@@ -509,10 +524,9 @@ pub(crate) fn worker_main(args: WorkerArgs) {
         };
         match run_task(&task, &mut resolved, args.forked, &sink) {
             Ok(()) => args.bell.ring(),
-            Err(f) => put_result(
-                &args.results,
-                &args.bell,
-                ResultMsg {
+            Err(f) => {
+                crate::meter::sending();
+                let failed = ResultMsg {
                     payload: Payload::default(),
                     job: task.claim.job,
                     chunk: task.claim.chunk,
@@ -520,11 +534,18 @@ pub(crate) fn worker_main(args: WorkerArgs) {
                     pid,
                     message: f.message,
                     location: f.location,
-                },
-            ),
+                };
+                put_result(&args.results, &args.bell, failed);
+                crate::meter::sent();
+            }
         }
         drop(task);
-        slot.finish();
+        crate::meter::chunk_done();
+        if !slot.finish() {
+            // The supervisor is stopping this task for its timeout (its result, if sent,
+            // was taken first).
+            crate::meter::await_kill();
+        }
         done += 1;
         if args.max_tasks != 0 && done >= args.max_tasks {
             return;

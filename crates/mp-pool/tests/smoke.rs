@@ -3,7 +3,10 @@
 
 mp_process::test_support!();
 
-use mp_pool::{AsyncResult, Error, FnPool, IMap, Pool, PoolBuilder, Tasks};
+use mp_pool::{
+    AsyncResult, Error, FnPool, IMap, Insights, Pool, PoolBuilder, Progress, ProgressState,
+    SlowTask, Tasks, WorkerInsights,
+};
 use mp_process::StartMethod;
 use static_assertions::assert_impl_all;
 
@@ -14,6 +17,11 @@ assert_impl_all!(AsyncResult<Vec<u64>>: Send, Sync);
 assert_impl_all!(IMap<'static, u64>: Send);
 assert_impl_all!(Error: Send, Sync, std::error::Error);
 assert_impl_all!(FnPool<u64, u64, fn(u64) -> u64>: Send, Sync);
+assert_impl_all!(Progress: Send, Sync, Clone);
+assert_impl_all!(ProgressState: Send, Sync, Copy);
+assert_impl_all!(Insights: Send, Sync, Clone, std::fmt::Display);
+assert_impl_all!(WorkerInsights: Send, Sync);
+assert_impl_all!(SlowTask: Send, Sync, Copy);
 
 fn square(x: u64) -> u64 {
     x * x
@@ -67,4 +75,20 @@ fn progress_bar() {
     );
     let n = pool.progress().imap(square, 0..50).unwrap().count();
     assert_eq!(n, 50);
+    let n = pool
+        .progress()
+        .imap_unordered(square, 0..50)
+        .unwrap()
+        .count();
+    assert_eq!(n, 50);
+    // A tracker drawn as a bar, over a batch of apply_async.
+    let tracker = Progress::new().bar();
+    let batch: Vec<_> = (0..20)
+        .map(|x| pool.track(&tracker).apply_async(square, x).unwrap())
+        .collect();
+    for r in &batch {
+        r.wait();
+    }
+    let st = tracker.state();
+    assert_eq!((st.done, st.total), (20, Some(20)));
 }

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use mp_core::message::encode;
 use mp_core::{Message, Shared};
@@ -14,6 +15,7 @@ use super::feed::Feeds;
 use super::{offset_of, Config, InitCfg, Inner, Pool, State, Table, WorkerEntry, Workers};
 use crate::error::Error;
 use crate::helpers::lock;
+use crate::insights::Past;
 use crate::wire::{Doorbell, Slot};
 use crate::worker::{self, EncodeInit, RunInit};
 
@@ -50,6 +52,12 @@ pub struct PoolBuilder {
     max_backlog: Option<usize>,
     /// See [`max_in_flight_bytes`](Self::max_in_flight_bytes).
     max_in_flight_bytes: Option<u64>,
+    /// See [`task_timeout`](Self::task_timeout).
+    task_timeout: Option<Duration>,
+    /// See [`worker_init_timeout`](Self::worker_init_timeout).
+    init_timeout: Option<Duration>,
+    /// See [`insights`](Self::insights).
+    insights: bool,
 }
 
 impl std::fmt::Debug for PoolBuilder {
@@ -61,6 +69,9 @@ impl std::fmt::Debug for PoolBuilder {
             .field("start_method", &self.method)
             .field("max_backlog", &self.max_backlog)
             .field("max_in_flight_bytes", &self.max_in_flight_bytes)
+            .field("task_timeout", &self.task_timeout)
+            .field("worker_init_timeout", &self.init_timeout)
+            .field("insights", &self.insights)
             .finish()
     }
 }
@@ -75,7 +86,59 @@ impl PoolBuilder {
             method: None,
             max_backlog: None,
             max_in_flight_bytes: None,
+            task_timeout: None,
+            init_timeout: None,
+            insights: false,
         }
+    }
+
+    /// The default timeout of every task (mpire's `task_timeout`; Python's Pool has none):
+    /// a task (one call of the function on one item) that runs longer is stopped: the
+    /// worker running it is killed with SIGKILL (which the task cannot block or catch) and
+    /// replaced, and the task's chunk fails with [`Error::TaskTimeout`]; the other tasks go
+    /// on. One call can set its own with [`Pool::timeout`](crate::Pool::timeout). The
+    /// supervisor looks at the running tasks every few milliseconds, so a task is stopped
+    /// shortly after its timeout, never before. Zero is an error.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    ///
+    /// let pool = mp_pool::Pool::builder()
+    ///     .processes(1)
+    ///     .task_timeout(Duration::from_millis(200))
+    ///     .build()?;
+    /// match pool.apply(nap, 60_000) {
+    ///     Err(mp_pool::Error::TaskTimeout { timeout, .. }) => {
+    ///         assert_eq!(timeout, Duration::from_millis(200))
+    ///     }
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// assert_eq!(pool.apply(nap, 1)?, 1); // a replacement worker took over
+    /// # Ok::<(), mp_pool::Error>(())
+    /// ```
+    pub fn task_timeout(mut self, timeout: Duration) -> Self {
+        self.task_timeout = Some(timeout);
+        self
+    }
+
+    /// How long a worker's initializer may run (mpire's `worker_init_timeout`), counted
+    /// from the worker's start. A worker still in its initializer then is killed and the
+    /// pool is broken with [`Error::InitTimeout`]: pending and new work fail with it at
+    /// once (a pool whose workers never get ready would otherwise hang its callers, or
+    /// retry forever as Python's does). Zero is an error.
+    pub fn worker_init_timeout(mut self, timeout: Duration) -> Self {
+        self.init_timeout = Some(timeout);
+        self
+    }
+
+    /// Collects insights (mpire's `enable_insights`): each worker measures where its time
+    /// goes (starting, running tasks, waiting for work, sending results), counts its tasks
+    /// and keeps its slowest ones; [`Pool::insights`](crate::Pool::insights) reads them.
+    /// Off by default: it costs a few clock reads per chunk and two per item.
+    pub fn insights(mut self, on: bool) -> Self {
+        self.insights = on;
+        self
     }
 
     /// How many chunks may wait in this process for room in the task queue (default
@@ -165,6 +228,16 @@ impl PoolBuilder {
         if self.max_backlog == Some(0) {
             return Err(Error::Config("max_backlog must be at least 1 chunk".into()));
         }
+        if self.task_timeout == Some(Duration::ZERO) {
+            return Err(Error::Config(
+                "task_timeout must be longer than zero".into(),
+            ));
+        }
+        if self.init_timeout == Some(Duration::ZERO) {
+            return Err(Error::Config(
+                "worker_init_timeout must be longer than zero".into(),
+            ));
+        }
         let init = self.init.transpose()?;
         let spill = self
             .max_in_flight_bytes
@@ -177,6 +250,9 @@ impl PoolBuilder {
             max_tasks: self.max_tasks.unwrap_or(0) as u64,
             image_id: mp_process::symbol::image_id().to_vec(),
             max_backlog: self.max_backlog.unwrap_or(DEFAULT_MAX_BACKLOG),
+            task_timeout: self.task_timeout,
+            init_timeout: self.init_timeout,
+            insights: self.insights,
         };
         let inner = Arc::new(Inner {
             tasks: Queue::builder().max_spill_bytes(spill).build()?,
@@ -223,6 +299,9 @@ impl PoolBuilder {
                     pid: child.pid(),
                     child: Some(child),
                     slot,
+                    init_timed_out: false,
+                    past: Past::default(),
+                    started: 1,
                 });
             }
         }

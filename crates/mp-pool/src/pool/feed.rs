@@ -270,6 +270,10 @@ pub(super) struct ChunkHead {
     pub(super) job: u64,
     pub(super) trampoline: i64,
     pub(super) target: (i64, bool),
+    /// Items per chunk (the first item of chunk `c` is item `c × chunksize`).
+    pub(super) chunksize: u64,
+    /// The task timeout per item, in nanoseconds (0: none).
+    pub(super) timeout_ns: u64,
 }
 
 impl ChunkHead {
@@ -285,6 +289,8 @@ impl ChunkHead {
             claim: Claim {
                 job: self.job,
                 chunk,
+                first: chunk.saturating_mul(self.chunksize),
+                timeout_ns: self.timeout_ns,
             },
             trampoline: self.trampoline,
             target: self.target.0,

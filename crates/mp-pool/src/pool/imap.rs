@@ -10,7 +10,7 @@ use super::feed::{serialize_panicked, Chunks};
 use super::Inner;
 use crate::error::Error;
 use crate::helpers::on_pool_thread;
-use crate::job::{IMapJob, Next};
+use crate::job::{IMapJob, Job, Next};
 use crate::wire::SpinBudget;
 
 /// The iterator returned by [`Pool::imap`](super::Pool::imap) and
@@ -100,12 +100,14 @@ impl<R: Message + Send + 'static> IMap<'_, R> {
                             self.in_flight -= 1;
                             return Err(Error::Timeout);
                         }
-                        Ok(Err(e)) => self.job.answer(c, Err(e)),
+                        Ok(Err(e)) => {
+                            self.job.fail(c, e);
+                        }
                         Err(p) => {
                             // The items' `Serialize` panicked: the panic reaches the caller,
                             // and the chunk is an error in its place (nothing waits for it).
                             self.source.skip();
-                            self.job.answer(c, Err(serialize_panicked(&*p)));
+                            self.job.fail(c, serialize_panicked(&*p));
                             resume_unwind(p);
                         }
                     }

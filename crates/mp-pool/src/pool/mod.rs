@@ -26,9 +26,11 @@
 //! The parts: [`Pool`] and its state here; the verbs in `tasks` ([`Tasks`]); the builder in
 //! `builder`; the supervisor thread (results, worker loss, replacement, break, terminate,
 //! join) in `supervisor`; the feeding of chunks (the feeder thread, the backlog, the chunk
-//! sources) in `feed`; the `imap` iterator in `imap`.
+//! sources) in `feed`; the `imap` iterator in `imap`; task and initializer timeouts (the
+//! supervisor kills a worker past its deadline) in `deadline`.
 
 mod builder;
+mod deadline;
 mod feed;
 mod imap;
 mod supervisor;
@@ -47,10 +49,12 @@ use mp_queue::Queue;
 
 use crate::error::Error;
 use crate::helpers::lock;
+use crate::insights::{gather, Insights, Past};
 use crate::job::Job;
 use crate::result::AsyncResult;
+use crate::track::Progress;
 use crate::wire::{Doorbell, ResultMsg, Slot, TaskMsg};
-use crate::worker::{EncodeInit, Fallible, Plain};
+use crate::worker::EncodeInit;
 
 pub use builder::{PoolBuilder, DEFAULT_MAX_BACKLOG};
 use feed::Feeds;
@@ -128,6 +132,13 @@ struct WorkerEntry {
     pid: u32,
     /// Which task the worker runs: read after it died to fail that task.
     slot: Shared<Slot>,
+    /// The supervisor killed the worker because its initializer ran past
+    /// `worker_init_timeout`.
+    init_timed_out: bool,
+    /// What the workers that ran in this place before did (insights).
+    past: Past,
+    /// Workers started in this place.
+    started: u64,
 }
 
 /// The workers, under one lock (`Inner::workers`).
@@ -166,6 +177,12 @@ struct Config {
     image_id: Vec<u8>,
     /// The bound on the backlog, in chunks (see `PoolBuilder::max_backlog`).
     max_backlog: usize,
+    /// The default task timeout (see `PoolBuilder::task_timeout`).
+    task_timeout: Option<Duration>,
+    /// The initializer's timeout (see `PoolBuilder::worker_init_timeout`).
+    init_timeout: Option<Duration>,
+    /// Workers collect insights (see `PoolBuilder::insights`).
+    insights: bool,
 }
 
 /// The supervisor's last looked-up job.
@@ -273,6 +290,47 @@ impl Pool {
     /// Sets the chunksize for one call: `pool.chunksize(10).map(f, items)`.
     pub fn chunksize(&self, n: usize) -> Tasks<'_> {
         Tasks::new(self).chunksize(n)
+    }
+
+    /// Sets a task timeout for one call: `pool.timeout(d).map(f, items)`; see
+    /// [`Tasks::timeout`].
+    pub fn timeout(&self, timeout: Duration) -> Tasks<'_> {
+        Tasks::new(self).timeout(timeout)
+    }
+
+    /// Reports one call's progress to `progress`: `pool.track(&p).apply_async(f, x)`; see
+    /// [`Tasks::track`] and [`Progress`].
+    pub fn track<'p>(&'p self, progress: &'p Progress) -> Tasks<'p> {
+        Tasks::new(self).track(progress)
+    }
+
+    /// What the workers did so far (mpire's `insights`): per worker place, the time spent
+    /// starting, running tasks, waiting for work and sending results, the tasks done, and
+    /// the slowest tasks. `None` unless the pool was built with
+    /// [`PoolBuilder::insights`]. `Display` prints a table. Workers publish their counters
+    /// after each chunk: a chunk still running is not counted yet, and a worker killed in
+    /// a chunk keeps what it did before it.
+    ///
+    /// ```
+    /// fn square(x: u64) -> u64 { x * x }
+    /// let pool = mp_pool::Pool::builder().processes(2).insights(true).build()?;
+    /// pool.map(square, 0..100)?;
+    /// let insights = pool.insights().expect("built with insights");
+    /// assert_eq!(insights.tasks(), 100);
+    /// println!("{insights}");
+    /// # Ok::<(), mp_pool::Error>(())
+    /// ```
+    pub fn insights(&self) -> Option<Insights> {
+        if !self.inner.cfg.insights {
+            return None;
+        }
+        let w = lock(&self.inner.workers);
+        let places = w
+            .list
+            .iter()
+            .enumerate()
+            .map(|(i, e)| e.past.with(i, e.pid, e.started, &e.slot.stats.read()));
+        Some(gather(places.collect()))
     }
 
     /// Sets the number of chunks an `imap` keeps in flight: `pool.in_flight(4).imap(f, it)`.
@@ -401,40 +459,35 @@ impl Pool {
         self.tasks().imap_unordered(f, items)
     }
 
-    /// Python's `apply`: runs `f(arg)` in a worker and waits for the result.
+    /// Python's `apply`; see [`Tasks::apply`].
     pub fn apply<T, R>(&self, f: fn(T) -> R, arg: T) -> Result<R, Error>
     where
         T: Message + Send + 'static,
         R: Message + Send + 'static,
     {
-        self.tasks()
-            .apply_with::<Plain<T, R>>(Target::Fn(f as usize), arg, true)?
-            .get()
+        self.tasks().apply(f, arg)
     }
 
-    /// Python's `apply_async`: returns at once with an [`AsyncResult`].
+    /// Python's `apply_async`; see [`Tasks::apply_async`].
     pub fn apply_async<T, R>(&self, f: fn(T) -> R, arg: T) -> Result<AsyncResult<R>, Error>
     where
         T: Message + Send + 'static,
         R: Message + Send + 'static,
     {
-        self.tasks()
-            .apply_with::<Plain<T, R>>(Target::Fn(f as usize), arg, false)
+        self.tasks().apply_async(f, arg)
     }
 
-    /// `apply` for a fallible function: an `Err` becomes [`Error::Failed`].
+    /// `apply` for a fallible function; see [`Tasks::try_apply`].
     pub fn try_apply<T, R, E>(&self, f: fn(T) -> Result<R, E>, arg: T) -> Result<R, Error>
     where
         T: Message + Send + 'static,
         R: Message + Send + 'static,
         E: std::fmt::Display + 'static,
     {
-        self.tasks()
-            .apply_with::<Fallible<T, R, E>>(Target::Fn(f as usize), arg, true)?
-            .get()
+        self.tasks().try_apply(f, arg)
     }
 
-    /// `apply_async` for a fallible function.
+    /// `apply_async` for a fallible function; see [`Tasks::try_apply_async`].
     pub fn try_apply_async<T, R, E>(
         &self,
         f: fn(T) -> Result<R, E>,
@@ -445,8 +498,7 @@ impl Pool {
         R: Message + Send + 'static,
         E: std::fmt::Display + 'static,
     {
-        self.tasks()
-            .apply_with::<Fallible<T, R, E>>(Target::Fn(f as usize), arg, false)
+        self.tasks().try_apply_async(f, arg)
     }
 
     /// Python's `close`: no new work is accepted; the work already submitted goes on, and

@@ -59,6 +59,7 @@ impl Inner {
             init,
             max_tasks: self.cfg.max_tasks,
             forked: self.cfg.method == StartMethod::Fork,
+            insights: self.cfg.insights,
         };
         let prefix = match self.cfg.method {
             StartMethod::Fork => "ForkPoolWorker",
@@ -343,6 +344,7 @@ impl Inner {
             if fds.is_empty() {
                 return;
             }
+            self.check_deadlines(&mut w);
             // SAFETY: `fds` is a valid array of pollfds for the length passed; the pidfds stay
             // open while we hold the workers lock (their `Child`s are in the list).
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
@@ -372,7 +374,16 @@ impl Inner {
             self.handle(&g, cache);
         }
         for (i, pid, (signal, exitcode)) in dead {
-            let slot = lock(&self.workers).list[i].slot.clone();
+            let (slot, init_timed_out) = {
+                let w = lock(&self.workers);
+                (w.list[i].slot.clone(), w.list[i].init_timed_out)
+            };
+            let in_init = slot.ready.load(Ordering::SeqCst) == 0;
+            if let (true, true, Some(timeout)) = (init_timed_out, in_init, self.cfg.init_timeout) {
+                // Killed in its initializer for taking too long: the pool is broken at once
+                // (the workers would never get ready), as mpire does.
+                self.break_pool(Error::InitTimeout { pid, timeout });
+            }
             // Read after the worker died (its pidfd became readable), which orders its
             // SeqCst store in `worker_main` before this load.
             if self.cfg.init.is_some() && slot.ready.load(Ordering::SeqCst) == 0 {
@@ -401,12 +412,16 @@ impl Inner {
                     )));
                 }
             }
-            if let Some(Claim { job, chunk }) = slot.running() {
+            if let Some((Claim { job, chunk, .. }, timed_out)) = slot.running() {
                 if let Some(j) = self.job(job) {
-                    let lost = Error::WorkerLost {
-                        pid,
-                        signal,
-                        exitcode,
+                    let lost = match timed_out {
+                        // The supervisor stopped it (see `check_deadlines`).
+                        Some(timeout) => Error::TaskTimeout { pid, timeout },
+                        None => Error::WorkerLost {
+                            pid,
+                            signal,
+                            exitcode,
+                        },
                     };
                     if j.fail(chunk, lost) {
                         self.finished(job, &*j);
@@ -426,6 +441,11 @@ impl Inner {
         w.started += 1;
         let n = w.started;
         let slot = w.list[place].slot.clone();
+        // What the dead worker did stays in the place's insights.
+        let e = &mut w.list[place];
+        e.past.add(e.pid, &e.slot.stats.read());
+        e.init_timed_out = false;
+        e.started += 1;
         match self.start_worker(&slot, n) {
             Ok(c) => {
                 w.list[place].pid = c.pid();

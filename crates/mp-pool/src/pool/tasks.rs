@@ -2,6 +2,7 @@
 
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::Arc;
+use std::time::Duration;
 
 use mp_core::Message;
 
@@ -11,6 +12,8 @@ use crate::error::Error;
 use crate::helpers::on_pool_thread;
 use crate::job::{CollectJob, IMapJob, Job};
 use crate::result::{AsyncResult, Outcome};
+use crate::slot::nanos;
+use crate::track::Progress;
 use crate::worker::{self, Call, Fallible, Plain, RunChunk, StarPair};
 
 /// The one result of an `apply`.
@@ -22,8 +25,9 @@ fn single<R>(v: Vec<R>) -> Result<R, Error> {
 }
 
 /// Settings for the next call on a pool: the chunksize, how many chunks an `imap` keeps in
-/// flight, and (with the `progress` feature) a progress bar. Made by [`Pool::chunksize`],
-/// [`Pool::in_flight`] and (feature `progress`) `Pool::progress`; it has the pool's methods.
+/// flight, a task timeout, a [`Progress`] tracker, and (with the `progress` feature) a
+/// progress bar. Made by [`Pool::chunksize`], [`Pool::in_flight`], [`Pool::timeout`],
+/// [`Pool::track`] and (feature `progress`) `Pool::progress`; it has the pool's methods.
 ///
 /// ```
 /// fn square(x: u64) -> u64 { x * x }
@@ -40,6 +44,8 @@ pub struct Tasks<'p> {
     pool: &'p Pool,
     chunksize: Option<usize>,
     in_flight: Option<usize>,
+    timeout: Option<Duration>,
+    tracker: Option<&'p Progress>,
     #[cfg(feature = "progress")]
     progress: bool,
 }
@@ -50,8 +56,52 @@ impl<'p> Tasks<'p> {
             pool,
             chunksize: None,
             in_flight: None,
+            timeout: None,
+            tracker: None,
             #[cfg(feature = "progress")]
             progress: false,
+        }
+    }
+
+    /// Reports this call's progress to `progress` (see [`Progress`]): its tasks count in
+    /// the tracker's total when submitted, and in `done` as they finish. Give one tracker
+    /// to several calls (a batch of `apply_async`) to follow them together.
+    pub fn track(mut self, progress: &'p Progress) -> Self {
+        self.tracker = Some(progress);
+        self
+    }
+
+    /// The timeout of each task of this call (one call of the function on one item),
+    /// instead of the pool's [`task_timeout`](crate::PoolBuilder::task_timeout): a task
+    /// that runs longer is stopped (its worker is killed with SIGKILL and replaced) and its
+    /// chunk fails with [`Error::TaskTimeout`]; the other tasks go on. Zero is an error.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    ///
+    /// let pool = mp_pool::Pool::new(2)?;
+    /// let naps: Vec<_> = pool
+    ///     .timeout(Duration::from_millis(500))
+    ///     .imap_unordered(nap, [1, 60_000, 2])?
+    ///     .collect();
+    /// assert_eq!(naps.iter().filter(|r| r.is_ok()).count(), 2);
+    /// assert!(naps.iter().any(|r| matches!(r, Err(mp_pool::Error::TaskTimeout { .. }))));
+    /// # Ok::<(), mp_pool::Error>(())
+    /// ```
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The task timeout of this call in nanoseconds (0: none).
+    fn timeout_ns(&self) -> Result<u64, Error> {
+        match self.timeout.or(self.pool.inner.cfg.task_timeout) {
+            Some(Duration::ZERO) => Err(Error::Config(
+                "a task timeout must be longer than zero".into(),
+            )),
+            Some(t) => Ok(nanos(t).max(1)),
+            None => Ok(0),
         }
     }
 
@@ -109,16 +159,21 @@ impl<'p> Tasks<'p> {
             Some(n) => n,
             None => default_chunksize(len, inner.cfg.processes),
         };
+        let timeout_ns = self.timeout_ns()?;
         let trampoline = offset_of(worker::run_chunk::<C> as RunChunk as usize)?;
         let target = target.encode()?;
         #[allow(unused_mut)]
         let mut job = CollectJob::<C::Out, Out>::new(outcome.clone(), len, chunksize, finish);
+        job.tracker = self.tracker.cloned();
         #[cfg(feature = "progress")]
         if self.progress {
             job.bar = Some(crate::progress::bar(Some(len as u64)));
         }
         let job: Arc<dyn Job> = Arc::new(job);
         let id = inner.register(job.clone())?;
+        if let Some(t) = self.tracker {
+            t.submitted(Some(len as u64));
+        }
         let chunks = SliceChunks {
             items,
             pos: 0,
@@ -128,6 +183,8 @@ impl<'p> Tasks<'p> {
                 job: id,
                 trampoline,
                 target,
+                chunksize: chunksize as u64,
+                timeout_ns,
             },
         };
         // A panic in the items' `Serialize` (the caller's code) reaches the caller, and the
@@ -166,24 +223,38 @@ impl<'p> Tasks<'p> {
             Some(n) => n,
             None => (16 * inner.cfg.processes).max(64),
         };
+        let timeout_ns = self.timeout_ns()?;
         let trampoline = offset_of(worker::run_chunk::<C> as RunChunk as usize)?;
         let target = target.encode()?;
         #[allow(unused_mut)]
+        let items = items.into_iter();
+        // The input's length, when the iterator tells it exactly (for the total and ETA).
+        let len = match items.size_hint() {
+            (lo, Some(hi)) if lo == hi => Some(lo as u64),
+            _ => None,
+        };
         let mut job = IMapJob::<C::Out>::new(ordered);
+        job.tracker = self.tracker.cloned();
+        job.chunksize = chunksize as u64;
         #[cfg(feature = "progress")]
         if self.progress {
-            job.bar = Some(crate::progress::bar(None));
+            job.bar = Some(crate::progress::bar(len));
         }
         let job = Arc::new(job);
         let id = inner.register(job.clone())?;
+        if let Some(t) = self.tracker {
+            t.submitted(len);
+        }
         let source = Box::new(ChunkIter {
-            items: items.into_iter(),
+            items,
             chunksize,
             next: 0,
             head: ChunkHead {
                 job: id,
                 trampoline,
                 target,
+                chunksize: chunksize as u64,
+                timeout_ns,
             },
             buf: Vec::new(),
         });
@@ -336,5 +407,49 @@ impl<'p> Tasks<'p> {
         R: Message + Send + 'static,
     {
         self.imap_with::<Plain<T, R>>(Target::Fn(f as usize), items, false)
+    }
+
+    /// Python's `apply`: runs `f(arg)` in a worker and waits for the result.
+    pub fn apply<T, R>(self, f: fn(T) -> R, arg: T) -> Result<R, Error>
+    where
+        T: Message + Send + 'static,
+        R: Message + Send + 'static,
+    {
+        self.apply_with::<Plain<T, R>>(Target::Fn(f as usize), arg, true)?
+            .get()
+    }
+
+    /// Python's `apply_async`: returns at once with an [`AsyncResult`].
+    pub fn apply_async<T, R>(self, f: fn(T) -> R, arg: T) -> Result<AsyncResult<R>, Error>
+    where
+        T: Message + Send + 'static,
+        R: Message + Send + 'static,
+    {
+        self.apply_with::<Plain<T, R>>(Target::Fn(f as usize), arg, false)
+    }
+
+    /// `apply` for a fallible function: an `Err` becomes [`Error::Failed`].
+    pub fn try_apply<T, R, E>(self, f: fn(T) -> Result<R, E>, arg: T) -> Result<R, Error>
+    where
+        T: Message + Send + 'static,
+        R: Message + Send + 'static,
+        E: std::fmt::Display + 'static,
+    {
+        self.apply_with::<Fallible<T, R, E>>(Target::Fn(f as usize), arg, true)?
+            .get()
+    }
+
+    /// `apply_async` for a fallible function.
+    pub fn try_apply_async<T, R, E>(
+        self,
+        f: fn(T) -> Result<R, E>,
+        arg: T,
+    ) -> Result<AsyncResult<R>, Error>
+    where
+        T: Message + Send + 'static,
+        R: Message + Send + 'static,
+        E: std::fmt::Display + 'static,
+    {
+        self.apply_with::<Fallible<T, R, E>>(Target::Fn(f as usize), arg, false)
     }
 }
