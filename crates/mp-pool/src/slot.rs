@@ -22,7 +22,8 @@ use std::time::Duration;
 use mp_core::ShmSafe;
 use static_assertions::const_assert_eq;
 
-use crate::wire::Claim;
+use rkyv::rancor::Fallible;
+use rkyv::{Archive, Deserialize, Serialize};
 
 /// Slot states (the low two bits of `state`).
 pub(crate) const IDLE: u32 = 0;
@@ -341,6 +342,46 @@ impl Slot {
         self.timeout.store(0, Ordering::SeqCst);
         self.stats.reset();
         self.spawned.store(mono_ns(), Ordering::SeqCst);
+    }
+}
+
+/// Which chunk of which job a task is. Deserializing it in a worker records it in the
+/// worker's slot (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Archive, Serialize)]
+pub(crate) struct Claim {
+    pub(crate) job: u64,
+    pub(crate) chunk: u64,
+    /// The index of the chunk's first item in its call's input (for insights).
+    pub(crate) first: u64,
+    /// The task timeout in nanoseconds, per item (0: none).
+    pub(crate) timeout_ns: u64,
+}
+
+thread_local! {
+    /// In a worker: its slot, set once at start (the slot's region lives as long as the
+    /// worker process).
+    static SLOT: Cell<Option<&'static Slot>> = const { Cell::new(None) };
+}
+
+/// Makes this thread record the tasks it takes in `slot`.
+pub(crate) fn set_claim_slot(slot: &'static Slot) {
+    SLOT.with(|s| s.set(Some(slot)));
+}
+
+impl<D: Fallible + ?Sized> Deserialize<Claim, D> for ArchivedClaim {
+    fn deserialize(&self, _: &mut D) -> Result<Claim, D::Error> {
+        let c = Claim {
+            job: self.job.to_native(),
+            chunk: self.chunk.to_native(),
+            first: self.first.to_native(),
+            timeout_ns: self.timeout_ns.to_native(),
+        };
+        if c.job != 0 {
+            if let Some(slot) = SLOT.with(|s| s.get()) {
+                slot.begin(c);
+            }
+        }
+        Ok(c)
     }
 }
 

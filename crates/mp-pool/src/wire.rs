@@ -16,7 +16,6 @@
 //!   the task is both failed and left in the queue: another worker runs it and its result is
 //!   ignored (the task was already answered).
 
-use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use mp_core::message::SliceAsVec;
@@ -31,7 +30,7 @@ use rkyv::vec::{ArchivedVec, VecResolver};
 use rkyv::{Archive, Deserialize, Place, Serialize, SerializeUnsized};
 use static_assertions::const_assert_eq;
 
-pub(crate) use crate::slot::Slot;
+pub(crate) use crate::slot::{set_claim_slot, Claim, ClaimResolver, Slot};
 
 /// Encoded bytes (an archive) that keep their 16-byte alignment when received: archived as a
 /// byte vector, deserialized into an aligned buffer so that it can be accessed in place.
@@ -62,46 +61,6 @@ impl<D: Fallible + ?Sized> Deserialize<Payload, D> for ArchivedVec<u8> {
         let mut v = AlignedVec::<ALIGN>::with_capacity(self.len());
         v.extend_from_slice(self.as_slice());
         Ok(Payload(v))
-    }
-}
-
-/// Which chunk of which job a task is. Deserializing it in a worker records it in the
-/// worker's slot (see the module doc).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Archive, Serialize)]
-pub(crate) struct Claim {
-    pub(crate) job: u64,
-    pub(crate) chunk: u64,
-    /// The index of the chunk's first item in its call's input (for insights).
-    pub(crate) first: u64,
-    /// The task timeout in nanoseconds, per item (0: none).
-    pub(crate) timeout_ns: u64,
-}
-
-thread_local! {
-    /// In a worker: its slot, set once at start (the slot's region lives as long as the
-    /// worker process).
-    static SLOT: Cell<Option<&'static Slot>> = const { Cell::new(None) };
-}
-
-/// Makes this thread record the tasks it takes in `slot`.
-pub(crate) fn set_claim_slot(slot: &'static Slot) {
-    SLOT.with(|s| s.set(Some(slot)));
-}
-
-impl<D: Fallible + ?Sized> Deserialize<Claim, D> for ArchivedClaim {
-    fn deserialize(&self, _: &mut D) -> Result<Claim, D::Error> {
-        let c = Claim {
-            job: self.job.to_native(),
-            chunk: self.chunk.to_native(),
-            first: self.first.to_native(),
-            timeout_ns: self.timeout_ns.to_native(),
-        };
-        if c.job != 0 {
-            if let Some(slot) = SLOT.with(|s| s.get()) {
-                slot.begin(c);
-            }
-        }
-        Ok(c)
     }
 }
 

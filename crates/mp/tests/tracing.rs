@@ -54,6 +54,20 @@ fn events_of(f: impl FnOnce()) -> Vec<Seen> {
     seen
 }
 
+/// The collector of events from threads mp starts (a server's, a pool's supervisor): the
+/// global default, set once for this binary. Tests filter its events by their own pids.
+fn global() -> &'static Collect {
+    static GLOBAL: std::sync::OnceLock<Collect> = std::sync::OnceLock::new();
+    GLOBAL.get_or_init(|| {
+        let collect = Collect::default();
+        tracing::subscriber::set_global_default(
+            tracing_subscriber::registry().with(collect.clone()),
+        )
+        .expect("the only global subscriber of this binary");
+        collect
+    })
+}
+
 fn double(x: u32) -> u32 {
     2 * x
 }
@@ -163,9 +177,7 @@ fn a_queue_repaired_after_a_dead_producer_is_an_event() {
 fn a_manager_client_gone_is_an_event_of_the_server() {
     // The server's connection threads are not this thread: collect through the global
     // default (the other tests' thread-local subscribers take precedence on their threads).
-    let collect = Collect::default();
-    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(collect.clone()))
-        .expect("the only global subscriber of this binary");
+    let collect = global();
     let server = mp::Manager::builder()
         .address(mp::pipe::Address::tcp("127.0.0.1", 0).expect("address"))
         .authkey(b"tracing")
@@ -191,4 +203,40 @@ fn a_manager_client_gone_is_an_event_of_the_server() {
         .collect();
     assert!(!gone.is_empty(), "{seen:#?}");
     assert!(gone.iter().all(|s| s.fields.contains("conn=")), "{gone:?}");
+}
+
+/// Dies (SIGKILL) on 13, else returns the item.
+fn dies_on_13(x: u32) -> u32 {
+    if x == 13 {
+        // SAFETY: raise has no memory-safety preconditions; the worker dies as a crash would.
+        unsafe { libc::raise(libc::SIGKILL) };
+    }
+    x
+}
+
+#[test]
+fn a_pool_worker_lost_and_replaced_are_events() {
+    let collect = global();
+    let pool = mp::Pool::new(1).expect("pool");
+    let lost = match pool.map(dies_on_13, [13u32]) {
+        Err(mp::pool::Error::WorkerLost { pid, .. }) => pid,
+        other => panic!("expected WorkerLost, got {other:?}"),
+    };
+    // The replacement serves the next call.
+    assert_eq!(pool.map(dies_on_13, [1u32, 2]).expect("map"), [1, 2]);
+    drop(pool);
+    let seen = collect.0.lock().unwrap().clone();
+    let of_pool: Vec<&Seen> = seen.iter().filter(|s| s.target == "mp::pool").collect();
+    assert!(
+        of_pool
+            .iter()
+            .any(|s| s.fields.contains("worker died") && s.fields.contains(&format!("pid={lost} "))),
+        "{of_pool:#?}"
+    );
+    assert!(
+        of_pool
+            .iter()
+            .any(|s| s.fields.contains("replacement worker started")),
+        "{of_pool:#?}"
+    );
 }

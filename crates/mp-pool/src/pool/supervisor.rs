@@ -374,6 +374,8 @@ impl Inner {
             self.handle(&g, cache);
         }
         for (i, pid, (signal, exitcode)) in dead {
+            #[cfg(feature = "tracing")]
+            tracing::warn!(target: "mp::pool", pid, ?signal, ?exitcode, "a pool worker died");
             let (slot, init_timed_out) = {
                 let w = lock(&self.workers);
                 (w.list[i].slot.clone(), w.list[i].init_timed_out)
@@ -416,7 +418,18 @@ impl Inner {
                 if let Some(j) = self.job(job) {
                     let lost = match timed_out {
                         // The supervisor stopped it (see `check_deadlines`).
-                        Some(timeout) => Error::TaskTimeout { pid, timeout },
+                        Some(timeout) => {
+                            #[cfg(feature = "tracing")]
+                            tracing::warn!(
+                                target: "mp::pool",
+                                pid,
+                                ?timeout,
+                                job,
+                                chunk,
+                                "a task ran past its timeout: its worker was stopped"
+                            );
+                            Error::TaskTimeout { pid, timeout }
+                        }
                         None => Error::WorkerLost {
                             pid,
                             signal,
@@ -448,6 +461,8 @@ impl Inner {
         e.started += 1;
         match self.start_worker(&slot, n) {
             Ok(c) => {
+                #[cfg(feature = "tracing")]
+                tracing::info!(target: "mp::pool", place, pid = c.pid(), "a replacement worker started");
                 w.list[place].pid = c.pid();
                 w.list[place].child = Some(c);
             }
