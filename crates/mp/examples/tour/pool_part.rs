@@ -1,5 +1,6 @@
 //! mp-pool: the seed's three examples (square with map, double with apply/apply_async, cube
-//! with imap_unordered), then what Python's pool cannot do: survive a killed worker.
+//! with imap_unordered), then what Python's pool cannot do: survive a killed worker, and stop
+//! a task that runs past its timeout.
 
 use std::error::Error;
 use std::time::{Duration, Instant};
@@ -75,6 +76,25 @@ pub(crate) fn run() -> Result<(), Box<dyn Error>> {
     }
     println!("replacement workers {:?}", pool.worker_pids());
     println!("map still works: {:?}", pool.map(square, [7, 8, 9])?);
+
+    // A task timeout (mpire's task_timeout): a task running longer is stopped (its worker
+    // killed and replaced) and fails with TaskTimeout; the other tasks of the call go on.
+    let results: Vec<Result<u64, pool::Error>> = [10, 60_000, 20]
+        .into_iter()
+        .map(|ms| {
+            pool.timeout(Duration::from_millis(500))
+                .apply_async(sleeper, ms)
+        })
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .map(|r| r.get())
+        .collect();
+    for r in &results {
+        match r {
+            Ok(ms) => println!("timeout(500 ms).apply_async(sleeper, {ms}) = {ms}"),
+            Err(e) => println!("timeout(500 ms).apply_async(sleeper, 60000): {e}"),
+        }
+    }
     pool.close();
     pool.join()?;
     Ok(())
