@@ -530,20 +530,6 @@ pub struct SimpleQueue<T> {
     inner: Queue<T>,
 }
 
-impl<T> Clone for SimpleQueue<T> {
-    fn clone(&self) -> Self {
-        SimpleQueue {
-            inner: self.inner.clone(),
-        }
-    }
-}
-
-impl<T> std::fmt::Debug for SimpleQueue<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("SimpleQueue").field(&self.inner).finish()
-    }
-}
-
 impl<T: Message> SimpleQueue<T> {
     /// A new, unbounded queue.
     pub fn new() -> Result<SimpleQueue<T>, Error> {
@@ -577,20 +563,6 @@ impl<T: Message> SimpleQueue<T> {
 /// adds one, every `task_done` removes one, and `join` waits for none to be left.
 pub struct JoinableQueue<T> {
     inner: Queue<T>,
-}
-
-impl<T> Clone for JoinableQueue<T> {
-    fn clone(&self) -> Self {
-        JoinableQueue {
-            inner: self.inner.clone(),
-        }
-    }
-}
-
-impl<T> std::fmt::Debug for JoinableQueue<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("JoinableQueue").field(&self.inner).finish()
-    }
 }
 
 impl<T: Message> JoinableQueue<T> {
@@ -754,9 +726,24 @@ impl<T: Message> Deref for JoinableQueue<T> {
     }
 }
 
-/// `SimpleQueue` and `JoinableQueue` are archived as the handle of the [`Queue`] they wrap.
-macro_rules! archived_as_inner_queue {
+/// `SimpleQueue` and `JoinableQueue` wrap a [`Queue`]: they clone and print as it does (under
+/// their own name), and are archived as its handle.
+macro_rules! wraps_a_queue {
     ($($wrapper:ident),+) => {$(
+        impl<T> Clone for $wrapper<T> {
+            fn clone(&self) -> Self {
+                $wrapper {
+                    inner: self.inner.clone(),
+                }
+            }
+        }
+
+        impl<T> std::fmt::Debug for $wrapper<T> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_tuple(stringify!($wrapper)).field(&self.inner).finish()
+            }
+        }
+
         impl<T> Archive for $wrapper<T> {
             type Archived = ArchivedRegionHandle;
             type Resolver = <Region as Archive>::Resolver;
@@ -788,4 +775,4 @@ macro_rules! archived_as_inner_queue {
     )+};
 }
 
-archived_as_inner_queue!(SimpleQueue, JoinableQueue);
+wraps_a_queue!(SimpleQueue, JoinableQueue);
