@@ -52,6 +52,8 @@ pub mod futex;
 pub mod handle;
 pub mod ident;
 pub mod message;
+#[cfg(feature = "async")]
+pub mod reactor;
 pub mod region;
 pub mod shareable;
 pub mod shared;

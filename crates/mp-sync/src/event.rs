@@ -126,6 +126,35 @@ impl Event {
         self.wait_until(Deadline::after(Some(timeout)))
     }
 
+    /// [`wait`](Self::wait) for async code (feature `async`): resolves once the flag is set
+    /// (or was set while this waited). The task waits without spinning and without a thread of
+    /// its own (mp-core's reactor sleeps on the event's word for every waiting future of the
+    /// process); dropping the future is harmless.
+    #[cfg(feature = "async")]
+    pub async fn wait_async(&self) {
+        // Acquire: as in `is_set`.
+        let start = self.raw.word.load(Ordering::Acquire);
+        if start & 1 != 0 {
+            return;
+        }
+        /// Counts this future out of `waiters` when it resolves or is dropped.
+        struct Counted<'a>(&'a AtomicU32);
+        impl Drop for Counted<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        // SeqCst: pairs with the SeqCst load of `waiters` in `set` (as `wait_until`).
+        self.raw.waiters.fetch_add(1, Ordering::SeqCst);
+        let _counted = Counted(&self.raw.waiters);
+        let keep: std::sync::Arc<dyn std::any::Any + Send + Sync> =
+            std::sync::Arc::new(self.raw.clone());
+        while self.raw.word.load(Ordering::SeqCst) == start {
+            mp_core::reactor::changed(&self.raw.word, start, keep.clone(), Duration::from_secs(1))
+                .await;
+        }
+    }
+
     fn wait_until(&self, deadline: Deadline) -> bool {
         // Acquire: as in `is_set`.
         let start = self.raw.word.load(Ordering::Acquire);

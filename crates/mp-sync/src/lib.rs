@@ -219,6 +219,21 @@
 //! let v = mp_sync::Value::new(vec![1, 2, 3]); // Vec<i32> is not Pod
 //! ```
 //!
+//! # Async (feature `async`)
+//!
+//! [`Lock::acquire_async`] and [`Event::wait_async`] are the same waits for async code, on any
+//! runtime: the task neither spins nor holds a thread. One thread of mp-core's reactor
+//! (`mp_core::reactor`, `futex_waitv`) sleeps on the wake words of up to 127 waiting futures
+//! of the process at once, and wakes each future when a release or a `set` (in any process)
+//! reaches its word; a dead holder is found after the same slices as the blocking path.
+//!
+//! ```ignore
+//! let lock = mp_sync::Lock::new()?;
+//! lock.acquire_async().await?;    // Err(OwnerDied): taken over from a dead holder
+//! // ... the critical section ...
+//! lock.release()?;
+//! ```
+//!
 //! # Speed
 //!
 //! An uncontended acquire + release is two atomic instructions (a compare-and-swap that

@@ -84,6 +84,24 @@ impl Lock {
         self.raw.lock(ident::process_token(), deadline)
     }
 
+    /// [`acquire`](Self::acquire) for async code (feature `async`): resolves when the lock is
+    /// held (`Err(OwnerDied)`: taken over from a dead holder, and held). The task waits without
+    /// spinning and without a thread of its own: mp-core's reactor sleeps on the lock's wake
+    /// word for every waiting future of the process. Dropping the future before it resolves
+    /// takes nothing and passes on a wake-up it may have received.
+    ///
+    /// Release with [`release`](Self::release): the lock belongs to the process, not to the
+    /// task or the thread, so it may be released from any thread.
+    #[cfg(all(feature = "async", not(loom)))]
+    pub async fn acquire_async(&self) -> LockResult<()> {
+        let keep: std::sync::Arc<dyn std::any::Any + Send + Sync> =
+            std::sync::Arc::new(self.raw.clone());
+        into_lock_result(
+            self.raw.lock_async(ident::process_token(), keep).await,
+            || (),
+        )
+    }
+
     /// Blocks until the lock is acquired. `Err(OwnerDied)` still holds the lock.
     #[inline]
     pub fn lock(&self) -> LockResult<LockGuard<'_>> {

@@ -257,6 +257,54 @@ impl RawLock {
         taken
     }
 
+    /// [`lock`](Self::lock) without a deadline, for async callers (feature `async`): the same
+    /// protocol (announce with `CONTENDED`, wait on `seq`, check the holder's liveness after
+    /// each slice that passed without a release), awaiting `seq` through mp-core's reactor
+    /// instead of sleeping in `futex::wait`. No spin: an async task must not hold its thread.
+    /// `keep` keeps the lock's mapping alive for the reactor.
+    #[cfg(all(feature = "async", not(loom)))]
+    pub(crate) async fn lock_async(
+        &self,
+        me: u64,
+        keep: std::sync::Arc<dyn std::any::Any + Send + Sync>,
+    ) -> Acquire {
+        if self.try_lock_fast(me) {
+            return Acquire::Clean;
+        }
+        let mut check_after = SLICE;
+        loop {
+            // As in `lock_slow`: read `seq` before announcing ourselves.
+            let seq = self.seq.load(Ordering::Acquire);
+            let cur = self.owner.load(Ordering::Relaxed);
+            if cur == 0 {
+                if self
+                    .owner
+                    .compare_exchange(0, me | CONTENDED, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return Acquire::Clean;
+                }
+                continue;
+            }
+            if cur & CONTENDED == 0
+                && self
+                    .owner
+                    .compare_exchange(cur, cur | CONTENDED, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
+            {
+                continue;
+            }
+            let slept = Instant::now();
+            mp_core::reactor::changed(&self.seq, seq, keep.clone(), check_after).await;
+            if self.seq.load(Ordering::Acquire) == seq && slept.elapsed() >= check_after {
+                if let Some(a) = self.take_if_dead(me) {
+                    return a;
+                }
+                check_after = (check_after * 2).min(MAX_SLICE);
+            }
+        }
+    }
+
     /// Releases the lock, whoever holds it; returns the previous owner word (0 when it was
     /// not locked, in which case nothing changed).
     #[inline]
