@@ -82,6 +82,15 @@
 //! (a slice as [`SliceAsVec`](mp_core::message::SliceAsVec) into a `Queue<Vec<_>>`),
 //! serialized straight into the ring without building an owned `T` first.
 //!
+//! # Async (feature `async`)
+//!
+//! [`Queue::get_async`] and [`Queue::put_async`] wait the same way for async code, on any
+//! runtime: the future is counted among the queue's sleeping consumers (producers) so that a
+//! put (get) in any process wakes it, and one thread of mp-core's reactor sleeps on the
+//! queue's wake words for every waiting future of the process (no spin, no thread per
+//! future). A dropped `get_async` loses nothing: an item is taken only by the poll that
+//! returns it.
+//!
 //! # Batches
 //!
 //! [`Queue::put_many`] and [`Queue::get_many`] move many small items under one hold of the
@@ -163,6 +172,8 @@
 //!
 //! The layout and algorithm are described in the `ring` module's source.
 
+#[cfg(feature = "async")]
+mod asynchronous;
 mod error;
 mod lock;
 mod queue;

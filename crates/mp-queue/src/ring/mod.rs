@@ -69,6 +69,8 @@ mod get;
 mod layout;
 mod put;
 mod repair;
+#[cfg(feature = "async")]
+mod wait_async;
 
 pub(crate) use get::{decode, GetFail, Payload, Scratch};
 use layout::*;
