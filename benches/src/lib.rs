@@ -377,6 +377,13 @@ pub fn workloads() -> Vec<Workload> {
             with_mp("pool_apply_async", vec![]),
         ),
         w(
+            "executor_submit",
+            Elements(10_000),
+            true,
+            MULTI,
+            with_mp("executor_submit", vec![]),
+        ),
+        w(
             "pool_cpu_scaling",
             Time,
             true,

@@ -37,6 +37,7 @@ pub fn implementation(workload: &str) -> Option<Measure> {
         "pool_map_chunksize1" => pool_map_chunksize1,
         "pool_imap_unordered" => pool_imap_unordered,
         "pool_apply_async" => pool_apply_async,
+        "executor_submit" => executor_submit,
         "pipe_rt" => pipe_rt,
         "pipe_oneway_small" => pipe_oneway_small,
         "manager_dict_rt" => manager_dict_rt,
@@ -423,4 +424,42 @@ pub fn shareable_list_rw(iters: u64, placement: Placement) -> Duration {
         g.wait_finished(1);
         assert_eq!(list.get(0).expect("get"), Item::Int(iters as i64 - 1));
     })
+}
+
+/// `ProcessPoolExecutor::new(2)` (workers pinned as the pool's): 10_000 `submit` of a trivial
+/// function, then every `result` (one iteration = one batch).
+pub fn executor_submit(iters: u64, placement: Placement) -> Duration {
+    placement.pin_parent();
+    let counter = Shared::new(AtomicU32::new(0)).expect("shared counter");
+    let ex = mp_futures::ProcessPoolExecutor::builder()
+        .max_workers(2)
+        .initializer(
+            pin_worker,
+            (counter.clone(), placement == Placement::Spread),
+        )
+        .build()
+        .expect("executor");
+    // Warm-up: every worker started and pinned before the clock runs.
+    for f in (0..128u64)
+        .map(|i| ex.submit(ident, i).expect("submit"))
+        .collect::<Vec<_>>()
+    {
+        f.result(None::<Duration>).expect("result");
+    }
+    // Acquire pairs with the AcqRel increments in `pin_worker`.
+    crate::proc::spin_until(|| counter.load(Ordering::Acquire) >= 2);
+    let start = Instant::now();
+    for _ in 0..iters {
+        let futures: Vec<_> = (0..10_000u64)
+            .map(|i| ex.submit(ident, i).expect("submit"))
+            .collect();
+        let total: u64 = futures
+            .iter()
+            .map(|f| f.result(None::<Duration>).expect("result"))
+            .sum();
+        assert_eq!(total, 10_000 * 9_999 / 2);
+    }
+    let took = start.elapsed();
+    ex.shutdown(true, false);
+    took
 }

@@ -214,6 +214,14 @@ pub(super) const SPECS: &[Spec] = &[
         peers: &[],
     },
     Spec {
+        name: "executor_submit",
+        krate: "mp-futures",
+        unit: Unit::Items,
+        single: false,
+        limit: &[],
+        peers: &[],
+    },
+    Spec {
         name: "pool_cpu_scaling",
         krate: "mp-pool",
         unit: Unit::Speedup,
