@@ -11,6 +11,7 @@
 //! ```
 
 mod common;
+mod exhaust;
 mod garbage;
 mod harness;
 mod more;
@@ -158,8 +159,18 @@ const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "fd_exhaustion",
-        fault: Fault::Exhaustion,
+        fault: Fault::Exhaustion("RLIMIT_NOFILE"),
         run: more::fd_exhaustion,
+    },
+    Scenario {
+        name: "tmpfs_exhaustion",
+        fault: Fault::Exhaustion("small tmpfs"),
+        run: exhaust::tmpfs_exhaustion,
+    },
+    Scenario {
+        name: "nproc_exhaustion",
+        fault: Fault::Exhaustion("RLIMIT_NPROC"),
+        run: exhaust::nproc_exhaustion,
     },
     Scenario {
         name: "queue_garbage",
