@@ -105,7 +105,7 @@ fn decode_bounded<T: Message>(bytes: &[u8]) -> Result<T, Refused> {
 /// Makes a fresh object of a registered type.
 pub(crate) type Ctor = fn() -> Box<dyn Erased>;
 
-fn make<S: Served + Default>() -> Box<dyn Erased> {
+pub(crate) fn make<S: Served + Default>() -> Box<dyn Erased> {
     Box::new(Holder(S::default()))
 }
 

@@ -80,12 +80,12 @@ fn set_write_timeout(fd: std::os::fd::RawFd, ms: u64) {
 pub(crate) type Types = HashMap<String, (String, Ctor)>;
 
 #[derive(Default)]
-struct State {
+pub(crate) struct State {
     objects: Mutex<HashMap<u64, Arc<Obj>>>,
     names: Mutex<HashMap<String, u64>>,
     next_id: AtomicU64,
     next_conn: AtomicU64,
-    types: Types,
+    pub(crate) types: Types,
 }
 
 impl State {
@@ -167,7 +167,7 @@ impl State {
     }
 
     /// Releases the locks `conn` holds (its client went away).
-    fn release_all(&self, conn: u64) {
+    pub(crate) fn release_all(&self, conn: u64) {
         let objects: Vec<Arc<Obj>> = lock(&self.objects).values().cloned().collect();
         for o in objects {
             match &*o {
@@ -219,41 +219,9 @@ fn serve_connection(state: &State, conn: &Connection<()>) -> bool {
         let Ok(bytes) = conn.recv_bytes(None) else {
             break false;
         };
-        // The queue an item was taken from, to give it back if the reply cannot be sent.
-        let mut taken_from = None;
-        let (reply, stop) = match decode::<Request>(&bytes) {
-            Err(e) => (Reply::Err(Refused::Malformed(e.to_string())), false),
-            Ok(Request::Shutdown) => (Reply::Unit, true),
-            Ok(Request::Create { kind, name, init }) => (
-                state.create(kind, name, init).unwrap_or_else(Reply::Err),
-                false,
-            ),
-            Ok(Request::CreateCustom {
-                typeid,
-                type_name,
-                name,
-            }) => (
-                state
-                    .create_custom(typeid, type_name, name)
-                    .unwrap_or_else(Reply::Err),
-                false,
-            ),
-            Ok(Request::Call { id: obj, kind, op }) => {
-                let is_get = matches!(op, Op::QueueGet(_));
-                let r = state.get(obj).and_then(|o| {
-                    if o.kind() != kind {
-                        return Err(Refused::WrongKind {
-                            expected: kind,
-                            found: o.kind(),
-                        });
-                    }
-                    if is_get {
-                        taken_from = Some(o.clone());
-                    }
-                    call(&o, id, op)
-                });
-                (r.unwrap_or_else(Reply::Err), false)
-            }
+        let (reply, stop, taken_from) = match decode::<Request>(&bytes) {
+            Err(e) => (Reply::Err(Refused::Malformed(e.to_string())), false, None),
+            Ok(req) => state.answer(id, req),
         };
         let sent = encode(&reply)
             .map_err(|e| e.to_string())
@@ -264,13 +232,67 @@ fn serve_connection(state: &State, conn: &Connection<()>) -> bool {
         if sent.is_err() {
             // The client is gone: an item it was waiting for goes back to the head of the
             // queue instead of being lost.
-            if let (Some(o), Reply::Bytes(item)) = (taken_from, reply) {
-                if let Obj::Queue { items, changed, .. } = &*o {
-                    lock(items).push_front(item);
-                    changed.notify_all();
-                }
+            if let Some(o) = taken_from {
+                o.give_back(reply);
             }
             break false;
+        }
+    }
+}
+
+impl State {
+    /// Answers one request of connection `conn`: the reply, whether the server is to stop,
+    /// and the queue an item was taken from (to give the item back with
+    /// [`Obj::give_back`] if the reply cannot be sent).
+    fn answer(&self, conn: u64, req: Request) -> (Reply, bool, Option<Arc<Obj>>) {
+        let mut taken_from = None;
+        let (reply, stop) = match req {
+            Request::Shutdown => (Reply::Unit, true),
+            Request::Create { kind, name, init } => (
+                self.create(kind, name, init).unwrap_or_else(Reply::Err),
+                false,
+            ),
+            Request::CreateCustom {
+                typeid,
+                type_name,
+                name,
+            } => (
+                self.create_custom(typeid, type_name, name)
+                    .unwrap_or_else(Reply::Err),
+                false,
+            ),
+            Request::Call { id: obj, kind, op } => {
+                let is_get = matches!(op, Op::QueueGet(_));
+                let r = self.get(obj).and_then(|o| {
+                    if o.kind() != kind {
+                        return Err(Refused::WrongKind {
+                            expected: kind,
+                            found: o.kind(),
+                        });
+                    }
+                    if is_get {
+                        taken_from = Some(o.clone());
+                    }
+                    call(&o, conn, op)
+                });
+                (r.unwrap_or_else(Reply::Err), false)
+            }
+        };
+        (reply, stop, taken_from)
+    }
+
+    /// The dispatch without a socket, for the fuzz harness (`crate::__fuzz`): answers `req`
+    /// as connection `conn`, and when `unsent` is set, acts as if the reply could not be sent
+    /// (an item taken by a queue `get` goes back). Returns the reply and whether the server
+    /// was asked to stop.
+    pub(crate) fn answer_unsent(&self, conn: u64, req: Request, unsent: bool) -> (Reply, bool) {
+        let (reply, stop, taken_from) = self.answer(conn, req);
+        match taken_from {
+            Some(o) if unsent => {
+                o.give_back(reply);
+                (Reply::Unit, stop)
+            }
+            _ => (reply, stop),
         }
     }
 }
