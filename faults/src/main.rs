@@ -17,6 +17,7 @@ mod harness;
 mod more;
 mod others;
 mod queue;
+mod roles;
 mod sync;
 
 use std::fmt::Write as _;
@@ -78,6 +79,16 @@ const SCENARIOS: &[Scenario] = &[
         run: sync::condition_notifier,
     },
     Scenario {
+        name: "condition_waiter",
+        fault: Fault::Kill,
+        run: roles::condition_waiter,
+    },
+    Scenario {
+        name: "event_setter",
+        fault: Fault::Kill,
+        run: roles::event_setter,
+    },
+    Scenario {
         name: "barrier_party",
         fault: Fault::Kill,
         run: sync::barrier_party,
@@ -118,9 +129,19 @@ const SCENARIOS: &[Scenario] = &[
         run: others::pipe_sender,
     },
     Scenario {
+        name: "pipe_receiver",
+        fault: Fault::Kill,
+        run: roles::pipe_receiver,
+    },
+    Scenario {
         name: "pool_worker",
         fault: Fault::Kill,
         run: others::pool_worker,
+    },
+    Scenario {
+        name: "pool_worker_result",
+        fault: Fault::Kill,
+        run: roles::pool_worker_result,
     },
     Scenario {
         name: "pool_parent",
