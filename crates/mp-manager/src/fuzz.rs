@@ -1,11 +1,11 @@
 //! Fuzzing entry points. **Not API**: hidden from the docs, exempt from semver, and may change
 //! or go away in any release.
 //!
-//! [`manager_wire`] feeds untrusted frames to both directions of the manager's wire: the
+//! `manager_wire` feeds untrusted frames to both directions of the manager's wire: the
 //! server's request decoder and its dispatch (driven without a socket, as several
 //! connections), and the client's reply decoder. The only failure is a panic, an abort, a hang
 //! or undefined behaviour. The `cargo fuzz` target `fuzz/fuzz_targets/manager_wire.rs` calls
-//! it, and `tests/fuzz_corpus.rs` replays the stored corpus through it on stable. [`seeds`]
+//! it, and `tests/fuzz_corpus.rs` replays the stored corpus through it on stable. `seeds`
 //! makes valid inputs for the corpus from real encoded requests and replies. See
 //! `docs/reliability.md`, "Fuzzing".
 
@@ -39,7 +39,7 @@ impl Served for Echo {
     }
 }
 
-/// The type id [`Echo`] is registered under.
+/// The type id the harness registers its custom type (`Echo`) under.
 pub const ECHO: &str = "Echo";
 
 /// What [`manager_wire`] did with its input: frames decoded as requests and as replies.

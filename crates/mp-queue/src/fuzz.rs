@@ -1,11 +1,11 @@
 //! Fuzzing entry points. **Not API**: hidden from the docs, exempt from semver, and may change
 //! or go away in any release.
 //!
-//! [`queue_ring`] feeds untrusted bytes to the queue's ring as a hostile peer would write them
+//! `queue_ring` feeds untrusted bytes to the queue's ring as a hostile peer would write them
 //! (the `Meta` lines, record headers, payload bytes) while the queue's calls run on it and
 //! ignores their outcome: the only failure is a panic, an abort, a hang or undefined
 //! behaviour. The `cargo fuzz` target `fuzz/fuzz_targets/queue_ring.rs` calls it, and
-//! `tests/fuzz_corpus.rs` replays the stored corpus through it on stable. [`seeds`] makes
+//! `tests/fuzz_corpus.rs` replays the stored corpus through it on stable. `seeds` makes
 //! valid inputs for the corpus. See `docs/reliability.md`, "Fuzzing".
 
 use std::time::Duration;
