@@ -54,8 +54,9 @@ pub(crate) enum Fault {
     Stop,
     /// A peer that writes random bytes into the shared memory the others use.
     Garbage,
-    /// A process that runs out of a resource (here: file descriptors).
-    Exhaustion,
+    /// A process that runs out of a resource: the limit it runs under, as the table names it
+    /// (`RLIMIT_NOFILE`, a small tmpfs, `RLIMIT_NPROC`).
+    Exhaustion(&'static str),
 }
 
 impl Fault {
@@ -65,7 +66,7 @@ impl Fault {
             Fault::Kill => "SIGKILL",
             Fault::Stop => "SIGSTOP/SIGCONT",
             Fault::Garbage => "random bytes",
-            Fault::Exhaustion => "RLIMIT_NOFILE",
+            Fault::Exhaustion(limit) => limit,
         }
     }
 }

@@ -11,11 +11,13 @@
 //! ```
 
 mod common;
+mod exhaust;
 mod garbage;
 mod harness;
 mod more;
 mod others;
 mod queue;
+mod roles;
 mod sync;
 
 use std::fmt::Write as _;
@@ -77,6 +79,16 @@ const SCENARIOS: &[Scenario] = &[
         run: sync::condition_notifier,
     },
     Scenario {
+        name: "condition_waiter",
+        fault: Fault::Kill,
+        run: roles::condition_waiter,
+    },
+    Scenario {
+        name: "event_setter",
+        fault: Fault::Kill,
+        run: roles::event_setter,
+    },
+    Scenario {
         name: "barrier_party",
         fault: Fault::Kill,
         run: sync::barrier_party,
@@ -117,9 +129,19 @@ const SCENARIOS: &[Scenario] = &[
         run: others::pipe_sender,
     },
     Scenario {
+        name: "pipe_receiver",
+        fault: Fault::Kill,
+        run: roles::pipe_receiver,
+    },
+    Scenario {
         name: "pool_worker",
         fault: Fault::Kill,
         run: others::pool_worker,
+    },
+    Scenario {
+        name: "pool_worker_result",
+        fault: Fault::Kill,
+        run: roles::pool_worker_result,
     },
     Scenario {
         name: "pool_parent",
@@ -158,8 +180,18 @@ const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "fd_exhaustion",
-        fault: Fault::Exhaustion,
+        fault: Fault::Exhaustion("RLIMIT_NOFILE"),
         run: more::fd_exhaustion,
+    },
+    Scenario {
+        name: "tmpfs_exhaustion",
+        fault: Fault::Exhaustion("small tmpfs"),
+        run: exhaust::tmpfs_exhaustion,
+    },
+    Scenario {
+        name: "nproc_exhaustion",
+        fault: Fault::Exhaustion("RLIMIT_NPROC"),
+        run: exhaust::nproc_exhaustion,
     },
     Scenario {
         name: "queue_garbage",

@@ -60,7 +60,7 @@ pub(crate) fn lock_holder(r: &mut Round<'_>, fault: Fault) -> Result<(), String>
             }
             join_killed(r, &mut child, "lock holder");
         }
-        Fault::Stop | Fault::Garbage | Fault::Exhaustion => {
+        Fault::Stop | Fault::Garbage | Fault::Exhaustion(_) => {
             stop(pid);
             let frozen = r.rng.micros(2_000, 40_000);
             let t = Instant::now();
@@ -159,7 +159,7 @@ pub(crate) fn semaphore_waiter(r: &mut Round<'_>, fault: Fault) -> Result<(), St
             }
             join_killed(r, &mut victim, "semaphore waiter");
         }
-        Fault::Stop | Fault::Garbage | Fault::Exhaustion => {
+        Fault::Stop | Fault::Garbage | Fault::Exhaustion(_) => {
             stop(pid);
             let _ = sem.release();
             let _ = sem.release();
@@ -255,7 +255,7 @@ pub(crate) fn condition_notifier(r: &mut Round<'_>, fault: Fault) -> Result<(), 
     let pid = notifier.pid();
     let t = match fault {
         Fault::Kill => kill(pid),
-        Fault::Stop | Fault::Garbage | Fault::Exhaustion => {
+        Fault::Stop | Fault::Garbage | Fault::Exhaustion(_) => {
             // Frozen, perhaps inside `notify` with the lock held: everyone waits for it, then
             // it carries on.
             stop(pid);
@@ -298,7 +298,7 @@ pub(crate) fn condition_notifier(r: &mut Round<'_>, fault: Fault) -> Result<(), 
     }
     match fault {
         Fault::Kill => join_killed(r, &mut notifier, "notifier"),
-        Fault::Stop | Fault::Garbage | Fault::Exhaustion => {
+        Fault::Stop | Fault::Garbage | Fault::Exhaustion(_) => {
             join_ok(r, &mut notifier, "frozen notifier");
         }
     }

@@ -9,7 +9,8 @@
 //! minimizes each corpus afterwards (`cargo fuzz cmin` with a set cover over edges, which
 //! keeps the corpus small enough for the repository), keeping the files people named
 //! (`seed-NN`, `regression-...`). The corpus replay on stable is an
-//! ordinary test (`tests/fuzz_corpus.rs` of mp-core and mp-pipe). See `docs/reliability.md`.
+//! ordinary test (`tests/fuzz_corpus.rs` of mp-core, mp-pipe, mp-queue and mp-manager). See
+//! `docs/reliability.md`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;

@@ -20,7 +20,9 @@
 //! mappings, fail.
 //!
 //! Named regions live in `/dev/shm/mp-<name>` with mode 0600 until [`SharedMemory::unlink`]
-//! (their owner unlinks them when dropped). A POSIX shared-memory file cannot be sealed, so any
+//! (their owner unlinks them when dropped). Their pages are allocated when they are created
+//! (`fallocate`), so a full `/dev/shm` is an error of `create` (`ENOSPC`), not a `SIGBUS` at
+//! a later write, unlike Python, whose blocks are sparse files. A POSIX shared-memory file cannot be sealed, so any
 //! process of the same user may `ftruncate` a named block under its readers, whose next access
 //! past the new end is a `SIGBUS`, as in Python. mp checks a named block's header and size when
 //! it attaches, but cannot stop a same-user process from shrinking it later: share named
@@ -412,6 +414,22 @@ fn validate(map: &MmapRaw, file_len: u64) -> Result<Layout> {
     Ok(Layout { kind, size, align })
 }
 
+/// Allocates every page of a new named block's file (`len` bytes), so that a full
+/// `/dev/shm` is an error now (`Error::Io` with `ENOSPC`, op `fallocate`) and not a `SIGBUS`
+/// at the first write of a page the file system cannot give. A file system without
+/// `fallocate` leaves the file sparse, as before.
+fn reserve(fd: &OwnedFd, len: i64) -> Result<()> {
+    // SAFETY: fallocate on our own new descriptor, which nothing maps yet: it changes the
+    // file, not our memory.
+    if unsafe { libc::fallocate(fd.as_raw_fd(), 0, 0, len) } == 0 {
+        return Ok(());
+    }
+    match Errno::last() {
+        Errno::EOPNOTSUPP => Ok(()),
+        e => Err(Error::nix("fallocate", e)),
+    }
+}
+
 /// The prefix of every named region mp makes in `/dev/shm`.
 pub const NAME_PREFIX: &str = "mp-";
 
@@ -475,7 +493,8 @@ fn shm_path(name: &str) -> Result<CString> {
 
 impl SharedMemory {
     /// Creates a new named block of `size` zeroed bytes. Errors: [`Error::InvalidSize`] for 0,
-    /// [`Error::Exists`] when the name is taken, [`Error::InvalidName`].
+    /// [`Error::Exists`] when the name is taken, [`Error::InvalidName`], [`Error::Io`] with
+    /// `ENOSPC` (op `fallocate`) when `/dev/shm` has no room for the whole block.
     pub fn create(name: &str, size: u64) -> Result<SharedMemory> {
         Self::create_with_kind(name, size, KIND_BYTES)
     }
@@ -497,8 +516,9 @@ impl SharedMemory {
             e => Error::nix("shm_open", e),
         })?;
         let made = (|| {
-            nix::unistd::ftruncate(&fd, (HEADER_SIZE as u64 + size) as i64)
-                .map_err(|e| Error::nix("ftruncate", e))?;
+            let len = (HEADER_SIZE as u64 + size) as i64;
+            nix::unistd::ftruncate(&fd, len).map_err(|e| Error::nix("ftruncate", e))?;
+            reserve(&fd, len)?;
             Region::init(
                 fd,
                 Layout {

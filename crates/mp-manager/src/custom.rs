@@ -111,6 +111,15 @@ pub(crate) struct Ctor {
 }
 
 impl Ctor {
+    /// The constructor of a type made with `S::default()` in this process (the fuzz
+    /// harness's server; a real server resolves its constructors from [`Registration`]s).
+    pub(crate) fn of_default<S: Served + Default>() -> Ctor {
+        Ctor {
+            make: make_default::<S>,
+            arg: 0,
+        }
+    }
+
     /// A fresh object (the constructor may panic: the caller catches it).
     pub(crate) fn make(&self) -> Box<dyn Erased> {
         (self.make)(self.arg)

@@ -111,6 +111,11 @@
 //!   shared state between related processes, mp's own `Queue`, `Lock` and `Value` (shared
 //!   memory) are far faster.
 
+/// Fuzzing entry points (`fuzz/`, `tests/fuzz_corpus.rs`). Not API: hidden, may change in any
+/// release.
+#[doc(hidden)]
+#[path = "fuzz.rs"]
+pub mod __fuzz;
 mod builder;
 mod client;
 mod custom;

@@ -172,6 +172,11 @@
 //!
 //! The layout and algorithm are described in the `ring` module's source.
 
+/// Fuzzing entry points (`fuzz/`, `tests/fuzz_corpus.rs`). Not API: hidden, may change in any
+/// release.
+#[doc(hidden)]
+#[path = "fuzz.rs"]
+pub mod __fuzz;
 #[cfg(feature = "async")]
 mod asynchronous;
 mod error;

@@ -475,6 +475,15 @@ impl<T: Message> Received<'_, T> {
         let mut scratch = ring::Scratch::new();
         ring::decode::<T>(self.queue.ring.private_copy(&self.payload, &mut scratch))
     }
+
+    /// The address and length of the payload when it lies inside the ring (not beside it):
+    /// what the fuzz harness checks against the ring's data area.
+    pub(crate) fn inline_span(&self) -> Option<(usize, usize)> {
+        match self.payload {
+            Payload::Inline(p, len) => Some((p as usize, len)),
+            Payload::Big(..) => None,
+        }
+    }
 }
 
 impl<T: Message> Deref for Received<'_, T> {

@@ -117,6 +117,71 @@ fn answer(state: &State, conn: u64, req: Request) -> Reply {
     r.unwrap_or_else(Reply::Err)
 }
 
+/// Answers one request of connection `conn`: the reply (`None` for a one-way release), whether
+/// the server is to stop, and the queue an item was taken from (to give the item back with
+/// [`Obj::give_back`] if the reply cannot be sent).
+fn dispatch(state: &State, conn: u64, req: Request) -> (Option<Reply>, bool, Option<Arc<Obj>>) {
+    match req {
+        Request::Shutdown => (Some(Reply::Unit), true, None),
+        Request::Release { id: obj } => {
+            state.release(conn, obj);
+            (None, false, None)
+        }
+        Request::Call { id: obj, kind, op } => {
+            let is_get = matches!(op, Op::QueueGet(_));
+            let mut taken_from = None;
+            let r = state.get(obj).and_then(|o| {
+                if o.kind() != kind {
+                    return Err(Refused::WrongKind {
+                        expected: kind,
+                        found: o.kind(),
+                    });
+                }
+                if is_get {
+                    taken_from = Some(o.clone());
+                }
+                call(&o, conn, op)
+            });
+            (Some(r.unwrap_or_else(Reply::Err)), false, taken_from)
+        }
+        other => (Some(answer(state, conn, other)), false, None),
+    }
+}
+
+/// The dispatch without a socket, for the fuzz harness (`crate::__fuzz`): a server's state
+/// and the requests of several connections answered as `serve_connection` answers them.
+pub(crate) struct Dispatch {
+    state: State,
+}
+
+impl Dispatch {
+    /// A server with no object yet, serving `types`.
+    pub(crate) fn new(types: Types) -> Dispatch {
+        Dispatch {
+            state: State::new(types),
+        }
+    }
+
+    /// Answers `req` as connection `conn`; with `unsent`, acts as if the reply could not be
+    /// sent (an item a queue `get` took goes back). Returns the reply (`None` for a one-way
+    /// request) and whether the server was asked to stop.
+    pub(crate) fn answer(&self, conn: u64, req: Request, unsent: bool) -> (Option<Reply>, bool) {
+        let (reply, stop, taken_from) = dispatch(&self.state, conn, req);
+        match (taken_from, reply) {
+            (Some(o), Some(reply)) if unsent => {
+                o.give_back(reply);
+                (Some(Reply::Unit), stop)
+            }
+            (_, reply) => (reply, stop),
+        }
+    }
+
+    /// Connection `conn` closed: what it held is released, as when its thread ends.
+    pub(crate) fn close(&self, conn: u64) {
+        self.state.drop_conn(conn);
+    }
+}
+
 /// Answers one connection until it closes. Returns true when asked to shut down.
 fn serve_connection(state: &State, conn: &Connection<()>) -> bool {
     let id = state.next_conn.fetch_add(1, Ordering::Relaxed);
@@ -128,34 +193,16 @@ fn serve_connection(state: &State, conn: &Connection<()>) -> bool {
         let Ok(bytes) = conn.recv_bytes(None) else {
             break false;
         };
-        // The queue an item was taken from, to give it back if the reply cannot be sent.
-        let mut taken_from = None;
-        let (reply, stop) = match decode::<Request>(&bytes) {
-            Err(e) => (Reply::Err(Refused::Malformed(e.to_string())), false),
-            Ok(Request::Shutdown) => (Reply::Unit, true),
-            Ok(Request::Release { id: obj }) => {
-                // One way: the proxy's `Drop` does not wait for an answer.
-                state.release(id, obj);
-                continue;
-            }
-            Ok(Request::Call { id: obj, kind, op }) => {
-                let is_get = matches!(op, Op::QueueGet(_));
-                let r = state.get(obj).and_then(|o| {
-                    if o.kind() != kind {
-                        return Err(Refused::WrongKind {
-                            expected: kind,
-                            found: o.kind(),
-                        });
-                    }
-                    if is_get {
-                        taken_from = Some(o.clone());
-                    }
-                    call(&o, id, op)
-                });
-                (r.unwrap_or_else(Reply::Err), false)
-            }
-            Ok(other) => (answer(state, id, other), false),
+        let (reply, stop, taken_from) = match decode::<Request>(&bytes) {
+            Err(e) => (
+                Some(Reply::Err(Refused::Malformed(e.to_string()))),
+                false,
+                None,
+            ),
+            Ok(req) => dispatch(state, id, req),
         };
+        // One way (a release): the proxy's `Drop` does not wait for an answer.
+        let Some(reply) = reply else { continue };
         let sent = encode(&reply)
             .map_err(|e| e.to_string())
             .and_then(|b| conn.send_bytes(&b, 0, None).map_err(|e| e.to_string()));
@@ -165,11 +212,8 @@ fn serve_connection(state: &State, conn: &Connection<()>) -> bool {
         if sent.is_err() {
             // The client is gone: an item it was waiting for goes back to the head of the
             // queue instead of being lost.
-            if let (Some(o), Reply::Bytes(item)) = (taken_from, reply) {
-                if let Obj::Queue { items, changed, .. } = &*o {
-                    lock(items).push_front(item);
-                    changed.notify_all();
-                }
+            if let Some(o) = taken_from {
+                o.give_back(reply);
             }
             break false;
         }

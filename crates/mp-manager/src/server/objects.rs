@@ -8,7 +8,7 @@ use indexmap::IndexMap;
 use mp_core::message::decode;
 
 use crate::custom::Erased;
-use crate::wire::{Bytes, Kind, Refused};
+use crate::wire::{Bytes, Kind, Refused, Reply};
 
 /// One object held by the server; [`call`](super::call::call) answers the requests on it.
 pub(super) enum Obj {
@@ -204,6 +204,15 @@ impl Obj {
                 changed: Condvar::new(),
             },
         })
+    }
+
+    /// Puts an item taken by a queue `get` whose reply could not be sent back at the head
+    /// of the queue, instead of losing it (nothing for any other reply or object).
+    pub(super) fn give_back(&self, reply: Reply) {
+        if let (Obj::Queue { items, changed, .. }, Reply::Bytes(item)) = (self, reply) {
+            super::call::lock(items).push_front(item);
+            changed.notify_all();
+        }
     }
 
     pub(super) fn kind(&self) -> Kind {

@@ -366,13 +366,16 @@ impl Ring {
         let reclaim = m.reclaim.load(Ordering::Relaxed);
         let deq = m.dequeued.load(Ordering::Relaxed);
         let new_head = head + used;
+        // `dequeued` is a count that only a hostile peer brings near `u64::MAX`: it wraps
+        // (`len` saturates), it never panics.
+        let deq_next = deq.wrapping_add(1);
         // Journal first, so that a consumer killed between the two stores below is completed
         // by the next holder (Release keeps `j_deq` before `j_head`, both before `head`).
-        m.j_deq.store(deq + 1, Ordering::Relaxed);
+        m.j_deq.store(deq_next, Ordering::Relaxed);
         m.j_head.store(new_head, Ordering::Release);
         m.head.store(new_head, Ordering::Release);
         // Release: pairs with the Acquire load of `dequeued` in producers checking maxsize.
-        m.dequeued.store(deq + 1, Ordering::Release);
+        m.dequeued.store(deq_next, Ordering::Release);
         m.j_head.store(0, Ordering::Release);
         if claimed {
             return;

@@ -197,12 +197,18 @@ impl Ring {
         m.big_tail.load(Ordering::Acquire).saturating_sub(head)
     }
 
-    /// True when `lo..hi` can be a span of the ring: ordered, at most the capacity apart, and
-    /// on record boundaries (multiples of 16). Every position read back from shared memory is
-    /// checked with this before it is used to form a pointer: another process may have written
-    /// anything there.
+    /// True when `lo..hi` can be a span of the ring: ordered, at most the capacity apart, on
+    /// record boundaries (multiples of 16), and more than a capacity below `u64::MAX` (so that
+    /// a position plus the span of records after it, at most a capacity, never overflows: no
+    /// real queue moves 2^64 bytes). Every position read back from shared memory is checked
+    /// with this before it is used to form a pointer or a new position: another process may
+    /// have written anything there.
     fn span_ok(&self, lo: u64, hi: u64) -> bool {
-        lo <= hi && hi - lo <= self.capacity && lo % 16 == 0 && hi % 16 == 0
+        lo <= hi
+            && hi - lo <= self.capacity
+            && hi <= u64::MAX - self.capacity
+            && lo % 16 == 0
+            && hi % 16 == 0
     }
 
     /// Takes the producer lock (waiting until `deadline`: then `None`), repairing what a

@@ -388,7 +388,9 @@ impl Ring {
         m.pending_enq.store(enq, Ordering::Relaxed);
         m.pending_count.store(count, Ordering::Relaxed);
         m.pending_tail.store(new_tail, Ordering::Release);
-        m.enqueued.store(enq + u64::from(count), Ordering::Release);
+        // A count that only a hostile peer brings near `u64::MAX`: it wraps, never panics.
+        m.enqueued
+            .store(enq.wrapping_add(u64::from(count)), Ordering::Release);
         // Publishes the records (headers and payloads) to consumers, which load `tail` with
         // Acquire. A SeqCst swap rather than a store: it is also our half of the handshake with
         // sleeping consumers (see `wake_consumers`), without a separate fence.
