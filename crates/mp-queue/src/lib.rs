@@ -84,7 +84,7 @@
 //!
 //! # Async (feature `async`)
 //!
-//! [`Queue::get_async`] and [`Queue::put_async`] wait the same way for async code, on any
+//! `Queue::get_async` and `Queue::put_async` wait the same way for async code, on any
 //! runtime: the future is counted among the queue's sleeping consumers (producers) so that a
 //! put (get) in any process wakes it, and one thread of mp-core's reactor sleeps on the
 //! queue's wake words for every waiting future of the process (no spin, no thread per

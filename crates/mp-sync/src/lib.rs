@@ -221,7 +221,7 @@
 //!
 //! # Async (feature `async`)
 //!
-//! [`Lock::acquire_async`] and [`Event::wait_async`] are the same waits for async code, on any
+//! `Lock::acquire_async` and `Event::wait_async` are the same waits for async code, on any
 //! runtime: the task neither spins nor holds a thread. One thread of mp-core's reactor
 //! (`mp_core::reactor`, `futex_waitv`) sleeps on the wake words of up to 127 waiting futures
 //! of the process at once, and wakes each future when a release or a `set` (in any process)
