@@ -133,28 +133,23 @@ fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
 }
 
-/// Spins a little, then sleeps on `word` until `done(current value)` holds or the deadline
-/// passes. Returns the last value seen, or `Err(value)` on timeout.
-///
-/// `spins` bounds the busy phase (each spin is a `spin_loop` hint and a load); on this kind of
-/// VM a futex wake across cores costs tens of microseconds, so a short spin pays when the other
-/// side answers quickly, and the sleep keeps a waiter that keeps waiting from burning a core.
+/// Spins as the wait policy allows ([`crate::wait`]), then sleeps on `word` until
+/// `done(current value)` holds or the deadline passes. Returns the last value seen, or
+/// `Err(value)` on timeout.
 pub fn wait_until(
     word: &AtomicU32,
     mut done: impl FnMut(u32) -> bool,
-    spins: u32,
     deadline: Deadline,
 ) -> Result<u32, u32> {
     use std::sync::atomic::Ordering::Acquire;
-    for i in 0..spins {
+    let mut spin = crate::wait::Spin::new(word, deadline);
+    loop {
         let v = word.load(Acquire);
         if done(v) {
             return Ok(v);
         }
-        if i % 64 == 63 {
-            std::thread::yield_now();
-        } else {
-            std::hint::spin_loop();
+        if !spin.spin() {
+            break;
         }
     }
     loop {
