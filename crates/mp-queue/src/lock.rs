@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use mp_core::ident::{self, CONTENDED};
+use mp_core::wait::Spin;
 use mp_core::{futex, Deadline};
 
 /// How long a waiter sleeps before it checks that the holder is alive.
@@ -84,9 +85,10 @@ fn lock_slow<'a>(
     let bound = deadline
         .remaining()
         .map(|left| Instant::now() + left.max(LOCK_GRACE));
-    // A short spin first: critical sections are a handful of stores, or one serialization.
-    for _ in 0..200 {
-        std::hint::spin_loop();
+    // A spin first, as the wait policy allows: critical sections are a handful of stores, or
+    // one serialization.
+    let mut spin = Spin::new(word, deadline);
+    while spin.spin() {
         if word.load(Ordering::Relaxed) == 0
             && word
                 .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)

@@ -1,4 +1,4 @@
-//! The raw robust lock every lock-like primitive stands on, and the bounded spin.
+//! The raw robust lock every lock-like primitive stands on.
 //!
 //! # Algorithm
 //!
@@ -10,7 +10,8 @@
 //!   waiter may be asleep.
 //! * Acquire: one `compare_exchange(0, me)`. Release: one `swap(0)`; only when the old value
 //!   had `CONTENDED` does the releaser bump `seq` and `FUTEX_WAKE` one sleeper.
-//! * A waiter spins a little (only while nobody sleeps), then reads `seq`, sets `CONTENDED`
+//! * A waiter spins as mp-core's wait policy allows ([`mp_core::wait`]; only while nobody
+//!   sleeps), then reads `seq`, sets `CONTENDED`
 //!   on the current owner value with a CAS, and sleeps on `seq` while it is unchanged. A
 //!   woken waiter takes the lock as `me | CONTENDED` (others may still sleep), so the flag
 //!   clears itself at the first release that has no sleeper behind it.
@@ -29,12 +30,13 @@
 //! operations, so even a misused lock (released by a third process, as Python allows) can
 //! only produce a logically wrong value, never undefined behaviour.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 // The loom shim: std's atomics and mp_core::futex in the normal build, loom's under
 // `cfg(loom)` (the lock model at the end of this file).
 use mp_core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use mp_core::sync::futex;
+use mp_core::wait::Spin;
 use mp_core::{Deadline, ShmSafe};
 #[cfg(not(loom))]
 use static_assertions::{assert_eq_align, assert_eq_size};
@@ -45,52 +47,6 @@ use mp_core::ident::{self, CONTENDED};
 pub(crate) const SLICE: Duration = Duration::from_millis(5);
 /// The longest sleep between two liveness checks: a dead holder is found within this.
 pub(crate) const MAX_SLICE: Duration = Duration::from_millis(160);
-
-/// How long a waiter spins (with `sched_yield` after the first few rounds) before it sleeps.
-/// A futex wake across cores costs tens of microseconds on the VMs this was tuned on; a peer
-/// that answers within this budget is caught without any syscall on its side.
-pub(crate) const SPIN_BUDGET: Duration = Duration::from_micros(50);
-
-/// A bounded spin: exponential `spin_loop` rounds (parking_lot's `SpinWait` shape), then
-/// `yield_now` until [`SPIN_BUDGET`] has passed since the first yield. Yielding rather than
-/// pausing keeps a spinner from starving the very process it waits for when both share a
-/// core; the time bound keeps a waiter that keeps waiting from burning a core: it sleeps.
-pub(crate) struct Spin {
-    rounds: u32,
-    since: Option<Instant>,
-}
-
-impl Spin {
-    pub(crate) fn new() -> Spin {
-        Spin {
-            rounds: 0,
-            since: None,
-        }
-    }
-
-    /// Spins once more; false when the budget is spent (the caller should sleep).
-    #[inline]
-    pub(crate) fn spin(&mut self) -> bool {
-        // Under loom a spin is only more interleavings to explore: go to sleep at once.
-        if cfg!(loom) {
-            return false;
-        }
-        if self.rounds < 6 {
-            self.rounds += 1;
-            for _ in 0..(1u32 << self.rounds) {
-                std::hint::spin_loop();
-            }
-            return true;
-        }
-        let now = Instant::now();
-        let since = *self.since.get_or_insert(now);
-        if now.duration_since(since) >= SPIN_BUDGET {
-            return false;
-        }
-        std::thread::yield_now();
-        true
-    }
-}
 
 /// How a lock attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,7 +134,7 @@ impl RawLock {
 
     #[cold]
     fn lock_slow(&self, me: u64, deadline: Deadline) -> Acquire {
-        let mut spin = Spin::new();
+        let mut spin = Spin::new(self, deadline);
         loop {
             let cur = self.owner.load(Ordering::Relaxed);
             if cur == 0 {
@@ -294,7 +250,7 @@ impl RawLock {
             {
                 continue;
             }
-            let slept = Instant::now();
+            let slept = std::time::Instant::now();
             mp_core::reactor::changed(&self.seq, seq, keep.clone(), check_after).await;
             if self.seq.load(Ordering::Acquire) == seq && slept.elapsed() >= check_after {
                 if let Some(a) = self.take_if_dead(me) {

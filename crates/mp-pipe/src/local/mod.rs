@@ -20,10 +20,10 @@
 use mp_core::sync::atomic::{AtomicU32, Ordering};
 use std::cell::{Cell, RefCell, RefMut};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::time::{Duration, Instant};
 
 use mp_core::message::{self, Encoded};
 use mp_core::rkyv::util::AlignedVec;
+use mp_core::wait::Spin;
 use mp_core::{Deadline, Message, Region};
 
 use crate::error::{Error, Result};
@@ -42,14 +42,6 @@ pub const MAX_RING_CAPACITY: usize = 1 << 30;
 
 /// No ring in that direction (a one-way end).
 pub(crate) const NO_RING: u8 = u8::MAX;
-
-const SPIN_MIN: Duration = Duration::from_micros(1);
-const SPIN_MAX: Duration = Duration::from_micros(50);
-const SPIN_START: Duration = Duration::from_micros(10);
-/// After this long spinning, yield the CPU between checks (the peer may share our core).
-const SPIN_YIELD_AFTER: Duration = Duration::from_micros(3);
-/// Looks at the start of a spin without a pause in between.
-const TIGHT_SPINS: u32 = 64;
 
 /// How a wait ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,8 +98,6 @@ pub(crate) struct LocalEnd {
     cap: usize,
     partial: RefCell<Option<Partial>>,
     scratch: RefCell<AlignedVec<16>>,
-    rx_spin: Cell<Duration>,
-    tx_spin: Cell<Duration>,
     peer_gone: Cell<bool>,
 }
 
@@ -223,8 +213,6 @@ impl LocalEnd {
             cap: p.cap,
             partial: RefCell::new(None),
             scratch: RefCell::new(AlignedVec::new()),
-            rx_spin: Cell::new(SPIN_START),
-            tx_spin: Cell::new(SPIN_START),
             peer_gone: Cell::new(false),
         })
     }
@@ -256,41 +244,6 @@ impl LocalEnd {
 
     // ---- waiting --------------------------------------------------------------------------
 
-    /// Spins while `cond` is false, for at most the adaptive budget (and the deadline).
-    fn spin(&self, cond: &dyn Fn() -> bool, budget: &Cell<Duration>, deadline: Deadline) -> bool {
-        let mut limit = budget.get();
-        if let Some(left) = deadline.remaining() {
-            limit = limit.min(left);
-        }
-        if limit.is_zero() {
-            return false;
-        }
-        let start = Instant::now();
-        let mut i: u32 = 0;
-        loop {
-            if cond() {
-                return true;
-            }
-            i = i.wrapping_add(1);
-            // The first looks without a pause (a pause costs ~28 ns on this kind of CPU, half
-            // of which a reply that is on its way waits for on average).
-            if i < TIGHT_SPINS {
-                continue;
-            }
-            if i % 32 == 0 {
-                let el = start.elapsed();
-                if el >= limit {
-                    return false;
-                }
-                if el >= SPIN_YIELD_AFTER {
-                    std::thread::yield_now();
-                    continue;
-                }
-            }
-            std::hint::spin_loop();
-        }
-    }
-
     /// Waits until `cond` holds, the peer is gone, or the deadline passes: spins, then arms
     /// `armed` and sleeps on the socket.
     fn block(
@@ -298,10 +251,16 @@ impl LocalEnd {
         armed: &AtomicU32,
         cond: &dyn Fn() -> bool,
         deadline: Deadline,
-        budget: &Cell<Duration>,
     ) -> Result<Woke> {
-        let start = Instant::now();
-        if self.spin(cond, budget, deadline) {
+        // The wait policy's spin (mp_core::wait), adapted per ring; it learns from this wait
+        // when it is dropped at the end.
+        let mut spin = Spin::new(armed, deadline);
+        while !cond() {
+            if !spin.spin() {
+                break;
+            }
+        }
+        if !spin.is_spent() {
             return Ok(Woke::Ready);
         }
         let woke = loop {
@@ -331,16 +290,6 @@ impl LocalEnd {
                 }
             }
         };
-        // Adapt the spin budget: a wake-up soon after the spin gave up means a longer spin
-        // would have caught it; a long sleep means spinning is wasted here.
-        if woke == Woke::Ready {
-            let t = start.elapsed();
-            budget.set(if t <= SPIN_MAX {
-                (t + t / 2).clamp(SPIN_MIN, SPIN_MAX)
-            } else {
-                (budget.get() / 2).max(SPIN_MIN)
-            });
-        }
         Ok(woke)
     }
 
@@ -430,12 +379,7 @@ impl LocalEnd {
             if let Some(s) = ring.slot(need)? {
                 return Ok(s);
             }
-            match self.block(
-                ring.tx_armed(),
-                &|| ring.has_room(need),
-                Deadline::never(),
-                &self.tx_spin,
-            )? {
+            match self.block(ring.tx_armed(), &|| ring.has_room(need), Deadline::never())? {
                 Woke::Ready | Woke::TimedOut => continue,
                 Woke::PeerGone => return Err(Error::BrokenPipe),
             }
@@ -468,12 +412,7 @@ impl LocalEnd {
         }
         loop {
             let Some(rec) = ring.peek()? else {
-                match self.block(
-                    ring.rx_armed(),
-                    &|| ring.has_data(),
-                    deadline,
-                    &self.rx_spin,
-                )? {
+                match self.block(ring.rx_armed(), &|| ring.has_data(), deadline)? {
                     Woke::Ready => continue,
                     Woke::TimedOut => return Err(Error::Timeout),
                     Woke::PeerGone => {
@@ -591,12 +530,7 @@ impl LocalEnd {
             return Ok(true);
         }
         Ok(
-            match self.block(
-                ring.rx_armed(),
-                &|| ring.has_data(),
-                deadline,
-                &self.rx_spin,
-            )? {
+            match self.block(ring.rx_armed(), &|| ring.has_data(), deadline)? {
                 Woke::Ready | Woke::PeerGone => true,
                 Woke::TimedOut => false,
             },
