@@ -17,6 +17,8 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("bench") => bench(&args[1..]),
+        // The busy loop of the bench's loaded placement (started by `bench` itself).
+        Some("busy-loop") => bench::busy_loop(&args[1..]),
         Some("faults") => faults::run(&args[1..]),
         Some("fuzz") => fuzz::run(&args[1..]),
         _ => {
