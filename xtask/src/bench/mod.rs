@@ -53,13 +53,18 @@ impl Options {
     }
 
     /// The placements a limit group runs in: those of `--placement`, and always `single` for a
-    /// limit measured only there (the workloads of every placement compare with it).
+    /// limit measured only there (the workloads of every placement compare with it). With
+    /// `--quick` the limits run loaded only under `--placement loaded`: the heavy ones cost as
+    /// much loaded as spread and packed together, and the smoke run should grow by about half.
     fn limit_placements(&self, group: &str) -> Vec<&'static str> {
         if limit_single(group) {
-            vec!["single"]
-        } else {
-            self.placements(false)
+            return vec!["single"];
         }
+        let mut ps = self.placements(false);
+        if self.quick && self.placement.as_deref() != Some(LOADED) {
+            ps.retain(|&p| p != LOADED);
+        }
+        ps
     }
 }
 
