@@ -4,8 +4,10 @@ Every script measures one workload with `multiprocessing` the way a Python user 
 in the placement given on the command line, and prints one line `RESULT <value>` in the unit of
 the workload (see docs/benchmarks.md). Placements match the Rust side exactly: "spread" puts the
 parent on CPU 0 and child i on CPU 1, 0, 1, ...; "packed" puts everyone on CPU 0; "single" pins
-the only process to CPU 0. Children pin themselves with os.sched_setaffinity before the clock
-starts (pool workers in their initializer).
+the only process to CPU 0; "loaded" pins as "spread" (the busy loop on each CPU that makes it
+loaded is started around the script by `cargo xtask bench`, as around mp's). Children pin
+themselves with os.sched_setaffinity before the clock starts (pool workers in their
+initializer).
 """
 
 import argparse
@@ -33,25 +35,36 @@ def pin(cpu):
 
 def child_cpu(placement, i):
     """The CPU of child number i (from 0) in a placement."""
-    if placement == "spread" and _cpus() > 1:
+    if placement in ("spread", "loaded") and _cpus() > 1:
         return 1 if i % 2 == 0 else 0
     return 0
 
 
+# `--runs N`: the timed runs of every `measure`, instead of the script's own count.
+_RUNS = None
+
+
 def options():
+    global _RUNS
     p = argparse.ArgumentParser()
-    p.add_argument("--placement", choices=["spread", "packed", "single"], default="spread")
+    p.add_argument("--placement", choices=["spread", "packed", "loaded", "single"], default="spread")
     p.add_argument("--quick", action="store_true")
+    p.add_argument(
+        "--runs",
+        type=int,
+        help="timed runs per measurement instead of the script's (xtask: 1 for loaded with --quick)",
+    )
     a = p.parse_args()
+    _RUNS = a.runs
     pin(0)
     return a
 
 
 def measure(run_once, n, repeats):
-    """Run `run_once(n)` (which returns seconds) `repeats` times after one warm-up run of a
-    tenth of the size, and return the median time."""
+    """Run `run_once(n)` (which returns seconds) `repeats` times (or `--runs`) after one warm-up
+    run of a tenth of the size, and return the median time."""
     run_once(max(1, n // 10))
-    return statistics.median(run_once(n) for _ in range(repeats))
+    return statistics.median(run_once(n) for _ in range(_RUNS or repeats))
 
 
 def report(value):

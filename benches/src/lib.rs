@@ -23,7 +23,8 @@
 //!
 //! Every workload with two or more processes (or threads) runs pinned: [`Placement::Spread`]
 //! puts the parent on CPU 0 and the children on CPU 1, 0, 1, ...; [`Placement::Packed`] puts
-//! everyone on CPU 0. CPython's scripts apply the same placements with
+//! everyone on CPU 0; [`Placement::Loaded`] pins as spread, and `cargo xtask bench` runs it
+//! beside one busy loop pinned on each CPU. CPython's scripts apply the same placements with
 //! `os.sched_setaffinity`.
 //!
 //! # Children

@@ -265,7 +265,8 @@ fn ident(x: u64) -> u64 {
 }
 
 /// Pool initializer: worker number i (in start order, counted in shared memory) pins itself to
-/// `child_cpu(i)`, as the CPython scripts' `pin_worker` does.
+/// `child_cpu(i)`, as the CPython scripts' `pin_worker` does. `spread`: the workers alternate
+/// over the CPUs (spread and loaded, which pin alike), else they share CPU 0 (packed).
 fn pin_worker((counter, spread): (Shared<AtomicU32>, bool)) {
     let i = counter.fetch_add(1, Ordering::AcqRel) as usize;
     let placement = if spread {
@@ -285,7 +286,7 @@ fn pinned_pool(workers: usize, placement: Placement) -> Pool {
         .processes(workers)
         .initializer(
             pin_worker,
-            (counter.clone(), placement == Placement::Spread),
+            (counter.clone(), placement != Placement::Packed),
         )
         .build()
         .expect("Pool::build");
@@ -435,7 +436,7 @@ pub fn executor_submit(iters: u64, placement: Placement) -> Duration {
         .max_workers(2)
         .initializer(
             pin_worker,
-            (counter.clone(), placement == Placement::Spread),
+            (counter.clone(), placement != Placement::Packed),
         )
         .build()
         .expect("executor");

@@ -4,6 +4,11 @@
 //! On a small VM an unpinned run swings by several times from run to run, and a wake-up across
 //! cores costs an order of magnitude more than one on the same core, so every number in the
 //! table says which placement it was measured in.
+//!
+//! [`Placement::Loaded`] pins exactly as [`Placement::Spread`]; what makes it "loaded" is
+//! outside this process: `cargo xtask bench` runs the loaded benchmarks (and CPython's loaded
+//! scripts) beside one CPU-bound busy loop pinned on each online CPU, started before the bench
+//! process and killed after it. A bare `cargo bench` has no busy loops, and says so.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -16,11 +21,20 @@ pub enum Placement {
     Packed,
     /// A single-process workload, pinned to CPU 0.
     Single,
+    /// Pinned as [`Placement::Spread`], beside one CPU-bound process pinned on each CPU (the
+    /// busy loops of `cargo xtask bench`, which sets [`BUSY_LOOPS_VAR`] for the run): every
+    /// process of the workload shares its core with a hog, as on a busy machine or under a
+    /// pool with one worker per core plus its parent.
+    Loaded,
 }
 
+/// Set by `cargo xtask bench` (to the number of busy loops) in the environment of a run of the
+/// loaded benchmarks; without it [`Placement::Loaded`] warns that nothing loads the machine.
+pub const BUSY_LOOPS_VAR: &str = "MP_BENCH_BUSY_LOOPS";
+
 impl Placement {
-    /// The two placements of multi-process workloads.
-    pub const MULTI: [Placement; 2] = [Placement::Spread, Placement::Packed];
+    /// The placements of multi-process workloads.
+    pub const MULTI: [Placement; 3] = [Placement::Spread, Placement::Packed, Placement::Loaded];
 
     /// The name used in benchmark ids and in the table.
     pub fn name(self) -> &'static str {
@@ -28,6 +42,7 @@ impl Placement {
             Placement::Spread => "spread",
             Placement::Packed => "packed",
             Placement::Single => "single",
+            Placement::Loaded => "loaded",
         }
     }
 
@@ -39,14 +54,24 @@ impl Placement {
     /// The CPU of child (or helper thread) number `i`, counting from 0.
     pub fn child_cpu(self, i: usize) -> usize {
         match self {
-            Placement::Spread if cpus() > 1 => usize::from(i % 2 == 0),
+            Placement::Spread | Placement::Loaded if cpus() > 1 => usize::from(i % 2 == 0),
             _ => 0,
         }
     }
 
     /// Pins the calling thread to the parent's CPU (threads and children it creates afterwards
-    /// inherit the mask until they pin themselves).
+    /// inherit the mask until they pin themselves). In [`Placement::Loaded`] without the busy
+    /// loops of `cargo xtask bench` it warns once on stderr.
     pub fn pin_parent(self) {
+        if self == Placement::Loaded && std::env::var_os(BUSY_LOOPS_VAR).is_none() {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                eprintln!(
+                    "mp-benches: the loaded placement runs without busy loops ({BUSY_LOOPS_VAR} \
+                     is not set): run it through `cargo xtask bench`"
+                );
+            });
+        }
         pin_current(self.parent_cpu());
     }
 }
@@ -119,7 +144,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn spread_alternates_and_packed_stays_on_cpu0() {
+    fn spread_alternates_loaded_pins_as_spread_and_packed_stays_on_cpu0() {
         assert_eq!(Placement::Packed.child_cpu(0), 0);
         assert_eq!(Placement::Packed.child_cpu(1), 0);
         if cpus() > 1 {
@@ -128,5 +153,11 @@ mod tests {
             assert_eq!(Placement::Spread.child_cpu(2), 1);
         }
         assert_eq!(Placement::Spread.parent_cpu(), 0);
+        for i in 0..4 {
+            assert_eq!(
+                Placement::Loaded.child_cpu(i),
+                Placement::Spread.child_cpu(i)
+            );
+        }
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! * `cargo xtask ci`: exactly what CI runs (`.ci/run`): rustfmt check, clippy with warnings
 //!   denied, and the README's test command.
-//! * `cargo xtask bench [--quick] [--filter NAME]`: the benchmark suite against CPython and the
-//!   machine's limits (see `docs/benchmarks.md`).
+//! * `cargo xtask bench [--quick] [--filter NAME] [--placement NAME]`: the benchmark suite
+//!   against CPython and the machine's limits (see `docs/benchmarks.md`); `xtask busy-loop PID`
+//!   is the busy loop of its loaded placement.
 //! * `cargo xtask faults [--rounds N | --long] [--seed S] [--filter NAME] [--round R]`: the
 //!   fault campaign (see `docs/reliability.md`).
 //! * `cargo xtask fuzz [--seconds N] [--target NAME] [--cmin]`: the `cargo fuzz` targets of
@@ -17,11 +18,13 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("bench") => bench(&args[1..]),
+        // The busy loop of the bench's loaded placement (started by `bench` itself).
+        Some("busy-loop") => bench::busy_loop(&args[1..]),
         Some("faults") => faults::run(&args[1..]),
         Some("fuzz") => fuzz::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | bench [--quick] [--filter NAME] | faults [--rounds N | --long] [--seed S] [--filter NAME] [--round R] | fuzz [--seconds N] [--target NAME] [--cmin]>"
+                "usage: cargo xtask <ci | bench [--quick] [--filter NAME] [--placement NAME] | faults [--rounds N | --long] [--seed S] [--filter NAME] [--round R] | fuzz [--seconds N] [--target NAME] [--cmin]>"
             );
             return ExitCode::from(2);
         }

@@ -1,12 +1,14 @@
-//! `cargo xtask bench [--quick] [--filter NAME]`: mp against CPython, the Rust peers and the
-//! machine's limits, in one run, on this machine.
+//! `cargo xtask bench [--quick] [--filter NAME] [--placement NAME]`: mp against CPython, the
+//! Rust peers and the machine's limits, in one run, on this machine.
 //!
 //! 1. Builds the criterion bench `mp-benches/benches/suite.rs` and lists its benchmark ids
 //!    (`<workload>/<implementation>/<placement>`); a workload without an `mp` id is reported as
 //!    "not built".
-//! 2. Runs it once per criterion group (each group under a watchdog), with the results in
-//!    `target/bench/criterion/`.
-//! 3. Runs `benches/python/<workload>.py` with the machine's `python3`, in the same placements.
+//! 2. Runs it per criterion group (each run under a watchdog), with the results in
+//!    `target/bench/criterion/`: one process for the placements spread, packed (or single),
+//!    another for loaded, beside one busy loop pinned on each CPU ([`run::BusyLoops`]).
+//! 3. Runs `benches/python/<workload>.py` with the machine's `python3`, in the same placements
+//!    (loaded: beside the same busy loops).
 //! 4. Prints the table, writes `target/bench/report.json`, `report.md` and `chart.svg`.
 //!
 //! Only the standard library is used here: the report's JSON and SVG are written by hand, and
@@ -26,8 +28,9 @@ use std::time::Instant;
 use chart::svg;
 use criterion::{limit_value, Criterion};
 use report::{environment, fmt_value, json, markdown, row, LimitRow};
-use run::{build, last_lines, list, python_version, run_group, run_python, RunLock};
-use specs::{limit_single, placements, Spec, Unit, LIMITS, SPECS};
+pub(crate) use run::busy_loop;
+use run::{build, last_lines, list, python_version, run_group, run_python, BusyLoops, RunLock};
+use specs::{limit_single, placements, Spec, Unit, LIMITS, LOADED, PLACEMENTS, SPECS};
 
 use crate::{project_root, target_dir};
 
@@ -35,8 +38,34 @@ use crate::{project_root, target_dir};
 struct Options {
     quick: bool,
     filter: Option<String>,
-    /// Run everything beside one CPU-bound process pinned on each core (`--load`).
-    load: bool,
+    /// Only this placement (`--placement NAME`).
+    placement: Option<String>,
+}
+
+impl Options {
+    /// The placements a workload (or limit) measured in `placements(single)` runs in here.
+    fn placements(&self, single: bool) -> Vec<&'static str> {
+        placements(single)
+            .iter()
+            .copied()
+            .filter(|p| self.placement.as_deref().is_none_or(|w| w == *p))
+            .collect()
+    }
+
+    /// The placements a limit group runs in: those of `--placement`, and always `single` for a
+    /// limit measured only there (the workloads of every placement compare with it). With
+    /// `--quick` the limits run loaded only under `--placement loaded`: the heavy ones cost as
+    /// much loaded as spread and packed together, and the smoke run should grow by about half.
+    fn limit_placements(&self, group: &str) -> Vec<&'static str> {
+        if limit_single(group) {
+            return vec!["single"];
+        }
+        let mut ps = self.placements(false);
+        if self.quick && self.placement.as_deref() != Some(LOADED) {
+            ps.retain(|&p| p != LOADED);
+        }
+        ps
+    }
 }
 
 /// `/proc/loadavg` as it reads now (empty where there is none).
@@ -46,57 +75,73 @@ pub(super) fn loadavg() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// The usage text of `--help`.
+fn usage() -> String {
+    let names: Vec<&str> = SPECS.iter().map(|s| s.name).collect();
+    let limits: Vec<&str> = LIMITS.iter().map(|l| l.0).collect();
+    format!(
+        concat!(
+            "usage: cargo xtask bench [--quick] [--filter NAME] [--placement NAME]\n\n",
+            "  --quick           every workload briefly (smoke run)\n",
+            "  --filter NAME     only the workloads (and limits) whose name contains NAME\n",
+            "  --placement NAME  only that placement: {} (loaded: pinned as spread, beside\n",
+            "                    one CPU-bound process pinned on each core)\n\n",
+            "workloads: {}\nlimits: {}\n\nSee docs/benchmarks.md."
+        ),
+        PLACEMENTS.join(", "),
+        names.join(", "),
+        limits.join(", ")
+    )
+}
+
 /// Parses the arguments; `None` when `--help` was asked for (and printed).
 fn parse(args: &[String]) -> Result<Option<Options>, String> {
     let mut o = Options {
         quick: false,
         filter: None,
-        load: false,
+        placement: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--quick" => o.quick = true,
-            "--load" => o.load = true,
+            "--load" => {
+                return Err(
+                    "--load is gone: every run measures the loaded placement beside \
+                            spread and packed (--placement loaded runs only it)"
+                        .into(),
+                )
+            }
             "--filter" => {
                 o.filter = Some(it.next().ok_or("--filter needs a workload name")?.clone());
             }
             s if s.starts_with("--filter=") => o.filter = Some(s["--filter=".len()..].into()),
+            "--placement" => {
+                o.placement = Some(it.next().ok_or("--placement needs a name")?.clone());
+            }
+            s if s.starts_with("--placement=") => {
+                o.placement = Some(s["--placement=".len()..].into());
+            }
             "-h" | "--help" => {
-                let names: Vec<&str> = SPECS.iter().map(|s| s.name).collect();
-                let limits: Vec<&str> = LIMITS.iter().map(|l| l.0).collect();
-                println!(
-                    concat!(
-                        "usage: cargo xtask bench [--quick] [--load] [--filter NAME]\n\n",
-                        "  --quick        every workload briefly (smoke run)\n",
-                        "  --load         beside one CPU-bound process pinned on each core (a busy\n",
-                        "                 machine); the report goes to target/bench/loaded/\n",
-                        "  --filter NAME  only the workloads (and limits) whose name contains NAME\n\n",
-                        "workloads: {}\nlimits: {}\n\nSee docs/benchmarks.md."
-                    ),
-                    names.join(", "),
-                    limits.join(", ")
-                );
+                println!("{}", usage());
                 return Ok(None);
             }
             other => return Err(format!("bench: unknown argument {other:?} (try --help)")),
         }
     }
+    if let Some(p) = &o.placement {
+        if !PLACEMENTS.contains(&p.as_str()) {
+            return Err(format!(
+                "--placement {p:?}: no such placement ({})",
+                PLACEMENTS.join(", ")
+            ));
+        }
+    }
     Ok(Some(o))
 }
 
-/// Runs the suite.
-pub(crate) fn run(args: &[String]) -> Result<(), String> {
-    let Some(opts) = parse(args)? else {
-        return Ok(());
-    };
-    let root = project_root();
-    let out_dir = if opts.load {
-        target_dir(&root).join("bench").join("loaded")
-    } else {
-        target_dir(&root).join("bench")
-    };
-    let crit_home = out_dir.join("criterion");
+/// The workloads and limit groups that `--filter` and `--placement` select.
+fn select(opts: &Options) -> Result<(Vec<&'static Spec>, Vec<&'static LimitSpec>), String> {
     let specs: Vec<&Spec> = SPECS
         .iter()
         .filter(|s| {
@@ -104,8 +149,9 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
                 .as_ref()
                 .is_none_or(|f| s.name.contains(f.as_str()))
         })
+        .filter(|s| !opts.placements(s.single).is_empty())
         .collect();
-    let limit_filter: Vec<&(&str, &str, Unit)> = LIMITS
+    let limits: Vec<&LimitSpec> = LIMITS
         .iter()
         .filter(|l| match &opts.filter {
             None => true,
@@ -113,13 +159,30 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
                 l.0.contains(f.as_str()) || specs.iter().any(|s| s.limit.iter().any(|x| x.0 == l.0))
             }
         })
+        .filter(|l| opts.placement.is_none() || !opts.limit_placements(l.0).is_empty())
         .collect();
-    if specs.is_empty() && limit_filter.is_empty() {
+    if specs.is_empty() && limits.is_empty() {
         return Err(format!(
-            "--filter {:?} matches no workload (try --help for the names)",
-            opts.filter.unwrap_or_default()
+            "--filter {:?} --placement {:?} matches no workload (try --help for the names)",
+            opts.filter.as_deref().unwrap_or_default(),
+            opts.placement.as_deref().unwrap_or("any")
         ));
     }
+    Ok((specs, limits))
+}
+
+/// A machine limit: (criterion group, label, unit).
+type LimitSpec = (&'static str, &'static str, Unit);
+
+/// Runs the suite.
+pub(crate) fn run(args: &[String]) -> Result<(), String> {
+    let Some(opts) = parse(args)? else {
+        return Ok(());
+    };
+    let root = project_root();
+    let out_dir = target_dir(&root).join("bench");
+    let crit_home = out_dir.join("criterion");
+    let (specs, limit_filter) = select(&opts)?;
     let started = Instant::now();
     let load_start = loadavg();
     std::fs::create_dir_all(&out_dir).map_err(|e| format!("create {}: {e}", out_dir.display()))?;
@@ -135,34 +198,32 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     // workload only when a server is at hand).
     let _redis = start_redis(&specs)?;
     let listed = list(&exe, &root)?;
-    // The busy loops run from here to the end of the run (and die with the guard).
-    let _load = if opts.load {
-        Some(run::BusyLoops::start()?)
-    } else {
-        None
-    };
+    let measuring = Instant::now();
 
-    // Criterion, one group at a time.
-    let mut groups: Vec<&str> = limit_filter.iter().map(|l| l.0).collect();
-    groups.extend(specs.iter().map(|s| s.name));
+    // Criterion, one group at a time, each in the placements selected.
+    let mut groups: Vec<(&str, Vec<&str>)> = limit_filter
+        .iter()
+        .map(|l| (l.0, opts.limit_placements(l.0)))
+        .collect();
+    groups.extend(specs.iter().map(|s| (s.name, opts.placements(s.single))));
     let failures = run_criterion(&exe, &root, &out_dir, &groups, &listed, opts.quick)?;
 
     // CPython, same workloads and placements.
     let python = python_version();
-    let cpython = run_cpython(&root, &specs, python.is_some(), opts.quick);
+    let cpython = run_cpython(&root, &specs, &opts, python.is_some())?;
 
     // Assemble.
     let crit = Criterion { home: &crit_home };
     let mut rows = Vec::new();
     for s in &specs {
-        for &p in placements(s.single) {
+        for p in opts.placements(s.single) {
             rows.push(row(s, p, &crit, &listed, &cpython));
         }
     }
-    let limits = limit_rows(&limit_filter, &crit);
+    let limits = limit_rows(&limit_filter, &opts, &crit);
     let mut env = environment(&root, python.as_deref(), opts.quick, opts.filter.as_deref());
     env.load_start = load_start;
-    env.busy_loops = opts.load;
+    env.placement = opts.placement.clone();
     let md = markdown(&env, &rows, &limits);
     println!("\n{md}");
     std::fs::write(out_dir.join("report.md"), &md).map_err(|e| format!("write report.md: {e}"))?;
@@ -171,8 +232,9 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     std::fs::write(out_dir.join("chart.svg"), svg(&env, &rows))
         .map_err(|e| format!("write chart.svg: {e}"))?;
     eprintln!(
-        "bench: done in {:.0} s; wrote {}/report.md, report.json, chart.svg",
+        "bench: done in {:.0} s ({:.0} s measuring); wrote {}/report.md, report.json, chart.svg",
         started.elapsed().as_secs_f64(),
+        measuring.elapsed().as_secs_f64(),
         out_dir.display()
     );
     if !failures.is_empty() {
@@ -205,14 +267,11 @@ fn start_redis(specs: &[&Spec]) -> Result<Option<run::RedisServer>, String> {
     Ok(server)
 }
 
-/// The machine-limit rows of the selected limit groups, one per placement.
-fn limit_rows(
-    limit_filter: &[&(&'static str, &'static str, Unit)],
-    crit: &Criterion<'_>,
-) -> Vec<LimitRow> {
+/// The machine-limit rows of the selected limit groups, one per placement run.
+fn limit_rows(limit_filter: &[&LimitSpec], opts: &Options, crit: &Criterion<'_>) -> Vec<LimitRow> {
     let mut limits = Vec::new();
     for &&(g, label, unit) in limit_filter {
-        for &p in placements(limit_single(g)) {
+        for p in opts.limit_placements(g) {
             let v = limit_value(crit, g, p, unit);
             limits.push(LimitRow {
                 group: g,
@@ -227,12 +286,14 @@ fn limit_rows(
 }
 
 /// Runs each criterion group in turn, logging to `criterion.log`; returns the failed groups
-/// with the last lines of their output.
+/// with the last lines of their output. A group runs in one bench process for its quiet
+/// placements, then in another for `loaded`, beside the busy loops (started just before that
+/// process and killed just after it).
 fn run_criterion(
     exe: &Path,
     root: &Path,
     out_dir: &Path,
-    groups: &[&str],
+    groups: &[(&str, Vec<&str>)],
     listed: &BTreeSet<String>,
     quick: bool,
 ) -> Result<BTreeMap<String, String>, String> {
@@ -240,8 +301,25 @@ fn run_criterion(
     let mut failures = BTreeMap::new();
     let log_path = out_dir.join("criterion.log");
     let mut log = String::new();
-    for (i, g) in groups.iter().enumerate() {
-        if !listed.iter().any(|id| id.starts_with(&format!("{g}/"))) {
+    for (i, (g, ps)) in groups.iter().enumerate() {
+        let built = |p: &str| {
+            listed
+                .iter()
+                .any(|id| id.starts_with(&format!("{g}/")) && id.ends_with(&format!("/{p}")))
+        };
+        let quiet: Vec<&str> = ps
+            .iter()
+            .copied()
+            .filter(|&p| p != LOADED && built(p))
+            .collect();
+        let mut runs = Vec::new();
+        if !quiet.is_empty() {
+            runs.push((quiet, false));
+        }
+        if ps.contains(&LOADED) && built(LOADED) {
+            runs.push((vec![LOADED], true));
+        }
+        if runs.is_empty() {
             eprintln!(
                 "bench: [{}/{}] {g}: nothing built to measure",
                 i + 1,
@@ -249,21 +327,42 @@ fn run_criterion(
             );
             continue;
         }
-        let t = Instant::now();
-        eprint!("bench: [{}/{}] {g} ... ", i + 1, groups.len());
-        let (ok, out) = run_group(exe, root, &crit_home, g, quick)?;
-        let _ = writeln!(log, "===== {g}\n{out}");
-        std::fs::write(&log_path, &log)
-            .map_err(|e| format!("write {}: {e}", log_path.display()))?;
-        if ok {
-            eprintln!("{:.1} s", t.elapsed().as_secs_f64());
-        } else {
-            eprintln!(
-                "FAILED after {:.1} s (see {})",
-                t.elapsed().as_secs_f64(),
-                log_path.display()
+        for (placements, loaded) in runs {
+            let t = Instant::now();
+            let name = if loaded {
+                format!("{g} loaded")
+            } else {
+                g.to_string()
+            };
+            eprint!("bench: [{}/{}] {name} ... ", i + 1, groups.len());
+            let hogs = if loaded {
+                Some(BusyLoops::start()?)
+            } else {
+                None
+            };
+            let r = run_group(
+                exe,
+                root,
+                &crit_home,
+                (g, &placements),
+                hogs.as_ref().map(BusyLoops::len),
+                quick,
             );
-            failures.insert(g.to_string(), last_lines(&out, 8));
+            drop(hogs);
+            let (ok, out) = r?;
+            let _ = writeln!(log, "===== {name}\n{out}");
+            std::fs::write(&log_path, &log)
+                .map_err(|e| format!("write {}: {e}", log_path.display()))?;
+            if ok {
+                eprintln!("{:.1} s", t.elapsed().as_secs_f64());
+            } else {
+                eprintln!(
+                    "FAILED after {:.1} s (see {})",
+                    t.elapsed().as_secs_f64(),
+                    log_path.display()
+                );
+                failures.insert(name, last_lines(&out, 8));
+            }
         }
     }
     Ok(failures)
@@ -272,11 +371,17 @@ fn run_criterion(
 /// CPython's number for each workload and placement (or why there is none).
 type CpythonResults = BTreeMap<(String, String), Result<f64, String>>;
 
-/// Runs the CPython script of each workload in each of its placements.
-fn run_cpython(root: &Path, specs: &[&Spec], have_python: bool, quick: bool) -> CpythonResults {
+/// Runs the CPython script of each workload in each of its placements (`loaded`: beside the
+/// busy loops, started just before the script and killed just after it, as around mp's).
+fn run_cpython(
+    root: &Path,
+    specs: &[&Spec],
+    opts: &Options,
+    have_python: bool,
+) -> Result<CpythonResults, String> {
     let mut cpython = BTreeMap::new();
     for (i, s) in specs.iter().enumerate() {
-        for &p in placements(s.single) {
+        for p in opts.placements(s.single) {
             eprint!(
                 "bench: CPython [{}/{}] {} {p} ... ",
                 i + 1,
@@ -285,7 +390,14 @@ fn run_cpython(root: &Path, specs: &[&Spec], have_python: bool, quick: bool) -> 
             );
             let t = Instant::now();
             let r = if have_python {
-                run_python(root, s.name, p, quick)
+                let hogs = if p == LOADED {
+                    Some(BusyLoops::start()?)
+                } else {
+                    None
+                };
+                let r = run_python(root, s.name, p, opts.quick);
+                drop(hogs);
+                r
             } else {
                 Err("python3 not found".into())
             };
@@ -300,7 +412,7 @@ fn run_cpython(root: &Path, specs: &[&Spec], have_python: bool, quick: bool) -> 
             cpython.insert((s.name.to_string(), p.to_string()), r);
         }
     }
-    cpython
+    Ok(cpython)
 }
 
 #[cfg(test)]

@@ -240,8 +240,8 @@ pub(super) struct Env {
     pub(super) date: String,
     pub(super) quick: bool,
     pub(super) filter: Option<String>,
-    /// The run had one CPU-bound process pinned on each core beside it (`--load`).
-    pub(super) busy_loops: bool,
+    /// Only this placement was run (`--placement NAME`).
+    pub(super) placement: Option<String>,
     /// `/proc/loadavg` (1, 5, 15 minutes) when the run began and when it ended: other work on
     /// the machine during the run shows here.
     pub(super) load_start: String,
@@ -305,7 +305,7 @@ pub(super) fn environment(
         date: utc_now(),
         quick,
         filter: filter.map(str::to_string),
-        busy_loops: false,
+        placement: None,
         load_start: String::new(),
         load_end: loadavg(),
     }
@@ -352,11 +352,9 @@ pub(super) fn markdown(env: &Env, rows: &[Row], limits: &[LimitRow]) -> String {
         } else {
             ""
         },
-        if env.busy_loops {
-            ", --load (one CPU-bound process pinned on each core, mp and CPython alike)"
-        } else {
-            ""
-        },
+        env.placement
+            .as_deref()
+            .map_or_else(String::new, |p| format!(", --placement {p}")),
         env.load_start,
         env.load_end
     );
@@ -390,7 +388,9 @@ pub(super) fn markdown(env: &Env, rows: &[Row], limits: &[LimitRow]) -> String {
         "\nRatios are performance ratios: above 1× means mp is better (for times: the other's \
          time / mp's time; for rates: mp's rate / the other's rate). mp/limit is the fraction of \
          the machine's limit that mp reaches. spread: parent on CPU 0, children on CPU 1, 0, ...; \
-         packed: everyone on CPU 0.\n",
+         packed: everyone on CPU 0; loaded: pinned as spread, beside one CPU-bound process \
+         pinned on each CPU (started before the bench process or CPython script, killed after \
+         it): every process of the workload shares its core with a hog.\n",
     );
     if rows.iter().any(|r| r.spec.krate == "mp-redis") {
         s.push_str(
@@ -508,7 +508,13 @@ pub(super) fn json(env: &Env, rows: &[Row], limits: &[LimitRow]) -> String {
     }
     let _ = writeln!(s, "  \"cpus\": {},", env.cpus);
     let _ = writeln!(s, "  \"quick\": {},", env.quick);
-    let _ = writeln!(s, "  \"busy_loops\": {},", env.busy_loops);
+    let _ = writeln!(
+        s,
+        "  \"placement\": {},",
+        env.placement
+            .as_deref()
+            .map_or_else(|| "null".into(), json_str)
+    );
     let _ = writeln!(
         s,
         "  \"filter\": {},",

@@ -9,6 +9,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::criterion::json_string_field;
+use super::specs::LOADED;
+
+/// `mp_benches::placement::BUSY_LOOPS_VAR`: set for a run of the loaded benchmarks.
+pub(super) const BUSY_LOOPS_VAR: &str = "MP_BENCH_BUSY_LOOPS";
 
 /// One `cargo xtask bench` at a time per target directory: a second run would delete the
 /// first one's results and, worse, compete with it for the CPUs. The lock is a file holding
@@ -146,12 +150,15 @@ pub(super) fn run_with_timeout(
     Ok((ok, text))
 }
 
-/// Runs one criterion group under the watchdog; returns whether it succeeded, and its output.
+/// Runs the benchmarks of one criterion group in the given placements under the watchdog
+/// (`busy_loops`: how many run beside it, for the loaded placement); returns whether it
+/// succeeded, and its output.
 pub(super) fn run_group(
     exe: &Path,
     root: &Path,
     home: &Path,
-    group: &str,
+    (group, placements): (&str, &[&str]),
+    busy_loops: Option<usize>,
     quick: bool,
 ) -> Result<(bool, String), String> {
     let mut cmd = Command::new(exe);
@@ -159,12 +166,22 @@ pub(super) fn run_group(
         .env("CRITERION_HOME", home)
         .env("MP_BENCH_QUICK", if quick { "1" } else { "0" })
         .args(["--bench", "--noplot"]);
+    if let Some(n) = busy_loops {
+        cmd.env(BUSY_LOOPS_VAR, n.to_string());
+    }
     if quick {
+        // Loaded with --quick: half the times (a loaded run takes up to twice as long per
+        // iteration), so that the smoke run grows by about half, not double.
+        let (warm_up, measurement) = if busy_loops.is_some() {
+            ("0.1", "0.25")
+        } else {
+            ("0.2", "0.5")
+        };
         cmd.args([
             "--warm-up-time",
-            "0.2",
+            warm_up,
             "--measurement-time",
-            "0.5",
+            measurement,
             "--sample-size",
             "10",
         ])
@@ -179,7 +196,8 @@ pub(super) fn run_group(
             "50",
         ]);
     }
-    cmd.arg(format!("^{group}/"));
+    // criterion's filter is a regex over the ids `<workload>/<implementation>/<placement>`.
+    cmd.arg(format!("^{group}/[^/]+/({})$", placements.join("|")));
     run_with_timeout(cmd, Duration::from_secs(if quick { 120 } else { 900 }))
 }
 
@@ -205,6 +223,10 @@ pub(super) fn run_python(
         .args(["--placement", placement]);
     if quick {
         cmd.arg("--quick");
+        if placement == LOADED {
+            // One timed run after the warm-up, not the median of two (see `run_group`).
+            cmd.args(["--runs", "1"]);
+        }
     }
     let (ok, out) = run_with_timeout(cmd, Duration::from_secs(if quick { 120 } else { 600 }))?;
     let value = out
@@ -223,35 +245,79 @@ pub(super) fn last_lines(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// One CPU-bound process pinned on each core (`sh -c 'while :; do :; done'` under `taskset`),
-/// for a run on a busy machine; killed when dropped.
+/// The busy loops of the loaded placement: one CPU-bound process pinned on each online CPU
+/// (`taskset -c CPU xtask busy-loop PID`, a re-exec of this binary, see [`busy_loop`]), started
+/// before a loaded run and killed by their pids, and reaped, when dropped: on success, on an
+/// error and on a panic alike. A loop whose xtask dies without dropping it (SIGKILL) sees its
+/// parent change and exits within milliseconds; Ctrl-C reaches it with the rest of the
+/// foreground process group.
 pub(super) struct BusyLoops(Vec<std::process::Child>);
 
 impl BusyLoops {
-    /// Starts one loop per CPU this process may run on.
+    /// Starts one loop per online CPU and waits until each runs the loop (not `taskset`).
     pub(super) fn start() -> Result<BusyLoops, String> {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let exe =
+            std::env::current_exe().map_err(|e| format!("busy loops: no current exe: {e}"))?;
+        let me = std::process::id().to_string();
         let mut loops = BusyLoops(Vec::new());
         for cpu in 0..cpus {
             let child = Command::new("taskset")
-                .args(["-c", &cpu.to_string(), "sh", "-c", "while :; do :; done"])
+                .args(["-c", &cpu.to_string()])
+                .arg(&exe)
+                .args(["busy-loop", &me])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
-                .map_err(|e| format!("start a busy loop with taskset: {e}"))?;
+                .map_err(|e| format!("start a busy loop with taskset (util-linux): {e}"))?;
             loops.0.push(child);
         }
-        eprintln!("bench: {cpus} busy loops running, one pinned on each CPU");
+        let t0 = Instant::now();
+        for c in &mut loops.0 {
+            let comm = format!("/proc/{}/comm", c.id());
+            while std::fs::read_to_string(&comm).is_ok_and(|s| s.trim() == "taskset") {
+                if t0.elapsed() > Duration::from_secs(5) {
+                    return Err("the busy loops did not start in 5 s".into());
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if let Ok(Some(status)) = c.try_wait() {
+                return Err(format!("a busy loop exited at once ({status})"));
+            }
+        }
         Ok(loops)
+    }
+
+    /// How many loops run.
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
     }
 }
 
 impl Drop for BusyLoops {
     fn drop(&mut self) {
         for c in &mut self.0 {
-            let _ = c.kill();
+            let _ = c.kill(); // SIGKILL by its pid: our own unreaped child
             let _ = c.wait();
+        }
+    }
+}
+
+/// `xtask busy-loop PID`: spins on its CPU until it is killed, or until its parent is no longer
+/// `PID` (the xtask that started it died and it was reparented): the `PR_SET_PDEATHSIG` of a
+/// binary without `libc`, checked about every millisecond.
+pub(crate) fn busy_loop(args: &[String]) -> Result<(), String> {
+    let parent: u32 = args
+        .first()
+        .and_then(|a| a.parse().ok())
+        .ok_or("usage: xtask busy-loop PARENT_PID")?;
+    loop {
+        for i in 0..200_000u64 {
+            std::hint::black_box(i);
+        }
+        if std::os::unix::process::parent_id() != parent {
+            return Ok(());
         }
     }
 }

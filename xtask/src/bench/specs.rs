@@ -276,12 +276,19 @@ pub(super) const LIMITS: &[(&str, &str, Unit)] = &[
     ("limit_cpu", "CPU batch, 2 processes vs 1", Unit::Speedup),
 ];
 
-/// The placements a workload runs in: `spread` and `packed` (two cores), or `single`.
+/// The loaded placement: pinned as `spread`, run beside one busy loop pinned on each CPU.
+pub(super) const LOADED: &str = "loaded";
+
+/// Every placement, in the order of the table (the names of `mp_benches::Placement`).
+pub(super) const PLACEMENTS: &[&str] = &["spread", "packed", LOADED, "single"];
+
+/// The placements a workload runs in: `spread`, `packed` and `loaded` (two or more processes),
+/// or `single`.
 pub(super) fn placements(single: bool) -> &'static [&'static str] {
     if single {
         &["single"]
     } else {
-        &["spread", "packed"]
+        &["spread", "packed", LOADED]
     }
 }
 
