@@ -206,7 +206,11 @@ pub(crate) fn spawn_child_early(r: &mut Round<'_>, _f: Fault) -> Result<(), Stri
 ///
 /// The limit is set a few dozen above the highest descriptor the child already holds: a
 /// campaign started with many inherited descriptors (as CI may start it) would otherwise have
-/// no free one below a fixed limit.
+/// no free one below a fixed limit. The numbers below that limit that no descriptor holds are
+/// free too, and a campaign started from a shell has gaps (bash keeps its fd 255 open): so the
+/// child then fills every free number with `/dev/null` and closes `margin` of them, which
+/// leaves exactly `margin` free descriptors in every environment. A pipe end holds at least
+/// one descriptor, and 50 of the 200 primitives are pipes: more than `margin` (at most 47).
 pub(crate) fn fd_exhaustion(r: &mut Round<'_>, _f: Fault) -> Result<(), String> {
     let margin = 24 + r.rng.below(24);
     let mut child = fork(move || {
@@ -222,6 +226,19 @@ pub(crate) fn fd_exhaustion(r: &mut Round<'_>, _f: Fault) -> Result<(), String> 
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
             return 10u32;
         }
+        let mut fill = Vec::new();
+        loop {
+            match std::fs::File::open("/dev/null") {
+                Ok(f) => fill.push(f),
+                Err(e) if e.raw_os_error() == Some(libc::EMFILE) => break,
+                Err(_) => return 14,
+            }
+        }
+        let Some(keep) = fill.len().checked_sub(margin as usize) else {
+            return 15;
+        };
+        // Closed: exactly `margin` free descriptors below the limit.
+        fill.truncate(keep);
         let mut held: Vec<Box<dyn std::any::Any>> = Vec::new();
         let mut failures = 0u32;
         for i in 0..200u32 {
@@ -259,6 +276,8 @@ pub(crate) fn fd_exhaustion(r: &mut Round<'_>, _f: Fault) -> Result<(), String> 
         Some(11) => r.wrong("no primitive failed at a descriptor limit of a few dozen"),
         Some(12) => r.wrong("a primitive could not be made after the others were dropped"),
         Some(13) => return Err("/proc/self/fd could not be read".into()),
+        Some(14) => return Err("/dev/null could not be opened".into()),
+        Some(15) => return Err("fewer free descriptors below the limit than the margin".into()),
         Some(c) => r.wrong(format!("exit code {c}")),
         None => {}
     }

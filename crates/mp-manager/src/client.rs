@@ -73,14 +73,15 @@ thread_local! {
 
 /// Opens a connection to `ep` (checking the authkey both ways).
 ///
-/// A server killed in the middle of the handshake looks like a failed authentication to
-/// the handshake (the peer closed the connection before answering); one more attempt tells
-/// the two apart: a dead server refuses it ([`Error::ServerGone`]), a wrong key fails again.
+/// A wrong key is [`Error::Authentication`]. A server that closed the connection in the
+/// middle of the handshake (`mp_pipe::Error::HandshakeClosed`) was killed then, or dropped
+/// the connection while alive (its listener's per-peer limit of handshakes in progress): one
+/// more attempt tells the two apart, and a server still gone is [`Error::ServerGone`].
 pub(crate) fn connect(ep: &Endpoint) -> Result<Connection<()>> {
     let address = ep.addr.to_address()?;
     match Client::connect(address.clone(), Some(&ep.authkey)) {
         Ok(c) => Ok(c),
-        Err(mp_pipe::Error::Authentication(_)) => Ok(Client::connect(address, Some(&ep.authkey))?),
+        Err(mp_pipe::Error::HandshakeClosed) => Ok(Client::connect(address, Some(&ep.authkey))?),
         Err(e) => Err(e.into()),
     }
 }

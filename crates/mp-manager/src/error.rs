@@ -112,6 +112,7 @@ impl From<mp_pipe::Error> for Error {
             e @ (mp_pipe::Error::Eof
             | mp_pipe::Error::Truncated { .. }
             | mp_pipe::Error::BrokenPipe
+            | mp_pipe::Error::HandshakeClosed
             | mp_pipe::Error::Closed) => Error::ServerGone(e.to_string()),
             mp_pipe::Error::Io { op, source }
                 if matches!(

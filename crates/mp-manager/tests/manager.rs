@@ -698,3 +698,21 @@ fn large_values_and_mistyped_reads() {
         Err(Error::Malformed(_))
     ));
 }
+
+/// The fault campaign's `manager_server` finding (rounds 745 and 1185 of `--long`): a server
+/// that closes the connection in the middle of the handshake (killed then) is `ServerGone`,
+/// not `Authentication`. Here a socket that accepts and closes at once, twice (the client
+/// tries once more). Before the fix this was `Error::Authentication`.
+#[test]
+fn a_server_gone_mid_handshake_is_server_gone_not_authentication() {
+    let raw = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = raw.local_addr().unwrap().port();
+    let closer = std::thread::spawn(move || {
+        for _ in 0..2 {
+            drop(raw.accept().unwrap());
+        }
+    });
+    let r = Manager::connect(Address::tcp("127.0.0.1", port).unwrap(), b"the key");
+    assert!(matches!(r, Err(Error::ServerGone(_))), "{r:?}");
+    closer.join().unwrap();
+}

@@ -161,9 +161,32 @@ pub(crate) fn too_long(size: u64) -> Error {
     ))
 }
 
-/// The error of a peer that went away in the middle of the handshake.
+/// The error of a peer that went away in the middle of the handshake: not a failed
+/// authentication (a dead server is not a wrong key), but [`Error::HandshakeClosed`].
 pub(crate) fn closed_early() -> Error {
-    Error::Authentication("the peer closed the connection during the handshake".into())
+    Error::HandshakeClosed
+}
+
+/// A send or receive of the handshake that found the peer gone (end of file, a reset, a
+/// broken pipe) is [`closed_early`]; any other error is kept.
+fn gone_is_closed(e: Error) -> Error {
+    match e {
+        Error::Eof | Error::Truncated { .. } | Error::BrokenPipe => closed_early(),
+        Error::Io { ref source, .. }
+            if matches!(
+                source.raw_os_error(),
+                Some(libc::ECONNRESET) | Some(libc::EPIPE) | Some(libc::ENOTCONN)
+            ) =>
+        {
+            closed_early()
+        }
+        e => e,
+    }
+}
+
+/// Sends one handshake frame; a peer gone is [`closed_early`].
+fn send_step(conn: &StreamEnd, bytes: &[u8]) -> Result<()> {
+    conn.send_raw(bytes).map_err(gone_is_closed)
 }
 
 fn recv_limited(conn: &StreamEnd, deadline: Deadline) -> Result<Vec<u8>> {
@@ -174,13 +197,7 @@ fn recv_limited(conn: &StreamEnd, deadline: Deadline) -> Result<Vec<u8>> {
             Ok(())
         }
     });
-    match frame {
-        Ok(f) => Ok(f.to_vec()),
-        Err(Error::Eof) | Err(Error::Truncated { .. }) | Err(Error::BrokenPipe) => {
-            Err(closed_early())
-        }
-        Err(e) => Err(e),
-    }
+    frame.map(|f| f.to_vec()).map_err(gone_is_closed)
 }
 
 /// A fresh challenge: the message an answer must authenticate, and the frame that carries it
@@ -257,11 +274,11 @@ pub(crate) fn deliver_challenge_with(
     (message, challenge): (Vec<u8>, Vec<u8>),
     deadline: Deadline,
 ) -> Result<()> {
-    conn.send_raw(&challenge)?;
+    send_step(conn, &challenge)?;
     let response = recv_limited(conn, deadline)?;
     let (reply, verdict) = judge_answer(authkey, &message, &response);
     match verdict {
-        Ok(()) => conn.send_raw(reply),
+        Ok(()) => send_step(conn, reply),
         Err(e) => {
             // The peer may be gone already; the authentication error is what matters.
             let _ = conn.send_raw(reply);
@@ -274,7 +291,7 @@ pub(crate) fn deliver_challenge_with(
 pub(crate) fn answer_challenge(conn: &StreamEnd, authkey: &[u8], deadline: Deadline) -> Result<()> {
     let challenge = recv_limited(conn, deadline)?;
     let response = answer_for(authkey, &challenge)?;
-    conn.send_raw(&response)?;
+    send_step(conn, &response)?;
     check_verdict(&recv_limited(conn, deadline)?)
 }
 

@@ -74,6 +74,14 @@ pub enum Error {
     /// does not speak the protocol. Python's `AuthenticationError`.
     #[error("authentication failed: {0}")]
     Authentication(String),
+    /// The peer closed the connection, or its process died, in the middle of the
+    /// challenge-response handshake (end of file, `ECONNRESET`, `EPIPE`): nothing is known of
+    /// its key. Not a failed authentication: Python raises `EOFError` or
+    /// `ConnectionResetError` here, not `AuthenticationError`.
+    #[error(
+        "the peer closed the connection (or its process died) during the authentication handshake"
+    )]
+    HandshakeClosed,
     /// The address is taken already (`bind`). Python's `OSError: [Errno 98] Address already in use`.
     #[error("address already in use: {0}")]
     AddressInUse(String),
@@ -104,9 +112,13 @@ impl Error {
         }
     }
 
-    /// True for [`Error::Eof`] and [`Error::Truncated`]: the peer is gone.
+    /// True for [`Error::Eof`], [`Error::Truncated`] and [`Error::HandshakeClosed`]: the peer
+    /// is gone (Python's `EOFError`).
     pub fn is_eof(&self) -> bool {
-        matches!(self, Error::Eof | Error::Truncated { .. })
+        matches!(
+            self,
+            Error::Eof | Error::Truncated { .. } | Error::HandshakeClosed
+        )
     }
 }
 

@@ -188,7 +188,8 @@ impl Listener {
     /// on one thread of the listener (started by the first call), so a slow or silent peer
     /// delays nobody else. A peer that failed is reported as this call's error, in the order
     /// the outcomes came: a wrong key is [`Error::Authentication`] (and the peer got
-    /// `#FAILURE#`), a peer past the handshake timeout [`Error::Timeout`], a local peer of
+    /// `#FAILURE#`), a peer that closed or died before the end [`Error::HandshakeClosed`], a
+    /// peer past the handshake timeout [`Error::Timeout`], a local peer of
     /// another uid (Unix sockets accept only processes of this process's effective uid)
     /// [`Error::Authentication`] too; call `accept` again for the next client.
     pub fn accept<T>(&self) -> Result<Connection<T>> {
@@ -290,7 +291,8 @@ pub struct Client;
 impl Client {
     /// Connects to a [`Listener`] (Rust or Python) at `address`. With `Some(authkey)`, answers
     /// the listener's challenge, then challenges it in turn; a wrong key on either side is
-    /// [`Error::Authentication`]. Gives up with [`Error::Timeout`] after
+    /// [`Error::Authentication`], a listener that closes or dies before the end
+    /// [`Error::HandshakeClosed`]. Gives up with [`Error::Timeout`] after
     /// [`DEFAULT_HANDSHAKE_TIMEOUT`] (a listener that accepts and never answers cannot hold
     /// the caller for ever); [`connect_timeout`](Self::connect_timeout) sets another limit.
     pub fn connect<T>(

@@ -113,12 +113,14 @@ fn c3_a_wrong_key_fails_on_both_sides() {
         let listener = Listener::bind(localhost(), Some(b"right")).unwrap();
         let a = listener.address().clone();
         let server = thread::spawn(move || listener.accept::<()>().map(|_| ()));
-        let client: Connection<()> = Client::connect(a, None).unwrap();
-        drop(client);
+        let client: Connection<Vec<u8>> = Client::connect(a, None).unwrap();
+        // It sends its first message where the answer to the challenge belongs.
+        client.send_bytes(b"hello", 0, None).unwrap();
         assert!(matches!(
             server.join().unwrap(),
             Err(Error::Authentication(_))
         ));
+        drop(client);
         let listener = Listener::bind(localhost(), None).unwrap();
         let a = listener.address().clone();
         let server = thread::spawn(move || {
@@ -314,4 +316,79 @@ fn sixteen_mib_over_a_unix_socket_and_wait_on_a_listener() {
     let mut got = [0u8; 7];
     b.read_exact(&mut got).unwrap();
     assert_eq!(got, *b"\0\0\0\x03xyz");
+}
+
+/// The fault campaign's `manager_server` finding (rounds 745 and 1185 of `--long`): a peer
+/// that goes away in the middle of the handshake is `HandshakeClosed`, not a failed
+/// authentication. Before the fix, each of these was `Error::Authentication`.
+#[test]
+fn a_peer_gone_mid_handshake_is_handshake_closed_not_authentication() {
+    let _w = watchdog("handshake_closed", Duration::from_secs(30));
+    // A "listener" that accepts and closes at once: the client finds no challenge.
+    let raw = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = raw.local_addr().unwrap();
+    let closer = thread::spawn(move || drop(raw.accept().unwrap()));
+    let r = Client::connect::<()>(Address::tcp("127.0.0.1", a.port()).unwrap(), Some(b"key"));
+    assert!(matches!(r, Err(Error::HandshakeClosed)), "client: {r:?}");
+    closer.join().unwrap();
+
+    // A listener that sends its challenge, reads the answer and closes without a verdict.
+    let raw = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = raw.local_addr().unwrap();
+    let server = thread::spawn(move || {
+        let (mut s, _) = raw.accept().unwrap();
+        let challenge = b"#CHALLENGE#{sha256}0123456789012345678901234567890123456789";
+        s.write_all(&(challenge.len() as i32).to_be_bytes())
+            .unwrap();
+        s.write_all(challenge).unwrap();
+        let mut hdr = [0u8; 4];
+        s.read_exact(&mut hdr).unwrap();
+        let mut answer = vec![0u8; i32::from_be_bytes(hdr) as usize];
+        s.read_exact(&mut answer).unwrap();
+    });
+    let r = Client::connect::<()>(Address::tcp("127.0.0.1", a.port()).unwrap(), Some(b"key"));
+    assert!(matches!(r, Err(Error::HandshakeClosed)), "client: {r:?}");
+    server.join().unwrap();
+
+    // A client that reads the challenge and closes: the listener reports HandshakeClosed,
+    // and serves the next client.
+    for address in [localhost(), Address::Unix(sock_path("closed"))] {
+        let listener = Listener::bind(address, Some(b"key")).unwrap();
+        let address = listener.address().clone();
+        // The challenge is sent once the listener's handshake thread runs (the first
+        // accept), so the peer runs beside it.
+        let a2 = address.clone();
+        let peer = thread::spawn(move || {
+            let mut hdr = [0u8; 4];
+            match a2 {
+                Address::Tcp(a) => TcpStream::connect(a).unwrap().read_exact(&mut hdr).unwrap(),
+                Address::Unix(p) => UnixStream::connect(p)
+                    .unwrap()
+                    .read_exact(&mut hdr)
+                    .unwrap(),
+                _ => unreachable!(),
+            }
+            // Dropped here: closed after reading the challenge's header.
+        });
+        let r = listener.accept::<()>();
+        assert!(matches!(r, Err(Error::HandshakeClosed)), "listener: {r:?}");
+        peer.join().unwrap();
+        assert!(Error::HandshakeClosed.is_eof());
+        let client =
+            thread::spawn(move || Client::connect::<()>(address, Some(b"key")).map(|_| ()));
+        listener.accept::<()>().unwrap();
+        client.join().unwrap().unwrap();
+    }
+
+    // A wrong key stays a failed authentication on both sides.
+    let listener = Listener::bind(localhost(), Some(b"right")).unwrap();
+    let address = listener.address().clone();
+    let server = thread::spawn(move || listener.accept::<()>().map(|_| ()));
+    let r = Client::connect::<()>(address, Some(b"wrong"));
+    assert!(matches!(r, Err(Error::Authentication(_))), "client: {r:?}");
+    let r = server.join().unwrap();
+    assert!(
+        matches!(r, Err(Error::Authentication(_))),
+        "listener: {r:?}"
+    );
 }

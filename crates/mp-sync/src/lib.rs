@@ -106,10 +106,11 @@
 //! A [`Barrier`] whose party process dies while the others wait for it (also one killed
 //! while it runs the barrier's action) breaks ([`Error::BrokenBarrier`]) instead of hanging.
 //! A [`Condition`] notifier killed inside `notify` has notified or not, never half, and its
-//! waiters do not sleep on a wake-up it never sent. A [`Semaphore`] has no owner (any process
-//! may release it, as in Python), so the permits of a dead holder are lost: those who wait
-//! with a timeout time out, and whoever knows may [`release`](Semaphore::release) them (see
-//! [`semaphore`]).
+//! waiters do not sleep on a wake-up it never sent; a waiter killed inside `wait` takes no
+//! notification from the living (every waiter has a record, and `notify` passes over the
+//! dead). A [`Semaphore`] has no owner (any process may release it, as in Python), so the
+//! permits of a dead holder are lost: those who wait with a timeout time out, and whoever
+//! knows may [`release`](Semaphore::release) them (see [`semaphore`]).
 //!
 //! # Timeouts
 //!

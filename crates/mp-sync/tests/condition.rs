@@ -453,3 +453,72 @@ fn producer_consumers_threads_drain_every_item() {
     );
     drop(g);
 }
+
+/// The fault campaign's `condition_waiter` finding (round 206 of `--long`): a waiter killed
+/// inside `wait` must take no notification meant for a living waiter. The dead waiter and a
+/// living one, A, are notified as one group (A takes the notification: the dead waiter
+/// cannot); then two more waiters, B and C, register. Each of the next two `notify(1)` must
+/// wake one of them. Before the fix, the dead waiter stayed counted as not yet notified in
+/// its group, the first of the two notifies went to it, and B or C slept until its timeout.
+fn a_waiter_killed_in_wait_takes_no_notification(mode: Mode) {
+    let cond = Condition::new().unwrap();
+    let ready = RawValue::new(0u32).unwrap();
+    let woken = RawValue::new(0u32).unwrap();
+    let args = (cond.clone(), ready.clone(), woken.clone());
+    let mut dead = start(mode, child_wait, &args);
+    assert!(eventually(Duration::from_secs(30), || ready.get() == 1));
+    // It registered under the lock it held when it counted itself: once we get the lock, it
+    // waits.
+    drop(cond.lock().unwrap());
+    dead.kill();
+    assert_eq!(dead.join(Duration::from_secs(10)), Exit::Signal(9));
+
+    let mut a = start(mode, child_wait, &args);
+    assert!(eventually(Duration::from_secs(30), || ready.get() == 2));
+    let g = cond.lock().unwrap();
+    assert_eq!(cond.notify(1).unwrap(), 1, "A waits");
+    drop(g);
+    assert_eq!(
+        a.join(Duration::from_secs(30)),
+        Exit::Code(0),
+        "A was notified"
+    );
+
+    let mut b = start(mode, child_wait, &args);
+    let mut c = start(mode, child_wait, &args);
+    assert!(eventually(Duration::from_secs(30), || ready.get() == 4));
+    for _ in 0..2 {
+        let g = cond.lock().unwrap();
+        assert_eq!(cond.notify(1).unwrap(), 1, "B or C waits");
+        drop(g);
+    }
+    assert_eq!(
+        b.join(Duration::from_secs(30)),
+        Exit::Code(0),
+        "B was notified"
+    );
+    assert_eq!(
+        c.join(Duration::from_secs(30)),
+        Exit::Code(0),
+        "C was notified"
+    );
+    assert_eq!(woken.get(), 3);
+    // Nobody is left counted: a notify finds nobody.
+    let g = cond.lock().unwrap();
+    assert_eq!(cond.notify_all().unwrap(), 0);
+    drop(g);
+}
+
+#[test]
+fn a_waiter_killed_in_wait_takes_no_notification_fork() {
+    under(
+        Mode::Fork,
+        "a_waiter_killed_in_wait_takes_no_notification_fork",
+        a_waiter_killed_in_wait_takes_no_notification,
+    );
+}
+
+#[test]
+fn a_waiter_killed_in_wait_takes_no_notification_spawn() {
+    a_waiter_killed_in_wait_takes_no_notification(Mode::Spawn);
+}

@@ -2,6 +2,7 @@ use super::*;
 use crate::raw::{Acquire, RawLock};
 use loom::cell::UnsafeCell;
 use loom::sync::Arc;
+use mp_core::ident::loom_dead;
 
 fn token(id: u32) -> u64 {
     (u64::from(id) << 32) | 7
@@ -35,10 +36,7 @@ impl Model {
     fn new() -> Model {
         Model {
             lock: RawLock::new(),
-            cond: RawCondition {
-                state: AtomicU64::new(0),
-                wake: [AtomicU32::new(0), AtomicU32::new(0)],
-            },
+            cond: RawCondition::new(),
             book: UnsafeCell::new(Book::default()),
         }
     }
@@ -58,6 +56,7 @@ impl Model {
         self.lock(id);
         self.book(|b| b.waiting += 1);
         let (notified, r) = self.cond.wait(
+            token(id),
             deadline,
             || {
                 self.lock.unlock();
@@ -91,7 +90,7 @@ impl Model {
     /// none. Returns what it notified.
     fn notify_one(&self, id: u32) -> u32 {
         self.lock(id);
-        let k = self.cond.notify(1);
+        let k = self.cond.notify(token(id), 1);
         self.book(|b| {
             assert_eq!(
                 k,
@@ -110,9 +109,28 @@ impl Model {
         let b = self.book(|b| std::mem::take(b));
         assert_eq!(b.woke, b.notified, "exactly the notified waits return true");
         assert_eq!(b.waiting, 0);
-        let s = self.cond.load();
-        assert_eq!((s.pending, s.signals, s.newer), (0, 0, 0), "{s:?}");
+        for s in &self.cond.slots {
+            let w = s.word.load(Ordering::Relaxed);
+            assert!(!Slot::taken(w), "a slot left taken: {w:#x}");
+        }
     }
+}
+
+/// Task `id` registers as `wait` does, releases the lock and dies asleep (its token is
+/// marked dead and its thread ends without leaving its slot): a waiter killed inside `wait`.
+fn register_and_die(m: &Model, id: u32) {
+    m.lock(id);
+    assert!(m.cond.register(token(id)).is_some());
+    m.lock.unlock();
+    loom_dead::mark_dead(token(id));
+}
+
+/// True when the slot of task `id` says notified.
+fn notified(m: &Model, id: u32) -> bool {
+    m.cond.slots.iter().any(|s| {
+        state_of(s.word.load(Ordering::Relaxed)) == NOTIFIED
+            && s.token.load(Ordering::Relaxed) == token(id)
+    })
 }
 
 /// Two waiters without timeout, and a notifier that notifies one at a time whenever a
@@ -181,5 +199,68 @@ fn loom_condition_notify_only_registered() {
         hasty.join().unwrap();
         m.lock(3);
         m.end();
+    });
+}
+
+/// A waiter that dies asleep in `wait` (the fault campaign's `condition_waiter` finding), a
+/// living waiter without timeout, and a notifier calling `notify(1)` until the living one is
+/// done. Proves: a notify made once the first waiter is dead goes to the living waiter (the
+/// dead one takes no notification, and its slot counts for nothing), one made while it lives
+/// may go to either, and the living waiter returns notified, with no wake-up lost.
+#[test]
+fn loom_condition_dead_waiter_takes_no_notification() {
+    loom::model(|| {
+        let m = Arc::new(Model::new());
+        let dying = {
+            let m = m.clone();
+            loom::thread::spawn(move || register_and_die(&m, 1))
+        };
+        let living = {
+            let m = m.clone();
+            loom::thread::spawn(move || assert!(m.wait(2, Deadline::never())))
+        };
+        let mut dead_notified = 0;
+        loop {
+            m.lock(3);
+            if m.book(|b| b.done) == 1 {
+                m.lock.unlock();
+                break;
+            }
+            let dead_before = loom_dead::is_dead(token(1));
+            let living_before = notified(&m, 2);
+            let k = m.cond.notify(token(3), 1);
+            let to_living = !living_before && notified(&m, 2);
+            m.book(|b| {
+                if dead_before {
+                    assert_eq!(k, b.waiting.min(1), "a dead waiter took a notification");
+                }
+                if to_living {
+                    assert_eq!(k, 1);
+                    b.waiting -= 1;
+                    b.notified += 1;
+                } else if k == 1 {
+                    // It went to the first waiter, alive when it was checked.
+                    assert!(!dead_before);
+                    dead_notified += 1;
+                }
+            });
+            m.lock.unlock();
+            loom::thread::yield_now();
+        }
+        assert!(
+            dead_notified <= 1,
+            "one notification for the first waiter at most"
+        );
+        dying.join().unwrap();
+        living.join().unwrap();
+        m.lock(3);
+        let b = m.book(std::mem::take);
+        assert_eq!((b.woke, b.notified, b.waiting), (1, 1, 0));
+        // Only the dead waiter's slot may be left taken (a notify that met it freed it).
+        for s in &m.cond.slots {
+            if Slot::taken(s.word.load(Ordering::Relaxed)) {
+                assert_eq!(s.token.load(Ordering::Relaxed), token(1));
+            }
+        }
     });
 }

@@ -2,41 +2,55 @@
 //!
 //! # Algorithm
 //! A notification goes only to waiters that were waiting when `notify` was called, as in
-//! CPython (its `_woken_count` handshake). The waiters form two groups, as in glibc's
-//! condition variable, but every change happens with the condition's lock held (except a
-//! waiter taking a signal of its own group) and is one atomic step on one packed word:
+//! CPython (its `_woken_count` handshake), and never to a waiter that has died. Every waiter
+//! has a record of its own in the condition's shared memory: a table of `SLOTS` (128) slots,
+//! each the waiter's process [token](mp_core::ident) (pid + start time) and one 32-bit word,
+//! its *state* (free, waiting or notified) packed with a *ticket*, the number of its
+//! registration. Every change of a slot is made with the condition's lock held, and is one
+//! atomic store or CAS of the state word; the only step without the lock is a sleeping
+//! waiter reading its own word.
 //!
-//! * the **current group**, number `epoch`: `pending` of its waiters are not notified yet,
-//!   and `signals` notifications for it are not taken yet;
-//! * the **newer group**, number `epoch + 1`: the `newer` waiters that registered since the
-//!   current group was formed.
+//! * `wait`, under the lock, claims a free slot: it writes its token, then the state word
+//!   `waiting | ticket` (the step that registers it). It releases every level of the lock
+//!   and sleeps on its own state word (a futex word) until that word says notified, or
+//!   `deadline`. It re-acquires the lock and frees its slot: a waiter whose word says
+//!   notified returns notified (also one whose timeout ran out meanwhile), one whose word
+//!   still says waiting returns not notified.
+//! * `notify(n)`, under the lock, takes the waiting slots oldest ticket first. It checks
+//!   that the slot's process is alive ([`ident::is_alive`]: not a zombie, same start time;
+//!   a task `/proc` does not show is alive unless `kill(pid, 0)` says `ESRCH`). A dead
+//!   waiter's slot is freed and counts for nothing; a living waiter's word is set to
+//!   notified with a CAS and its futex woken, until `n` are notified. It returns how many.
 //!
-//! `wait` registers in the newer group (`newer += 1`, remembering its number) while it holds
-//! the lock, releases every level of the lock, sleeps, and re-acquires the lock.
-//! `notify(n)` moves up to `n` waiters of the current group from `pending` to `signals`;
-//! when the current group has no un-notified waiter left and `n` is not used up, the newer
-//! group becomes the current one (`epoch += 1`, its `signals` start at 0) and is notified
-//! the same way. A waiter of the current group returns notified when it takes one of its
-//! group's `signals` (a CAS, without the lock); a waiter of an *older* group returns
-//! notified at once, because a group is replaced only once all of it is notified. A waiter
-//! of the newer group can take nothing: a notify issued before it registered is not for it.
-//! A timed-out waiter, back under the lock, takes a signal of its group if one is left (it
-//! was notified), or else takes itself out of `pending` or `newer`. So exactly `k` waits
-//! return `true` for a `notify` that returned `k`.
+//! So exactly `k` waits return `true` for a `notify` that returned `k`, and each of those
+//! `k` waiters was alive when it was notified. A waiter that registers after a notify has a
+//! slot that notify never saw: it cannot take a notification issued before it waited.
 //!
 //! # Crash safety
-//! The counts are one `AtomicU64` (`State`), so a notifier killed at any point has either
-//! notified or not. The futex words (one per group parity, bumped when that group is
-//! signalled) only carry wake-ups: a notifier killed after updating the counts and before
-//! waking leaves the sleepers to find their signal at the end of their current sleep, which
-//! is cut in slices (5 ms doubling to 160 ms) even for a wait without timeout; the next
-//! notify that finds signals pending wakes their group again.
+//! Each step is one atomic write of a state word, so a process killed at any instruction
+//! leaves every slot free, waiting or notified, never half of one:
 //!
-//! A waiter killed inside `wait` stays counted: a later notify may count it as woken, and
-//! one wait of its group may then return at once, as from a spurious wake-up. Loop on the
-//! predicate ([`wait_for`](Condition::wait_for)) and such a wake-up does no harm. Groups
-//! are numbered modulo 2^16 and hold at most 65 535 waiters; a waiter that finds the newer
-//! group full returns at once, as from a spurious wake-up.
+//! * A waiter killed before its registering store leaves the slot free (its token write is
+//!   ignored). Killed while it waits (registered, asleep, or back under the lock before it
+//!   freed its slot), its slot says waiting with a dead token: the next notify that reaches
+//!   it frees it and notifies a living waiter instead. That is the fault campaign's
+//!   `condition_waiter` finding, fixed; CPython's Condition would even hang in `notify`.
+//!   Killed after it was notified, it took its notification with it, as a waiter killed
+//!   just after `wait` returned would: it was alive when `notify` counted it.
+//! * A notifier killed between a CAS and its futex wake leaves a notified waiter asleep;
+//!   waiters sleep in slices (5 ms doubling to 160 ms), even without a timeout, and look at
+//!   their word after each, so they find the notification.
+//! * A process killed holding the lock leaves it to the next taker as `OwnerDied`, as for
+//!   any lock; the table is consistent after each of its single stores.
+//! * Slots of dead processes that no notify reclaimed (a notified waiter killed before it
+//!   freed its slot, a dead waiter no notify reached) are reclaimed by the first `wait` that
+//!   finds the table full.
+//!
+//! Beyond `SLOTS` waiters at once (living, or dead and not reclaimed), a `wait` that finds
+//! no slot waits without a record: it sleeps on a word that every `notify` bumps (at most
+//! 160 ms or its deadline) and returns not notified, as from a spurious wake-up; a `notify`
+//! does not count it. Loop on the predicate ([`wait_for`](Condition::wait_for)) and this does
+//! no harm.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -46,6 +60,7 @@ use std::time::Duration;
 
 // The loom shim: std's atomics and mp_core::futex in the normal build, loom's under
 // `cfg(loom)` (the Condition model at the end of this file).
+use mp_core::ident;
 use mp_core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use mp_core::sync::futex;
 use mp_core::{Deadline, Shared, ShmSafe};
@@ -61,7 +76,7 @@ use crate::raw::{MAX_SLICE, SLICE};
 static NOTIFY_FAULT: OnceLock<fn()> = OnceLock::new();
 
 /// Makes every later [`Condition::notify`] of this process that signals a waiter call `hook`
-/// after it has updated the shared counts and before it wakes anyone, so that a test can kill
+/// after it has marked a waiter notified and before it wakes it, so that a test can kill
 /// a notifier at the worst moment. Returns false when a hook was set already. Only with the
 /// feature `testing` (re-exported as `mp_sync::testing::set_notify_fault`).
 #[cfg(feature = "testing")]
@@ -98,262 +113,298 @@ impl From<RLock> for CondLock {
     }
 }
 
+/// How many waiters a condition records at once (module doc, "Algorithm"). The loom model's
+/// table is smaller: loom explores every slot a notify reads.
+#[cfg(not(loom))]
+pub(crate) const SLOTS: usize = 128;
+/// How many waiters a condition records at once (the loom model's table).
+#[cfg(loom)]
+pub(crate) const SLOTS: usize = 3;
+
+/// A slot's state, in the low two bits of its word: no waiter (also the unused value 3).
+const FREE: u32 = 0;
+/// A registered waiter, not notified yet.
+const WAITING: u32 = 1;
+/// A registered waiter that a notify counted.
+const NOTIFIED: u32 = 2;
+/// The bits of the state in a slot's word; the ticket is the other 30.
+const STATE_BITS: u32 = 3;
+/// Tickets are counted modulo 2^30.
+const TICKET_MASK: u32 = u32::MAX >> 2;
+
+/// A slot's word: `state` with `ticket` above it.
+fn slot_word(state: u32, ticket: u32) -> u32 {
+    state | (ticket & TICKET_MASK) << 2
+}
+
+fn state_of(word: u32) -> u32 {
+    word & STATE_BITS
+}
+
+fn ticket_of(word: u32) -> u32 {
+    word >> 2
+}
+
+/// One waiter's record (module doc).
 #[repr(C)]
 #[derive(Debug)]
-pub(crate) struct RawCondition {
-    /// The counts, packed ([`State`]).
-    state: AtomicU64,
-    /// The futex words: `wake[e & 1]` is bumped whenever group `e` is notified.
-    wake: [AtomicU32; 2],
+struct Slot {
+    /// The waiter's process token; meaningful only while `word` is not free.
+    token: AtomicU64,
+    /// State and ticket ([`slot_word`]); the futex word its waiter sleeps on.
+    word: AtomicU32,
+    /// Padding to 16 bytes, unused.
+    _pad: AtomicU32,
 }
 // Loom's atomics are larger: the layout is pinned for the real ones.
 #[cfg(not(loom))]
-assert_eq_size!(RawCondition, [u64; 2]);
+assert_eq_size!(Slot, [u64; 2]);
+#[cfg(not(loom))]
+assert_eq_align!(Slot, u64);
+
+impl Slot {
+    fn new() -> Slot {
+        Slot {
+            token: AtomicU64::new(0),
+            word: AtomicU32::new(FREE),
+            _pad: AtomicU32::new(0),
+        }
+    }
+
+    /// True when the word names a registered waiter (waiting or notified).
+    fn taken(word: u32) -> bool {
+        matches!(state_of(word), WAITING | NOTIFIED)
+    }
+}
+
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct RawCondition {
+    /// The next registration's ticket (modulo 2^30), bumped under the lock.
+    next: AtomicU32,
+    /// The futex word of waiters that found no free slot; bumped by a notify that sees one.
+    overflow: AtomicU32,
+    /// How many waiters sleep on `overflow` (a hint: one killed asleep leaves it too high,
+    /// which costs a needless wake-up per notify, nothing else).
+    unrecorded: AtomicU32,
+    /// Padding to 16 bytes, unused.
+    _pad: AtomicU32,
+    /// The waiters' records.
+    slots: [Slot; SLOTS],
+}
+// Loom's atomics are larger: the layout is pinned for the real ones.
+#[cfg(not(loom))]
+assert_eq_size!(RawCondition, [u64; 2 + 2 * SLOTS]);
 #[cfg(not(loom))]
 assert_eq_align!(RawCondition, u64);
 
-// SAFETY: only atomics (1); every bit pattern is a valid state: four 16-bit counts, at worst
-// causing spurious wake-ups or a lost notification (2); no Drop (3); `#[repr(C)]`, size and
-// alignment pinned above (4).
+// SAFETY: only atomics (1); every bit pattern is a valid state: an unknown token is a waiter
+// checked for liveness like any other, a state word of 3 is a free slot, any ticket only
+// orders the waiters (at worst a lost or a spurious notification) (2); no Drop (3);
+// `#[repr(C)]`, size and alignment pinned above (4).
 unsafe impl ShmSafe for RawCondition {}
 
-/// The counts of a condition, unpacked from its one atomic word (module doc).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct State {
-    /// The number of the current group (modulo 2^16).
-    epoch: u16,
-    /// Waiters of the current group not notified yet.
-    pending: u16,
-    /// Notifications for the current group not taken yet.
-    signals: u16,
-    /// Waiters of the newer group (number `epoch + 1`).
-    newer: u16,
-}
-
-/// Where a waiter of group `mine` stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Standing {
-    /// Its group was replaced: all of it was notified.
-    Notified,
-    /// It is in the current group.
-    Current,
-    /// It is in the newer group.
-    Newer,
-}
-
-impl State {
-    fn unpack(v: u64) -> State {
-        State {
-            epoch: v as u16,
-            pending: (v >> 16) as u16,
-            signals: (v >> 32) as u16,
-            newer: (v >> 48) as u16,
-        }
-    }
-
-    fn pack(self) -> u64 {
-        u64::from(self.epoch)
-            | u64::from(self.pending) << 16
-            | u64::from(self.signals) << 32
-            | u64::from(self.newer) << 48
-    }
-
-    fn standing(self, mine: u16) -> Standing {
-        match self.epoch.wrapping_sub(mine) as i16 {
-            d if d > 0 => Standing::Notified,
-            0 => Standing::Current,
-            _ => Standing::Newer,
-        }
-    }
-
-    /// The state after `notify(n)`, how many it notified, and whether the newer group
-    /// became the current one.
-    fn notify(self, n: u32) -> (State, u32, bool) {
-        let mut s = self;
-        let k1 = n.min(u32::from(s.pending)) as u16;
-        s.pending -= k1;
-        s.signals = s.signals.saturating_add(k1);
-        let mut k = u32::from(k1);
-        let mut switched = false;
-        if n > k && s.newer > 0 {
-            // Every waiter of the current group is notified: the newer group takes its place.
-            switched = true;
-            s.epoch = s.epoch.wrapping_add(1);
-            let k2 = (n - k).min(u32::from(s.newer)) as u16;
-            s.pending = s.newer - k2;
-            s.signals = k2;
-            s.newer = 0;
-            k += u32::from(k2);
-        }
-        (s, k, switched)
-    }
-}
-
 impl RawCondition {
-    fn load(&self) -> State {
-        State::unpack(self.state.load(Ordering::Relaxed))
+    pub(crate) fn new() -> RawCondition {
+        RawCondition {
+            next: AtomicU32::new(0),
+            overflow: AtomicU32::new(0),
+            unrecorded: AtomicU32::new(0),
+            _pad: AtomicU32::new(0),
+            slots: std::array::from_fn(|_| Slot::new()),
+        }
     }
 
-    /// Registers a waiter in the newer group (under the lock); its group number, or `None`
-    /// when the group is full.
-    fn register(&self) -> Option<u16> {
-        let old = self
-            .state
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-                let mut s = State::unpack(v);
-                s.newer = s.newer.checked_add(1)?;
-                Some(s.pack())
-            })
-            .ok()?;
-        Some(State::unpack(old).epoch.wrapping_add(1))
+    /// How many registered waiters have not been notified.
+    fn waiting(&self) -> u32 {
+        let waiting = self
+            .slots
+            .iter()
+            .filter(|s| state_of(s.word.load(Ordering::Relaxed)) == WAITING)
+            .count();
+        waiting as u32
     }
 
-    /// One step of a sleeping waiter of group `mine`: true when it is notified (taking a
-    /// signal of its group if it is in the current one).
-    fn try_consume(&self, mine: u16) -> bool {
-        // Acquire pairs with the Release update in `notify`.
-        let mut v = self.state.load(Ordering::Acquire);
-        loop {
-            let mut s = State::unpack(v);
-            match s.standing(mine) {
-                Standing::Notified => return true,
-                Standing::Newer => return false,
-                Standing::Current if s.signals == 0 => return false,
-                Standing::Current => {
-                    s.signals -= 1;
-                    // Acquire pairs with the Release update in `notify`.
-                    match self.state.compare_exchange_weak(
-                        v,
-                        s.pack(),
-                        Ordering::Acquire,
-                        Ordering::Acquire,
-                    ) {
-                        Ok(_) => return true,
-                        Err(x) => v = x,
-                    }
-                }
+    fn free_slot(&self) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(|s| !Slot::taken(s.word.load(Ordering::Relaxed)))
+    }
+
+    /// Frees the slots of dead processes (under the lock).
+    fn reclaim(&self) {
+        for s in &self.slots {
+            // Acquire pairs with the Release store in `register`: the token is the waiter's.
+            let w = s.word.load(Ordering::Acquire);
+            if Slot::taken(w) && !ident::is_alive(s.token.load(Ordering::Relaxed)) {
+                let _ = s
+                    .word
+                    .compare_exchange(w, FREE, Ordering::Relaxed, Ordering::Relaxed);
             }
         }
     }
 
-    /// A waiter of group `mine` that stopped waiting without a signal, back under the lock:
-    /// true when it was notified after all (it takes its signal), else it takes itself out.
-    fn settle(&self, mine: u16) -> bool {
-        let mut notified = false;
-        let _ = self
-            .state
-            .fetch_update(Ordering::Acquire, Ordering::Acquire, |v| {
-                let mut s = State::unpack(v);
-                notified = true;
-                match s.standing(mine) {
-                    Standing::Notified => return None,
-                    Standing::Current if s.signals > 0 => s.signals -= 1,
-                    Standing::Current => {
-                        notified = false;
-                        s.pending = s.pending.saturating_sub(1);
-                    }
-                    Standing::Newer => {
-                        notified = false;
-                        s.newer = s.newer.saturating_sub(1);
-                    }
-                }
-                Some(s.pack())
-            });
-        notified
+    /// Records a waiter of process `me` (under the lock): its slot and the word it waits on,
+    /// or `None` when every slot holds a living waiter.
+    fn register(&self, me: u64) -> Option<(usize, u32)> {
+        let i = match self.free_slot() {
+            Some(i) => i,
+            None => {
+                self.reclaim();
+                self.free_slot()?
+            }
+        };
+        let slot = &self.slots[i];
+        let ticket = self.next.load(Ordering::Relaxed) & TICKET_MASK;
+        self.next
+            .store(ticket.wrapping_add(1) & TICKET_MASK, Ordering::Relaxed);
+        slot.token.store(me, Ordering::Relaxed);
+        let armed = slot_word(WAITING, ticket);
+        // The step that registers: before it the slot is free (a token written by a waiter
+        // killed here is ignored). Release pairs with the Acquire loads of the word in
+        // `notify` and `reclaim`: they read this token.
+        slot.word.store(armed, Ordering::Release);
+        Some((i, armed))
     }
 
-    /// Bumps the futex word of group `epoch` and wakes `n` of its sleepers.
-    fn wake(&self, epoch: u16, n: u32) {
-        let word = &self.wake[usize::from(epoch & 1)];
-        // Release pairs with the Acquire load of the word in `wait`.
-        word.fetch_add(1, Ordering::Release);
-        futex::wake(word, n);
+    /// A waiter back under the lock frees its slot `i`, registered as `armed`: true when a
+    /// notify counted it.
+    fn leave(&self, i: usize, armed: u32) -> bool {
+        let word = &self.slots[i].word;
+        let notified = slot_word(NOTIFIED, ticket_of(armed));
+        // Acquire pairs with the Release CAS in `notify`.
+        if word
+            .compare_exchange(notified, FREE, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            return true;
+        }
+        // Still waiting: not notified. Any other value means that a notify judged this
+        // process dead and the slot is another waiter's now: leave it alone.
+        let _ = word.compare_exchange(armed, FREE, Ordering::Relaxed, Ordering::Relaxed);
+        false
     }
 
-    /// The waiter's side, called with the lock held: registers, lets `unlock` release every
-    /// level of the lock (it returns the depth to restore), sleeps until notified or
-    /// `deadline`, lets `relock(depth)` take the lock back (`Err(pid)` when from a dead
-    /// holder), and settles under it. Returns whether it was notified and `relock`'s result;
-    /// when the newer group is full it returns `(false, Ok(()))` at once, the lock still held.
+    /// The waiter's side, called with the lock held by process `me`: registers, lets
+    /// `unlock` release every level of the lock (it returns the depth to restore), sleeps
+    /// until notified or `deadline`, lets `relock(depth)` take the lock back (`Err(pid)` when
+    /// from a dead holder), and frees its slot under it. Returns whether it was notified and
+    /// `relock`'s result. When no slot is free it waits without a record (module doc).
     fn wait(
+        &self,
+        me: u64,
+        deadline: Deadline,
+        unlock: impl FnOnce() -> u32,
+        relock: impl FnOnce(u32) -> Result<(), u32>,
+    ) -> (bool, Result<(), u32>) {
+        let Some((i, armed)) = self.register(me) else {
+            return self.wait_unrecorded(deadline, unlock, relock);
+        };
+        let word = &self.slots[i].word;
+        let depth = unlock();
+        let mut slice = SLICE;
+        loop {
+            // Only a notify changes the word while we are registered. Acquire pairs with the
+            // Release CAS in `notify`.
+            if word.load(Ordering::Acquire) != armed {
+                break;
+            }
+            let left = deadline.remaining();
+            if left == Some(Duration::ZERO) {
+                break;
+            }
+            // In slices even without a deadline: a notifier killed between its CAS and its
+            // wake-up leaves the notification to be found here. The futex compares the word
+            // with `armed` as it queues us, so a notify after the check above is not missed.
+            let nap = left.map_or(slice, |l| l.min(slice));
+            if futex::wait(word, armed, Some(nap)) == futex::Wake::TimedOut {
+                slice = (slice * 2).min(MAX_SLICE);
+            }
+        }
+        let reacquired = relock(depth);
+        // Back under the lock: our word says whether a notify counted us.
+        (self.leave(i, armed), reacquired)
+    }
+
+    /// A wait without a slot (every slot holds a living waiter): sleeps at most one long
+    /// slice or until a notify, and returns not notified, as from a spurious wake-up.
+    fn wait_unrecorded(
         &self,
         deadline: Deadline,
         unlock: impl FnOnce() -> u32,
         relock: impl FnOnce(u32) -> Result<(), u32>,
     ) -> (bool, Result<(), u32>) {
-        // Under the lock: the lock's release below publishes it to the next notifier.
-        let Some(mine) = self.register() else {
-            // The newer group is full: return at once, as from a spurious wake-up, with
-            // the lock still held.
-            return (false, Ok(()));
-        };
+        self.unrecorded.fetch_add(1, Ordering::Relaxed);
+        // Read under the lock: a notify after our unlock bumps it. Acquire pairs with the
+        // Release bump in `notify`.
+        let w = self.overflow.load(Ordering::Acquire);
         let depth = unlock();
-        let word = &self.wake[usize::from(mine & 1)];
-        let mut slice = SLICE;
-        let mut notified = loop {
-            // Read the word before the counts: a notify after the check below bumps it, so
-            // the futex wait cannot miss that notify. Acquire pairs with the Release bump
-            // in `RawCondition::wake`.
-            let w = word.load(Ordering::Acquire);
-            if self.try_consume(mine) {
-                break true;
-            }
-            let left = deadline.remaining();
-            if left == Some(Duration::ZERO) {
-                break false;
-            }
-            // In slices even without a deadline: a notifier killed between its count update
-            // and its wake-up leaves the signal to be found here.
-            let nap = left.map_or(slice, |l| l.min(slice));
-            if futex::wait(word, w, Some(nap)) == futex::Wake::TimedOut {
-                slice = (slice * 2).min(MAX_SLICE);
-            }
-        };
-        let reacquired = relock(depth);
-        if !notified {
-            // Back under the lock: either a notify counted us (take its signal), or we are
-            // still counted as a waiter (take ourselves out).
-            notified = self.settle(mine);
+        let nap = deadline.remaining().map_or(MAX_SLICE, |l| l.min(MAX_SLICE));
+        if !nap.is_zero() {
+            futex::wait(&self.overflow, w, Some(nap));
         }
-        (notified, reacquired)
+        let reacquired = relock(depth);
+        let _ = self
+            .unrecorded
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        (false, reacquired)
     }
 
-    /// The notifier's side, called with the lock held: notifies up to `n` of the waiters
-    /// registered now and wakes them; returns how many it notified.
-    fn notify(&self, n: u32) -> u32 {
-        let mut v = self.state.load(Ordering::Relaxed);
-        let (old, new, k, switched) = loop {
-            let old = State::unpack(v);
-            let (new, k, switched) = old.notify(n);
-            if k == 0 {
-                break (old, new, k, switched);
+    /// The notifier's side, called with the lock held by process `me`: notifies up to `n` of
+    /// the living waiters registered now, oldest first, freeing the slots of dead waiters it
+    /// meets on the way; returns how many it notified.
+    fn notify(&self, me: u64, n: u32) -> u32 {
+        let next = self.next.load(Ordering::Relaxed);
+        // The waiting slots, as (age of the ticket, slot, word).
+        let mut order = [(0u32, 0usize, 0u32); SLOTS];
+        let mut m = 0;
+        for (i, s) in self.slots.iter().enumerate() {
+            // Acquire pairs with the Release store in `register`: the token is the waiter's.
+            let w = s.word.load(Ordering::Acquire);
+            if state_of(w) == WAITING {
+                order[m] = (next.wrapping_sub(ticket_of(w)) & TICKET_MASK, i, w);
+                m += 1;
             }
-            // The one step that notifies: a notifier killed before it notified nobody, one
-            // killed after it notified `k` (the sleepers' slices find the signals).
-            // Release pairs with the Acquire loads and CASes of `state` by waiters.
-            match self.state.compare_exchange_weak(
-                v,
-                new.pack(),
-                Ordering::Release,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => break (old, new, k, switched),
-                Err(x) => v = x,
+        }
+        // Oldest first: the largest age.
+        order[..m].sort_unstable_by_key(|o| std::cmp::Reverse(o.0));
+        let mut k = 0;
+        for &(_, i, w) in &order[..m] {
+            if k == n {
+                break;
             }
-        };
-        if new.signals == 0 {
-            // Nobody to wake (and nothing left unwoken by a dead notifier).
-            return k;
+            let s = &self.slots[i];
+            let token = s.token.load(Ordering::Relaxed);
+            if token != me && !ident::is_alive(token) {
+                // A waiter killed inside `wait`: out of the table, it takes no notification.
+                let _ = s
+                    .word
+                    .compare_exchange(w, FREE, Ordering::Relaxed, Ordering::Relaxed);
+                continue;
+            }
+            // The one step that notifies this waiter: a notifier killed before it has not
+            // notified it, one killed after it has (the waiter's slices find the word).
+            // Release pairs with the Acquire loads of the word in `wait` and `leave`.
+            if s.word
+                .compare_exchange(
+                    w,
+                    slot_word(NOTIFIED, ticket_of(w)),
+                    Ordering::Release,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                k += 1;
+                notify_fault();
+                futex::wake(&s.word, 1);
+            }
         }
-        notify_fault();
-        if switched && (old.signals > 0 || old.pending > 0) {
-            // The replaced group's members that have not taken their signal are notified:
-            // wake them all.
-            self.wake(old.epoch, u32::MAX);
+        if self.unrecorded.load(Ordering::Relaxed) > 0 {
+            // Waiters without a slot look again. Release pairs with the Acquire load in
+            // `wait_unrecorded`.
+            self.overflow.fetch_add(1, Ordering::Release);
+            futex::wake_all(&self.overflow);
         }
-        // Wakes the current group: the `k` just notified, plus any left unwoken by a notifier
-        // killed before its wake-up.
-        self.wake(new.epoch, u32::from(new.signals));
         k
     }
 }
@@ -388,10 +439,7 @@ impl fmt::Debug for Condition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Condition")
             .field("lock", &self.lock)
-            .field("waiters", &{
-                let st = self.raw.load();
-                u32::from(st.pending) + u32::from(st.newer)
-            })
+            .field("waiters", &{ self.raw.waiting() })
             .finish()
     }
 }
@@ -406,10 +454,7 @@ impl Condition {
     pub fn with_lock(lock: impl Into<CondLock>) -> Result<Condition> {
         Ok(Condition {
             lock: lock.into(),
-            raw: Shared::new(RawCondition {
-                state: AtomicU64::new(0),
-                wake: [AtomicU32::new(0), AtomicU32::new(0)],
-            })?,
+            raw: Shared::new(RawCondition::new())?,
         })
     }
 
@@ -530,6 +575,7 @@ impl Condition {
         // again when dropped.
         std::mem::forget(guard);
         self.raw.wait(
+            ident::process_token(),
             deadline,
             || match &self.lock {
                 CondLock::Lock(l) => {
@@ -559,7 +605,7 @@ impl Condition {
         if !self.is_held() {
             return Err(Error::NotOwner);
         }
-        Ok(self.raw.notify(n))
+        Ok(self.raw.notify(ident::process_token(), n))
     }
 
     /// Wakes every waiter; returns how many.
