@@ -20,6 +20,7 @@
 use mp_core::sync::atomic::{AtomicU32, Ordering};
 use std::cell::{Cell, RefCell, RefMut};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
 
 use mp_core::message::{self, Encoded};
 use mp_core::rkyv::util::AlignedVec;
@@ -99,6 +100,8 @@ pub(crate) struct LocalEnd {
     partial: RefCell<Option<Partial>>,
     scratch: RefCell<AlignedVec<16>>,
     peer_gone: Cell<bool>,
+    /// How long a send waits for room in the ring (`None`: for ever).
+    send_timeout: Cell<Option<Duration>>,
 }
 
 // SAFETY: the raw pointers of the rings point into the shared mapping that `region` keeps
@@ -214,6 +217,7 @@ impl LocalEnd {
             partial: RefCell::new(None),
             scratch: RefCell::new(AlignedVec::new()),
             peer_gone: Cell::new(false),
+            send_timeout: Cell::new(None),
         })
     }
 
@@ -340,8 +344,9 @@ impl LocalEnd {
             return Err(Error::BrokenPipe);
         }
         let max = ring.max_whole();
+        let deadline = Deadline::after(self.send_timeout.get());
         if bytes.len() <= max {
-            let slot = self.wait_slot(ring, bytes.len())?;
+            let slot = self.wait_slot(ring, bytes.len(), deadline)?;
             // SAFETY: the slot is ours (see `send_value`) and holds at least `bytes.len()`.
             unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), slot.ptr, bytes.len()) };
             // SAFETY: `slot` came from `wait_slot` on this ring just above.
@@ -353,7 +358,16 @@ impl LocalEnd {
         let mut pos = 0;
         while pos < total {
             let rem = total - pos;
-            let slot = self.wait_slot(ring, rem.min(chunk_min))?;
+            let slot = match self.wait_slot(ring, rem.min(chunk_min), deadline) {
+                Ok(s) => s,
+                Err(e) => {
+                    if pos > 0 {
+                        // Half a message is in the ring: the stream of messages cannot go on.
+                        self.peer_gone.set(true);
+                    }
+                    return Err(e);
+                }
+            };
             let n = slot.cap.min(rem).min(max);
             // SAFETY: the slot is ours and holds at least `n` bytes.
             unsafe { std::ptr::copy_nonoverlapping(bytes[pos..].as_ptr(), slot.ptr, n) };
@@ -374,12 +388,18 @@ impl LocalEnd {
         Ok(())
     }
 
-    fn wait_slot(&self, ring: &Ring, need: usize) -> Result<Slot> {
+    /// Sets how long a send waits for room in the ring (`None`: for ever).
+    pub(crate) fn set_send_timeout(&self, timeout: Option<Duration>) {
+        self.send_timeout.set(timeout);
+    }
+
+    fn wait_slot(&self, ring: &Ring, need: usize, deadline: Deadline) -> Result<Slot> {
         loop {
             if let Some(s) = ring.slot(need)? {
                 return Ok(s);
             }
-            match self.block(ring.tx_armed(), &|| ring.has_room(need), Deadline::never())? {
+            match self.block(ring.tx_armed(), &|| ring.has_room(need), deadline)? {
+                Woke::TimedOut if deadline.expired() => return Err(Error::Timeout),
                 Woke::Ready | Woke::TimedOut => continue,
                 Woke::PeerGone => return Err(Error::BrokenPipe),
             }
