@@ -51,6 +51,7 @@
 //!   panicked, the text of a panic payload.
 
 pub mod atomic_copy;
+mod deadline;
 pub mod error;
 pub mod futex;
 pub mod handle;
