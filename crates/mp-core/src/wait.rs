@@ -44,7 +44,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use crate::futex::Deadline;
+use crate::deadline::Deadline;
 
 /// The longest spin before a sleep.
 pub const MAX_SPIN: Duration = Duration::from_micros(50);
@@ -61,7 +61,8 @@ pub const LOAD_REFRESH: Duration = Duration::from_millis(10);
 const TIGHT: u32 = 64;
 /// A wait that ends within this long after its spin was spent would have been a spin.
 const SHORT_SLEEP: Duration = Duration::from_micros(100);
-/// Budgets are kept in units of 128 ns (so that 50 µs fits in a `u32` many times over).
+/// Budgets are kept in units of this many nanoseconds (so that [`MAX_SPIN`] fits in a `u32`
+/// many times over).
 const UNIT_NS: u64 = 128;
 /// The size of the per-process budget table.
 const SLOTS: usize = 256;

@@ -31,8 +31,8 @@ use rkyv::{Archive, Deserialize, Serialize};
 use static_assertions::{assert_eq_align, assert_eq_size};
 
 use crate::error::{Error, Result};
-use crate::raw::{MAX_SLICE, SLICE};
 use mp_core::ident;
+use mp_core::lock::{MAX_SLICE, SLICE};
 use mp_core::wait::Spin;
 
 /// The largest value a semaphore holds (Python's `SEM_VALUE_MAX` on Linux).
