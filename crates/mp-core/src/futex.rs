@@ -5,7 +5,11 @@
 //! (with `__ulock_wait` on macOS or `_umtx_op` on FreeBSD) behind `cfg`.
 
 use std::sync::atomic::AtomicU32;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// In a module of its own so that the wait policy (`crate::wait`), which `wait_until` uses,
+// can name it without importing this module back.
+pub use crate::deadline::Deadline;
 
 /// How a [`wait`] ended. Callers re-check their condition in every case: futex wake-ups may be
 /// spurious.
@@ -78,83 +82,23 @@ pub fn wake_all(word: &AtomicU32) -> usize {
     wake(word, i32::MAX as u32)
 }
 
-/// A point in time after which a blocking call gives up; `Deadline::never()` for none.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Deadline(When);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum When {
-    Never,
-    /// A zero timeout (the `_nowait` calls): already passed, known without reading the clock.
-    Now,
-    At(Instant),
-}
-
-impl Deadline {
-    /// No deadline: wait forever.
-    pub fn never() -> Deadline {
-        Deadline(When::Never)
-    }
-
-    /// A deadline `timeout` from now; `None` means never. A zero timeout reads no clock.
-    pub fn after(timeout: Option<Duration>) -> Deadline {
-        Deadline(match timeout {
-            None => When::Never,
-            Some(t) if t.is_zero() => When::Now,
-            Some(t) => When::At(Instant::now().checked_add(t).unwrap_or_else(far_future)),
-        })
-    }
-
-    /// The time left: `None` when there is no deadline, `Some(ZERO)` once it has passed.
-    pub fn remaining(&self) -> Option<Duration> {
-        match self.0 {
-            When::Never => None,
-            When::Now => Some(Duration::ZERO),
-            When::At(at) => Some(at.saturating_duration_since(Instant::now())),
-        }
-    }
-
-    /// True once the deadline has passed (never true for `never()`).
-    pub fn expired(&self) -> bool {
-        match self.0 {
-            When::Never => false,
-            When::Now => true,
-            When::At(at) => Instant::now() >= at,
-        }
-    }
-
-    /// True when there is a deadline.
-    pub fn is_finite(&self) -> bool {
-        self.0 != When::Never
-    }
-}
-
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
-}
-
-/// Spins a little, then sleeps on `word` until `done(current value)` holds or the deadline
-/// passes. Returns the last value seen, or `Err(value)` on timeout.
-///
-/// `spins` bounds the busy phase (each spin is a `spin_loop` hint and a load); on this kind of
-/// VM a futex wake across cores costs tens of microseconds, so a short spin pays when the other
-/// side answers quickly, and the sleep keeps a waiter that keeps waiting from burning a core.
+/// Spins as the wait policy allows ([`crate::wait`]), then sleeps on `word` until
+/// `done(current value)` holds or the deadline passes. Returns the last value seen, or
+/// `Err(value)` on timeout.
 pub fn wait_until(
     word: &AtomicU32,
     mut done: impl FnMut(u32) -> bool,
-    spins: u32,
     deadline: Deadline,
 ) -> Result<u32, u32> {
     use std::sync::atomic::Ordering::Acquire;
-    for i in 0..spins {
+    let mut spin = crate::wait::Spin::new(word, deadline);
+    loop {
         let v = word.load(Acquire);
         if done(v) {
             return Ok(v);
         }
-        if i % 64 == 63 {
-            std::thread::yield_now();
-        } else {
-            std::hint::spin_loop();
+        if !spin.spin() {
+            break;
         }
     }
     loop {
@@ -168,29 +112,5 @@ pub fn wait_until(
             return Err(v);
         }
         wait(word, v, left);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn deadlines() {
-        let never = Deadline::never();
-        assert!(!never.expired() && never.remaining().is_none() && !never.is_finite());
-        assert_eq!(Deadline::after(None), never);
-        let now = Deadline::after(Some(Duration::ZERO));
-        assert!(now.expired() && now.is_finite());
-        assert_eq!(now.remaining(), Some(Duration::ZERO));
-        let later = Deadline::after(Some(Duration::from_secs(60)));
-        assert!(!later.expired() && later.is_finite());
-        assert!(later.remaining().unwrap() > Duration::from_secs(59));
-        let far = Deadline::after(Some(Duration::MAX));
-        assert!(!far.expired() && far.remaining().unwrap() > Duration::from_secs(3600));
-        let soon = Deadline::after(Some(Duration::from_millis(5)));
-        std::thread::sleep(Duration::from_millis(10));
-        assert!(soon.expired());
-        assert_eq!(soon.remaining(), Some(Duration::ZERO));
     }
 }

@@ -1,7 +1,8 @@
 //! Who holds a lock: identity tokens that pid reuse cannot fool, and liveness checks.
 //!
-//! Every robust primitive (mp-sync's locks, mp-queue's internal locks) records its holder as a
-//! token from here, and a waiter that has waited a while asks [`is_alive`] before it takes over.
+//! Every robust primitive (the lock of [`crate::lock`] under mp-sync's locks and mp-queue's
+//! internal locks, mp-queue's zero-copy claims) records its holder as a token from here, and a
+//! waiter that has waited a while asks [`is_alive`] before it takes over.
 //!
 //! A *token* is a `u64`: the pid (for process identity) or the tid (for thread identity) in
 //! bits 32..62, and the low 32 bits of that task's start time (field 22 of

@@ -37,6 +37,10 @@
 //!   strings in shared memory.
 //! * [`futex`] waits and wakes on 32-bit words in shared memory, across processes, with
 //!   timeouts and [`Deadline`]s.
+//! * [`ident`] names the holder of a lock with a token that pid reuse cannot fool, and tells
+//!   whether it is alive; [`lock`] is the robust lock on two shared words that every lock-like
+//!   primitive (mp-sync's, mp-queue's) stands on: a dead holder's lock is taken over, and the
+//!   taker is told.
 //! * [`message`] has the [`Message`] bound (rkyv archives with validation), serialization straight
 //!   into a shared slot, checked zero-copy access, and the [`Serde`] adapter.
 //! * [`sync`] names the atomics and futex calls of the protocols checked by the loom models
@@ -47,10 +51,12 @@
 //!   panicked, the text of a panic payload.
 
 pub mod atomic_copy;
+mod deadline;
 pub mod error;
 pub mod futex;
 pub mod handle;
 pub mod ident;
+pub mod lock;
 pub mod message;
 #[cfg(feature = "async")]
 pub mod reactor;
@@ -61,6 +67,7 @@ pub mod sync;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod util;
+pub mod wait;
 
 /// Fuzzing entry points (`fuzz/`, `tests/fuzz_corpus.rs`). Not API: hidden, may change in any
 /// release.

@@ -4,14 +4,14 @@
 //! `std::sync::atomic` and [`futex`] is [`crate::futex`], so the code compiles to
 //! exactly what it would with those paths. Built with `RUSTFLAGS="--cfg loom"`, the same names
 //! are [loom](https://docs.rs/loom)'s atomics and a model of the futex calls, and the models
-//! (`loom_*` unit tests of mp-sync and mp-pipe) run the real protocol functions on loom threads,
-//! with the shared structs built in ordinary memory. This is tokio's `loom` module in small
-//! (`tokio/src/loom/`: `std` re-exports, `mocked` for loom). See docs/reliability.md, "Model
-//! checking", for what each model proves and how to run them.
+//! (`loom_*` unit tests of mp-core, mp-sync and mp-pipe) run the real protocol functions on
+//! loom threads, with the shared structs built in ordinary memory. This is tokio's `loom`
+//! module in small (`tokio/src/loom/`: `std` re-exports, `mocked` for loom). See
+//! docs/reliability.md, "Model checking", for what each model proves and how to run them.
 //!
-//! Only the protocols under model (the raw lock, Condition's counts, the pipe ring) use this
-//! module; every other primitive keeps `std::sync::atomic` and [`crate::futex`], which work
-//! unchanged in the loom build (they are simply not modelled).
+//! Only the protocols under model (the robust lock of [`crate::lock`], Condition's counts, the
+//! pipe ring) use this module; every other primitive keeps `std::sync::atomic` and
+//! [`crate::futex`], which work unchanged in the loom build (they are simply not modelled).
 
 /// `std::sync::atomic`, or loom's atomics under `cfg(loom)`.
 pub mod atomic {

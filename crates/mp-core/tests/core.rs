@@ -351,7 +351,6 @@ fn futex_wake_crosses_processes() {
             let got = futex::wait_until(
                 &word,
                 |v| v == 1,
-                0,
                 mp_core::Deadline::after(Some(Duration::from_secs(10))),
             );
             assert_eq!(got, Ok(1));
@@ -374,7 +373,6 @@ fn futex_timed_wait_returns_after_timeout() {
     let r = futex::wait_until(
         &word,
         |v| v == 0,
-        100,
         mp_core::Deadline::after(Some(Duration::from_millis(100))),
     );
     assert_eq!(r, Err(5));

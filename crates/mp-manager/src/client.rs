@@ -77,12 +77,49 @@ thread_local! {
 /// middle of the handshake (`mp_pipe::Error::HandshakeClosed`) was killed then, or dropped
 /// the connection while alive (its listener's per-peer limit of handshakes in progress): one
 /// more attempt tells the two apart, and a server still gone is [`Error::ServerGone`].
+///
+/// On a Unix address (the server is on this machine) the authenticated socket then moves to
+/// shared memory ([`upgrade`]): requests and replies go through the rings of a pipe, without
+/// a system call while both sides are busy.
 pub(crate) fn connect(ep: &Endpoint) -> Result<Connection<()>> {
     let address = ep.addr.to_address()?;
-    match Client::connect(address.clone(), Some(&ep.authkey)) {
-        Ok(c) => Ok(c),
-        Err(mp_pipe::Error::HandshakeClosed) => Ok(Client::connect(address, Some(&ep.authkey))?),
-        Err(e) => Err(e.into()),
+    let conn = match Client::connect(address.clone(), Some(&ep.authkey)) {
+        Ok(c) => c,
+        Err(mp_pipe::Error::HandshakeClosed) => Client::connect(address, Some(&ep.authkey))?,
+        Err(e) => return Err(e.into()),
+    };
+    match ep.addr {
+        Addr::Unix(_) | Addr::Abstract(_) => upgrade(conn),
+        Addr::Tcp(_) => Ok(conn),
+    }
+}
+
+/// How long the server may take to hand over the shared-memory connection.
+const UPGRADE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Asks the server for a shared-memory connection in place of the socket `conn`
+/// ([`Request::Upgrade`]) and returns it; a server that cannot make one says so, and the
+/// socket goes on serving.
+fn upgrade(conn: Connection<()>) -> Result<Connection<()>> {
+    if let Err(e) = conn.send_bytes(&encode(&Request::Upgrade)?, 0, None) {
+        // A server that refused the connection (too many) closed it before reading; its
+        // refusal may be waiting to be read.
+        if !matches!(conn.poll(Some(std::time::Duration::ZERO)), Ok(true)) {
+            return Err(e.into());
+        }
+    }
+    let answer = conn.recv_bytes(None)?;
+    match decode::<Reply>(&answer).map_err(|e| Error::Malformed(format!("reply: {e}")))? {
+        Reply::Unit => Ok(conn.recv_connection(Some(UPGRADE_TIMEOUT))?),
+        // Too many connections: the server closed this one; the first request reports it.
+        Reply::Err(crate::wire::Refused::TooManyConnections(n)) => {
+            Err(crate::wire::Refused::TooManyConnections(n).into())
+        }
+        Reply::Err(_) => Ok(conn),
+        other => Err(Error::Malformed(format!(
+            "the answer to an upgrade was {}",
+            other.name()
+        ))),
     }
 }
 
@@ -137,5 +174,32 @@ pub(crate) fn request(ep: &Endpoint, req: &Request) -> Result<Reply> {
         }
         Reply::Err(refused) => Err(refused.into()),
         reply => Ok(reply),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Manager;
+
+    #[test]
+    fn a_client_on_this_machine_talks_through_shared_memory_and_a_tcp_one_through_its_socket() {
+        let m = Manager::start().unwrap();
+        assert!(matches!(m.ep.addr, Addr::Abstract(_)));
+        let c = connect(&m.ep).unwrap();
+        assert!(c.is_local(), "a Unix address moves to shared memory");
+        // The moved connection serves requests.
+        let d = m.dict::<u64, u64>().unwrap();
+        d.set(&1, &2).unwrap();
+        assert_eq!(d.get(&1).unwrap(), Some(2));
+        let tcp = Manager::builder()
+            .address(Address::tcp("127.0.0.1", 0).unwrap())
+            .start()
+            .unwrap();
+        let c = connect(&tcp.ep).unwrap();
+        assert!(!c.is_local(), "a TCP client keeps its socket");
+        let d = tcp.dict::<u64, u64>().unwrap();
+        d.set(&3, &4).unwrap();
+        assert_eq!(d.get(&3).unwrap(), Some(4));
     }
 }

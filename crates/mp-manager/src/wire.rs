@@ -86,6 +86,10 @@ pub(crate) enum Request {
     ObjectCount,
     /// The name is forgotten; its object then lives as long as its proxies.
     Unname { name: String },
+    /// This connection moves to shared memory: the server answers `Unit`, then sends the
+    /// client's end of a new pipe through the socket (`Connection::send_connection`), and
+    /// serves it instead of the socket from then on. Only on a Unix address.
+    Upgrade,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug)]

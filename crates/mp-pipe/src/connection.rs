@@ -244,6 +244,20 @@ impl<T, D: Direction> Connection<T, D> {
             s.set_max(bytes);
         }
     }
+
+    /// Sets how long a send waits for the peer to make room (`None`, the default: for ever):
+    /// past it the send fails with [`Error::Timeout`]. For a server whose client may stop
+    /// reading. Python has no such setting. A send that timed out part way through a message
+    /// leaves the connection unusable (the peer would see half a message): drop it then.
+    pub fn set_send_timeout(&self, timeout: Option<Duration>) -> Result<()> {
+        match &self.t {
+            Transport::Local(l) => {
+                l.set_send_timeout(timeout);
+                Ok(())
+            }
+            Transport::Stream(s) => s.set_send_timeout(timeout),
+        }
+    }
 }
 
 impl<T, D: CanSend> Connection<T, D> {

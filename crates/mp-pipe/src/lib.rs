@@ -162,6 +162,7 @@ mod error;
 pub mod handle;
 mod listener;
 mod local;
+mod pass;
 mod ring;
 mod stream;
 mod sys;

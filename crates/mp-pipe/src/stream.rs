@@ -14,6 +14,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
 
 use mp_core::message;
 use mp_core::rkyv::util::AlignedVec;
@@ -86,6 +87,40 @@ impl StreamEnd {
 
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.sock.as_fd()
+    }
+
+    /// True when no frame is partly read (the next bytes are a frame's first).
+    pub(crate) fn at_frame_start(&self) -> bool {
+        let rx = self.rx.borrow();
+        rx.hdr_len == 0 && rx.size.is_none()
+    }
+
+    /// `SO_SNDTIMEO`: a send blocked longer fails with [`Error::Timeout`] (see `write_all`).
+    pub(crate) fn set_send_timeout(&self, timeout: Option<Duration>) -> Result<()> {
+        // Zero means "no timeout" to the kernel: the smallest real one is a microsecond.
+        let t = timeout.map_or(Duration::ZERO, |t| t.max(Duration::from_micros(1)));
+        let tv = libc::timeval {
+            tv_sec: t.as_secs().min(i32::MAX as u64) as libc::time_t,
+            tv_usec: t.subsec_micros() as libc::suseconds_t,
+        };
+        // SAFETY: setsockopt reads a timeval from a live local of the size passed; the socket
+        // is ours and open.
+        let r = unsafe {
+            libc::setsockopt(
+                self.sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(Error::io(
+                "setsockopt(SO_SNDTIMEO)",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
     }
 
     pub(crate) fn set_max(&self, n: u64) {

@@ -191,6 +191,8 @@ pub(crate) fn write_all(fd: BorrowedFd<'_>, bufs: &[&[u8]]) -> Result<()> {
                 Some(libc::EPIPE) | Some(libc::ECONNRESET) | Some(libc::ENOTCONN) => {
                     return Err(Error::BrokenPipe)
                 }
+                // The socket's send timeout (`SO_SNDTIMEO`) passed.
+                Some(libc::EAGAIN) => return Err(Error::Timeout),
                 _ => return Err(Error::io("sendmsg", e)),
             }
         }

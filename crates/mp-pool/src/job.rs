@@ -15,7 +15,7 @@ use crate::error::Error;
 use crate::helpers::{lock, wait, wait_timeout};
 use crate::result::Outcome;
 use crate::track::Progress;
-use crate::wire::SpinBudget;
+use mp_core::wait::Spin;
 
 /// What the supervisor does with a job's chunks. Every method returns true when the job
 /// needs nothing more (it is then dropped from the pool's table).
@@ -432,14 +432,12 @@ impl<R: Message + Send> IMapJob<R> {
     }
 
     /// Waits for the next answer: chunk `want` when ordered, any when unordered.
-    pub(crate) fn next(
-        &self,
-        want: u64,
-        deadline: Option<Instant>,
-        spin: &mut SpinBudget,
-    ) -> Next<R> {
+    pub(crate) fn next(&self, want: u64, deadline: Option<Instant>) -> Next<R> {
         let mut st = lock(&self.st);
         let mut spun = false;
+        // The wait policy's spin (mp_core::wait), kept to the end of the wait: dropping it
+        // then teaches it whether the spin should have lasted longer.
+        let mut spin: Option<Spin> = None;
         loop {
             let got = if self.ordered {
                 st.by_chunk.remove(&want)
@@ -461,13 +459,15 @@ impl<R: Message + Send> IMapJob<R> {
                 // Acquire pairs with the Release increment in `answer`.
                 let seen = self.answers.load(Ordering::Acquire);
                 drop(st);
-                spin.spin(|| self.answers.load(Ordering::Acquire) != seen);
+                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                let s = spin.insert(Spin::new(&self.answers, mp_core::Deadline::after(left)));
+                while self.answers.load(Ordering::Acquire) == seen && s.spin() {}
                 st = lock(&self.st);
                 continue;
             }
             st.sleeping = true;
             match deadline {
-                None => st = spin.sleep(|| wait(&self.cv, st)),
+                None => st = wait(&self.cv, st),
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {

@@ -288,10 +288,10 @@
 //!
 //! Per chunk the parent makes one queue put and one get, both in shared memory (no pipe, no
 //! pickling): a chunk's items travel as one encoded `Vec<T>` and its results as one
-//! `Vec<R>`. Whoever waits (an idle worker, the supervisor, an `imap` consumer) spins for an
-//! adaptive budget, yielding the CPU each round, before it sleeps on a futex doorbell: it spins
-//! while answers come within microseconds and stops spinning when they are far apart, so
-//! that the parent takes no CPU from busy workers. `cargo run --release -p mp-pool
+//! `Vec<R>`. Whoever waits (an idle worker, the supervisor, an `imap` consumer) follows
+//! mp-core's one wait policy ([`mp_core::wait`]): it spins only while answers come within
+//! microseconds and the machine has a CPU to spare, then sleeps on a futex, so that the
+//! parent takes no CPU from busy workers. `cargo run --release -p mp-pool
 //! --example throughput` prints rough rates and the CPU each side spends per item; `cargo
 //! xtask bench` compares them with CPython.
 //!

@@ -117,8 +117,19 @@ pub(crate) fn after_item(i: usize) {
 }
 
 /// The worker starts sending a result.
+///
+/// The chunk is published as done first (its tasks, its run time so far), so that whoever
+/// gets its result reads it counted; [`chunk_done`] then adds the time the send took.
 pub(crate) fn sending() {
-    with_on(|m| m.send_t0 = Instant::now())
+    with_on(|m| {
+        let now = Instant::now();
+        m.send_t0 = now;
+        let mut c = m.c;
+        let run = (now - m.chunk_t0).saturating_sub(m.chunk_send);
+        c.run_ns = c.run_ns.saturating_add(nanos(run));
+        c.chunks += 1;
+        m.slot.stats.publish(&c);
+    })
 }
 
 /// The worker sent a result.

@@ -16,11 +16,8 @@
 //!   the task is both failed and left in the queue: another worker runs it and its result is
 //!   ignored (the task was already answered).
 
-use std::sync::atomic::{AtomicU32, Ordering};
-
 use mp_core::message::SliceAsVec;
 use mp_core::message::ALIGN;
-use mp_core::ShmSafe;
 use rkyv::munge::munge;
 use rkyv::rancor::{Fallible, Source};
 use rkyv::ser::{Allocator, Writer, WriterExt};
@@ -28,7 +25,6 @@ use rkyv::string::{ArchivedString, StringResolver};
 use rkyv::util::AlignedVec;
 use rkyv::vec::{ArchivedVec, VecResolver};
 use rkyv::{Archive, Deserialize, Place, Serialize, SerializeUnsized};
-use static_assertions::const_assert_eq;
 
 pub(crate) use crate::slot::{set_claim_slot, Claim, ClaimResolver, Slot};
 
@@ -167,124 +163,6 @@ pub(crate) struct ResultMsg {
     pub(crate) message: String,
     /// Where a task panicked (`file:line:column`), or empty.
     pub(crate) location: String,
-}
-
-/// An adaptive spin budget for one waiter: it grows while waits end during the spin (or
-/// right after falling asleep), and shrinks while they do not, so that a waiter spins only
-/// when the other side answers within microseconds, and never steals a core from busy
-/// workers when answers are far apart. Every round yields the CPU: on a machine with fewer
-/// cores than busy threads (or with the parent and a worker pinned to one core) the thread
-/// we wait for may need this very core, and a yield hands it over at once; measured on 2
-/// cores, yielding every round beat pause-spinning by 2-4x with pinned processes and matched
-/// it without.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct SpinBudget {
-    budget: u32,
-}
-
-impl SpinBudget {
-    const MAX: u32 = 256;
-    const MIN_GROW: u32 = 16;
-    /// A sleep shorter than this would have been a spin.
-    const SHORT_SLEEP: std::time::Duration = std::time::Duration::from_micros(100);
-
-    pub(crate) fn new() -> SpinBudget {
-        SpinBudget { budget: 128 }
-    }
-
-    /// Spins until `done()` or the budget is spent; true when `done()` came true.
-    pub(crate) fn spin(&mut self, done: impl Fn() -> bool) -> bool {
-        for _ in 0..self.budget {
-            std::thread::yield_now();
-            if done() {
-                self.budget = (self.budget * 2).clamp(Self::MIN_GROW, Self::MAX);
-                return true;
-            }
-        }
-        false
-    }
-
-    /// Sleeps with `sleep` and adapts the budget to how long the sleep lasted.
-    pub(crate) fn sleep<T>(&mut self, sleep: impl FnOnce() -> T) -> T {
-        let t0 = std::time::Instant::now();
-        let r = sleep();
-        if t0.elapsed() < Self::SHORT_SLEEP {
-            self.budget = (self.budget * 2).clamp(Self::MIN_GROW, Self::MAX);
-        } else {
-            self.budget /= 2;
-        }
-        r
-    }
-}
-
-/// A doorbell in shared memory: producers ring it after putting a message on a queue, and
-/// consumers sleep on it (a futex) when the queue is empty, after an adaptive spin. The pool
-/// waits on its queues through doorbells, with `get_timeout(ZERO)`, rather than through the
-/// queue's own wait, whose fixed spin would take a core from the workers on a small machine.
-///
-/// Protocol (a Dekker handshake on `sleepers` and `seq`, all SeqCst): the ringer publishes
-/// its message, increments `seq`, then reads `sleepers`; a sleeper increments `sleepers`,
-/// reads `seq`, checks that the queue is empty, and waits while `seq` is unchanged. Either
-/// the ringer sees the sleeper and wakes one, or the sleeper sees the new message (or the new
-/// `seq`, which makes the futex wait return at once).
-#[repr(C, align(64))]
-pub(crate) struct Doorbell {
-    seq: AtomicU32,
-    sleepers: AtomicU32,
-    _pad: [u32; 14],
-}
-const_assert_eq!(std::mem::size_of::<Doorbell>(), 64);
-const_assert_eq!(std::mem::align_of::<Doorbell>(), 64);
-
-// SAFETY: atomics and never-written padding only; every bit pattern is valid; no Drop;
-// `#[repr(C)]` with size and alignment pinned above.
-unsafe impl ShmSafe for Doorbell {}
-
-impl Doorbell {
-    pub(crate) fn new() -> Doorbell {
-        Doorbell {
-            seq: AtomicU32::new(0),
-            sleepers: AtomicU32::new(0),
-            _pad: [0; 14],
-        }
-    }
-
-    /// After a message was put: wake one sleeper, if any.
-    pub(crate) fn ring(&self) {
-        // SeqCst: the increment and the load below pair with the sleeper's SeqCst increment
-        // of `sleepers` and load of `seq` in `wait` (see the type's doc).
-        self.seq.fetch_add(1, Ordering::SeqCst);
-        if self.sleepers.load(Ordering::SeqCst) != 0 {
-            mp_core::futex::wake(&self.seq, 1);
-        }
-    }
-
-    /// Wakes every sleeper (shutdown).
-    pub(crate) fn ring_all(&self) {
-        self.seq.fetch_add(1, Ordering::SeqCst);
-        mp_core::futex::wake_all(&self.seq);
-    }
-
-    /// Waits for a ring: spins within `spin`'s budget, then sleeps at most `timeout` unless
-    /// `empty()` is false.
-    pub(crate) fn wait(
-        &self,
-        empty: impl Fn() -> bool,
-        spin: &mut SpinBudget,
-        timeout: std::time::Duration,
-    ) {
-        // Acquire pairs with the SeqCst increment in `ring`.
-        let s0 = self.seq.load(Ordering::Acquire);
-        if spin.spin(|| self.seq.load(Ordering::Relaxed) != s0) {
-            return;
-        }
-        self.sleepers.fetch_add(1, Ordering::SeqCst);
-        let s = self.seq.load(Ordering::SeqCst);
-        if s == s0 && empty() {
-            spin.sleep(|| mp_core::futex::wait(&self.seq, s, Some(timeout)));
-        }
-        self.sleepers.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 /// A chunk's items (or results) as a standalone archive of `Vec<T>` nested in a message,
@@ -475,22 +353,5 @@ mod tests {
         let s: Vec<String> = (0..50).map(|i| "x".repeat(i * 10)).collect();
         check(&s);
         check(&[(1u16, String::from("a"), vec![1.5f64])]);
-    }
-
-    #[test]
-    fn spin_budget_adapts() {
-        let mut s = SpinBudget::new();
-        assert!(s.spin(|| true));
-        let grown = s.budget;
-        assert!(grown >= 128);
-        s.sleep(|| std::thread::sleep(std::time::Duration::from_millis(2)));
-        assert!(s.budget < grown);
-        for _ in 0..20 {
-            s.sleep(|| std::thread::sleep(std::time::Duration::from_millis(1)));
-        }
-        assert_eq!(s.budget, 0);
-        assert!(!s.spin(|| false));
-        s.sleep(|| ());
-        assert!(s.budget >= SpinBudget::MIN_GROW);
     }
 }

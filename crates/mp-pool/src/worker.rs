@@ -5,7 +5,6 @@ use std::cell::{Cell, RefCell};
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Once};
-use std::time::Duration;
 
 use mp_core::message::{access, decode, deserialize_each, ALIGN};
 use mp_core::{Message, Shared};
@@ -17,14 +16,7 @@ use rkyv::vec::{ArchivedVec, VecResolver};
 use rkyv::{Archive, Deserialize, Place, Serialize};
 
 use crate::helpers::panic_text;
-use crate::wire::{
-    set_claim_slot, Doorbell, Kind, NestedArchive, OkRef, Payload, ResultMsg, Slot, SpinBudget,
-    TaskMsg,
-};
-
-/// How long an idle worker sleeps before it looks at the task queue again (a safety net: the
-/// parent rings the task doorbell after every put).
-const IDLE_NAP: Duration = Duration::from_millis(200);
+use crate::wire::{set_claim_slot, Kind, NestedArchive, OkRef, Payload, ResultMsg, Slot, TaskMsg};
 
 /// Why a chunk failed in the worker.
 pub(crate) struct TaskFail {
@@ -364,10 +356,6 @@ pub(crate) struct WorkerArgs {
     pub(crate) tasks: Queue<TaskMsg>,
     pub(crate) results: Queue<ResultMsg>,
     pub(crate) slot: Shared<Slot>,
-    /// Rung after every result.
-    pub(crate) bell: Shared<Doorbell>,
-    /// Rung by the parent after every task; slept on when the task queue is empty.
-    pub(crate) task_bell: Shared<Doorbell>,
     /// The parent's `mp_process::symbol::image_id()`.
     pub(crate) image_id: Vec<u8>,
     pub(crate) init: Option<InitSpec>,
@@ -399,12 +387,7 @@ impl Resolved {
     }
 }
 
-fn put_result(results: &Queue<ResultMsg>, bell: &Doorbell, msg: ResultMsg) {
-    put_only(results, msg);
-    bell.ring();
-}
-
-fn put_only(results: &Queue<ResultMsg>, msg: ResultMsg) {
+fn put_result(results: &Queue<ResultMsg>, msg: ResultMsg) {
     match results.put(msg) {
         Ok(()) => {}
         Err(PutError::Failed(m, e)) => {
@@ -472,7 +455,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
     if let Some(init) = &args.init {
         if let Err(message) = run_initializer(init, &mut resolved) {
             let failed = control_msg(Kind::InitFailed, pid, message);
-            put_result(&args.results, &args.bell, failed);
+            put_result(&args.results, failed);
             return;
         }
     }
@@ -481,33 +464,22 @@ pub(crate) fn worker_main(args: WorkerArgs) {
     if args.init.is_some() {
         // Resets the parent's count of initializer failures in a row.
         let ok = control_msg(Kind::InitOk, pid, String::new());
-        put_result(&args.results, &args.bell, ok);
+        put_result(&args.results, ok);
     }
     set_claim_slot(slot);
     crate::meter::start(slot, args.insights);
     let mut done = 0u64;
-    let mut spin = SpinBudget::new();
     loop {
-        // Another worker may take the last task between the check and the get: then this
-        // one waits in the queue's own `get` (the next put wakes it), which is rare.
-        let got = if args.tasks.empty() {
-            Err(mp_queue::Error::Empty)
-        } else {
-            args.tasks.get()
-        };
-        let task = match got {
+        // The queue's own wait: its policy (mp_core::wait) spins only while that can help,
+        // then sleeps until a feeder's put wakes this worker.
+        let task = match args.tasks.get() {
             Ok(t) => t,
-            Err(mp_queue::Error::Empty) => {
-                args.task_bell
-                    .wait(|| args.tasks.empty(), &mut spin, IDLE_NAP);
-                continue;
-            }
             // A record the queue could not read (damaged, or an oversized one that could
             // not be mapped) was skipped: its task is lost, and whose it was is unknown.
             // Tell the parent, which fails the pending work, and go on with the next one.
             Err(e @ (mp_queue::Error::Corrupted(_) | mp_queue::Error::Core(_))) => {
                 let unreadable = control_msg(Kind::TaskUnreadable, pid, e.to_string());
-                put_result(&args.results, &args.bell, unreadable);
+                put_result(&args.results, unreadable);
                 continue;
             }
             Err(_) => return,
@@ -523,7 +495,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
             pid,
         };
         match run_task(&task, &mut resolved, args.forked, &sink) {
-            Ok(()) => args.bell.ring(),
+            Ok(()) => {}
             Err(f) => {
                 crate::meter::sending();
                 let failed = ResultMsg {
@@ -535,7 +507,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
                     message: f.message,
                     location: f.location,
                 };
-                put_result(&args.results, &args.bell, failed);
+                put_result(&args.results, failed);
                 crate::meter::sent();
             }
         }

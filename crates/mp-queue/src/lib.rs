@@ -157,8 +157,8 @@
 //! message becomes visible only once complete). A consumer killed while it decodes leaves the
 //! message for the next consumer, so every complete message is delivered exactly once. A
 //! process killed while it holds a zero-copy guard loses that one message (it was delivered to
-//! it); its space is reclaimed once producers need it. The queue's internal locks and the
-//! zero-copy claims record their holder's identity (pid and start time, in one word, so that a
+//! it); its space is reclaimed once producers need it. The queue's internal locks (mp-core's
+//! robust lock, the one under mp-sync's locks) and the zero-copy claims record their holder's identity (pid and start time, in one word, so that a
 //! process given a dead holder's recycled pid is not taken for it); a lock is taken over when
 //! its holder dies, and each side keeps a one-entry journal of its last commit, so the process
 //! taking over finishes or undoes it: the item count stays exact and no ring space or

@@ -1,29 +1,20 @@
-//! The queue's internal robust lock: a 64-bit word holding the holder's identity token, so
-//! that a holder killed inside a critical section does not hang the others.
+//! The queue's internal robust locks (the producer's and the consumer's), so that a holder
+//! killed inside a critical section does not hang the others.
 //!
-//! Word states: `0` free; `token` held; `token | CONTENDED` held with (possible) sleepers,
-//! where `token` is the holder process's [`ident`] token (pid plus start time: a recycled pid
-//! is not taken for the holder) and `CONTENDED` is its free top bit. This is Drepper's
-//! "mutex2" ("Futexes Are Tricky", 2011) with the state word widened so that it *is* the
-//! holder's identity, as mp-sync's `RawLock` does: taking the lock and recording the holder is
-//! one compare-exchange, so there is no moment at which the lock is held by an unrecorded
-//! holder. Sleepers wait on a separate 32-bit futex word, a wake sequence that a release which
-//! saw `CONTENDED` bumps before it wakes one.
-//!
-//! A waiter sleeps with a timeout; each time the timeout runs out it asks
-//! [`ident::is_alive`] about the token in the word. A dead holder's lock is taken over with a
-//! compare-exchange on the exact word it observed (so only one waiter wins, and only while the
-//! dead holder still holds it), and the new holder is told ([`Locked::recovered`]) so it can
-//! repair what the dead one left (see `ring`).
+//! The protocol is [`mp_core::lock`]'s, the same as mp-sync's locks: a 64-bit word holding the
+//! holder process's [`ident`] token (0: free; with `CONTENDED` when sleepers may exist) and a
+//! 32-bit wake sequence the sleepers wait on, both in the ring's header. A waiter checks the
+//! holder's liveness after each sleep slice; a dead holder's lock is taken over by exactly one
+//! waiter, which is told ([`Locked::recovered`]) so it can repair what the dead one left (see
+//! `ring`). This layer adds the guard and the grace ([`LOCK_GRACE`]) of a timed caller.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::time::Duration;
 
 use mp_core::ident::{self, CONTENDED};
-use mp_core::{futex, Deadline};
+use mp_core::lock::{self as robust, Acquire};
+use mp_core::Deadline;
 
-/// How long a waiter sleeps before it checks that the holder is alive.
-const LIVENESS_PERIOD: Duration = Duration::from_millis(20);
 /// The least a timed caller waits for the lock, whatever its own deadline: critical sections
 /// are short, so a `put_nowait` or a `get_timeout(0)` that finds the lock held waits for it
 /// briefly (and for the liveness check that takes over a dead holder's lock) rather than
@@ -52,6 +43,14 @@ fn locked<'a>(word: &'a AtomicU64, wake: &'a AtomicU32, recovered: bool) -> Lock
     }
 }
 
+/// `deadline`, or [`LOCK_GRACE`] from now when that is later.
+fn with_grace(deadline: Deadline) -> Deadline {
+    match deadline.remaining() {
+        Some(left) if left < LOCK_GRACE => Deadline::after(Some(LOCK_GRACE)),
+        _ => deadline,
+    }
+}
+
 /// Takes the lock whose state is `word` and whose sleepers wait on `wake`. Blocks until it is
 /// free or its holder is found dead, or until `deadline` (but at least [`LOCK_GRACE`]): then
 /// `None`. (A live holder keeps the lock for as long as it lives, and so does a word that
@@ -63,104 +62,26 @@ pub(crate) fn lock_until<'a>(
     deadline: Deadline,
 ) -> Option<Locked<'a>> {
     let me = me();
-    // Acquire pairs with the Release swap in `Locked::drop`: the previous holder's writes are
-    // visible once we hold the word.
-    if word
-        .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
-        .is_err()
-    {
-        return lock_slow(word, wake, me, deadline);
+    // The fast path first: the grace costs a clock read only when the lock is held.
+    if robust::try_lock_fast(word, me) {
+        return Some(locked(word, wake, false));
     }
-    Some(locked(word, wake, false))
-}
-
-#[cold]
-fn lock_slow<'a>(
-    word: &'a AtomicU64,
-    wake: &'a AtomicU32,
-    me: u64,
-    deadline: Deadline,
-) -> Option<Locked<'a>> {
-    let bound = deadline
-        .remaining()
-        .map(|left| Instant::now() + left.max(LOCK_GRACE));
-    // A short spin first: critical sections are a handful of stores, or one serialization.
-    for _ in 0..200 {
-        std::hint::spin_loop();
-        if word.load(Ordering::Relaxed) == 0
-            && word
-                .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
-        {
-            return Some(locked(word, wake, false));
-        }
-    }
-    loop {
-        // Read the wake sequence before announcing ourselves: a release after our CAS below
-        // bumps it, so the futex wait cannot miss that release. Acquire pairs with the
-        // Release `fetch_add` in `Locked::drop`.
-        let seq = wake.load(Ordering::Acquire);
-        let v = word.load(Ordering::Relaxed);
-        if v == 0 {
-            // Take it marked CONTENDED: other sleepers may remain. Acquire as in `lock`.
-            if word
-                .compare_exchange(0, me | CONTENDED, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
-            {
-                return Some(locked(word, wake, false));
-            }
-            continue;
-        }
-        let slice = match bound {
-            None => LIVENESS_PERIOD,
-            Some(b) => {
-                let left = b.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return None;
-                }
-                left.min(LIVENESS_PERIOD)
-            }
-        };
-        if v & CONTENDED == 0
-            && word
-                .compare_exchange(v, v | CONTENDED, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
-            continue;
-        }
-        if futex::wait(wake, seq, Some(slice)) == futex::Wake::TimedOut {
-            // Acquire, as the CAS below: pairs with the Release swap of the last clean release
-            // (the RMWs on the word since then continue its release sequence). The token in
-            // the word is the holder's whole identity, pid and start time: a pid recycled
-            // since the holder died names another task, and `is_alive` says so.
-            let cur = word.load(Ordering::Acquire);
-            if cur != 0
-                && !ident::is_alive(cur & !CONTENDED)
-                && word
-                    .compare_exchange(cur, me | CONTENDED, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-            {
-                return Some(locked(word, wake, true));
-            }
-        }
+    match robust::lock(word, wake, me, with_grace(deadline)) {
+        Acquire::Clean => Some(locked(word, wake, false)),
+        Acquire::OwnerDied(_) => Some(locked(word, wake, true)),
+        Acquire::Timeout => None,
     }
 }
 
-/// Takes the lock if it is free.
+/// Takes the lock if it is free. Never from a dead holder: whoever takes one over must repair
+/// its journal, which only the ring's `lock_producer` and `lock_consumer` do (the callers of
+/// this one only help with reclaiming, and a dead holder is found by the next blocking caller).
 pub(crate) fn try_lock<'a>(word: &'a AtomicU64, wake: &'a AtomicU32) -> Option<Locked<'a>> {
-    // Acquire as in `lock`.
-    word.compare_exchange(0, me(), Ordering::Acquire, Ordering::Relaxed)
-        .ok()?;
-    Some(locked(word, wake, false))
+    robust::try_lock_fast(word, me()).then(|| locked(word, wake, false))
 }
 
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
-        // Release pairs with the Acquire of the next holder.
-        if self.word.swap(0, Ordering::Release) & CONTENDED != 0 {
-            // Release pairs with the Acquire load of the sequence by sleepers.
-            self.wake.fetch_add(1, Ordering::Release);
-            futex::wake(self.wake, 1);
-        }
+        robust::unlock(self.word, self.wake);
     }
 }

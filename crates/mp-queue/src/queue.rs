@@ -720,7 +720,7 @@ impl<T: Message> JoinableQueue<T> {
     fn join_until(&self, deadline: Deadline) -> Result<(), Error> {
         let m = self.inner.ring().meta();
         m.join_waiters.fetch_add(1, Ordering::SeqCst);
-        let r = futex::wait_until(&m.unfinished, |n| n == 0, 1000, deadline);
+        let r = futex::wait_until(&m.unfinished, |n| n == 0, deadline);
         m.join_waiters.fetch_sub(1, Ordering::SeqCst);
         r.map(|_| ()).map_err(|_| Error::Timeout)
     }

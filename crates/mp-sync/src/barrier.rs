@@ -23,8 +23,9 @@ use static_assertions::{assert_eq_align, assert_eq_size};
 
 use crate::block::{Block, Element, Header};
 use crate::error::{Error, Result};
-use crate::raw::{Acquire, RawLock, MAX_SLICE};
+use crate::raw::RawLock;
 use mp_core::ident;
+use mp_core::lock::{Acquire, MAX_SLICE};
 
 const RING: usize = 16;
 const NO_TIMEOUT: u64 = u64::MAX;

@@ -22,8 +22,8 @@ use rkyv::{Archive, Deserialize, Serialize};
 use static_assertions::{assert_eq_align, assert_eq_size};
 
 use crate::error::Result;
-use crate::raw::Spin;
 use mp_core::ident;
+use mp_core::wait::Spin;
 
 #[repr(C)]
 #[derive(Debug)]
@@ -162,7 +162,7 @@ impl Event {
             return true;
         }
         let changed = || self.raw.word.load(Ordering::Acquire) != start;
-        let mut spin = Spin::new();
+        let mut spin = Spin::new(&*self.raw, deadline);
         while !deadline.expired() && spin.spin() {
             if changed() {
                 return true;

@@ -8,8 +8,9 @@ use mp_core::{Deadline, Shared};
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::error::{Error, LockResult, OwnerDied, Result, TryLockError, TryLockResult};
-use crate::raw::{Acquire, RawLock};
+use crate::raw::RawLock;
 use mp_core::ident;
+use mp_core::lock::Acquire;
 
 fn into_lock_result<G>(a: Acquire, guard: impl FnOnce() -> G) -> LockResult<G> {
     match a {

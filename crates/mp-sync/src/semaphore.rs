@@ -31,8 +31,9 @@ use rkyv::{Archive, Deserialize, Serialize};
 use static_assertions::{assert_eq_align, assert_eq_size};
 
 use crate::error::{Error, Result};
-use crate::raw::{Spin, MAX_SLICE, SLICE};
 use mp_core::ident;
+use mp_core::lock::{MAX_SLICE, SLICE};
+use mp_core::wait::Spin;
 
 /// The largest value a semaphore holds (Python's `SEM_VALUE_MAX` on Linux).
 pub const SEM_VALUE_MAX: u32 = i32::MAX as u32;
@@ -77,7 +78,7 @@ impl RawSemaphore {
         if self.try_take() {
             return true;
         }
-        let mut spin = Spin::new();
+        let mut spin = Spin::new(self, deadline);
         while !deadline.expired() && spin.spin() {
             if self.try_take() {
                 return true;

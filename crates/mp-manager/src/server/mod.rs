@@ -56,29 +56,6 @@ impl Default for Limits {
     }
 }
 
-/// Limits how long a write to `fd` may block (`SO_SNDTIMEO`; set once per connection, so
-/// the requests themselves cost no extra system call).
-fn set_write_timeout(fd: std::os::fd::RawFd, ms: u64) {
-    if ms == 0 {
-        return;
-    }
-    let tv = libc::timeval {
-        tv_sec: (ms / 1000).min(i32::MAX as u64) as libc::time_t,
-        tv_usec: ((ms % 1000) * 1000) as libc::suseconds_t,
-    };
-    // SAFETY: setsockopt reads a timeval from a live local of the size passed; `fd` is the
-    // open socket of a connection this thread owns.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_SNDTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-}
-
 /// The registered types: typeid -> (Rust type name, constructor).
 pub(crate) type Types = HashMap<String, (String, Ctor)>;
 
@@ -110,7 +87,7 @@ fn answer(state: &State, conn: u64, req: Request) -> Reply {
         Request::Redeem { ticket, ids } => Ok(state.redeem(conn, ticket, ids)),
         Request::ObjectCount => Ok(Reply::Len(state.count())),
         Request::Unname { name } => Ok(Reply::Bool(state.unname(&name))),
-        Request::Shutdown | Request::Release { .. } | Request::Call { .. } => {
+        Request::Shutdown | Request::Release { .. } | Request::Call { .. } | Request::Upgrade => {
             Err(Refused::Malformed("a request answered elsewhere".into()))
         }
     };
@@ -183,14 +160,30 @@ impl Dispatch {
 }
 
 /// Answers one connection until it closes. Returns true when asked to shut down.
-fn serve_connection(state: &State, conn: &Connection<()>) -> bool {
+/// The size of each ring of a client's shared-memory connection: requests and replies are
+/// small, and a larger one goes through in pieces.
+const UPGRADE_RING: usize = 64 * 1024;
+
+/// Serves one client until it goes, or asks for shutdown (returned with the connection, which
+/// the caller drops after it forgot its descriptor). `rebind` records the descriptor of the
+/// shared-memory connection that replaces the socket when the client asks for it
+/// ([`Request::Upgrade`]).
+fn serve_connection(
+    state: &State,
+    mut conn: Connection<()>,
+    limits: &Limits,
+    rebind: &dyn Fn(std::os::fd::RawFd),
+) -> (bool, Connection<()>) {
     let id = state.next_conn.fetch_add(1, Ordering::Relaxed);
     let _release = ReleaseOnDrop { state, conn: id };
     #[cfg(feature = "tracing")]
     let _span =
         tracing::info_span!(target: "mp::manager", "manager connection", conn = id).entered();
+    let max = usize::try_from(limits.max_request).unwrap_or(usize::MAX);
     let stop = loop {
-        let Ok(bytes) = conn.recv_bytes(None) else {
+        // The largest request: the socket refuses a longer frame, a shared-memory connection
+        // a longer message (either way the client is dropped).
+        let Ok(bytes) = conn.recv_bytes(Some(max)) else {
             break false;
         };
         let (reply, stop, taken_from) = match decode::<Request>(&bytes) {
@@ -199,6 +192,14 @@ fn serve_connection(state: &State, conn: &Connection<()>) -> bool {
                 false,
                 None,
             ),
+            Ok(Request::Upgrade) => match upgrade(&conn, limits, rebind) {
+                Ok(local) => {
+                    conn = local;
+                    continue;
+                }
+                Err(Some(refused)) => (Some(refused), false, None),
+                Err(None) => break false,
+            },
             Ok(req) => dispatch(state, id, req),
         };
         // One way (a release): the proxy's `Drop` does not wait for an answer.
@@ -226,7 +227,34 @@ fn serve_connection(state: &State, conn: &Connection<()>) -> bool {
             "a manager client is gone: what it held is released"
         );
     }
-    stop
+    (stop, conn)
+}
+
+/// Answers [`Request::Upgrade`]: a new pipe, whose client end goes through `conn`; the
+/// server's end is returned, to be served instead of `conn`. `Err(Some(reply))`: the pipe
+/// could not be made (the client stays on the socket); `Err(None)`: the socket failed, or is
+/// not on a Unix address (the client is dropped).
+fn upgrade(
+    conn: &Connection<()>,
+    limits: &Limits,
+    rebind: &dyn Fn(std::os::fd::RawFd),
+) -> std::result::Result<Connection<()>, Option<Reply>> {
+    use std::os::fd::AsRawFd;
+    let (mine, theirs) = match mp_pipe::Pipe::<()>::with_capacity(mp_pipe::Duplex, UPGRADE_RING) {
+        Ok(ends) => ends,
+        Err(e) => {
+            let why = format!("no shared-memory connection: {e}");
+            return Err(Some(Reply::Err(Refused::Raised(why))));
+        }
+    };
+    let unit = encode(&Reply::Unit).map_err(|_| None)?;
+    conn.send_bytes(&unit, 0, None).map_err(|_| None)?;
+    conn.send_connection(theirs).map_err(|_| None)?;
+    if limits.write_timeout_ms != 0 {
+        let _ = mine.set_send_timeout(Some(Duration::from_millis(limits.write_timeout_ms)));
+    }
+    rebind(mine.as_raw_fd());
+    Ok(mine)
 }
 
 /// The server loop: accepts connections (authenticated by the listener) until a client asks
@@ -287,7 +315,10 @@ pub(crate) fn serve(listener: Listener, types: Types, limits: Limits) {
                         Err(_) => continue,
                     };
                     conn.set_max_message_size(limits.max_request);
-                    set_write_timeout(conn.as_fd().as_raw_fd(), limits.write_timeout_ms);
+                    if limits.write_timeout_ms != 0 {
+                        let ms = Duration::from_millis(limits.write_timeout_ms);
+                        let _ = conn.set_send_timeout(Some(ms));
+                    }
                     {
                         let mut live = lock(&live);
                         if live.len() as u64 >= limits.max_connections {
@@ -308,7 +339,10 @@ pub(crate) fn serve(listener: Listener, types: Types, limits: Limits) {
                     let _ = std::thread::Builder::new()
                         .name("mp-manager-conn".into())
                         .spawn(move || {
-                            let stop = serve_connection(&state, &conn);
+                            let rebind = |fd: RawFd| {
+                                lock(&live).insert(key, fd);
+                            };
+                            let (stop, conn) = serve_connection(&state, conn, &limits, &rebind);
                             lock(&live).remove(&key);
                             drop(conn);
                             if stop {
@@ -376,17 +410,33 @@ mod tests {
     /// for ever, holding the lock).
     #[test]
     fn a_client_that_stops_reading_is_dropped() {
-        use crate::client::Addr;
+        // Over TCP (the socket's send timeout) and over a Unix address, where the client
+        // moves to shared memory (the pipe end's send timeout).
+        let name = format!("mp-manager-test-{}", std::process::id()).into_bytes();
+        for address in [
+            mp_pipe::Address::tcp("127.0.0.1", 0).unwrap(),
+            mp_pipe::Address::Abstract(name),
+        ] {
+            a_client_that_stops_reading_is_dropped_on(address);
+        }
+    }
+
+    fn a_client_that_stops_reading_is_dropped_on(address: mp_pipe::Address) {
+        use crate::client::{Addr, Endpoint};
         let key = b"write-timeout";
-        let addr = Addr::from_address(&mp_pipe::Address::tcp("127.0.0.1", 0).unwrap());
-        let listener = entry::bind(&addr, key).unwrap();
+        let listener = entry::bind(&Addr::from_address(&address), key).unwrap();
         let address = listener.address().clone();
+        let ep = Endpoint {
+            addr: Addr::from_address(&address),
+            authkey: key.to_vec(),
+        };
         let limits = Limits {
             write_timeout_ms: 200,
             ..Limits::default()
         };
         let serving = std::thread::spawn(move || serve(listener, Types::new(), limits));
-        let a: Connection<()> = mp_pipe::Client::connect(address.clone(), Some(key)).unwrap();
+        let a: Connection<()> = crate::client::connect(&ep).unwrap();
+        assert_eq!(a.is_local(), matches!(ep.addr, Addr::Abstract(_)));
         let create = |kind| Request::Create {
             kind,
             name: None,
@@ -399,7 +449,7 @@ mod tests {
             panic!("no lock")
         };
         // `b` holds the lock too (else it would go with `a`'s connection).
-        let b: Connection<()> = mp_pipe::Client::connect(address, Some(key)).unwrap();
+        let b: Connection<()> = crate::client::connect(&ep).unwrap();
         let redeem = Request::Redeem {
             ticket: 0,
             ids: vec![lock],

@@ -20,10 +20,11 @@
 use mp_core::sync::atomic::{AtomicU32, Ordering};
 use std::cell::{Cell, RefCell, RefMut};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mp_core::message::{self, Encoded};
 use mp_core::rkyv::util::AlignedVec;
+use mp_core::wait::Spin;
 use mp_core::{Deadline, Message, Region};
 
 use crate::error::{Error, Result};
@@ -42,14 +43,6 @@ pub const MAX_RING_CAPACITY: usize = 1 << 30;
 
 /// No ring in that direction (a one-way end).
 pub(crate) const NO_RING: u8 = u8::MAX;
-
-const SPIN_MIN: Duration = Duration::from_micros(1);
-const SPIN_MAX: Duration = Duration::from_micros(50);
-const SPIN_START: Duration = Duration::from_micros(10);
-/// After this long spinning, yield the CPU between checks (the peer may share our core).
-const SPIN_YIELD_AFTER: Duration = Duration::from_micros(3);
-/// Looks at the start of a spin without a pause in between.
-const TIGHT_SPINS: u32 = 64;
 
 /// How a wait ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,9 +99,9 @@ pub(crate) struct LocalEnd {
     cap: usize,
     partial: RefCell<Option<Partial>>,
     scratch: RefCell<AlignedVec<16>>,
-    rx_spin: Cell<Duration>,
-    tx_spin: Cell<Duration>,
     peer_gone: Cell<bool>,
+    /// How long a send waits for room in the ring (`None`: for ever).
+    send_timeout: Cell<Option<Duration>>,
 }
 
 // SAFETY: the raw pointers of the rings point into the shared mapping that `region` keeps
@@ -223,9 +216,8 @@ impl LocalEnd {
             cap: p.cap,
             partial: RefCell::new(None),
             scratch: RefCell::new(AlignedVec::new()),
-            rx_spin: Cell::new(SPIN_START),
-            tx_spin: Cell::new(SPIN_START),
             peer_gone: Cell::new(false),
+            send_timeout: Cell::new(None),
         })
     }
 
@@ -256,41 +248,6 @@ impl LocalEnd {
 
     // ---- waiting --------------------------------------------------------------------------
 
-    /// Spins while `cond` is false, for at most the adaptive budget (and the deadline).
-    fn spin(&self, cond: &dyn Fn() -> bool, budget: &Cell<Duration>, deadline: Deadline) -> bool {
-        let mut limit = budget.get();
-        if let Some(left) = deadline.remaining() {
-            limit = limit.min(left);
-        }
-        if limit.is_zero() {
-            return false;
-        }
-        let start = Instant::now();
-        let mut i: u32 = 0;
-        loop {
-            if cond() {
-                return true;
-            }
-            i = i.wrapping_add(1);
-            // The first looks without a pause (a pause costs ~28 ns on this kind of CPU, half
-            // of which a reply that is on its way waits for on average).
-            if i < TIGHT_SPINS {
-                continue;
-            }
-            if i % 32 == 0 {
-                let el = start.elapsed();
-                if el >= limit {
-                    return false;
-                }
-                if el >= SPIN_YIELD_AFTER {
-                    std::thread::yield_now();
-                    continue;
-                }
-            }
-            std::hint::spin_loop();
-        }
-    }
-
     /// Waits until `cond` holds, the peer is gone, or the deadline passes: spins, then arms
     /// `armed` and sleeps on the socket.
     fn block(
@@ -298,10 +255,16 @@ impl LocalEnd {
         armed: &AtomicU32,
         cond: &dyn Fn() -> bool,
         deadline: Deadline,
-        budget: &Cell<Duration>,
     ) -> Result<Woke> {
-        let start = Instant::now();
-        if self.spin(cond, budget, deadline) {
+        // The wait policy's spin (mp_core::wait), adapted per ring; it learns from this wait
+        // when it is dropped at the end.
+        let mut spin = Spin::new(armed, deadline);
+        while !cond() {
+            if !spin.spin() {
+                break;
+            }
+        }
+        if !spin.is_spent() {
             return Ok(Woke::Ready);
         }
         let woke = loop {
@@ -331,16 +294,6 @@ impl LocalEnd {
                 }
             }
         };
-        // Adapt the spin budget: a wake-up soon after the spin gave up means a longer spin
-        // would have caught it; a long sleep means spinning is wasted here.
-        if woke == Woke::Ready {
-            let t = start.elapsed();
-            budget.set(if t <= SPIN_MAX {
-                (t + t / 2).clamp(SPIN_MIN, SPIN_MAX)
-            } else {
-                (budget.get() / 2).max(SPIN_MIN)
-            });
-        }
         Ok(woke)
     }
 
@@ -391,8 +344,9 @@ impl LocalEnd {
             return Err(Error::BrokenPipe);
         }
         let max = ring.max_whole();
+        let deadline = Deadline::after(self.send_timeout.get());
         if bytes.len() <= max {
-            let slot = self.wait_slot(ring, bytes.len())?;
+            let slot = self.wait_slot(ring, bytes.len(), deadline)?;
             // SAFETY: the slot is ours (see `send_value`) and holds at least `bytes.len()`.
             unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), slot.ptr, bytes.len()) };
             // SAFETY: `slot` came from `wait_slot` on this ring just above.
@@ -404,7 +358,16 @@ impl LocalEnd {
         let mut pos = 0;
         while pos < total {
             let rem = total - pos;
-            let slot = self.wait_slot(ring, rem.min(chunk_min))?;
+            let slot = match self.wait_slot(ring, rem.min(chunk_min), deadline) {
+                Ok(s) => s,
+                Err(e) => {
+                    if pos > 0 {
+                        // Half a message is in the ring: the stream of messages cannot go on.
+                        self.peer_gone.set(true);
+                    }
+                    return Err(e);
+                }
+            };
             let n = slot.cap.min(rem).min(max);
             // SAFETY: the slot is ours and holds at least `n` bytes.
             unsafe { std::ptr::copy_nonoverlapping(bytes[pos..].as_ptr(), slot.ptr, n) };
@@ -425,17 +388,18 @@ impl LocalEnd {
         Ok(())
     }
 
-    fn wait_slot(&self, ring: &Ring, need: usize) -> Result<Slot> {
+    /// Sets how long a send waits for room in the ring (`None`: for ever).
+    pub(crate) fn set_send_timeout(&self, timeout: Option<Duration>) {
+        self.send_timeout.set(timeout);
+    }
+
+    fn wait_slot(&self, ring: &Ring, need: usize, deadline: Deadline) -> Result<Slot> {
         loop {
             if let Some(s) = ring.slot(need)? {
                 return Ok(s);
             }
-            match self.block(
-                ring.tx_armed(),
-                &|| ring.has_room(need),
-                Deadline::never(),
-                &self.tx_spin,
-            )? {
+            match self.block(ring.tx_armed(), &|| ring.has_room(need), deadline)? {
+                Woke::TimedOut if deadline.expired() => return Err(Error::Timeout),
                 Woke::Ready | Woke::TimedOut => continue,
                 Woke::PeerGone => return Err(Error::BrokenPipe),
             }
@@ -468,12 +432,7 @@ impl LocalEnd {
         }
         loop {
             let Some(rec) = ring.peek()? else {
-                match self.block(
-                    ring.rx_armed(),
-                    &|| ring.has_data(),
-                    deadline,
-                    &self.rx_spin,
-                )? {
+                match self.block(ring.rx_armed(), &|| ring.has_data(), deadline)? {
                     Woke::Ready => continue,
                     Woke::TimedOut => return Err(Error::Timeout),
                     Woke::PeerGone => {
@@ -591,12 +550,7 @@ impl LocalEnd {
             return Ok(true);
         }
         Ok(
-            match self.block(
-                ring.rx_armed(),
-                &|| ring.has_data(),
-                deadline,
-                &self.rx_spin,
-            )? {
+            match self.block(ring.rx_armed(), &|| ring.has_data(), deadline)? {
                 Woke::Ready | Woke::PeerGone => true,
                 Woke::TimedOut => false,
             },

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::ring::RECORD_HEADER;
+use std::time::Duration;
 
 fn pair() -> (LocalEnd, LocalEnd) {
     LocalEnd::pair(true, MIN_RING_CAPACITY).unwrap()

@@ -16,7 +16,7 @@ use super::{offset_of, Config, InitCfg, Inner, Pool, State, Table, WorkerEntry, 
 use crate::error::Error;
 use crate::helpers::lock;
 use crate::insights::Past;
-use crate::wire::{Doorbell, Slot};
+use crate::wire::Slot;
 use crate::worker::{self, EncodeInit, RunInit};
 
 /// The default of [`PoolBuilder::max_backlog`].
@@ -257,8 +257,6 @@ impl PoolBuilder {
         let inner = Arc::new(Inner {
             tasks: Queue::builder().max_spill_bytes(spill).build()?,
             results: Queue::builder().max_spill_bytes(spill).build()?,
-            bell: Shared::new(Doorbell::new())?,
-            task_bell: Shared::new(Doorbell::new())?,
             table: Mutex::new(Table {
                 state: State::Running,
                 broken: None,

@@ -68,7 +68,6 @@ impl Inner {
                 return Err(self.halt_error());
             }
             if attempt(timeout)? {
-                self.task_bell.ring();
                 return Ok(());
             }
             timeout = match deadline {
@@ -133,7 +132,7 @@ impl Inner {
                 continue;
             }
             match chunks.put_next(&self.tasks, Duration::ZERO) {
-                Ok(true) => self.task_bell.ring(),
+                Ok(true) => {}
                 Ok(false) => return self.enqueue(id, job, chunks),
                 Err(e) => return fail(c, e),
             }

@@ -11,7 +11,6 @@ use super::Inner;
 use crate::error::Error;
 use crate::helpers::on_pool_thread;
 use crate::job::{IMapJob, Job, Next};
-use crate::wire::SpinBudget;
 
 /// The iterator returned by [`Pool::imap`](super::Pool::imap) and
 /// [`Pool::imap_unordered`](super::Pool::imap_unordered): yields each result (`Err` for a failed
@@ -33,7 +32,6 @@ pub struct IMap<'a, R> {
     next_out: u64,
     current: std::vec::IntoIter<R>,
     finished: bool,
-    spin: SpinBudget,
 }
 
 impl<R> std::fmt::Debug for IMap<'_, R> {
@@ -68,7 +66,6 @@ impl<'a, R> IMap<'a, R> {
             next_out: 0,
             current: Vec::new().into_iter(),
             finished: false,
-            spin: SpinBudget::new(),
         }
     }
 }
@@ -135,7 +132,7 @@ impl<R: Message + Send + 'static> IMap<'_, R> {
                 self.finished = true;
                 return None;
             }
-            match self.job.next(self.next_out, deadline, &mut self.spin) {
+            match self.job.next(self.next_out, deadline) {
                 Next::Timeout => return Some(Err(Error::Timeout)),
                 Next::Aborted(e) => {
                     self.finished = true;

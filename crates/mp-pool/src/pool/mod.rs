@@ -9,15 +9,13 @@
 //!            WorkerLost and the worker is replaced
 //! ```
 //!
-//! Callers put chunks on the task queue themselves (`put_nowait`) and ring the task
-//! doorbell; when the queue is full, an `_async` call hands the rest to the feeder thread so
+//! Callers put chunks on the task queue themselves (`put_nowait`); when the queue is full, an `_async` call hands the rest to the feeder thread so
 //! that it returns at once, and a blocking call keeps putting. While the feeder holds chunks
 //! (the backlog), every new call goes behind them through the feeder, so that work is taken
 //! in submission order; the backlog is bounded (`max_backlog`): past it, a call waits for
-//! room. Workers ring the result
-//! doorbell after each result; both doorbells are futex words in shared memory (see
-//! `wire::Doorbell`), waited on after an adaptive spin. The supervisor thread is the only reader of the result
-//! queue: it decodes each chunk's results into its job, runs callbacks, and every few
+//! room. Workers and the supervisor wait in the queues' own `get` (the wait policy of
+//! `mp_core::wait`: a spin only while it can help, then a futex sleep that the next put ends).
+//! The supervisor thread is the only reader of the result queue: it decodes each chunk's results into its job, runs callbacks, and every few
 //! milliseconds (or whenever it has nothing to read) polls the workers' pidfds. When one is
 //! readable it first drains the result queue (whatever the worker put before dying is there,
 //! in order), then fails the task still recorded in the dead worker's slot and starts a
@@ -53,7 +51,7 @@ use crate::insights::{gather, Insights, Past};
 use crate::job::Job;
 use crate::result::AsyncResult;
 use crate::track::Progress;
-use crate::wire::{Doorbell, ResultMsg, Slot, TaskMsg};
+use crate::wire::{ResultMsg, Slot, TaskMsg};
 use crate::worker::EncodeInit;
 
 pub use builder::{PoolBuilder, DEFAULT_MAX_BACKLOG};
@@ -194,10 +192,6 @@ pub(crate) struct Inner {
     tasks: Queue<TaskMsg>,
     /// The workers' results; the supervisor is its only reader.
     results: Queue<ResultMsg>,
-    /// Rung by the workers after each result; the supervisor sleeps on it.
-    bell: Shared<Doorbell>,
-    /// Rung by the parent after each task put; idle workers sleep on it.
-    task_bell: Shared<Doorbell>,
     /// The pool's state and pending jobs.
     table: Mutex<Table>,
     /// Notified (with `table`) when the table has no job left: `join` waits on it.

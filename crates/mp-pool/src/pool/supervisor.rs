@@ -17,9 +17,7 @@ use super::{Inner, JobCache, State};
 use crate::error::Error;
 use crate::helpers::{lock, on_pool_thread, panic_text, set_pool_thread, wait, wait_timeout};
 use crate::job::Job;
-use crate::wire::{
-    ArchivedResultMsg, Claim, Kind, Payload, ResultMsg, Slot, SpinBudget, TaskMsg, UnknownKind,
-};
+use crate::wire::{ArchivedResultMsg, Claim, Kind, Payload, ResultMsg, Slot, TaskMsg, UnknownKind};
 use crate::worker::{self, InitArgs, InitSpec, WorkerArgs};
 
 /// How long the supervisor sleeps on an empty result queue before it looks at the workers.
@@ -53,8 +51,6 @@ impl Inner {
             tasks: self.tasks.clone(),
             results: self.results.clone(),
             slot: slot.clone(),
-            bell: self.bell.clone(),
-            task_bell: self.task_bell.clone(),
             image_id: self.cfg.image_id.clone(),
             init,
             max_tasks: self.cfg.max_tasks,
@@ -160,7 +156,6 @@ impl Inner {
 
     pub(super) fn supervise(self: Arc<Self>) {
         let mut last_check = Instant::now();
-        let mut spin = SpinBudget::new();
         let mut cache: JobCache = None;
         loop {
             let mut got = 0u32;
@@ -185,7 +180,16 @@ impl Inner {
                 last_check = Instant::now();
             }
             if got == 0 {
-                self.bell.wait(|| self.results.empty(), &mut spin, NAP);
+                // The queue's own wait (its policy spins only while that can help), at most
+                // NAP so that the workers are checked even while no result comes.
+                match self.results.get_ref_timeout(NAP) {
+                    Ok(g) => self.handle(&g, &mut cache),
+                    Err(mp_queue::Error::Empty | mp_queue::Error::Closed) => {}
+                    Err(e) => self.fail_pending(Error::QueueRead {
+                        what: "result",
+                        message: e.to_string(),
+                    }),
+                }
             }
         }
     }
@@ -488,7 +492,6 @@ impl Inner {
             location: String::new(),
         };
         let _ = self.results.put_nowait(wake);
-        self.bell.ring_all();
         lock(&self.feeds).closed = true;
         self.feeds_cv.notify_all();
         self.room_cv.notify_all();

@@ -165,7 +165,7 @@ impl Ring {
         mut take: impl FnMut(&Ring, &Locked<'_>) -> Result<R, Error>,
     ) -> Result<R, GetFail> {
         let m = self.meta();
-        let mut spins = 0u32;
+        let mut spin = Spin::new(&m.data_seq, deadline);
         loop {
             let seq = m.data_seq.load(Ordering::Acquire);
             {
@@ -182,22 +182,12 @@ impl Ring {
             if deadline.expired() {
                 return Err(GetFail::Empty);
             }
-            if spins < SPINS {
-                // Spin on the producer's `tail` without the lock: cheap while a producer is
-                // about to publish.
-                spins += 64;
-                let mut seen = false;
-                for _ in 0..64 {
-                    std::hint::spin_loop();
-                    if m.tail.load(Ordering::Relaxed) != m.head.load(Ordering::Relaxed) {
-                        seen = true;
-                        break;
-                    }
-                }
-                if !seen {
-                    // Let a producer on the same core run.
-                    std::thread::yield_now();
-                }
+            if spin.spin() {
+                // Spin on the producer's `tail` without the lock, as the wait policy allows:
+                // cheap while a producer is about to publish.
+                while m.tail.load(Ordering::Relaxed) == m.head.load(Ordering::Relaxed)
+                    && spin.spin()
+                {}
                 continue;
             }
             m.c_waiters.fetch_add(1, Ordering::SeqCst);

@@ -58,6 +58,7 @@ use mp_core::futex::{self, Deadline};
 use mp_core::message::{self, Encoded, ALIGN};
 use mp_core::region::HEADER_SIZE;
 use mp_core::rkyv::util::AlignedVec;
+use mp_core::wait::Spin;
 use mp_core::{ident, Encode, Message, Region};
 use static_assertions::const_assert_eq;
 
@@ -79,8 +80,6 @@ pub(crate) use put::PutFail;
 
 /// How long a sleeper waits before it re-checks the world (dead peers, deadlines).
 const NAP: Duration = Duration::from_millis(50);
-/// Spins before sleeping when waiting for data or space.
-const SPINS: u32 = 4000;
 
 /// The ring, mapped in this process.
 #[derive(Clone)]

@@ -77,7 +77,7 @@ impl Ring {
     pub(crate) fn put<T: Encode>(&self, value: &T, deadline: Deadline) -> Result<(), PutFail> {
         let m = self.meta();
         let mut spilled: Option<AlignedVec<ALIGN>> = None;
-        let mut spins = 0u32;
+        let mut spin = Spin::new(&m.space_seq, deadline);
         loop {
             {
                 let Some(guard) = self.lock_producer(deadline) else {
@@ -94,13 +94,10 @@ impl Ring {
             if deadline.expired() {
                 return Err(PutFail::Full);
             }
-            if spins < SPINS {
-                spins += 64;
-                for _ in 0..64 {
-                    std::hint::spin_loop();
-                }
-                // Let a consumer on the same core run.
-                std::thread::yield_now();
+            if spin.spin() {
+                // Wait for a consumer to move `head`, as the wait policy allows.
+                let head = m.head.load(Ordering::Relaxed);
+                while m.head.load(Ordering::Relaxed) == head && spin.spin() {}
                 continue;
             }
             // Announce that we wait, then try once more before sleeping: a consumer that freed

@@ -1,8 +1,9 @@
 use super::*;
-use crate::raw::{Acquire, RawLock};
+use crate::raw::RawLock;
 use loom::cell::UnsafeCell;
 use loom::sync::Arc;
 use mp_core::ident::loom_dead;
+use mp_core::lock::Acquire;
 
 fn token(id: u32) -> u64 {
     (u64::from(id) << 32) | 7

@@ -70,7 +70,7 @@ use static_assertions::{assert_eq_align, assert_eq_size};
 
 use crate::error::{Error, LockResult, OwnerDied, Result, TryLockResult};
 use crate::lock::{Lock, RLock};
-use crate::raw::{MAX_SLICE, SLICE};
+use mp_core::lock::{MAX_SLICE, SLICE};
 
 #[cfg(feature = "testing")]
 static NOTIFY_FAULT: OnceLock<fn()> = OnceLock::new();
