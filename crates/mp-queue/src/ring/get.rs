@@ -165,7 +165,8 @@ impl Ring {
         mut take: impl FnMut(&Ring, &Locked<'_>) -> Result<R, Error>,
     ) -> Result<R, GetFail> {
         let m = self.meta();
-        let mut spin = Spin::new(&m.data_seq, deadline);
+        // Made on the first wait only: a get that finds a message reads no clock.
+        let mut spin: Option<Spin> = None;
         loop {
             let seq = m.data_seq.load(Ordering::Acquire);
             {
@@ -182,6 +183,7 @@ impl Ring {
             if deadline.expired() {
                 return Err(GetFail::Empty);
             }
+            let spin = spin.get_or_insert_with(|| Spin::new(&m.data_seq, deadline));
             if spin.spin() {
                 // Spin on the producer's `tail` without the lock, as the wait policy allows:
                 // cheap while a producer is about to publish.

@@ -77,7 +77,8 @@ impl Ring {
     pub(crate) fn put<T: Encode>(&self, value: &T, deadline: Deadline) -> Result<(), PutFail> {
         let m = self.meta();
         let mut spilled: Option<AlignedVec<ALIGN>> = None;
-        let mut spin = Spin::new(&m.space_seq, deadline);
+        // Made on the first wait only: a put that finds room reads no clock.
+        let mut spin: Option<Spin> = None;
         loop {
             {
                 let Some(guard) = self.lock_producer(deadline) else {
@@ -94,6 +95,7 @@ impl Ring {
             if deadline.expired() {
                 return Err(PutFail::Full);
             }
+            let spin = spin.get_or_insert_with(|| Spin::new(&m.space_seq, deadline));
             if spin.spin() {
                 // Wait for a consumer to move `head`, as the wait policy allows.
                 let head = m.head.load(Ordering::Relaxed);
