@@ -143,6 +143,8 @@ pub(crate) fn request(ep: &Endpoint, req: &Request) -> Result<Reply> {
                 conns.remove(ep);
             }
             if !conns.contains_key(ep) {
+                // A forked child's first call: its copied proxies' hold first.
+                crate::refs::settle(ep);
                 let conn = connect(ep)?;
                 conns.insert(ep.clone(), (me, conn));
             }

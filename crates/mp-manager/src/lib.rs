@@ -76,11 +76,14 @@
 //!
 //! A proxy passed to a child stays valid after the parent drops its own: a proxy that is
 //! serialized (an argument under spawn or forkserver, an item on a queue) carries a ticket
-//! that holds the object until the receiver decodes it, and a forked child takes over, just
-//! after the fork, a ticket for every object its parent held (so, as in Python, a forked
-//! child keeps the objects that were alive at the fork until it exits: a long-lived one,
-//! such as a pool worker or mp's fork server, keeps them that long). A proxy serialized
-//! and never decoded holds its object until the process that serialized it ends. A proxy
+//! that holds the object until the receiver decodes it, and a forked child takes over a
+//! ticket for every object its parent held at the fork (so, as in Python, a forked child
+//! keeps the objects that were alive at the fork until it exits: a long-lived one, such as a
+//! pool worker, keeps them that long). A child of mp's fork start method redeems that ticket
+//! before its target; a child of a plain `fork` on its first proxy call; nothing talks to the
+//! server in the fork itself, so a `fork` made to `exec` costs no connection. A ticket never
+//! redeemed (a proxy serialized and never decoded, or the fork ticket of a child that `exec`s
+//! or never uses a proxy) holds its objects until the process that took it ends. A proxy
 //! whose object is gone (decoded too late) gets [`Error::NoSuchObject`] from every call.
 //!
 //! A proxy stored *inside* a manager object (a dict of lists) is bytes to the server, not a

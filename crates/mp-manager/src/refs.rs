@@ -14,9 +14,12 @@
 //! side redeems them: a proxy that is serialized (an argument under spawn, an item on a queue)
 //! takes a ticket, and decoding it redeems it. A forked child copies every proxy of its parent
 //! without decoding anything: a `pthread_atfork` handler takes one ticket for all the objects
-//! this process holds just before the fork, and the child redeems it on its own session right
-//! after (Python increfs every proxy after a fork in the same way). A ticket that is never
-//! redeemed (its message was never decoded) is held until the process that took it ends.
+//! this process holds just before the fork, and the child redeems it on its own session: a
+//! child of mp's fork start method before its target (Python increfs every proxy after a
+//! fork in the same way), any other on its first call through a proxy. The child's fork
+//! handler itself makes no connection ([`after_fork_child`]). A ticket that is never
+//! redeemed (its message was never decoded; a child that `exec`s) is held until the process
+//! that took it ends.
 //!
 //! All of this is one table behind one lock. A proxy's `Drop` never waits: not for a reply
 //! (a release has none), nor for the lock (held by another thread, maybe for a round trip to
@@ -48,6 +51,9 @@ struct Session {
     counts: HashMap<u64, usize>,
     /// The ticket taken for a fork under way, for the child to redeem.
     fork_ticket: Option<u64>,
+    /// In a forked child: the ticket its parent took at the fork, which holds the objects of
+    /// `counts` until this process redeems it, on its first use of the session.
+    owed: Option<u64>,
 }
 
 static TABLE: Mutex<Vec<Session>> = Mutex::new(Vec::new());
@@ -126,6 +132,7 @@ fn lock_table() -> Guard {
                 Some(after_fork_child),
             )
         };
+        mp_process::register_after_fork(redeem_owed);
     });
     lock_unpoisoned(&TABLE)
 }
@@ -142,6 +149,7 @@ fn session<'a>(table: &'a mut Vec<Session>, ep: &Endpoint) -> &'a mut Session {
                 generation: next_generation(),
                 counts: HashMap::new(),
                 fork_ticket: None,
+                owed: None,
             });
             table.len() - 1
         }
@@ -154,6 +162,12 @@ impl Session {
     /// (the connection broke), or what it holds is the parent's (a forked child).
     fn reset(&mut self) {
         self.conn = None;
+        self.forget();
+    }
+
+    /// Forgets every count: the proxies made so far hold nothing.
+    fn forget(&mut self) {
+        self.owed = None;
         self.generation = next_generation();
         self.counts.clear();
     }
@@ -166,19 +180,51 @@ impl Session {
         self.conn.is_some()
     }
 
+    /// Whether the counts are this process's: it has a connection of its own, or is a forked
+    /// child whose parent's ticket still holds them (see [`Session::ask`]).
+    fn live(&mut self) -> bool {
+        self.own() || self.owed.is_some()
+    }
+
     /// Sends `req` on the session and returns the reply (a refusal as its error). A broken
     /// connection resets the session.
     fn ask(&mut self, req: &Request) -> Result<Reply> {
         let bytes = encode(req)?;
-        if !self.own() {
-            self.conn = Some(client::connect(&self.ep)?);
-            self.pid = std::process::id();
+        self.connect()?;
+        self.send(&bytes)
+    }
+
+    /// Makes sure the session has a connection of this process's own; in a forked child,
+    /// the first one redeems the parent's ticket.
+    fn connect(&mut self) -> Result<()> {
+        if self.own() {
+            return Ok(());
         }
+        self.conn = Some(client::connect(&self.ep)?);
+        self.pid = std::process::id();
+        if let Some(k) = self.owed.take() {
+            // Take over what the parent's ticket holds (the proxies dropped since the fork
+            // are no longer counted, so not asked for).
+            let ids = self.counts.keys().copied().collect();
+            match self.send(&encode(&Request::Redeem { ticket: k, ids })?) {
+                Ok(Reply::Ids(held)) => self.counts.retain(|id, _| held.contains(id)),
+                Ok(_) => self.forget(),
+                Err(e) => {
+                    self.forget();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the encoded request `bytes` on the connection and returns the reply.
+    fn send(&mut self, bytes: &[u8]) -> Result<Reply> {
         let Some(conn) = &self.conn else {
             return Err(Error::ServerGone("no session".into()));
         };
         let answer = conn
-            .send_bytes(&bytes, 0, None)
+            .send_bytes(bytes, 0, None)
             .and_then(|()| conn.recv_bytes(None));
         let answer = match answer {
             Ok(a) => a,
@@ -226,7 +272,7 @@ pub(crate) fn clone_ref(ep: &Endpoint, id: u64, generation: u64) -> u64 {
     }
     with_table(|t| {
         let s = session(t, ep);
-        if !s.own() || s.generation != generation {
+        if !s.live() || s.generation != generation {
             return 0;
         }
         match s.counts.get_mut(&id) {
@@ -268,13 +314,18 @@ pub(crate) fn drop_ref(ep: &Endpoint, id: u64, generation: u64) {
 /// One proxy fewer of `id` under `generation`; the last one sends the release.
 fn release(t: &mut Vec<Session>, ep: &Endpoint, id: u64, generation: u64) {
     let s = session(t, ep);
-    if !s.own() || s.generation != generation {
+    if !s.live() || s.generation != generation {
         return;
     }
     match s.counts.get_mut(&id) {
         Some(c) if *c > 1 => *c -= 1,
         Some(_) => {
             s.counts.remove(&id);
+            if s.conn.is_none() {
+                // A forked child that has not redeemed its parent's ticket: the object is
+                // simply not asked for when it does.
+                return;
+            }
             let sent = encode(&Request::Release { id })
                 .map_err(Error::from)
                 .and_then(|b| {
@@ -300,7 +351,7 @@ pub(crate) fn ticket(ep: &Endpoint, id: u64, generation: u64) -> u64 {
     }
     with_table(|t| {
         let s = session(t, ep);
-        if !s.own() || s.generation != generation || !s.counts.contains_key(&id) {
+        if !s.live() || s.generation != generation || !s.counts.contains_key(&id) {
             return 0;
         }
         match s.ask(&Request::Ticket { ids: vec![id] }) {
@@ -338,7 +389,7 @@ extern "C" fn before_fork() {
         send_pending(&mut table);
         for s in table.iter_mut() {
             s.fork_ticket = None;
-            if s.counts.is_empty() || !s.own() {
+            if s.counts.is_empty() || !s.live() {
                 continue;
             }
             let ids = s.counts.keys().copied().collect();
@@ -377,10 +428,18 @@ extern "C" fn after_fork_parent() {
     });
 }
 
-/// After a fork, in the child: a session of its own per server, which redeems the parent's
-/// ticket, so that the copied proxies hold their objects; then unlock (which also sends the
-/// releases of the proxies that the parent's other threads dropped during the fork: the
-/// ticket counted them, and the child has no copy of them).
+/// After a fork, in the child: the parent's ticket is owed to each session, and redeemed on
+/// its first use ([`Session::ask`]); then unlock (which also counts off the proxies that the
+/// parent's other threads dropped during the fork: the ticket counted them, and the child has
+/// no copy of them).
+///
+/// Nothing here talks to a server. This handler runs in the child of every `fork` of the
+/// process, also the one that `std::process::Command` makes before an `exec`, with the
+/// parent's other threads gone and whatever locks they held still held: before, it connected
+/// (a handshake, and a connection counted against the server's cap) from there, and could
+/// hang on a lock of the parent's. A child of mp's fork start method redeems at once, before
+/// its target ([`redeem_owed`]); any other forked child when it first uses a proxy, and one
+/// that never does (it `exec`s) leaves the ticket to be let go when the parent ends.
 extern "C" fn after_fork_child() {
     let _ = std::panic::catch_unwind(|| {
         let Some(ForkGuard { mut table, pending }) = take_fork_guard() else {
@@ -390,16 +449,36 @@ extern "C" fn after_fork_child() {
         for s in table.iter_mut() {
             // The parent's connection: closing this process's copy leaves the parent's open.
             s.conn = None;
-            let Some(k) = s.fork_ticket.take() else {
-                s.reset();
-                continue;
-            };
-            let ids = s.counts.keys().copied().collect();
-            match s.ask(&Request::Redeem { ticket: k, ids }) {
-                Ok(Reply::Ids(held)) => s.counts.retain(|id, _| held.contains(id)),
-                _ => s.reset(),
+            match s.fork_ticket.take() {
+                Some(k) => s.owed = Some(k),
+                None => s.reset(),
             }
         }
         unlock(table);
+    });
+}
+
+/// Redeems the ticket owed to the session of `ep`, if any: a forked child's first call
+/// through a proxy (which goes on the calling thread's connection, not the session) settles
+/// what its copied proxies hold first.
+pub(crate) fn settle(ep: &Endpoint) {
+    with_table(|t| {
+        if let Some(s) = t.iter_mut().find(|s| s.ep == *ep && s.owed.is_some()) {
+            let _ = s.connect();
+        }
+    });
+}
+
+/// In a child of mp's fork start method, before its target (registered with
+/// [`mp_process::register_after_fork`]): redeems the tickets its parent took at the fork, as
+/// Python's proxies incref after a fork, so that the objects are held by this child's own
+/// session and let go when it ends.
+fn redeem_owed() {
+    with_table(|t| {
+        for s in t.iter_mut().filter(|s| s.owed.is_some()) {
+            // A failure leaves the proxies holding nothing (`ask` forgot the counts) or, if
+            // the server could not be reached, the ticket owed for the next use.
+            let _ = s.connect();
+        }
     });
 }

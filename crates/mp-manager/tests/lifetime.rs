@@ -412,3 +412,115 @@ fn a_proxy_sent_on_a_queue_holds_its_object_until_received() {
         wait_count(&m, 1);
     }
 }
+
+/// A `fork` made to `exec` (here by `std::process::Command`, which forks when given a
+/// `pre_exec`) makes no connection to the server: before, the child's fork handler connected
+/// to redeem its parent's ticket before the `exec`, a connection counted against the server's
+/// cap (another thread of the parent was refused while the child waited to `exec`) and a
+/// handshake from a child of a multi-threaded process, where a lock held by a thread it does
+/// not have could hang it.
+#[test]
+fn a_fork_that_execs_does_not_connect_to_the_server() {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    mp_process::isolate!(a_fork_that_execs_does_not_connect_to_the_server);
+    let m = Manager::builder()
+        .start_method(StartMethod::Spawn)
+        .max_connections(3)
+        .start()
+        .unwrap();
+    let d = m.dict::<u8, u8>().unwrap(); // this process's session: connection 1
+    d.set(&1, &1).unwrap(); // this thread's requests: connection 2
+    let (mut forked, forked_child) = std::os::unix::net::UnixStream::pair().unwrap();
+    let (mut go, go_child) = std::os::unix::net::UnixStream::pair().unwrap();
+    let (forked_fd, go_fd) = (forked_child.as_raw_fd(), go_child.as_raw_fd());
+    let mut cmd = std::process::Command::new("true");
+    // SAFETY: the closure only calls write(2) and read(2) on descriptors that stay open in the
+    // child (their owners live until the spawn returns), both async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut b = [0u8; 1];
+            libc::write(forked_fd, b"f".as_ptr().cast(), 1);
+            libc::read(go_fd, b.as_mut_ptr().cast(), 1);
+            Ok(())
+        })
+    };
+    let spawner = std::thread::spawn(move || cmd.status());
+    // The child has forked (its fork handlers have run) and waits before its exec.
+    let mut b = [0u8; 1];
+    forked.read_exact(&mut b).unwrap();
+    let other = {
+        let d = d.clone();
+        std::thread::spawn(move || d.len()).join().unwrap()
+    };
+    go.write_all(b"g").unwrap();
+    let status = spawner.join().unwrap().unwrap();
+    drop((forked_child, go_child));
+    assert!(status.success());
+    assert_eq!(
+        other.unwrap(),
+        1,
+        "the third connection was the forked child's"
+    );
+}
+
+/// A child of a plain `fork` (not mp's) keeps the objects its parent held at the fork, also
+/// those the parent drops before the child first uses them: the parent's ticket holds them
+/// until the child redeems it, on its first call; when the child ends, the server lets go.
+#[test]
+fn a_plain_fork_child_keeps_its_parents_objects_until_it_ends() {
+    use std::io::{Read, Write};
+    mp_process::isolate!(a_plain_fork_child_keeps_its_parents_objects_until_it_ends);
+    let m = manager();
+    let d = m.dict::<String, u64>().unwrap();
+    assert_eq!(m.object_count().unwrap(), 1);
+    let (mut dropped, mut dropped_child) = std::os::unix::net::UnixStream::pair().unwrap();
+    // SAFETY: the child only uses the proxy (what this test is about: mp's state is renewed
+    // after a fork) and its end of the socket pair, then leaves with `_exit`.
+    match unsafe { libc::fork() } {
+        0 => {
+            let mut b = [0u8; 1];
+            let ok = dropped_child.read_exact(&mut b).is_ok()
+                && d.set(&"child".into(), &7).is_ok()
+                && d.get(&"child".into()).ok() == Some(Some(7));
+            // SAFETY: ends the child without running the parent's destructors.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+        }
+        -1 => panic!("fork: {}", std::io::Error::last_os_error()),
+        pid => {
+            drop(d);
+            // The child has not used its proxy yet: the parent's ticket holds the dict.
+            assert_eq!(m.object_count().unwrap(), 1);
+            dropped.write_all(b"d").unwrap();
+            let mut status = 0;
+            // SAFETY: waits for our own child.
+            assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+            assert!(
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                "the child's calls failed"
+            );
+            wait_count(&m, 0);
+        }
+    }
+}
+
+fn returns_at_once(_: Dict<String, u64>) {}
+
+/// A child of the fork start method that never touches its copied proxies still lets go of
+/// them when it ends (it redeems its parent's ticket before its target, as Python's proxies
+/// incref after a fork): a fork handler that only left the ticket owed would keep the
+/// objects alive as long as the parent.
+#[test]
+fn a_fork_child_that_never_uses_its_proxies_lets_go_when_it_ends() {
+    mp_process::isolate!(a_fork_child_that_never_uses_its_proxies_lets_go_when_it_ends);
+    let m = manager();
+    let d = m.dict::<String, u64>().unwrap();
+    let mut c = Process::new(returns_at_once, d.clone())
+        .start_method(StartMethod::Fork)
+        .start()
+        .unwrap();
+    c.join_timeout(WATCHDOG).unwrap().unwrap();
+    drop(d);
+    wait_count(&m, 0);
+}

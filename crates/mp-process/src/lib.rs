@@ -241,6 +241,7 @@
 //! | `get_context`, `set_start_method`, `get_start_method`, `get_all_start_methods` | same names |
 //! | `current_process`, `parent_process`, `active_children`, `cpu_count` | same names |
 
+mod afterfork;
 mod boot;
 mod chanpool;
 mod child_side;
@@ -259,6 +260,7 @@ pub mod symbol;
 mod sys;
 pub mod testing;
 
+pub use afterfork::register_after_fork;
 pub use context::{
     active_children, cpu_count, current_process, get_context, parent_process, set_start_method,
     Context, CurrentProcess, ParentProcess,

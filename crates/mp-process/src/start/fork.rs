@@ -47,6 +47,8 @@ pub(crate) fn start<R: Message, F: FnOnce() -> R>(opts: Options, f: F) -> Result
         crate::handle::reset_registry();
         super::forkserver::reset_after_fork();
         super::launcher::reset_after_fork();
+        // What libraries renew in a forked child (`register_after_fork`).
+        crate::afterfork::run();
         // SAFETY: the child's end stays open in this process (the parent's copy of the
         // `OwnedFd` was duplicated by fork and is never dropped here: the child `_exit`s).
         let chan = unsafe { BorrowedFd::borrow_raw(child_raw) };
