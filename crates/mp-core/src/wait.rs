@@ -35,11 +35,16 @@
 //!   zero: no spin until a wait ends soon after the sleep again. A waiter on a frozen or slow
 //!   peer stops spinning after a few waits.
 //!
+//! * **The peer is on this CPU.** An object whose sides publish where they last ran (a pipe
+//!   ring: each side stores [`cpu_hint`] beside its position) tells the waiter where its peer
+//!   is ([`Spin::with_peer`]). A peer that last ran on the waiter's CPU (both pinned to one
+//!   core, say) cannot make progress while the waiter spins: the waiter does not spin, it
+//!   yields the CPU between looks from the first one, within its budget, so that the peer runs
+//!   at once and its answer is taken without a wake-up on either side.
+//!
 //! While it spins, the waiter looks without a pause first (a reply on its way is caught at
 //! once), then with the CPU's spin hint, and after [`YIELD_AFTER`] it yields the CPU between
 //! looks: a peer that shares its core (the machine has idle CPUs, but not this one) runs at once.
-//!
-//! The peer's CPU is not known here: a waiter on the same core as its peer relies on the yield.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -112,6 +117,18 @@ impl Spin {
         Spin::in_slot(slot(key as *const T as *const u8 as usize), busy, deadline)
     }
 
+    /// As [`new`](Spin::new), for a wait on a peer that last ran on CPU `peer_cpu - 1` (its
+    /// [`cpu_hint`]; 0: not known): when that is this thread's CPU, the waiter yields from the
+    /// first look instead of spinning (module doc). The hint comes from another process and
+    /// is only a hint: any value is harmless.
+    pub fn with_peer<T: ?Sized>(key: &T, deadline: Deadline, peer_cpu: u32) -> Spin {
+        let mut spin = Spin::new(key, deadline);
+        if peer_cpu != 0 && peer_cpu == cpu_hint() {
+            spin.yielding = true;
+        }
+        spin
+    }
+
     fn in_slot(slot: &'static AtomicU32, busy: bool, deadline: Deadline) -> Spin {
         let mut limit = if busy {
             Duration::ZERO
@@ -156,7 +173,7 @@ impl Spin {
             return false;
         }
         self.looks = self.looks.wrapping_add(1);
-        if self.looks < TIGHT {
+        if self.looks < TIGHT && !self.yielding {
             return true;
         }
         if self.yielding || self.looks % 16 == 0 {
@@ -210,6 +227,16 @@ impl Drop for Spin {
             self.slot.store(new, Relaxed);
         }
     }
+}
+
+/// The CPU this thread runs on, plus one (0: not known): what a side of a shared object
+/// publishes for its peer's [`Spin::with_peer`]. Cheap (glibc reads it from the thread's
+/// `rseq` area when the kernel provides one).
+#[inline]
+pub fn cpu_hint() -> u32 {
+    // SAFETY: sched_getcpu has no preconditions.
+    let cpu = unsafe { libc::sched_getcpu() };
+    u32::try_from(cpu).map_or(0, |c| c.wrapping_add(1))
 }
 
 /// The number of online CPUs, read once.
@@ -333,6 +360,45 @@ mod tests {
         assert!(!busy.spin());
         drop(busy);
         assert_eq!(s.load(Relaxed), before);
+    }
+
+    /// Pins this thread to the CPU it is on, so that its `cpu_hint` stays put; restores the
+    /// mask when dropped.
+    struct Pinned(libc::cpu_set_t);
+
+    impl Pinned {
+        fn here() -> Pinned {
+            // SAFETY: cpu_set_t is plain data; the calls write or read the sets given.
+            unsafe {
+                let mut old: libc::cpu_set_t = std::mem::zeroed();
+                assert_eq!(libc::sched_getaffinity(0, size_of_val(&old), &mut old), 0);
+                let mut one: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(libc::sched_getcpu() as usize, &mut one);
+                assert_eq!(libc::sched_setaffinity(0, size_of_val(&one), &one), 0);
+                Pinned(old)
+            }
+        }
+    }
+
+    impl Drop for Pinned {
+        fn drop(&mut self) {
+            // SAFETY: restores the mask read in `here`.
+            unsafe { libc::sched_setaffinity(0, size_of_val(&self.0), &self.0) };
+        }
+    }
+
+    #[test]
+    fn a_peer_on_this_cpu_is_yielded_to_from_the_first_look() {
+        let _pin = Pinned::here();
+        let here = cpu_hint();
+        assert!(here >= 1, "sched_getcpu works here");
+        let word = AtomicU32::new(0);
+        let same = Spin::with_peer(&word, Deadline::never(), here);
+        assert!(same.yielding, "a peer on this CPU: yield at once");
+        let elsewhere = Spin::with_peer(&word, Deadline::never(), here + 1);
+        assert!(!elsewhere.yielding);
+        let unknown = Spin::with_peer(&word, Deadline::never(), 0);
+        assert!(!unknown.yielding);
     }
 
     #[test]

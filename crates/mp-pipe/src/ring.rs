@@ -63,10 +63,15 @@ pub(crate) const TAG_PAD: u32 = 0x6d70_0005;
 pub(crate) struct RingCtl {
     /// Bytes ever published by the producer. Written only by the producer.
     tail: AtomicU64,
-    _pad0: [u8; 56],
+    /// The CPU the producer last published from, plus one (0: not known). Written only by
+    /// the producer; for the consumer's wait policy, a hint that no correctness rests on.
+    tx_cpu: AtomicU32,
+    _pad0: [u8; 52],
     /// Bytes ever consumed by the consumer. Written only by the consumer.
     head: AtomicU64,
-    _pad1: [u8; 56],
+    /// The CPU the consumer last consumed on, plus one (0: not known); as `tx_cpu`.
+    rx_cpu: AtomicU32,
+    _pad1: [u8; 52],
     /// 1 while the consumer is (about to be) asleep in `ppoll` waiting for data.
     rx_armed: AtomicU32,
     _pad2: [u8; 60],
@@ -86,9 +91,11 @@ impl RingCtl {
     pub(crate) fn new() -> RingCtl {
         RingCtl {
             tail: AtomicU64::new(0),
-            _pad0: [0; 56],
+            tx_cpu: AtomicU32::new(0),
+            _pad0: [0; 52],
             head: AtomicU64::new(0),
-            _pad1: [0; 56],
+            rx_cpu: AtomicU32::new(0),
+            _pad1: [0; 52],
             rx_armed: AtomicU32::new(0),
             _pad2: [0; 60],
             tx_armed: AtomicU32::new(0),
@@ -197,6 +204,18 @@ impl Ring {
     /// The producer's word to arm before sleeping.
     pub(crate) fn tx_armed(&self) -> &AtomicU32 {
         &self.ctl().tx_armed
+    }
+
+    /// The CPU the producer last published from, plus one (0: not known): the peer a
+    /// consumer waits for ([`mp_core::wait::Spin::with_peer`]). Any value is harmless.
+    pub(crate) fn producer_cpu(&self) -> u32 {
+        self.ctl().tx_cpu.load(Ordering::Relaxed)
+    }
+
+    /// The CPU the consumer last consumed on, plus one (0: not known): the peer a producer
+    /// waiting for room waits for.
+    pub(crate) fn consumer_cpu(&self) -> u32 {
+        self.ctl().rx_cpu.load(Ordering::Relaxed)
     }
 
     /// True when a record is waiting (consumer side; cheap enough for spinning).
@@ -312,6 +331,7 @@ impl Ring {
         unsafe { self.write_header(off, tag, len as u32, total) };
         let next = slot.start + (RECORD_HEADER + round16(len)) as u64;
         let c = self.ctl();
+        note_cpu(&c.tx_cpu);
         // Release: releases the record's bytes to the consumer (pairs with the SeqCst load of
         // `tail` in `peek`/`has_data`). The SeqCst fence makes it the first half of the
         // producer's Dekker handshake with `rx_armed`: the consumer stores 1 (SeqCst) before
@@ -428,6 +448,7 @@ impl Ring {
     /// waiting for room and needs a wake-up token.
     pub(crate) fn consume(&self, next: u64) -> bool {
         let c = self.ctl();
+        note_cpu(&c.rx_cpu);
         // SeqCst: releases the consumed bytes to the producer (pairs with the SeqCst load of
         // `head` in `slot`) and is the first half of the consumer's Dekker handshake with
         // `tx_armed`.
@@ -440,6 +461,21 @@ impl Ring {
         // SeqCst: pairs with the producer's SeqCst store of 1 before it re-checks for room.
         c.tx_armed.load(Ordering::SeqCst) != 0 && c.tx_armed.swap(0, Ordering::SeqCst) != 0
     }
+}
+
+/// Records this thread's CPU in `word` (a side's own word, on its own cache line: a store only
+/// when the thread moved).
+#[inline]
+fn note_cpu(word: &AtomicU32) {
+    #[cfg(not(loom))]
+    {
+        let cpu = mp_core::wait::cpu_hint();
+        if word.load(Ordering::Relaxed) != cpu {
+            word.store(cpu, Ordering::Relaxed);
+        }
+    }
+    #[cfg(loom)]
+    let _ = word;
 }
 
 /// Copies `len` bytes of a record's payload out of the ring.

@@ -253,12 +253,13 @@ impl LocalEnd {
     fn block(
         &self,
         armed: &AtomicU32,
+        peer_cpu: u32,
         cond: &dyn Fn() -> bool,
         deadline: Deadline,
     ) -> Result<Woke> {
-        // The wait policy's spin (mp_core::wait), adapted per ring; it learns from this wait
-        // when it is dropped at the end.
-        let mut spin = Spin::new(armed, deadline);
+        // The wait policy's spin (mp_core::wait), adapted per ring, told where the peer last
+        // ran; it learns from this wait when it is dropped at the end.
+        let mut spin = Spin::with_peer(armed, deadline, peer_cpu);
         while !cond() {
             if !spin.spin() {
                 break;
@@ -398,7 +399,12 @@ impl LocalEnd {
             if let Some(s) = ring.slot(need)? {
                 return Ok(s);
             }
-            match self.block(ring.tx_armed(), &|| ring.has_room(need), deadline)? {
+            match self.block(
+                ring.tx_armed(),
+                ring.consumer_cpu(),
+                &|| ring.has_room(need),
+                deadline,
+            )? {
                 Woke::TimedOut if deadline.expired() => return Err(Error::Timeout),
                 Woke::Ready | Woke::TimedOut => continue,
                 Woke::PeerGone => return Err(Error::BrokenPipe),
@@ -432,7 +438,12 @@ impl LocalEnd {
         }
         loop {
             let Some(rec) = ring.peek()? else {
-                match self.block(ring.rx_armed(), &|| ring.has_data(), deadline)? {
+                match self.block(
+                    ring.rx_armed(),
+                    ring.producer_cpu(),
+                    &|| ring.has_data(),
+                    deadline,
+                )? {
                     Woke::Ready => continue,
                     Woke::TimedOut => return Err(Error::Timeout),
                     Woke::PeerGone => {
@@ -550,7 +561,12 @@ impl LocalEnd {
             return Ok(true);
         }
         Ok(
-            match self.block(ring.rx_armed(), &|| ring.has_data(), deadline)? {
+            match self.block(
+                ring.rx_armed(),
+                ring.producer_cpu(),
+                &|| ring.has_data(),
+                deadline,
+            )? {
                 Woke::Ready | Woke::PeerGone => true,
                 Woke::TimedOut => false,
             },
