@@ -60,6 +60,8 @@ pub mod lock;
 pub mod message;
 #[cfg(feature = "async")]
 pub mod reactor;
+#[cfg(feature = "async")]
+pub mod readable;
 pub mod region;
 pub mod shareable;
 pub mod shared;

@@ -156,6 +156,8 @@
 //! `ring.rs` for the protocol, and `docs/python-mapping.md` for every Python name.
 
 mod address;
+#[cfg(feature = "async")]
+mod asynch;
 mod auth;
 mod connection;
 mod error;
@@ -174,6 +176,8 @@ mod wait;
 #[path = "fuzz.rs"]
 pub mod __fuzz;
 
+#[cfg(feature = "async")]
+pub use asynch::ready;
 pub use connection::{
     CanRecv, CanSend, Connection, Direction, Duplex, Ends, OneWay, Pipe, PipeKind, ReadOnly,
     Reader, Received, WriteOnly, Writer,

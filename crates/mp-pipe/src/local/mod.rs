@@ -612,6 +612,40 @@ impl LocalEnd {
             r.rx_armed().swap(0, Ordering::SeqCst);
         }
     }
+
+    /// Can a message of `len` bytes be sent now without waiting for room (or is the peer gone,
+    /// which the send then reports)? If not, arms the send side so that the socket becomes
+    /// readable when the peer makes room. A message larger than half the ring (sent in
+    /// fragments) is ready when its first fragment fits.
+    pub(crate) fn prepare_send(&self, len: usize) -> Result<bool> {
+        let ring = self.tx()?;
+        let need = if len <= ring.max_whole() {
+            len
+        } else {
+            ring.capacity() / 8
+        };
+        if self.peer_gone.get() || ring.has_room(need) {
+            return Ok(true);
+        }
+        if sys::drain_tokens(self.fd()) {
+            self.peer_gone.set(true);
+            return Ok(true);
+        }
+        // SeqCst: first half of the sleeper's handshake (see ring.rs), as in `wait_slot`.
+        ring.tx_armed().store(1, Ordering::SeqCst);
+        if ring.has_room(need) {
+            ring.tx_armed().swap(0, Ordering::SeqCst);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Undoes `prepare_send`'s arming.
+    pub(crate) fn finish_send(&self) {
+        if let Some(r) = &self.tx {
+            r.tx_armed().swap(0, Ordering::SeqCst);
+        }
+    }
 }
 
 /// Appends a record's payload to `buf`.
