@@ -482,6 +482,24 @@ impl<R: Message> Child<R> {
         self.take().map(Some)
     }
 
+    /// [`join`](Child::join) as a future, on any runtime (cargo feature `async`): it sleeps
+    /// on the child's pidfd ([`sentinel`](ActiveChild::sentinel)) in mp-core's descriptor
+    /// reactor, with no thread parked and no spin, and resolves with what `join` returns.
+    /// Dropping it changes nothing: the child runs on, and a later join gets its value.
+    #[cfg(feature = "async")]
+    pub async fn join_async(&mut self) -> Result<R, ProcessError> {
+        use std::os::fd::AsRawFd;
+        loop {
+            if !self.is_alive() {
+                return self.join();
+            }
+            let fd = self.sentinel()?.as_raw_fd();
+            mp_core::readable::readable(fd)
+                .await
+                .map_err(|e| ProcessError::io("register with the async reactor", e))?;
+        }
+    }
+
     fn take(&mut self) -> Result<R, ProcessError> {
         if self.taken {
             return Err(ProcessError::AlreadyJoined);
