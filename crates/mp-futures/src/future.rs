@@ -55,6 +55,8 @@ struct State<R> {
     waiters: Vec<(Arc<Waiter>, usize)>,
     /// Threads sleeping on `cv` (a notify without sleepers is still a system call).
     sleepers: u32,
+    /// Tasks awaiting the future (`impl std::future::Future`), woken when it is done.
+    wakers: Vec<std::task::Waker>,
 }
 
 /// The state shared by a [`Future`]'s handles and the executor.
@@ -74,6 +76,7 @@ impl<R> Core<R> {
                 callbacks: Vec::new(),
                 waiters: Vec::new(),
                 sleepers: 0,
+                wakers: Vec::new(),
             }),
             cv: Condvar::new(),
             manager,
@@ -126,10 +129,14 @@ impl<R> Core<R> {
         st.phase = phase;
         let callbacks = std::mem::take(&mut st.callbacks);
         let waiters = std::mem::take(&mut st.waiters);
+        let wakers = std::mem::take(&mut st.wakers);
         let sleepers = st.sleepers;
         drop(st);
         if sleepers > 0 {
             self.cv.notify_all();
+        }
+        for w in wakers {
+            w.wake();
         }
         for (w, i) in waiters {
             w.notify(i, failed);
@@ -219,9 +226,10 @@ impl<R> Core<R> {
 /// # Ok::<(), mp_futures::Error>(())
 /// ```
 ///
-/// `Future<R>` is `Unpin` and holds nothing but an `Arc`: an `impl std::future::Future` (with
-/// `Output = Result<R, Error>`, as [`take`](Self::take)) can be added later without changing
-/// this API.
+/// `Future<R>` is also a [`std::future::Future`] with `Output = Result<R, Error>`, as
+/// [`take`](Self::take): `fut.await` (or `(&mut fut).await`, or a clone's) on any runtime,
+/// with no thread parked: the executor's thread wakes the awaiting task when the future is
+/// done.
 pub struct Future<R> {
     core: Arc<Core<R>>,
 }
@@ -339,6 +347,32 @@ impl<R> Future<R> {
         } else {
             st.callbacks.push(Box::new(f));
         }
+    }
+}
+
+/// Awaiting a future moves its value out, as [`Future::take`]: a second `.await` (of a clone)
+/// is [`Error::AlreadyTaken`]; a cancelled one is [`Error::Cancelled`]. Dropping the awaiting
+/// task changes nothing: the work goes on and its value stays for `result` or `take`.
+impl<R> std::future::Future for Future<R> {
+    type Output = Result<R, Error>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<R, Error>> {
+        let mut st = lock(&self.core.state);
+        let r = match &mut st.phase {
+            Phase::Ok(v) => v.take().ok_or(Error::AlreadyTaken),
+            Phase::Err(e) => Err(e.clone()),
+            Phase::Cancelled => Err(Error::Cancelled),
+            Phase::Pending | Phase::Running => {
+                if !st.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                    st.wakers.push(cx.waker().clone());
+                }
+                return std::task::Poll::Pending;
+            }
+        };
+        std::task::Poll::Ready(r)
     }
 }
 
