@@ -339,6 +339,8 @@ struct IMapState<R> {
     aborted: Option<Error>,
     /// The consumer sleeps on `cv` (so an answer must notify it).
     sleeping: bool,
+    /// Tasks awaiting the next answer ([`IMapJob::answered`]).
+    wakers: Vec<std::task::Waker>,
 }
 
 /// The job behind an `imap`/`imap_unordered` iterator.
@@ -354,6 +356,35 @@ pub(crate) struct IMapJob<R> {
     pub(crate) chunksize: u64,
     #[cfg(feature = "progress")]
     pub(crate) bar: Option<indicatif::ProgressBar>,
+}
+
+/// The future of [`IMapJob::answered`].
+pub(crate) struct Answered<'a, R> {
+    job: &'a IMapJob<R>,
+    seen: u64,
+}
+
+impl<R> std::future::Future for Answered<'_, R> {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.job.answers.load(Ordering::Acquire) != self.seen {
+            return std::task::Poll::Ready(());
+        }
+        let mut st = lock(&self.job.st);
+        // Answers are counted under the lock: no answer can slip between this look and the
+        // waker's registration.
+        if self.job.answers.load(Ordering::Acquire) != self.seen {
+            return std::task::Poll::Ready(());
+        }
+        if !st.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            st.wakers.push(cx.waker().clone());
+        }
+        std::task::Poll::Pending
+    }
 }
 
 /// What waiting for the next chunk gave.
@@ -373,6 +404,7 @@ impl<R: Message + Send> IMapJob<R> {
                 arrived: VecDeque::new(),
                 aborted: None,
                 sleeping: false,
+                wakers: Vec::new(),
             }),
             cv: Condvar::new(),
             answers: AtomicU64::new(0),
@@ -425,10 +457,23 @@ impl<R: Message + Send> IMapJob<R> {
         // Release pairs with the Acquire load of the spinning consumer in `next`.
         self.answers.fetch_add(1, Ordering::Release);
         let sleeping = st.sleeping;
+        let wakers = std::mem::take(&mut st.wakers);
         drop(st);
         if sleeping {
             self.cv.notify_all();
         }
+        wakers.into_iter().for_each(std::task::Waker::wake);
+    }
+
+    /// The number of answers so far (for [`answered`](Self::answered)).
+    pub(crate) fn answers(&self) -> u64 {
+        self.answers.load(Ordering::Acquire)
+    }
+
+    /// A future that resolves once an answer (or the abort) came after the first `seen`
+    /// ([`answers`](Self::answers)): what an async consumer awaits between its attempts.
+    pub(crate) fn answered(&self, seen: u64) -> Answered<'_, R> {
+        Answered { job: self, seen }
     }
 
     /// Waits for the next answer: chunk `want` when ordered, any when unordered.
@@ -507,8 +552,10 @@ impl<R: Message + Send> Job for IMapJob<R> {
         st.outstanding.clear();
         // Release pairs with the Acquire loads of the spinning consumer in `next`.
         self.answers.fetch_add(1, Ordering::Release);
+        let wakers = std::mem::take(&mut st.wakers);
         drop(st);
         self.cv.notify_all();
+        wakers.into_iter().for_each(std::task::Waker::wake);
     }
 
     fn is_done(&self) -> bool {

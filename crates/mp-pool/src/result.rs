@@ -22,6 +22,8 @@ struct State<R> {
     on_err: Vec<OnErr>,
     /// Threads waiting on `cv` (a notify without waiters is still a system call).
     waiters: u32,
+    /// Tasks awaiting the result (`impl std::future::Future`), woken when it is ready.
+    wakers: Vec<std::task::Waker>,
 }
 
 /// Where a job's outcome lands: shared by the job (which sets it, in the supervisor thread)
@@ -55,6 +57,7 @@ impl<R> Outcome<R> {
                 on_ok: Vec::new(),
                 on_err: Vec::new(),
                 waiters: 0,
+                wakers: Vec::new(),
             }),
             cv: Condvar::new(),
             pool,
@@ -88,10 +91,12 @@ impl<R> Outcome<R> {
         }
         st.ready = true;
         let waiters = st.waiters;
+        let wakers = std::mem::take(&mut st.wakers);
         drop(st);
         if waiters > 0 {
             self.cv.notify_all();
         }
+        wakers.into_iter().for_each(std::task::Waker::wake);
         true
     }
 
@@ -129,10 +134,12 @@ impl<R> Outcome<R> {
         st.publishing = false;
         st.ready = true;
         let waiters = st.waiters;
+        let wakers = std::mem::take(&mut st.wakers);
         drop(st);
         if waiters > 0 {
             self.cv.notify_all();
         }
+        wakers.into_iter().for_each(std::task::Waker::wake);
     }
 
     pub(crate) fn is_ready(&self) -> bool {
@@ -158,6 +165,10 @@ impl<R> Outcome<R> {
 ///
 /// The value is moved out by the first successful `get`; a second `get` is
 /// [`Error::AlreadyTaken`].
+///
+/// An `AsyncResult` is also a [`std::future::Future`] with `Output = Result<R, Error>`: `.await`
+/// it on any runtime (the pool's supervisor thread wakes the task; no thread is parked), and
+/// the await moves the value out as `get` does. Dropping the awaiting task changes nothing.
 pub struct AsyncResult<R> {
     outcome: Arc<Outcome<R>>,
 }
@@ -167,6 +178,24 @@ impl<R> std::fmt::Debug for AsyncResult<R> {
         f.debug_struct("AsyncResult")
             .field("ready", &self.ready())
             .finish()
+    }
+}
+
+impl<R> std::future::Future for AsyncResult<R> {
+    type Output = Result<R, Error>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<R, Error>> {
+        let mut st = lock(&self.outcome.state);
+        if !st.ready {
+            if !st.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                st.wakers.push(cx.waker().clone());
+            }
+            return std::task::Poll::Pending;
+        }
+        std::task::Poll::Ready(st.value.take().unwrap_or(Err(Error::AlreadyTaken)))
     }
 }
 

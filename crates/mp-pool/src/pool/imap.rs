@@ -126,7 +126,11 @@ impl<R: Message + Send + 'static> IMap<'_, R> {
                 return Some(Err(Error::InCallback));
             }
             if let Err(e) = self.top_up(deadline) {
-                return Some(Err(e));
+                // No room for more input by the deadline: a result already there is still
+                // returned (the input goes in on a later call).
+                if self.in_flight == 0 {
+                    return Some(Err(e));
+                }
             }
             if self.in_flight == 0 && !self.cut {
                 self.finished = true;
@@ -157,6 +161,46 @@ impl<R: Message + Send + 'static> IMap<'_, R> {
     /// came in time (nothing is lost: call again), `None` at the end.
     pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<R, Error>> {
         self.next_until(Instant::now().checked_add(timeout))
+    }
+}
+
+impl<R: Message + Send + 'static> IMap<'_, R> {
+    /// The next result as a future, on any runtime: `None` at the end, as
+    /// [`next`](Iterator::next). It waits for the workers' answers without blocking the thread
+    /// (the pool's supervisor wakes the task; no thread is parked) and submits more input as
+    /// answers make room. Dropping the future loses nothing: a result not yet returned is
+    /// returned by the next call.
+    ///
+    /// One wait still blocks the thread: when the pool's task queue is full of other work and
+    /// none of this iterator's chunks is in flight, submitting its next chunk waits for room.
+    ///
+    /// ```
+    /// fn square(x: u64) -> u64 { x * x }
+    /// let pool = mp_pool::Pool::new(2)?;
+    /// let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// let mut results = pool.imap(square, 0..10u64)?;
+    /// let sum = rt.block_on(async {
+    ///     let mut sum = 0;
+    ///     while let Some(r) = results.next_async().await {
+    ///         sum += r?;
+    ///     }
+    ///     Ok::<u64, mp_pool::Error>(sum)
+    /// })?;
+    /// assert_eq!(sum, 285);
+    /// # Ok::<(), mp_pool::Error>(())
+    /// ```
+    pub async fn next_async(&mut self) -> Option<Result<R, Error>> {
+        loop {
+            let seen = self.job.answers();
+            match self.next_until(Some(Instant::now())) {
+                Some(Err(Error::Timeout)) if self.in_flight == 0 => {
+                    // The queue is full of other work: wait for room (see above).
+                    return self.next_until(None);
+                }
+                Some(Err(Error::Timeout)) => self.job.answered(seen).await,
+                other => return other,
+            }
+        }
     }
 }
 
