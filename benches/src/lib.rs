@@ -281,6 +281,13 @@ pub fn workloads() -> Vec<Workload> {
             ),
         ),
         w(
+            "pipe_rt_async",
+            Time,
+            false,
+            MULTI,
+            with_mp("pipe_rt_async", vec![]),
+        ),
+        w(
             "pipe_oneway_small",
             Elements(1),
             false,

@@ -39,6 +39,7 @@ pub fn implementation(workload: &str) -> Option<Measure> {
         "pool_apply_async" => pool_apply_async,
         "executor_submit" => executor_submit,
         "pipe_rt" => pipe_rt,
+        "pipe_rt_async" => pipe_rt_async,
         "pipe_oneway_small" => pipe_oneway_small,
         "manager_dict_rt" => manager_dict_rt,
         "shareable_list_rw" => shareable_list_rw,
@@ -159,6 +160,46 @@ pub fn pipe_rt(iters: u64, placement: Placement) -> Duration {
             assert_eq!(a.recv().expect("recv"), i);
         }
     })
+}
+
+/// [`pipe_rt`] with the parent awaiting: `send_async` then `recv_async`, polled by a minimal
+/// executor on the parent's thread (it parks until the reactor's waker unparks it), the child
+/// echoing with blocking calls.
+pub fn pipe_rt_async(iters: u64, placement: Placement) -> Duration {
+    let (a, b) = Pipe::<u64>::new(Duplex).expect("Pipe::new");
+    let child = move |_: &Gate| {
+        for _ in 0..iters {
+            let v = b.recv().expect("recv");
+            b.send(&v).expect("send");
+        }
+    };
+    timed(placement, vec![child], |_| {
+        block_on(async {
+            for i in 0..iters {
+                a.send_async(&i).await.expect("send");
+                assert_eq!(a.recv_async().await.expect("recv"), i);
+            }
+        })
+    })
+}
+
+/// Runs `f` to completion on this thread: polls it, parks until woken, polls again.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
 }
 
 /// A child sends `iters` u64 on a one-way `Pipe<u64>`, the parent receives them.

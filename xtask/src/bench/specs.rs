@@ -106,6 +106,14 @@ pub(super) const SPECS: &[Spec] = &[
         peers: PEERS,
     },
     Spec {
+        name: "pipe_rt_async",
+        krate: "mp-pipe",
+        unit: Unit::Us,
+        single: false,
+        limit: &[("limit_pipe_rt", "pipe(2) rt")],
+        peers: &[],
+    },
+    Spec {
         name: "pipe_oneway_small",
         krate: "mp-pipe",
         unit: Unit::Msgs,
