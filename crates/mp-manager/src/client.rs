@@ -125,8 +125,13 @@ fn upgrade(conn: Connection<()>) -> Result<Connection<()>> {
 
 /// Sends `req` to the server of `ep` on this thread's connection and returns the reply. A
 /// refusal by the server is returned as its error; a broken connection is dropped (the next
-/// request connects again) and reported as [`Error::ServerGone`].
-pub(crate) fn request(ep: &Endpoint, req: &Request) -> Result<Reply> {
+/// request connects again) and reported as [`Error::ServerGone`]. `before_connect` runs before
+/// this thread connects (a proxy call settles what a forked child's proxies hold first).
+pub(crate) fn request(
+    ep: &Endpoint,
+    req: &Request,
+    before_connect: &dyn Fn(&Endpoint),
+) -> Result<Reply> {
     let bytes = encode(req)?;
     let me = std::process::id();
     // `try_with`/`try_borrow_mut`: a proxy used while this thread's locals are being destroyed
@@ -144,7 +149,7 @@ pub(crate) fn request(ep: &Endpoint, req: &Request) -> Result<Reply> {
             }
             if !conns.contains_key(ep) {
                 // A forked child's first call: its copied proxies' hold first.
-                crate::refs::settle(ep);
+                before_connect(ep);
                 let conn = connect(ep)?;
                 conns.insert(ep.clone(), (me, conn));
             }

@@ -216,7 +216,7 @@ impl Manager {
     }
 
     fn stop(&mut self) -> Result<()> {
-        let asked = request(&self.ep, &Request::Shutdown);
+        let asked = request(&self.ep, &Request::Shutdown, &|_| {});
         if let Some(mut child) = self.server.take() {
             match child.join_timeout(STOP_TIMEOUT) {
                 Ok(Some(())) => {}

@@ -44,6 +44,7 @@ impl Token {
                 kind,
                 op,
             },
+            &refs::settle,
         )
     }
 }
