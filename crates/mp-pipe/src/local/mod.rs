@@ -617,6 +617,7 @@ impl LocalEnd {
     /// which the send then reports)? If not, arms the send side so that the socket becomes
     /// readable when the peer makes room. A message larger than half the ring (sent in
     /// fragments) is ready when its first fragment fits.
+    #[cfg(feature = "async")]
     pub(crate) fn prepare_send(&self, len: usize) -> Result<bool> {
         let ring = self.tx()?;
         let need = if len <= ring.max_whole() {
@@ -641,6 +642,7 @@ impl LocalEnd {
     }
 
     /// Undoes `prepare_send`'s arming.
+    #[cfg(feature = "async")]
     pub(crate) fn finish_send(&self) {
         if let Some(r) = &self.tx {
             r.tx_armed().swap(0, Ordering::SeqCst);
