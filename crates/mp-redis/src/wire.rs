@@ -1,13 +1,12 @@
 //! What travels through the server for a pool: task and result messages (rkyv archives,
 //! checked on receipt), and the Lua scripts that make each step atomic.
 
+use mp_core::message::ALIGN;
 use rkyv::{Archive, Deserialize, Serialize};
 
-/// One chunk of a job, as pushed onto `{prefix}:tasks`.
+/// What a task says besides its arguments (which follow it: see [`HEADER`]).
 #[derive(Debug, Archive, Serialize, Deserialize)]
 pub(crate) struct TaskMsg {
-    /// The pool's id: a task of a terminated pool is skipped (`{prefix}:cancel:{pool}`).
-    pub(crate) pool: String,
     /// The list the result goes to (the job's).
     pub(crate) reply: String,
     /// The chunk's index in its job (results are deduplicated by it).
@@ -18,8 +17,6 @@ pub(crate) struct TaskMsg {
     pub(crate) trampoline: i64,
     /// Offset of the task function.
     pub(crate) target: i64,
-    /// The chunk's arguments: an encoded `Vec<T>`.
-    pub(crate) args: Vec<u8>,
 }
 
 /// Result kinds.
@@ -46,9 +43,71 @@ pub(crate) struct ResultMsg {
     pub(crate) message: String,
 }
 
+/// The length of the header every task on `{prefix}:tasks` starts with: 8 lowercase hex
+/// digits counting how many times the reaper returned the task (its worker was lost), the
+/// pool's id (16 hex digits: the taker checks whether that pool was cancelled), and the
+/// length of the [`TaskMsg`] archive that follows (8 hex digits). After that archive, padded
+/// with zeros to a multiple of [`ALIGN`], come the chunk's arguments (an encoded `Vec<T>`) to
+/// the end, so that a worker reads them in place.
+pub(crate) const HEADER: usize = 32;
+
+/// A task as it travels: header, [`TaskMsg`] archive, padding, arguments.
+pub(crate) fn task_bytes(pool: &str, meta: &[u8], args: &[u8]) -> Result<Vec<u8>, String> {
+    if pool.len() != 16 || !pool.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("a pool id must be 16 hex digits, not {pool:?}"));
+    }
+    let meta_len =
+        u32::try_from(meta.len()).map_err(|_| "a task message over 4 GiB".to_string())?;
+    let start = (HEADER + meta.len()).next_multiple_of(ALIGN);
+    let mut out = Vec::with_capacity(start + args.len());
+    out.extend_from_slice(b"00000000");
+    out.extend_from_slice(pool.as_bytes());
+    out.extend_from_slice(format!("{meta_len:08x}").as_bytes());
+    out.extend_from_slice(meta);
+    out.resize(start, 0);
+    out.extend_from_slice(args);
+    Ok(out)
+}
+
+/// A task read back, checked for shape (the archives are checked when they are decoded).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Task<'a> {
+    /// How many times the reaper returned it.
+    pub(crate) returned: u64,
+    /// The id of the pool that sent it.
+    pub(crate) pool: &'a str,
+    /// The [`TaskMsg`] archive.
+    pub(crate) meta: &'a [u8],
+    /// The chunk's encoded arguments.
+    pub(crate) args: &'a [u8],
+}
+
+fn hex(field: &[u8]) -> Option<&str> {
+    let s = std::str::from_utf8(field).ok()?;
+    s.bytes().all(|b| b.is_ascii_hexdigit()).then_some(s)
+}
+
+/// Splits a task into its parts; `None` for bytes that are not a task of this protocol.
+pub(crate) fn parse_task(task: &[u8]) -> Option<Task<'_>> {
+    let head = task.get(..HEADER)?;
+    let returned = u64::from_str_radix(hex(&head[..8])?, 16).ok()?;
+    let pool = hex(&head[8..24])?;
+    let meta_len = usize::from_str_radix(hex(&head[24..])?, 16).ok()?;
+    let meta_end = HEADER.checked_add(meta_len)?;
+    let meta = task.get(HEADER..meta_end)?;
+    let args = task.get(meta_end.next_multiple_of(ALIGN)..)?;
+    Some(Task {
+        returned,
+        pool,
+        meta,
+        args,
+    })
+}
+
 /// Returns to `ARGV[4]` everything held by members of the set `ARGV[1]` whose lease key
 /// (`ARGV[2]..member`) is gone, from their lists `ARGV[3]..member`, and forgets them.
-/// Returns how many items were moved.
+/// Returns how many items were moved. (A queue's consumers; the pool's workers have
+/// [`REAP_TASKS`].)
 pub(crate) const REAP: &str = r"
 local members = redis.call('SMEMBERS', ARGV[1])
 local moved = 0
@@ -64,23 +123,60 @@ end
 return moved
 ";
 
-/// A worker took task `ARGV[1]`: counts the try in hash `KEYS[1]`, and says whether its
-/// pool was cancelled (`KEYS[2]` exists). Returns {tries, cancelled}.
-pub(crate) const TAKE: &str = r"
-local tries = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
-local cancelled = redis.call('EXISTS', KEYS[2])
-return {tries, cancelled}
+/// [`REAP`] for the pool's workers: each task returned has the count in its header
+/// ([`HEADER`]) raised by one, so that its next taker knows how many workers it has cost.
+pub(crate) const REAP_TASKS: &str = r"
+local members = redis.call('SMEMBERS', ARGV[1])
+local moved = 0
+for _, m in ipairs(members) do
+  if redis.call('EXISTS', ARGV[2] .. m) == 0 then
+    local held = ARGV[3] .. m
+    while true do
+      local t = redis.call('RPOP', held)
+      if not t then break end
+      local n = tonumber(string.sub(t, 1, 8), 16) or 0
+      redis.call('RPUSH', ARGV[4], string.format('%08x', n + 1) .. string.sub(t, 9))
+      moved = moved + 1
+    end
+    redis.call('SREM', ARGV[1], m)
+  end
+end
+return moved
 ";
 
-/// A worker finished: pushes result `ARGV[2]` (unless empty) onto `KEYS[1]` with a time to
-/// live of `ARGV[3]` ms, empties its held list `KEYS[2]` and forgets the try count of
-/// `ARGV[1]` in `KEYS[3]`.
-pub(crate) const FINISH: &str = r"
-if string.len(ARGV[2]) > 0 then
-  redis.call('LPUSH', KEYS[1], ARGV[2])
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-end
-redis.call('DEL', KEYS[2])
-redis.call('HDEL', KEYS[3], ARGV[1])
-return 1
-";
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_round_trips_and_garbage_is_refused() {
+        let bytes = task_bytes("00112233aabbccdd", b"meta", b"arguments").unwrap();
+        assert_eq!(bytes.len(), 48 + 9);
+        let t = parse_task(&bytes).unwrap();
+        assert_eq!(
+            t,
+            Task {
+                returned: 0,
+                pool: "00112233aabbccdd",
+                meta: b"meta",
+                args: b"arguments",
+            }
+        );
+        // What the reaper writes after returning it twice.
+        let mut again = bytes.clone();
+        again[..8].copy_from_slice(b"00000002");
+        assert_eq!(parse_task(&again).map(|t| t.returned), Some(2));
+        assert!(task_bytes("not hex at all!!", b"", b"").is_err());
+        assert!(task_bytes("abc", b"", b"").is_err());
+        assert_eq!(parse_task(b"short"), None);
+        for (at, byte) in [(3, b'z'), (10, 0xff), (30, b'x')] {
+            let mut bad = bytes.clone();
+            bad[at] = byte;
+            assert_eq!(parse_task(&bad), None, "byte {at}");
+        }
+        // A meta length past the end.
+        let mut bad = bytes;
+        bad[24..32].copy_from_slice(b"ffffffff");
+        assert_eq!(parse_task(&bad), None);
+    }
+}

@@ -4,10 +4,11 @@
 //! Each worker thread has an id (`host:pid:tag:index`), a lease key `{prefix}:lease:{id}`
 //! that a heartbeat thread renews every third of the lease, a membership in
 //! `{prefix}:workers`, and a held list `{prefix}:held:{id}` that holds the one task it runs.
-//! Taking a task is `BLMOVE {prefix}:tasks -> held` (atomic: a task is always in exactly one
-//! list); finishing pushes the result, empties the held list and forgets the try count in one
-//! script. When a worker process dies, its leases run out and the next reaper (run by idle
-//! workers and by waiting pools) moves its held tasks back onto `{prefix}:tasks`.
+//! A task moves atomically from `{prefix}:tasks` to the held list (so it is always in exactly
+//! one list): by `LMOVE` in the pipeline that also pushes the last result and empties the held
+//! list, or by `BLMOVE` when the worker had to wait. When a worker process dies, its leases run out
+//! and the next reaper (run by idle workers and by waiting pools) moves its held tasks back
+//! onto `{prefix}:tasks`, counting the loss in the task's header.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,7 +56,7 @@ pub(crate) fn trampoline<T: Message, R: Message>(
 
 /// Runs the reaper script for the pool's task lists.
 pub(crate) fn reap(sh: &Shared, con: &mut Conn) -> Result<u64> {
-    let script = Script::new(wire::REAP);
+    let script = Script::new(wire::REAP_TASKS);
     con.run(sh, None, |c| {
         script
             .arg(sh.key("workers"))
@@ -130,78 +131,121 @@ pub(crate) fn serve(sh: Arc<Shared>, n: usize, stop: Arc<AtomicBool>) -> Result<
 }
 
 /// The body of one worker thread.
+///
+/// A worker that is kept busy makes one round trip per task, a pipeline of plain commands (no
+/// script, so that neither payload is copied through Lua): push the last result and set its
+/// list's time to live, empty the held list, move the next task in, and ask whether the last
+/// task's pool was cancelled. That answer holds for the next task when it is of the same pool
+/// (the usual case); a task of another pool, or one taken by `BLMOVE` after a wait, costs one
+/// more round trip for its own check. A task of a cancelled pool is dropped unrun.
+///
+/// The steps of the pipeline need not be atomic: a worker lost between the result and the
+/// emptying of its held list has its task run again, and the pool drops the second result.
 fn worker_loop(sh: &Shared, id: &str, stop: &AtomicBool) -> Result<()> {
     let mut con = Conn::new();
     let tasks = sh.key("tasks");
     let held = sh.key(&format!("held:{id}"));
-    let tries = sh.key("tries");
-    let take = Script::new(wire::TAKE);
-    let finish = Script::new(wire::FINISH);
     let image = mp_process::symbol::image_id();
     let slice = slice(sh);
     let mut last_reap = Instant::now() - slice;
+    // The task in the held list taken by the last step, and whether the pool of the task
+    // before it was cancelled when it was taken (with that pool's id).
+    let mut next: Option<(Vec<u8>, String, bool)> = None;
     while !stop.load(Ordering::Relaxed) {
-        let got: Option<Vec<u8>> = con.run(sh, Some(slice), |c| {
-            redis::cmd("BLMOVE")
-                .arg(&tasks)
-                .arg(&held)
-                .arg(Direction::Right)
-                .arg(Direction::Left)
-                .arg(conn::block_secs(slice))
-                .query(c)
-        })?;
-        let Some(bytes) = got else {
-            if last_reap.elapsed() >= slice {
-                reap(sh, &mut con)?;
-                last_reap = Instant::now();
-            }
-            continue;
-        };
-        let task = match decode::<TaskMsg>(&bytes) {
-            Ok(t) => t,
-            Err(e) => {
-                // Not a task of this program (garbage under the prefix): drop it.
-                eprintln!("mp-redis worker {id}: dropped an undecodable task: {e}");
-                con.run(sh, None, |c| redis::cmd("DEL").arg(&held).query::<()>(c))?;
-                continue;
+        let (bytes, known) = match next.take() {
+            Some((b, pool, cancelled)) => (b, Some((pool, cancelled))),
+            None => {
+                let got: Option<Vec<u8>> = con.run(sh, Some(slice), |c| {
+                    redis::cmd("BLMOVE")
+                        .arg(&tasks)
+                        .arg(&held)
+                        .arg(Direction::Right)
+                        .arg(Direction::Left)
+                        .arg(conn::block_secs(slice))
+                        .query(c)
+                })?;
+                let Some(b) = got else {
+                    if last_reap.elapsed() >= slice {
+                        reap(sh, &mut con)?;
+                        last_reap = Instant::now();
+                    }
+                    continue;
+                };
+                (b, None)
             }
         };
-        let task_key = format!("{}#{}", task.reply, task.id);
-        let cancel = sh.key(&format!("cancel:{}", task.pool));
-        let (n, cancelled): (u64, u64) = con.run(sh, None, |c| {
-            take.key(&tries).key(&cancel).arg(&task_key).invoke(c)
-        })?;
-        let result = if cancelled != 0 {
-            None
-        } else if n > sh.max_tries {
-            Some(outcome(&task, id, kind::LOST, Vec::new(), n.to_string()))
-        } else if task.image_id != image {
-            Some(outcome(
-                &task,
-                id,
-                kind::WRONG_BUILD,
-                image.to_vec(),
-                String::new(),
-            ))
+        let pool = wire::parse_task(&bytes).map(|t| t.pool.to_string());
+        let cancelled = match (&pool, known) {
+            (Some(p), Some((q, c))) if *p == q => c,
+            (Some(p), _) => con.run(sh, None, |c| {
+                redis::cmd("EXISTS")
+                    .arg(sh.key(&format!("cancel:{p}")))
+                    .query::<bool>(c)
+            })?,
+            (None, _) => false,
+        };
+        let (reply, encoded) = if cancelled {
+            (String::new(), Vec::new())
         } else {
-            Some(run_task(&task, id, sh.max_value))
+            handle(sh, id, image, &bytes)?.unwrap_or_default()
         };
-        let encoded = match result {
-            None => Vec::new(),
-            Some(r) => encode(&r).map(|v| v.to_vec())?,
-        };
-        con.run(sh, None, |c| {
-            finish
-                .key(&task.reply)
-                .key(&held)
-                .key(&tries)
-                .arg(&task_key)
-                .arg(&encoded)
-                .arg(RESULT_TTL_MS)
-                .invoke::<()>(c)
+        let more = !stop.load(Ordering::Relaxed);
+        let pool = pool.unwrap_or_default();
+        let got: (Option<Vec<u8>>, bool) = con.run(sh, None, |c| {
+            let mut p = redis::pipe();
+            if !encoded.is_empty() {
+                p.cmd("LPUSH").arg(&reply).arg(&encoded).ignore();
+                p.cmd("PEXPIRE").arg(&reply).arg(RESULT_TTL_MS).ignore();
+            }
+            p.cmd("DEL").arg(&held).ignore();
+            if more {
+                p.cmd("LMOVE")
+                    .arg(&tasks)
+                    .arg(&held)
+                    .arg(Direction::Right)
+                    .arg(Direction::Left);
+            } else {
+                p.cmd("ECHO").arg("");
+            }
+            p.cmd("EXISTS").arg(sh.key(&format!("cancel:{pool}")));
+            p.query(c)
         })?;
+        next = match got {
+            (Some(b), cancelled) if more && !b.is_empty() => Some((b, pool, cancelled)),
+            _ => None,
+        };
     }
     Ok(())
+}
+
+/// Runs one task taken from the server: `(its result list, the encoded result)`, or `None`
+/// for bytes that are not a task of this program (garbage under the prefix: dropped, with a
+/// line on stderr).
+fn handle(sh: &Shared, id: &str, image: &[u8], bytes: &[u8]) -> Result<Option<(String, Vec<u8>)>> {
+    let task = match wire::parse_task(bytes)
+        .ok_or_else(|| "no task header".to_string())
+        .and_then(|t| {
+            let msg = decode::<TaskMsg>(t.meta).map_err(|e| e.to_string())?;
+            Ok((t.returned, msg, t.args))
+        }) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("mp-redis worker {id}: dropped an undecodable task: {e}");
+            return Ok(None);
+        }
+    };
+    let (returned, task, args) = task;
+    // The reaper counts the workers a task was lost with; this take is one more try.
+    let tries = returned.saturating_add(1);
+    let result = if tries > sh.max_tries {
+        outcome(&task, id, kind::LOST, Vec::new(), tries.to_string())
+    } else if task.image_id != image {
+        outcome(&task, id, kind::WRONG_BUILD, image.to_vec(), String::new())
+    } else {
+        run_task(&task, args, id, sh.max_value)
+    };
+    let encoded = encode(&result).map(|v| v.to_vec())?;
+    Ok(Some((task.reply, encoded)))
 }
 
 fn outcome(task: &TaskMsg, worker: &str, kind: u8, payload: Vec<u8>, message: String) -> ResultMsg {
@@ -214,7 +258,7 @@ fn outcome(task: &TaskMsg, worker: &str, kind: u8, payload: Vec<u8>, message: St
     }
 }
 
-fn run_task(task: &TaskMsg, worker: &str, cap: usize) -> ResultMsg {
+fn run_task(task: &TaskMsg, args: &[u8], worker: &str, cap: usize) -> ResultMsg {
     let fail = |m: String| outcome(task, worker, kind::FAILED, Vec::new(), m);
     let resolve = |o| mp_process::symbol::resolve(o, &task.image_id);
     let (trampoline, target) = match (resolve(task.trampoline), resolve(task.target)) {
@@ -225,7 +269,7 @@ fn run_task(task: &TaskMsg, worker: &str, cap: usize) -> ResultMsg {
     // from a `Trampoline` (Pool::submit), checked by `resolve` to be the same build and to lie in
     // this executable; the server and its clients are trusted (see `trampoline`).
     let trampoline = unsafe { std::mem::transmute::<usize, Trampoline>(trampoline) };
-    match catch_unwind(AssertUnwindSafe(|| trampoline(target, &task.args))) {
+    match catch_unwind(AssertUnwindSafe(|| trampoline(target, args))) {
         Ok(Ok(bytes)) if bytes.len() > cap => fail(format!(
             "its results take {} bytes, over the cluster's cap of {cap}",
             bytes.len()

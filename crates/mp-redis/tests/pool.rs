@@ -66,6 +66,14 @@ fn slow(x: u64) -> u64 {
     x + 1
 }
 
+/// Records that it ran (in the cluster dict `ran`), then takes 30 ms.
+fn record_slowly((url, pre, x): (String, String, u64)) -> u64 {
+    let c = Cluster::builder(&url).prefix(&pre).connect().unwrap();
+    c.dict::<u64, u32>("ran").set(&x, &1).unwrap();
+    std::thread::sleep(Duration::from_millis(30));
+    x
+}
+
 fn cluster(s: &Server, pre: &str) -> Cluster {
     Cluster::builder(&s.url)
         .prefix(pre)
@@ -193,6 +201,45 @@ fn task_killing_every_worker_ends_with_task_lost() {
             Err(Error::TaskLost { tries }) => assert_eq!(tries, 3),
             other => panic!("{other:?}"),
         }
+    });
+}
+
+#[test]
+fn a_terminated_pools_queued_tasks_are_skipped_and_the_worker_goes_on() {
+    let Some(s) = Server::any() else { return };
+    watchdog(120, move || {
+        let pre = prefix("cancel");
+        let _purge = Purge(s.url.clone(), pre.clone());
+        let args: WorkerArgs = (s.url.clone(), pre.clone(), 600, 3);
+        let _w = Worker::start(&args);
+        let c = cluster(&s, &pre);
+        let doomed = c.pool().unwrap();
+        let jobs: Vec<_> = (0..40)
+            .map(|x| {
+                doomed
+                    .apply_async(record_slowly, (s.url.clone(), pre.clone(), x))
+                    .unwrap()
+            })
+            .collect();
+        let ran = c.dict::<u64, u32>("ran");
+        wait_until("the first task to run", 60, || ran.len().unwrap() > 0);
+        doomed.terminate().unwrap();
+        // Each call fails as terminated, but one that finished before the terminate.
+        let failed = jobs
+            .iter()
+            .filter(|j| matches!(j.get(), Err(Error::PoolClosed("terminated"))))
+            .count();
+        assert!(failed >= 38, "{failed} of 40 calls failed as terminated");
+        // Another pool's task, queued behind the 40: the worker reaches it past the skipped
+        // ones (each of its takes after the terminate checks the pool it took from).
+        let other = c.pool().unwrap();
+        assert_eq!(other.apply(square, 9).unwrap(), 81);
+        // Only the tasks taken before the terminate ran: the one running then, and at most
+        // one more that the step took while the terminate was on its way.
+        let n = ran.len().unwrap();
+        assert!((1..=3).contains(&n), "{n} of 40 tasks ran");
+        // And the worker keeps working for the new pool.
+        assert_eq!(other.map_chunked(square, 0..20u64, 1).unwrap().len(), 20);
     });
 }
 

@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// The most results the collector takes in one round trip.
+const DRAIN: usize = 64;
+
 /// The collector thread of a pool (see the module doc); ends within a slice of the pool's
 /// drop.
 pub(super) fn collector(weak: std::sync::Weak<Inner>) {
@@ -37,19 +40,28 @@ pub(super) fn collector(weak: std::sync::Weak<Inner>) {
         let idle = jobs.map.is_empty();
         drop(jobs);
         drop(inner);
-        let got: Result<Option<(String, Vec<u8>)>> = if idle {
+        // Up to DRAIN results per round trip (`BLMPOP`, Redis 7).
+        let got: Result<Option<(String, Vec<Vec<u8>>)>> = if idle {
             Ok(None)
         } else {
             con.run(&sh, Some(slice), |c| {
-                redis::cmd("BRPOP")
-                    .arg(&results)
+                redis::cmd("BLMPOP")
                     .arg(conn::block_secs(slice))
+                    .arg(1)
+                    .arg(&results)
+                    .arg("RIGHT")
+                    .arg("COUNT")
+                    .arg(DRAIN)
                     .query(c)
             })
         };
         let Some(inner) = weak.upgrade() else { return };
         match got {
-            Ok(Some((_, bytes))) => deliver(&inner, &bytes),
+            Ok(Some((_, all))) => {
+                for bytes in all {
+                    deliver(&inner, &bytes);
+                }
+            }
             Ok(None) => {}
             Err(e) => {
                 let entries: Vec<Entry> = lock(&inner.jobs).map.drain().map(|(_, e)| e).collect();
@@ -66,7 +78,7 @@ pub(super) fn collector(weak: std::sync::Weak<Inner>) {
             // The server restarted: what it held is gone; send every unanswered chunk again
             // (a chunk that was still running somewhere answers twice, and one is dropped).
             epoch = sh.epoch();
-            let again: Vec<Vec<u8>> = lock(&inner.jobs)
+            let again: Vec<Arc<Vec<u8>>> = lock(&inner.jobs)
                 .map
                 .values()
                 .flat_map(|e| e.pending.values().cloned())

@@ -68,7 +68,7 @@ impl<R> IMap<'_, R> {
                     }
                     let c = self.next_chunk;
                     self.next_chunk += 1;
-                    let bytes = self.pool.task(self.job, c, self.fns, args?)?;
+                    let bytes = self.pool.task(self.job, c, self.fns, &args?)?;
                     tasks.push(((self.job << 32) | c, bytes));
                 }
             }

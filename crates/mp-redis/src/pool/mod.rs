@@ -15,7 +15,7 @@ use mp_core::Message;
 
 use crate::conn::{self, Conn, Shared};
 use crate::error::{Error, Result};
-use crate::wire::{kind, ResultMsg, TaskMsg};
+use crate::wire::{self, kind, ResultMsg, TaskMsg};
 use crate::worker::{self, Trampoline};
 
 mod collector;
@@ -71,8 +71,9 @@ pub(super) trait Sink: Send {
 }
 
 pub(super) struct Entry {
-    /// Chunk id -> the task message, until its result arrives.
-    pending: HashMap<u64, Vec<u8>>,
+    /// Chunk id -> the task message (shared with the pipeline that pushes it), until its
+    /// result arrives.
+    pending: HashMap<u64, Arc<Vec<u8>>>,
     sink: Box<dyn Sink>,
     /// All chunks were submitted: the entry goes when `pending` is empty.
     complete: bool,
@@ -371,26 +372,25 @@ impl Pool {
         Ok(id)
     }
 
-    /// The task message of chunk `chunk` of job `job`.
-    fn task(&self, job: u64, chunk: u64, fns: (i64, i64), args: Vec<u8>) -> Result<Vec<u8>> {
+    /// The task message of chunk `chunk` of job `job`, with its encoded arguments.
+    fn task(&self, job: u64, chunk: u64, fns: (i64, i64), args: &[u8]) -> Result<Arc<Vec<u8>>> {
         let msg = TaskMsg {
-            pool: self.inner.id.clone(),
             reply: self.inner.results.clone(),
             id: (job << 32) | (chunk & 0xffff_ffff),
             image_id: lock(&self.inner.image_id).clone(),
             trampoline: fns.0,
             target: fns.1,
-            args,
         };
-        let bytes = encode(&msg)?.to_vec();
+        let meta = encode(&msg)?;
+        let bytes = wire::task_bytes(&self.inner.id, &meta, args).map_err(Error::Config)?;
         self.inner.sh.check_size(bytes.len())?;
-        Ok(bytes)
+        Ok(Arc::new(bytes))
     }
 
     /// Registers and pushes chunks of `job` (registered first, so that no result can come
     /// back for a chunk the collector does not know).
-    fn push(&self, job: u64, tasks: Vec<(u64, Vec<u8>)>, complete: bool) -> Result<()> {
-        let payloads: Vec<Vec<u8>> = {
+    fn push(&self, job: u64, tasks: Vec<(u64, Arc<Vec<u8>>)>, complete: bool) -> Result<()> {
+        let payloads: Vec<Arc<Vec<u8>>> = {
             let mut j = lock(&self.inner.jobs);
             let Some(e) = j.map.get_mut(&job) else {
                 return Err(Error::PoolClosed("terminated"));
@@ -438,7 +438,7 @@ impl Pool {
             let chunk = i as u64;
             let made = encode(&SliceAsVec(c))
                 .map_err(Error::from)
-                .and_then(|args| self.task(job, chunk, fns, args.to_vec()));
+                .and_then(|args| self.task(job, chunk, fns, &args));
             match made {
                 // Chunk ids on the wire are (job << 32 | chunk); the collector splits them.
                 Ok(bytes) => tasks.push(((job << 32) | chunk, bytes)),
@@ -474,13 +474,30 @@ impl Drop for Pool {
     }
 }
 
-pub(super) fn push_tasks(sh: &Shared, con: &mut Conn, payloads: &[Vec<u8>]) -> Result<()> {
+/// The most task bytes in one pipeline: a pipeline is copied whole into one buffer by the
+/// client, and a smaller batch reaches the workers sooner.
+const PUSH_BYTES: usize = 256 << 10;
+
+/// Pushes tasks in pipelines of at most 512 tasks and [`PUSH_BYTES`] (the first task alone,
+/// so that a worker can start on it while the rest are sent).
+pub(super) fn push_tasks(sh: &Shared, con: &mut Conn, payloads: &[Arc<Vec<u8>>]) -> Result<()> {
     let tasks = sh.key("tasks");
-    for batch in payloads.chunks(512) {
+    let mut rest = payloads;
+    let mut first = true;
+    while !rest.is_empty() {
+        let mut n = 1;
+        let mut bytes = rest[0].len();
+        while !first && n < rest.len().min(512) && bytes + rest[n].len() <= PUSH_BYTES {
+            bytes += rest[n].len();
+            n += 1;
+        }
+        first = false;
+        let (batch, tail) = rest.split_at(n);
+        rest = tail;
         con.run(sh, None, |c| {
             let mut p = redis::pipe();
             for b in batch {
-                p.cmd("LPUSH").arg(&tasks).arg(b).ignore();
+                p.cmd("LPUSH").arg(&tasks).arg(b.as_slice()).ignore();
             }
             p.query::<()>(c)
         })?;

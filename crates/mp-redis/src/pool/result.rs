@@ -32,7 +32,12 @@ impl<R, O> Collect<R, O> {
     }
 
     pub(super) fn done(&mut self) {
-        let all: Vec<R> = self.parts.drain(..).flatten().flatten().collect();
+        // Sized once: growing a vector of every result by doubling copies it again and again.
+        let total = self.parts.iter().flatten().map(Vec::len).sum();
+        let mut all: Vec<R> = Vec::with_capacity(total);
+        for part in self.parts.drain(..).flatten() {
+            all.extend(part);
+        }
         let r = (self.finish)(all);
         self.set(r);
     }
