@@ -269,6 +269,28 @@ pub fn encode<T: Encode>(value: &T) -> Result<AlignedVec<ALIGN>> {
     Ok(w.spill.unwrap_or_default())
 }
 
+/// [`encode`] into a heap buffer made with room for `capacity` bytes. For a large value whose
+/// size the caller can estimate (a slice of plain items, say) this saves the buffer's growing
+/// by doubling, a copy of everything written so far each time; a wrong estimate costs only
+/// that growing again.
+///
+/// ```
+/// use mp_core::message::{decode, encode_with_capacity, SliceAsVec};
+/// let xs = [1u64, 2, 3];
+/// let bytes = encode_with_capacity(&SliceAsVec(&xs), 3 * 8 + 16)?;
+/// assert_eq!(decode::<Vec<u64>>(&bytes)?, xs);
+/// # Ok::<(), mp_core::Error>(())
+/// ```
+pub fn encode_with_capacity<T: Encode>(value: &T, capacity: usize) -> Result<AlignedVec<ALIGN>> {
+    let writer = MsgWriter {
+        spill: Some(AlignedVec::with_capacity(capacity)),
+        ..MsgWriter::heap()
+    };
+    let w = rkyv::api::high::to_bytes_in::<_, Failure>(value, writer)
+        .map_err(|e| Error::Encode(e.to_string()))?;
+    Ok(w.spill.unwrap_or_default())
+}
+
 /// Checks `bytes` and returns the archived value inside them, without copying.
 /// `bytes` must start at an address aligned to [`ALIGN`] (every mp slot and frame does).
 pub fn access<T: Message>(bytes: &[u8]) -> Result<&T::Archived> {

@@ -74,6 +74,25 @@ fn record_slowly((url, pre, x): (String, String, u64)) -> u64 {
     x
 }
 
+/// An iterator whose exact size hint (`says`) is not how many items it has (`left`).
+struct Liar {
+    says: usize,
+    left: u64,
+}
+
+impl Iterator for Liar {
+    type Item = u64;
+
+    fn next(&mut self) -> Option<u64> {
+        self.left = self.left.checked_sub(1)?;
+        Some(self.left)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.says, Some(self.says))
+    }
+}
+
 fn cluster(s: &Server, pre: &str) -> Cluster {
     Cluster::builder(&s.url)
         .prefix(pre)
@@ -112,6 +131,16 @@ fn map_across_two_workers() {
             pool.map(square, Vec::<u64>::new()).unwrap(),
             Vec::<u64>::new()
         );
+        // Items without an exact size are collected first; a size hint that lies is an error
+        // before anything is sent.
+        assert_eq!(
+            pool.map(square, (0..10u64).filter(|x| x % 2 == 0)).unwrap(),
+            [0, 4, 16, 36, 64]
+        );
+        for (says, has) in [(100, 3), (1, 3)] {
+            let r = pool.map_chunked(square, Liar { says, left: has }, 1);
+            assert!(matches!(r, Err(Error::Config(_))), "{r:?}");
+        }
         assert_eq!(pool.apply(square, 12).unwrap(), 144);
         let a = pool.apply_async(square, 5).unwrap();
         let b = pool.map_async(square, 0..3u64).unwrap();

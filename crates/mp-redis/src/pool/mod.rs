@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use mp_core::message::{decode, encode, SliceAsVec};
+use mp_core::message::{decode, encode, encode_with_capacity, SliceAsVec};
 use mp_core::Message;
 
 use crate::conn::{self, Conn, Shared};
@@ -177,9 +177,9 @@ impl Pool {
         f: fn(T) -> R,
         items: impl IntoIterator<Item = T>,
     ) -> Result<AsyncResult<Vec<R>>> {
-        let items: Vec<T> = items.into_iter().collect();
-        let chunk = self.default_chunksize(items.len())?;
-        self.collect(call::<T, R>(f)?, &items, chunk, Ok)
+        let (items, len) = sized(items);
+        let chunk = self.default_chunksize(len)?;
+        self.collect(call::<T, R>(f)?, items, len, chunk, Ok)
     }
 
     /// `map` with an explicit chunk size (Python's `chunksize=`).
@@ -189,8 +189,8 @@ impl Pool {
         items: impl IntoIterator<Item = T>,
         chunksize: usize,
     ) -> Result<Vec<R>> {
-        let items: Vec<T> = items.into_iter().collect();
-        self.collect(call::<T, R>(f)?, &items, chunksize.max(1), Ok)?
+        let (items, len) = sized(items);
+        self.collect(call::<T, R>(f)?, items, len, chunksize.max(1), Ok)?
             .get()
     }
 
@@ -200,11 +200,12 @@ impl Pool {
         f: fn(A, B) -> R,
         items: impl IntoIterator<Item = (A, B)>,
     ) -> Result<Vec<R>> {
-        let items: Vec<(A, B)> = items.into_iter().collect();
-        let chunk = self.default_chunksize(items.len())?;
+        let (items, len) = sized(items);
+        let chunk = self.default_chunksize(len)?;
         let target = mp_process::symbol::offset_of(f as usize)?;
         let trampoline = mp_process::symbol::offset_of(star::<A, B, R> as Trampoline as usize)?;
-        self.collect((trampoline, target), &items, chunk, Ok)?.get()
+        self.collect((trampoline, target), items, len, chunk, Ok)?
+            .get()
     }
 
     /// Python's `apply`: `f(arg)` on a worker.
@@ -222,10 +223,16 @@ impl Pool {
         f: fn(T) -> R,
         arg: T,
     ) -> Result<AsyncResult<R>> {
-        self.collect(call::<T, R>(f)?, &[arg], 1, |mut v: Vec<R>| {
-            v.pop()
-                .ok_or_else(|| Error::Redis("a worker answered with no result".into()))
-        })
+        self.collect(
+            call::<T, R>(f)?,
+            std::iter::once(arg),
+            1,
+            1,
+            |mut v: Vec<R>| {
+                v.pop()
+                    .ok_or_else(|| Error::Redis("a worker answered with no result".into()))
+            },
+        )
     }
 
     /// Python's `imap`: results in input order, as they come; the input is read lazily
@@ -409,7 +416,8 @@ impl Pool {
     fn collect<T: Message, R: Message + Send + 'static, O: Send + 'static>(
         &self,
         fns: (i64, i64),
-        items: &[T],
+        mut items: impl Iterator<Item = T>,
+        len: usize,
         chunksize: usize,
         finish: fn(Vec<R>) -> Result<O>,
     ) -> Result<AsyncResult<O>> {
@@ -417,7 +425,7 @@ impl Pool {
             m: Mutex::new(Slot::Waiting),
             cv: Condvar::new(),
         });
-        let n = items.len().div_ceil(chunksize);
+        let n = len.div_ceil(chunksize);
         if n > u32::MAX as usize {
             return Err(Error::Config("more than 2^32 chunks in one job".into()));
         }
@@ -434,11 +442,25 @@ impl Pool {
         }
         let job = self.open_job(Box::new(sink), false)?;
         let mut tasks = Vec::with_capacity(n);
-        for (i, c) in items.chunks(chunksize).enumerate() {
+        // One chunk's items at a time, in one buffer: the input is never copied whole.
+        let mut buf: Vec<T> = Vec::with_capacity(chunksize.min(len));
+        for i in 0..=n {
+            buf.clear();
+            buf.extend(items.by_ref().take(chunksize));
             let chunk = i as u64;
-            let made = encode(&SliceAsVec(c))
-                .map_err(Error::from)
-                .and_then(|args| self.task(job, chunk, fns, &args));
+            let made = match (i == n, buf.is_empty()) {
+                (false, false) => {
+                    // Plain items archive to their own size; others grow the buffer.
+                    let room = buf.len() * std::mem::size_of::<T::Archived>() + 64;
+                    encode_with_capacity(&SliceAsVec(&buf), room)
+                        .map_err(Error::from)
+                        .and_then(|args| self.task(job, chunk, fns, &args))
+                }
+                (true, true) => break,
+                _ => Err(Error::Config(format!(
+                    "the items' iterator said it had {len} items, and it did not"
+                ))),
+            };
             match made {
                 // Chunk ids on the wire are (job << 32 | chunk); the collector splits them.
                 Ok(bytes) => tasks.push(((job << 32) | chunk, bytes)),
@@ -503,6 +525,36 @@ pub(super) fn push_tasks(sh: &Shared, con: &mut Conn, payloads: &[Arc<Vec<u8>>])
         })?;
     }
     Ok(())
+}
+
+/// The items of a call and how many there are: the iterator itself when its size hint is
+/// exact (a range, a `Vec`), else the items collected first.
+fn sized<T>(items: impl IntoIterator<Item = T>) -> (impl Iterator<Item = T>, usize) {
+    let it = items.into_iter();
+    match it.size_hint() {
+        (lo, Some(hi)) if lo == hi => (Items::Exact(it), lo),
+        _ => {
+            let v: Vec<T> = it.collect();
+            let n = v.len();
+            (Items::Collected(v.into_iter()), n)
+        }
+    }
+}
+
+enum Items<I, T> {
+    Exact(I),
+    Collected(std::vec::IntoIter<T>),
+}
+
+impl<I: Iterator<Item = T>, T> Iterator for Items<I, T> {
+    type Item = T;
+
+    fn next(&mut self) -> Option<T> {
+        match self {
+            Items::Exact(it) => it.next(),
+            Items::Collected(it) => it.next(),
+        }
+    }
 }
 
 /// The offsets of the trampoline and of `f`.
