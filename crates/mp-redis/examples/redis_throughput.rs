@@ -26,20 +26,6 @@ fn main() -> Result<(), mp_redis::Error> {
     let n = 100_000u64;
     // One warm-up map (connections, first resolution of the function in each worker).
     pool.map(ident, 0..1000u64)?;
-    if let Ok(k) = std::env::var("LOOP") {
-        let k: u32 = k.parse().unwrap();
-        let t0 = Instant::now();
-        for _ in 0..k {
-            pool.map(ident, 0..n)?;
-        }
-        let s = t0.elapsed().as_secs_f64();
-        println!(
-            "loop: {:.3} ms per map, {:.0} items/s",
-            s * 1000.0 / k as f64,
-            (n as f64) * k as f64 / s
-        );
-        return Ok(());
-    }
     for chunk in [None, Some(1000), Some(1)] {
         let items = if chunk == Some(1) { n / 20 } else { n };
         let t0 = Instant::now();

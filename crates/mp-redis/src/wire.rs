@@ -33,14 +33,63 @@ pub(crate) mod kind {
     pub(crate) const FAILED: u8 = 4;
 }
 
-/// A chunk's outcome, pushed onto the task's `reply` list.
+/// A chunk's outcome, pushed onto the task's `reply` list, followed by its payload (see
+/// [`RESULT_HEADER`]): an encoded `Vec<R>` for [`kind::OK`], the worker's build id for
+/// [`kind::WRONG_BUILD`], else nothing.
 #[derive(Debug, Archive, Serialize, Deserialize)]
 pub(crate) struct ResultMsg {
     pub(crate) id: u64,
     pub(crate) kind: u8,
     pub(crate) worker: String,
-    pub(crate) payload: Vec<u8>,
     pub(crate) message: String,
+}
+
+/// The length of the header every result starts with: the length of the [`ResultMsg`]
+/// archive that follows (8 hex digits) and 8 spaces. After the archive, padded with zeros to
+/// a multiple of [`ALIGN`], comes the payload to the end, so that the pool reads a chunk's
+/// results in the very bytes they arrived in.
+pub(crate) const RESULT_HEADER: usize = 16;
+
+/// A result as it travels: header, [`ResultMsg`] archive, padding, payload.
+pub(crate) fn result_bytes(meta: &[u8], payload: &[u8]) -> Result<Vec<u8>, String> {
+    let mut head = [b' '; RESULT_HEADER];
+    head[..8].copy_from_slice(meta_len(meta)?.as_bytes());
+    Ok(framed(&head, meta, payload))
+}
+
+/// Splits a result into its [`ResultMsg`] archive and the offset where its payload starts;
+/// `None` for bytes that are not a result of this protocol.
+pub(crate) fn parse_result(bytes: &[u8]) -> Option<(&[u8], usize)> {
+    let head = bytes.get(..RESULT_HEADER)?;
+    if head[8..].iter().any(|&b| b != b' ') {
+        return None;
+    }
+    unframe(bytes, RESULT_HEADER, hex(&head[..8])?)
+}
+
+fn meta_len(meta: &[u8]) -> Result<String, String> {
+    let n = u32::try_from(meta.len()).map_err(|_| "a message over 4 GiB".to_string())?;
+    Ok(format!("{n:08x}"))
+}
+
+/// `head`, `meta`, zeros up to a multiple of [`ALIGN`], `payload`.
+fn framed(head: &[u8], meta: &[u8], payload: &[u8]) -> Vec<u8> {
+    let start = (head.len() + meta.len()).next_multiple_of(ALIGN);
+    let mut out = Vec::with_capacity(start + payload.len());
+    out.extend_from_slice(head);
+    out.extend_from_slice(meta);
+    out.resize(start, 0);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The meta archive after a header of `head` bytes whose length field reads `meta_len` (hex),
+/// and the offset of the payload.
+fn unframe<'a>(bytes: &'a [u8], head: usize, meta_len: &str) -> Option<(&'a [u8], usize)> {
+    let meta_end = head.checked_add(usize::from_str_radix(meta_len, 16).ok()?)?;
+    let meta = bytes.get(head..meta_end)?;
+    let start = meta_end.next_multiple_of(ALIGN);
+    (start <= bytes.len()).then_some((meta, start))
 }
 
 /// The length of the header every task on `{prefix}:tasks` starts with: 8 lowercase hex
@@ -56,17 +105,11 @@ pub(crate) fn task_bytes(pool: &str, meta: &[u8], args: &[u8]) -> Result<Vec<u8>
     if pool.len() != 16 || !pool.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(format!("a pool id must be 16 hex digits, not {pool:?}"));
     }
-    let meta_len =
-        u32::try_from(meta.len()).map_err(|_| "a task message over 4 GiB".to_string())?;
-    let start = (HEADER + meta.len()).next_multiple_of(ALIGN);
-    let mut out = Vec::with_capacity(start + args.len());
-    out.extend_from_slice(b"00000000");
-    out.extend_from_slice(pool.as_bytes());
-    out.extend_from_slice(format!("{meta_len:08x}").as_bytes());
-    out.extend_from_slice(meta);
-    out.resize(start, 0);
-    out.extend_from_slice(args);
-    Ok(out)
+    let mut head = [0u8; HEADER];
+    head[..8].copy_from_slice(b"00000000");
+    head[8..24].copy_from_slice(pool.as_bytes());
+    head[24..].copy_from_slice(meta_len(meta)?.as_bytes());
+    Ok(framed(&head, meta, args))
 }
 
 /// A task read back, checked for shape (the archives are checked when they are decoded).
@@ -92,15 +135,12 @@ pub(crate) fn parse_task(task: &[u8]) -> Option<Task<'_>> {
     let head = task.get(..HEADER)?;
     let returned = u64::from_str_radix(hex(&head[..8])?, 16).ok()?;
     let pool = hex(&head[8..24])?;
-    let meta_len = usize::from_str_radix(hex(&head[24..])?, 16).ok()?;
-    let meta_end = HEADER.checked_add(meta_len)?;
-    let meta = task.get(HEADER..meta_end)?;
-    let args = task.get(meta_end.next_multiple_of(ALIGN)..)?;
+    let (meta, start) = unframe(task, HEADER, hex(&head[24..])?)?;
     Some(Task {
         returned,
         pool,
         meta,
-        args,
+        args: &task[start..],
     })
 }
 
@@ -174,6 +214,15 @@ mod tests {
             bad[at] = byte;
             assert_eq!(parse_task(&bad), None, "byte {at}");
         }
+        // A result, and a result cut short.
+        let r = result_bytes(b"meta", b"payload").unwrap();
+        assert_eq!(r.len(), 32 + 7);
+        assert_eq!(parse_result(&r), Some((&b"meta"[..], 32)));
+        assert_eq!(&r[32..], b"payload");
+        assert_eq!(parse_result(&r[..19]), None);
+        let mut bad = r;
+        bad[12] = b'x';
+        assert_eq!(parse_result(&bad), None);
         // A meta length past the end.
         let mut bad = bytes;
         bad[24..32].copy_from_slice(b"ffffffff");

@@ -15,9 +15,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use mp_core::message::{decode, encode};
+use mp_core::message::{decode, encode, encode_with_capacity, ALIGN};
 use mp_core::Message;
 use redis::{Direction, Script};
+use rkyv::util::AlignedVec;
 
 use crate::conn::{self, Conn, Shared};
 use crate::error::{Error, Result};
@@ -34,13 +35,13 @@ pub(crate) fn slice(sh: &Shared) -> Duration {
 
 /// The function type every trampoline has: the task function's address and the encoded
 /// `Vec<T>` of a chunk in, the encoded `Vec<R>` out.
-pub(crate) type Trampoline = fn(usize, &[u8]) -> std::result::Result<Vec<u8>, String>;
+pub(crate) type Trampoline = fn(usize, &[u8]) -> std::result::Result<AlignedVec<ALIGN>, String>;
 
 /// Decodes a chunk, calls the task on each item, encodes the results.
 pub(crate) fn trampoline<T: Message, R: Message>(
     target: usize,
     args: &[u8],
-) -> std::result::Result<Vec<u8>, String> {
+) -> std::result::Result<AlignedVec<ALIGN>, String> {
     // SAFETY: `target` is this process's address of the function whose offset the pool
     // computed from a `fn(T) -> R` (Pool::submit pairs it with this very trampoline, `trampoline::<T,
     // R>`), after `symbol::resolve` checked that this process runs the same build as the pool
@@ -49,9 +50,16 @@ pub(crate) fn trampoline<T: Message, R: Message>(
     let f = unsafe { std::mem::transmute::<usize, fn(T) -> R>(target) };
     let items: Vec<T> = decode(args).map_err(|e| format!("decoding the arguments: {e}"))?;
     let out: Vec<R> = items.into_iter().map(f).collect();
-    encode(&out)
-        .map(|v| v.to_vec())
-        .map_err(|e| format!("encoding the results: {e}"))
+    encode_results(&out)
+}
+
+/// Encodes a chunk's results into a buffer sized for them up front (plain items archive to
+/// their own size).
+pub(crate) fn encode_results<R: Message>(
+    out: &Vec<R>,
+) -> std::result::Result<AlignedVec<ALIGN>, String> {
+    let room = out.len() * std::mem::size_of::<R::Archived>() + 64;
+    encode_with_capacity(out, room).map_err(|e| format!("encoding the results: {e}"))
 }
 
 /// Runs the reaper script for the pool's task lists.
@@ -237,29 +245,44 @@ fn handle(sh: &Shared, id: &str, image: &[u8], bytes: &[u8]) -> Result<Option<(S
     let (returned, task, args) = task;
     // The reaper counts the workers a task was lost with; this take is one more try.
     let tries = returned.saturating_add(1);
-    let result = if tries > sh.max_tries {
-        outcome(&task, id, kind::LOST, Vec::new(), tries.to_string())
+    let (result, payload) = if tries > sh.max_tries {
+        outcome(&task, id, kind::LOST, AlignedVec::new(), tries.to_string())
     } else if task.image_id != image {
-        outcome(&task, id, kind::WRONG_BUILD, image.to_vec(), String::new())
+        let mut build = AlignedVec::new();
+        build.extend_from_slice(image);
+        outcome(&task, id, kind::WRONG_BUILD, build, String::new())
     } else {
         run_task(&task, args, id, sh.max_value)
     };
-    let encoded = encode(&result).map(|v| v.to_vec())?;
+    let meta = encode(&result)?;
+    let encoded = wire::result_bytes(&meta, &payload).map_err(Error::Config)?;
     Ok(Some((task.reply, encoded)))
 }
 
-fn outcome(task: &TaskMsg, worker: &str, kind: u8, payload: Vec<u8>, message: String) -> ResultMsg {
-    ResultMsg {
+/// A result and its payload.
+fn outcome(
+    task: &TaskMsg,
+    worker: &str,
+    kind: u8,
+    payload: AlignedVec<ALIGN>,
+    message: String,
+) -> (ResultMsg, AlignedVec<ALIGN>) {
+    let msg = ResultMsg {
         id: task.id,
         kind,
         worker: worker.to_string(),
-        payload,
         message,
-    }
+    };
+    (msg, payload)
 }
 
-fn run_task(task: &TaskMsg, args: &[u8], worker: &str, cap: usize) -> ResultMsg {
-    let fail = |m: String| outcome(task, worker, kind::FAILED, Vec::new(), m);
+fn run_task(
+    task: &TaskMsg,
+    args: &[u8],
+    worker: &str,
+    cap: usize,
+) -> (ResultMsg, AlignedVec<ALIGN>) {
+    let fail = |m: String| outcome(task, worker, kind::FAILED, AlignedVec::new(), m);
     let resolve = |o| mp_process::symbol::resolve(o, &task.image_id);
     let (trampoline, target) = match (resolve(task.trampoline), resolve(task.target)) {
         (Ok(a), Ok(b)) => (a, b),
@@ -278,7 +301,7 @@ fn run_task(task: &TaskMsg, args: &[u8], worker: &str, cap: usize) -> ResultMsg 
         Ok(Err(m)) => fail(m),
         Err(payload) => {
             let message = mp_core::util::panic_message(&*payload);
-            outcome(task, worker, kind::PANIC, Vec::new(), message)
+            outcome(task, worker, kind::PANIC, AlignedVec::new(), message)
         }
     }
 }

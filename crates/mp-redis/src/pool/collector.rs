@@ -59,7 +59,7 @@ pub(super) fn collector(weak: std::sync::Weak<Inner>) {
         match got {
             Ok(Some((_, all))) => {
                 for bytes in all {
-                    deliver(&inner, &bytes);
+                    deliver(&inner, bytes);
                 }
             }
             Ok(None) => {}
@@ -94,8 +94,12 @@ pub(super) fn collector(weak: std::sync::Weak<Inner>) {
     }
 }
 
-pub(super) fn deliver(inner: &Inner, bytes: &[u8]) {
-    let Ok(msg) = decode::<ResultMsg>(bytes) else {
+pub(super) fn deliver(inner: &Inner, bytes: Vec<u8>) {
+    let parsed = wire::parse_result(&bytes).and_then(|(meta, start)| {
+        let msg = decode::<ResultMsg>(meta).ok()?;
+        Some((msg, start))
+    });
+    let Some((msg, start)) = parsed else {
         eprintln!("mp-redis pool: dropped an undecodable result");
         return;
     };
@@ -109,10 +113,11 @@ pub(super) fn deliver(inner: &Inner, bytes: &[u8]) {
     }
     let chunk = msg.id & 0xffff_ffff;
     if msg.kind == kind::OK {
-        e.sink.accept(chunk, Ok(&msg.payload));
+        e.sink.accept(chunk, Ok(Payload::new(bytes, start)));
     } else {
         let image_id = lock(&inner.image_id).clone();
-        e.sink.accept(chunk, Err(chunk_error(&msg, &image_id)));
+        let failed = chunk_error(&msg, &bytes[start..], &image_id);
+        e.sink.accept(chunk, Err(failed));
     }
     if e.complete && e.pending.is_empty() {
         j.map.remove(&job);

@@ -13,8 +13,8 @@ pub(super) struct ImapSink<R> {
 }
 
 impl<R: Message + Send> Sink for ImapSink<R> {
-    fn accept(&mut self, id: u64, outcome: Result<&[u8]>) {
-        let decoded = outcome.and_then(|b| decode::<Vec<R>>(b).map_err(Error::from));
+    fn accept(&mut self, id: u64, outcome: Result<Payload>) {
+        let decoded = outcome.and_then(|b| decode::<Vec<R>>(b.as_slice()).map_err(Error::from));
         lock(&self.buf.q).push_back((id, decoded));
         self.buf.cv.notify_all();
     }

@@ -10,8 +10,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use mp_core::message::{decode, encode, encode_with_capacity, SliceAsVec};
+use mp_core::message::{
+    access, decode, deserialize_each, encode, encode_with_capacity, SliceAsVec, ALIGN,
+};
 use mp_core::Message;
+use rkyv::util::AlignedVec;
 
 use crate::conn::{self, Conn, Shared};
 use crate::error::{Error, Result};
@@ -42,8 +45,8 @@ pub(super) fn dup(e: &Error) -> Error {
     }
 }
 
-/// The error a failed chunk stands for.
-pub(super) fn chunk_error(msg: &ResultMsg, pool_build: &[u8]) -> Error {
+/// The error a failed chunk stands for (`payload`: the bytes after its message).
+pub(super) fn chunk_error(msg: &ResultMsg, payload: &[u8], pool_build: &[u8]) -> Error {
     match msg.kind {
         kind::PANIC => Error::TaskPanicked {
             worker: msg.worker.clone(),
@@ -54,7 +57,7 @@ pub(super) fn chunk_error(msg: &ResultMsg, pool_build: &[u8]) -> Error {
         },
         kind::WRONG_BUILD => Error::WrongBuild {
             worker: msg.worker.clone(),
-            worker_build: conn::hex(&msg.payload),
+            worker_build: conn::hex(payload),
             pool_build: conn::hex(pool_build),
         },
         _ => Error::TaskFailed {
@@ -64,9 +67,36 @@ pub(super) fn chunk_error(msg: &ResultMsg, pool_build: &[u8]) -> Error {
     }
 }
 
+/// A chunk's results (an encoded `Vec<R>`), in the bytes they arrived in when those put them
+/// at an aligned address (as the allocator does), else copied once to an aligned buffer.
+pub(super) enum Payload {
+    InPlace(Vec<u8>, usize),
+    Copied(AlignedVec<ALIGN>),
+}
+
+impl Payload {
+    /// The payload of `bytes`, which starts at `start`.
+    pub(super) fn new(bytes: Vec<u8>, start: usize) -> Payload {
+        let at = bytes.as_ptr() as usize + start;
+        if at % ALIGN == 0 {
+            return Payload::InPlace(bytes, start);
+        }
+        let mut v = AlignedVec::with_capacity(bytes.len() - start);
+        v.extend_from_slice(&bytes[start..]);
+        Payload::Copied(v)
+    }
+
+    pub(super) fn as_slice(&self) -> &[u8] {
+        match self {
+            Payload::InPlace(v, start) => &v[*start..],
+            Payload::Copied(v) => v,
+        }
+    }
+}
+
 /// Receives a job's chunk outcomes (typed decoding happens here).
 pub(super) trait Sink: Send {
-    fn accept(&mut self, id: u64, outcome: Result<&[u8]>);
+    fn accept(&mut self, id: u64, outcome: Result<Payload>);
     fn fail(&mut self, e: Error);
 }
 
@@ -569,13 +599,11 @@ pub(super) fn call<T: Message, R: Message>(f: fn(T) -> R) -> Result<(i64, i64)> 
 pub(super) fn star<A: Message, B: Message, R: Message>(
     target: usize,
     args: &[u8],
-) -> std::result::Result<Vec<u8>, String> {
+) -> std::result::Result<AlignedVec<ALIGN>, String> {
     // SAFETY: as in `worker::trampoline`: `target` was resolved, after the build check, from the
     // offset that `Pool::starmap` took from a `fn(A, B) -> R` and paired with `star::<A, B, R>`.
     let f = unsafe { std::mem::transmute::<usize, fn(A, B) -> R>(target) };
     let items: Vec<(A, B)> = decode(args).map_err(|e| format!("decoding the arguments: {e}"))?;
     let out: Vec<R> = items.into_iter().map(|(a, b)| f(a, b)).collect();
-    encode(&out)
-        .map(|v| v.to_vec())
-        .map_err(|e| format!("encoding the results: {e}"))
+    worker::encode_results(&out)
 }

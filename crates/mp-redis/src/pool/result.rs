@@ -15,13 +15,14 @@ pub(super) struct Outcome<O> {
 }
 
 pub(super) struct Collect<R, O> {
-    pub(super) parts: Vec<Option<Vec<R>>>,
+    /// Each chunk's results, checked on arrival, and how many items they hold.
+    pub(super) parts: Vec<Option<(Payload, usize)>>,
     pub(super) left: usize,
     pub(super) finish: fn(Vec<R>) -> Result<O>,
     pub(super) out: Arc<Outcome<O>>,
 }
 
-impl<R, O> Collect<R, O> {
+impl<R: Message, O> Collect<R, O> {
     fn set(&mut self, r: Result<O>) {
         let mut s = lock(&self.out.m);
         if matches!(*s, Slot::Waiting) {
@@ -31,26 +32,37 @@ impl<R, O> Collect<R, O> {
         self.out.cv.notify_all();
     }
 
+    /// Every chunk is in: the results go straight from the bytes they arrived in to the one
+    /// vector the caller gets, sized once.
     pub(super) fn done(&mut self) {
-        // Sized once: growing a vector of every result by doubling copies it again and again.
-        let total = self.parts.iter().flatten().map(Vec::len).sum();
+        let total = self.parts.iter().flatten().map(|p| p.1).sum();
         let mut all: Vec<R> = Vec::with_capacity(total);
-        for part in self.parts.drain(..).flatten() {
-            all.extend(part);
-        }
-        let r = (self.finish)(all);
+        let mut filled = || -> Result<()> {
+            for (payload, _) in self.parts.drain(..).flatten() {
+                let archived = access::<Vec<R>>(payload.as_slice())?;
+                for item in deserialize_each::<R>(archived.as_slice()) {
+                    all.push(item?);
+                }
+            }
+            Ok(())
+        };
+        let r = filled().and_then(|()| (self.finish)(all));
         self.set(r);
     }
 }
 
 impl<R: Message + Send, O: Send> Sink for Collect<R, O> {
-    fn accept(&mut self, id: u64, outcome: Result<&[u8]>) {
-        let decoded = outcome.and_then(|b| decode::<Vec<R>>(b).map_err(Error::from));
-        match decoded {
-            Ok(v) => {
+    fn accept(&mut self, id: u64, outcome: Result<Payload>) {
+        // Checked here, so that a malformed chunk fails the call as soon as it arrives.
+        let checked = outcome.and_then(|p| {
+            let n = access::<Vec<R>>(p.as_slice())?.len();
+            Ok((p, n))
+        });
+        match checked {
+            Ok(part) => {
                 if let Some(p) = usize::try_from(id).ok().and_then(|i| self.parts.get_mut(i)) {
                     if p.is_none() {
-                        *p = Some(v);
+                        *p = Some(part);
                         self.left = self.left.saturating_sub(1);
                     }
                 }
