@@ -273,6 +273,55 @@ fn a_terminated_pools_queued_tasks_are_skipped_and_the_worker_goes_on() {
 }
 
 #[test]
+fn garbage_under_the_prefix_is_dropped_and_the_pool_goes_on() {
+    let Some(s) = Server::any() else { return };
+    watchdog(120, move || {
+        let pre = prefix("garbage");
+        let _purge = Purge(s.url.clone(), pre.clone());
+        let args: WorkerArgs = (s.url.clone(), pre.clone(), 600, 3);
+        let _w = Worker::start(&args);
+        let c = cluster(&s, &pre);
+        let pool = c.pool().unwrap();
+        assert_eq!(pool.apply(square, 2).unwrap(), 4);
+        let id = format!("{pool:?}");
+        let id = id.split('"').nth(1).expect("the pool's id in its Debug");
+        let mut con = redis::Client::open(s.url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        // Tasks: too short; a header whose message length runs past the end; a well-formed
+        // header before a message that is not one.
+        let mut junk_meta = format!("00000000{id}00000004junk").into_bytes();
+        junk_meta.resize(64, 0);
+        let tasks: [&[u8]; 3] = [b"short", b"00000000aaaaaaaaaaaaaaaaffffffff", &junk_meta];
+        // Results on the pool's own list: the same kinds of garbage.
+        let results: [&[u8]; 3] = [b"x", b"ffffffff        ", b"00000004        junk"];
+        let mut p = redis::pipe();
+        for t in tasks {
+            p.cmd("LPUSH").arg(format!("{pre}:tasks")).arg(t).ignore();
+        }
+        for r in results {
+            p.cmd("LPUSH")
+                .arg(format!("{pre}:results:{id}"))
+                .arg(r)
+                .ignore();
+        }
+        p.query::<()>(&mut con).unwrap();
+        // The worker drops the tasks, the collector the results; both go on.
+        let xs: Vec<u64> = (0..50).collect();
+        assert_eq!(
+            pool.map_chunked(square, xs.clone(), 5).unwrap(),
+            xs.iter().map(|x| x * x).collect::<Vec<_>>()
+        );
+        let left: usize = redis::cmd("LLEN")
+            .arg(format!("{pre}:tasks"))
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(left, 0);
+    });
+}
+
+#[test]
 fn server_restarted_mid_map() {
     let Some(mut s) = Server::own(&[]) else {
         return;

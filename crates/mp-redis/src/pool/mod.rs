@@ -607,3 +607,47 @@ pub(super) fn star<A: Message, B: Message, R: Message>(
     let out: Vec<R> = items.into_iter().map(|(a, b)| f(a, b)).collect();
     worker::encode_results(&out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_payload_is_read_in_place_when_aligned_and_copied_once_when_not() {
+        let bytes: Vec<u8> = (0..64).collect();
+        for start in [0, 1, 8, 16, 17, 64] {
+            let p = Payload::new(bytes.clone(), start);
+            assert_eq!(p.as_slice(), &bytes[start..], "start {start}");
+            assert_eq!(p.as_slice().as_ptr() as usize % ALIGN, 0, "start {start}");
+        }
+        // Where the allocator put the bytes decides which: an aligned start stays in place.
+        let v = bytes;
+        let start = (ALIGN - v.as_ptr() as usize % ALIGN) % ALIGN;
+        assert!(matches!(Payload::new(v, start), Payload::InPlace(_, s) if s == start));
+    }
+
+    #[test]
+    fn a_chunk_of_garbage_fails_its_call_with_a_decode_error() {
+        let out = Arc::new(Outcome {
+            m: Mutex::new(Slot::Waiting),
+            cv: Condvar::new(),
+        });
+        let mut sink = Collect::<String, Vec<String>> {
+            parts: vec![None, None],
+            left: 2,
+            finish: Ok,
+            out: out.clone(),
+        };
+        let good = encode(&vec![String::from("fine")]).unwrap();
+        let mut v = vec![0u8; 16];
+        v.extend_from_slice(&good);
+        sink.accept(0, Ok(Payload::new(v, 16)));
+        assert!(matches!(*lock(&out.m), Slot::Waiting));
+        // A length that points past the end, where an archive of a Vec<String> should be.
+        sink.accept(1, Ok(Payload::new(vec![0xff; 40], 8)));
+        assert!(matches!(
+            *lock(&out.m),
+            Slot::Done(Err(Error::Message(mp_core::Error::Decode(_))))
+        ));
+    }
+}
