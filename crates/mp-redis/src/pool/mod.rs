@@ -131,7 +131,14 @@ pub(super) struct Inner {
     changed: Condvar,
     submit: Mutex<Conn>,
     stop: AtomicBool,
+    /// The worker count last read, and when: the default chunk size uses it for up to
+    /// [`COUNT_FOR`] instead of asking the server on every call.
+    counted: Mutex<Option<(Instant, usize)>>,
 }
+
+/// How long a worker count serves the default chunk size (a count a little out of date only
+/// makes the chunks a little larger or smaller).
+const COUNT_FOR: Duration = Duration::from_secs(1);
 
 /// A pool of the cluster's workers: Python's `Pool` verbs, with tasks run by whichever
 /// worker takes them. Made by [`Cluster::pool`](crate::Cluster::pool).
@@ -167,6 +174,7 @@ impl Pool {
             changed: Condvar::new(),
             submit: Mutex::new(Conn::new()),
             stop: AtomicBool::new(false),
+            counted: Mutex::new(None),
         });
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
@@ -186,13 +194,16 @@ impl Pool {
     /// How many workers are registered on the cluster now (alive or not yet reaped).
     pub fn workers(&self) -> Result<usize> {
         let sh = &self.inner.sh;
-        lock(&self.inner.submit).run(sh, None, |c| {
+        let n: usize = lock(&self.inner.submit).run(sh, None, |c| {
             redis::cmd("SCARD").arg(sh.key("workers")).query(c)
-        })
+        })?;
+        *lock(&self.inner.counted) = Some((Instant::now(), n));
+        Ok(n)
     }
 
     /// Python's `map`: `f` applied to every item, results in input order; the first failed
-    /// chunk fails the call. The default chunk size is Python's, `ceil(len / (4 × workers))`.
+    /// chunk fails the call. The default chunk size is Python's, `ceil(len / (4 × workers))`,
+    /// with the count of workers registered on the cluster read at most once a second.
     pub fn map<T: Message, R: Message + Send + 'static>(
         &self,
         f: fn(T) -> R,
@@ -343,7 +354,12 @@ impl Pool {
     }
 
     fn default_chunksize(&self, len: usize) -> Result<usize> {
-        let workers = self.workers()?.max(1);
+        let recent = *lock(&self.inner.counted);
+        let workers = match recent {
+            Some((at, n)) if at.elapsed() < COUNT_FOR => n,
+            _ => self.workers()?,
+        }
+        .max(1);
         Ok(len.div_ceil(workers.saturating_mul(4)).max(1))
     }
 
