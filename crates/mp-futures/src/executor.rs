@@ -1,18 +1,22 @@
 //! [`ProcessPoolExecutor`]: a pending queue in this process, fed to an mp-pool `Pool`.
 //!
-//! Submitted work waits in `Sched::pending` (in this process) until the executor's thread
-//! hands it to the pool with `apply_async`, keeping at most `max_in_flight` tasks there
-//! (default: one per worker). Handing over first moves the future from pending to running
-//! under its lock (`Core::set_running`), so a `cancel` either wins (the task is dropped
-//! unrun) or sees it running (and refuses): cancellation of pending work is exact.
+//! Submitted work waits in `Sched::pending` (in this process) until it is handed to the pool
+//! with `apply_async`, keeping at most `max_in_flight` tasks there (default: one more than the
+//! workers, as Python's `EXTRA_QUEUED_CALLS`). Handing over first moves the future from
+//! pending to running under its lock (`Core::set_running`), so a `cancel` either wins (the
+//! task is dropped unrun) or sees it running (and refuses): cancellation of pending work is
+//! exact.
 //!
-//! The pool's result callbacks (on its supervisor thread) only push the task's id into
-//! `Sched::completed` and ring `Shared::cv`; the executor's thread then takes the value
-//! (`AsyncResult::get`, ready right after those callbacks) and completes the future, running
-//! its done callbacks there, outside every lock.
+//! Whoever frees or finds room hands the next task over at once ([`Shared::fill`]): `submit`
+//! on the caller's thread, and the pool's result callback (on its supervisor thread) the
+//! moment a task completes, so that a worker's next task never waits for a third thread to
+//! wake. The callbacks also push the task's id into `Sched::completed` and ring
+//! `Shared::cv`; the executor's thread then takes the value (`AsyncResult::get`, ready right
+//! after those callbacks) and completes the future, running its done callbacks there,
+//! outside every lock.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
@@ -28,14 +32,15 @@ type Submit<R> = Box<dyn FnOnce(&Pool) -> Result<AsyncResult<R>, mp_pool::Error>
 
 /// A task waiting in the executor.
 trait Pending: Send {
-    /// Hands the task to the pool (unless it was cancelled): what to finish once the pool's
-    /// callback reports `id`, or `None` when there is nothing to wait for.
+    /// Hands the task to the pool (unless it was cancelled, then `None`): what to finish on
+    /// the executor's thread once the pool's callback reports `id`, and whether it needs no
+    /// callback (the hand-over failed: finishing reports that error).
     fn start(
         self: Box<Self>,
         pool: &Pool,
         id: u64,
         shared: &Arc<Shared>,
-    ) -> Option<Box<dyn Running>>;
+    ) -> Option<(Box<dyn Running>, bool)>;
     /// `shutdown(_, cancel_futures = true)`.
     fn cancel(self: Box<Self>);
 }
@@ -62,40 +67,51 @@ impl<R: Send + 'static> Pending for Job<R> {
         pool: &Pool,
         id: u64,
         shared: &Arc<Shared>,
-    ) -> Option<Box<dyn Running>> {
+    ) -> Option<(Box<dyn Running>, bool)> {
         if !self.core.set_running() {
             return None; // cancelled while pending: never runs
         }
         let submit = self.submit;
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| submit(pool))) {
+        let err = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| submit(pool))) {
             Ok(Ok(result)) => {
                 let (ok, err) = (shared.clone(), shared.clone());
                 let result = result
                     .on_success(move |_| ok.completed(id))
                     .on_error(move |_| err.completed(id));
-                Some(Box::new(InPool {
+                let running = InPool {
                     core: self.core,
                     result,
-                }))
-            }
-            Ok(Err(e)) => {
-                self.core.finish(Err(e.into()));
-                None
-            }
-            Err(p) => {
-                // The arguments' own `Serialize` panicked on this thread.
-                let e = mp_pool::Error::Unserializable {
-                    what: "arguments",
-                    message: panic_message(&*p),
                 };
-                self.core.finish(Err(e.into()));
-                None
+                return Some((Box::new(running), false));
             }
-        }
+            Ok(Err(e)) => e,
+            // The arguments' own `Serialize` panicked on this thread.
+            Err(p) => mp_pool::Error::Unserializable {
+                what: "arguments",
+                message: panic_message(&*p),
+            },
+        };
+        let failed = Failed {
+            core: self.core,
+            err: err.into(),
+        };
+        Some((Box::new(failed), true))
     }
 
     fn cancel(self: Box<Self>) {
         self.core.cancel();
+    }
+}
+
+/// A task the pool refused: its future fails, on the executor's thread as any other.
+struct Failed<R> {
+    core: Arc<Core<R>>,
+    err: Error,
+}
+
+impl<R: Send + 'static> Running for Failed<R> {
+    fn finish(self: Box<Self>) {
+        self.core.finish(Err(self.err));
     }
 }
 
@@ -110,6 +126,14 @@ struct Sched {
     pending: VecDeque<Box<dyn Pending>>,
     /// Ids of tasks the pool reported done, for the executor's thread.
     completed: Vec<u64>,
+    /// Tasks handed to the pool, by id, until the executor's thread finishes them.
+    running: HashMap<u64, Box<dyn Running>>,
+    /// Ids reported done before their hand-over registered them in `running` (a task can
+    /// finish before `apply_async` returns).
+    early: HashSet<u64>,
+    /// Tasks handed over (or being handed over) whose completion was not reported yet.
+    in_flight: usize,
+    next_id: u64,
     shutdown: bool,
 }
 
@@ -119,12 +143,62 @@ struct Shared {
     cv: Condvar,
     manager: Arc<OnceLock<ThreadId>>,
     max_in_flight: usize,
+    /// The pool, for whoever hands work over (the executor owns it).
+    pool: Weak<Pool>,
 }
 
 impl Shared {
-    fn completed(&self, id: u64) {
-        lock(&self.sched).completed.push(id);
+    /// The pool's callback: task `id` completed. Its slot is free at once, and the next
+    /// pending task goes to the pool from this very thread.
+    fn completed(self: &Arc<Self>, id: u64) {
+        let mut st = lock(&self.sched);
+        st.completed.push(id);
+        st.in_flight = st.in_flight.saturating_sub(1);
+        drop(st);
         self.cv.notify_all();
+        self.fill();
+    }
+
+    /// Hands pending tasks to the pool while there is room. Never holds the lock while
+    /// handing over: a task may complete, and its callback run, before `apply_async` returns.
+    fn fill(self: &Arc<Self>) {
+        let Some(pool) = self.pool.upgrade() else {
+            return;
+        };
+        loop {
+            let mut st = lock(&self.sched);
+            if st.in_flight >= self.max_in_flight {
+                return;
+            }
+            let Some(job) = st.pending.pop_front() else {
+                return;
+            };
+            st.in_flight += 1;
+            st.next_id += 1;
+            let id = st.next_id;
+            drop(st);
+            let started = job.start(&pool, id, self);
+            let mut st = lock(&self.sched);
+            match started {
+                None => st.in_flight -= 1, // cancelled while pending
+                Some((r, failed)) => {
+                    st.running.insert(id, r);
+                    if failed || st.early.remove(&id) {
+                        if failed {
+                            st.in_flight -= 1;
+                        }
+                        st.completed.push(id);
+                        drop(st);
+                        self.cv.notify_all();
+                        continue;
+                    }
+                }
+            }
+            if st.shutdown && st.pending.is_empty() {
+                drop(st);
+                self.cv.notify_all();
+            }
+        }
     }
 
     fn on_manager(&self) -> bool {
@@ -132,36 +206,30 @@ impl Shared {
     }
 }
 
-/// The executor's thread: hands pending work to the pool as room frees up and completes the
-/// futures; after `shutdown`, once nothing is pending nor running, closes and joins the pool.
+/// The executor's thread: completes the futures of finished tasks (their done callbacks run
+/// here); after `shutdown`, once nothing is pending nor running, closes and joins the pool.
 fn manage(shared: Arc<Shared>, pool: Arc<Pool>) {
-    let mut running: HashMap<u64, Box<dyn Running>> = HashMap::new();
-    let mut next_id = 0u64;
     let mut st = lock(&shared.sched);
     loop {
         if !st.completed.is_empty() {
             let ids = std::mem::take(&mut st.completed);
-            drop(st);
+            let mut ready = Vec::with_capacity(ids.len());
             for id in ids {
-                if let Some(r) = running.remove(&id) {
-                    r.finish();
+                match st.running.remove(&id) {
+                    Some(r) => ready.push(r),
+                    None => {
+                        st.early.insert(id);
+                    }
                 }
+            }
+            drop(st);
+            for r in ready {
+                r.finish();
             }
             st = lock(&shared.sched);
             continue;
         }
-        if running.len() < shared.max_in_flight {
-            if let Some(job) = st.pending.pop_front() {
-                drop(st);
-                next_id += 1;
-                if let Some(r) = job.start(&pool, next_id, &shared) {
-                    running.insert(next_id, r);
-                }
-                st = lock(&shared.sched);
-                continue;
-            }
-        }
-        if st.shutdown && st.pending.is_empty() && running.is_empty() {
+        if st.shutdown && st.pending.is_empty() && st.in_flight == 0 && st.running.is_empty() {
             break;
         }
         st = unpoisoned(shared.cv.wait(st));
@@ -237,12 +305,11 @@ impl ExecutorBuilder {
         self
     }
 
-    /// How many tasks are handed to the pool at once (default: one per worker). The rest
-    /// waits in this process, where [`Future::cancel`] can still stop it; a task handed over
-    /// is [`running`](Future::running) and can no longer be cancelled. A larger value keeps
-    /// the workers busier between short tasks (Python hands over one more than the
-    /// workers), at the cost of more futures that cannot be cancelled. 0 is
-    /// [`Error::Config`].
+    /// How many tasks are handed to the pool at once (default: one more than the workers,
+    /// as Python's executor). The rest waits in this process, where [`Future::cancel`] can
+    /// still stop it; a task handed over is [`running`](Future::running) and can no longer be
+    /// cancelled. A larger value keeps the workers busier between short tasks, at the cost of
+    /// more futures that cannot be cancelled. 0 is [`Error::Config`].
     pub fn max_in_flight(mut self, n: usize) -> Self {
         self.in_flight = Some(n);
         self
@@ -261,11 +328,16 @@ impl ExecutorBuilder {
             sched: Mutex::new(Sched {
                 pending: VecDeque::new(),
                 completed: Vec::new(),
+                running: HashMap::new(),
+                early: HashSet::new(),
+                in_flight: 0,
+                next_id: 0,
                 shutdown: false,
             }),
             cv: Condvar::new(),
             manager: Arc::new(OnceLock::new()),
-            max_in_flight: self.in_flight.unwrap_or_else(|| pool.processes()),
+            max_in_flight: self.in_flight.unwrap_or_else(|| pool.processes() + 1),
+            pool: Arc::downgrade(&pool),
         });
         let (s, p) = (shared.clone(), pool.clone());
         let thread = std::thread::Builder::new()
@@ -347,7 +419,7 @@ impl ProcessPoolExecutor {
             submit,
         }));
         drop(st);
-        self.shared.cv.notify_all();
+        self.shared.fill();
         Ok(Future::from_core(core))
     }
 

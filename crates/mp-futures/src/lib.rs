@@ -46,7 +46,9 @@
 //!
 //! let ex = ProcessPoolExecutor::new(1)?;
 //! let slow = ex.submit(nap, 1_000)?;
-//! let queued = ex.submit(nap, 1)?; // one worker: this one waits in the executor
+//! let next = ex.submit(nap, 1)?; // handed over too (one more than the workers, as Python)
+//! let queued = ex.submit(nap, 2)?; // one worker: this one waits in the executor
+//! assert!(!next.cancel()); // running: it will run
 //! assert!(queued.cancel()); // pending: cancelled, it never runs
 //! assert!(matches!(queued.result(None), Err(Error::Cancelled)));
 //! assert!(matches!(slow.result(Duration::from_millis(1)), Err(Error::Timeout)));
@@ -68,7 +70,8 @@
 //!
 //! The executor keeps the submitted work in this process and hands it to the pool as
 //! workers free up, at most [`ExecutorBuilder::max_in_flight`] tasks at a time (default:
-//! one per worker). A future becomes [`running`](Future::running) when it is handed over,
+//! one more than the workers, as Python's executor hands one call more than its workers to
+//! its call queue). A future becomes [`running`](Future::running) when it is handed over,
 //! in the same step that makes [`cancel`](Future::cancel) refuse it: a task that `cancel`
 //! accepted never runs, and one it refused runs to the end. `shutdown(wait, true)` cancels
 //! every future still pending.

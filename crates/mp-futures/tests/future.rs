@@ -39,6 +39,10 @@ fn cancel_stops_a_pending_future_not_a_running_one() {
             g.wait_started();
             assert!(running.running());
             let mark = format!("{}.mark", g.gate);
+            // As in Python, one task more than the workers is handed over at once: running
+            // (it waits in the pool behind the busy worker), and no longer cancellable.
+            let queued = ex.submit(touch, format!("{mark}.queued")).unwrap();
+            assert!(queued.running() && !queued.cancel() && !queued.cancelled());
             let pending = ex.submit(touch, mark.clone()).unwrap();
             assert!(!pending.running() && !pending.done());
             assert!(pending.cancel());
@@ -51,6 +55,7 @@ fn cancel_stops_a_pending_future_not_a_running_one() {
             let after = ex.submit(touch, format!("{mark}.after")).unwrap();
             g.open();
             assert!(running.result(LONG).is_ok());
+            assert!(queued.result(LONG).unwrap());
             assert!(after.result(LONG).unwrap());
             assert!(!running.cancel(), "a finished future is not cancelled");
             // One worker, one in flight, first in first out: `after` ran, so `pending`
@@ -60,6 +65,7 @@ fn cancel_stops_a_pending_future_not_a_running_one() {
                 "the cancelled task ran"
             );
             let _ = std::fs::remove_file(format!("{mark}.after"));
+            let _ = std::fs::remove_file(format!("{mark}.queued"));
         }
     });
 }
@@ -67,7 +73,15 @@ fn cancel_stops_a_pending_future_not_a_running_one() {
 #[test]
 fn done_callbacks_run_once_outside_the_locks() {
     watchdog(120, || {
-        let ex = Arc::new(executor(1));
+        // One task in the pool at a time, so that `other` and `pending` below wait in the
+        // executor for as long as the gate is shut.
+        let ex = ProcessPoolExecutor::builder()
+            .max_workers(1)
+            .max_in_flight(1)
+            .start_method(StartMethod::Fork)
+            .build()
+            .unwrap();
+        let ex = Arc::new(ex);
         let g = Gate::new("callbacks");
         let f = ex.submit(gated, g.arg()).unwrap();
         let other = ex.submit(square, 4).unwrap();
