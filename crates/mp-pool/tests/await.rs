@@ -1,4 +1,4 @@
-//! `AsyncResult` as a `std::future::Future` and `IMap::next_async`, on tokio's
+//! `AsyncResult` as a `std::future::Future`, `IMap::next_async` and `IMap` as a stream, on tokio's
 //! current-thread and multi-thread runtimes, with real worker processes: an await resolves
 //! with the workers' value (moved out, as `get`), a failed task with its error, and an async
 //! imap yields every result in order while the thread is free for other tasks.
@@ -47,6 +47,11 @@ fn fails_on_three(x: u64) -> Result<u64, String> {
     } else {
         Ok(x)
     }
+}
+
+fn panics_on_three(x: u64) -> u64 {
+    assert!(x != 3, "three");
+    x
 }
 
 fn pool() -> Pool {
@@ -121,5 +126,60 @@ fn an_async_imap_yields_every_result_in_order() {
             out
         });
         assert_eq!(got, vec![0, 2, 4], "{rt_name}");
+    }
+}
+
+/// The next item of a stream (what `StreamExt::next` does, without the futures crate).
+async fn next<S: futures_core::Stream + Unpin>(s: &mut S) -> Option<S::Item> {
+    std::future::poll_fn(|cx| std::pin::Pin::new(&mut *s).poll_next(cx)).await
+}
+
+#[test]
+fn an_imap_is_a_stream_of_every_result_and_a_pending_poll_loses_nothing() {
+    for (rt_name, rt) in runtimes() {
+        let pool = pool();
+        let got = rt.block_on(async {
+            let mut it = pool.imap_unordered(square, 0..300u64).unwrap();
+            let mut out = Vec::new();
+            while let Some(r) = tokio::time::timeout(LONG, next(&mut it))
+                .await
+                .expect("woken")
+            {
+                out.push(r.unwrap());
+            }
+            out.sort();
+            out
+        });
+        assert_eq!(
+            got,
+            (0..300u64).map(|x| x * x).collect::<Vec<_>>(),
+            "{rt_name}"
+        );
+        // A poll that found nothing (the workers are slow) leaves the results for the next.
+        let got = rt.block_on(async {
+            let mut it = pool.imap(slow_double, 0..3u64).unwrap();
+            assert!(
+                tokio::time::timeout(Duration::from_millis(10), next(&mut it))
+                    .await
+                    .is_err(),
+                "{rt_name}: a result before the workers answered"
+            );
+            let mut out = Vec::new();
+            while let Some(r) = next(&mut it).await {
+                out.push(r.unwrap());
+            }
+            out
+        });
+        assert_eq!(got, vec![0, 2, 4], "{rt_name}");
+        // A failed chunk is an item of the stream, and the stream goes on.
+        let got = rt.block_on(async {
+            let mut it = pool.imap(panics_on_three, 0..5u64).unwrap();
+            let mut out = Vec::new();
+            while let Some(r) = next(&mut it).await {
+                out.push(r.is_ok());
+            }
+            out
+        });
+        assert_eq!(got, [true, true, true, false, true], "{rt_name}");
     }
 }

@@ -204,6 +204,64 @@ impl<R: Message + Send + 'static> IMap<'_, R> {
     }
 }
 
+/// The async imap stream (feature `async`): what [`IMap::next_async`] gives, as a
+/// `futures_core::Stream`, for `StreamExt` combinators and `while let Some(r) =
+/// stream.next().await` on any runtime. The same waits: no thread is parked, and a result
+/// not yet taken stays for the next poll.
+///
+/// ```
+/// use std::future::poll_fn;
+/// use std::pin::Pin;
+/// use futures_core::Stream;
+/// fn square(x: u64) -> u64 { x * x }
+/// let pool = mp_pool::Pool::new(2)?;
+/// let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+/// let mut results = pool.imap(square, 0..10u64)?;
+/// let sum = rt.block_on(async {
+///     let mut sum = 0;
+///     while let Some(r) = poll_fn(|cx| Pin::new(&mut results).poll_next(cx)).await {
+///         sum += r?;
+///     }
+///     Ok::<u64, mp_pool::Error>(sum)
+/// })?;
+/// assert_eq!(sum, 285);
+/// # Ok::<(), mp_pool::Error>(())
+/// ```
+// No field of an `IMap` is ever pinned (nothing points into it), so pinning it promises
+// nothing: polling it as a stream works for any `R`, `Unpin` or not.
+impl<R> Unpin for IMap<'_, R> {}
+
+#[cfg(feature = "async")]
+impl<R: Message + Send + 'static> futures_core::Stream for IMap<'_, R> {
+    type Item = Result<R, Error>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::future::Future;
+        let this = self.get_mut();
+        loop {
+            let seen = this.job.answers();
+            match this.next_until(Some(Instant::now())) {
+                Some(Err(Error::Timeout)) if this.in_flight == 0 => {
+                    // As in `next_async`: the queue is full of other work; wait for room.
+                    return std::task::Poll::Ready(this.next_until(None));
+                }
+                Some(Err(Error::Timeout)) => {
+                    // The waker stays registered until the next answer (the future holds
+                    // no registration of its own to undo).
+                    let mut answered = this.job.answered(seen);
+                    if std::pin::Pin::new(&mut answered).poll(cx).is_pending() {
+                        return std::task::Poll::Pending;
+                    }
+                }
+                other => return std::task::Poll::Ready(other),
+            }
+        }
+    }
+}
+
 impl<R: Message + Send + 'static> Iterator for IMap<'_, R> {
     type Item = Result<R, Error>;
 
