@@ -87,7 +87,15 @@ impl<T: Message, D: CanSend> Connection<T, D> {
     /// [`send`](Connection::send) as a future: waits (without blocking the thread) while the
     /// peer's ring is full; [`Error::BrokenPipe`] when the peer's end is gone.
     pub async fn send_async(&self, value: &T) -> Result<()> {
-        let bytes = message::encode(value)?;
+        // A pipe end with room takes the value straight into its ring, as `send` does; only
+        // a value that does not fit now is encoded aside, to wait for room.
+        let bytes = match &self.t {
+            Transport::Local(l) => match l.send_in_place(value)? {
+                Ok(()) => return Ok(()),
+                Err(bytes) => bytes,
+            },
+            Transport::Stream(_) => message::encode(value)?,
+        };
         self.send_bytes_async(&bytes).await
     }
 }

@@ -314,6 +314,19 @@ impl LocalEnd {
     /// Serializes `value` straight into the ring (or through a heap buffer when it does not
     /// fit) and publishes it.
     pub(crate) fn send_value<T: Message>(&self, value: &T) -> Result<()> {
+        match self.send_in_place(value)? {
+            Ok(()) => Ok(()),
+            Err(buf) => self.send_raw(&buf),
+        }
+    }
+
+    /// Serializes `value` straight into the ring's free space and publishes it, without
+    /// waiting: `Ok(Err(bytes))` when it did not fit there, with `value` encoded in `bytes`
+    /// for [`send_raw`](Self::send_raw) (which waits for room).
+    pub(crate) fn send_in_place<T: Message>(
+        &self,
+        value: &T,
+    ) -> Result<std::result::Result<(), AlignedVec<16>>> {
         let ring = self.tx()?;
         if self.peer_gone.get() {
             return Err(Error::BrokenPipe);
@@ -328,14 +341,17 @@ impl LocalEnd {
                     Encoded::InPlace(n) => {
                         // SAFETY: `slot` came from `ring.slot` just above and n <= cap.
                         let wake = unsafe { ring.publish(&slot, TAG_WHOLE, n, n as u64) };
-                        return if wake { self.wake_peer() } else { Ok(()) };
+                        return if wake {
+                            self.wake_peer().map(Ok)
+                        } else {
+                            Ok(Ok(()))
+                        };
                     }
-                    Encoded::Spilled(buf) => return self.send_raw(&buf),
+                    Encoded::Spilled(buf) => return Ok(Err(buf)),
                 }
             }
         }
-        let buf = message::encode(value)?;
-        self.send_raw(&buf)
+        Ok(Err(message::encode(value)?))
     }
 
     /// Sends `bytes` as one message: one record, or fragments when larger than half a ring.
