@@ -6,6 +6,8 @@
 use std::error::Error;
 use std::time::Duration;
 
+use futures_core::Stream;
+
 use mp::{Duplex, Pipe, Pool, Process, Queue};
 
 /// A child that squares what it receives on its pipe end until it receives 0.
@@ -86,6 +88,16 @@ fn main() -> Result<(), Box<dyn Error>> {
             got.push(v?);
         }
         println!("pool: imap awaited: {got:?}");
+        // The same as a futures_core::Stream (what StreamExt::next does, by hand).
+        let mut stream = pool.imap_unordered(triple, 0..4u64)?;
+        let mut got = Vec::new();
+        while let Some(v) =
+            std::future::poll_fn(|cx| std::pin::Pin::new(&mut stream).poll_next(cx)).await
+        {
+            got.push(v?);
+        }
+        got.sort();
+        println!("pool: imap_unordered streamed: {got:?}");
         Ok::<(), Box<dyn Error>>(())
     })
 }
