@@ -303,16 +303,31 @@ impl PoolBuilder {
                 });
             }
         }
+        // The pool is returned once both its threads run: a thread that the scheduler starts
+        // late sets up its own stack and signal stack only then, and could meet limits the
+        // caller set after `build` returned (an address-space limit made such a thread abort
+        // the process).
+        let started = Arc::new(std::sync::Barrier::new(2));
         let sup = inner.clone();
+        let go = started.clone();
         let s = std::thread::Builder::new()
             .name("mp-pool-supervisor".into())
-            .spawn(move || sup.guarded("supervisor", Inner::supervise))
+            .spawn(move || {
+                go.wait();
+                sup.guarded("supervisor", Inner::supervise)
+            })
             .map_err(|e| Error::Start(format!("the supervisor thread: {e}")))?;
+        started.wait();
         let feed = inner.clone();
+        let go = started.clone();
         let f = std::thread::Builder::new()
             .name("mp-pool-feeder".into())
-            .spawn(move || feed.guarded("feeder", Inner::run_feeder))
+            .spawn(move || {
+                go.wait();
+                feed.guarded("feeder", Inner::run_feeder)
+            })
             .map_err(|e| Error::Start(format!("the feeder thread: {e}")))?;
+        started.wait();
         lock(&inner.threads).extend([s, f]);
         Ok(pool)
     }
