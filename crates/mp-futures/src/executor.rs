@@ -229,7 +229,14 @@ fn manage(shared: Arc<Shared>, pool: Arc<Pool>) {
             st = lock(&shared.sched);
             continue;
         }
-        if st.shutdown && st.pending.is_empty() && st.in_flight == 0 && st.running.is_empty() {
+        // `early` too: a task reported done before its hand-over registered it is still to
+        // be finished here (the hand-over pushes its id again once it registers it).
+        if st.shutdown
+            && st.pending.is_empty()
+            && st.in_flight == 0
+            && st.running.is_empty()
+            && st.early.is_empty()
+        {
             break;
         }
         st = unpoisoned(shared.cv.wait(st));
