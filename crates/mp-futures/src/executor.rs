@@ -162,6 +162,15 @@ impl Shared {
     /// Hands pending tasks to the pool while there is room. Never holds the lock while
     /// handing over: a task may complete, and its callback run, before `apply_async` returns.
     fn fill(self: &Arc<Self>) {
+        {
+            // Most calls find nothing to do: they return without touching the pool (so a
+            // completion callback that runs while the executor is going away holds no
+            // reference to it).
+            let st = lock(&self.sched);
+            if st.pending.is_empty() || st.in_flight >= self.max_in_flight {
+                return;
+            }
+        }
         let Some(pool) = self.pool.upgrade() else {
             return;
         };
