@@ -264,9 +264,7 @@ pub unsafe fn encode_into<T: Encode>(value: &T, buf: *mut u8, cap: usize) -> Res
 
 /// Serializes `value` to an aligned heap buffer.
 pub fn encode<T: Encode>(value: &T) -> Result<AlignedVec<ALIGN>> {
-    let w = rkyv::api::high::to_bytes_in::<_, Failure>(value, MsgWriter::heap())
-        .map_err(|e| Error::Encode(e.to_string()))?;
-    Ok(w.spill.unwrap_or_default())
+    encode_with_capacity(value, 0)
 }
 
 /// [`encode`] into a heap buffer made with room for `capacity` bytes. For a large value whose

@@ -102,7 +102,7 @@ pub(crate) const HEADER: usize = 32;
 
 /// A task as it travels: header, [`TaskMsg`] archive, padding, arguments.
 pub(crate) fn task_bytes(pool: &str, meta: &[u8], args: &[u8]) -> Result<Vec<u8>, String> {
-    if pool.len() != 16 || !pool.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if pool.len() != 16 || hex(pool.as_bytes()).is_none() {
         return Err(format!("a pool id must be 16 hex digits, not {pool:?}"));
     }
     let mut head = [0u8; HEADER];

@@ -182,7 +182,10 @@ fn worker_loop(sh: &Shared, id: &str, stop: &AtomicBool) -> Result<()> {
                 (b, None)
             }
         };
-        let pool = wire::parse_task(&bytes).map(|t| t.pool.to_string());
+        // The header is read once, here: the pool's id for the cancel check, the rest for
+        // `handle`.
+        let task = wire::parse_task(&bytes);
+        let pool = task.as_ref().map(|t| t.pool.to_string());
         let cancelled = match (&pool, known) {
             (Some(p), Some((q, c))) if *p == q => c,
             (Some(p), _) => con.run(sh, None, |c| {
@@ -195,7 +198,7 @@ fn worker_loop(sh: &Shared, id: &str, stop: &AtomicBool) -> Result<()> {
         let (reply, encoded) = if cancelled {
             (String::new(), Vec::new())
         } else {
-            handle(sh, id, image, &bytes)?.unwrap_or_default()
+            handle(sh, id, image, task)?.unwrap_or_default()
         };
         let more = !stop.load(Ordering::Relaxed);
         let pool = pool.unwrap_or_default();
@@ -226,11 +229,16 @@ fn worker_loop(sh: &Shared, id: &str, stop: &AtomicBool) -> Result<()> {
     Ok(())
 }
 
-/// Runs one task taken from the server: `(its result list, the encoded result)`, or `None`
-/// for bytes that are not a task of this program (garbage under the prefix: dropped, with a
-/// line on stderr).
-fn handle(sh: &Shared, id: &str, image: &[u8], bytes: &[u8]) -> Result<Option<(String, Vec<u8>)>> {
-    let task = match wire::parse_task(bytes)
+/// Runs one task taken from the server (its parsed header, `None` when it had none):
+/// `(its result list, the encoded result)`, or `None` for bytes that are not a task of this
+/// program (garbage under the prefix: dropped, with a line on stderr).
+fn handle(
+    sh: &Shared,
+    id: &str,
+    image: &[u8],
+    task: Option<wire::Task<'_>>,
+) -> Result<Option<(String, Vec<u8>)>> {
+    let task = match task
         .ok_or_else(|| "no task header".to_string())
         .and_then(|t| {
             let msg = decode::<TaskMsg>(t.meta).map_err(|e| e.to_string())?;
